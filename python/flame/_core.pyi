@@ -1,0 +1,89 @@
+# Types of the native module `flame._core` (built from rust/pybind). Types only: the
+# user-facing API and its documentation live in the Python modules of `flame`.
+#
+# Wire conventions shared with the Rust side:
+#   task states : 1 PENDING, 2 RUNNING, 3 SUCCEEDED, 4 FAILED, 5 CANCELLED
+#   error kinds : 1 USER_EXCEPTION, 2 EXECUTOR_LOST, 3 TIMEOUT, 4 CANCELLED,
+#                 5 SESSION_ENTER_FAILED, 6 SESSION_NOT_FOUND, 7 SESSION_CLOSED,
+#                 8 PAYLOAD_TOO_LARGE, 9 INVALID_ARGUMENT, 10 INTERNAL
+# Errors raised by this module are the classes of `flame.errors` (ConnectionError,
+# SessionError, InvalidArgumentError, PayloadTooLargeError, FlameError).
+
+from typing import Protocol
+
+# (kind, message, traceback, payload)
+ErrorTuple = tuple[int, str, str, bytes]
+# (session_id, task_id, state, output, error, attempts)
+Completion = tuple[int, int, int, bytes, ErrorTuple | None, int]
+
+class SessionInfo:
+    id: int
+    application: str
+    state: str  # "open" | "closed"
+    slots: int
+    max_retries: int
+    timeout: float
+    priority: int
+    pending: int
+    running: int
+    succeeded: int
+    failed: int
+    cancelled: int
+    executors: int
+    created_ms: int
+    common_data: bytes
+
+class Connection:
+    """A client connection: unary calls plus one stream for task batches."""
+
+    address: str
+    client_id: int
+    def __init__(self, address: str, timeout: float = 5.0, client_name: str = "") -> None: ...
+    def register_application(self, name: str, spec: bytes, description: str = "") -> None: ...
+    def get_application(self, name: str) -> tuple[str, bytes, str]: ...
+    def list_applications(self) -> list[tuple[str, bytes, str]]: ...
+    def create_session(
+        self,
+        application: str,
+        app_spec: bytes = b"",
+        common_data: bytes = b"",
+        slots: int = 0,
+        max_retries: int = 3,
+        timeout: float = 0.0,
+        priority: int = 0,
+        python: str = "",
+    ) -> SessionInfo: ...
+    def get_session(self, session_id: int) -> SessionInfo: ...
+    def list_sessions(self) -> list[SessionInfo]: ...
+    def close_session(self, session_id: int) -> SessionInfo: ...
+    def cluster_info(self) -> dict[str, object]: ...
+    def submit(self, session_id: int, inputs: list[bytes]) -> list[int]:
+        """Queue tasks for sending (batched in the background); returns their task ids."""
+    def cancel(self, session_id: int, task_id: int) -> None: ...
+    def next_completions(self, timeout: float) -> list[Completion] | None:
+        """Completions that arrived, waiting up to `timeout` s; [] on timeout, None once closed."""
+    def close(self) -> None: ...
+
+class LocalCluster:
+    """An embedded session manager + executor manager on 127.0.0.1, inside this process."""
+
+    address: str
+    def __init__(
+        self, slots: int, state_dir: str, python: str, host: str = "127.0.0.1", port: int = 0
+    ) -> None: ...
+    def stop(self, grace: float = 5.0) -> None: ...
+
+class ServiceHost(Protocol):
+    def enter(
+        self, session_id: int, application: str, app_spec: bytes, common_data: bytes
+    ) -> ErrorTuple | None: ...
+    def invoke(self, task_id: int, input: bytes) -> bytes | ErrorTuple: ...
+    def leave(self) -> None: ...
+
+def run_executor(address: str, executor_id: int, host: ServiceHost) -> None:
+    """Run the executor loop until the session manager says stop or the link is lost."""
+
+def daemon_main(argv: list[str]) -> int:
+    """Run the `flame-daemon` command line (GIL released); returns the exit code."""
+
+__version__: str

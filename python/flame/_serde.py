@@ -1,0 +1,216 @@
+"""How Python objects cross the wire: pickle protocol 5 with out-of-band buffers.
+
+A payload is one ``bytes`` frame::
+
+    header      magic (1 byte) · 3 pad bytes · buffer count (u32) · pickle length (u64)
+    lengths     one u64 per out-of-band buffer
+    pickle      the pickle stream
+    buffers     the raw buffers, each starting at a 64-byte aligned offset
+
+Large contiguous buffers (numpy arrays, bytearrays, ...) are copied once, into the frame,
+and come back as read-only zero-copy views of the received bytes.
+
+The standard library's pickle is tried first because it is fast; cloudpickle is used when
+it fails (lambdas, local classes) or when the stream refers to a module the executors
+cannot import by name (``__main__`` or a module registered to be pickled by value).
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import reprlib
+import struct
+import sys
+import sysconfig
+import threading
+import types
+from typing import Any
+
+import cloudpickle
+
+from flame.errors import PayloadTooLargeError, SerializationError
+
+__all__ = ["dumps", "dumps_function", "loads", "register_by_value"]
+
+PROTOCOL = 5
+MAGIC = 0xF1  # also the frame's version: bump it when the layout changes
+_HEADER = struct.Struct("<BxxxIQ")
+_LENGTH = struct.Struct("<Q")
+_ALIGN = 64
+
+# Byte strings whose presence in a stdlib pickle means "this refers to a module that the
+# executor may not be able to import": re-pickle with cloudpickle, by value.
+_by_value_markers: list[bytes] = [b"__main__"]
+_registry_lock = threading.Lock()
+
+_repr = reprlib.Repr()
+_repr.maxstring = 60
+_repr.maxother = 60
+
+
+def describe(obj: object) -> str:
+    """A short, safe description of an object for error messages."""
+    try:
+        text = _repr.repr(obj)
+    except Exception:
+        text = "<unrepresentable>"
+    return f"{type(obj).__qualname__} object {text}"
+
+
+def _pad(offset: int) -> int:
+    return -offset % _ALIGN
+
+
+def _pickle(obj: object, use_cloudpickle: bool) -> tuple[bytes, list[memoryview]]:
+    buffers: list[memoryview] = []
+
+    def keep(buf: pickle.PickleBuffer) -> bool:
+        try:
+            buffers.append(buf.raw())
+        except BufferError:  # not contiguous: pickle it in-band instead
+            return True
+        return False
+
+    if use_cloudpickle:
+        data = cloudpickle.dumps(obj, protocol=PROTOCOL, buffer_callback=keep)
+    else:
+        data = pickle.dumps(obj, protocol=PROTOCOL, buffer_callback=keep)
+    return data, buffers
+
+
+def _needs_cloudpickle(data: bytes) -> bool:
+    return any(marker in data for marker in _by_value_markers)
+
+
+def dumps(obj: object, *, max_bytes: int | None = None, what: str | None = None) -> bytes:
+    """Serialize ``obj`` into one frame.
+
+    Args:
+        obj: Any picklable object; lambdas and local classes are handled by cloudpickle.
+        max_bytes: If given, the largest frame allowed.
+        what: How to name ``obj`` in error messages (default: its type and repr).
+
+    Raises:
+        SerializationError: ``obj`` cannot be pickled; names it and gives the reason.
+        PayloadTooLargeError: the frame is larger than ``max_bytes``.
+    """
+    try:
+        data, buffers = _pickle(obj, use_cloudpickle=False)
+        if _needs_cloudpickle(data):
+            data, buffers = _pickle(obj, use_cloudpickle=True)
+    except Exception:
+        try:
+            data, buffers = _pickle(obj, use_cloudpickle=True)
+        except Exception as e:
+            raise SerializationError(
+                f"cannot serialize {what or describe(obj)}: {type(e).__name__}: {e}"
+            ) from e
+    header = _HEADER.pack(MAGIC, len(buffers), len(data))
+    if not buffers:
+        frame = header + data
+    else:
+        parts: list[bytes | memoryview] = [header]
+        parts.extend(_LENGTH.pack(buf.nbytes) for buf in buffers)
+        parts.append(data)
+        offset = _HEADER.size + _LENGTH.size * len(buffers) + len(data)
+        for buf in buffers:
+            pad = _pad(offset)
+            parts.append(b"\0" * pad)
+            parts.append(buf)
+            offset += pad + buf.nbytes
+        frame = b"".join(parts)
+    if max_bytes is not None and len(frame) > max_bytes:
+        raise PayloadTooLargeError(
+            f"{what or describe(obj)} serializes to {len(frame)} bytes, "
+            f"over the limit of {max_bytes} bytes"
+        )
+    return frame
+
+
+def loads(data: bytes | memoryview) -> Any:
+    """Rebuild an object from a frame made by :func:`dumps`.
+
+    Out-of-band buffers are zero-copy, read-only views of ``data``.
+
+    Raises:
+        SerializationError: ``data`` is not a frame, or unpickling failed (for example a
+            module the object needs is missing here).
+    """
+    view = memoryview(data)
+    if view.nbytes < _HEADER.size or view[0] != MAGIC:
+        raise SerializationError(
+            f"not a Flame payload ({view.nbytes} bytes, first byte "
+            f"{view[0] if view.nbytes else None!r}, expected {MAGIC})"
+        )
+    _, count, length = _HEADER.unpack_from(view, 0)
+    offset = _HEADER.size
+    lengths = struct.unpack_from(f"<{count}Q", view, offset)
+    offset += _LENGTH.size * count
+    stream = view[offset : offset + length]
+    offset += length
+    buffers = []
+    for n in lengths:
+        offset += _pad(offset)
+        buffers.append(view[offset : offset + n])
+        offset += n
+    if offset > view.nbytes:
+        raise SerializationError(f"truncated Flame payload ({view.nbytes} of {offset} bytes)")
+    try:
+        return pickle.loads(stream, buffers=buffers)
+    except Exception as e:
+        raise SerializationError(
+            f"cannot deserialize a payload of {view.nbytes} bytes: {type(e).__name__}: {e}"
+        ) from e
+
+
+# ---------------------------------------------------------------- functions and classes
+
+_library_dirs = tuple(
+    os.path.normcase(os.path.realpath(p)) + os.sep
+    for key in ("stdlib", "platstdlib", "purelib", "platlib")
+    if (p := sysconfig.get_paths().get(key))
+)
+
+
+def _is_library(module: types.ModuleType) -> bool:
+    """Whether executors can import ``module`` by name: stdlib or installed packages."""
+    name = module.__name__
+    if name in sys.builtin_module_names or name.split(".")[0] in ("flame", "cloudpickle"):
+        return True
+    path = getattr(module, "__file__", None)
+    if not path:
+        return True  # builtin or namespace module: nothing to ship by value
+    path = os.path.normcase(os.path.realpath(path))
+    return path.startswith(_library_dirs) or f"{os.sep}site-packages{os.sep}" in path
+
+
+def register_by_value(module_name: str) -> None:
+    """Pickle objects from ``module_name`` by value from now on.
+
+    Used for the module that defines a service: a script or a test module that executors
+    could not import by name.
+    """
+    module = sys.modules.get(module_name)
+    if module is None or module_name == "__main__" or _is_library(module):
+        return
+    with _registry_lock:
+        marker = module_name.encode()
+        if marker in _by_value_markers:
+            return
+        cloudpickle.register_pickle_by_value(module)
+        _by_value_markers.append(marker)
+
+
+def dumps_function(obj: object, *, what: str | None = None) -> bytes:
+    """Serialize a service description with cloudpickle (functions and classes by value).
+
+    Raises:
+        SerializationError: ``obj`` cannot be pickled; names it and gives the reason.
+    """
+    try:
+        return cloudpickle.dumps(obj, protocol=PROTOCOL)
+    except Exception as e:
+        raise SerializationError(
+            f"cannot serialize {what or describe(obj)}: {type(e).__name__}: {e}"
+        ) from e

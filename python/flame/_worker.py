@@ -1,0 +1,179 @@
+"""The executor-side host: runs a session's service code for the native executor loop.
+
+:class:`Worker` implements ``flame._core.ServiceHost``. The loop calls :meth:`Worker.enter`
+when the executor binds to a session, :meth:`Worker.invoke` for each task and
+:meth:`Worker.leave` when it unbinds. Nothing raised by user code escapes: failures come
+back as error tuples ``(kind, message, traceback, payload)``, where ``payload`` is the
+pickled exception (or ``b""`` when it cannot be pickled and rebuilt).
+
+App specs are cloudpickled dicts:
+  ``{"kind": "function", "fn": f}``                 task input ``(args, kwargs)``
+  ``{"kind": "class", "cls": C, "args": a, "kwargs": k}``  input ``(method, args, kwargs)``
+  ``{"kind": "service", "cls": FlameServiceSubclass}``   raw bytes in, raw bytes out
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import pickle
+import sys
+import traceback
+from types import TracebackType
+from typing import Any, Callable, Optional, Union
+
+import cloudpickle
+
+from flame import _serde, errors
+from flame.application import FlameService, SessionContext, TaskContext
+
+__all__ = ["Worker"]
+
+ErrorTuple = tuple[int, str, str, bytes]
+EnterResult = Optional[ErrorTuple]
+InvokeResult = Union[bytes, ErrorTuple]
+
+
+def _user_frames(tb: TracebackType | None) -> TracebackType | None:
+    """Drop the leading frames of this module, so the traceback starts in user code."""
+    while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
+        tb = tb.tb_next
+    return tb
+
+
+def _format(e: BaseException) -> str:
+    return "".join(traceback.format_exception(type(e), e, _user_frames(e.__traceback__)))
+
+
+def _pickle_exception(e: BaseException) -> bytes:
+    """The pickled exception, or ``b""`` if it cannot make the round trip."""
+    try:
+        payload = cloudpickle.dumps(e, protocol=_serde.PROTOCOL)
+        pickle.loads(payload)  # a class whose __init__ cannot take its args fails here
+    except Exception:
+        return b""
+    return payload
+
+
+def _failure(kind: int, e: BaseException, prefix: str = "") -> ErrorTuple:
+    return (kind, f"{prefix}{type(e).__name__}: {e}", _format(e), _pickle_exception(e))
+
+
+class Worker:
+    """Hosts one session at a time inside an executor process."""
+
+    def __init__(self) -> None:
+        self._session_id: int | None = None
+        self._name = ""
+        self._kind = ""
+        self._target: Any = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # -------------------------------------------------------------- ServiceHost
+
+    def enter(
+        self, session_id: int, application: str, app_spec: bytes, common_data: bytes
+    ) -> EnterResult:
+        """Load the session's service and set it up; an error tuple (kind 5) on failure."""
+        if self._session_id is not None:
+            self.leave()
+        if not app_spec:
+            return (
+                errors.SESSION_ENTER_FAILED,
+                f"cannot load the service: session {session_id} of application "
+                f"'{application}' has no service spec",
+                "",
+                b"",
+            )
+        try:
+            spec = pickle.loads(app_spec)
+            kind = spec["kind"]
+        except Exception as e:
+            reason = str(e) if isinstance(e, ImportError) else f"{type(e).__name__}: {e}"
+            return (
+                errors.SESSION_ENTER_FAILED,
+                f"cannot load the service: {reason}",
+                _format(e),
+                b"",
+            )
+        try:
+            if kind == "function":
+                target = spec["fn"]
+                if not callable(target):
+                    raise TypeError(f"the service function is not callable: {target!r}")
+            elif kind == "class":
+                target = spec["cls"](*spec.get("args", ()), **spec.get("kwargs", {}))
+            elif kind == "service":
+                target = spec["cls"]()
+                if not isinstance(target, FlameService):
+                    raise TypeError(f"{spec['cls']!r} is not a FlameService subclass")
+                target.on_session_enter(SessionContext(session_id, application, common_data))
+            else:
+                raise ValueError(f"unknown service kind {kind!r}")
+        except Exception as e:
+            return _failure(errors.SESSION_ENTER_FAILED, e)
+        self._session_id = session_id
+        self._name = application
+        self._kind = kind
+        self._target = target
+        return None
+
+    def invoke(self, task_id: int, input: bytes) -> InvokeResult:
+        """Run one task; its output bytes, or an error tuple (kind 1) if it failed."""
+        if self._session_id is None:
+            return (errors.INTERNAL, "a task arrived before any session was entered", "", b"")
+        try:
+            result = self._call(task_id, input)
+        except Exception as e:
+            return _failure(errors.USER_EXCEPTION, e)
+        if self._kind == "service":
+            return self._service_output(result)
+        try:
+            return _serde.dumps(result, what=f"the result of {self._name}")
+        except errors.FlameError as e:
+            return _failure(errors.USER_EXCEPTION, e)
+
+    def leave(self) -> None:
+        """Tear the session down (``on_session_leave`` for services); never raises."""
+        target, kind = self._target, self._kind
+        self._session_id, self._target, self._kind = None, None, ""
+        if kind == "service":
+            try:
+                target.on_session_leave()
+            except Exception:
+                print(f"flame: on_session_leave of {self._name} failed:", file=sys.stderr)
+                traceback.print_exc()
+        if self._loop is not None:
+            self._loop.close()
+            self._loop = None
+
+    # -------------------------------------------------------------- helpers
+
+    def _call(self, task_id: int, input: bytes) -> Any:
+        if self._kind == "service":
+            assert self._session_id is not None
+            return self._target.on_task_invoke(TaskContext(self._session_id, task_id, input))
+        if self._kind == "function":
+            args, kwargs = _serde.loads(input)
+            fn: Callable[..., Any] = self._target
+        else:
+            method, args, kwargs = _serde.loads(input)
+            fn = getattr(self._target, method)
+        result = fn(*args, **kwargs)
+        if inspect.iscoroutine(result):  # `async def` services run to completion here
+            if self._loop is None:
+                self._loop = asyncio.new_event_loop()
+            result = self._loop.run_until_complete(result)
+        return result
+
+    def _service_output(self, result: object) -> InvokeResult:
+        if result is None:
+            return b""
+        if isinstance(result, bytes):
+            return result
+        if isinstance(result, (bytearray, memoryview)):
+            return bytes(result)
+        e = TypeError(
+            f"{self._name}: on_task_invoke must return bytes, got {type(result).__qualname__}"
+        )
+        return (errors.USER_EXCEPTION, f"TypeError: {e}", "", _pickle_exception(e))

@@ -1,0 +1,324 @@
+"""The process-wide runtime: ``init``/``shutdown``, and waiting on futures.
+
+``flame.init()`` without an address (and no ``FLAME_ADDRESS`` in the environment) starts an
+embedded cluster inside this process — a session manager and an executor manager on
+127.0.0.1 whose executors are child processes — and stops it at exit. With an address it
+only connects. Any API call made before ``init`` initializes locally.
+"""
+
+from __future__ import annotations
+
+import atexit
+import concurrent.futures
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, TypeVar, overload
+
+from flame import _core, errors
+from flame.client import Connection
+
+__all__ = [
+    "as_completed",
+    "cluster_info",
+    "get",
+    "init",
+    "is_initialized",
+    "nodes",
+    "shutdown",
+    "wait",
+]
+
+T = TypeVar("T")
+AnyFuture = concurrent.futures.Future
+
+
+class Runtime:
+    """One initialized Flame: a connection, maybe an embedded cluster, and the sessions
+    opened by ``@flame.service`` objects (closed at shutdown)."""
+
+    def __init__(
+        self,
+        conn: Connection,
+        address: str | None,
+        cluster: _core.LocalCluster | None = None,
+        temp_dir: str | None = None,
+    ) -> None:
+        self.conn = conn
+        self.address = address  # as asked for: None means "embedded"
+        self.cluster = cluster
+        self.temp_dir = temp_dir
+        self.closed = False
+        self._lock = threading.Lock()
+        self._sessions: set[int] = set()
+
+    def open_session(
+        self,
+        application: str,
+        app_spec: bytes,
+        *,
+        slots: int | None,
+        max_retries: int,
+        timeout: float | None,
+        priority: int,
+    ) -> int:
+        """Open a session for a decorated function or class; closed at shutdown."""
+        info = self.conn._conn.create_session(
+            application,
+            app_spec=app_spec,
+            slots=slots or 0,
+            max_retries=max_retries,
+            timeout=float(timeout or 0.0),
+            priority=priority,
+            python=sys.executable,
+        )
+        with self._lock:
+            self._sessions.add(info.id)
+        return info.id
+
+    def close_session(self, session_id: int) -> None:
+        """Close a session opened by :meth:`open_session`; quiet if already gone."""
+        with self._lock:
+            if session_id not in self._sessions:
+                return
+            self._sessions.discard(session_id)
+        if self.closed or self.conn.closed:
+            return
+        try:
+            self.conn.close_session(session_id)
+        except errors.FlameError:
+            pass  # unknown or closed already, or the daemon is gone: nothing to close
+
+    def close(self) -> None:
+        """Close the sessions, the connection, the embedded cluster and its temp dir."""
+        with self._lock:
+            if self.closed:
+                return
+            self.closed = True
+            sessions = sorted(self._sessions)
+            self._sessions.clear()
+        try:
+            for session_id in sessions:
+                if self.conn.closed:
+                    break
+                try:
+                    self.conn.close_session(session_id)
+                except errors.FlameError:
+                    pass
+            self.conn.close()
+        finally:
+            try:
+                if self.cluster is not None:
+                    self.cluster.stop()
+            finally:
+                if self.temp_dir is not None:
+                    shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+_lock = threading.RLock()
+_runtime: Runtime | None = None
+_atexit_registered = False
+
+
+def init(
+    address: str | None = None,
+    *,
+    slots: int | None = None,
+    state_dir: str | None = None,
+    log_level: str | None = None,
+) -> None:
+    """Connect to a Flame cluster, or start an embedded one.
+
+    Args:
+        address: ``host:port`` of a running ``flame-daemon``. Default: ``$FLAME_ADDRESS``;
+            if that is unset too, an embedded cluster is started in this process and
+            stopped at exit (no process is left behind).
+        slots: Executors of the embedded cluster (default: the number of CPUs).
+        state_dir: Where the embedded cluster keeps its state (default: a temporary
+            directory, removed at shutdown).
+        log_level: Log level of the native side (e.g. ``"info"``, ``"debug"``); sets
+            ``FLAME_LOG`` for this process and its executors.
+
+    Calling ``init`` again with the same address does nothing.
+
+    Raises:
+        flame.InvalidArgumentError: already initialized with a different address.
+        flame.ConnectionError: the daemon at ``address`` cannot be reached.
+    """
+    global _runtime, _atexit_registered
+    address = address or os.environ.get("FLAME_ADDRESS") or None
+    with _lock:
+        if _runtime is not None:
+            if _runtime.address == address:
+                return
+            current = _runtime.address or "an embedded cluster"
+            raise errors.InvalidArgumentError(
+                f"flame is already initialized with {current}; call flame.shutdown() "
+                f"before flame.init({address!r})"
+            )
+        if log_level:
+            os.environ["FLAME_LOG"] = log_level
+        if address is not None:
+            _runtime = Runtime(Connection(address), address)
+        else:
+            _runtime = _start_embedded(slots, state_dir)
+        if not _atexit_registered:
+            atexit.register(shutdown)
+            _atexit_registered = True
+
+
+def _start_embedded(slots: int | None, state_dir: str | None) -> Runtime:
+    if slots is not None and slots < 1:
+        raise errors.InvalidArgumentError(f"slots must be at least 1, got {slots}")
+    temp_dir = None
+    if state_dir is None:
+        state_dir = temp_dir = tempfile.mkdtemp(prefix="flame-")
+    try:
+        cluster = _core.LocalCluster(slots or os.cpu_count() or 1, state_dir, sys.executable)
+    except BaseException:
+        if temp_dir is not None:
+            shutil.rmtree(temp_dir, ignore_errors=True)
+        raise
+    try:
+        conn = Connection(cluster.address)
+    except BaseException:
+        cluster.stop()
+        if temp_dir is not None:
+            shutil.rmtree(temp_dir, ignore_errors=True)
+        raise
+    return Runtime(conn, None, cluster, temp_dir)
+
+
+def shutdown() -> None:
+    """Close the sessions opened through the decorator API, disconnect, and stop the
+    embedded cluster if there is one. Unfinished futures fail with
+    :class:`flame.ConnectionError`. Does nothing if Flame is not initialized."""
+    global _runtime
+    with _lock:
+        runtime, _runtime = _runtime, None
+    if runtime is not None:
+        runtime.close()
+
+
+def is_initialized() -> bool:
+    """Whether :func:`init` was called (explicitly or by a first API call)."""
+    return _runtime is not None
+
+
+def runtime() -> Runtime:
+    """The current runtime, initializing an embedded cluster if there is none."""
+    rt = _runtime
+    if rt is not None:
+        return rt
+    with _lock:
+        if _runtime is None:
+            init()
+        assert _runtime is not None
+        return _runtime
+
+
+def cluster_info() -> dict[str, Any]:
+    """Nodes, executors, open sessions and queue lengths of the cluster."""
+    return runtime().conn.cluster_info()
+
+
+def nodes() -> list[Any]:
+    """The cluster's nodes (see :func:`cluster_info`)."""
+    return list(cluster_info().get("nodes", []))
+
+
+# ---------------------------------------------------------------- waiting on futures
+
+
+def _check_futures(futures: Iterable[Any]) -> list[AnyFuture]:
+    items = list(futures)
+    for f in items:
+        if not isinstance(f, AnyFuture):
+            raise TypeError(f"expected flame.Future objects, got {type(f).__qualname__}")
+    return items
+
+
+def _remaining(deadline: float | None) -> float | None:
+    return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+
+@overload
+def get(futures: AnyFuture, timeout: float | None = None) -> Any: ...
+@overload
+def get(futures: Sequence[AnyFuture], timeout: float | None = None) -> list[Any]: ...
+
+
+def get(futures: AnyFuture | Sequence[AnyFuture], timeout: float | None = None) -> Any:
+    """The result of a future, or the results of a list of futures in the same order.
+
+    Args:
+        futures: One future, or a sequence of them.
+        timeout: Seconds to wait in all; ``None`` waits as long as it takes.
+
+    Raises:
+        TimeoutError: not every result was ready in time.
+        Exception: the first failed task's exception, in list order (a user exception
+            as itself, with the remote traceback as its cause).
+    """
+    if isinstance(futures, AnyFuture):
+        return futures.result(timeout)
+    items = _check_futures(futures)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    return [f.result(_remaining(deadline)) for f in items]
+
+
+def wait(
+    futures: Sequence[AnyFuture],
+    num_returns: int | None = None,
+    timeout: float | None = None,
+) -> tuple[list[AnyFuture], list[AnyFuture]]:
+    """Wait until ``num_returns`` of ``futures`` are done, or the timeout passes.
+
+    Args:
+        futures: The futures to watch.
+        num_returns: How many to wait for (default: all of them).
+        timeout: Seconds to wait at most; ``None`` means no limit.
+
+    Returns:
+        ``(done, not_done)``: ``done`` holds at most ``num_returns`` finished futures,
+        ``not_done`` the rest; both keep the order of ``futures``. A failed task counts
+        as done. Never raises a task's exception.
+    """
+    items = _check_futures(futures)
+    n = len(items) if num_returns is None else num_returns
+    if not 0 <= n <= len(items):
+        raise errors.InvalidArgumentError(
+            f"num_returns must be between 0 and {len(items)}, got {num_returns}"
+        )
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        pending = [f for f in items if not f.done()]
+        if len(items) - len(pending) >= n:
+            break
+        left = _remaining(deadline)
+        if left == 0.0:
+            break
+        return_when = (
+            concurrent.futures.ALL_COMPLETED
+            if n == len(items)
+            else concurrent.futures.FIRST_COMPLETED
+        )
+        concurrent.futures.wait(pending, left, return_when)
+    done: list[AnyFuture] = []
+    not_done: list[AnyFuture] = []
+    for f in items:
+        (done if f.done() and len(done) < n else not_done).append(f)
+    return done, not_done
+
+
+def as_completed(futures: Iterable[AnyFuture], timeout: float | None = None) -> Iterator[AnyFuture]:
+    """Yield the futures as they finish (failed and cancelled ones included).
+
+    Raises:
+        TimeoutError: some futures were still unfinished after ``timeout`` seconds.
+    """
+    return concurrent.futures.as_completed(_check_futures(futures), timeout)

@@ -1,0 +1,303 @@
+"""The low-level API: connections, sessions and raw-bytes tasks.
+
+This layer speaks only bytes, so services written in any language can be driven from it::
+
+    with flame.connect("127.0.0.1:8080") as conn:
+        conn.register_application("echo", EchoService)
+        with conn.create_session("echo", common_data=b">") as session:
+            print(session.run_task(b"hi").result())
+
+The decorator API (``@flame.service``) is built on it.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import weakref
+from collections.abc import Iterable
+from types import TracebackType
+from typing import Any, Callable
+
+from flame import _core, _serde, errors
+from flame.application import FlameService, SessionContext, TaskContext
+from flame.futures import CompletionPump, Decoder, Future
+
+__all__ = [
+    "Connection",
+    "FlameService",
+    "Session",
+    "SessionContext",
+    "SessionInfo",
+    "TaskContext",
+    "connect",
+]
+
+SessionInfo = _core.SessionInfo
+
+
+def connect(address: str, *, timeout: float = 5.0, client_name: str = "") -> Connection:
+    """Connect to a Flame daemon.
+
+    Args:
+        address: ``host:port`` of the daemon's session manager.
+        timeout: Seconds to wait for the daemon to answer.
+        client_name: A label shown in the daemon's logs.
+
+    Raises:
+        flame.ConnectionError: the daemon cannot be reached (the message names the address).
+    """
+    return Connection(address, timeout=timeout, client_name=client_name)
+
+
+def _close_native(conn: _core.Connection, pump: CompletionPump) -> None:
+    try:
+        conn.close()
+    finally:
+        pump.join(timeout=5.0)
+
+
+class Connection:
+    """A connection to a Flame daemon. Use :func:`connect` to make one.
+
+    Closing it (or leaving its ``with`` block) fails the futures of its unfinished tasks
+    with :class:`flame.ConnectionError`; it does not close its sessions.
+    """
+
+    def __init__(self, address: str, *, timeout: float = 5.0, client_name: str = "") -> None:
+        self._conn = _core.Connection(address, timeout, client_name or _default_name())
+        self._pump = CompletionPump(self._conn)
+        self._finalizer = weakref.finalize(self, _close_native, self._conn, self._pump)
+        self._max_bytes: int | None = getattr(self._conn, "max_message_bytes", None) or None
+
+    def __repr__(self) -> str:
+        return f"<flame.Connection {self.address} client={self.client_id}>"
+
+    def __enter__(self) -> Connection:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    @property
+    def address(self) -> str:
+        """The daemon's address."""
+        return self._conn.address
+
+    @property
+    def client_id(self) -> int:
+        """The id the daemon gave this client."""
+        return self._conn.client_id
+
+    @property
+    def max_message_bytes(self) -> int | None:
+        """The largest task input the daemon accepts, when it says."""
+        return self._max_bytes
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return not self._finalizer.alive
+
+    def close(self) -> None:
+        """Close the connection; unfinished futures fail with :class:`flame.ConnectionError`."""
+        self._finalizer()
+
+    # -------------------------------------------------------------- applications
+
+    def register_application(
+        self, name: str, service: type[FlameService], description: str = ""
+    ) -> None:
+        """Register ``service`` (a :class:`FlameService` subclass) under ``name``.
+
+        The class is stored by value, so executors need not import its module.
+
+        Raises:
+            flame.InvalidArgumentError: ``service`` is not a FlameService subclass.
+            flame.SerializationError: the class cannot be pickled.
+        """
+        if not (isinstance(service, type) and issubclass(service, FlameService)):
+            raise errors.InvalidArgumentError(
+                f"register_application({name!r}): expected a FlameService subclass, "
+                f"got {_serde.describe(service)}"
+            )
+        _serde.register_by_value(service.__module__)
+        spec = _serde.dumps_function(
+            {"kind": "service", "cls": service}, what=f"service class {service.__qualname__}"
+        )
+        self._conn.register_application(name, spec, description)
+
+    def list_applications(self) -> list[tuple[str, str]]:
+        """``(name, description)`` of each registered application."""
+        return [(name, description) for name, _, description in self._conn.list_applications()]
+
+    # -------------------------------------------------------------- sessions
+
+    def create_session(
+        self,
+        application: str,
+        common_data: bytes = b"",
+        slots: int = 1,
+        *,
+        app_spec: bytes = b"",
+        max_retries: int = 3,
+        timeout: float | None = None,
+        priority: int = 0,
+        python: str | None = None,
+    ) -> Session:
+        """Open a session of a registered application (or of an inline ``app_spec``).
+
+        Args:
+            application: The registered application's name.
+            common_data: Bytes handed to every executor's ``on_session_enter``.
+            slots: The most executors the session may use at once (0: no limit).
+            app_spec: An inline service spec, instead of the registered one.
+            max_retries: Re-runs of a task whose executor died.
+            timeout: Per-task time limit in seconds (``None``: none).
+            priority: Higher runs first when sessions compete for executors.
+            python: The interpreter executors should use (default: this one).
+
+        Raises:
+            flame.InvalidArgumentError: unknown application or bad option.
+        """
+        info = self._conn.create_session(
+            application,
+            app_spec=app_spec,
+            common_data=bytes(common_data),
+            slots=slots or 0,
+            max_retries=max_retries,
+            timeout=float(timeout or 0.0),
+            priority=priority,
+            python=sys.executable if python is None else python,
+        )
+        return Session(self, info)
+
+    def get_session(self, session_id: int) -> Session:
+        """A handle on an existing session.
+
+        Raises:
+            flame.SessionError: the daemon does not know the session.
+        """
+        return Session(self, self._conn.get_session(session_id))
+
+    def list_sessions(self) -> list[SessionInfo]:
+        """Information on every session the daemon knows."""
+        return self._conn.list_sessions()
+
+    def close_session(self, session_id: int) -> SessionInfo:
+        """Close a session; its unfinished tasks are cancelled."""
+        return self._conn.close_session(session_id)
+
+    def cluster_info(self) -> dict[str, Any]:
+        """Nodes, executors and queue lengths of the cluster."""
+        return dict(self._conn.cluster_info())
+
+    # -------------------------------------------------------------- tasks
+
+    def submit(
+        self, session_id: int, inputs: list[bytes], decoder: Decoder | None = None
+    ) -> list[Future]:
+        """Submit a batch of tasks to a session; one future per input, in order.
+
+        The futures' results are the output bytes, or ``decoder(output)`` if given.
+
+        Raises:
+            flame.SessionError: the session is unknown or closed.
+            flame.PayloadTooLargeError: an input is over the daemon's limit.
+            flame.ConnectionError: the connection is closed.
+        """
+        futures = [Future(decoder) for _ in inputs]
+        self._submit(session_id, inputs, futures)
+        return futures
+
+    def _submit(self, session_id: int, inputs: list[bytes], futures: list[Future]) -> None:
+        if self.closed:
+            raise errors.ConnectionError(f"the connection to {self.address} is closed")
+        if self._max_bytes is not None:
+            for data in inputs:
+                if len(data) > self._max_bytes:
+                    raise errors.PayloadTooLargeError(
+                        f"a task input of {len(data)} bytes is over the daemon's limit of "
+                        f"{self._max_bytes} bytes"
+                    )
+        task_ids = self._conn.submit(session_id, inputs)
+        self._pump.register(session_id, task_ids, futures)
+
+
+def _default_name() -> str:
+    return f"python-{os.getpid()}"
+
+
+class Session:
+    """A session opened with :meth:`Connection.create_session`.
+
+    Closing it cancels its unfinished tasks.
+    """
+
+    def __init__(self, conn: Connection, info: SessionInfo) -> None:
+        self._conn = conn
+        self._info = info
+
+    def __repr__(self) -> str:
+        return f"<flame.Session {self.id} application={self.application!r}>"
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    @property
+    def id(self) -> int:
+        """The session's id."""
+        return self._info.id
+
+    @property
+    def application(self) -> str:
+        """The application the session runs."""
+        return self._info.application
+
+    def info(self) -> SessionInfo:
+        """Fresh information on the session from the daemon (counts, state)."""
+        self._info = self._conn._conn.get_session(self.id)
+        return self._info
+
+    def run_task(self, input: bytes, callback: Callable[[Future], Any] | None = None) -> Future:
+        """Submit one task; its future's result is the output bytes.
+
+        Args:
+            input: The task's input.
+            callback: Called with the future once it is done (on Flame's completion
+                thread, or at once if it is already done).
+
+        Raises:
+            flame.SessionError: the session is unknown or closed.
+            flame.ConnectionError: the connection is closed.
+        """
+        (future,) = self._conn.submit(self.id, [bytes(input)])
+        if callback is not None:
+            future.add_done_callback(callback)
+        return future
+
+    def run_tasks(self, inputs: Iterable[bytes]) -> list[Future]:
+        """Submit a batch of tasks in one go; one future per input, in order."""
+        return self._conn.submit(self.id, [bytes(i) for i in inputs])
+
+    def close(self) -> None:
+        """Close the session; its unfinished tasks are cancelled. Idempotent."""
+        if self._info.state == "closed":
+            return
+        try:
+            self._info = self._conn.close_session(self.id)
+        except errors.SessionError:
+            pass  # already closed, or forgotten by the daemon: nothing left to close

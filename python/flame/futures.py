@@ -1,0 +1,270 @@
+"""Futures for task results, and the pump that resolves them.
+
+A :class:`Future` is a :class:`concurrent.futures.Future`, so the standard library's
+``wait`` and ``as_completed`` work on it, and it can be awaited in any running asyncio loop.
+
+Each connection has one :class:`CompletionPump`: a daemon thread that reads completion
+batches from the native connection and resolves the matching futures. The registry of
+unresolved futures is guarded by one lock; futures are resolved (and their callbacks run)
+outside it, so a callback may submit more tasks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import threading
+from collections.abc import Generator
+from typing import Any, Callable, Optional, Protocol
+
+from flame import errors
+
+__all__ = ["CompletionPump", "Future"]
+
+# Task states on the wire (`TaskState` in rust/core/proto/flame.proto).
+PENDING = 1
+RUNNING = 2
+SUCCEEDED = 3
+FAILED = 4
+CANCELLED = 5
+
+ErrorTuple = tuple[int, str, str, bytes]
+# (session_id, task_id, state, output, error, attempts)
+Completion = tuple[int, int, int, bytes, Optional[ErrorTuple], int]
+Decoder = Callable[[bytes], Any]
+
+
+class CompletionSource(Protocol):
+    """The part of ``flame._core.Connection`` the pump uses."""
+
+    address: str
+
+    def next_completions(self, timeout: float) -> list[Completion] | None: ...
+
+    def cancel(self, session_id: int, task_id: int) -> None: ...
+
+
+class Future(concurrent.futures.Future):  # type: ignore[type-arg]
+    """The eventual result of a task.
+
+    Besides the :class:`concurrent.futures.Future` API (``result``, ``exception``, ``done``,
+    ``add_done_callback``, ...), a Flame future can be awaited inside any running asyncio
+    loop, Jupyter's included, without blocking it.
+
+    Attributes:
+        session_id: The session the task was submitted to (``None`` until submitted).
+        task_id: The task's id (``None`` until submitted).
+        attempts: How many times the task was run, once it is finished.
+    """
+
+    def __init__(self, decoder: Decoder | None = None) -> None:
+        super().__init__()
+        self.session_id: int | None = None
+        self.task_id: int | None = None
+        self.attempts = 0
+        self._decoder = decoder
+        self._cancel_remote: Callable[[int, int], None] | None = None
+
+    def __repr__(self) -> str:
+        with self._condition:
+            state = self._state.lower()
+        return f"<flame.Future session={self.session_id} task={self.task_id} state={state}>"
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        """Wait for the result in the running asyncio loop (thread-safe bridge)."""
+        return asyncio.wrap_future(self).__await__()
+
+    def cancel(self) -> bool:
+        """Cancel the task.
+
+        A future not yet sent to the daemon is cancelled at once. For a task that is
+        pending or running, the daemon is asked to cancel it and the future becomes
+        cancelled when the daemon confirms; a task that finishes first keeps its result.
+
+        Returns:
+            ``True`` if the future was cancelled or cancellation was requested before the
+            task finished; ``False`` if the task had already finished.
+        """
+        with self._condition:
+            if self.done():
+                return False
+            cancel_remote = self._cancel_remote
+            session_id, task_id = self.session_id, self.task_id
+            if cancel_remote is None or session_id is None or task_id is None:
+                return self._resolve_cancelled()
+        try:
+            cancel_remote(session_id, task_id)
+        except errors.FlameError:
+            # The connection is gone: the pump fails this future with ConnectionError.
+            return False
+        return True
+
+    # -------------------------------------------------------------- used by Flame only
+
+    def _bind(self, session_id: int, task_id: int, cancel: Callable[[int, int], None]) -> None:
+        with self._condition:
+            self.session_id = session_id
+            self.task_id = task_id
+            self._cancel_remote = cancel
+
+    def _resolve_cancelled(self) -> bool:
+        if not super().cancel():
+            return False
+        # Moves CANCELLED to CANCELLED_AND_NOTIFIED so concurrent.futures.wait sees it.
+        self.set_running_or_notify_cancel()
+        return True
+
+    def _set_result_safe(self, value: Any) -> None:
+        try:
+            self.set_result(value)
+        except concurrent.futures.InvalidStateError:
+            pass  # cancelled locally meanwhile
+
+    def _set_exception_safe(self, exc: BaseException) -> None:
+        try:
+            self.set_exception(exc)
+        except concurrent.futures.InvalidStateError:
+            pass
+
+    def _complete(self, state: int, output: bytes, error: ErrorTuple | None, attempts: int) -> None:
+        """Resolve from a completion record (runs on the pump thread, no lock held)."""
+        self.attempts = attempts
+        if state == SUCCEEDED:
+            try:
+                value = self._decoder(output) if self._decoder is not None else output
+            except BaseException as e:  # delivered to the waiter instead
+                self._set_exception_safe(e)
+                return
+            self._set_result_safe(value)
+        elif state == CANCELLED or (error is not None and error[0] == errors.CANCELLED):
+            self._resolve_cancelled()
+        elif error is not None:
+            kind, message, tb, payload = error
+            self._set_exception_safe(
+                errors.error_from_tuple(kind, message, tb, payload, self.session_id, self.task_id)
+            )
+        else:
+            self._set_exception_safe(
+                errors.TaskError(
+                    f"task {self.task_id} of session {self.session_id} ended in state "
+                    f"{state} without an error record",
+                    session_id=self.session_id,
+                    task_id=self.task_id,
+                )
+            )
+
+
+_MAX_EARLY = 100_000
+
+
+class CompletionPump:
+    """Resolves the futures of one connection from its completion stream.
+
+    One daemon thread loops on ``next_completions``. When the connection closes or breaks,
+    every unresolved future fails with :class:`flame.ConnectionError` — none is left hanging.
+    """
+
+    def __init__(self, conn: CompletionSource, poll: float = 0.2) -> None:
+        self._conn = conn
+        self._poll = poll
+        self._lock = threading.Lock()
+        self._futures: dict[tuple[int, int], Future] = {}
+        # Completions that arrived before `register` saw their task ids (submit returns
+        # the ids after the tasks are queued, so the race is real).
+        self._early: dict[tuple[int, int], Completion] = {}
+        self._closed = False
+        self._close_reason: BaseException | None = None
+        self._thread = threading.Thread(
+            target=self._run, name=f"flame-completions[{conn.address}]", daemon=True
+        )
+        self._thread.start()
+
+    @property
+    def pending(self) -> int:
+        """How many registered futures are unresolved."""
+        with self._lock:
+            return len(self._futures)
+
+    def register(self, session_id: int, task_ids: list[int], futures: list[Future]) -> None:
+        """Bind ``futures`` to submitted tasks and resolve them when they complete."""
+        if len(task_ids) != len(futures):
+            raise errors.FlameError(
+                f"the daemon returned {len(task_ids)} task ids for {len(futures)} tasks"
+            )
+        ready: list[tuple[Future, Completion]] = []
+        lost: list[Future] = []
+        with self._lock:
+            for task_id, fut in zip(task_ids, futures):
+                fut._bind(session_id, task_id, self._conn.cancel)
+                key = (session_id, task_id)
+                if self._closed:
+                    lost.append(fut)
+                elif (early := self._early.pop(key, None)) is not None:
+                    ready.append((fut, early))
+                else:
+                    self._futures[key] = fut
+        for fut, c in ready:
+            fut._complete(c[2], c[3], c[4], c[5])
+        for fut in lost:
+            fut._set_exception_safe(self._lost(fut))
+
+    def join(self, timeout: float | None = None) -> None:
+        """Wait for the pump thread to end (it ends when the connection closes)."""
+        if threading.current_thread() is not self._thread:
+            self._thread.join(timeout)
+
+    # -------------------------------------------------------------- pump thread
+
+    def _run(self) -> None:
+        reason: BaseException | None = None
+        try:
+            while True:
+                batch = self._conn.next_completions(self._poll)
+                if batch is None:
+                    break
+                if batch:
+                    self._dispatch(batch)
+        except BaseException as e:  # the connection broke: fail the futures
+            reason = e
+        finally:
+            self._fail_all(reason)
+
+    def _dispatch(self, batch: list[Completion]) -> None:
+        found: list[tuple[Future, Completion]] = []
+        with self._lock:
+            for c in batch:
+                if c[2] in (PENDING, RUNNING):
+                    continue  # progress report: the future stays registered
+                key = (c[0], c[1])
+                fut = self._futures.pop(key, None)
+                if fut is not None:
+                    found.append((fut, c))
+                    continue
+                if len(self._early) >= _MAX_EARLY:  # duplicates nobody will claim
+                    del self._early[next(iter(self._early))]
+                self._early[key] = c
+        for fut, c in found:
+            fut._complete(c[2], c[3], c[4], c[5])
+
+    def _fail_all(self, reason: BaseException | None) -> None:
+        with self._lock:
+            self._closed = True
+            self._close_reason = reason
+            pending = list(self._futures.values())
+            self._futures.clear()
+            self._early.clear()
+        for fut in pending:
+            fut._set_exception_safe(self._lost(fut))
+
+    def _lost(self, fut: Future) -> errors.ConnectionError:
+        what = f"task {fut.task_id} of session {fut.session_id}"
+        reason = self._close_reason
+        if reason is None:
+            return errors.ConnectionError(
+                f"the connection to the Flame daemon at {self._conn.address} was closed "
+                f"before {what} finished"
+            )
+        return errors.ConnectionError(
+            f"the connection to the Flame daemon at {self._conn.address} was lost before "
+            f"{what} finished: {reason}"
+        )

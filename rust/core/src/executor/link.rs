@@ -1,0 +1,295 @@
+//! The executor's network side: a private single-threaded tokio runtime on a background
+//! thread that owns the `ExecutorStream` to the session manager.
+//!
+//! Commands go to the host thread over a std channel, in order, so anything sent ahead while
+//! a task runs just waits (prefetch). Results come back over an unbounded channel and are
+//! coalesced: the writer takes everything queued at that instant and sends it as one
+//! `TaskResultBatch`. It never waits for more, so a lone result goes out at once, while a
+//! burst of fast tasks (or a slow network) costs one message instead of one per task.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc as std_mpsc, Arc};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Endpoint;
+
+use super::MAX_MESSAGE_BYTES;
+use crate::error::{FlameError, Result};
+use crate::ids::ExecutorId;
+use crate::proto::{self, backend_client::BackendClient, executor_message};
+
+/// Wire messages in flight towards tonic. Kept small on purpose: when the stream is slow the
+/// writer blocks here and results pile up in the outbound queue, where they get coalesced.
+const WIRE_QUEUE: usize = 2;
+/// A result batch is cut once it holds this many payload bytes, so coalescing large outputs
+/// cannot build a message over [`MAX_MESSAGE_BYTES`].
+const BATCH_SOFT_BYTES: usize = 4 * 1024 * 1024;
+/// After the host is done, how long to wait for the session manager to close its side, which
+/// is how we know our last messages were delivered.
+const LINGER: Duration = Duration::from_secs(1);
+
+/// From the network thread to the host thread.
+pub(super) enum Inbound {
+    Command(proto::ExecutorCommand),
+    /// The session manager ended the stream cleanly.
+    Closed,
+    Lost(FlameError),
+}
+
+/// From the host thread to the network thread.
+pub(super) enum Outbound {
+    Result(proto::TaskResult),
+    Message(executor_message::Msg),
+}
+
+pub(super) struct Link {
+    pub(super) inbound: std_mpsc::Receiver<Inbound>,
+    outbound: Option<mpsc::UnboundedSender<Outbound>>,
+    broken: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Link {
+    /// Starts the network thread; it connects, registers and then relays until told to stop.
+    pub(super) fn open(address: &str, id: ExecutorId, connect_timeout: Duration) -> Result<Link> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| FlameError::Internal(format!("cannot start executor runtime: {e}")))?;
+        let (in_tx, in_rx) = std_mpsc::channel();
+        let (out_tx, out_rx) = mpsc::unbounded_channel();
+        let broken = Arc::new(AtomicBool::new(false));
+        let net = Network {
+            address: address.to_string(),
+            id,
+            inbound: in_tx,
+            broken: broken.clone(),
+        };
+        let thread = std::thread::Builder::new()
+            .name(format!("flame-{id}-net"))
+            .spawn(move || runtime.block_on(net.run(connect_timeout, out_rx)))
+            .map_err(|e| {
+                FlameError::Internal(format!("cannot start executor network thread: {e}"))
+            })?;
+        Ok(Link {
+            inbound: in_rx,
+            outbound: Some(out_tx),
+            broken,
+            thread: Some(thread),
+        })
+    }
+
+    /// Queues a message for the session manager. Dropped silently once the link is down: the
+    /// host learns that from the terminal [`Inbound`] event, not from here.
+    pub(super) fn send(&self, item: Outbound) {
+        if let Some(tx) = &self.outbound {
+            let _ = tx.send(item);
+        }
+    }
+
+    /// True once the stream has ended or failed; queued commands are then moot.
+    pub(super) fn is_broken(&self) -> bool {
+        self.broken.load(Ordering::Acquire)
+    }
+
+    /// Flushes what was sent, closes our side of the stream and waits for the network thread.
+    pub(super) fn close(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        self.outbound = None;
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+struct Network {
+    address: String,
+    id: ExecutorId,
+    inbound: std_mpsc::Sender<Inbound>,
+    broken: Arc<AtomicBool>,
+}
+
+impl Network {
+    async fn run(self, connect_timeout: Duration, outbound: mpsc::UnboundedReceiver<Outbound>) {
+        let (wire_tx, wire_rx) = mpsc::channel(WIRE_QUEUE);
+        // Register goes first so the session manager knows whose stream this is. The queue is
+        // empty and its receiver alive, so this cannot fail.
+        let register = proto::ExecutorRegister {
+            executor_id: self.id.0,
+        };
+        let _ = wire_tx.try_send(message(executor_message::Msg::Register(register)));
+        let mut stream = match self.open(connect_timeout, wire_rx).await {
+            Ok(stream) => stream,
+            Err(e) => return self.finish(Inbound::Lost(e)),
+        };
+        let writer = write_loop(outbound, wire_tx);
+        tokio::pin!(writer);
+        let mut linger_until: Option<Instant> = None;
+        loop {
+            tokio::select! {
+                _ = &mut writer, if linger_until.is_none() => {
+                    linger_until = Some(Instant::now() + LINGER);
+                }
+                _ = sleep_until(linger_until) => return,
+                msg = stream.message() => match msg {
+                    Ok(Some(cmd)) => {
+                        // The host may already be gone (shutting down); nothing to do then.
+                        let _ = self.inbound.send(Inbound::Command(cmd));
+                    }
+                    Ok(None) => return self.finish(Inbound::Closed),
+                    Err(status) => {
+                        let reason = format!("{}: {}", self.address, status.message());
+                        return self.finish(Inbound::Lost(FlameError::ConnectionLost(reason)));
+                    }
+                },
+            }
+        }
+    }
+
+    fn finish(&self, event: Inbound) {
+        self.broken.store(true, Ordering::Release);
+        let _ = self.inbound.send(event);
+    }
+
+    /// Connects (retrying refused connections: the executor may start before the server
+    /// listens) and opens the stream, all within `timeout`.
+    async fn open(
+        &self,
+        timeout: Duration,
+        wire_rx: mpsc::Receiver<proto::ExecutorMessage>,
+    ) -> Result<tonic::Streaming<proto::ExecutorCommand>> {
+        let unreachable = |reason: String| FlameError::Unreachable {
+            address: self.address.clone(),
+            reason,
+        };
+        let endpoint = Endpoint::from_shared(self.address.clone())
+            .map_err(|e| unreachable(format!("invalid address: {}", error_chain(&e))))?
+            .connect_timeout(timeout)
+            .tcp_nodelay(true)
+            // Keepalive notices a session manager whose host vanished without closing TCP.
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(20))
+            .keep_alive_while_idle(true);
+        let deadline = Instant::now() + timeout;
+        let mut backoff = Duration::from_millis(50);
+        let channel = loop {
+            match tokio::time::timeout_at(deadline, endpoint.connect()).await {
+                Ok(Ok(channel)) => break channel,
+                Ok(Err(e)) if Instant::now() + backoff < deadline => {
+                    tracing::debug!("connecting to {}: {}", self.address, error_chain(&e));
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+                Ok(Err(e)) => return Err(unreachable(error_chain(&e))),
+                Err(_) => return Err(unreachable(format!("no connection within {timeout:?}"))),
+            }
+        };
+        let mut client = BackendClient::new(channel)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let call = client.executor_stream(ReceiverStream::new(wire_rx));
+        match tokio::time::timeout_at(deadline, call).await {
+            Ok(Ok(response)) => Ok(response.into_inner()),
+            Ok(Err(status)) => Err(unreachable(format!(
+                "ExecutorStream refused: {}",
+                status.message()
+            ))),
+            Err(_) => Err(unreachable(format!("no ExecutorStream within {timeout:?}"))),
+        }
+    }
+}
+
+/// Moves outbound items to the wire until the host drops its sender (or the wire closes).
+async fn write_loop(
+    mut outbound: mpsc::UnboundedReceiver<Outbound>,
+    wire: mpsc::Sender<proto::ExecutorMessage>,
+) {
+    let mut queued = Vec::new();
+    while outbound.recv_many(&mut queued, 4096).await > 0 {
+        for msg in coalesce(queued.drain(..)) {
+            if wire.send(msg).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// Turns queued items into wire messages, keeping their order: each run of consecutive
+/// results becomes one batch (cut at [`BATCH_SOFT_BYTES`]); other messages sit between runs.
+pub(super) fn coalesce(items: impl IntoIterator<Item = Outbound>) -> Vec<proto::ExecutorMessage> {
+    let mut out = Vec::new();
+    let mut batch: Vec<proto::TaskResult> = Vec::new();
+    let mut batch_bytes = 0;
+    let flush = |batch: &mut Vec<proto::TaskResult>, out: &mut Vec<proto::ExecutorMessage>| {
+        if !batch.is_empty() {
+            let results = std::mem::take(batch);
+            out.push(message(executor_message::Msg::Results(
+                proto::TaskResultBatch { results },
+            )));
+        }
+    };
+    for item in items {
+        match item {
+            Outbound::Result(r) => {
+                let size = result_bytes(&r);
+                if !batch.is_empty() && batch_bytes + size > BATCH_SOFT_BYTES {
+                    flush(&mut batch, &mut out);
+                    batch_bytes = 0;
+                }
+                batch_bytes += size;
+                batch.push(r);
+            }
+            Outbound::Message(m) => {
+                flush(&mut batch, &mut out);
+                batch_bytes = 0;
+                out.push(message(m));
+            }
+        }
+    }
+    flush(&mut batch, &mut out);
+    out
+}
+
+fn result_bytes(r: &proto::TaskResult) -> usize {
+    let error = r
+        .error
+        .as_ref()
+        .map_or(0, |e| e.message.len() + e.traceback.len() + e.payload.len());
+    r.output.len() + error + 32
+}
+
+fn message(msg: executor_message::Msg) -> proto::ExecutorMessage {
+    proto::ExecutorMessage { msg: Some(msg) }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// tonic's transport errors say only "transport error" at the top; the cause is in the chain.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}

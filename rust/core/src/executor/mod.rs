@@ -1,0 +1,272 @@
+//! The executor loop: one executor process serving one session at a time for the session
+//! manager.
+//!
+//! This module owns the *host side*: it receives commands (bind, task batches, unbind,
+//! shutdown) in order and calls a [`ServiceHost`] on the calling thread — Python needs its
+//! service code to run on the thread that holds the interpreter. The network side lives in
+//! [`link`], on a private tokio runtime on a background thread, so a long task never stalls
+//! the gRPC stream and commands sent ahead (prefetch) simply queue up behind it.
+
+mod link;
+#[cfg(test)]
+mod tests;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::error::{FlameError, Result};
+use crate::ids::{ExecutorId, SessionId, TaskId};
+use crate::model::{ErrorKind, TaskFailure};
+use crate::proto::{self, executor_command, executor_message};
+use link::{Inbound, Link, Outbound};
+
+/// Largest gRPC message the executor encodes or decodes. Task inputs and outputs travel
+/// inside messages, so this bounds the size of a single task's payload.
+pub const MAX_MESSAGE_BYTES: usize = 512 * 1024 * 1024;
+
+/// How long `run_executor` keeps trying to reach the session manager before giving up.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What a service is given when an executor is bound to a session.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SessionContext {
+    pub session_id: SessionId,
+    pub application: String,
+    pub app_spec: Bytes,
+    pub common_data: Bytes,
+}
+
+/// The service an executor runs. Implemented by the Python binding (and by native test
+/// executors); every method is called on the thread that called [`run_executor`].
+pub trait ServiceHost {
+    /// on_session_enter: load the service (e.g. unpickle the function / construct the class).
+    fn enter(&mut self, ctx: &SessionContext) -> Result<(), TaskFailure>;
+    /// Run one task of the bound session.
+    fn invoke(
+        &mut self,
+        session: SessionId,
+        task: TaskId,
+        input: Bytes,
+    ) -> Result<Bytes, TaskFailure>;
+    /// on_session_leave
+    fn leave(&mut self);
+}
+
+/// Serves the session manager's Backend at `address` (e.g. `"http://127.0.0.1:4567"`) as
+/// executor `executor_id` until it is told to shut down or the stream ends. Blocking: the
+/// host runs on the calling thread, network I/O on a private background runtime.
+///
+/// # Errors
+/// [`FlameError::Unreachable`] if the stream cannot be opened within ~10 s, and
+/// [`FlameError::ConnectionLost`] if it breaks; both name the address.
+pub fn run_executor(
+    address: &str,
+    executor_id: ExecutorId,
+    host: &mut dyn ServiceHost,
+) -> Result<()> {
+    run_with_timeout(address, executor_id, host, CONNECT_TIMEOUT)
+}
+
+fn run_with_timeout(
+    address: &str,
+    executor_id: ExecutorId,
+    host: &mut dyn ServiceHost,
+    connect_timeout: Duration,
+) -> Result<()> {
+    let link = Link::open(address, executor_id, connect_timeout)?;
+    let mut worker = Worker {
+        host,
+        link: &link,
+        bound: None,
+        failed_enter: None,
+    };
+    let outcome = worker.serve(address);
+    // The host is done (and has left its session): flush what it sent, stop the network.
+    link.close();
+    outcome
+}
+
+/// A command from the session manager, checked at the edge.
+enum Command {
+    Bind(SessionContext),
+    Tasks {
+        session: SessionId,
+        tasks: Vec<proto::TaskAssignment>,
+    },
+    Unbind(SessionId),
+    Shutdown(String),
+}
+
+impl TryFrom<proto::ExecutorCommand> for Command {
+    type Error = FlameError;
+
+    fn try_from(c: proto::ExecutorCommand) -> Result<Self> {
+        Ok(match c.msg {
+            Some(executor_command::Msg::Bind(b)) => Command::Bind(SessionContext {
+                session_id: SessionId(b.session_id),
+                application: b.application,
+                app_spec: b.app_spec,
+                common_data: b.common_data,
+            }),
+            Some(executor_command::Msg::Tasks(t)) => Command::Tasks {
+                session: SessionId(t.session_id),
+                tasks: t.tasks,
+            },
+            Some(executor_command::Msg::Unbind(u)) => Command::Unbind(SessionId(u.session_id)),
+            Some(executor_command::Msg::Shutdown(s)) => Command::Shutdown(s.reason),
+            None => {
+                return Err(FlameError::InvalidArgument(
+                    "executor command without a body".into(),
+                ))
+            }
+        })
+    }
+}
+
+/// The host-side state machine: unbound, bound to a session, or parked on a session whose
+/// enter failed (so its tasks fail fast instead of reaching a half-loaded service).
+struct Worker<'a> {
+    host: &'a mut dyn ServiceHost,
+    link: &'a Link,
+    bound: Option<SessionId>,
+    failed_enter: Option<(SessionId, TaskFailure)>,
+}
+
+impl Worker<'_> {
+    fn serve(&mut self, address: &str) -> Result<()> {
+        loop {
+            let event = self.link.inbound.recv().map_err(|_| {
+                FlameError::ConnectionLost(format!("{address}: executor network thread stopped"))
+            });
+            let outcome = match event {
+                Ok(Inbound::Command(cmd)) => {
+                    // Once the link is broken nothing can be reported, so queued work is
+                    // skipped until the terminal event arrives.
+                    if self.link.is_broken() {
+                        continue;
+                    }
+                    match Command::try_from(cmd) {
+                        Ok(Command::Shutdown(reason)) => {
+                            tracing::debug!(%reason, "executor told to shut down");
+                            Ok(())
+                        }
+                        Ok(cmd) => {
+                            self.handle(cmd);
+                            continue;
+                        }
+                        Err(e) => {
+                            tracing::warn!("ignoring malformed command: {e}");
+                            continue;
+                        }
+                    }
+                }
+                Ok(Inbound::Closed) => Ok(()),
+                Ok(Inbound::Lost(e)) => Err(e),
+                Err(e) => Err(e),
+            };
+            self.leave_if_bound();
+            return outcome;
+        }
+    }
+
+    fn handle(&mut self, cmd: Command) {
+        match cmd {
+            Command::Bind(ctx) => self.bind(ctx),
+            Command::Tasks { session, tasks } => self.run_tasks(session, tasks),
+            Command::Unbind(session) => {
+                if self.bound == Some(session) {
+                    self.leave_if_bound();
+                } else if self
+                    .failed_enter
+                    .as_ref()
+                    .is_some_and(|(s, _)| *s == session)
+                {
+                    self.failed_enter = None;
+                } else {
+                    tracing::debug!(%session, "unbind for a session this executor does not hold");
+                }
+                let left = proto::SessionLeft {
+                    session_id: session.0,
+                };
+                self.link
+                    .send(Outbound::Message(executor_message::Msg::Left(left)));
+            }
+            Command::Shutdown(_) => {}
+        }
+    }
+
+    fn bind(&mut self, ctx: SessionContext) {
+        if let Some(old) = self.bound {
+            // The session manager unbinds before rebinding; if it did not, release the old
+            // service rather than leak it, and say so.
+            tracing::warn!(%old, new = %ctx.session_id, "bind while bound; leaving old session");
+            self.leave_if_bound();
+            let left = proto::SessionLeft { session_id: old.0 };
+            self.link
+                .send(Outbound::Message(executor_message::Msg::Left(left)));
+        }
+        self.failed_enter = None;
+        let error = match self.host.enter(&ctx) {
+            Ok(()) => {
+                self.bound = Some(ctx.session_id);
+                None
+            }
+            Err(mut failure) => {
+                failure.kind = ErrorKind::ErrorSessionEnterFailed;
+                self.failed_enter = Some((ctx.session_id, failure.clone()));
+                Some(failure.into())
+            }
+        };
+        let entered = proto::SessionEntered {
+            session_id: ctx.session_id.0,
+            error,
+        };
+        self.link
+            .send(Outbound::Message(executor_message::Msg::Entered(entered)));
+    }
+
+    fn run_tasks(&mut self, session: SessionId, tasks: Vec<proto::TaskAssignment>) {
+        for task in tasks {
+            if self.link.is_broken() {
+                return;
+            }
+            let outcome = if self.bound == Some(session) {
+                self.host.invoke(session, TaskId(task.task_id), task.input)
+            } else if let Some((_, failure)) =
+                self.failed_enter.as_ref().filter(|(s, _)| *s == session)
+            {
+                Err(failure.clone())
+            } else {
+                Err(TaskFailure::new(
+                    ErrorKind::ErrorInternal,
+                    format!("executor is not bound to session {session}"),
+                ))
+            };
+            let result = match outcome {
+                Ok(output) => proto::TaskResult {
+                    session_id: session.0,
+                    task_id: task.task_id,
+                    ok: true,
+                    output,
+                    error: None,
+                },
+                Err(failure) => proto::TaskResult {
+                    session_id: session.0,
+                    task_id: task.task_id,
+                    ok: false,
+                    output: Bytes::new(),
+                    error: Some(failure.into()),
+                },
+            };
+            // Sent per task: the link coalesces whatever has piled up, never waits for more.
+            self.link.send(Outbound::Result(result));
+        }
+    }
+
+    fn leave_if_bound(&mut self) {
+        if self.bound.take().is_some() {
+            self.host.leave();
+        }
+    }
+}

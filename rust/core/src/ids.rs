@@ -1,0 +1,83 @@
+//! Identifier newtypes. Ids are plain `u64` on the wire; in Rust they are distinct types so a
+//! session id can never be passed where a task id is expected.
+
+use std::fmt;
+
+macro_rules! id_type {
+    ($(#[$doc:meta])* $name:ident($inner:ty), $prefix:literal) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+        pub struct $name(pub $inner);
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, concat!($prefix, "{}"), self.0)
+            }
+        }
+
+        impl From<$inner> for $name {
+            fn from(v: $inner) -> Self {
+                Self(v)
+            }
+        }
+    };
+}
+
+id_type!(
+    /// A session: one service instance with its common data and its tasks.
+    SessionId(u64), "ssn-"
+);
+id_type!(
+    /// A task inside a session. High 32 bits: the submitting client; low 32 bits: its counter.
+    TaskId(u64), "task-"
+);
+id_type!(
+    /// An executor process, unique for the life of the session manager's state.
+    ExecutorId(u64), "exe-"
+);
+id_type!(
+    /// An executor-manager node registered with the session manager.
+    NodeId(u64), "node-"
+);
+id_type!(
+    /// A client connection identity, handed out by `Hello` and kept across reconnects.
+    ClientId(u32), "client-"
+);
+
+impl TaskId {
+    /// Compose a task id from the submitting client and that client's counter.
+    pub fn compose(client: ClientId, counter: u32) -> Self {
+        Self(((client.0 as u64) << 32) | counter as u64)
+    }
+
+    /// The client that chose this id.
+    pub fn client(self) -> ClientId {
+        ClientId((self.0 >> 32) as u32)
+    }
+}
+
+/// A task is only unique together with its session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TaskKey {
+    pub session: SessionId,
+    pub task: TaskId,
+}
+
+impl fmt::Display for TaskKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.session, self.task)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn task_id_round_trips_client() {
+        let id = TaskId::compose(ClientId(7), 42);
+        assert_eq!(id.client(), ClientId(7));
+        assert_eq!(id.0 & 0xffff_ffff, 42);
+        assert_eq!(id.to_string(), format!("task-{}", (7u64 << 32) | 42));
+    }
+}

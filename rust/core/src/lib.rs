@@ -1,0 +1,22 @@
+//! Flame core: everything about Flame that is not Python and not a running server.
+//!
+//! # Layout
+//! - [`ids`] — `SessionId`, `TaskId`, `ExecutorId`, `NodeId`, `ClientId` newtypes.
+//! - [`error`] — [`FlameError`], the one error enum of this layer, and its gRPC mapping.
+//! - [`proto`] — generated tonic/prost types for `proto/flame.proto`, plus conversions.
+//! - [`model`] — domain types: task and session records, their states and transitions.
+//! - [`scheduler`] — the pure, event-driven scheduling policy (no I/O, virtual time).
+//! - [`storage`] — the `Storage` trait and its SQLite engine.
+//! - [`client`] — the Rust client used by the Python binding and the CLI.
+//! - [`executor`] — the executor loop: talks to the session manager, runs a `ServiceHost`.
+
+pub mod client;
+pub mod error;
+pub mod executor;
+pub mod ids;
+pub mod model;
+pub mod proto;
+pub mod scheduler;
+pub mod storage;
+
+pub use error::{FlameError, Result};

@@ -1,0 +1,316 @@
+//! Domain types: applications, sessions, tasks, their states and legal transitions, and the
+//! conversions between them and the wire types in [`crate::proto`].
+
+use bytes::Bytes;
+
+use crate::error::{FlameError, Result};
+use crate::ids::{SessionId, TaskId, TaskKey};
+use crate::proto;
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum TaskState {
+    Pending,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl TaskState {
+    /// A finished task never changes state again.
+    pub fn is_final(self) -> bool {
+        matches!(self, Self::Succeeded | Self::Failed | Self::Cancelled)
+    }
+
+    /// The legal moves of the task state machine. Running → Pending is a retry after the
+    /// executor was lost (or the daemon restarted).
+    pub fn can_move_to(self, next: TaskState) -> bool {
+        use TaskState::*;
+        match (self, next) {
+            (Pending, Running) | (Running, Pending) => true,
+            (Pending | Running, Succeeded | Failed | Cancelled) => true,
+            _ => false,
+        }
+    }
+
+    pub fn as_i32(self) -> i32 {
+        proto::TaskState::from(self) as i32
+    }
+
+    pub fn from_i32(v: i32) -> Result<Self> {
+        match proto::TaskState::try_from(v) {
+            Ok(proto::TaskState::TaskPending) => Ok(Self::Pending),
+            Ok(proto::TaskState::TaskRunning) => Ok(Self::Running),
+            Ok(proto::TaskState::TaskSucceeded) => Ok(Self::Succeeded),
+            Ok(proto::TaskState::TaskFailed) => Ok(Self::Failed),
+            Ok(proto::TaskState::TaskCancelled) => Ok(Self::Cancelled),
+            _ => Err(FlameError::InvalidArgument(format!("unknown task state {v}"))),
+        }
+    }
+}
+
+impl From<TaskState> for proto::TaskState {
+    fn from(s: TaskState) -> Self {
+        match s {
+            TaskState::Pending => Self::TaskPending,
+            TaskState::Running => Self::TaskRunning,
+            TaskState::Succeeded => Self::TaskSucceeded,
+            TaskState::Failed => Self::TaskFailed,
+            TaskState::Cancelled => Self::TaskCancelled,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SessionState {
+    Open,
+    Closed,
+}
+
+/// Why a task failed; see `ErrorKind` in the proto for the meaning of each.
+pub type ErrorKind = proto::ErrorKind;
+
+impl ErrorKind {
+    /// Whether the failure is worth another attempt on another executor.
+    pub fn retryable(self) -> bool {
+        matches!(self, ErrorKind::ErrorExecutorLost)
+    }
+}
+
+/// A task failure, classified once where it is first seen.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TaskFailure {
+    pub kind: ErrorKind,
+    pub message: String,
+    pub traceback: String,
+    /// The pickled exception (Python services); may be empty.
+    pub payload: Bytes,
+}
+
+impl TaskFailure {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+            traceback: String::new(),
+            payload: Bytes::new(),
+        }
+    }
+}
+
+impl From<TaskFailure> for proto::TaskError {
+    fn from(f: TaskFailure) -> Self {
+        Self {
+            kind: f.kind as i32,
+            message: f.message,
+            traceback: f.traceback,
+            payload: f.payload,
+        }
+    }
+}
+
+impl From<proto::TaskError> for TaskFailure {
+    fn from(e: proto::TaskError) -> Self {
+        Self {
+            kind: ErrorKind::try_from(e.kind).unwrap_or(ErrorKind::ErrorInternal),
+            message: e.message,
+            traceback: e.traceback,
+            payload: e.payload,
+        }
+    }
+}
+
+/// What a session runs and how. Mirrors `proto::SessionSpec`, validated.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SessionSpec {
+    pub application: String,
+    pub app_spec: Bytes,
+    pub common_data: Bytes,
+    /// Most executors the session may hold; 0 means no limit.
+    pub slots: u32,
+    pub max_retries: u32,
+    /// Per-task time limit in seconds; 0 means none.
+    pub timeout_secs: f64,
+    pub priority: i32,
+    pub python: String,
+}
+
+impl TryFrom<proto::SessionSpec> for SessionSpec {
+    type Error = FlameError;
+
+    fn try_from(p: proto::SessionSpec) -> Result<Self> {
+        if p.application.trim().is_empty() {
+            return Err(FlameError::InvalidArgument(
+                "session spec needs an application name".into(),
+            ));
+        }
+        if !p.timeout_secs.is_finite() || p.timeout_secs < 0.0 {
+            return Err(FlameError::InvalidArgument(format!(
+                "timeout must be a non-negative number of seconds, got {}",
+                p.timeout_secs
+            )));
+        }
+        Ok(Self {
+            application: p.application,
+            app_spec: p.app_spec,
+            common_data: p.common_data,
+            slots: p.slots,
+            max_retries: p.max_retries,
+            timeout_secs: p.timeout_secs,
+            priority: p.priority,
+            python: p.python,
+        })
+    }
+}
+
+impl From<SessionSpec> for proto::SessionSpec {
+    fn from(s: SessionSpec) -> Self {
+        Self {
+            application: s.application,
+            app_spec: s.app_spec,
+            common_data: s.common_data,
+            slots: s.slots,
+            max_retries: s.max_retries,
+            timeout_secs: s.timeout_secs,
+            priority: s.priority,
+            python: s.python,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ApplicationRecord {
+    pub name: String,
+    pub spec: Bytes,
+    pub description: String,
+    pub created_ms: i64,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct SessionRecord {
+    pub id: SessionId,
+    pub spec: SessionSpec,
+    pub state: SessionState,
+    pub created_ms: i64,
+    pub closed_ms: Option<i64>,
+}
+
+/// Counts of a session's tasks by state.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TaskCounts {
+    pub pending: u64,
+    pub running: u64,
+    pub succeeded: u64,
+    pub failed: u64,
+    pub cancelled: u64,
+}
+
+impl TaskCounts {
+    pub fn add(&mut self, state: TaskState, n: u64) {
+        match state {
+            TaskState::Pending => self.pending += n,
+            TaskState::Running => self.running += n,
+            TaskState::Succeeded => self.succeeded += n,
+            TaskState::Failed => self.failed += n,
+            TaskState::Cancelled => self.cancelled += n,
+        }
+    }
+
+    pub fn remove(&mut self, state: TaskState, n: u64) {
+        let slot = match state {
+            TaskState::Pending => &mut self.pending,
+            TaskState::Running => &mut self.running,
+            TaskState::Succeeded => &mut self.succeeded,
+            TaskState::Failed => &mut self.failed,
+            TaskState::Cancelled => &mut self.cancelled,
+        };
+        *slot = slot.saturating_sub(n);
+    }
+
+    /// Tasks not yet finished.
+    pub fn unfinished(&self) -> u64 {
+        self.pending + self.running
+    }
+}
+
+/// A task as stored: its input, and once finished its outcome.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TaskRecord {
+    pub key: TaskKey,
+    pub state: TaskState,
+    pub input: Bytes,
+    pub output: Bytes,
+    pub error: Option<TaskFailure>,
+    pub attempts: u32,
+    pub created_ms: i64,
+    pub finished_ms: Option<i64>,
+}
+
+impl TaskRecord {
+    pub fn to_completion(&self) -> proto::TaskCompletion {
+        proto::TaskCompletion {
+            session_id: self.key.session.0,
+            task_id: self.key.task.0,
+            state: self.state.as_i32(),
+            output: self.output.clone(),
+            error: self.error.clone().map(Into::into),
+            attempts: self.attempts,
+        }
+    }
+}
+
+/// Shorthand for a task key.
+pub fn key(session: SessionId, task: TaskId) -> TaskKey {
+    TaskKey { session, task }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn final_states_do_not_move() {
+        for s in [TaskState::Succeeded, TaskState::Failed, TaskState::Cancelled] {
+            assert!(s.is_final());
+            for n in [TaskState::Pending, TaskState::Running, TaskState::Succeeded] {
+                assert!(!s.can_move_to(n), "{s:?} -> {n:?}");
+            }
+        }
+        assert!(TaskState::Running.can_move_to(TaskState::Pending));
+        assert!(TaskState::Pending.can_move_to(TaskState::Cancelled));
+    }
+
+    #[test]
+    fn state_round_trips_through_wire() {
+        for s in [
+            TaskState::Pending,
+            TaskState::Running,
+            TaskState::Succeeded,
+            TaskState::Failed,
+            TaskState::Cancelled,
+        ] {
+            assert_eq!(TaskState::from_i32(s.as_i32()).unwrap(), s);
+        }
+        assert!(TaskState::from_i32(99).is_err());
+    }
+
+    #[test]
+    fn spec_validation_names_the_problem() {
+        let err = SessionSpec::try_from(proto::SessionSpec::default()).unwrap_err();
+        assert!(err.to_string().contains("application"));
+        let bad = proto::SessionSpec {
+            application: "a".into(),
+            timeout_secs: f64::NAN,
+            ..Default::default()
+        };
+        assert!(SessionSpec::try_from(bad).unwrap_err().to_string().contains("timeout"));
+    }
+}

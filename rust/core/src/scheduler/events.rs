@@ -1,0 +1,214 @@
+//! What happens to the scheduler: nodes come and go, executors register, bind, report results
+//! and die, sessions open and close, tasks are submitted and cancelled. Each event updates the
+//! state it names and queues actions; the caller then runs [`Scheduler::schedule`].
+
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use super::{Action, ExecutorState, Node, Scheduler};
+use crate::ids::{ExecutorId, NodeId, SessionId, TaskId};
+use crate::model::{key, ErrorKind, TaskFailure, TaskState};
+
+impl Scheduler {
+    /// A node registered (or re-registered with new capacity).
+    pub fn add_node(&mut self, id: NodeId, name: String, slots: u32) {
+        let node = self.nodes.entry(id).or_insert_with(|| Node {
+            id,
+            name: name.clone(),
+            slots,
+            executors: Default::default(),
+        });
+        node.name = name;
+        node.slots = slots;
+    }
+
+    /// A node is gone: every executor on it is lost.
+    pub fn remove_node(&mut self, id: NodeId, now: Instant) {
+        let Some(node) = self.nodes.remove(&id) else {
+            return;
+        };
+        for eid in node.executors {
+            self.executor_lost(eid, &format!("node {} ({}) was lost", id, node.name), now);
+        }
+    }
+
+    /// An executor process connected. `false` if the scheduler never asked for it.
+    pub fn executor_registered(&mut self, eid: ExecutorId, now: Instant) -> bool {
+        match self.executors.get(&eid) {
+            Some(e) if e.state == ExecutorState::Starting => {
+                self.became_idle(eid, now);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// An executor died or its stream broke. Its tasks go back to the front of their queue,
+    /// or fail with `ExecutorLost` once they have used all their attempts.
+    pub fn executor_lost(&mut self, eid: ExecutorId, reason: &str, now: Instant) {
+        let Some(exec) = self.forget_executor(eid) else {
+            return;
+        };
+        let sid = exec.inflight.front().and_then(|_| exec.session());
+        let sid = sid.or(match exec.state {
+            ExecutorState::Unbinding(s) => Some(s),
+            _ => None,
+        });
+        let Some(sid) = sid else {
+            return;
+        };
+        let mut requeue = Vec::new();
+        let mut failed = Vec::new();
+        if let Some(session) = self.sessions.get_mut(&sid) {
+            let max_attempts = session.spec.max_retries.saturating_add(1);
+            for tid in exec.inflight.iter().copied() {
+                let Some(slot) = session.tasks.get_mut(&tid) else {
+                    continue;
+                };
+                if slot.executor != Some(eid) {
+                    continue;
+                }
+                if slot.attempts >= max_attempts {
+                    failed.push((tid, slot.attempts));
+                } else {
+                    slot.executor = None;
+                    session.counts.remove(TaskState::Running, 1);
+                    session.counts.add(TaskState::Pending, 1);
+                    requeue.push((tid, slot.attempts));
+                }
+            }
+            for (tid, _) in requeue.iter().rev() {
+                session.pending.push_front(*tid);
+            }
+        }
+        for (tid, attempts) in requeue {
+            self.actions.push(Action::RecordAttempts {
+                key: key(sid, tid),
+                attempts,
+            });
+        }
+        for (tid, attempts) in failed {
+            let msg = format!(
+                "task {} of session {sid} was lost with its executor after {attempts} attempt(s): {reason}",
+                tid.0
+            );
+            let failure = TaskFailure::new(ErrorKind::ErrorExecutorLost, msg);
+            self.finish(key(sid, tid), TaskState::Failed, Bytes::new(), Some(failure));
+        }
+        let _ = now;
+    }
+
+    /// The executor ran (or failed) on_session_enter for `sid`.
+    pub fn session_entered(
+        &mut self,
+        eid: ExecutorId,
+        sid: SessionId,
+        error: Option<TaskFailure>,
+        now: Instant,
+    ) {
+        let Some(exec) = self.executors.get_mut(&eid) else {
+            return;
+        };
+        if exec.state != ExecutorState::Binding(sid) {
+            return;
+        }
+        let Some(mut failure) = error else {
+            exec.state = ExecutorState::Bound(sid);
+            self.settle(eid, now);
+            return;
+        };
+        // The service cannot start: fail everything of the session rather than rebinding
+        // forever. The executor stays unbound (it said so) and becomes idle.
+        failure.kind = ErrorKind::ErrorSessionEnterFailed;
+        exec.inflight.clear();
+        if let Some(s) = self.sessions.get_mut(&sid) {
+            s.executors.remove(&eid);
+        }
+        self.became_idle(eid, now);
+        self.fail_session(sid, failure);
+    }
+
+    /// Mark a session unable to run and fail all its unfinished tasks with `failure`.
+    pub fn fail_session(&mut self, sid: SessionId, failure: TaskFailure) {
+        let Some(session) = self.sessions.get_mut(&sid) else {
+            return;
+        };
+        session.enter_failed = Some(failure.clone());
+        session.pending.clear();
+        let mut tids: Vec<TaskId> = session.tasks.keys().copied().collect();
+        tids.sort_unstable();
+        let others: Vec<ExecutorId> = session.executors.iter().copied().collect();
+        for tid in tids {
+            self.finish(key(sid, tid), TaskState::Failed, Bytes::new(), Some(failure.clone()));
+        }
+        for eid in others {
+            if let Some(e) = self.executors.get_mut(&eid) {
+                e.inflight.clear();
+            }
+            self.unbind(eid, None);
+        }
+    }
+
+    /// The executor left `sid` after an unbind.
+    pub fn session_left(&mut self, eid: ExecutorId, sid: SessionId, now: Instant) {
+        if self
+            .executors
+            .get(&eid)
+            .is_some_and(|e| e.state == ExecutorState::Unbinding(sid))
+        {
+            self.became_idle(eid, now);
+        }
+    }
+
+    /// Results from one executor. A result for a task this executor no longer owns (it was
+    /// cancelled or re-run elsewhere) is ignored: every task finishes exactly once.
+    pub fn task_results(
+        &mut self,
+        eid: ExecutorId,
+        results: Vec<(SessionId, TaskId, std::result::Result<Bytes, TaskFailure>)>,
+        now: Instant,
+    ) {
+        for (sid, tid, outcome) in results {
+            let owned = self
+                .sessions
+                .get(&sid)
+                .and_then(|s| s.tasks.get(&tid))
+                .is_some_and(|t| t.executor == Some(eid));
+            if let Some(exec) = self.executors.get_mut(&eid) {
+                exec.inflight.retain(|t| *t != tid);
+            }
+            if !owned {
+                continue;
+            }
+            match outcome {
+                Ok(output) => self.finish(key(sid, tid), TaskState::Succeeded, output, None),
+                Err(f) => self.finish(key(sid, tid), TaskState::Failed, Bytes::new(), Some(f)),
+            }
+        }
+        self.settle(eid, now);
+    }
+
+    /// After an executor's work changed: give a drained, releasing executor back, or start
+    /// its warm period when its session has nothing left to send.
+    fn settle(&mut self, eid: ExecutorId, now: Instant) {
+        let Some(exec) = self.executors.get_mut(&eid) else {
+            return;
+        };
+        if !exec.inflight.is_empty() {
+            return;
+        }
+        let Some(sid) = exec.session() else {
+            return;
+        };
+        if exec.releasing {
+            let to = exec.reserved_for.take();
+            if let Some(s) = to.and_then(|r| self.sessions.get_mut(&r)) {
+                s.starting = s.starting.saturating_sub(1);
+            }
+            self.unbind(eid, to);
+        } else if self.sessions.get(&sid).is_none_or(|s| s.pending.is_empty()) {
+            exec.idle_since.get_or_insert(now);
+        }
+    }
+}

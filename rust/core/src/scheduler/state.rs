@@ -1,0 +1,137 @@
+//! The entities the scheduler tracks in memory: nodes, executors, sessions and the tasks that
+//! are not finished yet. Finished tasks leave memory (they live on in storage).
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use crate::ids::{ClientId, ExecutorId, NodeId, SessionId, TaskId};
+use crate::model::{SessionSpec, TaskCounts, TaskFailure};
+
+/// An executor-manager node.
+#[derive(Debug)]
+pub struct Node {
+    pub id: NodeId,
+    pub name: String,
+    pub slots: u32,
+    /// Executors on this node in any state, starting ones included.
+    pub executors: HashSet<ExecutorId>,
+}
+
+impl Node {
+    pub fn has_free_slot(&self) -> bool {
+        (self.executors.len() as u32) < self.slots
+    }
+}
+
+/// Where an executor is in its life. Starting → Idle ⇄ (Binding → Bound → Unbinding) → Idle.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExecutorState {
+    /// Spawn requested; the process has not registered yet.
+    Starting,
+    /// Registered and bound to no session.
+    Idle,
+    /// Bind sent, `SessionEntered` not yet received. Tasks may already be dispatched: the
+    /// stream keeps them behind the bind.
+    Binding(SessionId),
+    Bound(SessionId),
+    /// Unbind sent, `SessionLeft` not yet received.
+    Unbinding(SessionId),
+}
+
+#[derive(Debug)]
+pub struct Executor {
+    pub id: ExecutorId,
+    pub node: NodeId,
+    pub python: String,
+    pub state: ExecutorState,
+    /// Tasks dispatched to it and not finished, in dispatch order.
+    pub inflight: VecDeque<TaskId>,
+    /// When it last became bound with nothing to do (warm executor).
+    pub idle_since: Option<Instant>,
+    /// Fair share asked this executor back: dispatch nothing more, unbind once drained.
+    pub releasing: bool,
+    /// The session this executor goes to once it is free (started for it, or reclaimed for
+    /// it); that session counts it in `Session::starting` meanwhile.
+    pub reserved_for: Option<SessionId>,
+}
+
+impl Executor {
+    /// The session this executor works for, if any.
+    pub fn session(&self) -> Option<SessionId> {
+        match self.state {
+            ExecutorState::Binding(s) | ExecutorState::Bound(s) => Some(s),
+            _ => None,
+        }
+    }
+}
+
+/// An unfinished task.
+#[derive(Debug)]
+pub struct TaskSlot {
+    pub input: Bytes,
+    /// Attempts started so far (a dispatch counts as an attempt).
+    pub attempts: u32,
+    /// Executor running it; `None` while pending.
+    pub executor: Option<ExecutorId>,
+    /// Opaque token of the client stream to notify when it finishes.
+    pub watcher: Option<u64>,
+}
+
+#[derive(Debug)]
+pub struct Session {
+    pub id: SessionId,
+    pub spec: SessionSpec,
+    pub created_ms: i64,
+    pub pending: VecDeque<TaskId>,
+    pub tasks: HashMap<TaskId, TaskSlot>,
+    /// Executors bound or binding to this session.
+    pub executors: HashSet<ExecutorId>,
+    /// Executors being spawned for this session.
+    pub starting: u32,
+    pub counts: TaskCounts,
+    /// Highest task counter seen per client: a resubmitted id at or below it is a duplicate.
+    pub last_counter: HashMap<ClientId, u32>,
+    /// Set when on_session_enter failed: the session cannot run anything.
+    pub enter_failed: Option<TaskFailure>,
+}
+
+impl Session {
+    pub fn new(id: SessionId, spec: SessionSpec, created_ms: i64) -> Self {
+        Self {
+            id,
+            spec,
+            created_ms,
+            pending: VecDeque::new(),
+            tasks: HashMap::new(),
+            executors: HashSet::new(),
+            starting: 0,
+            counts: TaskCounts::default(),
+            last_counter: HashMap::new(),
+            enter_failed: None,
+        }
+    }
+
+    /// Most executors this session may hold.
+    pub fn limit(&self) -> usize {
+        if self.spec.slots == 0 {
+            usize::MAX
+        } else {
+            self.spec.slots as usize
+        }
+    }
+
+    /// How many executors would be useful right now: no more than there are unfinished tasks.
+    pub fn wanted(&self) -> usize {
+        if self.enter_failed.is_some() {
+            return 0;
+        }
+        self.limit().min(self.tasks.len())
+    }
+
+    /// Executors held or on their way.
+    pub fn held(&self) -> usize {
+        self.executors.len() + self.starting as usize
+    }
+}

@@ -1,0 +1,169 @@
+//! Sessions and their tasks in the scheduler: open, close, accept (deduplicate), enqueue,
+//! cancel and watch.
+
+use bytes::Bytes;
+
+use super::{Action, Scheduler, Session, TaskSlot};
+use crate::error::{FlameError, Result};
+use crate::ids::{SessionId, TaskId};
+use crate::model::{key, ErrorKind, SessionSpec, TaskCounts, TaskFailure, TaskState};
+
+/// What became of a cancel request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CancelOutcome {
+    /// The task was pending and is now cancelled.
+    Cancelled,
+    /// The task was running: it is cancelled and its executor is being killed.
+    Killed,
+    /// The task is not unfinished here (already done, or unknown).
+    NotFound,
+}
+
+impl Scheduler {
+    /// Open a session (new, or reloaded from storage with its finished-task counts).
+    pub fn open_session(
+        &mut self,
+        id: SessionId,
+        spec: SessionSpec,
+        created_ms: i64,
+        counts: TaskCounts,
+    ) {
+        let mut s = Session::new(id, spec, created_ms);
+        s.counts = TaskCounts {
+            pending: 0,
+            running: 0,
+            ..counts
+        };
+        self.sessions.insert(id, s);
+    }
+
+    /// Close a session: cancel its unfinished tasks and unbind its executors.
+    pub fn close_session(&mut self, sid: SessionId) -> bool {
+        let Some(session) = self.sessions.get_mut(&sid) else {
+            return false;
+        };
+        session.pending.clear();
+        let mut tids: Vec<TaskId> = session.tasks.keys().copied().collect();
+        tids.sort_unstable();
+        let execs: Vec<_> = session.executors.iter().copied().collect();
+        for tid in tids {
+            let f = TaskFailure::new(ErrorKind::ErrorCancelled, format!("session {sid} was closed"));
+            self.finish(key(sid, tid), TaskState::Cancelled, Bytes::new(), Some(f));
+        }
+        for eid in execs {
+            if let Some(e) = self.executors.get_mut(&eid) {
+                e.inflight.clear();
+            }
+            self.unbind(eid, None);
+        }
+        for e in self.executors.values_mut() {
+            if e.reserved_for == Some(sid) {
+                e.reserved_for = None;
+            }
+        }
+        self.sessions.remove(&sid);
+        true
+    }
+
+    /// Keep only the submissions that are new to the session — a task id at or below the
+    /// highest one seen from its client is a resubmission — and record them as seen.
+    ///
+    /// # Errors
+    /// `SessionNotFound` if the session is not open here.
+    pub fn accept(
+        &mut self,
+        sid: SessionId,
+        tasks: Vec<(TaskId, Bytes)>,
+    ) -> Result<Vec<(TaskId, Bytes)>> {
+        let session = self
+            .sessions
+            .get_mut(&sid)
+            .ok_or(FlameError::SessionNotFound(sid))?;
+        Ok(tasks
+            .into_iter()
+            .filter(|(tid, _)| {
+                let counter = (tid.0 & 0xffff_ffff) as u32;
+                let last = session.last_counter.entry(tid.client()).or_insert(0);
+                if counter <= *last {
+                    return false;
+                }
+                *last = counter;
+                true
+            })
+            .collect())
+    }
+
+    /// Queue accepted (and now durable) tasks, or restored ones after a restart. A session
+    /// whose service failed to start fails them at once.
+    pub fn enqueue(
+        &mut self,
+        sid: SessionId,
+        tasks: Vec<(TaskId, Bytes, u32)>,
+        watcher: Option<u64>,
+    ) {
+        let Some(session) = self.sessions.get_mut(&sid) else {
+            return;
+        };
+        let mut tids = Vec::with_capacity(tasks.len());
+        for (tid, input, attempts) in tasks {
+            let slot = TaskSlot {
+                input,
+                attempts,
+                executor: None,
+                watcher,
+            };
+            if session.tasks.insert(tid, slot).is_none() {
+                session.counts.add(TaskState::Pending, 1);
+                tids.push(tid);
+            }
+            let counter = (tid.0 & 0xffff_ffff) as u32;
+            let last = session.last_counter.entry(tid.client()).or_insert(0);
+            *last = (*last).max(counter);
+        }
+        match session.enter_failed.clone() {
+            None => session.pending.extend(tids),
+            Some(f) => {
+                for tid in tids {
+                    self.finish(key(sid, tid), TaskState::Failed, Bytes::new(), Some(f.clone()));
+                }
+            }
+        }
+    }
+
+    /// Cancel one task. A running task's executor is killed (user code cannot be interrupted
+    /// safely); the session manager replaces it.
+    pub fn cancel(&mut self, sid: SessionId, tid: TaskId) -> CancelOutcome {
+        let Some(slot) = self.sessions.get(&sid).and_then(|s| s.tasks.get(&tid)) else {
+            return CancelOutcome::NotFound;
+        };
+        let running_on = slot.executor;
+        let f = TaskFailure::new(ErrorKind::ErrorCancelled, format!("task {} was cancelled", tid.0));
+        self.finish(key(sid, tid), TaskState::Cancelled, Bytes::new(), Some(f));
+        let Some(eid) = running_on else {
+            return CancelOutcome::Cancelled;
+        };
+        if let Some(exec) = self.executors.get_mut(&eid) {
+            exec.inflight.retain(|t| *t != tid);
+            exec.releasing = true;
+            let node = exec.node;
+            self.actions.push(Action::Kill {
+                node,
+                executor: eid,
+                reason: format!("task {} of {sid} was cancelled while running", tid.0),
+            });
+        }
+        CancelOutcome::Killed
+    }
+
+    /// Route the completion of an unfinished task to `watcher`. `false` if the task is not
+    /// unfinished here (the caller answers from storage).
+    pub fn watch(&mut self, sid: SessionId, tid: TaskId, watcher: u64) -> bool {
+        match self.sessions.get_mut(&sid).and_then(|s| s.tasks.get_mut(&tid)) {
+            Some(slot) => {
+                slot.watcher = Some(watcher);
+                true
+            }
+            None => false,
+        }
+    }
+}

@@ -1,0 +1,303 @@
+//! Scheduler unit tests: no I/O, virtual time (an `Instant` advanced by hand).
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use super::*;
+use crate::ids::{ClientId, ExecutorId, NodeId, SessionId, TaskId};
+use crate::model::{ErrorKind, SessionSpec, TaskCounts, TaskFailure, TaskState};
+
+struct Harness {
+    s: Scheduler,
+    now: Instant,
+    counter: u32,
+}
+
+impl Harness {
+    fn new(slots: u32) -> Self {
+        let mut s = Scheduler::new(SchedulerConfig {
+            window: 2,
+            warm_delay: Duration::from_secs(2),
+            first_executor_id: 1,
+        });
+        s.add_node(NodeId(1), "n1".into(), slots);
+        Self {
+            s,
+            now: Instant::now(),
+            counter: 0,
+        }
+    }
+
+    fn open(&mut self, id: u64, slots: u32, max_retries: u32) -> SessionId {
+        let spec = SessionSpec {
+            application: "app".into(),
+            slots,
+            max_retries,
+            ..Default::default()
+        };
+        self.s
+            .open_session(SessionId(id), spec, 0, TaskCounts::default());
+        SessionId(id)
+    }
+
+    fn submit(&mut self, sid: SessionId, n: usize) -> Vec<TaskId> {
+        let tasks: Vec<_> = (0..n)
+            .map(|_| {
+                self.counter += 1;
+                (TaskId::compose(ClientId(1), self.counter), Bytes::from_static(b"x"))
+            })
+            .collect();
+        let accepted = self.s.accept(sid, tasks).unwrap();
+        let ids = accepted.iter().map(|(t, _)| *t).collect();
+        self.s.enqueue(
+            sid,
+            accepted.into_iter().map(|(t, i)| (t, i, 0)).collect(),
+            Some(7),
+        );
+        self.s.schedule(self.now);
+        ids
+    }
+
+    fn actions(&mut self) -> Vec<Action> {
+        self.s.take_actions()
+    }
+
+    /// Register every executor that was spawned, as the processes would.
+    fn register_spawned(&mut self, actions: &[Action]) -> Vec<ExecutorId> {
+        let ids: Vec<_> = actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Spawn { executor, .. } => Some(*executor),
+                _ => None,
+            })
+            .collect();
+        for e in &ids {
+            assert!(self.s.executor_registered(*e, self.now));
+        }
+        self.s.schedule(self.now);
+        ids
+    }
+
+    fn complete(&mut self, e: ExecutorId, sid: SessionId, tasks: &[TaskId]) {
+        let results = tasks.iter().map(|t| (sid, *t, Ok(Bytes::from_static(b"ok")))).collect();
+        self.s.task_results(e, results, self.now);
+        self.s.schedule(self.now);
+    }
+}
+
+fn dispatched(actions: &[Action], to: ExecutorId) -> Vec<TaskId> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Dispatch { executor, tasks, .. } if *executor == to => {
+                Some(tasks.iter().map(|t| t.0).collect::<Vec<_>>())
+            }
+            _ => None,
+        })
+        .flatten()
+        .collect()
+}
+
+fn finished(actions: &[Action]) -> Vec<(TaskId, TaskState)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Finish(c) => Some((c.key.task, c.state)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn tasks_spawn_bind_run_and_warm_executors_are_released_after_the_delay() {
+    let mut h = Harness::new(2);
+    let sid = h.open(1, 0, 3);
+    let tids = h.submit(sid, 3);
+    let a = h.actions();
+    assert_eq!(a.iter().filter(|a| matches!(a, Action::Spawn { .. })).count(), 2);
+    let execs = h.register_spawned(&a);
+    let a = h.actions();
+    assert!(matches!(a[0], Action::Bind { .. }));
+    let first = dispatched(&a, execs[0]);
+    let second = dispatched(&a, execs[1]);
+    assert_eq!(first.len() + second.len(), 3, "window 2 per executor spreads 3 tasks");
+    h.s.session_entered(execs[0], sid, None, h.now);
+    h.s.session_entered(execs[1], sid, None, h.now);
+    h.complete(execs[0], sid, &first);
+    h.complete(execs[1], sid, &second);
+    let done = finished(&h.actions());
+    assert_eq!(done.len(), 3);
+    assert!(done.iter().all(|(t, s)| tids.contains(t) && *s == TaskState::Succeeded));
+    assert_eq!(h.s.session(sid).unwrap().counts.succeeded, 3);
+    // Still warm before the delay, released after it.
+    h.now += Duration::from_secs(1);
+    h.s.schedule(h.now);
+    assert!(h.actions().is_empty());
+    assert_eq!(h.s.next_deadline(), Some(h.now + Duration::from_secs(1)));
+    h.now += Duration::from_secs(1);
+    h.s.schedule(h.now);
+    let unbinds = h.actions().iter().filter(|a| matches!(a, Action::Unbind { .. })).count();
+    assert_eq!(unbinds, 2);
+}
+
+#[test]
+fn a_waiting_session_takes_a_warm_executor_at_once() {
+    let mut h = Harness::new(1);
+    let a_sid = h.open(1, 0, 3);
+    let t = h.submit(a_sid, 1);
+    let a = h.actions();
+    let e = h.register_spawned(&a)[0];
+    h.s.session_entered(e, a_sid, None, h.now);
+    h.complete(e, a_sid, &t);
+    h.actions();
+    let b_sid = h.open(2, 0, 3);
+    h.submit(b_sid, 1);
+    let a = h.actions();
+    assert!(a.contains(&Action::Unbind { executor: e, session: a_sid }), "{a:?}");
+    h.s.session_left(e, a_sid, h.now);
+    h.s.schedule(h.now);
+    let a = h.actions();
+    assert!(a.contains(&Action::Bind { executor: e, session: b_sid }), "{a:?}");
+    assert_eq!(dispatched(&a, e).len(), 1);
+}
+
+#[test]
+fn fair_share_reclaims_executors_as_their_tasks_finish() {
+    let mut h = Harness::new(2);
+    let a_sid = h.open(1, 0, 3);
+    h.submit(a_sid, 20);
+    let a = h.actions();
+    let execs = h.register_spawned(&a);
+    let a = h.actions();
+    for e in &execs {
+        h.s.session_entered(*e, a_sid, None, h.now);
+    }
+    let b_sid = h.open(2, 0, 3);
+    h.submit(b_sid, 5);
+    assert!(h.actions().iter().all(|a| !matches!(a, Action::Unbind { .. })), "no killing");
+    // The executor with the fewest tasks in flight is the one given back; finish its window.
+    let victim = execs
+        .iter()
+        .copied()
+        .find(|e| h.s.executor(*e).unwrap().releasing)
+        .expect("one executor is releasing");
+    let its_tasks = dispatched(&a, victim);
+    h.complete(victim, a_sid, &its_tasks);
+    let a = h.actions();
+    assert!(a.contains(&Action::Unbind { executor: victim, session: a_sid }), "{a:?}");
+    h.s.session_left(victim, a_sid, h.now);
+    h.s.schedule(h.now);
+    let a = h.actions();
+    assert!(a.contains(&Action::Bind { executor: victim, session: b_sid }), "{a:?}");
+    assert_eq!(h.s.session(a_sid).unwrap().executors.len(), 1, "A keeps running on the other");
+}
+
+#[test]
+fn lost_executor_requeues_then_fails_after_max_retries() {
+    let mut h = Harness::new(1);
+    let sid = h.open(1, 0, 1);
+    let t = h.submit(sid, 1)[0];
+    let a = h.actions();
+    let e1 = h.register_spawned(&a)[0];
+    h.actions();
+    h.s.executor_lost(e1, "killed", h.now);
+    h.s.schedule(h.now);
+    let a = h.actions();
+    assert!(a.iter().any(|x| matches!(x, Action::RecordAttempts { attempts: 1, .. })));
+    let e2 = h.register_spawned(&a)[0];
+    let a = h.actions();
+    assert_eq!(dispatched(&a, e2), vec![t]);
+    h.s.executor_lost(e2, "killed again", h.now);
+    let a = h.actions();
+    match &a[..] {
+        [Action::Finish(c)] => {
+            assert_eq!(c.state, TaskState::Failed);
+            let err = c.error.as_ref().unwrap();
+            assert_eq!(err.kind, ErrorKind::ErrorExecutorLost);
+            assert!(err.message.contains("2 attempt"), "{}", err.message);
+            assert_eq!(c.watcher, Some(7));
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn failed_session_enter_fails_every_task_and_later_ones() {
+    let mut h = Harness::new(1);
+    let sid = h.open(1, 0, 3);
+    h.submit(sid, 3);
+    let a = h.actions();
+    let e = h.register_spawned(&a)[0];
+    h.actions();
+    let f = TaskFailure::new(ErrorKind::ErrorUserException, "boom in __init__");
+    h.s.session_entered(e, sid, Some(f), h.now);
+    let done = finished(&h.actions());
+    assert_eq!(done.len(), 3);
+    assert!(done.iter().all(|(_, s)| *s == TaskState::Failed));
+    h.submit(sid, 1);
+    let a = h.actions();
+    assert_eq!(finished(&a).len(), 1, "new tasks fail at once, no rebinding: {a:?}");
+    assert!(!a.iter().any(|x| matches!(x, Action::Bind { .. } | Action::Spawn { .. })));
+}
+
+#[test]
+fn resubmitted_ids_are_ignored() {
+    let mut h = Harness::new(1);
+    let sid = h.open(1, 0, 3);
+    let t1 = TaskId::compose(ClientId(3), 1);
+    let t2 = TaskId::compose(ClientId(3), 2);
+    let x = Bytes::from_static(b"x");
+    let got = h.s.accept(sid, vec![(t1, x.clone()), (t2, x.clone())]).unwrap();
+    assert_eq!(got.len(), 2);
+    let again = h.s.accept(sid, vec![(t2, x.clone()), (t1, x.clone())]).unwrap();
+    assert!(again.is_empty());
+    assert!(h.s.accept(SessionId(99), vec![]).is_err());
+}
+
+#[test]
+fn cancel_pending_and_running_tasks() {
+    let mut h = Harness::new(1);
+    let sid = h.open(1, 1, 3);
+    let tids = h.submit(sid, 3);
+    let a = h.actions();
+    let e = h.register_spawned(&a)[0];
+    h.actions();
+    // Window 2: tids[0], tids[1] running; tids[2] pending.
+    assert_eq!(h.s.cancel(sid, tids[2]), CancelOutcome::Cancelled);
+    assert_eq!(h.s.cancel(sid, tids[0]), CancelOutcome::Killed);
+    let a = h.actions();
+    assert!(a.iter().any(|x| matches!(x, Action::Kill { executor, .. } if *executor == e)));
+    assert_eq!(finished(&a).len(), 2);
+    assert_eq!(h.s.cancel(sid, tids[0]), CancelOutcome::NotFound);
+    // The killed executor's other task runs again elsewhere.
+    h.s.executor_lost(e, "killed for cancel", h.now);
+    h.s.schedule(h.now);
+    let a = h.actions();
+    let e2 = h.register_spawned(&a)[0];
+    assert_eq!(dispatched(&h.actions(), e2), vec![tids[1]]);
+}
+
+#[test]
+fn closing_a_session_cancels_and_unbinds() {
+    let mut h = Harness::new(1);
+    let sid = h.open(1, 0, 3);
+    h.submit(sid, 4);
+    let a = h.actions();
+    let e = h.register_spawned(&a)[0];
+    h.actions();
+    assert!(h.s.close_session(sid));
+    let a = h.actions();
+    assert_eq!(finished(&a).len(), 4);
+    assert!(a.contains(&Action::Unbind { executor: e, session: sid }));
+    assert!(h.s.session(sid).is_none());
+}
+
+#[test]
+fn session_slots_cap_its_executors() {
+    let mut h = Harness::new(4);
+    let sid = h.open(1, 2, 3);
+    h.submit(sid, 10);
+    let spawns = h.actions().iter().filter(|a| matches!(a, Action::Spawn { .. })).count();
+    assert_eq!(spawns, 2);
+}

@@ -1,0 +1,100 @@
+//! Durable state: the [`Storage`] trait and its SQLite engine ([`SqliteStorage`]).
+//!
+//! The session manager owns one `Storage` on a dedicated writer thread. Every change is a
+//! [`WriteOp`]; the writer drains whatever ops are queued and applies them in **one**
+//! transaction (group commit), so the cost of durability is paid per batch, not per task.
+//! On start, [`Storage::load`] returns a [`Snapshot`] from which the session manager rebuilds
+//! its in-memory state: open sessions stay open, pending tasks stay pending, and tasks that
+//! were running go back to pending (their attempt counts are kept).
+
+mod sqlite;
+
+use std::collections::HashMap;
+
+use bytes::Bytes;
+
+pub use sqlite::SqliteStorage;
+
+use crate::error::Result;
+use crate::ids::{SessionId, TaskId, TaskKey};
+use crate::model::{ApplicationRecord, SessionRecord, TaskCounts, TaskFailure, TaskRecord, TaskState};
+
+/// A task as submitted: the id chosen by the client and its input.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NewTask {
+    pub id: TaskId,
+    pub input: Bytes,
+}
+
+/// One change to durable state.
+#[derive(Clone, Debug, PartialEq)]
+pub enum WriteOp {
+    /// Insert or replace an application.
+    PutApplication(ApplicationRecord),
+    /// Insert or replace a session (spec and state).
+    PutSession(SessionRecord),
+    /// Mark a session closed.
+    CloseSession { id: SessionId, closed_ms: i64 },
+    /// Insert tasks as pending. A task id the session already has is ignored (idempotent
+    /// resubmission after a reconnect).
+    InsertTasks {
+        session: SessionId,
+        tasks: Vec<NewTask>,
+        created_ms: i64,
+    },
+    /// Record how many attempts a still-unfinished task has used (written when an attempt is
+    /// lost, so a restart does not forget it).
+    SetAttempts { key: TaskKey, attempts: u32 },
+    /// Record a task's final state and outcome. The input blob may be dropped at this point.
+    FinishTask {
+        key: TaskKey,
+        state: TaskState,
+        output: Bytes,
+        error: Option<TaskFailure>,
+        attempts: u32,
+        finished_ms: i64,
+    },
+    /// Set a named counter (next session id, next executor id, next client id, ...).
+    SetMeta { key: String, value: u64 },
+}
+
+/// Everything the session manager needs to resume after a restart.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Snapshot {
+    pub applications: Vec<ApplicationRecord>,
+    /// Open sessions only; closed ones are answered from storage on demand.
+    pub sessions: Vec<SessionRecord>,
+    /// Unfinished tasks of open sessions with their inputs, in submission order, state
+    /// already reset to `Pending`.
+    pub tasks: Vec<TaskRecord>,
+    /// Task counts per open session, finished tasks included.
+    pub counts: HashMap<SessionId, TaskCounts>,
+    pub meta: HashMap<String, u64>,
+}
+
+/// Durable storage of applications, sessions and tasks.
+///
+/// Implementations are used from one thread at a time; `apply` must be atomic: either every
+/// op of the batch is durable, or none is.
+pub trait Storage: Send {
+    /// Read everything needed to resume (see [`Snapshot`]).
+    ///
+    /// # Errors
+    /// `FlameError::Storage` when the database cannot be read.
+    fn load(&mut self) -> Result<Snapshot>;
+
+    /// Apply a batch of ops in one transaction.
+    ///
+    /// # Errors
+    /// `FlameError::Storage` when the transaction fails; then nothing of the batch is applied.
+    fn apply(&mut self, ops: &[WriteOp]) -> Result<()>;
+
+    /// One task, finished or not; `None` if the session has no such task.
+    fn get_task(&mut self, key: TaskKey) -> Result<Option<TaskRecord>>;
+
+    /// A session, open or closed, with its task counts.
+    fn get_session(&mut self, id: SessionId) -> Result<Option<(SessionRecord, TaskCounts)>>;
+
+    /// All sessions, most recent first, at most `limit`.
+    fn list_sessions(&mut self, limit: usize) -> Result<Vec<(SessionRecord, TaskCounts)>>;
+}

@@ -1,0 +1,226 @@
+//! [`SqliteStorage`]: the [`Storage`] engine on one SQLite file.
+//!
+//! This file owns the connection and the batch/snapshot logic; the schema and migrations are
+//! in `sqlite/schema.rs`, the per-op SQL in `sqlite/write.rs`, row decoding in `sqlite/decode.rs`.
+//!
+//! One connection, used by one thread (the session manager's writer), so there is no pool and
+//! no locking here. Every `apply` is one `IMMEDIATE` transaction: it takes the write lock up
+//! front, so it cannot fail half-way with `SQLITE_BUSY` when an outside reader holds a lock.
+
+mod decode;
+mod schema;
+mod write;
+
+#[cfg(test)]
+mod tests;
+#[cfg(test)]
+mod tests_limits;
+
+use std::path::Path;
+
+use rusqlite::{Connection, TransactionBehavior};
+
+use self::schema::unfinished;
+use super::{Snapshot, Storage, WriteOp};
+use crate::error::{FlameError, Result};
+use crate::ids::{SessionId, TaskKey};
+use crate::model::{SessionRecord, TaskCounts, TaskRecord, TaskState};
+
+/// Durable storage in SQLite (WAL, `synchronous=NORMAL`: durable against a crash of the
+/// process, which is the failure Flame recovers from).
+#[derive(Debug)]
+pub struct SqliteStorage {
+    conn: Connection,
+    /// The next `tasks.seq` (submission order). Mirrors the `counters` row, which each batch
+    /// that inserts tasks rewrites in the same transaction.
+    next_seq: i64,
+}
+
+impl SqliteStorage {
+    /// Open the database at `path`, creating the file and the schema if missing.
+    ///
+    /// # Errors
+    /// `FlameError::Storage` when the file cannot be opened or created, is not a SQLite
+    /// database, or has a schema from a newer build.
+    pub fn open(path: &Path) -> Result<Self> {
+        let conn = Connection::open(path).map_err(|e| {
+            FlameError::Storage(format!("cannot open state file {}: {e}", path.display()))
+        })?;
+        // SQLite opens lazily: a file that is not a database fails only here, so name it.
+        Self::init(conn).map_err(|e| match e {
+            FlameError::Storage(m) => FlameError::Storage(format!("{}: {m}", path.display())),
+            other => other,
+        })
+    }
+
+    /// A private in-memory database, gone when dropped. For tests.
+    ///
+    /// # Errors
+    /// `FlameError::Storage` if SQLite cannot allocate the database.
+    pub fn open_in_memory() -> Result<Self> {
+        Self::init(Connection::open_in_memory()?)
+    }
+
+    fn init(mut conn: Connection) -> Result<Self> {
+        schema::configure(&conn)?;
+        schema::migrate(&mut conn)?;
+        let next_seq = schema::read_next_seq(&conn)?;
+        Ok(Self { conn, next_seq })
+    }
+}
+
+impl Storage for SqliteStorage {
+    /// Also rewrites every `running` row to `pending`: after a restart nothing is running,
+    /// and the rows then agree with the snapshot and with later `get_session` counts.
+    fn load(&mut self) -> Result<Snapshot> {
+        // One transaction: the reset and all reads see the same state.
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let pending = TaskState::Pending.as_i32();
+        // Repeats the partial index's condition so the update walks the index, not the table.
+        tx.prepare_cached(concat!(
+            "UPDATE tasks SET state = ?1 WHERE ",
+            unfinished!(),
+            " AND state = ?2"
+        ))?
+        .execute([pending, TaskState::Running.as_i32()])?;
+
+        let mut snap = Snapshot::default();
+        {
+            let sql = format!(
+                "SELECT {} FROM applications ORDER BY name",
+                decode::APPLICATION_COLS
+            );
+            let mut stmt = tx.prepare_cached(&sql)?;
+            let mut rows = stmt.query([])?;
+            while let Some(row) = rows.next()? {
+                snap.applications.push(decode::application(row)?);
+            }
+        }
+        snap.sessions = sessions_where(&tx, "state = 'open' ORDER BY id", [])?;
+        for s in &snap.sessions {
+            snap.counts.insert(s.id, TaskCounts::default());
+        }
+        {
+            // CROSS JOIN fixes open sessions as the outer loop, each a range of the tasks
+            // primary key; without it SQLite may scan every task ever stored.
+            let mut stmt = tx.prepare_cached(
+                "SELECT t.session_id, t.state, COUNT(*) \
+                 FROM sessions AS s CROSS JOIN tasks AS t ON t.session_id = s.id \
+                 WHERE s.state = 'open' GROUP BY t.session_id, t.state",
+            )?;
+            let mut rows = stmt.query([])?;
+            while let Some(row) = rows.next()? {
+                let id = SessionId(row.get::<_, i64>(0)? as u64);
+                let counts = snap.counts.entry(id).or_default();
+                decode::add_count(counts, id, row.get(1)?, row.get(2)?)?;
+            }
+        }
+        {
+            // CROSS JOIN fixes tasks as the outer loop, so rows come straight out of the
+            // `tasks_unfinished` index in seq order with no sort step.
+            let mut stmt = tx.prepare_cached(concat!(
+                "SELECT t.session_id, t.task_id, t.attempts, t.created_ms, t.input \
+                 FROM tasks AS t CROSS JOIN sessions AS s ON s.id = t.session_id \
+                 WHERE t.",
+                unfinished!(),
+                " AND s.state = 'open' ORDER BY t.seq"
+            ))?;
+            let mut rows = stmt.query([])?;
+            while let Some(row) = rows.next()? {
+                snap.tasks.push(decode::unfinished_task(row)?);
+            }
+        }
+        {
+            let mut stmt = tx.prepare_cached("SELECT key, value FROM meta")?;
+            let mut rows = stmt.query([])?;
+            while let Some(row) = rows.next()? {
+                snap.meta.insert(row.get(0)?, row.get::<_, i64>(1)? as u64);
+            }
+        }
+        tx.commit()?;
+        Ok(snap)
+    }
+
+    fn apply(&mut self, ops: &[WriteOp]) -> Result<()> {
+        if ops.is_empty() {
+            return Ok(());
+        }
+        // Dropping `tx` on any error rolls the whole batch back.
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut seq = self.next_seq;
+        for op in ops {
+            write::apply_op(&tx, op, &mut seq)?;
+        }
+        if seq != self.next_seq {
+            write::store_next_seq(&tx, seq)?;
+        }
+        tx.commit()?;
+        // Only after the commit, so memory never runs ahead of the file.
+        self.next_seq = seq;
+        Ok(())
+    }
+
+    /// A finished task comes back without its input (dropped when it finished).
+    fn get_task(&mut self, key: TaskKey) -> Result<Option<TaskRecord>> {
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "SELECT {} FROM tasks WHERE session_id = ?1 AND task_id = ?2",
+            decode::TASK_COLS
+        ))?;
+        let mut rows = stmt.query([key.session.0 as i64, key.task.0 as i64])?;
+        match rows.next()? {
+            Some(row) => Ok(Some(decode::task(row)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn get_session(&mut self, id: SessionId) -> Result<Option<(SessionRecord, TaskCounts)>> {
+        let found = sessions_where(&self.conn, "id = ?1", [id.0 as i64])?;
+        match found.into_iter().next() {
+            Some(s) => {
+                let counts = decode::counts(&self.conn, s.id)?;
+                Ok(Some((s, counts)))
+            }
+            None => Ok(None),
+        }
+    }
+
+    fn list_sessions(&mut self, limit: usize) -> Result<Vec<(SessionRecord, TaskCounts)>> {
+        // `limit` is small in practice; a usize beyond i64 simply means "all".
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let found = sessions_where(
+            &self.conn,
+            "1 ORDER BY created_ms DESC, id DESC LIMIT ?1",
+            [limit],
+        )?;
+        found
+            .into_iter()
+            .map(|s| {
+                let counts = decode::counts(&self.conn, s.id)?;
+                Ok((s, counts))
+            })
+            .collect()
+    }
+}
+
+/// Sessions matching `filter` (the SQL after `WHERE`; a fixed string, never user input).
+fn sessions_where<P: rusqlite::Params>(
+    conn: &Connection,
+    filter: &str,
+    params: P,
+) -> Result<Vec<SessionRecord>> {
+    let sql = format!(
+        "SELECT {} FROM sessions WHERE {filter}",
+        decode::SESSION_COLS
+    );
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let mut rows = stmt.query(params)?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        out.push(decode::session(row)?);
+    }
+    Ok(out)
+}

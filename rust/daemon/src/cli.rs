@@ -1,0 +1,204 @@
+//! The `flame-daemon` command line: `start` (head and node on one machine), `head`, `node`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use flame_core::{FlameError, Result};
+
+use crate::config::{default_state_dir, FileConfig};
+use crate::executor_manager::{run_node, NodeConfig};
+use crate::local::LocalCluster;
+use crate::server::{Head, HeadConfig};
+use crate::shutdown::shutdown_signal;
+
+#[derive(Parser, Debug)]
+#[command(name = "flame-daemon", version, about = "Flame session manager and executor manager")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    /// Log format: text or json. Filter with RUST_LOG (default: info).
+    #[arg(long, global = true, default_value = "text")]
+    pub log_format: String,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the session manager and an executor manager for this machine.
+    Start(StartArgs),
+    /// Run only the session manager (the head of a multi-node cluster).
+    Head(HeadArgs),
+    /// Run only an executor manager that joins a head.
+    Node(NodeArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct HeadArgs {
+    /// TOML config file; flags override it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Address to listen on.
+    #[arg(long)]
+    pub host: Option<String>,
+    /// Port to listen on (0 picks a free one).
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// Directory of the SQLite state.
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct NodeOpts {
+    /// Executor processes this node may run (default: CPU count).
+    #[arg(long)]
+    pub slots: Option<u32>,
+    /// Python interpreter for executors when a session names none that exists here.
+    #[arg(long)]
+    pub python: Option<String>,
+    /// Node name (default: host name).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Working directory of the executors.
+    #[arg(long)]
+    pub work_dir: Option<PathBuf>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct StartArgs {
+    #[command(flatten)]
+    pub head: HeadArgs,
+    #[command(flatten)]
+    pub node: NodeOpts,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct NodeArgs {
+    /// TOML config file; flags override it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Address of the head, e.g. http://head:8080.
+    #[arg(long)]
+    pub head: Option<String>,
+    #[command(flatten)]
+    pub node: NodeOpts,
+}
+
+fn file(path: &Option<PathBuf>) -> Result<FileConfig> {
+    path.as_deref().map_or(Ok(FileConfig::default()), FileConfig::load)
+}
+
+fn head_config(args: &HeadArgs) -> Result<HeadConfig> {
+    let f = file(&args.config)?;
+    Ok(HeadConfig {
+        host: args.host.clone().or(f.host.clone()).unwrap_or_else(|| "127.0.0.1".into()),
+        port: args.port.or(f.port).unwrap_or(8080),
+        state_dir: args.state_dir.clone().or(f.state_dir.clone()).unwrap_or_else(default_state_dir),
+        manager: f.manager()?,
+    })
+}
+
+fn node_config(head: String, opts: &NodeOpts, f: &FileConfig) -> NodeConfig {
+    let mut n = NodeConfig::new(head);
+    if let Some(s) = opts.slots.or(f.slots) {
+        n.slots = s;
+    }
+    if let Some(p) = opts.python.clone().or(f.python.clone()) {
+        n.python = p;
+    }
+    if let Some(name) = opts.name.clone().or(f.name.clone()) {
+        n.name = name;
+    }
+    if let Some(w) = opts.work_dir.clone().or(f.work_dir.clone()) {
+        n.work_dir = w;
+    }
+    n
+}
+
+/// Run a parsed command until Ctrl-C / SIGTERM (or a fatal error).
+///
+/// # Errors
+/// Bad configuration, an address that cannot be bound, state that cannot be opened, or a
+/// node that cannot reach its head.
+pub async fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Start(args) => {
+            let head_cfg = head_config(&args.head)?;
+            if args.node.slots == Some(0) {
+                return Err(FlameError::InvalidArgument("--slots must be at least 1".into()));
+            }
+            let node_cfg = node_config(String::new(), &args.node, &file(&args.head.config)?);
+            let cluster = LocalCluster::start(head_cfg, node_cfg).await?;
+            println!("flame-daemon listening on {}", cluster.address());
+            shutdown_signal().await;
+            cluster.stop().await;
+        }
+        Command::Head(args) => {
+            let head = Head::start(head_config(&args)?).await?;
+            println!("flame-daemon listening on {}", head.address);
+            shutdown_signal().await;
+            head.stop().await;
+        }
+        Command::Node(args) => {
+            let f = file(&args.config)?;
+            let head = args.head.clone().or(f.head.clone()).ok_or_else(|| {
+                FlameError::InvalidArgument("a node needs --head ADDRESS (e.g. http://head:8080)".into())
+            })?;
+            let cfg = node_config(head, &args.node, &f);
+            let stop = CancellationToken::new();
+            let mut node = tokio::spawn(run_node(cfg, stop.clone()));
+            let result = tokio::select! {
+                r = &mut node => r,
+                _ = shutdown_signal() => {
+                    stop.cancel();
+                    (&mut node).await
+                }
+            };
+            return result
+                .map_err(|e| FlameError::Internal(format!("node task: {e}")))?;
+        }
+    }
+    Ok(())
+}
+
+/// Set up logging once: RUST_LOG filter (default `info`), text or JSON lines on stderr.
+pub fn init_logging(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = if format == "json" {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}
+
+/// Entry point shared by the `flame-daemon` binary and `flame._core.daemon_main`: parse
+/// `argv`, run, and return the process exit code.
+pub fn main_with_args(argv: Vec<String>) -> i32 {
+    let cli = match Cli::try_parse_from(argv) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { 2 } else { 0 };
+        }
+    };
+    init_logging(&cli.log_format);
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("flame-daemon: cannot start the runtime: {e}");
+            return 1;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("flame-daemon: {e}");
+            1
+        }
+    }
+}

@@ -1,0 +1,111 @@
+//! Daemon configuration: command-line flags, optionally on top of a TOML file
+//! (`--config flame.toml`). A flag given on the command line wins over the file.
+//!
+//! ```toml
+//! host = "127.0.0.1"
+//! port = 8080
+//! state_dir = "/var/lib/flame"
+//! slots = 8
+//! python = "/opt/venv/bin/python"
+//! warm_delay_ms = 2000
+//! window = 4
+//! max_payload_mb = 256
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use flame_core::{FlameError, Result};
+
+use crate::session_manager::ManagerConfig;
+
+/// Settings a config file may hold; every field is optional.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    pub state_dir: Option<PathBuf>,
+    pub slots: Option<u32>,
+    pub python: Option<String>,
+    pub name: Option<String>,
+    pub head: Option<String>,
+    pub work_dir: Option<PathBuf>,
+    pub warm_delay_ms: Option<u64>,
+    pub window: Option<usize>,
+    pub max_payload_mb: Option<usize>,
+    pub heartbeat_ms: Option<u64>,
+    pub node_timeout_ms: Option<u64>,
+}
+
+impl FileConfig {
+    /// Read a TOML config file.
+    ///
+    /// # Errors
+    /// `InvalidArgument` naming the file when it cannot be read or parsed.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            FlameError::InvalidArgument(format!("config file {}: {e}", path.display()))
+        })?;
+        toml::from_str(&text).map_err(|e| {
+            FlameError::InvalidArgument(format!("config file {}: {e}", path.display()))
+        })
+    }
+
+    /// The session manager's tunables from this file, defaults elsewhere.
+    pub fn manager(&self) -> Result<ManagerConfig> {
+        let mut m = ManagerConfig::default();
+        if let Some(ms) = self.warm_delay_ms {
+            m.warm_delay = Duration::from_millis(ms);
+        }
+        if let Some(w) = self.window {
+            if w == 0 {
+                return Err(FlameError::InvalidArgument("window must be at least 1".into()));
+            }
+            m.window = w;
+        }
+        if let Some(mb) = self.max_payload_mb {
+            m.max_payload_bytes = mb.saturating_mul(1 << 20);
+        }
+        if let Some(ms) = self.heartbeat_ms {
+            m.heartbeat = Duration::from_millis(ms.max(50));
+        }
+        if let Some(ms) = self.node_timeout_ms {
+            m.node_timeout = Duration::from_millis(ms);
+        }
+        if m.node_timeout <= m.heartbeat {
+            return Err(FlameError::InvalidArgument(format!(
+                "node_timeout_ms ({:?}) must be longer than heartbeat_ms ({:?})",
+                m.node_timeout, m.heartbeat
+            )));
+        }
+        Ok(m)
+    }
+}
+
+/// Where state lives when nothing says otherwise: `$FLAME_STATE_DIR`, else `~/.flame/state`.
+pub fn default_state_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("FLAME_STATE_DIR") {
+        return PathBuf::from(d);
+    }
+    let home = std::env::var_os("HOME").map_or_else(std::env::temp_dir, PathBuf::from);
+    home.join(".flame").join("state")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_settings_reach_the_manager_and_bad_ones_are_named() {
+        let f: FileConfig = toml::from_str("warm_delay_ms = 50\nwindow = 8").unwrap();
+        let m = f.manager().unwrap();
+        assert_eq!(m.warm_delay, Duration::from_millis(50));
+        assert_eq!(m.window, 8);
+        let bad: FileConfig = toml::from_str("window = 0").unwrap();
+        assert!(bad.manager().unwrap_err().to_string().contains("window"));
+        assert!(toml::from_str::<FileConfig>("prot = 1").is_err(), "typos are rejected");
+    }
+}

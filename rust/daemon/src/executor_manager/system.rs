@@ -1,0 +1,93 @@
+//! Facts about the machine a node runs on: its name, its memory, and where an interpreter
+//! lives. Read once, best effort — a node with odd `/proc` still runs, it just reports less.
+
+use std::path::Path;
+
+/// The host name, used as the node name when none is configured.
+pub fn default_node_name() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its whole length; gethostname writes at most that much.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    let name = if rc == 0 {
+        let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
+        String::from_utf8_lossy(&buf[..end]).into_owned()
+    } else {
+        String::new()
+    };
+    if name.is_empty() {
+        "localhost".into()
+    } else {
+        name
+    }
+}
+
+/// Total memory in bytes from `/proc/meminfo`, or 0 when it cannot be read.
+pub(super) fn memory_bytes() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| parse_meminfo(&text))
+        .unwrap_or(0)
+}
+
+fn parse_meminfo(text: &str) -> Option<u64> {
+    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// The interpreter to start an executor with: the one the session asked for (the client's own
+/// interpreter) when it exists on this node, else the node's default. A client on another
+/// machine may name a path that means nothing here, so a missing one is not an error.
+pub(super) fn resolve_python(requested: &str, default: &str) -> String {
+    if requested.is_empty() {
+        return default.to_string();
+    }
+    let found = if requested.contains('/') {
+        is_executable(Path::new(requested))
+    } else {
+        std::env::var_os("PATH").is_some_and(|path| {
+            std::env::split_paths(&path).any(|dir| is_executable(&dir.join(requested)))
+        })
+    };
+    if found {
+        requested.to_string()
+    } else {
+        tracing::debug!(
+            requested,
+            default,
+            "requested interpreter not found; using the default"
+        );
+        default.to_string()
+    }
+}
+
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn meminfo_total_is_read_in_bytes() {
+        let text = "MemFree:  100 kB\nMemTotal:       16318412 kB\n";
+        assert_eq!(parse_meminfo(text), Some(16318412 * 1024));
+        assert_eq!(parse_meminfo("nothing here"), None);
+    }
+
+    #[test]
+    fn missing_interpreter_falls_back_to_default() {
+        assert_eq!(resolve_python("", "python3"), "python3");
+        assert_eq!(resolve_python("/no/such/python", "python3"), "python3");
+        assert_eq!(resolve_python("no-such-python-flame", "python3"), "python3");
+        assert_eq!(resolve_python("sh", "python3"), "sh");
+        assert_eq!(resolve_python("/bin/sh", "python3"), "/bin/sh");
+    }
+
+    #[test]
+    fn node_name_is_never_empty() {
+        assert!(!default_node_name().is_empty());
+    }
+}

@@ -1,0 +1,22 @@
+//! `flame-daemon`: the session manager (frontend and backend gRPC, scheduler, SQLite state)
+//! and the executor manager (spawns and supervises executor processes on a node).
+//!
+//! # Layout
+//! - [`cli`] — the command line (`start`, `head`, `node`) and [`config`] (flags + TOML).
+//! - [`server`] — the head: actor + storage + gRPC server as one unit; [`local`] — head and
+//!   node in one process (`flame-daemon start`, the embedded cluster of `flame.init()`).
+//! - [`session_manager`] — the actor that owns all scheduling state and applies the
+//!   scheduler's decisions; [`rpc`] — the gRPC handlers that feed it events.
+//! - [`storage_writer`] — the storage thread with group commit.
+//! - [`executor_manager`] — the node agent: executor processes, heartbeats, exit reports.
+//! - [`shutdown`] — Ctrl-C / SIGTERM.
+
+pub mod cli;
+pub mod config;
+pub mod executor_manager;
+pub mod local;
+pub mod rpc;
+pub mod server;
+pub mod session_manager;
+pub mod shutdown;
+pub mod storage_writer;

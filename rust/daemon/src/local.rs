@@ -1,0 +1,61 @@
+//! A whole cluster in one process: a head and one node on 127.0.0.1. This is what
+//! `flame-daemon start` runs, what `flame.init()` embeds, and what integration tests use.
+
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use flame_core::Result;
+
+use crate::executor_manager::{run_node, NodeConfig};
+use crate::server::{Head, HeadConfig};
+
+/// A running head plus its local node.
+pub struct LocalCluster {
+    pub head: Head,
+    node_stop: CancellationToken,
+    node: JoinHandle<Result<()>>,
+}
+
+impl LocalCluster {
+    /// Start the head, then a node that connects to it. `node.head` is filled in.
+    ///
+    /// # Errors
+    /// Whatever [`Head::start`] reports.
+    pub async fn start(head: HeadConfig, mut node: NodeConfig) -> Result<Self> {
+        let head = Head::start(head).await?;
+        node.head = head.address.clone();
+        let node_stop = CancellationToken::new();
+        let stop = node_stop.clone();
+        let node = tokio::spawn(async move {
+            let r = run_node(node, stop).await;
+            if let Err(e) = &r {
+                tracing::error!(error = %e, "local node stopped with an error");
+            }
+            r
+        });
+        Ok(Self {
+            head,
+            node_stop,
+            node,
+        })
+    }
+
+    pub fn address(&self) -> &str {
+        &self.head.address
+    }
+
+    /// Whether the node task has ended (it only does on error or stop).
+    pub fn node_finished(&self) -> bool {
+        self.node.is_finished()
+    }
+
+    /// Stop executors, the node (reaping every child) and the head; persist everything.
+    pub async fn stop(self) {
+        // Executors are told to stop first so they exit cleanly; the node then reaps them
+        // (and kills any that linger), and the head flushes its state last.
+        self.head.manager.shutdown().await;
+        self.node_stop.cancel();
+        let _ = self.node.await;
+        self.head.stop().await;
+    }
+}

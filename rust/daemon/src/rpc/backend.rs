@@ -1,0 +1,146 @@
+//! The Backend gRPC service: one stream per executor-manager node (registration, heartbeats,
+//! executor exits in; spawn and kill commands out) and one per executor process
+//! (registration, session entered/left and result batches in; bind, tasks, unbind out).
+
+use std::pin::Pin;
+
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status, Streaming};
+
+use flame_core::ids::{ExecutorId, SessionId};
+use flame_core::proto::{self, backend_server::Backend, executor_message, node_message};
+
+use super::first_message;
+use crate::session_manager::{Event, ManagerHandle};
+
+pub struct BackendService {
+    handle: ManagerHandle,
+}
+
+impl BackendService {
+    pub fn new(handle: ManagerHandle) -> Self {
+        Self { handle }
+    }
+}
+
+type Out<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Backend for BackendService {
+    type NodeStreamStream = Out<proto::NodeCommand>;
+
+    async fn node_stream(
+        &self,
+        req: Request<Streaming<proto::NodeMessage>>,
+    ) -> Result<Response<Self::NodeStreamStream>, Status> {
+        let mut inbound = req.into_inner();
+        let register = match first_message(&mut inbound, "node").await?.msg {
+            Some(node_message::Msg::Register(r)) => r,
+            _ => return Err(Status::invalid_argument("a node stream must start with Register")),
+        };
+        if register.slots == 0 {
+            return Err(Status::invalid_argument("a node needs at least one slot"));
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        let node = self
+            .handle
+            .call(|reply| Event::NodeConnected {
+                register,
+                tx: tx.clone(),
+                reply,
+            })
+            .await?;
+        let registered = proto::NodeCommand {
+            msg: Some(proto::node_command::Msg::Registered(proto::NodeRegistered {
+                node_id: node.0,
+                heartbeat_ms: self.handle.config.heartbeat.as_millis() as u32,
+            })),
+        };
+        let _ = tx.send(Ok(registered));
+        let handle = self.handle.clone();
+        tokio::spawn(async move {
+            loop {
+                let ev = match inbound.message().await {
+                    Ok(Some(m)) => match m.msg {
+                        Some(node_message::Msg::Heartbeat(_)) => Event::NodeHeartbeat { node },
+                        Some(node_message::Msg::Exited(exited)) => {
+                            Event::ExecutorExited { node, exited }
+                        }
+                        _ => {
+                            tracing::warn!(%node, "unexpected node message dropped");
+                            continue;
+                        }
+                    },
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::debug!(%node, error = %e, "node stream ended with an error");
+                        break;
+                    }
+                };
+                if !handle.send(ev) {
+                    return;
+                }
+            }
+            handle.send(Event::NodeGone { node });
+        });
+        Ok(Response::new(Box::pin(UnboundedReceiverStream::new(rx))))
+    }
+
+    type ExecutorStreamStream = Out<proto::ExecutorCommand>;
+
+    async fn executor_stream(
+        &self,
+        req: Request<Streaming<proto::ExecutorMessage>>,
+    ) -> Result<Response<Self::ExecutorStreamStream>, Status> {
+        let mut inbound = req.into_inner();
+        let id = match first_message(&mut inbound, "executor").await?.msg {
+            Some(executor_message::Msg::Register(r)) => ExecutorId(r.executor_id),
+            _ => {
+                return Err(Status::invalid_argument(
+                    "an executor stream must start with Register",
+                ))
+            }
+        };
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.handle
+            .call(|reply| Event::ExecutorConnected { id, tx, reply })
+            .await?;
+        let handle = self.handle.clone();
+        tokio::spawn(async move {
+            loop {
+                let ev = match inbound.message().await {
+                    Ok(Some(m)) => match m.msg {
+                        Some(executor_message::Msg::Results(b)) => Event::Results {
+                            executor: id,
+                            results: b.results,
+                        },
+                        Some(executor_message::Msg::Entered(entered)) => Event::SessionEntered {
+                            executor: id,
+                            entered,
+                        },
+                        Some(executor_message::Msg::Left(l)) => Event::SessionLeft {
+                            executor: id,
+                            session: SessionId(l.session_id),
+                        },
+                        _ => {
+                            tracing::warn!(executor = %id, "unexpected executor message dropped");
+                            continue;
+                        }
+                    },
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::debug!(executor = %id, error = %e, "executor stream ended with an error");
+                        break;
+                    }
+                };
+                if !handle.send(ev) {
+                    return;
+                }
+            }
+            handle.send(Event::ExecutorGone { id });
+        });
+        Ok(Response::new(Box::pin(UnboundedReceiverStream::new(rx))))
+    }
+}

@@ -1,0 +1,259 @@
+//! The Frontend gRPC service: applications, sessions, cluster info, and the per-client stream
+//! that carries task submissions in and completions out.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status, Streaming};
+
+use flame_core::ids::{SessionId, TaskId};
+use flame_core::model::{now_ms, ApplicationRecord, SessionSpec};
+use flame_core::proto::{self, client_message, frontend_server::Frontend};
+use flame_core::FlameError;
+
+use crate::session_manager::{Event, ManagerHandle};
+
+pub struct FrontendService {
+    handle: ManagerHandle,
+    next_conn: Arc<AtomicU64>,
+}
+
+impl FrontendService {
+    pub fn new(handle: ManagerHandle) -> Self {
+        Self {
+            handle,
+            next_conn: Arc::new(AtomicU64::new(1)),
+        }
+    }
+}
+
+fn session_id(raw: u64) -> Result<SessionId, Status> {
+    if raw == 0 {
+        return Err(Status::invalid_argument("session_id is required (got 0)"));
+    }
+    Ok(SessionId(raw))
+}
+
+type ServerStream = Pin<Box<dyn Stream<Item = Result<proto::ServerMessage, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Frontend for FrontendService {
+    async fn hello(
+        &self,
+        req: Request<proto::HelloRequest>,
+    ) -> Result<Response<proto::HelloReply>, Status> {
+        let previous = req.into_inner().previous_client_id;
+        let id = self
+            .handle
+            .call(|reply| Event::Hello { previous, reply })
+            .await?;
+        Ok(Response::new(proto::HelloReply {
+            client_id: id,
+            version: env!("CARGO_PKG_VERSION").into(),
+            max_message_bytes: self.handle.config.max_payload_bytes as u64,
+        }))
+    }
+
+    async fn register_application(
+        &self,
+        req: Request<proto::Application>,
+    ) -> Result<Response<proto::Empty>, Status> {
+        let a = req.into_inner();
+        if a.name.trim().is_empty() {
+            return Err(Status::invalid_argument("an application needs a name"));
+        }
+        if a.spec.len() > self.handle.config.max_payload_bytes {
+            return Err(FlameError::PayloadTooLarge(format!(
+                "application spec is {} bytes",
+                a.spec.len()
+            ))
+            .into());
+        }
+        let app = ApplicationRecord {
+            name: a.name,
+            spec: a.spec,
+            description: a.description,
+            created_ms: now_ms(),
+        };
+        self.handle
+            .call(|reply| Event::RegisterApplication { app, reply })
+            .await?;
+        Ok(Response::new(proto::Empty {}))
+    }
+
+    async fn get_application(
+        &self,
+        req: Request<proto::ApplicationRef>,
+    ) -> Result<Response<proto::Application>, Status> {
+        let name = req.into_inner().name;
+        let a = self
+            .handle
+            .call(|reply| Event::GetApplication { name, reply })
+            .await?;
+        Ok(Response::new(proto::Application {
+            name: a.name,
+            spec: a.spec,
+            description: a.description,
+        }))
+    }
+
+    async fn list_applications(
+        &self,
+        _req: Request<proto::Empty>,
+    ) -> Result<Response<proto::ApplicationList>, Status> {
+        let apps = self
+            .handle
+            .call(|reply| Event::ListApplications { reply })
+            .await?;
+        let applications = apps
+            .into_iter()
+            .map(|a| proto::Application {
+                name: a.name,
+                spec: a.spec,
+                description: a.description,
+            })
+            .collect();
+        Ok(Response::new(proto::ApplicationList { applications }))
+    }
+
+    async fn create_session(
+        &self,
+        req: Request<proto::CreateSessionRequest>,
+    ) -> Result<Response<proto::SessionInfo>, Status> {
+        let spec = req
+            .into_inner()
+            .spec
+            .ok_or_else(|| Status::invalid_argument("CreateSession needs a spec"))?;
+        let spec = SessionSpec::try_from(spec)?;
+        let limit = self.handle.config.max_payload_bytes;
+        if spec.common_data.len() + spec.app_spec.len() > limit {
+            return Err(FlameError::PayloadTooLarge(format!(
+                "session service and common data are {} bytes, over the limit of {limit}",
+                spec.common_data.len() + spec.app_spec.len()
+            ))
+            .into());
+        }
+        let info = self
+            .handle
+            .call(|reply| Event::CreateSession { spec, reply })
+            .await?;
+        Ok(Response::new(info))
+    }
+
+    async fn get_session(
+        &self,
+        req: Request<proto::SessionRef>,
+    ) -> Result<Response<proto::SessionInfo>, Status> {
+        let id = session_id(req.into_inner().session_id)?;
+        let info = self
+            .handle
+            .call(|reply| Event::GetSession { id, reply })
+            .await?;
+        Ok(Response::new(info))
+    }
+
+    async fn list_sessions(
+        &self,
+        _req: Request<proto::Empty>,
+    ) -> Result<Response<proto::SessionList>, Status> {
+        let sessions = self
+            .handle
+            .call(|reply| Event::ListSessions { reply })
+            .await?;
+        Ok(Response::new(proto::SessionList { sessions }))
+    }
+
+    async fn close_session(
+        &self,
+        req: Request<proto::SessionRef>,
+    ) -> Result<Response<proto::SessionInfo>, Status> {
+        let id = session_id(req.into_inner().session_id)?;
+        let info = self
+            .handle
+            .call(|reply| Event::CloseSession { id, reply })
+            .await?;
+        Ok(Response::new(info))
+    }
+
+    async fn get_cluster_info(
+        &self,
+        _req: Request<proto::Empty>,
+    ) -> Result<Response<proto::ClusterInfo>, Status> {
+        let info = self
+            .handle
+            .call(|reply| Event::ClusterInfo { reply })
+            .await?;
+        Ok(Response::new(info))
+    }
+
+    type StreamStream = ServerStream;
+
+    async fn stream(
+        &self,
+        req: Request<Streaming<proto::ClientMessage>>,
+    ) -> Result<Response<Self::StreamStream>, Status> {
+        let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::unbounded_channel();
+        if !self.handle.send(Event::ClientConnected { conn, tx }) {
+            return Err(FlameError::ShuttingDown.into());
+        }
+        let mut inbound = req.into_inner();
+        let handle = self.handle.clone();
+        tokio::spawn(async move {
+            loop {
+                match inbound.message().await {
+                    Ok(Some(m)) => {
+                        if let Some(ev) = client_event(conn, m) {
+                            if !handle.send(ev) {
+                                break;
+                            }
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::debug!(conn, error = %e, "client stream ended with an error");
+                        break;
+                    }
+                }
+            }
+            handle.send(Event::ClientGone { conn });
+        });
+        Ok(Response::new(Box::pin(UnboundedReceiverStream::new(rx))))
+    }
+}
+
+/// Turn one client message into an event; malformed messages are dropped with a log line
+/// (a stream has no request to answer with an error, and one bad message must not end it).
+fn client_event(conn: u64, m: proto::ClientMessage) -> Option<Event> {
+    let ev = match m.msg {
+        Some(client_message::Msg::Submit(b)) if b.session_id != 0 => Event::Submit {
+            conn,
+            session: SessionId(b.session_id),
+            tasks: b
+                .tasks
+                .into_iter()
+                .filter(|t| t.task_id != 0)
+                .map(|t| (TaskId(t.task_id), t.input))
+                .collect(),
+        },
+        Some(client_message::Msg::Watch(w)) if w.session_id != 0 => Event::Watch {
+            conn,
+            session: SessionId(w.session_id),
+            tasks: w.task_ids.into_iter().map(TaskId).collect(),
+        },
+        Some(client_message::Msg::Cancel(c)) if c.session_id != 0 => Event::Cancel {
+            conn,
+            session: SessionId(c.session_id),
+            task: TaskId(c.task_id),
+        },
+        other => {
+            tracing::warn!(conn, message = ?other.map(|_| "with session_id 0"), "malformed client message dropped");
+            return None;
+        }
+    };
+    Some(ev)
+}

@@ -1,0 +1,120 @@
+//! The head: the session manager's actor, its SQLite state and its gRPC server (Frontend and
+//! Backend services on one port), started and stopped as one unit.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+
+use flame_core::proto::{backend_server::BackendServer, frontend_server::FrontendServer};
+use flame_core::storage::SqliteStorage;
+use flame_core::{FlameError, Result};
+
+use crate::rpc::{backend::BackendService, frontend::FrontendService};
+use crate::session_manager::{self, ManagerConfig, ManagerHandle};
+
+/// Largest gRPC message accepted or sent; task payloads are limited separately.
+pub const MAX_MESSAGE_BYTES: usize = 1 << 30;
+
+/// What the head needs to start.
+#[derive(Clone, Debug)]
+pub struct HeadConfig {
+    pub host: String,
+    /// 0 picks a free port.
+    pub port: u16,
+    pub state_dir: PathBuf,
+    pub manager: ManagerConfig,
+}
+
+/// A running head. Stop it with [`Head::stop`].
+pub struct Head {
+    /// `http://host:port` — what clients, nodes and executors connect to.
+    pub address: String,
+    pub local_addr: SocketAddr,
+    pub manager: ManagerHandle,
+    server_stop: CancellationToken,
+    server: JoinHandle<()>,
+    actor: JoinHandle<()>,
+    storage_thread: std::thread::JoinHandle<()>,
+}
+
+impl Head {
+    /// Open the state in `state_dir`, start the actor and listen.
+    ///
+    /// # Errors
+    /// `Storage` if the state cannot be opened, `InvalidArgument` if the address cannot be
+    /// bound (port in use, bad host).
+    pub async fn start(cfg: HeadConfig) -> Result<Head> {
+        std::fs::create_dir_all(&cfg.state_dir).map_err(|e| {
+            FlameError::InvalidArgument(format!("state dir {}: {e}", cfg.state_dir.display()))
+        })?;
+        let storage = SqliteStorage::open(&cfg.state_dir.join("flame.db"))?;
+        let listener = tokio::net::TcpListener::bind((cfg.host.as_str(), cfg.port))
+            .await
+            .map_err(|e| {
+                FlameError::InvalidArgument(format!("cannot listen on {}:{}: {e}", cfg.host, cfg.port))
+            })?;
+        let local_addr = listener
+            .local_addr()
+            .map_err(|e| FlameError::Internal(e.to_string()))?;
+        let (manager, actor, storage_thread) =
+            session_manager::start(cfg.manager.clone(), Box::new(storage))?;
+
+        let frontend = FrontendServer::new(FrontendService::new(manager.clone()))
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let backend = BackendServer::new(BackendService::new(manager.clone()))
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let server_stop = CancellationToken::new();
+        let stop = server_stop.clone();
+        let server = tokio::spawn(async move {
+            let result = tonic::transport::Server::builder()
+                .tcp_nodelay(true)
+                .http2_keepalive_interval(Some(Duration::from_secs(10)))
+                .add_service(frontend)
+                .add_service(backend)
+                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop.cancelled())
+                .await;
+            if let Err(e) = result {
+                tracing::error!(error = %e, "gRPC server failed");
+            }
+        });
+        let host = match local_addr {
+            SocketAddr::V6(a) => format!("[{}]", a.ip()),
+            SocketAddr::V4(a) => a.ip().to_string(),
+        };
+        let address = format!("http://{host}:{}", local_addr.port());
+        tracing::info!(%address, state_dir = %cfg.state_dir.display(), "session manager listening");
+        Ok(Head {
+            address,
+            local_addr,
+            manager,
+            server_stop,
+            server,
+            actor,
+            storage_thread,
+        })
+    }
+
+    /// Stop executors, persist everything, stop serving.
+    pub async fn stop(self) {
+        self.manager.shutdown().await;
+        self.server_stop.cancel();
+        // Long-lived streams may keep a graceful shutdown waiting: bound it.
+        let mut server = self.server;
+        if tokio::time::timeout(Duration::from_secs(3), &mut server)
+            .await
+            .is_err()
+        {
+            server.abort();
+        }
+        let _ = self.actor.await;
+        drop(self.manager);
+        let thread = self.storage_thread;
+        let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+    }
+}

@@ -1,0 +1,202 @@
+//! The session manager's actor: its state, start-up (reloading from storage) and event loop.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use flame_core::ids::{ExecutorId, NodeId, SessionId};
+use flame_core::model::{now_ms, ApplicationRecord};
+use flame_core::scheduler::{Scheduler, SchedulerConfig};
+use flame_core::storage::{Storage, WriteOp};
+use flame_core::Result;
+
+use super::{ClientTx, Event, ExecutorTx, ManagerConfig, ManagerHandle, NodeTx};
+use crate::storage_writer::StorageWriter;
+
+/// A connected executor-manager node.
+pub(super) struct NodeLink {
+    pub tx: NodeTx,
+    pub name: String,
+    pub last_seen: Instant,
+}
+
+pub(super) struct Actor {
+    pub cfg: ManagerConfig,
+    pub sched: Scheduler,
+    pub store: StorageWriter,
+    pub apps: HashMap<String, ApplicationRecord>,
+    pub clients: HashMap<u64, ClientTx>,
+    pub executors: HashMap<ExecutorId, ExecutorTx>,
+    pub nodes: HashMap<NodeId, NodeLink>,
+    pub next_session: u64,
+    pub next_client: u32,
+    pub next_node: u64,
+    /// Executors of a session that died before registering, in a row.
+    pub startup_failures: HashMap<SessionId, u32>,
+    pub self_tx: mpsc::UnboundedSender<Event>,
+}
+
+const META_SESSION: &str = "next_session_id";
+const META_CLIENT: &str = "next_client_id";
+const META_EXECUTOR_BASE: &str = "next_executor_base";
+/// Executor ids handed out per start of the session manager (ids stay unique across restarts).
+const EXECUTOR_IDS_PER_START: u64 = 1 << 32;
+
+/// Load state from `storage` and start the actor on the current tokio runtime.
+///
+/// # Errors
+/// `FlameError::Storage` if the stored state cannot be read.
+pub fn start(
+    cfg: ManagerConfig,
+    mut storage: Box<dyn Storage>,
+) -> Result<(ManagerHandle, JoinHandle<()>, std::thread::JoinHandle<()>)> {
+    let snapshot = storage.load()?;
+    let meta = |k: &str, default: u64| snapshot.meta.get(k).copied().unwrap_or(default);
+    let executor_base = meta(META_EXECUTOR_BASE, 1);
+    let (store, storage_thread) = StorageWriter::start(storage);
+    store.write_only(vec![WriteOp::SetMeta {
+        key: META_EXECUTOR_BASE.into(),
+        value: executor_base + EXECUTOR_IDS_PER_START,
+    }]);
+
+    let mut sched = Scheduler::new(SchedulerConfig {
+        window: cfg.window,
+        warm_delay: cfg.warm_delay,
+        first_executor_id: executor_base,
+    });
+    for s in &snapshot.sessions {
+        let counts = snapshot.counts.get(&s.id).copied().unwrap_or_default();
+        sched.open_session(s.id, s.spec.clone(), s.created_ms, counts);
+    }
+    let restored = snapshot.tasks.len();
+    let mut by_session: HashMap<SessionId, Vec<_>> = HashMap::new();
+    for t in snapshot.tasks {
+        by_session
+            .entry(t.key.session)
+            .or_default()
+            .push((t.key.task, t.input, t.attempts));
+    }
+    for (sid, tasks) in by_session {
+        sched.enqueue(sid, tasks, None);
+    }
+    tracing::info!(
+        sessions = snapshot.sessions.len(),
+        tasks = restored,
+        "session manager state loaded"
+    );
+
+    let (tx, rx) = mpsc::unbounded_channel();
+    let actor = Actor {
+        cfg: cfg.clone(),
+        sched,
+        store,
+        apps: snapshot
+            .applications
+            .into_iter()
+            .map(|a| (a.name.clone(), a))
+            .collect(),
+        clients: HashMap::new(),
+        executors: HashMap::new(),
+        nodes: HashMap::new(),
+        next_session: meta(META_SESSION, 1),
+        next_client: meta(META_CLIENT, 1) as u32,
+        next_node: 1,
+        startup_failures: HashMap::new(),
+        self_tx: tx.clone(),
+    };
+    let task = tokio::spawn(actor.run(rx));
+    Ok((ManagerHandle { tx, config: cfg }, task, storage_thread))
+}
+
+impl Actor {
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Event>) {
+        loop {
+            let deadline = self.next_deadline();
+            let sleep = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(tokio::time::Instant::from_std(d)).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let first = tokio::select! {
+                ev = rx.recv() => match ev {
+                    Some(ev) => Some(ev),
+                    None => break,
+                },
+                _ = sleep => None,
+            };
+            let now = Instant::now();
+            if let Some(ev) = first {
+                let mut next = Some(ev);
+                let mut handled = 0;
+                while let Some(ev) = next.take() {
+                    if let Event::Shutdown { reply } = ev {
+                        self.shutdown().await;
+                        let _ = reply.send(());
+                        return;
+                    }
+                    self.handle(ev, now);
+                    handled += 1;
+                    if handled < 4096 {
+                        next = rx.try_recv().ok();
+                    }
+                }
+            }
+            self.check_heartbeats(now);
+            self.sched.schedule(now);
+            let actions = self.sched.take_actions();
+            self.apply(actions);
+        }
+    }
+
+    /// The earliest moment something must happen without an event: a warm executor's delay
+    /// running out, or a node's heartbeat deadline.
+    fn next_deadline(&self) -> Option<Instant> {
+        let hb = self
+            .nodes
+            .values()
+            .map(|n| n.last_seen + self.cfg.node_timeout)
+            .min();
+        match (self.sched.next_deadline(), hb) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn check_heartbeats(&mut self, now: Instant) {
+        let timeout = self.cfg.node_timeout;
+        let dead: Vec<NodeId> = self
+            .nodes
+            .iter()
+            .filter(|(_, n)| n.last_seen + timeout <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in dead {
+            tracing::warn!(node = %id, "node missed its heartbeats; its executors are lost");
+            self.node_gone(id, now);
+        }
+    }
+
+    /// Stop every executor, drop every stream, and wait until storage has everything.
+    async fn shutdown(&mut self) {
+        for tx in self.executors.values() {
+            let cmd = flame_core::proto::ExecutorCommand {
+                msg: Some(flame_core::proto::executor_command::Msg::Shutdown(
+                    flame_core::proto::Shutdown {
+                        reason: "the session manager is stopping".into(),
+                    },
+                )),
+            };
+            let _ = tx.send(Ok(cmd));
+        }
+        self.executors.clear();
+        self.clients.clear();
+        self.nodes.clear();
+        if let Err(e) = self.store.flush().await {
+            tracing::error!(error = %e, "final storage flush failed");
+        }
+        tracing::info!(at_ms = now_ms(), "session manager stopped");
+    }
+}

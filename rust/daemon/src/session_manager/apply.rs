@@ -1,0 +1,231 @@
+//! Carrying out the scheduler's actions: commands to nodes and executors, durable writes for
+//! finished tasks, and — after the commit — completions to the clients that watch them.
+
+use std::collections::HashMap;
+
+use flame_core::model::{SessionRecord, SessionState, TaskCounts};
+use flame_core::proto::{self, executor_command, node_command};
+use flame_core::scheduler::{Action, Completion, Session};
+use flame_core::storage::WriteOp;
+
+use super::actor::Actor;
+use super::ClientTx;
+
+impl Actor {
+    pub(super) fn apply(&mut self, actions: Vec<Action>) {
+        let mut ops = Vec::new();
+        let mut done = Vec::new();
+        for action in actions {
+            match action {
+                Action::Spawn {
+                    node,
+                    executor,
+                    python,
+                } => {
+                    let cmd = node_command::Msg::Spawn(proto::SpawnExecutor {
+                        executor_id: executor.0,
+                        python,
+                    });
+                    self.to_node(node, cmd);
+                }
+                Action::Kill {
+                    node,
+                    executor,
+                    reason,
+                } => {
+                    let cmd = node_command::Msg::Kill(proto::KillExecutor {
+                        executor_id: executor.0,
+                        reason,
+                    });
+                    self.to_node(node, cmd);
+                }
+                Action::Bind { executor, session } => {
+                    let Some(s) = self.sched.session(session) else {
+                        continue;
+                    };
+                    let cmd = executor_command::Msg::Bind(proto::BindSession {
+                        session_id: session.0,
+                        application: s.spec.application.clone(),
+                        app_spec: s.spec.app_spec.clone(),
+                        common_data: s.spec.common_data.clone(),
+                    });
+                    self.to_executor(executor, cmd);
+                }
+                Action::Dispatch {
+                    executor,
+                    session,
+                    tasks,
+                } => {
+                    let tasks = tasks
+                        .into_iter()
+                        .map(|(id, input, attempt)| proto::TaskAssignment {
+                            task_id: id.0,
+                            input,
+                            attempt,
+                        })
+                        .collect();
+                    let cmd = executor_command::Msg::Tasks(proto::TaskBatch {
+                        session_id: session.0,
+                        tasks,
+                    });
+                    self.to_executor(executor, cmd);
+                }
+                Action::Unbind { executor, session } => {
+                    let cmd = executor_command::Msg::Unbind(proto::UnbindSession {
+                        session_id: session.0,
+                    });
+                    self.to_executor(executor, cmd);
+                }
+                Action::Finish(c) => {
+                    ops.push(WriteOp::FinishTask {
+                        key: c.key,
+                        state: c.state,
+                        output: c.output.clone(),
+                        error: c.error.clone(),
+                        attempts: c.attempts,
+                        finished_ms: flame_core::model::now_ms(),
+                    });
+                    done.push(c);
+                }
+                Action::RecordAttempts { key, attempts } => {
+                    ops.push(WriteOp::SetAttempts { key, attempts });
+                }
+            }
+        }
+        if ops.is_empty() {
+            return;
+        }
+        if done.is_empty() {
+            self.store.write_only(ops);
+            return;
+        }
+        // Only the streams that have something to receive are cloned into the callback.
+        let clients: HashMap<u64, ClientTx> = done
+            .iter()
+            .filter_map(|c| c.watcher)
+            .filter_map(|w| self.clients.get(&w).map(|tx| (w, tx.clone())))
+            .collect();
+        self.store.write(ops, move |result| {
+            if let Err(e) = result {
+                tracing::error!(error = %e, "finished tasks could not be stored; delivering anyway");
+            }
+            deliver(&clients, done);
+        });
+    }
+
+    fn to_node(&mut self, node: flame_core::ids::NodeId, msg: node_command::Msg) {
+        let sent = self
+            .nodes
+            .get(&node)
+            .is_some_and(|n| n.tx.send(Ok(proto::NodeCommand { msg: Some(msg) })).is_ok());
+        if !sent {
+            tracing::warn!(node = %node, "command to a node that is gone");
+        }
+    }
+
+    fn to_executor(&mut self, executor: flame_core::ids::ExecutorId, msg: executor_command::Msg) {
+        let sent = self
+            .executors
+            .get(&executor)
+            .is_some_and(|tx| tx.send(Ok(proto::ExecutorCommand { msg: Some(msg) })).is_ok());
+        if !sent {
+            // Its stream is gone; ExecutorGone (or the node's exit report) will follow.
+            tracing::debug!(executor = %executor, "command to an executor that is gone");
+        }
+    }
+
+    pub(super) fn cluster_info(&self) -> proto::ClusterInfo {
+        let nodes = self
+            .sched
+            .nodes()
+            .map(|n| proto::NodeInfo {
+                id: n.id.0,
+                name: n.name.clone(),
+                slots: n.slots,
+                executors: n.executors.len() as u32,
+                busy: self.sched.busy_on(n.id) as u32,
+                alive: self.nodes.contains_key(&n.id),
+            })
+            .collect();
+        let (pending, running) = self.sched.sessions().fold((0, 0), |(p, r), s| {
+            (p + s.counts.pending, r + s.counts.running)
+        });
+        proto::ClusterInfo {
+            nodes,
+            sessions_open: self.sched.sessions().count() as u32,
+            tasks_pending: pending,
+            tasks_running: running,
+        }
+    }
+}
+
+/// Send completions to the client streams that watch them, one batch per stream.
+pub(super) fn deliver(clients: &HashMap<u64, ClientTx>, done: Vec<Completion>) {
+    let mut batches: HashMap<u64, Vec<proto::TaskCompletion>> = HashMap::new();
+    for c in done {
+        let Some(w) = c.watcher else {
+            continue;
+        };
+        batches.entry(w).or_default().push(proto::TaskCompletion {
+            session_id: c.key.session.0,
+            task_id: c.key.task.0,
+            state: c.state.as_i32(),
+            output: c.output,
+            error: c.error.map(Into::into),
+            attempts: c.attempts,
+        });
+    }
+    for (w, items) in batches {
+        if let Some(tx) = clients.get(&w) {
+            let msg = proto::ServerMessage {
+                msg: Some(proto::server_message::Msg::Completions(
+                    proto::CompletionBatch { items },
+                )),
+            };
+            let _ = tx.send(Ok(msg));
+        }
+    }
+}
+
+fn spec_for_info(spec: &flame_core::model::SessionSpec) -> proto::SessionSpec {
+    // The service itself can be large and is of no use to a reader: leave it out.
+    let mut spec = spec.clone();
+    spec.app_spec = Default::default();
+    spec.into()
+}
+
+/// Info of an open session, from memory.
+pub(super) fn open_info(s: &Session) -> proto::SessionInfo {
+    info(s.id.0, &s.spec, SessionState::Open, s.counts, s.created_ms, s.executors.len() as u32)
+}
+
+/// Info of a session from storage (closed, or listed).
+pub(super) fn closed_info(rec: &SessionRecord, counts: TaskCounts) -> proto::SessionInfo {
+    info(rec.id.0, &rec.spec, rec.state, counts, rec.created_ms, 0)
+}
+
+fn info(
+    id: u64,
+    spec: &flame_core::model::SessionSpec,
+    state: SessionState,
+    c: TaskCounts,
+    created_ms: i64,
+    executors: u32,
+) -> proto::SessionInfo {
+    let state = match state {
+        SessionState::Open => proto::SessionState::SessionOpen,
+        SessionState::Closed => proto::SessionState::SessionClosed,
+    };
+    proto::SessionInfo {
+        id,
+        spec: Some(spec_for_info(spec)),
+        state: state as i32,
+        pending: c.pending,
+        running: c.running,
+        succeeded: c.succeeded,
+        failed: c.failed,
+        cancelled: c.cancelled,
+        created_ms,
+        executors,
+    }
+}

@@ -1,0 +1,447 @@
+//! How the actor handles each [`Event`]: frontend requests, client streams, node and executor
+//! streams. Durable changes go to storage first; replies and scheduling follow the commit.
+
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use flame_core::ids::{ExecutorId, NodeId, SessionId, TaskId};
+use flame_core::model::{key, now_ms, ErrorKind, SessionRecord, SessionState, TaskFailure};
+use flame_core::proto;
+use flame_core::scheduler::{Completion, ExecutorState};
+use flame_core::storage::{NewTask, WriteOp};
+use flame_core::FlameError;
+
+use super::actor::{Actor, NodeLink};
+use super::apply::{closed_info, deliver, open_info};
+use super::Event;
+
+impl Actor {
+    pub(super) fn handle(&mut self, ev: Event, now: Instant) {
+        match ev {
+            Event::Hello { previous, reply } => {
+                let id = if previous != 0 {
+                    self.next_client = self.next_client.max(previous + 1);
+                    previous
+                } else {
+                    let id = self.next_client;
+                    self.next_client += 1;
+                    id
+                };
+                let op = WriteOp::SetMeta {
+                    key: "next_client_id".into(),
+                    value: self.next_client as u64,
+                };
+                self.store.write(vec![op], move |r| {
+                    let _ = reply.send(r.map(|_| id));
+                });
+            }
+            Event::RegisterApplication { app, reply } => {
+                self.apps.insert(app.name.clone(), app.clone());
+                self.store.write(vec![WriteOp::PutApplication(app)], move |r| {
+                    let _ = reply.send(r);
+                });
+            }
+            Event::GetApplication { name, reply } => {
+                let app = self.apps.get(&name).cloned();
+                let _ = reply.send(app.ok_or(FlameError::ApplicationNotFound(name)));
+            }
+            Event::ListApplications { reply } => {
+                let mut apps: Vec<_> = self.apps.values().cloned().collect();
+                apps.sort_by(|a, b| a.name.cmp(&b.name));
+                let _ = reply.send(Ok(apps));
+            }
+            Event::CreateSession { mut spec, reply } => {
+                if spec.app_spec.is_empty() {
+                    match self.apps.get(&spec.application) {
+                        Some(app) => spec.app_spec = app.spec.clone(),
+                        None => {
+                            let _ = reply.send(Err(FlameError::ApplicationNotFound(
+                                spec.application,
+                            )));
+                            return;
+                        }
+                    }
+                }
+                let id = SessionId(self.next_session);
+                self.next_session += 1;
+                let record = SessionRecord {
+                    id,
+                    spec: spec.clone(),
+                    state: SessionState::Open,
+                    created_ms: now_ms(),
+                    closed_ms: None,
+                };
+                self.sched
+                    .open_session(id, spec, record.created_ms, Default::default());
+                let info = self.sched.session(id).map(open_info);
+                let ops = vec![
+                    WriteOp::SetMeta {
+                        key: "next_session_id".into(),
+                        value: self.next_session,
+                    },
+                    WriteOp::PutSession(record),
+                ];
+                self.store.write(ops, move |r| {
+                    let _ = reply.send(r.and_then(|_| {
+                        info.ok_or_else(|| FlameError::Internal("session vanished".into()))
+                    }));
+                });
+            }
+            Event::GetSession { id, reply } => match self.sched.session(id) {
+                Some(s) => {
+                    let _ = reply.send(Ok(open_info(s)));
+                }
+                None => self.store.read(move |st| {
+                    let r = match st.get_session(id) {
+                        Ok(Some((rec, counts))) => Ok(closed_info(&rec, counts)),
+                        Ok(None) => Err(FlameError::SessionNotFound(id)),
+                        Err(e) => Err(e),
+                    };
+                    let _ = reply.send(r);
+                }),
+            },
+            Event::ListSessions { reply } => {
+                // Storage knows every session; memory knows the live counts of open ones.
+                let live: std::collections::HashMap<u64, proto::SessionInfo> = self
+                    .sched
+                    .sessions()
+                    .map(|s| (s.id.0, open_info(s)))
+                    .collect();
+                self.store.read(move |st| {
+                    let r = st.list_sessions(10_000).map(|v| {
+                        v.iter()
+                            .map(|(rec, c)| {
+                                live.get(&rec.id.0)
+                                    .cloned()
+                                    .unwrap_or_else(|| closed_info(rec, *c))
+                            })
+                            .collect()
+                    });
+                    let _ = reply.send(r);
+                });
+            }
+            Event::CloseSession { id, reply } => {
+                if !self.sched.close_session(id) {
+                    // Closing twice is fine; closing what never existed is not.
+                    self.store.read(move |st| {
+                        let r = match st.get_session(id) {
+                            Ok(Some((rec, counts))) => Ok(closed_info(&rec, counts)),
+                            Ok(None) => Err(FlameError::SessionNotFound(id)),
+                            Err(e) => Err(e),
+                        };
+                        let _ = reply.send(r);
+                    });
+                    return;
+                }
+                self.startup_failures.remove(&id);
+                let actions = self.sched.take_actions();
+                self.apply(actions);
+                let op = WriteOp::CloseSession {
+                    id,
+                    closed_ms: now_ms(),
+                };
+                self.store.write(vec![op], |_| {});
+                self.store.read(move |st| {
+                    let r = match st.get_session(id) {
+                        Ok(Some((rec, counts))) => Ok(closed_info(&rec, counts)),
+                        Ok(None) => Err(FlameError::SessionNotFound(id)),
+                        Err(e) => Err(e),
+                    };
+                    let _ = reply.send(r);
+                });
+            }
+            Event::ClusterInfo { reply } => {
+                let _ = reply.send(Ok(self.cluster_info()));
+            }
+            Event::ClientConnected { conn, tx } => {
+                self.clients.insert(conn, tx);
+            }
+            Event::ClientGone { conn } => {
+                self.clients.remove(&conn);
+            }
+            Event::Submit {
+                conn,
+                session,
+                tasks,
+            } => self.submit(conn, session, tasks),
+            Event::SubmitDurable {
+                conn,
+                session,
+                tasks,
+                result,
+            } => match result {
+                Ok(()) => {
+                    let tasks = tasks.into_iter().map(|(t, i)| (t, i, 0)).collect();
+                    self.sched.enqueue(session, tasks, Some(conn));
+                }
+                Err(e) => {
+                    let f = TaskFailure::new(ErrorKind::ErrorInternal, e.to_string());
+                    self.reject(conn, session, tasks.iter().map(|t| t.0), f);
+                }
+            },
+            Event::Watch {
+                conn,
+                session,
+                tasks,
+            } => self.watch(conn, session, tasks),
+            Event::Cancel { session, task, .. } => {
+                self.sched.cancel(session, task);
+            }
+            Event::NodeConnected {
+                register,
+                tx,
+                reply,
+            } => {
+                let id = if register.previous_node_id != 0
+                    && !self.nodes.contains_key(&NodeId(register.previous_node_id))
+                {
+                    NodeId(register.previous_node_id)
+                } else {
+                    NodeId(self.next_node)
+                };
+                self.next_node = self.next_node.max(id.0 + 1);
+                self.sched.add_node(id, register.name.clone(), register.slots);
+                self.nodes.insert(
+                    id,
+                    NodeLink {
+                        tx,
+                        name: register.name,
+                        last_seen: now,
+                    },
+                );
+                let _ = reply.send(Ok(id));
+            }
+            Event::NodeHeartbeat { node } => {
+                if let Some(n) = self.nodes.get_mut(&node) {
+                    n.last_seen = now;
+                }
+            }
+            Event::NodeGone { node } => self.node_gone(node, now),
+            Event::ExecutorExited { node, exited } => self.executor_exited(node, exited, now),
+            Event::ExecutorConnected { id, tx, reply } => {
+                if self.sched.executor_registered(id, now) {
+                    self.executors.insert(id, tx);
+                    let _ = reply.send(Ok(()));
+                } else {
+                    let _ = reply.send(Err(FlameError::InvalidArgument(format!(
+                        "executor {id} was not started by this session manager"
+                    ))));
+                }
+            }
+            Event::ExecutorGone { id } => {
+                if self.executors.remove(&id).is_some() {
+                    self.sched
+                        .executor_lost(id, "its connection to the session manager closed", now);
+                }
+            }
+            Event::SessionEntered { executor, entered } => {
+                let sid = SessionId(entered.session_id);
+                if entered.error.is_none() {
+                    self.startup_failures.remove(&sid);
+                }
+                let error = entered.error.map(TaskFailure::from);
+                self.sched.session_entered(executor, sid, error, now);
+            }
+            Event::SessionLeft { executor, session } => {
+                self.sched.session_left(executor, session, now);
+            }
+            Event::Results { executor, results } => self.results(executor, results, now),
+            Event::Shutdown { .. } => unreachable!("handled by the event loop"),
+        }
+    }
+
+    fn submit(&mut self, conn: u64, session: SessionId, tasks: Vec<(TaskId, Bytes)>) {
+        let limit = self.cfg.max_payload_bytes;
+        let (tasks, too_big): (Vec<_>, Vec<_>) =
+            tasks.into_iter().partition(|(_, input)| input.len() <= limit);
+        for (tid, input) in too_big {
+            let f = TaskFailure::new(
+                ErrorKind::ErrorPayloadTooLarge,
+                format!(
+                    "task {} input is {} bytes, over the daemon's limit of {limit} bytes",
+                    tid.0,
+                    input.len()
+                ),
+            );
+            self.reject(conn, session, [tid], f);
+        }
+        let accepted = match self.sched.accept(session, tasks.clone()) {
+            Ok(a) => a,
+            Err(_) => {
+                let ids = tasks.iter().map(|t| t.0);
+                let closed = session.0 < self.next_session;
+                let (kind, msg) = if closed {
+                    (ErrorKind::ErrorSessionClosed, format!("session {session} is closed"))
+                } else {
+                    (ErrorKind::ErrorSessionNotFound, format!("session {session} does not exist"))
+                };
+                self.reject(conn, session, ids, TaskFailure::new(kind, msg));
+                return;
+            }
+        };
+        if accepted.is_empty() {
+            return;
+        }
+        let op = WriteOp::InsertTasks {
+            session,
+            tasks: accepted
+                .iter()
+                .map(|(id, input)| NewTask {
+                    id: *id,
+                    input: input.clone(),
+                })
+                .collect(),
+            created_ms: now_ms(),
+        };
+        let me = self.self_tx.clone();
+        self.store.write(vec![op], move |result| {
+            let _ = me.send(Event::SubmitDurable {
+                conn,
+                session,
+                tasks: accepted,
+                result,
+            });
+        });
+    }
+
+    /// Fail submissions that were never accepted; nothing is stored for them.
+    fn reject(
+        &mut self,
+        conn: u64,
+        session: SessionId,
+        tasks: impl IntoIterator<Item = TaskId>,
+        failure: TaskFailure,
+    ) {
+        let items: Vec<Completion> = tasks
+            .into_iter()
+            .map(|t| Completion {
+                key: key(session, t),
+                state: flame_core::model::TaskState::Failed,
+                output: Bytes::new(),
+                error: Some(failure.clone()),
+                attempts: 0,
+                watcher: Some(conn),
+            })
+            .collect();
+        deliver(&self.clients, items);
+    }
+
+    /// Route completions of these tasks to `conn`: unfinished ones when they finish, finished
+    /// ones now, from storage.
+    fn watch(&mut self, conn: u64, session: SessionId, tasks: Vec<TaskId>) {
+        let stored: Vec<TaskId> = tasks
+            .into_iter()
+            .filter(|t| !self.sched.watch(session, *t, conn))
+            .collect();
+        if stored.is_empty() {
+            return;
+        }
+        let Some(tx) = self.clients.get(&conn).cloned() else {
+            return;
+        };
+        self.store.read(move |st| {
+            let mut items = Vec::new();
+            for t in stored {
+                match st.get_task(key(session, t)) {
+                    Ok(Some(rec)) if rec.state.is_final() => items.push(rec.to_completion()),
+                    Ok(Some(_)) => {}
+                    Ok(None) | Err(_) => items.push(proto::TaskCompletion {
+                        session_id: session.0,
+                        task_id: t.0,
+                        state: flame_core::model::TaskState::Failed.as_i32(),
+                        output: Bytes::new(),
+                        error: Some(
+                            TaskFailure::new(
+                                ErrorKind::ErrorInvalidArgument,
+                                format!("session {session} has no task {}", t.0),
+                            )
+                            .into(),
+                        ),
+                        attempts: 0,
+                    }),
+                }
+            }
+            let msg = proto::ServerMessage {
+                msg: Some(proto::server_message::Msg::Completions(
+                    proto::CompletionBatch { items },
+                )),
+            };
+            let _ = tx.send(Ok(msg));
+        });
+    }
+
+    pub(super) fn node_gone(&mut self, node: NodeId, now: Instant) {
+        if let Some(link) = self.nodes.remove(&node) {
+            tracing::warn!(node = %node, name = %link.name, "node left");
+        }
+        self.sched.remove_node(node, now);
+    }
+
+    fn executor_exited(&mut self, node: NodeId, exited: proto::ExecutorExited, now: Instant) {
+        let id = ExecutorId(exited.executor_id);
+        let Some(exec) = self.sched.executor(id) else {
+            return;
+        };
+        if exec.node != node {
+            return;
+        }
+        let how = if exited.signal != 0 {
+            format!("killed by signal {}", exited.signal)
+        } else {
+            format!("exited with code {}", exited.exit_code)
+        };
+        let starting_for = match exec.state {
+            ExecutorState::Starting => exec.reserved_for,
+            _ => None,
+        };
+        self.executors.remove(&id);
+        self.sched
+            .executor_lost(id, &format!("executor {id} {how}"), now);
+        let Some(sid) = starting_for else {
+            return;
+        };
+        // An executor that dies before it registers usually cannot start at all (wrong
+        // interpreter, flame not installed there): fail the session instead of looping.
+        let n = self.startup_failures.entry(sid).or_insert(0);
+        *n += 1;
+        tracing::warn!(executor = %id, session = %sid, %how, stderr = %exited.stderr_tail, "executor failed to start");
+        if *n >= self.cfg.max_startup_failures {
+            let msg = format!(
+                "executors for session {sid} failed to start {n} times; last one {how}: {}",
+                exited.stderr_tail.trim()
+            );
+            self.sched
+                .fail_session(sid, TaskFailure::new(ErrorKind::ErrorSessionEnterFailed, msg));
+        }
+    }
+
+    fn results(&mut self, executor: ExecutorId, results: Vec<proto::TaskResult>, now: Instant) {
+        let limit = self.cfg.max_payload_bytes;
+        let items = results
+            .into_iter()
+            .map(|r| {
+                let outcome = if r.ok {
+                    if r.output.len() > limit {
+                        Err(TaskFailure::new(
+                            ErrorKind::ErrorPayloadTooLarge,
+                            format!(
+                                "task {} result is {} bytes, over the daemon's limit of {limit} bytes",
+                                r.task_id,
+                                r.output.len()
+                            ),
+                        ))
+                    } else {
+                        Ok(r.output)
+                    }
+                } else {
+                    Err(r.error.map(TaskFailure::from).unwrap_or_else(|| {
+                        TaskFailure::new(ErrorKind::ErrorInternal, "task failed without an error")
+                    }))
+                };
+                (SessionId(r.session_id), TaskId(r.task_id), outcome)
+            })
+            .collect();
+        self.sched.task_results(executor, items, now);
+    }
+}

@@ -1,0 +1,205 @@
+//! The session manager: one actor task that owns all scheduling state.
+//!
+//! RPC handlers never touch state; they send an [`Event`] to the actor and, for unary calls,
+//! await a oneshot reply. The actor processes events one at a time (draining whatever is
+//! queued before it runs the scheduler once), carries out the scheduler's actions, and writes
+//! durable state through the [`StorageWriter`](crate::storage_writer::StorageWriter). No lock
+//! is held anywhere, so nothing can be held across an `.await`.
+
+mod actor;
+mod apply;
+mod events;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
+use tonic::Status;
+
+use flame_core::ids::{ExecutorId, NodeId, SessionId, TaskId};
+use flame_core::model::{ApplicationRecord, SessionSpec};
+use flame_core::proto;
+use flame_core::Result;
+
+pub use actor::start;
+
+/// Outbound stream to one client connection.
+pub type ClientTx = mpsc::UnboundedSender<Result<proto::ServerMessage, Status>>;
+/// Outbound stream to one executor.
+pub type ExecutorTx = mpsc::UnboundedSender<Result<proto::ExecutorCommand, Status>>;
+/// Outbound stream to one node.
+pub type NodeTx = mpsc::UnboundedSender<Result<proto::NodeCommand, Status>>;
+
+type Reply<T> = oneshot::Sender<Result<T>>;
+
+/// Tunables of the session manager.
+#[derive(Clone, Debug)]
+pub struct ManagerConfig {
+    /// Tasks sent ahead to one executor.
+    pub window: usize,
+    /// How long an idle executor stays bound to its session.
+    pub warm_delay: Duration,
+    /// Interval at which nodes send heartbeats.
+    pub heartbeat: Duration,
+    /// A node silent for this long is declared lost.
+    pub node_timeout: Duration,
+    /// Largest task input or output accepted, in bytes.
+    pub max_payload_bytes: usize,
+    /// Consecutive executor start-up failures after which a session's tasks fail.
+    pub max_startup_failures: u32,
+}
+
+impl Default for ManagerConfig {
+    fn default() -> Self {
+        Self {
+            window: 4,
+            warm_delay: Duration::from_secs(2),
+            heartbeat: Duration::from_millis(1000),
+            node_timeout: Duration::from_secs(5),
+            max_payload_bytes: 256 << 20,
+            max_startup_failures: 3,
+        }
+    }
+}
+
+/// Everything that can happen to the session manager.
+pub enum Event {
+    // ------------------------------------------------------------ frontend
+    Hello {
+        previous: u32,
+        reply: Reply<u32>,
+    },
+    RegisterApplication {
+        app: ApplicationRecord,
+        reply: Reply<()>,
+    },
+    GetApplication {
+        name: String,
+        reply: Reply<ApplicationRecord>,
+    },
+    ListApplications {
+        reply: Reply<Vec<ApplicationRecord>>,
+    },
+    CreateSession {
+        spec: SessionSpec,
+        reply: Reply<proto::SessionInfo>,
+    },
+    GetSession {
+        id: SessionId,
+        reply: Reply<proto::SessionInfo>,
+    },
+    ListSessions {
+        reply: Reply<Vec<proto::SessionInfo>>,
+    },
+    CloseSession {
+        id: SessionId,
+        reply: Reply<proto::SessionInfo>,
+    },
+    ClusterInfo {
+        reply: Reply<proto::ClusterInfo>,
+    },
+    ClientConnected {
+        conn: u64,
+        tx: ClientTx,
+    },
+    ClientGone {
+        conn: u64,
+    },
+    Submit {
+        conn: u64,
+        session: SessionId,
+        tasks: Vec<(TaskId, Bytes)>,
+    },
+    /// Internal: the accepted tasks of a `Submit` are durable (or failed to be written).
+    SubmitDurable {
+        conn: u64,
+        session: SessionId,
+        tasks: Vec<(TaskId, Bytes)>,
+        result: Result<()>,
+    },
+    Watch {
+        conn: u64,
+        session: SessionId,
+        tasks: Vec<TaskId>,
+    },
+    Cancel {
+        conn: u64,
+        session: SessionId,
+        task: TaskId,
+    },
+    // ------------------------------------------------------------ backend
+    NodeConnected {
+        register: proto::NodeRegister,
+        tx: NodeTx,
+        reply: Reply<NodeId>,
+    },
+    NodeHeartbeat {
+        node: NodeId,
+    },
+    NodeGone {
+        node: NodeId,
+    },
+    ExecutorExited {
+        node: NodeId,
+        exited: proto::ExecutorExited,
+    },
+    ExecutorConnected {
+        id: ExecutorId,
+        tx: ExecutorTx,
+        reply: Reply<()>,
+    },
+    ExecutorGone {
+        id: ExecutorId,
+    },
+    SessionEntered {
+        executor: ExecutorId,
+        entered: proto::SessionEntered,
+    },
+    SessionLeft {
+        executor: ExecutorId,
+        session: SessionId,
+    },
+    Results {
+        executor: ExecutorId,
+        results: Vec<proto::TaskResult>,
+    },
+    // ------------------------------------------------------------ lifecycle
+    /// Tell executors to stop, flush storage, and end the actor.
+    Shutdown {
+        reply: oneshot::Sender<()>,
+    },
+}
+
+/// Cheap handle for RPC handlers to reach the actor.
+#[derive(Clone)]
+pub struct ManagerHandle {
+    tx: mpsc::UnboundedSender<Event>,
+    pub config: ManagerConfig,
+}
+
+impl ManagerHandle {
+    /// Send an event; `false` if the actor has stopped.
+    pub fn send(&self, ev: Event) -> bool {
+        self.tx.send(ev).is_ok()
+    }
+
+    /// Send an event built around a reply channel and wait for the answer.
+    ///
+    /// # Errors
+    /// `ShuttingDown` if the actor stopped before answering; otherwise the actor's own error.
+    pub async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Event) -> Result<T> {
+        let (tx, rx) = oneshot::channel();
+        if !self.send(make(tx)) {
+            return Err(flame_core::FlameError::ShuttingDown);
+        }
+        rx.await.map_err(|_| flame_core::FlameError::ShuttingDown)?
+    }
+
+    /// Ask the actor to stop executors and flush storage; returns once it has.
+    pub async fn shutdown(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.send(Event::Shutdown { reply: tx }) {
+            let _ = rx.await;
+        }
+    }
+}

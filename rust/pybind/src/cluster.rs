@@ -1,0 +1,80 @@
+//! `LocalCluster`: the embedded head + node that `flame.init()` starts inside the client
+//! process, on 127.0.0.1 with a free port. Executors are child processes of this process.
+
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use pyo3::prelude::*;
+
+use flame_daemon::executor_manager::NodeConfig;
+use flame_daemon::local::LocalCluster;
+use flame_daemon::server::HeadConfig;
+use flame_daemon::session_manager::ManagerConfig;
+
+use crate::error::err;
+use crate::runtime::{runtime, wait};
+
+#[pyclass(name = "LocalCluster", module = "flame._core", frozen)]
+pub struct PyLocalCluster {
+    address: String,
+    inner: Mutex<Option<LocalCluster>>,
+}
+
+#[pymethods]
+impl PyLocalCluster {
+    #[new]
+    #[pyo3(signature = (slots, state_dir, python, host = "127.0.0.1".to_string(), port = 0))]
+    fn new(
+        py: Python<'_>,
+        slots: u32,
+        state_dir: PathBuf,
+        python: String,
+        host: String,
+        port: u16,
+    ) -> PyResult<Self> {
+        if slots == 0 {
+            return Err(crate::error::InvalidArgumentError::new_err(
+                "a local cluster needs at least one slot",
+            ));
+        }
+        let head = HeadConfig {
+            host,
+            port,
+            state_dir: state_dir.clone(),
+            manager: ManagerConfig::default(),
+        };
+        let mut node = NodeConfig::new("");
+        node.name = "local".into();
+        node.slots = slots;
+        node.python = python;
+        node.work_dir = std::env::current_dir().unwrap_or(state_dir);
+        let _guard = runtime().enter();
+        let cluster = wait(py, LocalCluster::start(head, node))?.map_err(err)?;
+        Ok(Self {
+            address: cluster.address().to_string(),
+            inner: Mutex::new(Some(cluster)),
+        })
+    }
+
+    #[getter]
+    fn address(&self) -> &str {
+        &self.address
+    }
+
+    /// Stop executors, the node and the head; idempotent.
+    #[pyo3(signature = (grace = 5.0))]
+    fn stop(&self, py: Python<'_>, grace: f64) -> PyResult<()> {
+        let Some(cluster) = self.inner.lock().ok().and_then(|mut g| g.take()) else {
+            return Ok(());
+        };
+        let grace = std::time::Duration::from_secs_f64(grace.clamp(0.0, 600.0));
+        let stopping = runtime().spawn(cluster.stop());
+        // Ctrl-C must not leave executors behind: the stop keeps running on the runtime.
+        let _ = wait(py, async move { tokio::time::timeout(grace + grace, stopping).await })?;
+        Ok(())
+    }
+
+    fn __repr__(&self) -> String {
+        format!("LocalCluster(address={:?})", self.address)
+    }
+}

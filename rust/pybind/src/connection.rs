@@ -1,0 +1,307 @@
+//! `Connection`: the Python face of `flame_core::client::Client`, and `SessionInfo`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use pyo3::prelude::*;
+use pyo3::pybacked::PyBackedBytes;
+use pyo3::types::{PyBytes, PyDict};
+
+use flame_core::client::Client;
+use flame_core::ids::{SessionId, TaskId};
+use flame_core::model::SessionSpec;
+use flame_core::proto;
+
+use crate::error::{err, to_py, About};
+use crate::runtime::wait;
+
+/// Python bytes handed to Rust without a copy: the buffer stays owned by the bytes object.
+pub fn to_bytes(b: PyBackedBytes) -> Bytes {
+    Bytes::from_owner(b)
+}
+
+/// One finished task: (session_id, task_id, state, output, error, attempts), where error is
+/// (kind, message, traceback, payload) or None.
+type ErrorTuple = (i32, String, String, Py<PyBytes>);
+type CompletionTuple = (u64, u64, i32, Py<PyBytes>, Option<ErrorTuple>, u32);
+
+#[pyclass(name = "SessionInfo", module = "flame._core", frozen, get_all)]
+pub struct PySessionInfo {
+    id: u64,
+    application: String,
+    state: &'static str,
+    slots: u32,
+    max_retries: u32,
+    timeout: f64,
+    priority: i32,
+    pending: u64,
+    running: u64,
+    succeeded: u64,
+    failed: u64,
+    cancelled: u64,
+    executors: u32,
+    created_ms: i64,
+    common_data: Py<PyBytes>,
+}
+
+#[pymethods]
+impl PySessionInfo {
+    fn __repr__(&self) -> String {
+        format!(
+            "SessionInfo(id={}, application={:?}, state={}, pending={}, running={}, succeeded={}, failed={}, cancelled={})",
+            self.id, self.application, self.state, self.pending, self.running, self.succeeded,
+            self.failed, self.cancelled
+        )
+    }
+}
+
+impl PySessionInfo {
+    fn from_proto(py: Python<'_>, i: proto::SessionInfo) -> Self {
+        let spec = i.spec.unwrap_or_default();
+        let state = if i.state == proto::SessionState::SessionClosed as i32 {
+            "closed"
+        } else {
+            "open"
+        };
+        Self {
+            id: i.id,
+            application: spec.application,
+            state,
+            slots: spec.slots,
+            max_retries: spec.max_retries,
+            timeout: spec.timeout_secs,
+            priority: spec.priority,
+            pending: i.pending,
+            running: i.running,
+            succeeded: i.succeeded,
+            failed: i.failed,
+            cancelled: i.cancelled,
+            executors: i.executors,
+            created_ms: i.created_ms,
+            common_data: PyBytes::new(py, &spec.common_data).unbind(),
+        }
+    }
+}
+
+#[pyclass(name = "Connection", module = "flame._core", frozen)]
+pub struct PyConnection {
+    client: Arc<Client>,
+}
+
+#[pymethods]
+impl PyConnection {
+    #[new]
+    #[pyo3(signature = (address, timeout = 5.0, client_name = ""))]
+    fn new(py: Python<'_>, address: &str, timeout: f64, client_name: &str) -> PyResult<Self> {
+        let timeout = Duration::try_from_secs_f64(timeout).map_err(|_| {
+            crate::error::InvalidArgumentError::new_err(format!("bad timeout {timeout}"))
+        })?;
+        let client = wait(py, Client::connect(address, timeout, client_name))?.map_err(err)?;
+        Ok(Self {
+            client: Arc::new(client),
+        })
+    }
+
+    #[getter]
+    fn address(&self) -> &str {
+        self.client.address()
+    }
+
+    #[getter]
+    fn client_id(&self) -> u32 {
+        self.client.client_id().0
+    }
+
+    #[getter]
+    fn max_payload(&self) -> u64 {
+        self.client.max_payload()
+    }
+
+    #[pyo3(signature = (name, spec, description = String::new()))]
+    fn register_application(
+        &self,
+        py: Python<'_>,
+        name: String,
+        spec: PyBackedBytes,
+        description: String,
+    ) -> PyResult<()> {
+        let mut fe = self.client.frontend();
+        let app = proto::Application {
+            name,
+            spec: to_bytes(spec),
+            description,
+        };
+        wait(py, fe.register_application(app))?.map_err(|s| err(s.into()))?;
+        Ok(())
+    }
+
+    fn get_application(&self, py: Python<'_>, name: String) -> PyResult<(String, Py<PyBytes>, String)> {
+        let mut fe = self.client.frontend();
+        let a = wait(py, fe.get_application(proto::ApplicationRef { name }))?
+            .map_err(|s| err(s.into()))?
+            .into_inner();
+        Ok((a.name, PyBytes::new(py, &a.spec).unbind(), a.description))
+    }
+
+    fn list_applications(&self, py: Python<'_>) -> PyResult<Vec<(String, Py<PyBytes>, String)>> {
+        let mut fe = self.client.frontend();
+        let list = wait(py, fe.list_applications(proto::Empty {}))?
+            .map_err(|s| err(s.into()))?
+            .into_inner();
+        Ok(list
+            .applications
+            .into_iter()
+            .map(|a| (a.name, PyBytes::new(py, &a.spec).unbind(), a.description))
+            .collect())
+    }
+
+    #[pyo3(signature = (application, app_spec = None, common_data = None, slots = 0,
+        max_retries = 3, timeout = 0.0, priority = 0, python = String::new()))]
+    #[allow(clippy::too_many_arguments)]
+    fn create_session(
+        &self,
+        py: Python<'_>,
+        application: String,
+        app_spec: Option<PyBackedBytes>,
+        common_data: Option<PyBackedBytes>,
+        slots: u32,
+        max_retries: u32,
+        timeout: f64,
+        priority: i32,
+        python: String,
+    ) -> PyResult<PySessionInfo> {
+        let spec = SessionSpec {
+            application,
+            app_spec: app_spec.map(to_bytes).unwrap_or_default(),
+            common_data: common_data.map(to_bytes).unwrap_or_default(),
+            slots,
+            max_retries,
+            timeout_secs: timeout,
+            priority,
+            python,
+        };
+        let mut fe = self.client.frontend();
+        let req = proto::CreateSessionRequest {
+            spec: Some(spec.into()),
+        };
+        let info = wait(py, fe.create_session(req))?
+            .map_err(|s| to_py(s.into(), About::Other))?
+            .into_inner();
+        Ok(PySessionInfo::from_proto(py, info))
+    }
+
+    fn get_session(&self, py: Python<'_>, session_id: u64) -> PyResult<PySessionInfo> {
+        let mut fe = self.client.frontend();
+        let info = wait(py, fe.get_session(proto::SessionRef { session_id }))?
+            .map_err(|s| to_py(s.into(), About::Session))?
+            .into_inner();
+        Ok(PySessionInfo::from_proto(py, info))
+    }
+
+    fn list_sessions(&self, py: Python<'_>) -> PyResult<Vec<PySessionInfo>> {
+        let mut fe = self.client.frontend();
+        let list = wait(py, fe.list_sessions(proto::Empty {}))?
+            .map_err(|s| err(s.into()))?
+            .into_inner();
+        Ok(list
+            .sessions
+            .into_iter()
+            .map(|i| PySessionInfo::from_proto(py, i))
+            .collect())
+    }
+
+    fn close_session(&self, py: Python<'_>, session_id: u64) -> PyResult<PySessionInfo> {
+        let mut fe = self.client.frontend();
+        let info = wait(py, fe.close_session(proto::SessionRef { session_id }))?
+            .map_err(|s| to_py(s.into(), About::Session))?
+            .into_inner();
+        Ok(PySessionInfo::from_proto(py, info))
+    }
+
+    fn cluster_info<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let mut fe = self.client.frontend();
+        let c = wait(py, fe.get_cluster_info(proto::Empty {}))?
+            .map_err(|s| err(s.into()))?
+            .into_inner();
+        let d = PyDict::new(py);
+        let nodes = c
+            .nodes
+            .into_iter()
+            .map(|n| {
+                let nd = PyDict::new(py);
+                nd.set_item("id", n.id)?;
+                nd.set_item("name", n.name)?;
+                nd.set_item("slots", n.slots)?;
+                nd.set_item("executors", n.executors)?;
+                nd.set_item("busy", n.busy)?;
+                nd.set_item("alive", n.alive)?;
+                Ok(nd)
+            })
+            .collect::<PyResult<Vec<_>>>()?;
+        d.set_item("nodes", nodes)?;
+        d.set_item("sessions_open", c.sessions_open)?;
+        d.set_item("tasks_pending", c.tasks_pending)?;
+        d.set_item("tasks_running", c.tasks_running)?;
+        Ok(d)
+    }
+
+    /// Queue tasks (sent in batches in the background); returns their task ids.
+    fn submit(&self, session_id: u64, inputs: Vec<PyBackedBytes>) -> PyResult<Vec<u64>> {
+        let inputs = inputs.into_iter().map(to_bytes).collect();
+        let ids = self
+            .client
+            .submit(SessionId(session_id), inputs)
+            .map_err(err)?;
+        Ok(ids.into_iter().map(|t| t.0).collect())
+    }
+
+    fn cancel(&self, session_id: u64, task_id: u64) -> PyResult<()> {
+        self.client
+            .cancel(SessionId(session_id), TaskId(task_id))
+            .map_err(err)
+    }
+
+    fn watch(&self, session_id: u64, task_ids: Vec<u64>) -> PyResult<()> {
+        self.client
+            .watch(SessionId(session_id), task_ids.into_iter().map(TaskId).collect())
+            .map_err(err)
+    }
+
+    /// Completions that arrived, waiting up to `timeout` s; [] on timeout, None once closed.
+    fn next_completions(&self, py: Python<'_>, timeout: f64) -> PyResult<Option<Vec<CompletionTuple>>> {
+        let timeout = Duration::try_from_secs_f64(timeout.max(0.0)).unwrap_or(Duration::ZERO);
+        let client = self.client.clone();
+        let batch = wait(py, async move { client.next_completions(timeout).await })?;
+        Ok(batch.map(|items| {
+            items
+                .into_iter()
+                .map(|c| {
+                    let error = c.error.map(|e| {
+                        (e.kind, e.message, e.traceback, PyBytes::new(py, &e.payload).unbind())
+                    });
+                    (
+                        c.session_id,
+                        c.task_id,
+                        c.state,
+                        PyBytes::new(py, &c.output).unbind(),
+                        error,
+                        c.attempts,
+                    )
+                })
+                .collect()
+        }))
+    }
+
+    fn close(&self) {
+        self.client.close();
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "Connection(address={:?}, client_id={})",
+            self.client.address(),
+            self.client.client_id().0
+        )
+    }
+}

@@ -1,0 +1,48 @@
+//! The one table from Rust errors to the exception classes of `flame.errors`.
+
+use flame_core::FlameError;
+use pyo3::PyErr;
+
+/// The exception classes, defined in Python (`python/flame/errors.py`).
+mod py {
+    pyo3::import_exception!(flame.errors, FlameError);
+    pyo3::import_exception!(flame.errors, ConnectionError);
+    pyo3::import_exception!(flame.errors, SessionError);
+    pyo3::import_exception!(flame.errors, InvalidArgumentError);
+    pyo3::import_exception!(flame.errors, PayloadTooLargeError);
+}
+
+pub use py::{ConnectionError, InvalidArgumentError, PayloadTooLargeError, SessionError};
+
+/// What kind of object a call was about, so a remote NOT_FOUND gets the right class.
+#[derive(Clone, Copy)]
+pub enum About {
+    Session,
+    Other,
+}
+
+pub fn to_py(e: FlameError, about: About) -> PyErr {
+    let msg = e.to_string();
+    match e {
+        FlameError::Unreachable { .. } | FlameError::ConnectionLost(_) | FlameError::ShuttingDown => {
+            ConnectionError::new_err(msg)
+        }
+        FlameError::SessionNotFound(_) | FlameError::SessionClosed(_) => SessionError::new_err(msg),
+        FlameError::NotFound(_) | FlameError::FailedPrecondition(_) => match about {
+            About::Session => SessionError::new_err(msg),
+            About::Other => InvalidArgumentError::new_err(msg),
+        },
+        FlameError::InvalidArgument(_) | FlameError::ApplicationNotFound(_) => {
+            InvalidArgumentError::new_err(msg)
+        }
+        FlameError::PayloadTooLarge(_) => PayloadTooLargeError::new_err(msg),
+        FlameError::Timeout(_) | FlameError::Storage(_) | FlameError::Internal(_) => {
+            py::FlameError::new_err(msg)
+        }
+    }
+}
+
+/// Shorthand for calls that are not about a session.
+pub fn err(e: FlameError) -> PyErr {
+    to_py(e, About::Other)
+}

@@ -1,0 +1,100 @@
+//! `run_executor`: the executor loop of `flame-core`, with a Python object as the service
+//! host. The loop runs with the GIL released; each host call takes it for just that call.
+
+use bytes::Bytes;
+use pyo3::prelude::*;
+use pyo3::pybacked::PyBackedBytes;
+use pyo3::types::{PyBytes, PyTuple};
+
+use flame_core::executor::{ServiceHost, SessionContext};
+use flame_core::ids::{ExecutorId, SessionId, TaskId};
+use flame_core::model::{ErrorKind, TaskFailure};
+
+use crate::connection::to_bytes;
+use crate::error::err;
+
+/// A Python object with `enter`, `invoke` and `leave` (see `flame._worker`).
+struct PyHost {
+    obj: Py<PyAny>,
+}
+
+/// `(kind, message, traceback, payload)` from the host → a classified failure.
+fn failure_from(t: &Bound<'_, PyAny>) -> TaskFailure {
+    let parsed: PyResult<(i32, String, String, PyBackedBytes)> = t.extract();
+    match parsed {
+        Ok((kind, message, traceback, payload)) => TaskFailure {
+            kind: ErrorKind::try_from(kind).unwrap_or(ErrorKind::ErrorInternal),
+            message,
+            traceback,
+            payload: to_bytes(payload),
+        },
+        Err(e) => TaskFailure::new(
+            ErrorKind::ErrorInternal,
+            format!("the executor's host returned a malformed error: {e}"),
+        ),
+    }
+}
+
+/// An exception that escaped the host itself (a bug in flame, not in user code).
+fn host_error(py: Python<'_>, e: PyErr, what: &str) -> TaskFailure {
+    let tb = e
+        .traceback(py)
+        .and_then(|t| t.format().ok())
+        .unwrap_or_default();
+    let mut f = TaskFailure::new(ErrorKind::ErrorInternal, format!("{what} failed: {e}"));
+    f.traceback = tb;
+    f
+}
+
+impl ServiceHost for PyHost {
+    fn enter(&mut self, ctx: &SessionContext) -> Result<(), TaskFailure> {
+        Python::attach(|py| {
+            let args = (
+                ctx.session_id.0,
+                ctx.application.as_str(),
+                PyBytes::new(py, &ctx.app_spec),
+                PyBytes::new(py, &ctx.common_data),
+            );
+            match self.obj.bind(py).call_method1("enter", args) {
+                Ok(r) if r.is_none() => Ok(()),
+                Ok(r) => {
+                    let mut f = failure_from(&r);
+                    f.kind = ErrorKind::ErrorSessionEnterFailed;
+                    Err(f)
+                }
+                Err(e) => Err(host_error(py, e, "on_session_enter")),
+            }
+        })
+    }
+
+    fn invoke(&mut self, _session: SessionId, task: TaskId, input: Bytes) -> Result<Bytes, TaskFailure> {
+        Python::attach(|py| {
+            let args = (task.0, PyBytes::new(py, &input));
+            match self.obj.bind(py).call_method1("invoke", args) {
+                Ok(r) if r.is_instance_of::<PyTuple>() => Err(failure_from(&r)),
+                Ok(r) => match r.extract::<PyBackedBytes>() {
+                    Ok(b) => Ok(to_bytes(b)),
+                    Err(e) => Err(host_error(py, e.into(), "reading the task result")),
+                },
+                Err(e) => Err(host_error(py, e, "invoking the task")),
+            }
+        })
+    }
+
+    fn leave(&mut self) {
+        Python::attach(|py| {
+            if let Err(e) = self.obj.bind(py).call_method0("leave") {
+                tracing::warn!(error = %e, "on_session_leave raised");
+                e.print(py);
+            }
+        })
+    }
+}
+
+/// Run the executor loop until the session manager says stop or the link is lost.
+#[pyfunction]
+pub fn run_executor(py: Python<'_>, address: String, executor_id: u64, host: Py<PyAny>) -> PyResult<()> {
+    let mut host = PyHost { obj: host };
+    py.detach(|| flame_core::executor::run_executor(&address, ExecutorId(executor_id), &mut host))
+        .map_err(err)
+}

@@ -1,0 +1,36 @@
+//! `flame._core`: the thin PyO3 layer. Bodies extract arguments, call `flame-core` or
+//! `flame-daemon`, and map errors; the user-facing API is Python code in `python/flame`.
+//!
+//! # Layout
+//! - [`runtime`] — the one tokio runtime of the process and the GIL-releasing wait helper.
+//! - [`error`] — `FlameError` → the exception classes of `flame.errors`, in one table.
+//! - [`connection`] — `Connection` (client) and `SessionInfo`.
+//! - [`cluster`] — `LocalCluster`, the embedded head + node of `flame.init()`.
+//! - [`executor`] — `run_executor`: the executor loop calling a Python service host.
+//! - `daemon_main` — the `flame-daemon` console script.
+
+mod cluster;
+mod connection;
+mod error;
+mod executor;
+mod runtime;
+
+use pyo3::prelude::*;
+
+/// Run the `flame-daemon` command line with `argv`; returns the exit code.
+#[pyfunction]
+fn daemon_main(py: Python<'_>, argv: Vec<String>) -> i32 {
+    // The daemon handles SIGINT/SIGTERM itself; Python code does not run meanwhile.
+    py.detach(|| flame_daemon::cli::main_with_args(argv))
+}
+
+#[pymodule]
+fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add_class::<connection::PyConnection>()?;
+    m.add_class::<connection::PySessionInfo>()?;
+    m.add_class::<cluster::PyLocalCluster>()?;
+    m.add_function(wrap_pyfunction!(executor::run_executor, m)?)?;
+    m.add_function(wrap_pyfunction!(daemon_main, m)?)?;
+    Ok(())
+}
