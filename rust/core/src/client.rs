@@ -149,11 +149,16 @@ impl Client {
             .ok()
             .filter(|n| start.checked_add(*n).is_some())
             .ok_or_else(|| FlameError::InvalidArgument("this client ran out of task ids".into()))?;
-        let ids: Vec<TaskId> = (0..n).map(|k| TaskId::compose(self.client_id, start + k)).collect();
+        let ids: Vec<TaskId> = (0..n)
+            .map(|k| TaskId::compose(self.client_id, start + k))
+            .collect();
         let tasks = ids
             .iter()
             .zip(inputs)
-            .map(|(id, input)| proto::TaskSubmission { task_id: id.0, input })
+            .map(|(id, input)| proto::TaskSubmission {
+                task_id: id.0,
+                input,
+            })
             .collect();
         guard
             .1
@@ -169,7 +174,10 @@ impl Client {
     /// `ConnectionLost` if the connection is closed.
     pub fn cancel(&self, session: SessionId, task: TaskId) -> Result<()> {
         let guard = self.outbound.lock().map_err(|_| poisoned())?;
-        guard.1.send(Outbound::Cancel(session, task)).map_err(|_| self.lost())
+        guard
+            .1
+            .send(Outbound::Cancel(session, task))
+            .map_err(|_| self.lost())
     }
 
     /// Ask for the completions of these tasks on this connection.
@@ -178,7 +186,10 @@ impl Client {
     /// `ConnectionLost` if the connection is closed.
     pub fn watch(&self, session: SessionId, tasks: Vec<TaskId>) -> Result<()> {
         let guard = self.outbound.lock().map_err(|_| poisoned())?;
-        guard.1.send(Outbound::Watch(session, tasks)).map_err(|_| self.lost())
+        guard
+            .1
+            .send(Outbound::Watch(session, tasks))
+            .map_err(|_| self.lost())
     }
 
     /// Completions that arrived, waiting up to `timeout` for the first; an empty batch on

@@ -34,11 +34,12 @@ impl TaskState {
     /// executor was lost (or the daemon restarted).
     pub fn can_move_to(self, next: TaskState) -> bool {
         use TaskState::*;
-        match (self, next) {
-            (Pending, Running) | (Running, Pending) => true,
-            (Pending | Running, Succeeded | Failed | Cancelled) => true,
-            _ => false,
-        }
+        matches!(
+            (self, next),
+            (Pending, Running)
+                | (Running, Pending)
+                | (Pending | Running, Succeeded | Failed | Cancelled)
+        )
     }
 
     pub fn as_i32(self) -> i32 {
@@ -52,7 +53,9 @@ impl TaskState {
             Ok(proto::TaskState::TaskSucceeded) => Ok(Self::Succeeded),
             Ok(proto::TaskState::TaskFailed) => Ok(Self::Failed),
             Ok(proto::TaskState::TaskCancelled) => Ok(Self::Cancelled),
-            _ => Err(FlameError::InvalidArgument(format!("unknown task state {v}"))),
+            _ => Err(FlameError::InvalidArgument(format!(
+                "unknown task state {v}"
+            ))),
         }
     }
 }
@@ -278,7 +281,11 @@ mod tests {
 
     #[test]
     fn final_states_do_not_move() {
-        for s in [TaskState::Succeeded, TaskState::Failed, TaskState::Cancelled] {
+        for s in [
+            TaskState::Succeeded,
+            TaskState::Failed,
+            TaskState::Cancelled,
+        ] {
             assert!(s.is_final());
             for n in [TaskState::Pending, TaskState::Running, TaskState::Succeeded] {
                 assert!(!s.can_move_to(n), "{s:?} -> {n:?}");
@@ -311,6 +318,9 @@ mod tests {
             timeout_secs: f64::NAN,
             ..Default::default()
         };
-        assert!(SessionSpec::try_from(bad).unwrap_err().to_string().contains("timeout"));
+        assert!(SessionSpec::try_from(bad)
+            .unwrap_err()
+            .to_string()
+            .contains("timeout"));
     }
 }

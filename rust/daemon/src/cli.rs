@@ -14,7 +14,11 @@ use crate::server::{Head, HeadConfig};
 use crate::shutdown::shutdown_signal;
 
 #[derive(Parser, Debug)]
-#[command(name = "flame-daemon", version, about = "Flame session manager and executor manager")]
+#[command(
+    name = "flame-daemon",
+    version,
+    about = "Flame session manager and executor manager"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -86,15 +90,24 @@ pub struct NodeArgs {
 }
 
 fn file(path: &Option<PathBuf>) -> Result<FileConfig> {
-    path.as_deref().map_or(Ok(FileConfig::default()), FileConfig::load)
+    path.as_deref()
+        .map_or(Ok(FileConfig::default()), FileConfig::load)
 }
 
 fn head_config(args: &HeadArgs) -> Result<HeadConfig> {
     let f = file(&args.config)?;
     Ok(HeadConfig {
-        host: args.host.clone().or(f.host.clone()).unwrap_or_else(|| "127.0.0.1".into()),
+        host: args
+            .host
+            .clone()
+            .or(f.host.clone())
+            .unwrap_or_else(|| "127.0.0.1".into()),
         port: args.port.or(f.port).unwrap_or(8080),
-        state_dir: args.state_dir.clone().or(f.state_dir.clone()).unwrap_or_else(default_state_dir),
+        state_dir: args
+            .state_dir
+            .clone()
+            .or(f.state_dir.clone())
+            .unwrap_or_else(default_state_dir),
         manager: f.manager()?,
     })
 }
@@ -126,7 +139,9 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Start(args) => {
             let head_cfg = head_config(&args.head)?;
             if args.node.slots == Some(0) {
-                return Err(FlameError::InvalidArgument("--slots must be at least 1".into()));
+                return Err(FlameError::InvalidArgument(
+                    "--slots must be at least 1".into(),
+                ));
             }
             let node_cfg = node_config(String::new(), &args.node, &file(&args.head.config)?);
             let cluster = LocalCluster::start(head_cfg, node_cfg).await?;
@@ -143,7 +158,9 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Node(args) => {
             let f = file(&args.config)?;
             let head = args.head.clone().or(f.head.clone()).ok_or_else(|| {
-                FlameError::InvalidArgument("a node needs --head ADDRESS (e.g. http://head:8080)".into())
+                FlameError::InvalidArgument(
+                    "a node needs --head ADDRESS (e.g. http://head:8080)".into(),
+                )
             })?;
             let cfg = node_config(head, &args.node, &f);
             let stop = CancellationToken::new();
@@ -155,8 +172,7 @@ pub async fn run(cli: Cli) -> Result<()> {
                     (&mut node).await
                 }
             };
-            return result
-                .map_err(|e| FlameError::Internal(format!("node task: {e}")))?;
+            return result.map_err(|e| FlameError::Internal(format!("node task: {e}")))?;
         }
     }
     Ok(())
@@ -187,7 +203,10 @@ pub fn main_with_args(argv: Vec<String>) -> i32 {
         }
     };
     init_logging(&cli.log_format);
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("flame-daemon: cannot start the runtime: {e}");

@@ -62,7 +62,9 @@ impl FileConfig {
         }
         if let Some(w) = self.window {
             if w == 0 {
-                return Err(FlameError::InvalidArgument("window must be at least 1".into()));
+                return Err(FlameError::InvalidArgument(
+                    "window must be at least 1".into(),
+                ));
             }
             m.window = w;
         }
@@ -106,6 +108,9 @@ mod tests {
         assert_eq!(m.window, 8);
         let bad: FileConfig = toml::from_str("window = 0").unwrap();
         assert!(bad.manager().unwrap_err().to_string().contains("window"));
-        assert!(toml::from_str::<FileConfig>("prot = 1").is_err(), "typos are rejected");
+        assert!(
+            toml::from_str::<FileConfig>("prot = 1").is_err(),
+            "typos are rejected"
+        );
     }
 }

@@ -55,7 +55,10 @@ impl Head {
         let listener = tokio::net::TcpListener::bind((cfg.host.as_str(), cfg.port))
             .await
             .map_err(|e| {
-                FlameError::InvalidArgument(format!("cannot listen on {}:{}: {e}", cfg.host, cfg.port))
+                FlameError::InvalidArgument(format!(
+                    "cannot listen on {}:{}: {e}",
+                    cfg.host, cfg.port
+                ))
             })?;
         let local_addr = listener
             .local_addr()

@@ -44,7 +44,9 @@ impl StorageWriter {
         if let Err(mpsc::SendError(Job::Write(_, Some(then)))) =
             self.tx.send(Job::Write(ops, Some(Box::new(then))))
         {
-            then(Err(FlameError::Storage("the storage thread has stopped".into())));
+            then(Err(FlameError::Storage(
+                "the storage thread has stopped".into(),
+            )));
         }
     }
 

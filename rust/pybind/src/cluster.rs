@@ -70,7 +70,9 @@ impl PyLocalCluster {
         let grace = std::time::Duration::from_secs_f64(grace.clamp(0.0, 600.0));
         let stopping = runtime().spawn(cluster.stop());
         // Ctrl-C must not leave executors behind: the stop keeps running on the runtime.
-        let _ = wait(py, async move { tokio::time::timeout(grace + grace, stopping).await })?;
+        let _ = wait(py, async move {
+            tokio::time::timeout(grace + grace, stopping).await
+        })?;
         Ok(())
     }
 

@@ -136,7 +136,11 @@ impl PyConnection {
         Ok(())
     }
 
-    fn get_application(&self, py: Python<'_>, name: String) -> PyResult<(String, Py<PyBytes>, String)> {
+    fn get_application(
+        &self,
+        py: Python<'_>,
+        name: String,
+    ) -> PyResult<(String, Py<PyBytes>, String)> {
         let mut fe = self.client.frontend();
         let a = wait(py, fe.get_application(proto::ApplicationRef { name }))?
             .map_err(|s| err(s.into()))?
@@ -264,12 +268,19 @@ impl PyConnection {
 
     fn watch(&self, session_id: u64, task_ids: Vec<u64>) -> PyResult<()> {
         self.client
-            .watch(SessionId(session_id), task_ids.into_iter().map(TaskId).collect())
+            .watch(
+                SessionId(session_id),
+                task_ids.into_iter().map(TaskId).collect(),
+            )
             .map_err(err)
     }
 
     /// Completions that arrived, waiting up to `timeout` s; [] on timeout, None once closed.
-    fn next_completions(&self, py: Python<'_>, timeout: f64) -> PyResult<Option<Vec<CompletionTuple>>> {
+    fn next_completions(
+        &self,
+        py: Python<'_>,
+        timeout: f64,
+    ) -> PyResult<Option<Vec<CompletionTuple>>> {
         let timeout = Duration::try_from_secs_f64(timeout.max(0.0)).unwrap_or(Duration::ZERO);
         let client = self.client.clone();
         let batch = wait(py, async move { client.next_completions(timeout).await })?;
@@ -278,7 +289,12 @@ impl PyConnection {
                 .into_iter()
                 .map(|c| {
                     let error = c.error.map(|e| {
-                        (e.kind, e.message, e.traceback, PyBytes::new(py, &e.payload).unbind())
+                        (
+                            e.kind,
+                            e.message,
+                            e.traceback,
+                            PyBytes::new(py, &e.payload).unbind(),
+                        )
                     });
                     (
                         c.session_id,

@@ -24,9 +24,9 @@ pub enum About {
 pub fn to_py(e: FlameError, about: About) -> PyErr {
     let msg = e.to_string();
     match e {
-        FlameError::Unreachable { .. } | FlameError::ConnectionLost(_) | FlameError::ShuttingDown => {
-            ConnectionError::new_err(msg)
-        }
+        FlameError::Unreachable { .. }
+        | FlameError::ConnectionLost(_)
+        | FlameError::ShuttingDown => ConnectionError::new_err(msg),
         FlameError::SessionNotFound(_) | FlameError::SessionClosed(_) => SessionError::new_err(msg),
         FlameError::NotFound(_) | FlameError::FailedPrecondition(_) => match about {
             About::Session => SessionError::new_err(msg),

@@ -67,7 +67,12 @@ impl ServiceHost for PyHost {
         })
     }
 
-    fn invoke(&mut self, _session: SessionId, task: TaskId, input: Bytes) -> Result<Bytes, TaskFailure> {
+    fn invoke(
+        &mut self,
+        _session: SessionId,
+        task: TaskId,
+        input: Bytes,
+    ) -> Result<Bytes, TaskFailure> {
         Python::attach(|py| {
             let args = (task.0, PyBytes::new(py, &input));
             match self.obj.bind(py).call_method1("invoke", args) {
@@ -93,7 +98,12 @@ impl ServiceHost for PyHost {
 
 /// Run the executor loop until the session manager says stop or the link is lost.
 #[pyfunction]
-pub fn run_executor(py: Python<'_>, address: String, executor_id: u64, host: Py<PyAny>) -> PyResult<()> {
+pub fn run_executor(
+    py: Python<'_>,
+    address: String,
+    executor_id: u64,
+    host: Py<PyAny>,
+) -> PyResult<()> {
     let mut host = PyHost { obj: host };
     py.detach(|| flame_core::executor::run_executor(&address, ExecutorId(executor_id), &mut host))
         .map_err(err)

@@ -18,6 +18,7 @@ impl Scheduler {
             name: name.clone(),
             slots,
             executors: Default::default(),
+            exiting: Default::default(),
         });
         node.name = name;
         node.slots = slots;
@@ -29,7 +30,12 @@ impl Scheduler {
             return;
         };
         for eid in node.executors {
-            self.executor_lost(eid, &format!("node {} ({}) was lost", id, node.name), now);
+            self.lose(
+                eid,
+                &format!("node {} ({}) was lost", id, node.name),
+                false,
+                now,
+            );
         }
     }
 
@@ -44,10 +50,23 @@ impl Scheduler {
         }
     }
 
-    /// An executor died or its stream broke. Its tasks go back to the front of their queue,
-    /// or fail with `ExecutorLost` once they have used all their attempts.
+    /// The node reports that an executor's process has exited: its slot is free again.
+    pub fn executor_exited(&mut self, node: NodeId, eid: ExecutorId, reason: &str, now: Instant) {
+        if let Some(n) = self.nodes.get_mut(&node) {
+            n.exiting.remove(&eid);
+        }
+        self.lose(eid, reason, false, now);
+    }
+
+    /// An executor's stream broke (its process may not have exited yet). Its tasks go back to
+    /// the front of their queue, or fail with `ExecutorLost` once they have used all their
+    /// attempts.
     pub fn executor_lost(&mut self, eid: ExecutorId, reason: &str, now: Instant) {
-        let Some(exec) = self.forget_executor(eid) else {
+        self.lose(eid, reason, true, now);
+    }
+
+    fn lose(&mut self, eid: ExecutorId, reason: &str, process_alive: bool, now: Instant) {
+        let Some(exec) = self.forget_executor(eid, process_alive) else {
             return;
         };
         let sid = exec.inflight.front().and_then(|_| exec.session());
@@ -94,7 +113,12 @@ impl Scheduler {
                 tid.0
             );
             let failure = TaskFailure::new(ErrorKind::ErrorExecutorLost, msg);
-            self.finish(key(sid, tid), TaskState::Failed, Bytes::new(), Some(failure));
+            self.finish(
+                key(sid, tid),
+                TaskState::Failed,
+                Bytes::new(),
+                Some(failure),
+            );
         }
         let _ = now;
     }
@@ -140,7 +164,12 @@ impl Scheduler {
         tids.sort_unstable();
         let others: Vec<ExecutorId> = session.executors.iter().copied().collect();
         for tid in tids {
-            self.finish(key(sid, tid), TaskState::Failed, Bytes::new(), Some(failure.clone()));
+            self.finish(
+                key(sid, tid),
+                TaskState::Failed,
+                Bytes::new(),
+                Some(failure.clone()),
+            );
         }
         for eid in others {
             if let Some(e) = self.executors.get_mut(&eid) {

@@ -15,9 +15,9 @@
 //! that have pending work and, for each executor it hands out, the idle set and the nodes.
 
 mod events;
-mod submission;
 mod placement;
 mod state;
+mod submission;
 #[cfg(test)]
 mod tests;
 
@@ -93,7 +93,10 @@ pub enum Action {
     },
     Finish(Completion),
     /// Persist the attempt count of a task that goes back to pending.
-    RecordAttempts { key: TaskKey, attempts: u32 },
+    RecordAttempts {
+        key: TaskKey,
+        attempts: u32,
+    },
 }
 
 /// The scheduler state. See the module docs.
@@ -150,7 +153,11 @@ impl Scheduler {
         self.nodes.get(&node).map_or(0, |n| {
             n.executors
                 .iter()
-                .filter(|e| self.executors.get(e).is_some_and(|x| !x.inflight.is_empty()))
+                .filter(|e| {
+                    self.executors
+                        .get(e)
+                        .is_some_and(|x| !x.inflight.is_empty())
+                })
                 .count()
         })
     }
@@ -279,7 +286,13 @@ impl Scheduler {
         });
     }
 
-    fn finish(&mut self, key: TaskKey, state: TaskState, output: Bytes, error: Option<TaskFailure>) {
+    fn finish(
+        &mut self,
+        key: TaskKey,
+        state: TaskState,
+        output: Bytes,
+        error: Option<TaskFailure>,
+    ) {
         let Some(session) = self.sessions.get_mut(&key.session) else {
             return;
         };
@@ -307,7 +320,11 @@ impl Scheduler {
 /// Next pending task that is still unfinished (cancelled ones are removed lazily).
 fn pop_pending(session: &mut Session) -> Option<TaskId> {
     while let Some(tid) = session.pending.pop_front() {
-        if session.tasks.get(&tid).is_some_and(|t| t.executor.is_none()) {
+        if session
+            .tasks
+            .get(&tid)
+            .is_some_and(|t| t.executor.is_none())
+        {
             return Some(tid);
         }
     }

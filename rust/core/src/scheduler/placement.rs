@@ -57,7 +57,7 @@ impl Scheduler {
         if let Some(eid) = self.idle.first().copied() {
             // Only idle executors of another interpreter are left: replace one.
             let node = self.executors[&eid].node;
-            self.forget_executor(eid);
+            self.forget_executor(eid, true);
             self.actions.push(Action::Kill {
                 node,
                 executor: eid,
@@ -77,7 +77,7 @@ impl Scheduler {
         self.nodes
             .values()
             .filter(|n| n.has_free_slot())
-            .max_by_key(|n| (n.slots as usize - n.executors.len(), Reverse(n.id)))
+            .max_by_key(|n| (n.slots as usize - n.used_slots(), Reverse(n.id)))
             .map(|n| n.id)
     }
 
@@ -117,7 +117,11 @@ impl Scheduler {
             .filter(|e| e.inflight.is_empty() && !e.releasing)
             .filter(|e| match e.state {
                 ExecutorState::Bound(other) => {
-                    other != sid && self.sessions.get(&other).is_none_or(|o| o.pending.is_empty())
+                    other != sid
+                        && self
+                            .sessions
+                            .get(&other)
+                            .is_none_or(|o| o.pending.is_empty())
                 }
                 _ => false,
             })
@@ -129,7 +133,12 @@ impl Scheduler {
     /// give one executor back after its current tasks.
     fn reclaim_fair_share(&mut self, sid: SessionId) -> bool {
         let capacity: usize = self.nodes.values().map(|n| n.slots as usize).sum();
-        let with_work = self.sessions.values().filter(|s| s.wanted() > 0).count().max(1);
+        let with_work = self
+            .sessions
+            .values()
+            .filter(|s| s.wanted() > 0)
+            .count()
+            .max(1);
         let share = (capacity / with_work).max(1);
         if self.sessions[&sid].held() >= share {
             return false;
@@ -158,7 +167,10 @@ impl Scheduler {
         else {
             return false;
         };
-        let exec = self.executors.get_mut(&eid).expect("victim executor exists");
+        let exec = self
+            .executors
+            .get_mut(&eid)
+            .expect("victim executor exists");
         if exec.inflight.is_empty() {
             self.unbind(eid, Some(sid));
         } else {
@@ -212,12 +224,21 @@ impl Scheduler {
         self.idle.insert(eid);
     }
 
-    /// Drop every trace of an executor (it is gone or about to be killed).
-    pub(super) fn forget_executor(&mut self, eid: ExecutorId) -> Option<Executor> {
+    /// Drop every trace of an executor. `process_alive`: its process may still run (it was
+    /// just disconnected or is being killed), so its slot stays taken until the node reports
+    /// the exit.
+    pub(super) fn forget_executor(
+        &mut self,
+        eid: ExecutorId,
+        process_alive: bool,
+    ) -> Option<Executor> {
         let exec = self.executors.remove(&eid)?;
         self.idle.remove(&eid);
         if let Some(n) = self.nodes.get_mut(&exec.node) {
             n.executors.remove(&eid);
+            if process_alive {
+                n.exiting.insert(eid);
+            }
         }
         if let Some(s) = exec.reserved_for.and_then(|r| self.sessions.get_mut(&r)) {
             s.starting = s.starting.saturating_sub(1);

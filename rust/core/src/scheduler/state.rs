@@ -17,11 +17,18 @@ pub struct Node {
     pub slots: u32,
     /// Executors on this node in any state, starting ones included.
     pub executors: HashSet<ExecutorId>,
+    /// Executors whose connection is gone but whose process the node has not reported as
+    /// exited yet: they still hold a slot there.
+    pub exiting: HashSet<ExecutorId>,
 }
 
 impl Node {
+    pub fn used_slots(&self) -> usize {
+        self.executors.len() + self.exiting.len()
+    }
+
     pub fn has_free_slot(&self) -> bool {
-        (self.executors.len() as u32) < self.slots
+        (self.used_slots() as u32) < self.slots
     }
 }
 

@@ -47,7 +47,10 @@ impl Scheduler {
         tids.sort_unstable();
         let execs: Vec<_> = session.executors.iter().copied().collect();
         for tid in tids {
-            let f = TaskFailure::new(ErrorKind::ErrorCancelled, format!("session {sid} was closed"));
+            let f = TaskFailure::new(
+                ErrorKind::ErrorCancelled,
+                format!("session {sid} was closed"),
+            );
             self.finish(key(sid, tid), TaskState::Cancelled, Bytes::new(), Some(f));
         }
         for eid in execs {
@@ -124,7 +127,12 @@ impl Scheduler {
             None => session.pending.extend(tids),
             Some(f) => {
                 for tid in tids {
-                    self.finish(key(sid, tid), TaskState::Failed, Bytes::new(), Some(f.clone()));
+                    self.finish(
+                        key(sid, tid),
+                        TaskState::Failed,
+                        Bytes::new(),
+                        Some(f.clone()),
+                    );
                 }
             }
         }
@@ -137,7 +145,10 @@ impl Scheduler {
             return CancelOutcome::NotFound;
         };
         let running_on = slot.executor;
-        let f = TaskFailure::new(ErrorKind::ErrorCancelled, format!("task {} was cancelled", tid.0));
+        let f = TaskFailure::new(
+            ErrorKind::ErrorCancelled,
+            format!("task {} was cancelled", tid.0),
+        );
         self.finish(key(sid, tid), TaskState::Cancelled, Bytes::new(), Some(f));
         let Some(eid) = running_on else {
             return CancelOutcome::Cancelled;
@@ -158,7 +169,11 @@ impl Scheduler {
     /// Route the completion of an unfinished task to `watcher`. `false` if the task is not
     /// unfinished here (the caller answers from storage).
     pub fn watch(&mut self, sid: SessionId, tid: TaskId, watcher: u64) -> bool {
-        match self.sessions.get_mut(&sid).and_then(|s| s.tasks.get_mut(&tid)) {
+        match self
+            .sessions
+            .get_mut(&sid)
+            .and_then(|s| s.tasks.get_mut(&tid))
+        {
             Some(slot) => {
                 slot.watcher = Some(watcher);
                 true

@@ -45,7 +45,10 @@ impl Harness {
         let tasks: Vec<_> = (0..n)
             .map(|_| {
                 self.counter += 1;
-                (TaskId::compose(ClientId(1), self.counter), Bytes::from_static(b"x"))
+                (
+                    TaskId::compose(ClientId(1), self.counter),
+                    Bytes::from_static(b"x"),
+                )
             })
             .collect();
         let accepted = self.s.accept(sid, tasks).unwrap();
@@ -80,7 +83,10 @@ impl Harness {
     }
 
     fn complete(&mut self, e: ExecutorId, sid: SessionId, tasks: &[TaskId]) {
-        let results = tasks.iter().map(|t| (sid, *t, Ok(Bytes::from_static(b"ok")))).collect();
+        let results = tasks
+            .iter()
+            .map(|t| (sid, *t, Ok(Bytes::from_static(b"ok"))))
+            .collect();
         self.s.task_results(e, results, self.now);
         self.s.schedule(self.now);
     }
@@ -90,9 +96,9 @@ fn dispatched(actions: &[Action], to: ExecutorId) -> Vec<TaskId> {
     actions
         .iter()
         .filter_map(|a| match a {
-            Action::Dispatch { executor, tasks, .. } if *executor == to => {
-                Some(tasks.iter().map(|t| t.0).collect::<Vec<_>>())
-            }
+            Action::Dispatch {
+                executor, tasks, ..
+            } if *executor == to => Some(tasks.iter().map(|t| t.0).collect::<Vec<_>>()),
             _ => None,
         })
         .flatten()
@@ -115,20 +121,31 @@ fn tasks_spawn_bind_run_and_warm_executors_are_released_after_the_delay() {
     let sid = h.open(1, 0, 3);
     let tids = h.submit(sid, 3);
     let a = h.actions();
-    assert_eq!(a.iter().filter(|a| matches!(a, Action::Spawn { .. })).count(), 2);
+    assert_eq!(
+        a.iter()
+            .filter(|a| matches!(a, Action::Spawn { .. }))
+            .count(),
+        2
+    );
     let execs = h.register_spawned(&a);
     let a = h.actions();
     assert!(matches!(a[0], Action::Bind { .. }));
     let first = dispatched(&a, execs[0]);
     let second = dispatched(&a, execs[1]);
-    assert_eq!(first.len() + second.len(), 3, "window 2 per executor spreads 3 tasks");
+    assert_eq!(
+        first.len() + second.len(),
+        3,
+        "window 2 per executor spreads 3 tasks"
+    );
     h.s.session_entered(execs[0], sid, None, h.now);
     h.s.session_entered(execs[1], sid, None, h.now);
     h.complete(execs[0], sid, &first);
     h.complete(execs[1], sid, &second);
     let done = finished(&h.actions());
     assert_eq!(done.len(), 3);
-    assert!(done.iter().all(|(t, s)| tids.contains(t) && *s == TaskState::Succeeded));
+    assert!(done
+        .iter()
+        .all(|(t, s)| tids.contains(t) && *s == TaskState::Succeeded));
     assert_eq!(h.s.session(sid).unwrap().counts.succeeded, 3);
     // Still warm before the delay, released after it.
     h.now += Duration::from_secs(1);
@@ -137,7 +154,11 @@ fn tasks_spawn_bind_run_and_warm_executors_are_released_after_the_delay() {
     assert_eq!(h.s.next_deadline(), Some(h.now + Duration::from_secs(1)));
     h.now += Duration::from_secs(1);
     h.s.schedule(h.now);
-    let unbinds = h.actions().iter().filter(|a| matches!(a, Action::Unbind { .. })).count();
+    let unbinds = h
+        .actions()
+        .iter()
+        .filter(|a| matches!(a, Action::Unbind { .. }))
+        .count();
     assert_eq!(unbinds, 2);
 }
 
@@ -154,11 +175,23 @@ fn a_waiting_session_takes_a_warm_executor_at_once() {
     let b_sid = h.open(2, 0, 3);
     h.submit(b_sid, 1);
     let a = h.actions();
-    assert!(a.contains(&Action::Unbind { executor: e, session: a_sid }), "{a:?}");
+    assert!(
+        a.contains(&Action::Unbind {
+            executor: e,
+            session: a_sid
+        }),
+        "{a:?}"
+    );
     h.s.session_left(e, a_sid, h.now);
     h.s.schedule(h.now);
     let a = h.actions();
-    assert!(a.contains(&Action::Bind { executor: e, session: b_sid }), "{a:?}");
+    assert!(
+        a.contains(&Action::Bind {
+            executor: e,
+            session: b_sid
+        }),
+        "{a:?}"
+    );
     assert_eq!(dispatched(&a, e).len(), 1);
 }
 
@@ -175,7 +208,12 @@ fn fair_share_reclaims_executors_as_their_tasks_finish() {
     }
     let b_sid = h.open(2, 0, 3);
     h.submit(b_sid, 5);
-    assert!(h.actions().iter().all(|a| !matches!(a, Action::Unbind { .. })), "no killing");
+    assert!(
+        h.actions()
+            .iter()
+            .all(|a| !matches!(a, Action::Unbind { .. })),
+        "no killing"
+    );
     // The executor with the fewest tasks in flight is the one given back; finish its window.
     let victim = execs
         .iter()
@@ -185,12 +223,28 @@ fn fair_share_reclaims_executors_as_their_tasks_finish() {
     let its_tasks = dispatched(&a, victim);
     h.complete(victim, a_sid, &its_tasks);
     let a = h.actions();
-    assert!(a.contains(&Action::Unbind { executor: victim, session: a_sid }), "{a:?}");
+    assert!(
+        a.contains(&Action::Unbind {
+            executor: victim,
+            session: a_sid
+        }),
+        "{a:?}"
+    );
     h.s.session_left(victim, a_sid, h.now);
     h.s.schedule(h.now);
     let a = h.actions();
-    assert!(a.contains(&Action::Bind { executor: victim, session: b_sid }), "{a:?}");
-    assert_eq!(h.s.session(a_sid).unwrap().executors.len(), 1, "A keeps running on the other");
+    assert!(
+        a.contains(&Action::Bind {
+            executor: victim,
+            session: b_sid
+        }),
+        "{a:?}"
+    );
+    assert_eq!(
+        h.s.session(a_sid).unwrap().executors.len(),
+        1,
+        "A keeps running on the other"
+    );
 }
 
 #[test]
@@ -201,14 +255,16 @@ fn lost_executor_requeues_then_fails_after_max_retries() {
     let a = h.actions();
     let e1 = h.register_spawned(&a)[0];
     h.actions();
-    h.s.executor_lost(e1, "killed", h.now);
+    h.s.executor_exited(NodeId(1), e1, "killed", h.now);
     h.s.schedule(h.now);
     let a = h.actions();
-    assert!(a.iter().any(|x| matches!(x, Action::RecordAttempts { attempts: 1, .. })));
+    assert!(a
+        .iter()
+        .any(|x| matches!(x, Action::RecordAttempts { attempts: 1, .. })));
     let e2 = h.register_spawned(&a)[0];
     let a = h.actions();
     assert_eq!(dispatched(&a, e2), vec![t]);
-    h.s.executor_lost(e2, "killed again", h.now);
+    h.s.executor_exited(NodeId(1), e2, "killed again", h.now);
     let a = h.actions();
     match &a[..] {
         [Action::Finish(c)] => {
@@ -237,8 +293,14 @@ fn failed_session_enter_fails_every_task_and_later_ones() {
     assert!(done.iter().all(|(_, s)| *s == TaskState::Failed));
     h.submit(sid, 1);
     let a = h.actions();
-    assert_eq!(finished(&a).len(), 1, "new tasks fail at once, no rebinding: {a:?}");
-    assert!(!a.iter().any(|x| matches!(x, Action::Bind { .. } | Action::Spawn { .. })));
+    assert_eq!(
+        finished(&a).len(),
+        1,
+        "new tasks fail at once, no rebinding: {a:?}"
+    );
+    assert!(!a
+        .iter()
+        .any(|x| matches!(x, Action::Bind { .. } | Action::Spawn { .. })));
 }
 
 #[test]
@@ -248,9 +310,13 @@ fn resubmitted_ids_are_ignored() {
     let t1 = TaskId::compose(ClientId(3), 1);
     let t2 = TaskId::compose(ClientId(3), 2);
     let x = Bytes::from_static(b"x");
-    let got = h.s.accept(sid, vec![(t1, x.clone()), (t2, x.clone())]).unwrap();
+    let got =
+        h.s.accept(sid, vec![(t1, x.clone()), (t2, x.clone())])
+            .unwrap();
     assert_eq!(got.len(), 2);
-    let again = h.s.accept(sid, vec![(t2, x.clone()), (t1, x.clone())]).unwrap();
+    let again =
+        h.s.accept(sid, vec![(t2, x.clone()), (t1, x.clone())])
+            .unwrap();
     assert!(again.is_empty());
     assert!(h.s.accept(SessionId(99), vec![]).is_err());
 }
@@ -267,11 +333,21 @@ fn cancel_pending_and_running_tasks() {
     assert_eq!(h.s.cancel(sid, tids[2]), CancelOutcome::Cancelled);
     assert_eq!(h.s.cancel(sid, tids[0]), CancelOutcome::Killed);
     let a = h.actions();
-    assert!(a.iter().any(|x| matches!(x, Action::Kill { executor, .. } if *executor == e)));
+    assert!(a
+        .iter()
+        .any(|x| matches!(x, Action::Kill { executor, .. } if *executor == e)));
     assert_eq!(finished(&a).len(), 2);
     assert_eq!(h.s.cancel(sid, tids[0]), CancelOutcome::NotFound);
     // The killed executor's other task runs again elsewhere.
     h.s.executor_lost(e, "killed for cancel", h.now);
+    h.s.schedule(h.now);
+    assert!(
+        !h.actions()
+            .iter()
+            .any(|a| matches!(a, Action::Spawn { .. })),
+        "its process still holds the slot until the node reports the exit"
+    );
+    h.s.executor_exited(NodeId(1), e, "killed for cancel", h.now);
     h.s.schedule(h.now);
     let a = h.actions();
     let e2 = h.register_spawned(&a)[0];
@@ -289,7 +365,10 @@ fn closing_a_session_cancels_and_unbinds() {
     assert!(h.s.close_session(sid));
     let a = h.actions();
     assert_eq!(finished(&a).len(), 4);
-    assert!(a.contains(&Action::Unbind { executor: e, session: sid }));
+    assert!(a.contains(&Action::Unbind {
+        executor: e,
+        session: sid
+    }));
     assert!(h.s.session(sid).is_none());
 }
 
@@ -298,6 +377,10 @@ fn session_slots_cap_its_executors() {
     let mut h = Harness::new(4);
     let sid = h.open(1, 2, 3);
     h.submit(sid, 10);
-    let spawns = h.actions().iter().filter(|a| matches!(a, Action::Spawn { .. })).count();
+    let spawns = h
+        .actions()
+        .iter()
+        .filter(|a| matches!(a, Action::Spawn { .. }))
+        .count();
     assert_eq!(spawns, 2);
 }

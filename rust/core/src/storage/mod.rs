@@ -17,7 +17,9 @@ pub use sqlite::SqliteStorage;
 
 use crate::error::Result;
 use crate::ids::{SessionId, TaskId, TaskKey};
-use crate::model::{ApplicationRecord, SessionRecord, TaskCounts, TaskFailure, TaskRecord, TaskState};
+use crate::model::{
+    ApplicationRecord, SessionRecord, TaskCounts, TaskFailure, TaskRecord, TaskState,
+};
 
 /// A task as submitted: the id chosen by the client and its input.
 #[derive(Clone, Debug, PartialEq)]

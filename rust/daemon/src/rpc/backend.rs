@@ -38,27 +38,25 @@ impl Backend for BackendService {
         let mut inbound = req.into_inner();
         let register = match first_message(&mut inbound, "node").await?.msg {
             Some(node_message::Msg::Register(r)) => r,
-            _ => return Err(Status::invalid_argument("a node stream must start with Register")),
+            _ => {
+                return Err(Status::invalid_argument(
+                    "a node stream must start with Register",
+                ))
+            }
         };
         if register.slots == 0 {
             return Err(Status::invalid_argument("a node needs at least one slot"));
         }
         let (tx, rx) = mpsc::unbounded_channel();
+        // The actor sends NodeRegistered itself, ahead of any command for this node.
         let node = self
             .handle
             .call(|reply| Event::NodeConnected {
                 register,
-                tx: tx.clone(),
+                tx,
                 reply,
             })
             .await?;
-        let registered = proto::NodeCommand {
-            msg: Some(proto::node_command::Msg::Registered(proto::NodeRegistered {
-                node_id: node.0,
-                heartbeat_ms: self.handle.config.heartbeat.as_millis() as u32,
-            })),
-        };
-        let _ = tx.send(Ok(registered));
         let handle = self.handle.clone();
         tokio::spawn(async move {
             loop {

@@ -182,14 +182,9 @@ impl Actor {
     /// Stop every executor, drop every stream, and wait until storage has everything.
     async fn shutdown(&mut self) {
         for tx in self.executors.values() {
-            let cmd = flame_core::proto::ExecutorCommand {
-                msg: Some(flame_core::proto::executor_command::Msg::Shutdown(
-                    flame_core::proto::Shutdown {
-                        reason: "the session manager is stopping".into(),
-                    },
-                )),
-            };
-            let _ = tx.send(Ok(cmd));
+            let _ = tx.send(Ok(super::events::shutdown_command(
+                "the session manager is stopping",
+            )));
         }
         self.executors.clear();
         self.clients.clear();

@@ -26,7 +26,7 @@ impl Actor {
                         executor_id: executor.0,
                         python,
                     });
-                    self.to_node(node, cmd);
+                    self.send_to_node(node, cmd);
                 }
                 Action::Kill {
                     node,
@@ -37,7 +37,7 @@ impl Actor {
                         executor_id: executor.0,
                         reason,
                     });
-                    self.to_node(node, cmd);
+                    self.send_to_node(node, cmd);
                 }
                 Action::Bind { executor, session } => {
                     let Some(s) = self.sched.session(session) else {
@@ -49,7 +49,7 @@ impl Actor {
                         app_spec: s.spec.app_spec.clone(),
                         common_data: s.spec.common_data.clone(),
                     });
-                    self.to_executor(executor, cmd);
+                    self.send_to_executor(executor, cmd);
                 }
                 Action::Dispatch {
                     executor,
@@ -68,13 +68,13 @@ impl Actor {
                         session_id: session.0,
                         tasks,
                     });
-                    self.to_executor(executor, cmd);
+                    self.send_to_executor(executor, cmd);
                 }
                 Action::Unbind { executor, session } => {
                     let cmd = executor_command::Msg::Unbind(proto::UnbindSession {
                         session_id: session.0,
                     });
-                    self.to_executor(executor, cmd);
+                    self.send_to_executor(executor, cmd);
                 }
                 Action::Finish(c) => {
                     ops.push(WriteOp::FinishTask {
@@ -113,7 +113,7 @@ impl Actor {
         });
     }
 
-    fn to_node(&mut self, node: flame_core::ids::NodeId, msg: node_command::Msg) {
+    fn send_to_node(&self, node: flame_core::ids::NodeId, msg: node_command::Msg) {
         let sent = self
             .nodes
             .get(&node)
@@ -123,11 +123,11 @@ impl Actor {
         }
     }
 
-    fn to_executor(&mut self, executor: flame_core::ids::ExecutorId, msg: executor_command::Msg) {
-        let sent = self
-            .executors
-            .get(&executor)
-            .is_some_and(|tx| tx.send(Ok(proto::ExecutorCommand { msg: Some(msg) })).is_ok());
+    fn send_to_executor(&self, executor: flame_core::ids::ExecutorId, msg: executor_command::Msg) {
+        let sent = self.executors.get(&executor).is_some_and(|tx| {
+            tx.send(Ok(proto::ExecutorCommand { msg: Some(msg) }))
+                .is_ok()
+        });
         if !sent {
             // Its stream is gone; ExecutorGone (or the node's exit report) will follow.
             tracing::debug!(executor = %executor, "command to an executor that is gone");
@@ -196,7 +196,14 @@ fn spec_for_info(spec: &flame_core::model::SessionSpec) -> proto::SessionSpec {
 
 /// Info of an open session, from memory.
 pub(super) fn open_info(s: &Session) -> proto::SessionInfo {
-    info(s.id.0, &s.spec, SessionState::Open, s.counts, s.created_ms, s.executors.len() as u32)
+    info(
+        s.id.0,
+        &s.spec,
+        SessionState::Open,
+        s.counts,
+        s.created_ms,
+        s.executors.len() as u32,
+    )
 }
 
 /// Info of a session from storage (closed, or listed).

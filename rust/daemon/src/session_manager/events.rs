@@ -38,9 +38,10 @@ impl Actor {
             }
             Event::RegisterApplication { app, reply } => {
                 self.apps.insert(app.name.clone(), app.clone());
-                self.store.write(vec![WriteOp::PutApplication(app)], move |r| {
-                    let _ = reply.send(r);
-                });
+                self.store
+                    .write(vec![WriteOp::PutApplication(app)], move |r| {
+                        let _ = reply.send(r);
+                    });
             }
             Event::GetApplication { name, reply } => {
                 let app = self.apps.get(&name).cloned();
@@ -56,9 +57,8 @@ impl Actor {
                     match self.apps.get(&spec.application) {
                         Some(app) => spec.app_spec = app.spec.clone(),
                         None => {
-                            let _ = reply.send(Err(FlameError::ApplicationNotFound(
-                                spec.application,
-                            )));
+                            let _ =
+                                reply.send(Err(FlameError::ApplicationNotFound(spec.application)));
                             return;
                         }
                     }
@@ -201,7 +201,19 @@ impl Actor {
                     NodeId(self.next_node)
                 };
                 self.next_node = self.next_node.max(id.0 + 1);
-                self.sched.add_node(id, register.name.clone(), register.slots);
+                // NodeRegistered must be the first command on the stream: send it here,
+                // before the scheduler can queue a spawn for this node.
+                let registered = proto::NodeCommand {
+                    msg: Some(proto::node_command::Msg::Registered(
+                        proto::NodeRegistered {
+                            node_id: id.0,
+                            heartbeat_ms: self.cfg.heartbeat.as_millis() as u32,
+                        },
+                    )),
+                };
+                let _ = tx.send(Ok(registered));
+                self.sched
+                    .add_node(id, register.name.clone(), register.slots);
                 self.nodes.insert(
                     id,
                     NodeLink {
@@ -231,8 +243,11 @@ impl Actor {
             }
             Event::ExecutorGone { id } => {
                 if self.executors.remove(&id).is_some() {
-                    self.sched
-                        .executor_lost(id, "its connection to the session manager closed", now);
+                    self.sched.executor_lost(
+                        id,
+                        "its connection to the session manager closed",
+                        now,
+                    );
                 }
             }
             Event::SessionEntered { executor, entered } => {
@@ -253,8 +268,9 @@ impl Actor {
 
     fn submit(&mut self, conn: u64, session: SessionId, tasks: Vec<(TaskId, Bytes)>) {
         let limit = self.cfg.max_payload_bytes;
-        let (tasks, too_big): (Vec<_>, Vec<_>) =
-            tasks.into_iter().partition(|(_, input)| input.len() <= limit);
+        let (tasks, too_big): (Vec<_>, Vec<_>) = tasks
+            .into_iter()
+            .partition(|(_, input)| input.len() <= limit);
         for (tid, input) in too_big {
             let f = TaskFailure::new(
                 ErrorKind::ErrorPayloadTooLarge,
@@ -272,9 +288,15 @@ impl Actor {
                 let ids = tasks.iter().map(|t| t.0);
                 let closed = session.0 < self.next_session;
                 let (kind, msg) = if closed {
-                    (ErrorKind::ErrorSessionClosed, format!("session {session} is closed"))
+                    (
+                        ErrorKind::ErrorSessionClosed,
+                        format!("session {session} is closed"),
+                    )
                 } else {
-                    (ErrorKind::ErrorSessionNotFound, format!("session {session} does not exist"))
+                    (
+                        ErrorKind::ErrorSessionNotFound,
+                        format!("session {session} does not exist"),
+                    )
                 };
                 self.reject(conn, session, ids, TaskFailure::new(kind, msg));
                 return;
@@ -375,29 +397,39 @@ impl Actor {
         if let Some(link) = self.nodes.remove(&node) {
             tracing::warn!(node = %node, name = %link.name, "node left");
         }
+        // A node killed outright leaves its executors running and connected: tell them to
+        // stop, and stop listening to them, so their work is only done once — elsewhere.
+        let orphans: Vec<ExecutorId> = self
+            .sched
+            .nodes()
+            .filter(|n| n.id == node)
+            .flat_map(|n| n.executors.iter().copied())
+            .collect();
+        for id in orphans {
+            if let Some(tx) = self.executors.remove(&id) {
+                let _ = tx.send(Ok(shutdown_command("its node left the cluster")));
+            }
+        }
         self.sched.remove_node(node, now);
     }
 
     fn executor_exited(&mut self, node: NodeId, exited: proto::ExecutorExited, now: Instant) {
         let id = ExecutorId(exited.executor_id);
-        let Some(exec) = self.sched.executor(id) else {
-            return;
-        };
-        if exec.node != node {
-            return;
-        }
         let how = if exited.signal != 0 {
             format!("killed by signal {}", exited.signal)
         } else {
             format!("exited with code {}", exited.exit_code)
         };
-        let starting_for = match exec.state {
-            ExecutorState::Starting => exec.reserved_for,
+        let here = self.sched.executor(id).filter(|e| e.node == node);
+        let starting_for = here.and_then(|e| match e.state {
+            ExecutorState::Starting => e.reserved_for,
             _ => None,
-        };
-        self.executors.remove(&id);
+        });
+        if here.is_some() {
+            self.executors.remove(&id);
+        }
         self.sched
-            .executor_lost(id, &format!("executor {id} {how}"), now);
+            .executor_exited(node, id, &format!("executor {id} {how}"), now);
         let Some(sid) = starting_for else {
             return;
         };
@@ -411,8 +443,10 @@ impl Actor {
                 "executors for session {sid} failed to start {n} times; last one {how}: {}",
                 exited.stderr_tail.trim()
             );
-            self.sched
-                .fail_session(sid, TaskFailure::new(ErrorKind::ErrorSessionEnterFailed, msg));
+            self.sched.fail_session(
+                sid,
+                TaskFailure::new(ErrorKind::ErrorSessionEnterFailed, msg),
+            );
         }
     }
 
@@ -443,5 +477,14 @@ impl Actor {
             })
             .collect();
         self.sched.task_results(executor, items, now);
+    }
+}
+
+/// The command that tells an executor to leave its session and exit.
+pub(super) fn shutdown_command(reason: &str) -> proto::ExecutorCommand {
+    proto::ExecutorCommand {
+        msg: Some(proto::executor_command::Msg::Shutdown(proto::Shutdown {
+            reason: reason.into(),
+        })),
     }
 }

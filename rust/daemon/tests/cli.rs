@@ -1,0 +1,72 @@
+//! The `flame-daemon` binary: starts, prints its address, serves, and exits 0 on SIGTERM;
+//! bad flags and config files are named in the error.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use flame_core::client::Client;
+
+fn daemon() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_flame-daemon"))
+}
+
+#[test]
+fn start_serves_and_stops_cleanly_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = daemon()
+        .args(["start", "--port", "0", "--slots", "1", "--state-dir"])
+        .arg(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let address = line
+        .trim()
+        .strip_prefix("flame-daemon listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
+        .to_string();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let client = Client::connect(&address, Duration::from_secs(5), "cli-test")
+            .await
+            .unwrap();
+        let info = client
+            .frontend()
+            .get_cluster_info(flame_core::proto::Empty {})
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(info.nodes.len() <= 1);
+    });
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    assert!(status.success(), "exit status {status:?}");
+    assert!(dir.path().join("flame.db").exists(), "state is kept");
+}
+
+#[test]
+fn bad_input_is_named() {
+    let out = daemon().args(["start", "--slots", "0"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("slots"));
+
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("flame.toml");
+    std::fs::write(&cfg, "prot = 1\n").unwrap();
+    let out = daemon()
+        .args(["head", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("flame.toml") && err.contains("prot"), "{err}");
+
+    let out = daemon().args(["node"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--head"));
+}

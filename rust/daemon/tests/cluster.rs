@@ -1,0 +1,294 @@
+//! End-to-end tests of the daemon on loopback: a real head and node, real executor processes
+//! (`flame-echo-executor`, so no Python is needed), and the Rust client.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Duration;
+
+use bytes::Bytes;
+use flame_core::client::Client;
+use flame_core::ids::{SessionId, TaskId};
+use flame_core::model::{ErrorKind, SessionSpec, TaskState};
+use flame_core::proto::{self, TaskCompletion};
+use flame_daemon::executor_manager::NodeConfig;
+use flame_daemon::local::LocalCluster;
+use flame_daemon::server::HeadConfig;
+use flame_daemon::session_manager::ManagerConfig;
+
+async fn start(state_dir: &Path, slots: u32) -> LocalCluster {
+    flame_daemon::cli::init_logging("text");
+    let head = HeadConfig {
+        host: "127.0.0.1".into(),
+        port: 0,
+        state_dir: state_dir.to_path_buf(),
+        manager: ManagerConfig {
+            warm_delay: Duration::from_millis(200),
+            ..Default::default()
+        },
+    };
+    let mut node = NodeConfig::new("");
+    node.slots = slots;
+    node.executor_command = Some(vec![env!("CARGO_BIN_EXE_flame-echo-executor").into()]);
+    node.work_dir = state_dir.to_path_buf();
+    LocalCluster::start(head, node)
+        .await
+        .expect("cluster starts")
+}
+
+async fn connect(cluster: &LocalCluster) -> Client {
+    Client::connect(cluster.address(), Duration::from_secs(5), "test")
+        .await
+        .expect("client connects")
+}
+
+async fn open(client: &Client, common_data: &'static [u8], retries: u32) -> SessionId {
+    let spec = SessionSpec {
+        application: "echo".into(),
+        app_spec: Bytes::from_static(b"inline"),
+        common_data: Bytes::from_static(common_data),
+        max_retries: retries,
+        ..Default::default()
+    };
+    let req = proto::CreateSessionRequest {
+        spec: Some(spec.into()),
+    };
+    let info = client
+        .frontend()
+        .create_session(req)
+        .await
+        .unwrap()
+        .into_inner();
+    SessionId(info.id)
+}
+
+/// Wait until every task in `ids` has completed; panics after 30 s.
+async fn collect(client: &Client, ids: &[TaskId]) -> HashMap<u64, TaskCompletion> {
+    let mut done = HashMap::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while done.len() < ids.len() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {} of {} done",
+            done.len(),
+            ids.len()
+        );
+        let batch = client
+            .next_completions(Duration::from_millis(200))
+            .await
+            .expect("stream open");
+        for c in batch {
+            assert!(
+                done.insert(c.task_id, c).is_none(),
+                "a task completed twice"
+            );
+        }
+    }
+    done
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_tasks_run_and_each_completes_once_with_its_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = start(dir.path(), 2).await;
+    let client = connect(&cluster).await;
+    let sid = open(&client, b"", 3).await;
+    let inputs: Vec<Bytes> = (0..2000).map(|i| Bytes::from(format!("in-{i}"))).collect();
+    let ids = client.submit(sid, inputs).unwrap();
+    let done = collect(&client, &ids).await;
+    for (i, id) in ids.iter().enumerate() {
+        let c = &done[&id.0];
+        assert_eq!(c.state, TaskState::Succeeded.as_i32());
+        assert_eq!(c.output, Bytes::from(format!("in-{i}")));
+    }
+    let info = client
+        .frontend()
+        .get_session(proto::SessionRef { session_id: sid.0 })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(info.succeeded, 2000);
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_are_classified_and_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = start(dir.path(), 2).await;
+    let client = connect(&cluster).await;
+
+    let sid = open(&client, b"", 3).await;
+    let ids = client
+        .submit(sid, vec![Bytes::from_static(b"fail:boom")])
+        .unwrap();
+    let c = &collect(&client, &ids).await[&ids[0].0];
+    assert_eq!(c.state, TaskState::Failed.as_i32());
+    let e = c.error.as_ref().unwrap();
+    assert_eq!(e.kind, ErrorKind::ErrorUserException as i32);
+    assert!(e.message.contains("boom"));
+
+    let bad = open(&client, b"fail-enter", 3).await;
+    let ids = client
+        .submit(
+            bad,
+            vec![Bytes::from_static(b"a"), Bytes::from_static(b"b")],
+        )
+        .unwrap();
+    for c in collect(&client, &ids).await.values() {
+        let e = c.error.as_ref().unwrap();
+        assert_eq!(e.kind, ErrorKind::ErrorSessionEnterFailed as i32, "{e:?}");
+    }
+
+    let ids = client
+        .submit(SessionId(9999), vec![Bytes::from_static(b"x")])
+        .unwrap();
+    let c = &collect(&client, &ids).await[&ids[0].0];
+    assert_eq!(
+        c.error.as_ref().unwrap().kind,
+        ErrorKind::ErrorSessionNotFound as i32
+    );
+    let status = client
+        .frontend()
+        .get_session(proto::SessionRef { session_id: 9999 })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::NotFound);
+    assert!(status.message().contains("9999"));
+
+    // The first session still works after all that.
+    let ids = client.submit(sid, vec![Bytes::from_static(b"ok")]).unwrap();
+    assert_eq!(
+        collect(&client, &ids).await[&ids[0].0].output,
+        Bytes::from_static(b"ok")
+    );
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closing_a_session_cancels_its_unfinished_tasks() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = start(dir.path(), 1).await;
+    let client = connect(&cluster).await;
+    let sid = open(&client, b"", 3).await;
+    let inputs = (0..20).map(|_| Bytes::from_static(b"sleep:100")).collect();
+    let ids = client.submit(sid, inputs).unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let info = client
+        .frontend()
+        .close_session(proto::SessionRef { session_id: sid.0 })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(info.state, proto::SessionState::SessionClosed as i32);
+    let done = collect(&client, &ids).await;
+    let cancelled = done
+        .values()
+        .filter(|c| c.state == TaskState::Cancelled.as_i32())
+        .count();
+    assert!(cancelled >= 10, "most tasks were still queued: {cancelled}");
+    let late = client.submit(sid, vec![Bytes::from_static(b"x")]).unwrap();
+    let c = &collect(&client, &late).await[&late[0].0];
+    assert_eq!(
+        c.error.as_ref().unwrap().kind,
+        ErrorKind::ErrorSessionClosed as i32
+    );
+    cluster.stop().await;
+}
+
+/// Pids of this process's children whose command is `name` and that run in `dir` (tests run
+/// in parallel in one process; each cluster's executors work in its own state dir).
+fn children_named(name: &str, dir: &Path) -> Vec<i32> {
+    let me = std::process::id() as i32;
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let comm_ok = stat.contains(&format!("({name}"));
+        let ppid = stat
+            .rsplit(')')
+            .next()
+            .and_then(|rest| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<i32>().ok());
+        let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).ok();
+        if comm_ok && ppid == Some(me) && cwd.as_deref() == Some(dir) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_whose_executor_is_killed_runs_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = start(dir.path(), 1).await;
+    let client = connect(&cluster).await;
+    let sid = open(&client, b"", 3).await;
+    let ids = client
+        .submit(sid, vec![Bytes::from_static(b"sleep:1500")])
+        .unwrap();
+    let mut pids = Vec::new();
+    for _ in 0..100 {
+        pids = children_named("flame-echo-exec", dir.path());
+        if !pids.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(pids.len(), 1, "one executor runs the task");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    unsafe { libc::kill(pids[0], libc::SIGKILL) };
+    let c = &collect(&client, &ids).await[&ids[0].0];
+    assert_eq!(c.state, TaskState::Succeeded.as_i32(), "{c:?}");
+    assert_eq!(c.attempts, 2);
+    cluster.stop().await;
+    assert!(
+        children_named("flame-echo-exec", dir.path()).is_empty(),
+        "no executor left behind"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = start(dir.path(), 1).await;
+    let client = connect(&cluster).await;
+    let sid = open(&client, b"", 3).await;
+    let first = client
+        .submit(sid, vec![Bytes::from_static(b"quick")])
+        .unwrap();
+    collect(&client, &first).await;
+    let inputs = (0..8)
+        .map(|i| Bytes::from(format!("sleep:{}", 50 + i)))
+        .collect();
+    let rest = client.submit(sid, inputs).unwrap();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    drop(client);
+    cluster.stop().await;
+
+    let cluster = start(dir.path(), 1).await;
+    let client = connect(&cluster).await;
+    let mut all = first.clone();
+    all.extend(&rest);
+    client.watch(sid, all.clone()).unwrap();
+    let done = collect(&client, &all).await;
+    assert!(done
+        .values()
+        .all(|c| c.state == TaskState::Succeeded.as_i32()));
+    assert_eq!(
+        done[&first[0].0].output,
+        Bytes::from_static(b"quick"),
+        "kept, not re-run"
+    );
+    let info = client
+        .frontend()
+        .get_session(proto::SessionRef { session_id: sid.0 })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(info.state, proto::SessionState::SessionOpen as i32);
+    assert_eq!(info.succeeded, 9);
+    cluster.stop().await;
+}
