@@ -16,7 +16,6 @@ use flame_daemon::server::HeadConfig;
 use flame_daemon::session_manager::ManagerConfig;
 
 async fn start(state_dir: &Path, slots: u32) -> LocalCluster {
-    flame_daemon::cli::init_logging("text");
     let head = HeadConfig {
         host: "127.0.0.1".into(),
         port: 0,
@@ -290,5 +289,53 @@ async fn state_survives_a_restart() {
         .into_inner();
     assert_eq!(info.state, proto::SessionState::SessionOpen as i32);
     assert_eq!(info.succeeded, 9);
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_over_its_timeout_fails_and_the_executor_is_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = start(dir.path(), 1).await;
+    let client = connect(&cluster).await;
+    let spec = SessionSpec {
+        application: "echo".into(),
+        app_spec: Bytes::from_static(b"inline"),
+        timeout_secs: 0.5,
+        ..Default::default()
+    };
+    let req = proto::CreateSessionRequest {
+        spec: Some(spec.into()),
+    };
+    let sid = SessionId(
+        client
+            .frontend()
+            .create_session(req)
+            .await
+            .unwrap()
+            .into_inner()
+            .id,
+    );
+    let started = std::time::Instant::now();
+    let ids = client
+        .submit(
+            sid,
+            vec![
+                Bytes::from_static(b"sleep:30000"),
+                Bytes::from_static(b"after"),
+            ],
+        )
+        .unwrap();
+    let done = collect(&client, &ids).await;
+    let hung = &done[&ids[0].0];
+    assert_eq!(
+        hung.error.as_ref().unwrap().kind,
+        ErrorKind::ErrorTimeout as i32
+    );
+    assert_eq!(
+        done[&ids[1].0].output,
+        Bytes::from_static(b"after"),
+        "runs on a new executor"
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
     cluster.stop().await;
 }

@@ -81,12 +81,18 @@ impl Scheduler {
         let mut failed = Vec::new();
         if let Some(session) = self.sessions.get_mut(&sid) {
             let max_attempts = session.spec.max_retries.saturating_add(1);
+            // Tasks run one at a time in window order: only the head can have started. The
+            // ones queued behind it get their attempt back.
+            let running = exec.head_since.and(exec.inflight.front().copied());
             for tid in exec.inflight.iter().copied() {
                 let Some(slot) = session.tasks.get_mut(&tid) else {
                     continue;
                 };
                 if slot.executor != Some(eid) {
                     continue;
+                }
+                if Some(tid) != running {
+                    slot.attempts = slot.attempts.saturating_sub(1);
                 }
                 if slot.attempts >= max_attempts {
                     failed.push((tid, slot.attempts));
@@ -206,6 +212,8 @@ impl Scheduler {
                 .is_some_and(|t| t.executor == Some(eid));
             if let Some(exec) = self.executors.get_mut(&eid) {
                 exec.inflight.retain(|t| *t != tid);
+                // The next task in the window starts now.
+                exec.head_since = (!exec.inflight.is_empty()).then_some(now);
             }
             if !owned {
                 continue;

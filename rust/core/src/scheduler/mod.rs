@@ -162,13 +162,70 @@ impl Scheduler {
         })
     }
 
-    /// When the next warm executor expires, if any: the session manager wakes up then.
+    /// When the next warm executor expires or the next running task times out, if ever:
+    /// the session manager wakes up then.
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.executors
+        let warm = self
+            .executors
             .values()
             .filter_map(|e| e.idle_since)
             .min()
-            .map(|t| t + self.config.warm_delay)
+            .map(|t| t + self.config.warm_delay);
+        let timeout = self
+            .executors
+            .values()
+            .filter_map(|e| self.task_deadline(e))
+            .min();
+        warm.into_iter().chain(timeout).min()
+    }
+
+    /// When the task at the head of this executor's window runs out of time, if it has a limit.
+    fn task_deadline(&self, e: &Executor) -> Option<Instant> {
+        let since = e.head_since?;
+        let session = self.sessions.get(&e.session()?)?;
+        let limit = session.spec.timeout_secs;
+        (limit > 0.0).then(|| since + Duration::from_secs_f64(limit))
+    }
+
+    /// Fail running tasks that are past their session's timeout and kill their executors
+    /// (user code cannot be interrupted safely); the node reports the exit and the executor
+    /// is replaced.
+    fn expire_timeouts(&mut self, now: Instant) {
+        let expired: Vec<(ExecutorId, TaskId, SessionId)> = self
+            .executors
+            .values()
+            .filter(|e| self.task_deadline(e).is_some_and(|d| d <= now))
+            .filter_map(|e| Some((e.id, *e.inflight.front()?, e.session()?)))
+            .collect();
+        for (eid, tid, sid) in expired {
+            let limit = self.sessions[&sid].spec.timeout_secs;
+            let msg = format!(
+                "task {} of {sid} ran longer than its timeout of {limit} s",
+                tid.0
+            );
+            let failure = TaskFailure::new(crate::model::ErrorKind::ErrorTimeout, msg);
+            self.finish(
+                TaskKey {
+                    session: sid,
+                    task: tid,
+                },
+                TaskState::Failed,
+                Bytes::new(),
+                Some(failure),
+            );
+            let Some(exec) = self.executors.get_mut(&eid) else {
+                continue;
+            };
+            exec.inflight.retain(|t| *t != tid);
+            exec.head_since = None;
+            exec.releasing = true;
+            let node = exec.node;
+            self.actions.push(Action::Kill {
+                node,
+                executor: eid,
+                reason: format!("task {} timed out", tid.0),
+            });
+        }
     }
 
     /// Hand out work: feed bound executors, acquire executors for sessions that want more,
@@ -190,6 +247,7 @@ impl Scheduler {
         });
         self.acquire_for(demanding, now);
         self.release_expired(now);
+        self.expire_timeouts(now);
     }
 
     /// Send pending tasks of `sid` to its executors with room in their window, one task per
@@ -224,6 +282,9 @@ impl Scheduler {
                 };
                 slot.attempts += 1;
                 slot.executor = Some(*eid);
+                if exec.inflight.is_empty() {
+                    exec.head_since = Some(now);
+                }
                 exec.inflight.push_back(tid);
                 exec.idle_since = None;
                 session.counts.remove(TaskState::Pending, 1);
@@ -244,7 +305,6 @@ impl Scheduler {
                 tasks,
             });
         }
-        let _ = now;
     }
 
     /// Unbind executors that sat idle and bound for longer than the warm delay.

@@ -96,6 +96,7 @@ impl Scheduler {
                 state: ExecutorState::Starting,
                 inflight: Default::default(),
                 idle_since: None,
+                head_since: None,
                 releasing: false,
                 reserved_for: Some(for_session),
             },

@@ -57,6 +57,9 @@ pub struct Executor {
     pub inflight: VecDeque<TaskId>,
     /// When it last became bound with nothing to do (warm executor).
     pub idle_since: Option<Instant>,
+    /// When the task at the head of `inflight` started: tasks run in dispatch order, so it
+    /// is when it was dispatched to an empty window or when the task before it finished.
+    pub head_since: Option<Instant>,
     /// Fair share asked this executor back: dispatch nothing more, unbind once drained.
     pub releasing: bool,
     /// The session this executor goes to once it is free (started for it, or reclaimed for

@@ -351,7 +351,13 @@ fn cancel_pending_and_running_tasks() {
     h.s.schedule(h.now);
     let a = h.actions();
     let e2 = h.register_spawned(&a)[0];
-    assert_eq!(dispatched(&h.actions(), e2), vec![tids[1]]);
+    let a = h.actions();
+    assert_eq!(dispatched(&a, e2), vec![tids[1]]);
+    let attempt = a.iter().find_map(|x| match x {
+        Action::Dispatch { tasks, .. } => Some(tasks[0].2),
+        _ => None,
+    });
+    assert_eq!(attempt, Some(1), "it never started on the killed executor");
 }
 
 #[test]
@@ -383,4 +389,45 @@ fn session_slots_cap_its_executors() {
         .filter(|a| matches!(a, Action::Spawn { .. }))
         .count();
     assert_eq!(spawns, 2);
+}
+
+#[test]
+fn a_task_past_its_timeout_fails_and_its_executor_is_killed() {
+    let mut h = Harness::new(1);
+    let spec = SessionSpec {
+        application: "app".into(),
+        timeout_secs: 1.5,
+        ..Default::default()
+    };
+    h.s.open_session(SessionId(1), spec, 0, TaskCounts::default());
+    let sid = SessionId(1);
+    let tids = h.submit(sid, 2);
+    let a = h.actions();
+    let e = h.register_spawned(&a)[0];
+    h.actions();
+    h.s.session_entered(e, sid, None, h.now);
+    // The first task finishes after 1 s: the second one's clock starts then.
+    h.now += Duration::from_secs(1);
+    h.complete(e, sid, &tids[..1]);
+    h.actions();
+    assert_eq!(
+        h.s.next_deadline(),
+        Some(h.now + Duration::from_millis(1500))
+    );
+    h.now += Duration::from_millis(1400);
+    h.s.schedule(h.now);
+    assert!(finished(&h.actions()).is_empty(), "not yet");
+    h.now += Duration::from_millis(100);
+    h.s.schedule(h.now);
+    let a = h.actions();
+    match &a[..] {
+        [Action::Finish(c), Action::Kill { executor, .. }] => {
+            assert_eq!(c.key.task, tids[1]);
+            let err = c.error.as_ref().unwrap();
+            assert_eq!(err.kind, ErrorKind::ErrorTimeout);
+            assert!(err.message.contains("1.5 s"), "{}", err.message);
+            assert_eq!(*executor, e);
+        }
+        other => panic!("{other:?}"),
+    }
 }
