@@ -140,8 +140,8 @@ def init(
         slots: Executors of the embedded cluster (default: the number of CPUs).
         state_dir: Where the embedded cluster keeps its state (default: a temporary
             directory, removed at shutdown).
-        log_level: Log level of the native side (e.g. ``"info"``, ``"debug"``); sets
-            ``FLAME_LOG`` for this process and its executors.
+        log_level: Log level of the native side (e.g. ``"info"``, ``"debug"``, or a
+            ``RUST_LOG`` filter), for this process and the executors it starts.
 
     Calling ``init`` again with the same address does nothing.
 
@@ -161,7 +161,7 @@ def init(
                 f"before flame.init({address!r})"
             )
         if log_level:
-            os.environ["FLAME_LOG"] = log_level
+            _set_log_level(log_level)
         if address is not None:
             _runtime = Runtime(Connection(address), address)
         else:
@@ -169,6 +169,15 @@ def init(
         if not _atexit_registered:
             atexit.register(shutdown)
             _atexit_registered = True
+
+
+def _set_log_level(level: str) -> None:
+    # Executors (child processes) read RUST_LOG; this process's own logging is set up by
+    # the native module when it offers a way to.
+    os.environ["RUST_LOG"] = level
+    init_logging = getattr(_core, "init_logging", None)
+    if init_logging is not None:
+        init_logging(level)
 
 
 def _start_embedded(slots: int | None, state_dir: str | None) -> Runtime:
@@ -321,4 +330,9 @@ def as_completed(futures: Iterable[AnyFuture], timeout: float | None = None) -> 
     Raises:
         TimeoutError: some futures were still unfinished after ``timeout`` seconds.
     """
-    return concurrent.futures.as_completed(_check_futures(futures), timeout)
+    try:
+        yield from concurrent.futures.as_completed(_check_futures(futures), timeout)
+    except concurrent.futures.TimeoutError as e:
+        if isinstance(e, TimeoutError):
+            raise
+        raise errors.WaitTimeoutError(str(e)) from None

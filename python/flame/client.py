@@ -68,7 +68,8 @@ class Connection:
         self._conn = _core.Connection(address, timeout, client_name or _default_name())
         self._pump = CompletionPump(self._conn)
         self._finalizer = weakref.finalize(self, _close_native, self._conn, self._pump)
-        self._max_bytes: int | None = getattr(self._conn, "max_message_bytes", None) or None
+        # 0 (or an older native module without the attribute) means "no limit known".
+        self._max_bytes: int | None = getattr(self._conn, "max_payload", 0) or None
 
     def __repr__(self) -> str:
         return f"<flame.Connection {self.address} client={self.client_id}>"
@@ -95,8 +96,8 @@ class Connection:
         return self._conn.client_id
 
     @property
-    def max_message_bytes(self) -> int | None:
-        """The largest task input the daemon accepts, when it says."""
+    def max_payload(self) -> int | None:
+        """The largest task input or output the daemon accepts (``None``: no limit known)."""
         return self._max_bytes
 
     @property

@@ -121,6 +121,15 @@ class SessionEnterError(TaskError):
 CancelledError = concurrent.futures.CancelledError
 
 
+if concurrent.futures.TimeoutError is builtins.TimeoutError:  # Python 3.11+
+    WaitTimeoutError = builtins.TimeoutError
+else:
+
+    class WaitTimeoutError(concurrent.futures.TimeoutError, builtins.TimeoutError):  # type: ignore[no-redef]
+        """A wait for a result timed out (caught by both ``except TimeoutError`` and
+        ``except concurrent.futures.TimeoutError``)."""
+
+
 class RemoteTraceback(Exception):
     """Carries the traceback text of an exception raised on an executor.
 

@@ -74,6 +74,31 @@ class Future(concurrent.futures.Future):  # type: ignore[type-arg]
         """Wait for the result in the running asyncio loop (thread-safe bridge)."""
         return asyncio.wrap_future(self).__await__()
 
+    def result(self, timeout: float | None = None) -> Any:
+        """The task's result, waiting up to ``timeout`` seconds (``None``: no limit).
+
+        Raises:
+            TimeoutError: the result was not ready in time.
+            flame.CancelledError: the task was cancelled.
+            Exception: the task's exception (a user exception as itself, with the
+                remote traceback as its ``__cause__``).
+        """
+        try:
+            return super().result(timeout)
+        except concurrent.futures.TimeoutError as e:
+            if isinstance(e, TimeoutError):
+                raise
+            raise errors.WaitTimeoutError() from None  # Python < 3.11
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        """The task's exception, or ``None`` if it succeeded (waits like :meth:`result`)."""
+        try:
+            return super().exception(timeout)
+        except concurrent.futures.TimeoutError as e:
+            if isinstance(e, TimeoutError):
+                raise
+            raise errors.WaitTimeoutError() from None
+
     def cancel(self) -> bool:
         """Cancel the task.
 
@@ -262,7 +287,7 @@ class CompletionPump:
         if reason is None:
             return errors.ConnectionError(
                 f"the connection to the Flame daemon at {self._conn.address} was closed "
-                f"before {what} finished"
+                f"(or lost) before {what} finished"
             )
         return errors.ConnectionError(
             f"the connection to the Flame daemon at {self._conn.address} was lost before "

@@ -23,5 +23,6 @@ def cluster() -> Iterator[str]:
     yield address
     flame.shutdown()
     if Path("/proc").is_dir():
-        left = wait_until_gone(lambda: executors_of(address))
+        host_port = address.split("://")[-1]  # executors get the address with a scheme
+        left = wait_until_gone(lambda: executors_of(host_port))
         assert not left, f"executor processes left behind: {left}"

@@ -155,6 +155,8 @@ impl Scheduler {
         };
         if let Some(exec) = self.executors.get_mut(&eid) {
             exec.inflight.retain(|t| *t != tid);
+            // It is being killed: nothing queued behind the cancelled task will start there.
+            exec.head_since = None;
             exec.releasing = true;
             let node = exec.node;
             self.actions.push(Action::Kill {
