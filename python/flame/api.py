@@ -53,7 +53,9 @@ class Runtime:
         self.cluster = cluster
         self.temp_dir = temp_dir
         self.closed = False
-        self._lock = threading.Lock()
+        # Re-entrant: a dropped class instance may close its session from a finalizer that
+        # the garbage collector runs while this thread already holds the lock.
+        self._lock = threading.RLock()
         self._sessions: set[int] = set()
 
     def open_session(

@@ -17,6 +17,9 @@ use super::process::{self, Executor};
 use super::system::resolve_python;
 use super::NodeConfig;
 
+/// How long children get to exit by themselves first (the session manager tells them to stop
+/// when it shuts down, and then they run on_session_leave), before any signal.
+const SELF_EXIT: Duration = Duration::from_secs(1);
 /// After SIGTERM, how long children get to exit on their own before SIGKILL.
 const GRACE: Duration = Duration::from_secs(3);
 /// After SIGKILL, how long to wait for the reports (only a process stuck in the kernel lasts).
@@ -108,14 +111,22 @@ impl Pool {
         self.children.values().map(|c| c.pid).collect()
     }
 
-    /// Stops every child: SIGTERM, up to [`GRACE`] to exit, then SIGKILL; hands each exit
+    /// Stops every child: up to [`SELF_EXIT`] to exit by themselves, then SIGTERM, up to
+    /// [`GRACE`] to exit, then SIGKILL; hands each exit
     /// report to `report`, and returns once every watcher task is done.
     pub(super) async fn shutdown(mut self, mut report: impl FnMut(ExecutorExited)) {
         if !self.children.is_empty() {
             tracing::info!(count = self.children.len(), "stopping executors");
         }
-        for (signal, wait) in [(libc::SIGTERM, GRACE), (libc::SIGKILL, KILL_WAIT)] {
-            self.children.values().for_each(|c| c.signal(signal));
+        let phases = [
+            (None, SELF_EXIT),
+            (Some(libc::SIGTERM), GRACE),
+            (Some(libc::SIGKILL), KILL_WAIT),
+        ];
+        for (signal, wait) in phases {
+            if let Some(signal) = signal {
+                self.children.values().for_each(|c| c.signal(signal));
+            }
             let deadline = Instant::now() + wait;
             while !self.children.is_empty() {
                 match tokio::time::timeout_at(deadline, self.next_exit()).await {
