@@ -53,10 +53,14 @@ def main() -> None:
     q = statistics.quantiles(lat, n=100)
     flame.shutdown()
 
+    n = args.tasks
     print(f"startup (init + first result): {startup * 1000:.0f} ms")
-    print(f"noop calls: {args.tasks} tasks in {elapsed:.2f} s = {args.tasks / elapsed:,.0f} tasks/s")
-    print(f"noop .map:  {args.tasks} tasks in {map_elapsed:.2f} s = {args.tasks / map_elapsed:,.0f} tasks/s")
-    print(f"latency over {args.latency} sequential calls: p50 {q[49]:.0f} µs, p90 {q[89]:.0f} µs, p99 {q[98]:.0f} µs")
+    print(f"noop calls: {n} tasks in {elapsed:.2f} s = {n / elapsed:,.0f} tasks/s")
+    print(f"noop .map:  {n} tasks in {map_elapsed:.2f} s = {n / map_elapsed:,.0f} tasks/s")
+    print(
+        f"latency over {args.latency} sequential calls: "
+        f"p50 {q[49]:.0f} µs, p90 {q[89]:.0f} µs, p99 {q[98]:.0f} µs"
+    )
 
 
 if __name__ == "__main__":

@@ -17,7 +17,17 @@ bytes, for services and clients in any language.
 """
 
 from flame import _core
-from flame.api import as_completed, cluster_info, get, init, is_initialized, nodes, shutdown, wait
+from flame.api import (
+    as_completed,
+    cluster_info,
+    get,
+    init,
+    is_initialized,
+    nodes,
+    register_application,
+    shutdown,
+    wait,
+)
 from flame.application import FlameService, SessionContext, TaskContext
 from flame.client import Connection, Session, SessionInfo, connect
 from flame.errors import (
@@ -73,6 +83,7 @@ __all__ = [
     "init",
     "is_initialized",
     "nodes",
+    "register_application",
     "service",
     "shutdown",
     "wait",

@@ -38,6 +38,7 @@ class Connection:
 
     address: str
     client_id: int
+    max_payload: int  # largest task input/output the daemon accepts; 0 = no limit
     def __init__(self, address: str, timeout: float = 5.0, client_name: str = "") -> None: ...
     def register_application(self, name: str, spec: bytes, description: str = "") -> None: ...
     def get_application(self, name: str) -> tuple[str, bytes, str]: ...
@@ -60,6 +61,8 @@ class Connection:
     def submit(self, session_id: int, inputs: list[bytes]) -> list[int]:
         """Queue tasks for sending (batched in the background); returns their task ids."""
     def cancel(self, session_id: int, task_id: int) -> None: ...
+    def watch(self, session_id: int, task_ids: list[int]) -> None:
+        """Route completions of these tasks to this connection (finished ones come at once)."""
     def next_completions(self, timeout: float) -> list[Completion] | None:
         """Completions that arrived, waiting up to `timeout` s; [] on timeout, None once closed."""
     def close(self) -> None: ...
@@ -82,6 +85,9 @@ class ServiceHost(Protocol):
 
 def run_executor(address: str, executor_id: int, host: ServiceHost) -> None:
     """Run the executor loop until the session manager says stop or the link is lost."""
+
+def init_logging(filter: str, json: bool = False) -> None:
+    """Send Rust-side logs to stderr with a RUST_LOG-style filter; first call wins."""
 
 def daemon_main(argv: list[str]) -> int:
     """Run the `flame-daemon` command line (GIL released); returns the exit code."""

@@ -29,6 +29,7 @@ __all__ = [
     "init",
     "is_initialized",
     "nodes",
+    "register_application",
     "shutdown",
     "wait",
 ]
@@ -155,7 +156,7 @@ def init(
     address = address or os.environ.get("FLAME_ADDRESS") or None
     with _lock:
         if _runtime is not None:
-            if _runtime.address == address:
+            if _same_address(_runtime.address, address):
                 return
             current = _runtime.address or "an embedded cluster"
             raise errors.InvalidArgumentError(
@@ -171,6 +172,13 @@ def init(
         if not _atexit_registered:
             atexit.register(shutdown)
             _atexit_registered = True
+
+
+def _same_address(a: str | None, b: str | None) -> bool:
+    def bare(x: str | None) -> str | None:  # "http://h:p/" and "h:p" are one daemon
+        return None if x is None else x.split("://")[-1].rstrip("/")
+
+    return bare(a) == bare(b)
 
 
 def _set_log_level(level: str) -> None:
@@ -235,6 +243,17 @@ def runtime() -> Runtime:
 def cluster_info() -> dict[str, Any]:
     """Nodes, executors, open sessions and queue lengths of the cluster."""
     return runtime().conn.cluster_info()
+
+
+def register_application(name: str, service: type[Any], description: str = "") -> None:
+    """Register a :class:`flame.FlameService` subclass under ``name`` on the current cluster,
+    so that any client can open sessions of it by name (``conn.create_session(name)``).
+
+    Raises:
+        flame.InvalidArgumentError: ``service`` is not a FlameService subclass.
+        flame.SerializationError: the class cannot be pickled.
+    """
+    runtime().conn.register_application(name, service, description)
 
 
 def nodes() -> list[Any]:

@@ -233,7 +233,6 @@ def test_lambda_arguments_use_cloudpickle() -> None:
     assert apply(lambda v: v * 3, 5).result(timeout=60) == 15
 
 
-@pytest.mark.xfail(reason="the daemon does not enforce SessionSpec.timeout_secs yet")
 def test_timeout_fails_the_task() -> None:
     @flame.service(timeout=0.5, max_retries=0)
     def hang() -> None:
@@ -243,9 +242,6 @@ def test_timeout_fails_the_task() -> None:
         hang().result(timeout=60)
 
 
-@pytest.mark.xfail(
-    reason="the daemon drops a cancel that arrives before its task's submit batch is stored"
-)
 def test_cancel_a_queued_task() -> None:
     first = sleep_for(1.0)
     queued = [sleep_for(0.0) for _ in range(50)]

@@ -58,6 +58,13 @@ def test_register_and_run(cluster: str) -> None:
         session.close()  # idempotent
 
 
+def test_register_application_on_the_current_cluster(cluster: str) -> None:
+    flame.register_application("echo-top", Echo)
+    with flame.connect(cluster) as conn:
+        with conn.create_session("echo-top", common_data=b"top:") as session:
+            assert session.run_task(b"x").result(timeout=60) == b"top:x"
+
+
 def test_closed_session_rejects_tasks(cluster: str) -> None:
     with flame.connect(cluster) as conn:
         conn.register_application("echo-closed", Echo)
@@ -117,20 +124,21 @@ def test_unreachable_daemon_names_the_address() -> None:
     assert time.monotonic() - start < 5.0
 
 
+class Sleeper(FlameService):
+    def on_task_invoke(self, ctx: TaskContext) -> bytes:
+        time.sleep(float(ctx.input))
+        return b"done"
+
+
 def test_closing_the_connection_fails_pending_futures(cluster: str) -> None:
-    conn = flame.connect(cluster)
-
-    class Sleeper(FlameService):
-        def on_task_invoke(self, ctx: TaskContext) -> bytes:
-            time.sleep(float(ctx.input))
-            return b"done"
-
-    conn.register_application("sleeper", Sleeper)
-    session = conn.create_session("sleeper")
-    fut = session.run_task(b"3")
-    session.close()
-    conn.close()
-    with pytest.raises((flame.ConnectionError, flame.CancelledError)):
-        fut.result(timeout=30)
-    with pytest.raises(flame.ConnectionError):
-        session.run_task(b"1")
+    with flame.connect(cluster) as admin:
+        admin.register_application("sleeper", Sleeper)
+        conn = flame.connect(cluster)
+        session = conn.create_session("sleeper")
+        fut = session.run_task(b"2")
+        conn.close()
+        with pytest.raises(flame.ConnectionError, match="before task"):
+            fut.result(timeout=30)
+        with pytest.raises(flame.ConnectionError, match="closed"):
+            session.run_task(b"1")
+        admin.close_session(session.id)

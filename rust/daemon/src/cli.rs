@@ -180,7 +180,14 @@ pub async fn run(cli: Cli) -> Result<()> {
 
 /// Set up logging once: RUST_LOG filter (default `info`), text or JSON lines on stderr.
 pub fn init_logging(format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into());
+    init_logging_with(&filter, format);
+}
+
+/// Set up logging once with an explicit filter (`"warn"`, `"flame_daemon=debug"`, ...);
+/// later calls are ignored. An unparsable filter falls back to `info`.
+pub fn init_logging_with(filter: &str, format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

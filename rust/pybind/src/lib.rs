@@ -24,6 +24,14 @@ fn daemon_main(py: Python<'_>, argv: Vec<String>) -> i32 {
     py.detach(|| flame_daemon::cli::main_with_args(argv))
 }
 
+/// Send the Rust side's logs (embedded cluster, client) to stderr, filtered like RUST_LOG
+/// (`"warn"`, `"info"`, `"flame_daemon=debug"`); only the first call takes effect.
+#[pyfunction]
+#[pyo3(signature = (filter, json = false))]
+fn init_logging(filter: &str, json: bool) {
+    flame_daemon::cli::init_logging_with(filter, if json { "json" } else { "text" });
+}
+
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
@@ -32,5 +40,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<cluster::PyLocalCluster>()?;
     m.add_function(wrap_pyfunction!(executor::run_executor, m)?)?;
     m.add_function(wrap_pyfunction!(daemon_main, m)?)?;
+    m.add_function(wrap_pyfunction!(init_logging, m)?)?;
     Ok(())
 }

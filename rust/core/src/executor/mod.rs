@@ -74,14 +74,15 @@ fn run_with_timeout(
     host: &mut dyn ServiceHost,
     connect_timeout: Duration,
 ) -> Result<()> {
-    let link = Link::open(address, executor_id, connect_timeout)?;
+    let address = crate::client::normalize_address(address);
+    let link = Link::open(&address, executor_id, connect_timeout)?;
     let mut worker = Worker {
         host,
         link: &link,
         bound: None,
         failed_enter: None,
     };
-    let outcome = worker.serve(address);
+    let outcome = worker.serve(&address);
     // The host is done (and has left its session): flush what it sent, stop the network.
     link.close();
     outcome

@@ -35,7 +35,6 @@ pub(super) struct Actor {
     pub next_node: u64,
     /// Executors of a session that died before registering, in a row.
     pub startup_failures: HashMap<SessionId, u32>,
-    pub self_tx: mpsc::UnboundedSender<Event>,
 }
 
 const META_SESSION: &str = "next_session_id";
@@ -104,7 +103,6 @@ pub fn start(
         next_client: meta(META_CLIENT, 1) as u32,
         next_node: 1,
         startup_failures: HashMap::new(),
-        self_tx: tx.clone(),
     };
     let task = tokio::spawn(actor.run(rx));
     Ok((ManagerHandle { tx, config: cfg }, task, storage_thread))

@@ -165,21 +165,6 @@ impl Actor {
                 session,
                 tasks,
             } => self.submit(conn, session, tasks),
-            Event::SubmitDurable {
-                conn,
-                session,
-                tasks,
-                result,
-            } => match result {
-                Ok(()) => {
-                    let tasks = tasks.into_iter().map(|(t, i)| (t, i, 0)).collect();
-                    self.sched.enqueue(session, tasks, Some(conn));
-                }
-                Err(e) => {
-                    let f = TaskFailure::new(ErrorKind::ErrorInternal, e.to_string());
-                    self.reject(conn, session, tasks.iter().map(|t| t.0), f);
-                }
-            },
             Event::Watch {
                 conn,
                 session,
@@ -305,6 +290,10 @@ impl Actor {
         if accepted.is_empty() {
             return;
         }
+        // Queue at once and store in the background. The storage thread applies writes in
+        // order, so a task's insert always commits before its result, and a result reaches
+        // the client only after its commit. Queuing now (not after the commit) also means a
+        // cancel or a close that follows the submission on the stream always finds the task.
         let op = WriteOp::InsertTasks {
             session,
             tasks: accepted
@@ -316,15 +305,9 @@ impl Actor {
                 .collect(),
             created_ms: now_ms(),
         };
-        let me = self.self_tx.clone();
-        self.store.write(vec![op], move |result| {
-            let _ = me.send(Event::SubmitDurable {
-                conn,
-                session,
-                tasks: accepted,
-                result,
-            });
-        });
+        self.store.write_only(vec![op]);
+        let tasks = accepted.into_iter().map(|(t, i)| (t, i, 0)).collect();
+        self.sched.enqueue(session, tasks, Some(conn));
     }
 
     /// Fail submissions that were never accepted; nothing is stored for them.

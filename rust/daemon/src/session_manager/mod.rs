@@ -110,13 +110,6 @@ pub enum Event {
         session: SessionId,
         tasks: Vec<(TaskId, Bytes)>,
     },
-    /// Internal: the accepted tasks of a `Submit` are durable (or failed to be written).
-    SubmitDurable {
-        conn: u64,
-        session: SessionId,
-        tasks: Vec<(TaskId, Bytes)>,
-        result: Result<()>,
-    },
     Watch {
         conn: u64,
         session: SessionId,
