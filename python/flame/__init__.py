@@ -30,6 +30,7 @@ from flame.api import (
 )
 from flame.application import FlameService, SessionContext, TaskContext
 from flame.client import Connection, Session, SessionInfo, connect
+from flame.decorator import service
 from flame.errors import (
     CancelledError,
     ConnectionError,
@@ -46,7 +47,8 @@ from flame.errors import (
     TaskTimeoutError,
 )
 from flame.futures import Future
-from flame.remote import RemoteClass, RemoteFunction, RemoteMethod, ServiceInstance, service
+from flame.remote import RemoteFunction
+from flame.remote_class import RemoteClass, RemoteMethod, ServiceInstance
 
 __version__: str = _core.__version__
 

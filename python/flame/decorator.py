@@ -1,0 +1,82 @@
+"""``@flame.service``: run a function's calls, or a class's method calls, as Flame tasks."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable, TypeVar, overload
+
+from flame import _serde
+from flame.remote import Options, RemoteFunction
+from flame.remote_class import RemoteClass
+
+__all__ = ["service"]
+
+R = TypeVar("R")
+C = TypeVar("C")
+
+
+@overload
+def service(target: type[C]) -> RemoteClass[C]: ...
+@overload
+def service(target: Callable[..., R]) -> RemoteFunction[R]: ...
+@overload
+def service(
+    target: None = None,
+    *,
+    max_retries: int = 3,
+    timeout: float | None = None,
+    slots: int | None = None,
+    priority: int = 0,
+) -> Callable[[Any], Any]: ...
+
+
+def service(
+    target: Any = None,
+    *,
+    max_retries: int = 3,
+    timeout: float | None = None,
+    slots: int | None = None,
+    priority: int = 0,
+) -> Any:
+    """Make a function's calls, or a class's method calls, run as Flame tasks.
+
+    Use it bare (``@flame.service``) or with options (``@flame.service(max_retries=1)``)::
+
+        @flame.service
+        def square(x):
+            return x * x
+
+        square(3).result()           # 9, computed on an executor
+        flame.get(square.map(range(10)))
+
+        @flame.service(slots=2)
+        class Model:
+            def __init__(self, path): self.weights = load(path)   # once per executor
+            def predict(self, x): return self.weights @ x
+
+        with Model("w.npy") as model:
+            y = model.predict(x).result()
+
+    Args:
+        max_retries: Re-runs of a task whose executor died.
+        timeout: Per-task time limit in seconds (``None``: none); an overrun fails the
+            task with :class:`flame.TaskTimeoutError`.
+        slots: The most executors the session may use (``None`` or 0: no limit).
+        priority: Higher runs first when sessions compete for executors.
+
+    Raises:
+        flame.InvalidArgumentError: an option is out of range.
+    """
+    options = Options(max_retries, timeout, slots, priority)
+
+    def wrap(obj: Any) -> Any:
+        if inspect.isclass(obj):
+            return RemoteClass(obj, options)
+        if callable(obj):
+            return RemoteFunction(obj, options)
+        raise TypeError(f"@flame.service needs a function or a class, got {_serde.describe(obj)}")
+
+    return wrap if target is None else wrap(target)
+
+
+# ---------------------------------------------------------------- calls
