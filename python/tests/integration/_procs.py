@@ -1,7 +1,13 @@
-"""Finding processes through /proc, to check that nothing is left behind."""
+"""Processes in integration tests: running ``flame-daemon`` commands, and finding processes
+through /proc to check that nothing is left behind."""
 
 from __future__ import annotations
 
+import shutil
+import signal
+import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -40,3 +46,47 @@ def wait_until_gone(find: Callable[[], list[Process]], timeout: float = 15.0) ->
         if not left or time.monotonic() > deadline:
             return left
         time.sleep(0.1)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_daemon(*args: str, port: int | None = None) -> subprocess.Popen[str]:
+    """Run ``flame-daemon ARGS`` in its own session; with ``port``, wait until it listens."""
+    exe = shutil.which("flame-daemon")
+    command = [exe] if exe else [sys.executable, "-c", "import flame.cli as c; c.daemon_main()"]
+    proc = subprocess.Popen(
+        [*command, *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 30
+    while port is not None:
+        if proc.poll() is not None:
+            raise AssertionError(f"flame-daemon {args[0]} exited: {proc.stderr.read()}")  # type: ignore[union-attr]
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                stop_daemon(proc)
+                raise AssertionError(f"flame-daemon {args[0]} did not listen on {port}") from None
+            time.sleep(0.1)
+    return proc
+
+
+def stop_daemon(proc: subprocess.Popen[str]) -> None:
+    """SIGTERM; it must exit 0 and leave no process of its session behind."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, f"{proc.args} exited with {proc.returncode}"
+    left = wait_until_gone(lambda: session_members(proc.pid))
+    assert not left, f"{proc.args} left processes behind: {left}"

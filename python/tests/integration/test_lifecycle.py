@@ -4,17 +4,13 @@ exit, and a standalone ``flame-daemon`` reached by address."""
 from __future__ import annotations
 
 import os
-import shutil
-import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from _procs import session_members, wait_until_gone
+from _procs import free_port, session_members, start_daemon, stop_daemon, wait_until_gone
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
 
@@ -64,60 +60,19 @@ def test_auto_init_reinit_and_exit_cleanup() -> None:
     assert result.stdout.split() == ["2", "3"]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 def daemon(tmp_path: Path) -> Iterator[str]:
     """A ``flame-daemon start`` process on a free port; stopped with SIGTERM."""
     port = free_port()
-    exe = shutil.which("flame-daemon")
-    command = (
-        [exe] if exe else [sys.executable, "-c", "from flame.cli import daemon_main; daemon_main()"]
-    )
-    proc = subprocess.Popen(
-        [
-            *command,
-            "start",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--slots",
-            "2",
-            "--state-dir",
-            str(tmp_path / "state"),
-            "--python",
-            sys.executable,
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
+    proc = start_daemon(
+        "start", "--host", "127.0.0.1", "--port", str(port), "--slots", "2",
+        "--state-dir", str(tmp_path / "state"), "--python", sys.executable,
+        port=port,
+    )  # fmt: skip
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            assert proc.poll() is None, f"flame-daemon exited: {proc.stderr.read()}"  # type: ignore[union-attr]
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "flame-daemon did not start listening"
-                time.sleep(0.1)
         yield f"127.0.0.1:{port}"
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.communicate(timeout=30)
-        finally:
-            proc.kill()
-    assert proc.returncode == 0, f"flame-daemon exited with {proc.returncode}"
-    left = wait_until_gone(lambda: session_members(proc.pid))
-    assert not left, f"flame-daemon left processes behind: {left}"
+        stop_daemon(proc)
 
 
 def test_standalone_daemon(daemon: str) -> None:

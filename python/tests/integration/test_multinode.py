@@ -4,86 +4,35 @@ stopping everything with SIGTERM leaves no process behind."""
 
 from __future__ import annotations
 
-import shutil
-import signal
-import socket
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from _procs import session_members, wait_until_gone
+from _procs import free_port, start_daemon, stop_daemon
 
 import flame
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def daemon(*args: str) -> subprocess.Popen[str]:
-    exe = shutil.which("flame-daemon")
-    command = [exe] if exe else [sys.executable, "-c", "import flame.cli as c; c.daemon_main()"]
-    return subprocess.Popen(
-        [*command, *args],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-
-
-def stop(proc: subprocess.Popen[str]) -> None:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.communicate(timeout=30)
-    finally:
-        proc.kill()
-    assert proc.returncode == 0, f"{proc.args} exited with {proc.returncode}"
-    left = wait_until_gone(lambda: session_members(proc.pid))
-    assert not left, f"{proc.args[1]} left processes behind: {left}"
 
 
 @pytest.fixture
 def head_and_two_nodes(tmp_path: Path) -> Iterator[str]:
     port = free_port()
-    head = daemon("head", "--port", str(port), "--state-dir", str(tmp_path / "state"))
-    nodes: list[subprocess.Popen[str]] = []
+    state = str(tmp_path / "state")
+    head = start_daemon("head", "--port", str(port), "--state-dir", state, port=port)
+    address = f"http://127.0.0.1:{port}"
+    nodes = [
+        start_daemon(
+            "node", "--head", address, "--slots", "1", "--name", name,
+            "--python", sys.executable, "--work-dir", str(tmp_path / name),
+        )
+        for name in ("n1", "n2")
+    ]  # fmt: skip
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            assert head.poll() is None, f"head exited: {head.stderr.read()}"  # type: ignore[union-attr]
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "the head did not start listening"
-                time.sleep(0.1)
-        address = f"http://127.0.0.1:{port}"
-        for name in ("n1", "n2"):
-            nodes.append(
-                daemon(
-                    "node",
-                    "--head",
-                    address,
-                    "--slots",
-                    "1",
-                    "--name",
-                    name,
-                    "--python",
-                    sys.executable,
-                    "--work-dir",
-                    str(tmp_path / name),
-                )
-            )
         yield address
     finally:
         for proc in [*nodes, head]:
-            stop(proc)
+            stop_daemon(proc)
 
 
 class Where(flame.FlameService):

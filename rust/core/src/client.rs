@@ -15,7 +15,7 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::error::{FlameError, Result};
+use crate::error::{error_chain, FlameError, Result};
 use crate::ids::{ClientId, SessionId, TaskId};
 use crate::proto::{self, client_message, frontend_client::FrontendClient, server_message};
 
@@ -72,7 +72,7 @@ impl Client {
         let channel = tokio::time::timeout(timeout, endpoint.connect())
             .await
             .map_err(|_| unreachable(format!("no answer within {timeout:?}")))?
-            .map_err(|e| unreachable(source_chain(&e)))?;
+            .map_err(|e| unreachable(error_chain(&e)))?;
         let mut frontend = FrontendClient::new(channel)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
@@ -230,18 +230,6 @@ impl Drop for Client {
 
 fn poisoned() -> FlameError {
     FlameError::Internal("client state lock poisoned".into())
-}
-
-/// The whole cause chain of an error: tonic's top-level "transport error" says little.
-fn source_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 /// Drain queued submissions and send them as few, large messages (per session, in order).

@@ -79,3 +79,16 @@ impl From<tonic::Status> for FlameError {
         }
     }
 }
+
+/// An error with its whole cause chain: tonic's transport errors say only "transport error"
+/// at the top; what went wrong (connection refused, ...) is further down.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}

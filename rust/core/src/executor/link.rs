@@ -18,7 +18,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Endpoint;
 
 use super::MAX_MESSAGE_BYTES;
-use crate::error::{FlameError, Result};
+use crate::error::{error_chain, FlameError, Result};
 use crate::ids::ExecutorId;
 use crate::proto::{self, backend_client::BackendClient, executor_message};
 
@@ -280,16 +280,4 @@ async fn sleep_until(deadline: Option<Instant>) {
         Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,
     }
-}
-
-/// tonic's transport errors say only "transport error" at the top; the cause is in the chain.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }

@@ -213,19 +213,26 @@ impl Scheduler {
                 Bytes::new(),
                 Some(failure),
             );
-            let Some(exec) = self.executors.get_mut(&eid) else {
-                continue;
-            };
-            exec.inflight.retain(|t| *t != tid);
-            exec.head_since = None;
-            exec.releasing = true;
-            let node = exec.node;
-            self.actions.push(Action::Kill {
-                node,
-                executor: eid,
-                reason: format!("task {} timed out", tid.0),
-            });
+            self.kill_running(eid, tid, format!("task {} timed out", tid.0));
         }
+    }
+
+    /// Kill the executor running `tid` (whose task was already finished by the caller): user
+    /// code cannot be interrupted safely. Nothing queued behind it will start there; the node
+    /// reports the exit, the queued tasks run elsewhere, and the executor is replaced.
+    pub(super) fn kill_running(&mut self, eid: ExecutorId, tid: TaskId, reason: String) {
+        let Some(exec) = self.executors.get_mut(&eid) else {
+            return;
+        };
+        exec.inflight.retain(|t| *t != tid);
+        exec.head_since = None;
+        exec.releasing = true;
+        let node = exec.node;
+        self.actions.push(Action::Kill {
+            node,
+            executor: eid,
+            reason,
+        });
     }
 
     /// Hand out work: feed bound executors, acquire executors for sessions that want more,

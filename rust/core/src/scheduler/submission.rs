@@ -3,7 +3,7 @@
 
 use bytes::Bytes;
 
-use super::{Action, Scheduler, Session, TaskSlot};
+use super::{Scheduler, Session, TaskSlot};
 use crate::error::{FlameError, Result};
 use crate::ids::{SessionId, TaskId};
 use crate::model::{key, ErrorKind, SessionSpec, TaskCounts, TaskFailure, TaskState};
@@ -153,18 +153,11 @@ impl Scheduler {
         let Some(eid) = running_on else {
             return CancelOutcome::Cancelled;
         };
-        if let Some(exec) = self.executors.get_mut(&eid) {
-            exec.inflight.retain(|t| *t != tid);
-            // It is being killed: nothing queued behind the cancelled task will start there.
-            exec.head_since = None;
-            exec.releasing = true;
-            let node = exec.node;
-            self.actions.push(Action::Kill {
-                node,
-                executor: eid,
-                reason: format!("task {} of {sid} was cancelled while running", tid.0),
-            });
-        }
+        self.kill_running(
+            eid,
+            tid,
+            format!("task {} of {sid} was cancelled while running", tid.0),
+        );
         CancelOutcome::Killed
     }
 

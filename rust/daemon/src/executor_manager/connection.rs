@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use flame_core::error::{FlameError, Result};
+use flame_core::error::{error_chain, FlameError, Result};
 use flame_core::proto::{backend_client::BackendClient, node_command, node_message};
 use flame_core::proto::{NodeCommand, NodeMessage, NodeRegister, NodeRegistered};
 use tokio::sync::mpsc;
@@ -105,16 +105,4 @@ async fn register(endpoint: &Endpoint, config: &NodeConfig) -> Result<HeadStream
             status.message()
         )),
     }
-}
-
-/// tonic's transport errors say only "transport error" at the top; the cause is in the chain.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }

@@ -92,14 +92,7 @@ impl Actor {
                 Some(s) => {
                     let _ = reply.send(Ok(open_info(s)));
                 }
-                None => self.store.read(move |st| {
-                    let r = match st.get_session(id) {
-                        Ok(Some((rec, counts))) => Ok(closed_info(&rec, counts)),
-                        Ok(None) => Err(FlameError::SessionNotFound(id)),
-                        Err(e) => Err(e),
-                    };
-                    let _ = reply.send(r);
-                }),
+                None => self.reply_stored_session(id, reply),
             },
             Event::ListSessions { reply } => {
                 // Storage knows every session; memory knows the live counts of open ones.
@@ -124,14 +117,7 @@ impl Actor {
             Event::CloseSession { id, reply } => {
                 if !self.sched.close_session(id) {
                     // Closing twice is fine; closing what never existed is not.
-                    self.store.read(move |st| {
-                        let r = match st.get_session(id) {
-                            Ok(Some((rec, counts))) => Ok(closed_info(&rec, counts)),
-                            Ok(None) => Err(FlameError::SessionNotFound(id)),
-                            Err(e) => Err(e),
-                        };
-                        let _ = reply.send(r);
-                    });
+                    self.reply_stored_session(id, reply);
                     return;
                 }
                 self.startup_failures.remove(&id);
@@ -142,14 +128,7 @@ impl Actor {
                     closed_ms: now_ms(),
                 };
                 self.store.write(vec![op], |_| {});
-                self.store.read(move |st| {
-                    let r = match st.get_session(id) {
-                        Ok(Some((rec, counts))) => Ok(closed_info(&rec, counts)),
-                        Ok(None) => Err(FlameError::SessionNotFound(id)),
-                        Err(e) => Err(e),
-                    };
-                    let _ = reply.send(r);
-                });
+                self.reply_stored_session(id, reply);
             }
             Event::ClusterInfo { reply } => {
                 let _ = reply.send(Ok(self.cluster_info()));
@@ -249,6 +228,18 @@ impl Actor {
             Event::Results { executor, results } => self.results(executor, results, now),
             Event::Shutdown { .. } => unreachable!("handled by the event loop"),
         }
+    }
+
+    /// Answer with a session as storage has it (closed sessions live only there).
+    fn reply_stored_session(&self, id: SessionId, reply: super::Reply<proto::SessionInfo>) {
+        self.store.read(move |st| {
+            let r = match st.get_session(id) {
+                Ok(Some((rec, counts))) => Ok(closed_info(&rec, counts)),
+                Ok(None) => Err(FlameError::SessionNotFound(id)),
+                Err(e) => Err(e),
+            };
+            let _ = reply.send(r);
+        });
     }
 
     fn submit(&mut self, conn: u64, session: SessionId, tasks: Vec<(TaskId, Bytes)>) {
