@@ -72,7 +72,15 @@ class LocalCluster:
 
     address: str
     def __init__(
-        self, slots: int, state_dir: str, python: str, host: str = "127.0.0.1", port: int = 0
+        self,
+        slots: int,
+        state_dir: str,
+        python: str,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        max_payload_bytes: int | None = None,  # largest task input/output (default 256 MiB)
+        client_lease: float | None = None,  # s a client may be gone before its sessions close
+        warm_delay: float | None = None,  # s an idle executor stays bound to its session
     ) -> None: ...
     def stop(self, grace: float = 5.0) -> None: ...
 

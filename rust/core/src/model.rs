@@ -96,6 +96,8 @@ pub struct TaskFailure {
     pub traceback: String,
     /// The pickled exception (Python services); may be empty.
     pub payload: Bytes,
+    /// The service asked for this failure to be retried while attempts remain.
+    pub retryable: bool,
 }
 
 impl TaskFailure {
@@ -105,6 +107,7 @@ impl TaskFailure {
             message: message.into(),
             traceback: String::new(),
             payload: Bytes::new(),
+            retryable: false,
         }
     }
 }
@@ -116,6 +119,7 @@ impl From<TaskFailure> for proto::TaskError {
             message: f.message,
             traceback: f.traceback,
             payload: f.payload,
+            retryable: f.retryable,
         }
     }
 }
@@ -127,6 +131,7 @@ impl From<proto::TaskError> for TaskFailure {
             message: e.message,
             traceback: e.traceback,
             payload: e.payload,
+            retryable: e.retryable,
         }
     }
 }
@@ -144,6 +149,8 @@ pub struct SessionSpec {
     pub timeout_secs: f64,
     pub priority: i32,
     pub python: String,
+    /// The client that owns the session; 0 = nobody (never closed for a lost client).
+    pub owner: u32,
 }
 
 impl TryFrom<proto::SessionSpec> for SessionSpec {
@@ -170,6 +177,7 @@ impl TryFrom<proto::SessionSpec> for SessionSpec {
             timeout_secs: p.timeout_secs,
             priority: p.priority,
             python: p.python,
+            owner: p.owner,
         })
     }
 }
@@ -185,6 +193,7 @@ impl From<SessionSpec> for proto::SessionSpec {
             timeout_secs: s.timeout_secs,
             priority: s.priority,
             python: s.python,
+            owner: s.owner,
         }
     }
 }

@@ -107,9 +107,10 @@ impl Head {
     pub async fn stop(self) {
         self.manager.shutdown().await;
         self.server_stop.cancel();
-        // Long-lived streams may keep a graceful shutdown waiting: bound it.
+        // The actor has stopped and ended every stream; idle client connections would keep a
+        // graceful shutdown waiting for as long as the clients live, so bound it.
         let mut server = self.server;
-        if tokio::time::timeout(Duration::from_secs(3), &mut server)
+        if tokio::time::timeout(Duration::from_millis(500), &mut server)
             .await
             .is_err()
         {

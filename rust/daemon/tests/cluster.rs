@@ -16,9 +16,13 @@ use flame_daemon::server::HeadConfig;
 use flame_daemon::session_manager::ManagerConfig;
 
 async fn start(state_dir: &Path, slots: u32) -> LocalCluster {
+    start_on(state_dir, slots, 0).await
+}
+
+async fn start_on(state_dir: &Path, slots: u32, port: u16) -> LocalCluster {
     let head = HeadConfig {
         host: "127.0.0.1".into(),
-        port: 0,
+        port,
         state_dir: state_dir.to_path_buf(),
         manager: ManagerConfig {
             warm_delay: Duration::from_millis(200),
@@ -337,5 +341,116 @@ async fn a_task_over_its_timeout_fails_and_the_executor_is_replaced() {
         "runs on a new executor"
     );
     assert!(started.elapsed() < Duration::from_secs(10));
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_rides_through_a_daemon_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = start(dir.path(), 1).await;
+    let port = cluster.head.local_addr.port();
+    let client = connect(&cluster).await;
+    let sid = open(&client, b"", 3).await;
+    let inputs = (0..20)
+        .map(|i| Bytes::from(format!("sleep:{}", 40 + i)))
+        .collect();
+    let mut ids = client.submit(sid, inputs).unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    cluster.stop().await; // graceful: running tasks finish, queued ones stay stored
+
+    // Submitted while the daemon is down: queued in the client, sent after it reconnects.
+    let later = (0..5).map(|i| Bytes::from(format!("later-{i}"))).collect();
+    ids.extend(client.submit(sid, later).unwrap());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let cluster = start_on(dir.path(), 1, port).await;
+    let done = collect(&client, &ids).await;
+    assert_eq!(done.len(), 25);
+    for (i, id) in ids.iter().enumerate() {
+        let c = &done[&id.0];
+        assert_eq!(c.state, TaskState::Succeeded.as_i32(), "task {i}: {c:?}");
+        let want = if i < 20 {
+            format!("sleep:{}", 40 + i)
+        } else {
+            format!("later-{}", i - 20)
+        };
+        assert_eq!(c.output, Bytes::from(want));
+    }
+    assert_eq!(client.outstanding(), 0);
+    let info = client
+        .frontend()
+        .get_session(proto::SessionRef { session_id: sid.0 })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(info.succeeded, 25, "each ran once: {info:?}");
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_of_a_client_that_stays_away_are_closed_after_the_lease() {
+    let dir = tempfile::tempdir().unwrap();
+    let head = HeadConfig {
+        host: "127.0.0.1".into(),
+        port: 0,
+        state_dir: dir.path().to_path_buf(),
+        manager: ManagerConfig {
+            client_lease: Duration::from_millis(300),
+            ..Default::default()
+        },
+    };
+    let mut node = NodeConfig::new("");
+    node.slots = 1;
+    node.executor_command = Some(vec![env!("CARGO_BIN_EXE_flame-echo-executor").into()]);
+    node.work_dir = dir.path().to_path_buf();
+    let cluster = LocalCluster::start(head, node).await.unwrap();
+    let owner = connect(&cluster).await;
+    let spec = SessionSpec {
+        application: "echo".into(),
+        app_spec: Bytes::from_static(b"inline"),
+        owner: owner.client_id().0,
+        ..Default::default()
+    };
+    let req = proto::CreateSessionRequest {
+        spec: Some(spec.into()),
+    };
+    let sid = owner
+        .frontend()
+        .create_session(req)
+        .await
+        .unwrap()
+        .into_inner()
+        .id;
+    let ids = owner
+        .submit(SessionId(sid), vec![Bytes::from_static(b"sleep:60000")])
+        .unwrap();
+    let _ = ids;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let observer = connect(&cluster).await;
+    let state = |o: &Client| {
+        let mut fe = o.frontend();
+        async move {
+            fe.get_session(proto::SessionRef { session_id: sid })
+                .await
+                .unwrap()
+                .into_inner()
+                .state
+        }
+    };
+    assert_eq!(
+        state(&observer).await,
+        proto::SessionState::SessionOpen as i32,
+        "owner still here"
+    );
+    owner.close();
+    drop(owner);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while state(&observer).await != proto::SessionState::SessionClosed as i32 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the session was not closed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     cluster.stop().await;
 }

@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 use std::sync::Mutex;
+use std::time::Duration;
 
 use pyo3::prelude::*;
 
@@ -23,7 +24,9 @@ pub struct PyLocalCluster {
 #[pymethods]
 impl PyLocalCluster {
     #[new]
-    #[pyo3(signature = (slots, state_dir, python, host = "127.0.0.1".to_string(), port = 0))]
+    #[pyo3(signature = (slots, state_dir, python, host = "127.0.0.1".to_string(), port = 0,
+        max_payload_bytes = None, client_lease = None, warm_delay = None))]
+    #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
         slots: u32,
@@ -31,17 +34,37 @@ impl PyLocalCluster {
         python: String,
         host: String,
         port: u16,
+        max_payload_bytes: Option<usize>,
+        client_lease: Option<f64>,
+        warm_delay: Option<f64>,
     ) -> PyResult<Self> {
         if slots == 0 {
             return Err(crate::error::InvalidArgumentError::new_err(
                 "a local cluster needs at least one slot",
             ));
         }
+        let seconds = |v: f64, what: &str| {
+            Duration::try_from_secs_f64(v).map_err(|_| {
+                crate::error::InvalidArgumentError::new_err(format!(
+                    "{what} must be a non-negative number of seconds, got {v}"
+                ))
+            })
+        };
+        let mut manager = ManagerConfig::default();
+        if let Some(b) = max_payload_bytes {
+            manager.max_payload_bytes = b;
+        }
+        if let Some(l) = client_lease {
+            manager.client_lease = seconds(l, "client_lease")?;
+        }
+        if let Some(w) = warm_delay {
+            manager.warm_delay = seconds(w, "warm_delay")?;
+        }
         let head = HeadConfig {
             host,
             port,
             state_dir: state_dir.clone(),
-            manager: ManagerConfig::default(),
+            manager,
         };
         let mut node = NodeConfig::new("");
         node.name = "local".into();
@@ -67,7 +90,7 @@ impl PyLocalCluster {
         let Some(cluster) = self.inner.lock().ok().and_then(|mut g| g.take()) else {
             return Ok(());
         };
-        let grace = std::time::Duration::from_secs_f64(grace.clamp(0.0, 600.0));
+        let grace = Duration::from_secs_f64(grace.clamp(0.0, 600.0));
         let stopping = runtime().spawn(cluster.stop());
         // Ctrl-C must not leave executors behind: the stop keeps running on the runtime.
         let _ = wait(py, async move {

@@ -184,6 +184,9 @@ impl PyConnection {
             timeout_secs: timeout,
             priority,
             python,
+            // Sessions belong to the client that opens them: if it goes away for longer than
+            // the daemon's client lease, they are closed.
+            owner: self.client.client_id().0,
         };
         let mut fe = self.client.frontend();
         let req = proto::CreateSessionRequest {

@@ -18,15 +18,18 @@ struct PyHost {
     obj: Py<PyAny>,
 }
 
-/// `(kind, message, traceback, payload)` from the host → a classified failure.
+/// `(kind, message, traceback, payload[, retryable])` from the host → a classified failure.
 fn failure_from(t: &Bound<'_, PyAny>) -> TaskFailure {
-    let parsed: PyResult<(i32, String, String, PyBackedBytes)> = t.extract();
+    let parsed: PyResult<(i32, String, String, PyBackedBytes, bool)> = t
+        .extract()
+        .or_else(|_| t.extract().map(|(k, m, tb, p)| (k, m, tb, p, false)));
     match parsed {
-        Ok((kind, message, traceback, payload)) => TaskFailure {
+        Ok((kind, message, traceback, payload, retryable)) => TaskFailure {
             kind: ErrorKind::try_from(kind).unwrap_or(ErrorKind::ErrorInternal),
             message,
             traceback,
             payload: to_bytes(payload),
+            retryable,
         },
         Err(e) => TaskFailure::new(
             ErrorKind::ErrorInternal,

@@ -220,10 +220,36 @@ impl Scheduler {
             }
             match outcome {
                 Ok(output) => self.finish(key(sid, tid), TaskState::Succeeded, output, None),
+                Err(f) if f.retryable && self.retry(sid, tid) => {}
                 Err(f) => self.finish(key(sid, tid), TaskState::Failed, Bytes::new(), Some(f)),
             }
         }
         self.settle(eid, now);
+    }
+
+    /// Put a task that failed with an exception the service wants retried back at the front
+    /// of its queue, if it has attempts left. `false` if it has none.
+    fn retry(&mut self, sid: SessionId, tid: TaskId) -> bool {
+        let Some(session) = self.sessions.get_mut(&sid) else {
+            return false;
+        };
+        let max_attempts = session.spec.max_retries.saturating_add(1);
+        let Some(slot) = session.tasks.get_mut(&tid) else {
+            return false;
+        };
+        if slot.attempts >= max_attempts {
+            return false;
+        }
+        slot.executor = None;
+        let attempts = slot.attempts;
+        session.counts.remove(TaskState::Running, 1);
+        session.counts.add(TaskState::Pending, 1);
+        session.pending.push_front(tid);
+        self.actions.push(Action::RecordAttempts {
+            key: key(sid, tid),
+            attempts,
+        });
+        true
     }
 
     /// After an executor's work changed: give a drained, releasing executor back, or start

@@ -111,6 +111,8 @@ pub struct Scheduler {
     sessions: HashMap<SessionId, Session>,
     next_executor: u64,
     actions: Vec<Action>,
+    /// Stopping gracefully: dispatch nothing new, let what runs finish.
+    draining: bool,
 }
 
 impl Scheduler {
@@ -124,6 +126,7 @@ impl Scheduler {
             sessions: HashMap::new(),
             next_executor,
             actions: Vec::new(),
+            draining: false,
         }
     }
 
@@ -235,9 +238,24 @@ impl Scheduler {
         });
     }
 
+    /// Stop handing out work (a graceful stop): tasks already dispatched run to completion,
+    /// queued ones stay queued (and stored, for the next start).
+    pub fn drain(&mut self) {
+        self.draining = true;
+    }
+
+    /// Tasks dispatched to executors and not finished.
+    pub fn running_tasks(&self) -> usize {
+        self.executors.values().map(|e| e.inflight.len()).sum()
+    }
+
     /// Hand out work: feed bound executors, acquire executors for sessions that want more,
     /// release warm executors whose delay ran out.
     pub fn schedule(&mut self, now: Instant) {
+        if self.draining {
+            self.expire_timeouts(now);
+            return;
+        }
         let mut demanding: Vec<SessionId> = self
             .sessions
             .values()

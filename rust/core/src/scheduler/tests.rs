@@ -431,3 +431,50 @@ fn a_task_past_its_timeout_fails_and_its_executor_is_killed() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn a_failure_the_service_marks_retryable_runs_again_until_attempts_run_out() {
+    let mut h = Harness::new(1);
+    let sid = h.open(1, 0, 1);
+    let t = h.submit(sid, 1)[0];
+    let a = h.actions();
+    let e = h.register_spawned(&a)[0];
+    h.actions();
+    h.s.session_entered(e, sid, None, h.now);
+    let mut f = TaskFailure::new(ErrorKind::ErrorUserException, "flaky");
+    f.retryable = true;
+    h.s.task_results(e, vec![(sid, t, Err(f.clone()))], h.now);
+    h.s.schedule(h.now);
+    let a = h.actions();
+    assert!(finished(&a).is_empty(), "retried, not failed: {a:?}");
+    assert_eq!(dispatched(&a, e), vec![t]);
+    h.s.task_results(e, vec![(sid, t, Err(f))], h.now);
+    let done = finished(&h.actions());
+    assert_eq!(
+        done,
+        vec![(t, TaskState::Failed)],
+        "max_retries = 1: two attempts in all"
+    );
+}
+
+#[test]
+fn draining_dispatches_nothing_new() {
+    let mut h = Harness::new(1);
+    let sid = h.open(1, 0, 3);
+    let tids = h.submit(sid, 5);
+    let a = h.actions();
+    let e = h.register_spawned(&a)[0];
+    h.actions();
+    h.s.session_entered(e, sid, None, h.now);
+    assert_eq!(h.s.running_tasks(), 2);
+    h.s.drain();
+    h.complete(e, sid, &tids[..2]);
+    let a = h.actions();
+    assert_eq!(finished(&a).len(), 2, "running tasks finish");
+    assert!(
+        dispatched(&a, e).is_empty(),
+        "queued ones stay queued: {a:?}"
+    );
+    assert_eq!(h.s.running_tasks(), 0);
+    assert_eq!(h.s.session(sid).unwrap().counts.pending, 3);
+}

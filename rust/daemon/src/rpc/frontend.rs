@@ -10,6 +10,7 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
+use flame_core::client::CLIENT_ID_HEADER;
 use flame_core::ids::{SessionId, TaskId};
 use flame_core::model::{now_ms, ApplicationRecord, SessionSpec};
 use flame_core::proto::{self, client_message, frontend_server::Frontend};
@@ -197,8 +198,17 @@ impl Frontend for FrontendService {
         req: Request<Streaming<proto::ClientMessage>>,
     ) -> Result<Response<Self::StreamStream>, Status> {
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
+        let client = req
+            .metadata()
+            .get(CLIENT_ID_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u32>().ok())
+            .unwrap_or(0);
         let (tx, rx) = mpsc::unbounded_channel();
-        if !self.handle.send(Event::ClientConnected { conn, tx }) {
+        if !self
+            .handle
+            .send(Event::ClientConnected { conn, client, tx })
+        {
             return Err(FlameError::ShuttingDown.into());
         }
         let mut inbound = req.into_inner();

@@ -35,6 +35,14 @@ pub(super) struct Actor {
     pub next_node: u64,
     /// Executors of a session that died before registering, in a row.
     pub startup_failures: HashMap<SessionId, u32>,
+    /// The client id each open client stream announced.
+    pub conn_client: HashMap<u64, u32>,
+    /// Open streams per client id.
+    pub client_streams: HashMap<u32, usize>,
+    /// Clients with no open stream, since when: their sessions close when the lease runs out.
+    pub client_gone: HashMap<u32, Instant>,
+    /// A graceful stop in progress: when it must end, and who waits for it.
+    pub draining: Option<(Instant, tokio::sync::oneshot::Sender<()>)>,
 }
 
 const META_SESSION: &str = "next_session_id";
@@ -86,6 +94,14 @@ pub fn start(
         "session manager state loaded"
     );
 
+    // Owners of restored sessions have no stream yet: their lease starts now.
+    let started = Instant::now();
+    let client_gone = snapshot
+        .sessions
+        .iter()
+        .filter(|s| s.spec.owner != 0)
+        .map(|s| (s.spec.owner, started))
+        .collect();
     let (tx, rx) = mpsc::unbounded_channel();
     let actor = Actor {
         cfg: cfg.clone(),
@@ -103,6 +119,10 @@ pub fn start(
         next_client: meta(META_CLIENT, 1) as u32,
         next_node: 1,
         startup_failures: HashMap::new(),
+        conn_client: HashMap::new(),
+        client_streams: HashMap::new(),
+        client_gone,
+        draining: None,
     };
     let task = tokio::spawn(actor.run(rx));
     Ok((ManagerHandle { tx, config: cfg }, task, storage_thread))
@@ -130,12 +150,10 @@ impl Actor {
                 let mut next = Some(ev);
                 let mut handled = 0;
                 while let Some(ev) = next.take() {
-                    if let Event::Shutdown { reply } = ev {
-                        self.shutdown().await;
-                        let _ = reply.send(());
-                        return;
+                    match ev {
+                        Event::Shutdown { reply } => self.start_drain(reply, now),
+                        ev => self.handle(ev, now),
                     }
-                    self.handle(ev, now);
                     handled += 1;
                     if handled < 4096 {
                         next = rx.try_recv().ok();
@@ -143,24 +161,86 @@ impl Actor {
                 }
             }
             self.check_heartbeats(now);
+            self.check_leases(now);
             self.sched.schedule(now);
             let actions = self.sched.take_actions();
             self.apply(actions);
+            if self.drained(now) {
+                self.shutdown().await;
+                if let Some((_, reply)) = self.draining.take() {
+                    let _ = reply.send(());
+                }
+                return;
+            }
+        }
+    }
+
+    /// Begin a graceful stop: nothing new is dispatched; running tasks get `drain_grace`.
+    fn start_drain(&mut self, reply: tokio::sync::oneshot::Sender<()>, now: Instant) {
+        if self.draining.is_some() {
+            // Already stopping: the earlier caller is answered; so is this one, then.
+            let _ = reply.send(());
+            return;
+        }
+        let running = self.sched.running_tasks();
+        tracing::info!(running, grace = ?self.cfg.drain_grace, "stopping: letting running tasks finish");
+        self.sched.drain();
+        self.draining = Some((now + self.cfg.drain_grace, reply));
+    }
+
+    /// Whether a graceful stop can end now: nothing runs, or the grace is over.
+    fn drained(&self, now: Instant) -> bool {
+        match &self.draining {
+            Some((deadline, _)) => self.sched.running_tasks() == 0 || now >= *deadline,
+            None => false,
+        }
+    }
+
+    /// Close the sessions of clients that have been gone longer than the lease.
+    fn check_leases(&mut self, now: Instant) {
+        let lease = self.cfg.client_lease;
+        let expired: Vec<u32> = self
+            .client_gone
+            .iter()
+            .filter(|(_, since)| **since + lease <= now)
+            .map(|(c, _)| *c)
+            .collect();
+        for client in expired {
+            self.client_gone.remove(&client);
+            let owned: Vec<SessionId> = self
+                .sched
+                .sessions()
+                .filter(|s| s.spec.owner == client)
+                .map(|s| s.id)
+                .collect();
+            for sid in owned {
+                tracing::warn!(session = %sid, client, ?lease, "closing a session whose client is gone");
+                self.sched.close_session(sid);
+                self.store.write_only(vec![WriteOp::CloseSession {
+                    id: sid,
+                    closed_ms: now_ms(),
+                }]);
+            }
         }
     }
 
     /// The earliest moment something must happen without an event: a warm executor's delay
     /// running out, or a node's heartbeat deadline.
     fn next_deadline(&self) -> Option<Instant> {
-        let hb = self
+        let heartbeats = self
             .nodes
             .values()
-            .map(|n| n.last_seen + self.cfg.node_timeout)
-            .min();
-        match (self.sched.next_deadline(), hb) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+            .map(|n| n.last_seen + self.cfg.node_timeout);
+        let leases = self
+            .client_gone
+            .values()
+            .map(|since| *since + self.cfg.client_lease);
+        let drain = self.draining.as_ref().map(|(d, _)| *d);
+        heartbeats
+            .chain(leases)
+            .chain(drain)
+            .chain(self.sched.next_deadline())
+            .min()
     }
 
     fn check_heartbeats(&mut self, now: Instant) {

@@ -133,11 +133,24 @@ impl Actor {
             Event::ClusterInfo { reply } => {
                 let _ = reply.send(Ok(self.cluster_info()));
             }
-            Event::ClientConnected { conn, tx } => {
+            Event::ClientConnected { conn, client, tx } => {
                 self.clients.insert(conn, tx);
+                if client != 0 {
+                    self.conn_client.insert(conn, client);
+                    *self.client_streams.entry(client).or_default() += 1;
+                    self.client_gone.remove(&client);
+                }
             }
             Event::ClientGone { conn } => {
                 self.clients.remove(&conn);
+                if let Some(client) = self.conn_client.remove(&conn) {
+                    let n = self.client_streams.entry(client).or_default();
+                    *n = n.saturating_sub(1);
+                    if *n == 0 {
+                        self.client_streams.remove(&client);
+                        self.client_gone.insert(client, now);
+                    }
+                }
             }
             Event::Submit {
                 conn,
@@ -226,7 +239,11 @@ impl Actor {
                 self.sched.session_left(executor, session, now);
             }
             Event::Results { executor, results } => self.results(executor, results, now),
-            Event::Shutdown { .. } => unreachable!("handled by the event loop"),
+            Event::Shutdown { reply } => {
+                // The event loop handles Shutdown itself; never reached.
+                tracing::error!("Shutdown reached the event handler");
+                let _ = reply.send(());
+            }
         }
     }
 
@@ -338,32 +355,37 @@ impl Actor {
         };
         self.store.read(move |st| {
             let mut items = Vec::new();
+            let mut unknown = Vec::new();
             for t in stored {
                 match st.get_task(key(session, t)) {
                     Ok(Some(rec)) if rec.state.is_final() => items.push(rec.to_completion()),
+                    // Stored, unfinished, yet not in memory: its session is closed or gone.
                     Ok(Some(_)) => {}
-                    Ok(None) | Err(_) => items.push(proto::TaskCompletion {
+                    Ok(None) => unknown.push(t.0),
+                    Err(e) => items.push(proto::TaskCompletion {
                         session_id: session.0,
                         task_id: t.0,
                         state: flame_core::model::TaskState::Failed.as_i32(),
                         output: Bytes::new(),
                         error: Some(
-                            TaskFailure::new(
-                                ErrorKind::ErrorInvalidArgument,
-                                format!("session {session} has no task {}", t.0),
-                            )
-                            .into(),
+                            TaskFailure::new(ErrorKind::ErrorInternal, e.to_string()).into(),
                         ),
                         attempts: 0,
                     }),
                 }
             }
-            let msg = proto::ServerMessage {
-                msg: Some(proto::server_message::Msg::Completions(
-                    proto::CompletionBatch { items },
-                )),
-            };
-            let _ = tx.send(Ok(msg));
+            if !items.is_empty() {
+                let msg = proto::server_message::Msg::Completions(proto::CompletionBatch { items });
+                let _ = tx.send(Ok(proto::ServerMessage { msg: Some(msg) }));
+            }
+            if !unknown.is_empty() {
+                // Never stored (in flight when the daemon stopped): the client submits again.
+                let msg = proto::server_message::Msg::Unknown(proto::UnknownTasks {
+                    session_id: session.0,
+                    task_ids: unknown,
+                });
+                let _ = tx.send(Ok(proto::ServerMessage { msg: Some(msg) }));
+            }
         });
     }
 

@@ -47,6 +47,10 @@ pub struct ManagerConfig {
     pub max_payload_bytes: usize,
     /// Consecutive executor start-up failures after which a session's tasks fail.
     pub max_startup_failures: u32,
+    /// How long a client may be gone (no open stream) before the sessions it owns are closed.
+    pub client_lease: Duration,
+    /// On a graceful stop, how long running tasks get to finish before executors are stopped.
+    pub drain_grace: Duration,
 }
 
 impl Default for ManagerConfig {
@@ -58,6 +62,8 @@ impl Default for ManagerConfig {
             node_timeout: Duration::from_secs(5),
             max_payload_bytes: 256 << 20,
             max_startup_failures: 3,
+            client_lease: Duration::from_secs(60),
+            drain_grace: Duration::from_secs(10),
         }
     }
 }
@@ -100,6 +106,8 @@ pub enum Event {
     },
     ClientConnected {
         conn: u64,
+        /// The client id the stream announced (0: none; the stream holds no lease).
+        client: u32,
         tx: ClientTx,
     },
     ClientGone {

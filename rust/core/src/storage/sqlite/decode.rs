@@ -18,7 +18,7 @@ pub(super) const APPLICATION_COLS: &str = "name, spec, description, created_ms";
 
 /// Columns read by [`session`], in order.
 pub(super) const SESSION_COLS: &str = "id, application, app_spec, common_data, slots, \
-     max_retries, timeout_secs, priority, python, state, created_ms, closed_ms";
+     max_retries, timeout_secs, priority, python, state, created_ms, closed_ms, owner";
 
 /// Columns read by [`task`], in order.
 pub(super) const TASK_COLS: &str = "session_id, task_id, state, attempts, created_ms, \
@@ -95,6 +95,7 @@ pub(super) fn session(row: &Row<'_>) -> Result<SessionRecord> {
             priority: i32::try_from(priority)
                 .map_err(|_| corrupt(format!("priority of session {id} is {priority}")))?,
             python: row.get(8)?,
+            owner: u32_col(row, 12, || format!("owner of session {id}"))?,
         },
         state,
         created_ms: row.get(10)?,
@@ -116,6 +117,7 @@ pub(super) fn task(row: &Row<'_>) -> Result<TaskRecord> {
             message: row.get::<_, Option<String>>(7)?.unwrap_or_default(),
             traceback: row.get::<_, Option<String>>(8)?.unwrap_or_default(),
             payload: blob(row, 9)?,
+            retryable: false,
         }),
     };
     Ok(TaskRecord {

@@ -25,6 +25,7 @@ pub(super) fn session(id: u64, created_ms: i64) -> SessionRecord {
             timeout_secs: 2.5,
             priority: -7,
             python: "/usr/bin/python3".into(),
+            owner: 42,
         },
         state: SessionState::Open,
         created_ms,
@@ -71,6 +72,7 @@ fn every_op_round_trips() {
         message: "boom".into(),
         traceback: "Traceback ...".into(),
         payload: Bytes::from_static(b"pickled"),
+        retryable: false,
     };
     db.apply(&[
         WriteOp::PutApplication(app.clone()),

@@ -42,14 +42,15 @@ pub(super) fn apply_op(conn: &Connection, op: &WriteOp, seq: &mut i64) -> Result
             let spec = &s.spec;
             conn.prepare_cached(
                 "INSERT INTO sessions (id, application, app_spec, common_data, slots, \
-                 max_retries, timeout_secs, priority, python, state, created_ms, closed_ms) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) \
+                 max_retries, timeout_secs, priority, python, state, created_ms, closed_ms, \
+                 owner) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13) \
                  ON CONFLICT (id) DO UPDATE SET application = excluded.application, \
                  app_spec = excluded.app_spec, common_data = excluded.common_data, \
                  slots = excluded.slots, max_retries = excluded.max_retries, \
                  timeout_secs = excluded.timeout_secs, priority = excluded.priority, \
                  python = excluded.python, state = excluded.state, \
-                 created_ms = excluded.created_ms, closed_ms = excluded.closed_ms",
+                 created_ms = excluded.created_ms, closed_ms = excluded.closed_ms, \
+                 owner = excluded.owner",
             )?
             .execute(params![
                 s.id.0 as i64,
@@ -64,6 +65,7 @@ pub(super) fn apply_op(conn: &Connection, op: &WriteOp, seq: &mut i64) -> Result
                 session_state_text(s.state),
                 s.created_ms,
                 s.closed_ms,
+                spec.owner,
             ])?;
         }
         WriteOp::CloseSession { id, closed_ms } => {

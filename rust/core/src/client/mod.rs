@@ -1,0 +1,298 @@
+//! The Rust client of the Frontend service, used by the Python binding (and any Rust caller).
+//!
+//! Unary calls map one-to-one to RPCs. Tasks go another way: [`Client::submit`] only assigns
+//! ids and queues the inputs; a background task ([`stream`]) drains the queue and sends
+//! whatever has accumulated as a few large `SubmitBatch` messages on one stream, so a tight
+//! loop of calls costs a channel push each, not a round trip. Completions arrive on the same
+//! stream in batches and are handed out by [`Client::next_completions`] in batches too.
+//!
+//! Nothing is lost when the daemon restarts: the client remembers every task it submitted
+//! until its completion arrives. When the stream breaks it reconnects with backoff under the
+//! same client id, asks for the completions of everything outstanding (`Watch`), and submits
+//! again what the daemon says it never stored. Each completion is handed out at most once.
+
+mod stream;
+
+pub use stream::CLIENT_ID_HEADER;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::error::{error_chain, FlameError, Result};
+use crate::ids::{ClientId, SessionId, TaskId};
+use crate::proto::{self, frontend_client::FrontendClient};
+
+/// Largest gRPC message the client sends or accepts.
+pub const MAX_MESSAGE_BYTES: usize = 1 << 30;
+/// How long the client keeps trying to reconnect after its stream broke, by default.
+pub const DEFAULT_RECONNECT_FOR: Duration = Duration::from_secs(60);
+
+enum Outbound {
+    Submit(SessionId, Vec<proto::TaskSubmission>),
+    Cancel(SessionId, TaskId),
+    Watch(SessionId, Vec<TaskId>),
+}
+
+/// Tasks submitted (or watched) and not completed yet, with the inputs of submitted ones
+/// (kept to resubmit them if the daemon restarts before storing them; shared `Bytes`, not
+/// copies). A watched task has no input here.
+type Outstanding = Arc<Mutex<HashMap<(SessionId, TaskId), Option<Bytes>>>>;
+
+/// A connection to a session manager.
+pub struct Client {
+    address: String,
+    client_id: ClientId,
+    max_payload: u64,
+    frontend: FrontendClient<Channel>,
+    /// Next task counter, locked together with the queue push so ids reach the wire in order.
+    outbound: Mutex<(u32, mpsc::UnboundedSender<Outbound>)>,
+    outstanding: Outstanding,
+    completions: tokio::sync::Mutex<mpsc::UnboundedReceiver<Vec<proto::TaskCompletion>>>,
+    closed: CancellationToken,
+}
+
+/// `host:port` → `http://host:port`; an explicit scheme is kept.
+pub fn normalize_address(address: &str) -> String {
+    let a = address.trim().trim_end_matches('/');
+    if a.contains("://") {
+        a.to_string()
+    } else {
+        format!("http://{a}")
+    }
+}
+
+/// Open a channel and say hello (keeping `previous` as the client id if non-zero).
+async fn hello(
+    address: &str,
+    timeout: Duration,
+    name: &str,
+    previous: u32,
+) -> Result<(FrontendClient<Channel>, proto::HelloReply)> {
+    let unreachable = |reason: String| FlameError::Unreachable {
+        address: address.to_string(),
+        reason,
+    };
+    let endpoint = Endpoint::from_shared(address.to_string())
+        .map_err(|e| FlameError::InvalidArgument(format!("bad address '{address}': {e}")))?
+        .connect_timeout(timeout)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_while_idle(true);
+    let channel = tokio::time::timeout(timeout, endpoint.connect())
+        .await
+        .map_err(|_| unreachable(format!("no answer within {timeout:?}")))?
+        .map_err(|e| unreachable(error_chain(&e)))?;
+    let mut frontend = FrontendClient::new(channel)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let req = proto::HelloRequest {
+        client_name: name.to_string(),
+        previous_client_id: previous,
+    };
+    let reply = tokio::time::timeout(timeout, frontend.hello(req))
+        .await
+        .map_err(|_| unreachable(format!("no hello within {timeout:?}")))?
+        .map_err(|s| unreachable(s.message().to_string()))?
+        .into_inner();
+    Ok((frontend, reply))
+}
+
+impl Client {
+    /// Connect, say hello, and open the task stream. After a break, the stream reconnects
+    /// for up to [`DEFAULT_RECONNECT_FOR`].
+    ///
+    /// # Errors
+    /// `Unreachable` naming the address when nothing answers within `timeout`.
+    pub async fn connect(address: &str, timeout: Duration, name: &str) -> Result<Client> {
+        Self::connect_with(address, timeout, name, DEFAULT_RECONNECT_FOR).await
+    }
+
+    /// [`Client::connect`] with an explicit reconnection budget.
+    ///
+    /// # Errors
+    /// `Unreachable` naming the address when nothing answers within `timeout`.
+    pub async fn connect_with(
+        address: &str,
+        timeout: Duration,
+        name: &str,
+        reconnect_for: Duration,
+    ) -> Result<Client> {
+        let address = normalize_address(address);
+        let (frontend, reply) = hello(&address, timeout, name, 0).await?;
+        let client_id = ClientId(reply.client_id);
+        let outstanding: Outstanding = Arc::default();
+        let (out_tx, out_rx) = mpsc::unbounded_channel();
+        let (done_tx, done_rx) = mpsc::unbounded_channel();
+        let closed = CancellationToken::new();
+        let link = stream::Link {
+            address: address.clone(),
+            name: name.to_string(),
+            client_id,
+            timeout,
+            reconnect_for,
+            outstanding: outstanding.clone(),
+            completions: done_tx,
+            closed: closed.clone(),
+        };
+        let first = link.open(frontend.clone()).await?;
+        tokio::spawn(link.run(first, out_rx));
+        Ok(Client {
+            address,
+            client_id,
+            max_payload: reply.max_message_bytes,
+            frontend,
+            outbound: Mutex::new((1, out_tx)),
+            outstanding,
+            completions: tokio::sync::Mutex::new(done_rx),
+            closed,
+        })
+    }
+
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
+    pub fn client_id(&self) -> ClientId {
+        self.client_id
+    }
+
+    /// Largest task input or output the daemon accepts.
+    pub fn max_payload(&self) -> u64 {
+        self.max_payload
+    }
+
+    /// A clone of the unary stub (cheap; shares the connection, which reconnects by itself).
+    pub fn frontend(&self) -> FrontendClient<Channel> {
+        self.frontend.clone()
+    }
+
+    /// Queue tasks for `session` and return their ids. Never blocks on the network.
+    ///
+    /// # Errors
+    /// `PayloadTooLarge` (nothing queued) if an input is over the daemon's limit;
+    /// `ConnectionLost` if the connection is closed.
+    pub fn submit(&self, session: SessionId, inputs: Vec<Bytes>) -> Result<Vec<TaskId>> {
+        if let Some((i, big)) = inputs
+            .iter()
+            .enumerate()
+            .find(|(_, b)| self.max_payload > 0 && b.len() as u64 > self.max_payload)
+        {
+            return Err(FlameError::PayloadTooLarge(format!(
+                "task input #{i} is {} bytes; the daemon accepts at most {}",
+                big.len(),
+                self.max_payload
+            )));
+        }
+        let mut guard = self.outbound.lock().map_err(|_| poisoned())?;
+        let start = guard.0;
+        let n = u32::try_from(inputs.len())
+            .ok()
+            .filter(|n| start.checked_add(*n).is_some())
+            .ok_or_else(|| FlameError::InvalidArgument("this client ran out of task ids".into()))?;
+        let ids: Vec<TaskId> = (0..n)
+            .map(|k| TaskId::compose(self.client_id, start + k))
+            .collect();
+        {
+            let mut outstanding = self.outstanding.lock().map_err(|_| poisoned())?;
+            for (id, input) in ids.iter().zip(&inputs) {
+                outstanding.insert((session, *id), Some(input.clone()));
+            }
+        }
+        let tasks = ids
+            .iter()
+            .zip(inputs)
+            .map(|(id, input)| proto::TaskSubmission {
+                task_id: id.0,
+                input,
+            })
+            .collect();
+        guard
+            .1
+            .send(Outbound::Submit(session, tasks))
+            .map_err(|_| self.lost())?;
+        guard.0 = start + n;
+        Ok(ids)
+    }
+
+    /// Ask the daemon to cancel a task.
+    ///
+    /// # Errors
+    /// `ConnectionLost` if the connection is closed.
+    pub fn cancel(&self, session: SessionId, task: TaskId) -> Result<()> {
+        let guard = self.outbound.lock().map_err(|_| poisoned())?;
+        guard
+            .1
+            .send(Outbound::Cancel(session, task))
+            .map_err(|_| self.lost())
+    }
+
+    /// Ask for the completions of these tasks on this connection (tasks submitted by another
+    /// client, or by an earlier run of this program). They are tracked as outstanding.
+    ///
+    /// # Errors
+    /// `ConnectionLost` if the connection is closed.
+    pub fn watch(&self, session: SessionId, tasks: Vec<TaskId>) -> Result<()> {
+        {
+            let mut outstanding = self.outstanding.lock().map_err(|_| poisoned())?;
+            for t in &tasks {
+                outstanding.entry((session, *t)).or_insert(None);
+            }
+        }
+        let guard = self.outbound.lock().map_err(|_| poisoned())?;
+        guard
+            .1
+            .send(Outbound::Watch(session, tasks))
+            .map_err(|_| self.lost())
+    }
+
+    /// Completions that arrived, waiting up to `timeout` for the first; an empty batch on
+    /// timeout, `None` once the connection is closed (or lost for good) and everything was
+    /// handed out.
+    pub async fn next_completions(&self, timeout: Duration) -> Option<Vec<proto::TaskCompletion>> {
+        let mut rx = self.completions.lock().await;
+        let mut batch = match tokio::time::timeout(timeout, rx.recv()).await {
+            Ok(Some(b)) => b,
+            Ok(None) => return None,
+            Err(_) => return Some(Vec::new()),
+        };
+        while let Ok(mut more) = rx.try_recv() {
+            batch.append(&mut more);
+        }
+        Some(batch)
+    }
+
+    /// Tasks submitted or watched whose completion has not arrived yet.
+    pub fn outstanding(&self) -> usize {
+        self.outstanding.lock().map_or(0, |o| o.len())
+    }
+
+    /// Whether the task stream has ended for good.
+    pub fn is_closed(&self) -> bool {
+        self.closed.is_cancelled()
+    }
+
+    /// Close the task stream; pending completions are dropped.
+    pub fn close(&self) {
+        self.closed.cancel();
+    }
+
+    fn lost(&self) -> FlameError {
+        FlameError::ConnectionLost(format!("the connection to {} is closed", self.address))
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        self.closed.cancel();
+    }
+}
+
+fn poisoned() -> FlameError {
+    FlameError::Internal("client state lock poisoned".into())
+}

@@ -1,0 +1,342 @@
+//! The client's task stream: one background task that sends queued submissions in batches,
+//! hands completions out, and — when the stream breaks — reconnects with backoff, re-watches
+//! every outstanding task and resubmits those the daemon never stored.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+
+use super::{hello, Outbound, Outstanding};
+use crate::error::{FlameError, Result};
+use crate::ids::{ClientId, SessionId, TaskId};
+use crate::model::{ErrorKind, TaskFailure, TaskState};
+use crate::proto::{self, client_message, frontend_client::FrontendClient, server_message};
+
+/// A submit message is cut when it reaches this many bytes of input.
+const BATCH_BYTES: usize = 4 << 20;
+/// Most ids in one Watch message.
+const WATCH_CHUNK: usize = 16_384;
+/// Metadata key carrying the client id on the task stream (the daemon's client lease).
+pub const CLIENT_ID_HEADER: &str = "flame-client-id";
+
+/// One open task stream.
+pub(super) struct Open {
+    req_tx: mpsc::UnboundedSender<proto::ClientMessage>,
+    inbound: tonic::Streaming<proto::ServerMessage>,
+}
+
+/// Everything the background task needs to keep a stream up.
+pub(super) struct Link {
+    pub address: String,
+    pub name: String,
+    pub client_id: ClientId,
+    pub timeout: Duration,
+    pub reconnect_for: Duration,
+    pub outstanding: Outstanding,
+    pub completions: mpsc::UnboundedSender<Vec<proto::TaskCompletion>>,
+    pub closed: CancellationToken,
+}
+
+/// Why serving a stream stopped.
+enum Stop {
+    Closed,
+    Broken,
+}
+
+impl Link {
+    /// Open the task stream on `frontend`, tagged with this client's id.
+    pub(super) async fn open(&self, mut frontend: FrontendClient<Channel>) -> Result<Open> {
+        let (req_tx, req_rx) = mpsc::unbounded_channel();
+        let mut req = tonic::Request::new(UnboundedReceiverStream::new(req_rx));
+        req.metadata_mut()
+            .insert(CLIENT_ID_HEADER, self.client_id.0.into());
+        let inbound = frontend
+            .stream(req)
+            .await
+            .map_err(|s| FlameError::Unreachable {
+                address: self.address.clone(),
+                reason: s.message().to_string(),
+            })?
+            .into_inner();
+        Ok(Open { req_tx, inbound })
+    }
+
+    /// Serve streams until the client closes or reconnection gives up.
+    pub(super) async fn run(self, mut open: Open, mut out_rx: mpsc::UnboundedReceiver<Outbound>) {
+        loop {
+            match self.serve(&mut open, &mut out_rx).await {
+                Stop::Closed => break,
+                Stop::Broken => match self.reconnect().await {
+                    Some(o) => open = o,
+                    None => break,
+                },
+            }
+        }
+        self.closed.cancel();
+        // Dropping `self.completions` tells `next_completions` the stream is over.
+    }
+
+    async fn serve(&self, open: &mut Open, out_rx: &mut mpsc::UnboundedReceiver<Outbound>) -> Stop {
+        loop {
+            tokio::select! {
+                _ = self.closed.cancelled() => return Stop::Closed,
+                m = out_rx.recv() => {
+                    let Some(first) = m else { return Stop::Closed };
+                    let mut pending = vec![first];
+                    while pending.len() < 65_536 {
+                        match out_rx.try_recv() {
+                            Ok(m) => pending.push(m),
+                            Err(_) => break,
+                        }
+                    }
+                    for msg in encode(pending) {
+                        if open.req_tx.send(msg).is_err() {
+                            return Stop::Broken;
+                        }
+                    }
+                }
+                msg = open.inbound.message() => match msg {
+                    Ok(Some(proto::ServerMessage { msg: Some(server_message::Msg::Completions(b)) })) => {
+                        self.deliver(b.items);
+                    }
+                    Ok(Some(proto::ServerMessage { msg: Some(server_message::Msg::Unknown(u)) })) => {
+                        self.resubmit(open, u);
+                    }
+                    Ok(Some(_)) => {}
+                    Ok(None) => return Stop::Broken,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "task stream broke");
+                        return Stop::Broken;
+                    }
+                },
+            }
+        }
+    }
+
+    /// Hand out completions of outstanding tasks, each at most once.
+    fn deliver(&self, items: Vec<proto::TaskCompletion>) {
+        let fresh: Vec<_> = match self.outstanding.lock() {
+            Ok(mut o) => items
+                .into_iter()
+                .filter(|c| {
+                    o.remove(&(SessionId(c.session_id), TaskId(c.task_id)))
+                        .is_some()
+                })
+                .collect(),
+            Err(_) => items,
+        };
+        if !fresh.is_empty() {
+            let _ = self.completions.send(fresh);
+        }
+    }
+
+    /// The daemon never stored these tasks (they were in flight when it died): send them
+    /// again with the same ids. A watched task we have no input for fails instead.
+    fn resubmit(&self, open: &Open, unknown: proto::UnknownTasks) {
+        let session = SessionId(unknown.session_id);
+        let mut again = Vec::new();
+        let mut missing = Vec::new();
+        if let Ok(o) = self.outstanding.lock() {
+            for t in unknown.task_ids {
+                match o.get(&(session, TaskId(t))) {
+                    Some(Some(input)) => again.push(proto::TaskSubmission {
+                        task_id: t,
+                        input: input.clone(),
+                    }),
+                    Some(None) => missing.push(t),
+                    None => {}
+                }
+            }
+        }
+        if !again.is_empty() {
+            tracing::info!(session = %session, tasks = again.len(), "resubmitting tasks the daemon did not store");
+            let _ = open.req_tx.send(submit_message(session, again));
+        }
+        if !missing.is_empty() {
+            let items = missing
+                .into_iter()
+                .map(|t| proto::TaskCompletion {
+                    session_id: session.0,
+                    task_id: t,
+                    state: TaskState::Failed.as_i32(),
+                    output: Bytes::new(),
+                    error: Some(
+                        TaskFailure::new(
+                            ErrorKind::ErrorInvalidArgument,
+                            format!("session {session} has no task {t}"),
+                        )
+                        .into(),
+                    ),
+                    attempts: 0,
+                })
+                .collect();
+            self.deliver(items);
+        }
+    }
+
+    /// Reconnect with backoff until it works, the client closes, or `reconnect_for` passes.
+    async fn reconnect(&self) -> Option<Open> {
+        let deadline = Instant::now() + self.reconnect_for;
+        let mut backoff = Duration::from_millis(100);
+        let mut last_log = Instant::now();
+        tracing::warn!(address = %self.address, "lost the connection to the Flame daemon; reconnecting");
+        loop {
+            tokio::select! {
+                _ = self.closed.cancelled() => return None,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            let attempt = async {
+                let (frontend, _) =
+                    hello(&self.address, self.timeout, &self.name, self.client_id.0).await?;
+                self.open(frontend).await
+            };
+            match attempt.await {
+                Ok(open) => {
+                    tracing::info!(address = %self.address, "reconnected to the Flame daemon");
+                    self.rewatch(&open);
+                    return Some(open);
+                }
+                Err(e) if Instant::now() >= deadline => {
+                    tracing::error!(address = %self.address, error = %e, "giving up reconnecting");
+                    return None;
+                }
+                Err(e) => {
+                    if last_log.elapsed() > Duration::from_secs(5) {
+                        tracing::warn!(address = %self.address, error = %e, "still reconnecting");
+                        last_log = Instant::now();
+                    }
+                }
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        }
+    }
+
+    /// Ask for every outstanding task again on a new stream.
+    fn rewatch(&self, open: &Open) {
+        let mut by_session: HashMap<SessionId, Vec<u64>> = HashMap::new();
+        if let Ok(o) = self.outstanding.lock() {
+            for (s, t) in o.keys() {
+                by_session.entry(*s).or_default().push(t.0);
+            }
+        }
+        for (session, mut ids) in by_session {
+            ids.sort_unstable();
+            for chunk in ids.chunks(WATCH_CHUNK) {
+                let msg = proto::ClientMessage {
+                    msg: Some(client_message::Msg::Watch(proto::Watch {
+                        session_id: session.0,
+                        task_ids: chunk.to_vec(),
+                    })),
+                };
+                let _ = open.req_tx.send(msg);
+            }
+        }
+    }
+}
+
+fn submit_message(session: SessionId, tasks: Vec<proto::TaskSubmission>) -> proto::ClientMessage {
+    proto::ClientMessage {
+        msg: Some(client_message::Msg::Submit(proto::SubmitBatch {
+            session_id: session.0,
+            tasks,
+        })),
+    }
+}
+
+/// Queued requests as few, large messages: consecutive submits to one session are merged
+/// (up to [`BATCH_BYTES`] of input each); order is kept.
+fn encode(pending: Vec<Outbound>) -> Vec<proto::ClientMessage> {
+    let mut out = Vec::new();
+    let mut current: Option<(SessionId, Vec<proto::TaskSubmission>, usize)> = None;
+    let flush = |cur: &mut Option<(SessionId, Vec<proto::TaskSubmission>, usize)>,
+                 out: &mut Vec<proto::ClientMessage>| {
+        if let Some((s, tasks, _)) = cur.take() {
+            out.push(submit_message(s, tasks));
+        }
+    };
+    for m in pending {
+        match m {
+            Outbound::Submit(s, mut tasks) => {
+                let bytes: usize = tasks.iter().map(|t| t.input.len()).sum();
+                match &mut current {
+                    Some((cs, ct, cb)) if *cs == s && *cb + bytes <= BATCH_BYTES => {
+                        ct.append(&mut tasks);
+                        *cb += bytes;
+                    }
+                    _ => {
+                        flush(&mut current, &mut out);
+                        current = Some((s, tasks, bytes));
+                    }
+                }
+            }
+            Outbound::Cancel(s, t) => {
+                flush(&mut current, &mut out);
+                out.push(proto::ClientMessage {
+                    msg: Some(client_message::Msg::Cancel(proto::CancelTask {
+                        session_id: s.0,
+                        task_id: t.0,
+                    })),
+                });
+            }
+            Outbound::Watch(s, ts) => {
+                flush(&mut current, &mut out);
+                out.push(proto::ClientMessage {
+                    msg: Some(client_message::Msg::Watch(proto::Watch {
+                        session_id: s.0,
+                        task_ids: ts.into_iter().map(|t| t.0).collect(),
+                    })),
+                });
+            }
+        }
+    }
+    flush(&mut current, &mut out);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sub(s: u64, ids: &[u64], bytes: usize) -> Outbound {
+        Outbound::Submit(
+            SessionId(s),
+            ids.iter()
+                .map(|t| proto::TaskSubmission {
+                    task_id: *t,
+                    input: Bytes::from(vec![0u8; bytes]),
+                })
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn submits_merge_per_session_in_order_and_split_by_size() {
+        let out = encode(vec![
+            sub(1, &[1, 2], 10),
+            sub(1, &[3], 10),
+            sub(2, &[4], 10),
+            Outbound::Cancel(SessionId(2), TaskId(4)),
+            sub(2, &[5], BATCH_BYTES),
+            sub(2, &[6], 1),
+        ]);
+        let shape: Vec<String> = out
+            .iter()
+            .map(|m| match &m.msg {
+                Some(client_message::Msg::Submit(b)) => format!(
+                    "s{}:{:?}",
+                    b.session_id,
+                    b.tasks.iter().map(|t| t.task_id).collect::<Vec<_>>()
+                ),
+                Some(client_message::Msg::Cancel(c)) => format!("c{}", c.task_id),
+                _ => "?".into(),
+            })
+            .collect();
+        assert_eq!(shape, ["s1:[1, 2, 3]", "s2:[4]", "c4", "s2:[5]", "s2:[6]"]);
+    }
+}
