@@ -23,7 +23,7 @@ use link::{Inbound, Link, Outbound};
 
 /// Largest gRPC message the executor encodes or decodes. Task inputs and outputs travel
 /// inside messages, so this bounds the size of a single task's payload.
-pub const MAX_MESSAGE_BYTES: usize = 512 * 1024 * 1024;
+pub const MAX_MESSAGE_BYTES: usize = 1 << 30;
 
 /// How long `run_executor` keeps trying to reach the session manager before giving up.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -35,6 +35,8 @@ pub struct SessionContext {
     pub application: String,
     pub app_spec: Bytes,
     pub common_data: Bytes,
+    /// A larger task result fails with `PayloadTooLarge` here, before it is sent; 0 = none.
+    pub max_output_bytes: u64,
 }
 
 /// The service an executor runs. Implemented by the Python binding (and by native test
@@ -80,6 +82,7 @@ fn run_with_timeout(
         host,
         link: &link,
         bound: None,
+        max_output_bytes: 0,
         failed_enter: None,
     };
     let outcome = worker.serve(&address);
@@ -109,6 +112,7 @@ impl TryFrom<proto::ExecutorCommand> for Command {
                 application: b.application,
                 app_spec: b.app_spec,
                 common_data: b.common_data,
+                max_output_bytes: b.max_output_bytes,
             }),
             Some(executor_command::Msg::Tasks(t)) => Command::Tasks {
                 session: SessionId(t.session_id),
@@ -132,6 +136,8 @@ struct Worker<'a> {
     link: &'a Link,
     bound: Option<SessionId>,
     failed_enter: Option<(SessionId, TaskFailure)>,
+    /// Limit on task results of the bound session (0 = none).
+    max_output_bytes: u64,
 }
 
 impl Worker<'_> {
@@ -208,6 +214,7 @@ impl Worker<'_> {
                 .send(Outbound::Message(executor_message::Msg::Left(left)));
         }
         self.failed_enter = None;
+        self.max_output_bytes = ctx.max_output_bytes;
         let error = match self.host.enter(&ctx) {
             Ok(()) => {
                 self.bound = Some(ctx.session_id);
@@ -244,6 +251,21 @@ impl Worker<'_> {
                     format!("executor is not bound to session {session}"),
                 ))
             };
+            let limit = self.max_output_bytes;
+            let outcome = outcome.and_then(|output| {
+                if limit > 0 && output.len() as u64 > limit {
+                    Err(TaskFailure::new(
+                        ErrorKind::ErrorPayloadTooLarge,
+                        format!(
+                            "task {} result is {} bytes; the daemon accepts at most {limit}",
+                            task.task_id,
+                            output.len()
+                        ),
+                    ))
+                } else {
+                    Ok(output)
+                }
+            });
             let result = match outcome {
                 Ok(output) => proto::TaskResult {
                     session_id: session.0,

@@ -212,8 +212,12 @@ fn bind(session: u64, common_data: &'static [u8]) -> executor_command::Msg {
         application: "app".into(),
         app_spec: Bytes::new(),
         common_data: Bytes::from_static(common_data),
+        max_output_bytes: MAX_OUTPUT,
     })
 }
+
+/// The result limit the test session manager binds with.
+const MAX_OUTPUT: u64 = 1024;
 
 fn tasks(session: u64, inputs: &[(u64, &str)]) -> executor_command::Msg {
     let tasks = inputs
@@ -454,4 +458,32 @@ fn coalesce_batches_runs_of_results_and_keeps_order() {
         .collect();
     // Two small results share a batch; two 3 MiB ones are split to stay under the soft cap.
     assert_eq!(shape, vec![vec![1, 2], vec![], vec![3], vec![4], vec![]]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_result_over_the_limit_fails_before_it_is_sent() {
+    let mut server = Server::start().await;
+    let (_, exec) = start_executor(&server.address, None);
+    let mut conn = server.accept(7).await;
+    conn.send(bind(1, b"")).await;
+    let big = "x".repeat(MAX_OUTPUT as usize + 1);
+    conn.send(tasks(1, &[(1, big.as_str()), (2, "small")]))
+        .await;
+    conn.send(shutdown()).await;
+    assert!(matches!(
+        conn.next().await,
+        Some(executor_message::Msg::Entered(_))
+    ));
+    let (results, _) = conn.results(2).await;
+    let e = results[0].error.clone().expect("the big result fails");
+    assert_eq!(e.kind, ErrorKind::ErrorPayloadTooLarge as i32);
+    assert!(
+        e.message.contains("1025 bytes") && e.message.contains("1024"),
+        "{}",
+        e.message
+    );
+    assert!(results[1].ok, "the executor keeps serving");
+    drop(conn);
+    finished(exec).await.expect("clean shutdown");
+    server.stop().await;
 }

@@ -48,6 +48,7 @@ impl Actor {
                         application: s.spec.application.clone(),
                         app_spec: s.spec.app_spec.clone(),
                         common_data: s.spec.common_data.clone(),
+                        max_output_bytes: self.cfg.max_payload_bytes as u64,
                     });
                     self.send_to_executor(executor, cmd);
                 }
