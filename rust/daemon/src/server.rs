@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
+use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use flame_core::proto::{backend_server::BackendServer, frontend_server::FrontendServer};
@@ -72,6 +73,14 @@ impl Head {
         let backend = BackendServer::new(BackendService::new(manager.clone()))
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        // `tcp_nodelay` on the builder only reaches sockets tonic accepts itself; these come
+        // from our listener. Without it, Nagle's algorithm meets delayed ACKs and every
+        // small message waits ~40 ms.
+        let incoming = TcpListenerStream::new(listener).map(|conn| {
+            let conn = conn?;
+            conn.set_nodelay(true)?;
+            Ok::<_, std::io::Error>(conn)
+        });
         let server_stop = CancellationToken::new();
         let stop = server_stop.clone();
         let server = tokio::spawn(async move {
@@ -80,7 +89,7 @@ impl Head {
                 .http2_keepalive_interval(Some(Duration::from_secs(10)))
                 .add_service(frontend)
                 .add_service(backend)
-                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop.cancelled())
+                .serve_with_incoming_shutdown(incoming, stop.cancelled())
                 .await;
             if let Err(e) = result {
                 tracing::error!(error = %e, "gRPC server failed");

@@ -187,7 +187,11 @@ impl Scheduler {
         let since = e.head_since?;
         let session = self.sessions.get(&e.session()?)?;
         let limit = session.spec.timeout_secs;
-        (limit > 0.0).then(|| since + Duration::from_secs_f64(limit))
+        // A limit too large to represent is no limit (never a panic on a client's number).
+        let limit = Duration::try_from_secs_f64(limit)
+            .ok()
+            .filter(|d| !d.is_zero())?;
+        since.checked_add(limit)
     }
 
     /// Fail running tasks that are past their session's timeout and kill their executors

@@ -41,6 +41,8 @@ pub(super) struct Actor {
     pub client_streams: HashMap<u32, usize>,
     /// Clients with no open stream, since when: their sessions close when the lease runs out.
     pub client_gone: HashMap<u32, Instant>,
+    /// Executors whose stream closed, waiting (until the instant) for their node's exit report.
+    pub lost_streams: HashMap<ExecutorId, Instant>,
     /// A graceful stop in progress: when it must end, and who waits for it.
     pub draining: Option<(Instant, tokio::sync::oneshot::Sender<()>)>,
 }
@@ -122,6 +124,7 @@ pub fn start(
         conn_client: HashMap::new(),
         client_streams: HashMap::new(),
         client_gone,
+        lost_streams: HashMap::new(),
         draining: None,
     };
     let task = tokio::spawn(actor.run(rx));
@@ -162,6 +165,7 @@ impl Actor {
             }
             self.check_heartbeats(now);
             self.check_leases(now);
+            self.check_lost_streams(now);
             self.sched.schedule(now);
             let actions = self.sched.take_actions();
             self.apply(actions);
@@ -193,6 +197,21 @@ impl Actor {
         match &self.draining {
             Some((deadline, _)) => self.sched.running_tasks() == 0 || now >= *deadline,
             None => false,
+        }
+    }
+
+    /// Executors whose stream closed and whose node said nothing in time: lost.
+    fn check_lost_streams(&mut self, now: Instant) {
+        let due: Vec<ExecutorId> = self
+            .lost_streams
+            .iter()
+            .filter(|(_, at)| **at <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            self.lost_streams.remove(&id);
+            self.sched
+                .executor_lost(id, "its connection to the session manager closed", now);
         }
     }
 
@@ -236,8 +255,10 @@ impl Actor {
             .values()
             .map(|since| *since + self.cfg.client_lease);
         let drain = self.draining.as_ref().map(|(d, _)| *d);
+        let lost = self.lost_streams.values().copied();
         heartbeats
             .chain(leases)
+            .chain(lost)
             .chain(drain)
             .chain(self.sched.next_deadline())
             .min()

@@ -20,12 +20,19 @@ impl Actor {
     pub(super) fn handle(&mut self, ev: Event, now: Instant) {
         match ev {
             Event::Hello { previous, reply } => {
-                let id = if previous != 0 {
-                    self.next_client = self.next_client.max(previous + 1);
+                // Only an id this daemon handed out (they are persisted) is taken back; any
+                // other claim gets a fresh id.
+                let id = if previous != 0 && previous < self.next_client {
                     previous
                 } else {
+                    let Some(next) = self.next_client.checked_add(1) else {
+                        let _ = reply.send(Err(FlameError::Internal(
+                            "this daemon has handed out every client id".into(),
+                        )));
+                        return;
+                    };
                     let id = self.next_client;
-                    self.next_client += 1;
+                    self.next_client = next;
                     id
                 };
                 let op = WriteOp::SetMeta {
@@ -170,14 +177,17 @@ impl Actor {
                 tx,
                 reply,
             } => {
-                let id = if register.previous_node_id != 0
-                    && !self.nodes.contains_key(&NodeId(register.previous_node_id))
+                // A node coming back keeps its id if this daemon gave it out and it is free.
+                let previous = register.previous_node_id;
+                let id = if previous != 0
+                    && previous < self.next_node
+                    && !self.nodes.contains_key(&NodeId(previous))
                 {
-                    NodeId(register.previous_node_id)
+                    NodeId(previous)
                 } else {
-                    NodeId(self.next_node)
+                    self.next_node = self.next_node.saturating_add(1);
+                    NodeId(self.next_node - 1)
                 };
-                self.next_node = self.next_node.max(id.0 + 1);
                 // NodeRegistered must be the first command on the stream: send it here,
                 // before the scheduler can queue a spawn for this node.
                 let registered = proto::NodeCommand {
@@ -219,12 +229,10 @@ impl Actor {
                 }
             }
             Event::ExecutorGone { id } => {
+                // Its node usually reports the exit, with the reason (a signal, the memory
+                // limit), a moment later: wait briefly for that before declaring it lost.
                 if self.executors.remove(&id).is_some() {
-                    self.sched.executor_lost(
-                        id,
-                        "its connection to the session manager closed",
-                        now,
-                    );
+                    self.lost_streams.insert(id, now + LOST_STREAM_GRACE);
                 }
             }
             Event::SessionEntered { executor, entered } => {
@@ -411,11 +419,8 @@ impl Actor {
 
     fn executor_exited(&mut self, node: NodeId, exited: proto::ExecutorExited, now: Instant) {
         let id = ExecutorId(exited.executor_id);
-        let how = if exited.signal != 0 {
-            format!("killed by signal {}", exited.signal)
-        } else {
-            format!("exited with code {}", exited.exit_code)
-        };
+        let how = exit_reason(&exited);
+        self.lost_streams.remove(&id);
         let here = self.sched.executor(id).filter(|e| e.node == node);
         let starting_for = here.and_then(|e| match e.state {
             ExecutorState::Starting => e.reserved_for,
@@ -473,6 +478,33 @@ impl Actor {
             })
             .collect();
         self.sched.task_results(executor, items, now);
+    }
+}
+
+/// How long an executor whose stream closed waits for its node's exit report before it is
+/// declared lost without one.
+pub(super) const LOST_STREAM_GRACE: std::time::Duration = std::time::Duration::from_millis(300);
+
+/// How an executor ended, for users: the signal or exit code, and what the node or the
+/// process said last (the memory-limit kill, the last line of a crash).
+fn exit_reason(exited: &proto::ExecutorExited) -> String {
+    let how = if exited.signal != 0 {
+        format!("killed by signal {}", exited.signal)
+    } else {
+        format!("exited with code {}", exited.exit_code)
+    };
+    let tail = exited.stderr_tail.trim();
+    let said = if tail.starts_with("killed by flame") {
+        tail.lines().next()
+    } else {
+        tail.lines().rev().find(|l| !l.trim().is_empty())
+    };
+    match said {
+        Some(line) => {
+            let line: String = line.trim().chars().take(300).collect();
+            format!("{how} ({line})")
+        }
+        None => how,
     }
 }
 
