@@ -67,6 +67,13 @@ pub struct NodeOpts {
     /// Working directory of the executors.
     #[arg(long)]
     pub work_dir: Option<PathBuf>,
+    /// Kill an executor whose resident memory exceeds this many MiB (default: no limit).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub executor_memory_mb: Option<u64>,
+    /// Command that starts an executor instead of `{python} -m flame._executor`, split on
+    /// whitespace (e.g. `flame-echo-executor`); `--address A --executor-id N` are appended.
+    #[arg(long)]
+    pub executor_command: Option<String>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -126,6 +133,14 @@ fn node_config(head: String, opts: &NodeOpts, f: &FileConfig) -> NodeConfig {
     if let Some(w) = opts.work_dir.clone().or(f.work_dir.clone()) {
         n.work_dir = w;
     }
+    if let Some(mb) = opts.executor_memory_mb.or(f.executor_memory_mb) {
+        n.executor_memory_bytes = Some(mb.saturating_mul(1 << 20));
+    }
+    let command = opts.executor_command.as_ref();
+    let command = command.map(|c| c.split_whitespace().map(String::from).collect());
+    if let Some(c) = command.or(f.executor_command.clone()) {
+        n.executor_command = Some(c);
+    }
     n
 }
 
@@ -144,6 +159,7 @@ pub async fn run(cli: Cli) -> Result<()> {
                 ));
             }
             let node_cfg = node_config(String::new(), &args.node, &file(&args.head.config)?);
+            node_cfg.validate()?;
             let cluster = LocalCluster::start(head_cfg, node_cfg).await?;
             println!("flame-daemon listening on {}", cluster.address());
             shutdown_signal().await;

@@ -7,6 +7,8 @@
 //! state_dir = "/var/lib/flame"
 //! slots = 8
 //! python = "/opt/venv/bin/python"
+//! executor_memory_mb = 4096                    # kill an executor resident over this
+//! executor_command = ["flame-echo-executor"]   # instead of `{python} -m flame._executor`
 //! warm_delay_ms = 2000
 //! window = 4
 //! max_payload_mb = 256
@@ -33,6 +35,8 @@ pub struct FileConfig {
     pub name: Option<String>,
     pub head: Option<String>,
     pub work_dir: Option<PathBuf>,
+    pub executor_memory_mb: Option<u64>,
+    pub executor_command: Option<Vec<String>>,
     pub warm_delay_ms: Option<u64>,
     pub window: Option<usize>,
     pub max_payload_mb: Option<usize>,

@@ -7,6 +7,8 @@
 //! Inputs with a meaning:
 //! - `fail:<message>` — the task fails as a user exception with `<message>`;
 //! - `sleep:<ms>...` — sleeps `<ms>` milliseconds, then echoes the whole input;
+//! - `alloc:<mb>...` — allocates and touches `<mb>` MiB, holds it for 10 s, then echoes the
+//!   input (a leaking service, for the node's memory limit);
 //! - common data `fail-enter` — entering the session fails.
 //!
 //! Usage: `flame-echo-executor --address http://127.0.0.1:4567 --executor-id 7`
@@ -51,17 +53,29 @@ impl ServiceHost for Echo {
             return Err(TaskFailure::new(ErrorKind::ErrorUserException, message));
         }
         if let Some(rest) = input.strip_prefix(b"sleep:") {
-            let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
-            let ms = std::str::from_utf8(&rest[..digits])
-                .ok()
-                .and_then(|s| s.parse().ok())
-                .unwrap_or(0);
-            std::thread::sleep(Duration::from_millis(ms));
+            std::thread::sleep(Duration::from_millis(leading_number(rest)));
+        }
+        if let Some(rest) = input.strip_prefix(b"alloc:") {
+            let mib = usize::try_from(leading_number(rest)).unwrap_or(usize::MAX);
+            let mut held = vec![0u8; mib.saturating_mul(1 << 20)];
+            // Zeroed pages are not resident until written: touch each one.
+            held.iter_mut().step_by(4096).for_each(|b| *b = 1);
+            std::hint::black_box(&held);
+            std::thread::sleep(Duration::from_secs(10));
         }
         Ok(input)
     }
 
     fn leave(&mut self) {}
+}
+
+/// The decimal number `bytes` starts with; 0 when there is none.
+fn leading_number(bytes: &[u8]) -> u64 {
+    let digits = bytes.iter().take_while(|b| b.is_ascii_digit()).count();
+    std::str::from_utf8(&bytes[..digits])
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
 }
 
 fn main() -> ExitCode {

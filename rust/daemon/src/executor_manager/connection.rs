@@ -1,5 +1,10 @@
 //! The node's `NodeStream` to the session manager: connecting with backoff, registering, and
 //! waiting for the session manager to accept the node.
+//!
+//! The first registration gives up after [`GIVE_UP_AFTER`]: a head never reached is most
+//! likely a wrong address, and saying so beats waiting forever. Once the node has been
+//! registered, the head going away is an outage to wait out (it is restarting, or its machine
+//! is), so reconnecting never gives up — only shutdown ends it.
 
 use std::time::Duration;
 
@@ -15,8 +20,12 @@ use tonic::transport::Endpoint;
 use super::system::memory_bytes;
 use super::NodeConfig;
 
-/// How long a node keeps trying to reach and register with the session manager.
+/// How long a node that was never registered keeps trying to reach the session manager.
 const GIVE_UP_AFTER: Duration = Duration::from_secs(30);
+/// Longest one attempt may take: TCP connect plus the wait for `NodeRegistered`.
+const ATTEMPT: Duration = Duration::from_secs(10);
+/// Fewest seconds between two warnings about an unreachable session manager.
+const WARN_EVERY: Duration = Duration::from_secs(5);
 /// Messages to the session manager not yet taken by the stream (heartbeats and exit reports).
 const OUTBOX: usize = 256;
 
@@ -27,13 +36,50 @@ pub(super) struct HeadStream {
     pub(super) registered: NodeRegistered,
 }
 
-/// Connects and registers, retrying with backoff. `Ok(None)` when shut down meanwhile.
+/// Delays between attempts: 100 ms, doubling up to 2 s.
+pub(super) struct Backoff {
+    next: Duration,
+}
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_millis(100);
+    const CAP: Duration = Duration::from_secs(2);
+
+    pub(super) fn new() -> Self {
+        Backoff { next: Self::FIRST }
+    }
+
+    pub(super) fn reset(&mut self) {
+        self.next = Self::FIRST;
+    }
+
+    pub(super) fn next_delay(&mut self) -> Duration {
+        let delay = self.next;
+        self.next = (delay * 2).min(Self::CAP);
+        delay
+    }
+
+    /// Sleeps the next delay; `false` when shut down meanwhile.
+    pub(super) async fn wait(&mut self, shutdown: &CancellationToken) -> bool {
+        tokio::select! {
+            _ = shutdown.cancelled() => false,
+            _ = tokio::time::sleep(self.next_delay()) => true,
+        }
+    }
+}
+
+/// Connects and registers, retrying with `backoff`. `previous` is the id the node had before
+/// it lost the session manager (`None` the first time), asked for again on registering.
+/// `Ok(None)` when shut down meanwhile.
 ///
 /// # Errors
-/// [`FlameError::Unreachable`] after [`GIVE_UP_AFTER`] without a registration, naming the
-/// address and the last failure; [`FlameError::InvalidArgument`] for a malformed address.
+/// Only for a node never registered: [`FlameError::Unreachable`] after [`GIVE_UP_AFTER`],
+/// naming the address and the last failure. [`FlameError::InvalidArgument`] for a malformed
+/// address.
 pub(super) async fn connect(
     config: &NodeConfig,
+    previous: Option<u64>,
+    backoff: &mut Backoff,
     shutdown: &CancellationToken,
 ) -> Result<Option<HeadStream>> {
     let endpoint = Endpoint::from_shared(config.head.clone())
@@ -44,42 +90,56 @@ pub(super) async fn connect(
         .http2_keep_alive_interval(Duration::from_secs(10))
         .keep_alive_timeout(Duration::from_secs(20))
         .keep_alive_while_idle(true);
-    let deadline = Instant::now() + GIVE_UP_AFTER;
-    let mut backoff = Duration::from_millis(100);
+    let give_up = previous.is_none().then(|| Instant::now() + GIVE_UP_AFTER);
+    // Reconnecting, the loss has just been logged: a head back within seconds is not worth a
+    // warning.
+    let mut last_warning = previous.map(|_| Instant::now());
     loop {
+        let attempt_deadline = Instant::now() + ATTEMPT;
+        let attempt_deadline = give_up.map_or(attempt_deadline, |g| g.min(attempt_deadline));
+        let attempt = register(&endpoint, config, previous.unwrap_or(0));
         let attempt = tokio::select! {
             _ = shutdown.cancelled() => return Ok(None),
-            attempt = tokio::time::timeout_at(deadline, register(&endpoint, config)) => attempt,
+            attempt = tokio::time::timeout_at(attempt_deadline, attempt) => attempt,
         };
         let reason = match attempt {
             Ok(Ok(head)) => return Ok(Some(head)),
             Ok(Err(reason)) => reason,
             Err(_) => "registration did not complete in time".to_string(),
         };
-        if Instant::now() + backoff >= deadline {
-            return Err(FlameError::Unreachable {
-                address: config.head.clone(),
-                reason: format!("gave up after {GIVE_UP_AFTER:?}: {reason}"),
-            });
+        if let Some(give_up) = give_up {
+            if Instant::now() + backoff.next >= give_up {
+                return Err(FlameError::Unreachable {
+                    address: config.head.clone(),
+                    reason: format!("gave up after {GIVE_UP_AFTER:?}: {reason}"),
+                });
+            }
         }
-        tracing::debug!(head = %config.head, "node not registered yet: {reason}");
-        tokio::select! {
-            _ = shutdown.cancelled() => return Ok(None),
-            _ = tokio::time::sleep(backoff) => {}
+        if last_warning.is_none_or(|at| at.elapsed() >= WARN_EVERY) {
+            last_warning = Some(Instant::now());
+            tracing::warn!(head = %config.head, "session manager not reachable, retrying: {reason}");
+        } else {
+            tracing::debug!(head = %config.head, "session manager not reachable: {reason}");
         }
-        backoff = (backoff * 2).min(Duration::from_secs(2));
+        if !backoff.wait(shutdown).await {
+            return Ok(None);
+        }
     }
 }
 
 /// One attempt: open the stream, send `NodeRegister`, wait for `NodeRegistered`.
-async fn register(endpoint: &Endpoint, config: &NodeConfig) -> Result<HeadStream, String> {
+async fn register(
+    endpoint: &Endpoint,
+    config: &NodeConfig,
+    previous_node_id: u64,
+) -> Result<HeadStream, String> {
     let channel = endpoint.connect().await.map_err(|e| error_chain(&e))?;
     let (outbox, rx) = mpsc::channel(OUTBOX);
     let register = NodeRegister {
         name: config.name.clone(),
         slots: config.slots,
         memory_bytes: memory_bytes(),
-        previous_node_id: 0,
+        previous_node_id,
     };
     // The queue is empty and its receiver alive, so this cannot fail.
     let _ = outbox.try_send(NodeMessage {
@@ -104,5 +164,21 @@ async fn register(endpoint: &Endpoint, config: &NodeConfig) -> Result<HeadStream
             "stream failed before NodeRegistered: {}",
             status.message()
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_its_cap_and_resets() {
+        let mut backoff = Backoff::new();
+        let delays: Vec<u64> = (0..7)
+            .map(|_| backoff.next_delay().as_millis() as u64)
+            .collect();
+        assert_eq!(delays, [100, 200, 400, 800, 1600, 2000, 2000]);
+        backoff.reset();
+        assert_eq!(backoff.next_delay(), Duration::from_millis(100));
     }
 }

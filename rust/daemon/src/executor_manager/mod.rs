@@ -4,11 +4,17 @@
 //!
 //! The node never decides what runs: the session manager asks for executors by id and the
 //! executors then talk to it directly over their own `ExecutorStream`. What the node owns is
-//! the processes — and it must never leave one behind: when it stops (shutdown, or the session
-//! manager going away) every child is terminated and reaped before [`run_node`] returns.
+//! the processes — and it must never leave one behind: when it stops every child is
+//! terminated and reaped before [`run_node`] returns, and a child over the memory limit is
+//! killed before it can take the machine (and the node) down with it.
 //!
-//! Layout: [`connection`] (connect + register), [`pool`] (slots, spawn/kill, shutdown),
-//! [`process`] (one child: pipes, signals, exit report), [`system`] (host facts).
+//! The node outlives its session manager. When the stream ends or breaks it stops its
+//! executors — the session manager that knew them is gone, and a new one will ask for new
+//! ones — and registers again, under the id it had, as soon as a session manager answers.
+//!
+//! Layout: [`connection`] (connect + register, backoff), [`pool`] (slots, spawn/kill, memory
+//! limit, shutdown), [`process`] (one child: pipes, signals, exit report), [`system`] (host
+//! facts).
 
 mod connection;
 mod pool;
@@ -23,15 +29,17 @@ use flame_core::ids::ExecutorId;
 use flame_core::proto::{
     node_command, node_message, ExecutorExited, Heartbeat, NodeCommand, NodeMessage,
 };
-use tokio::time::MissedTickBehavior;
+use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
-use connection::HeadStream;
+use connection::{Backoff, HeadStream};
 use pool::Pool;
 pub use system::default_node_name;
 
 /// After stopping, how long to wait for the session manager to close the node stream.
 const LINGER: Duration = Duration::from_secs(1);
+/// A registration that lasted this long was not a flapping head: the backoff starts over.
+const STABLE: Duration = Duration::from_secs(10);
 
 /// How a node runs its executors.
 #[derive(Clone, Debug)]
@@ -51,6 +59,10 @@ pub struct NodeConfig {
     pub work_dir: PathBuf,
     /// Extra environment for the executors.
     pub env: Vec<(String, String)>,
+    /// SIGKILL an executor whose resident memory (VmRSS, checked every 200 ms) exceeds this
+    /// many bytes; its exit report says so. Only the executor process itself is measured.
+    /// `None`: no limit.
+    pub executor_memory_bytes: Option<u64>,
 }
 
 impl NodeConfig {
@@ -66,40 +78,100 @@ impl NodeConfig {
             executor_command: None,
             work_dir: std::env::current_dir().unwrap_or_else(|_| std::env::temp_dir()),
             env: Vec::new(),
+            executor_memory_bytes: None,
         }
+    }
+
+    /// Checks what can be checked before connecting.
+    ///
+    /// # Errors
+    /// [`FlameError::InvalidArgument`] for no slots, an empty executor command, or a memory
+    /// limit of 0.
+    pub fn validate(&self) -> Result<()> {
+        let invalid = |what: &str| Err(FlameError::InvalidArgument(what.into()));
+        if self.slots == 0 {
+            return invalid("a node needs at least one slot");
+        }
+        if self.executor_command.as_ref().is_some_and(Vec::is_empty) {
+            return invalid("the executor command is empty");
+        }
+        if self.executor_memory_bytes == Some(0) {
+            return invalid("the executor memory limit must be more than 0");
+        }
+        Ok(())
     }
 }
 
-/// Runs the node until `shutdown` is cancelled or the session manager ends the stream; then
-/// stops and reaps every executor it started (SIGTERM, up to 3 s, SIGKILL) before returning.
+/// Runs the node until `shutdown` is cancelled, then stops and reaps every executor it
+/// started (a moment to exit by themselves, SIGTERM, up to 3 s, SIGKILL) before returning.
+///
+/// When the session manager ends or breaks the stream, the node stops its executors the same
+/// way and registers again (backoff 100 ms doubling to 2 s, asking for the id it had), for as
+/// long as it takes: the head restarting does not take the node down.
 ///
 /// # Errors
+/// Only what retrying cannot fix: [`FlameError::InvalidArgument`] for a bad address, an
+/// unusable work dir or an invalid config (see [`NodeConfig::validate`]), and
 /// [`FlameError::Unreachable`] when the session manager cannot be reached (or does not accept
-/// the node) within ~30 s, [`FlameError::ConnectionLost`] when the stream breaks, and
-/// [`FlameError::InvalidArgument`] for a bad address or an unusable work dir.
+/// the node) within ~30 s of starting — it never was, so the address is likely wrong.
 pub async fn run_node(config: NodeConfig, shutdown: CancellationToken) -> Result<(), FlameError> {
+    config.validate()?;
     std::fs::create_dir_all(&config.work_dir).map_err(|e| {
         FlameError::InvalidArgument(format!(
             "executor work dir {}: {e}",
             config.work_dir.display()
         ))
     })?;
-    let Some(head) = connection::connect(&config, &shutdown).await? else {
-        return Ok(());
-    };
-    tracing::info!(
-        node = head.registered.node_id,
-        name = %config.name,
-        slots = config.slots,
-        head = %config.head,
-        "node registered"
-    );
-    let address = config.head.clone();
+    let mut backoff = Backoff::new();
+    let mut node_id = None;
+    loop {
+        let Some(head) = connection::connect(&config, node_id, &mut backoff, &shutdown).await?
+        else {
+            return Ok(());
+        };
+        let id = head.registered.node_id;
+        match node_id {
+            Some(previous) => tracing::info!(node = id, previous, "node registered again"),
+            None => tracing::info!(
+                node = id,
+                name = %config.name,
+                slots = config.slots,
+                head = %config.head,
+                "node registered"
+            ),
+        }
+        node_id = Some(id);
+        let since = Instant::now();
+        let end = serve(&config, head, &shutdown).await;
+        if shutdown.is_cancelled() {
+            return Ok(());
+        }
+        // A closed stream is the head stopping in order (restarting, or shutting down with
+        // a local node that is about to be told to stop too); a broken one is an outage.
+        match end {
+            End::Lost(_) => {
+                tracing::warn!(head = %config.head, "{end}; executors stopped, registering again")
+            }
+            _ => tracing::info!(head = %config.head, "{end}; executors stopped, registering again"),
+        }
+        // A head that accepts and then drops the node at once must not be hammered; and a
+        // moment's pause lets a shutdown that is on its way arrive before any attempt.
+        if since.elapsed() >= STABLE {
+            backoff.reset();
+        }
+        if !backoff.wait(&shutdown).await {
+            return Ok(());
+        }
+    }
+}
+
+/// Serves one registration until shutdown or the stream's end, then stops every executor.
+async fn serve(config: &NodeConfig, head: HeadStream, shutdown: &CancellationToken) -> End {
     let mut node = Node {
-        pool: Pool::new(config),
+        pool: Pool::new(config.clone()),
         head,
     };
-    let outcome = node.serve(&address, &shutdown).await;
+    let end = node.serve(&config.head, shutdown).await;
     // Exit reports still go out if the stream is up: the session manager can then requeue at
     // once instead of waiting for the node to be declared dead.
     let Node { pool, head } = node;
@@ -117,7 +189,24 @@ pub async fn run_node(config: NodeConfig, shutdown: CancellationToken) -> Result
     drop(outbox);
     let drained = async { while let Ok(Some(_)) = commands.message().await {} };
     let _ = tokio::time::timeout(LINGER, drained).await;
-    outcome
+    end
+}
+
+/// Why a registration ended.
+enum End {
+    Shutdown,
+    Closed,
+    Lost(String),
+}
+
+impl std::fmt::Display for End {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            End::Shutdown => f.write_str("node shutting down"),
+            End::Closed => f.write_str("the session manager closed the node stream"),
+            End::Lost(reason) => write!(f, "lost the session manager: {reason}"),
+        }
+    }
 }
 
 struct Node {
@@ -126,7 +215,7 @@ struct Node {
 }
 
 impl Node {
-    async fn serve(&mut self, address: &str, shutdown: &CancellationToken) -> Result<()> {
+    async fn serve(&mut self, address: &str, shutdown: &CancellationToken) -> End {
         // 0 would mean "no heartbeats", which no session manager wants; take one a second.
         let period = match self.head.registered.heartbeat_ms {
             0 => Duration::from_secs(1),
@@ -136,18 +225,12 @@ impl Node {
         heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                _ = shutdown.cancelled() => return Ok(()),
+                _ = shutdown.cancelled() => return End::Shutdown,
                 exit = self.pool.next_exit() => self.send(exited(exit)).await,
                 command = self.head.commands.message() => match command {
                     Ok(Some(command)) => self.handle(command).await,
-                    Ok(None) => {
-                        tracing::info!(head = %address, "session manager closed the node stream");
-                        return Ok(());
-                    }
-                    Err(status) => {
-                        let reason = format!("{address}: {}", status.message());
-                        return Err(FlameError::ConnectionLost(reason));
-                    }
+                    Ok(None) => return End::Closed,
+                    Err(status) => return End::Lost(format!("{address}: {}", status.message())),
                 },
                 _ = heartbeat.tick() => {
                     self.send(NodeMessage { msg: Some(node_message::Msg::Heartbeat(Heartbeat {})) }).await;

@@ -1,8 +1,12 @@
 //! The node's executor children: the slot limit, spawn and kill by executor id, exit
-//! bookkeeping, and the shutdown that reaps every one of them.
+//! bookkeeping, the memory limit, and the shutdown that reaps every one of them.
 //!
 //! A child counts against the slots until its exit report has been taken from [`Pool::next_exit`]
 //! — the same moment the session manager hears of it — so both sides agree on what is free.
+//!
+//! The memory limit is enforced by whoever waits in [`Pool::next_exit`] (the node's loop, and
+//! the shutdown sequence): one timer for the whole pool, not a task per child, and no lock —
+//! the pool's owner is the only one that touches the children.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -10,11 +14,11 @@ use std::time::Duration;
 use flame_core::ids::ExecutorId;
 use flame_core::proto::ExecutorExited;
 use tokio::sync::mpsc;
-use tokio::time::Instant;
+use tokio::time::{Instant, Interval, MissedTickBehavior};
 use tokio_util::task::TaskTracker;
 
 use super::process::{self, Executor};
-use super::system::resolve_python;
+use super::system::{resident_bytes, resolve_python};
 use super::NodeConfig;
 
 /// How long children get to exit by themselves first (the session manager tells them to stop
@@ -24,6 +28,10 @@ const SELF_EXIT: Duration = Duration::from_secs(1);
 const GRACE: Duration = Duration::from_secs(3);
 /// After SIGKILL, how long to wait for the reports (only a process stuck in the kernel lasts).
 const KILL_WAIT: Duration = Duration::from_secs(5);
+/// How often children's resident memory is checked against the limit. Reading
+/// `/proc/<pid>/status` costs microseconds; a child allocating faster than this can overshoot
+/// the limit briefly, which is why it is a kill and not a request.
+const MEMORY_CHECK: Duration = Duration::from_millis(200);
 
 pub(super) struct Pool {
     config: NodeConfig,
@@ -31,17 +39,25 @@ pub(super) struct Pool {
     tracker: TaskTracker,
     exits_tx: mpsc::UnboundedSender<ExecutorExited>,
     exits: mpsc::UnboundedReceiver<ExecutorExited>,
+    /// Ticks while there is a memory limit.
+    memory_check: Option<Interval>,
 }
 
 impl Pool {
     pub(super) fn new(config: NodeConfig) -> Self {
         let (exits_tx, exits) = mpsc::unbounded_channel();
+        let memory_check = config.executor_memory_bytes.map(|_| {
+            let mut check = tokio::time::interval(MEMORY_CHECK);
+            check.set_missed_tick_behavior(MissedTickBehavior::Delay);
+            check
+        });
         Pool {
             config,
             children: HashMap::new(),
             tracker: TaskTracker::new(),
             exits_tx,
             exits,
+            memory_check,
         }
     }
 
@@ -99,12 +115,42 @@ impl Pool {
         }
     }
 
-    /// The next child exit; the child no longer counts against the slots.
+    /// The next child exit; the child no longer counts against the slots. Meanwhile, kills
+    /// children over the memory limit. Cancel-safe.
     pub(super) async fn next_exit(&mut self) -> ExecutorExited {
-        // The pool holds a sender itself, so the channel never closes.
-        let report = self.exits.recv().await.unwrap_or_default();
-        self.children.remove(&ExecutorId(report.executor_id));
-        report
+        loop {
+            tokio::select! {
+                // The pool holds a sender itself, so the channel never closes.
+                report = self.exits.recv() => {
+                    let report = report.unwrap_or_default();
+                    self.children.remove(&ExecutorId(report.executor_id));
+                    return report;
+                }
+                _ = tick(&mut self.memory_check) => self.enforce_memory_limit(),
+            }
+        }
+    }
+
+    /// SIGKILLs every child whose resident memory is over the limit, with a note that opens
+    /// its exit report. Only the executor process itself is measured, not what it started.
+    fn enforce_memory_limit(&mut self) {
+        let Some(limit) = self.config.executor_memory_bytes else {
+            return;
+        };
+        for (id, child) in &mut self.children {
+            if child.noted() {
+                continue;
+            }
+            // None: it is exiting (a zombie) or gone; its report is on its way.
+            let Some(resident) = resident_bytes(child.pid) else {
+                continue;
+            };
+            if resident > limit {
+                let note = memory_note(limit, resident);
+                tracing::warn!(executor = %id, pid = child.pid, "{note}");
+                child.kill_with_note(note);
+            }
+        }
     }
 
     pub(super) fn pids(&self) -> Vec<u32> {
@@ -165,5 +211,41 @@ impl Pool {
             id.0.to_string(),
         ]);
         argv
+    }
+}
+
+/// Waits for the next tick, or forever without a timer.
+async fn tick(timer: &mut Option<Interval>) {
+    match timer {
+        Some(timer) => {
+            timer.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// The first line of a memory-killed executor's report. Resident memory is rounded up, so it
+/// never reads as equal to the limit it exceeded.
+fn memory_note(limit: u64, resident: u64) -> String {
+    const MIB: u64 = 1 << 20;
+    let limit = match limit % MIB {
+        0 => format!("{} MiB", limit / MIB),
+        _ => format!("{limit} bytes"),
+    };
+    let resident = resident.div_ceil(MIB);
+    format!("killed by flame: memory limit of {limit} exceeded (resident {resident} MiB)")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_note_names_limit_and_usage() {
+        assert_eq!(
+            memory_note(256 << 20, (300 << 20) + 5),
+            "killed by flame: memory limit of 256 MiB exceeded (resident 301 MiB)"
+        );
+        assert!(memory_note(1000, 4096).contains("limit of 1000 bytes"));
     }
 }

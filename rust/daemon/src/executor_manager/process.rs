@@ -4,6 +4,9 @@
 //! Each child gets a watcher task that owns the `Child`. Signals go through the watcher, which
 //! delivers them only while the child is not yet reaped — so a kill can never hit a recycled
 //! pid. Both pipes are read continuously: a chatty child must never block on a full pipe.
+//!
+//! A kill may carry a note (the node's reason, e.g. a memory limit): it opens the exit
+//! report's `stderr_tail`, so whoever reads the failure learns why before the child's own words.
 
 use std::collections::VecDeque;
 use std::os::unix::process::ExitStatusExt;
@@ -29,14 +32,39 @@ const PIPE_DRAIN: Duration = Duration::from_millis(500);
 /// The node's side of a running child.
 pub(super) struct Executor {
     pub(super) pid: u32,
-    signals: mpsc::UnboundedSender<i32>,
+    signals: mpsc::UnboundedSender<Signal>,
+    /// Killed with a note already: don't kill (and log) again while it dies.
+    noted: bool,
+}
+
+/// A signal for the watcher to deliver, and what to say about it in the exit report.
+struct Signal {
+    number: i32,
+    note: Option<String>,
 }
 
 impl Executor {
     /// Asks the watcher to signal the child's process group (the executor and anything it
     /// started). A no-op once the child has exited.
-    pub(super) fn signal(&self, signal: i32) {
-        let _ = self.signals.send(signal);
+    pub(super) fn signal(&self, number: i32) {
+        let _ = self.signals.send(Signal { number, note: None });
+    }
+
+    /// SIGKILLs the child's group; if that is what ends it, its exit report's `stderr_tail`
+    /// starts with `note`. Only the first note counts.
+    pub(super) fn kill_with_note(&mut self, note: String) {
+        if !self.noted {
+            self.noted = true;
+            let signal = Signal {
+                number: libc::SIGKILL,
+                note: Some(note),
+            };
+            let _ = self.signals.send(signal);
+        }
+    }
+
+    pub(super) fn noted(&self) -> bool {
+        self.noted
     }
 }
 
@@ -81,18 +109,23 @@ pub(super) fn spawn(
     let (signals, signal_rx) = mpsc::unbounded_channel();
     tracker.spawn(watch(id, pid, child, signal_rx, drains, tail, exits));
     tracing::info!(executor = %id, pid, "started executor: {}", argv.join(" "));
-    Ok(Executor { pid, signals })
+    Ok(Executor {
+        pid,
+        signals,
+        noted: false,
+    })
 }
 
 async fn watch(
     id: ExecutorId,
     pid: u32,
     mut child: Child,
-    mut signals: mpsc::UnboundedReceiver<i32>,
+    mut signals: mpsc::UnboundedReceiver<Signal>,
     drains: Vec<tokio::task::JoinHandle<()>>,
     tail: Arc<Mutex<Tail>>,
     exits: mpsc::UnboundedSender<ExecutorExited>,
 ) {
+    let mut note = None;
     let status = loop {
         tokio::select! {
             status = child.wait() => break status,
@@ -100,7 +133,8 @@ async fn watch(
                 // `id()` is None once reaped; only this task reaps, so the pid is still ours.
                 if let Some(pid) = child.id() {
                     // SAFETY: plain syscall; a negative pid addresses the child's group.
-                    unsafe { libc::kill(-(pid as libc::pid_t), signal) };
+                    unsafe { libc::kill(-(pid as libc::pid_t), signal.number) };
+                    note = note.or(signal.note);
                 }
             }
         }
@@ -120,14 +154,24 @@ async fn watch(
         tracing::debug!(executor = %id, "output pipe still open after exit; not waiting");
         drains.iter().for_each(|d| d.abort());
     }
-    let stderr_tail = tail.lock().map(|t| t.text()).unwrap_or_default();
+    let mut stderr_tail = tail.lock().map(|t| t.text()).unwrap_or_default();
     let report = match status {
-        Ok(status) => ExecutorExited {
-            executor_id: id.0,
-            exit_code: status.code().unwrap_or(-1),
-            signal: status.signal().unwrap_or(0),
-            stderr_tail,
-        },
+        Ok(status) => {
+            // A child that exited by itself just as the kill went out was not killed by us.
+            if let Some(note) = note.filter(|_| status.signal() == Some(libc::SIGKILL)) {
+                stderr_tail = if stderr_tail.is_empty() {
+                    note
+                } else {
+                    format!("{note}\n{stderr_tail}")
+                };
+            }
+            ExecutorExited {
+                executor_id: id.0,
+                exit_code: status.code().unwrap_or(-1),
+                signal: status.signal().unwrap_or(0),
+                stderr_tail,
+            }
+        }
         Err(e) => ExecutorExited {
             executor_id: id.0,
             exit_code: -1,

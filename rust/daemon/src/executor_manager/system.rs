@@ -1,5 +1,6 @@
-//! Facts about the machine a node runs on: its name, its memory, and where an interpreter
-//! lives. Read once, best effort — a node with odd `/proc` still runs, it just reports less.
+//! Facts about the machine a node runs on: its name, its memory, where an interpreter lives,
+//! and how much memory a child holds. Best effort — a node with odd `/proc` still runs, it
+//! just reports (and enforces) less.
 
 use std::path::Path;
 
@@ -31,6 +32,20 @@ pub(super) fn memory_bytes() -> u64 {
 
 fn parse_meminfo(text: &str) -> Option<u64> {
     let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// Resident memory (`VmRSS`) of process `pid` in bytes; `None` when it cannot be read — the
+/// process is gone, or a zombie (which holds no memory any more).
+pub(super) fn resident_bytes(pid: u32) -> Option<u64> {
+    // `status` rather than `statm`: it states its unit, so no page size is needed.
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    parse_status_rss(&text)
+}
+
+fn parse_status_rss(text: &str) -> Option<u64> {
+    let line = text.lines().find(|l| l.starts_with("VmRSS:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
 }
@@ -75,6 +90,15 @@ mod tests {
         let text = "MemFree:  100 kB\nMemTotal:       16318412 kB\n";
         assert_eq!(parse_meminfo(text), Some(16318412 * 1024));
         assert_eq!(parse_meminfo("nothing here"), None);
+    }
+
+    #[test]
+    fn resident_memory_is_read_in_bytes() {
+        let text = "Name:\tpython3\nVmPeak:\t  9000 kB\nVmRSS:\t    2048 kB\nThreads:\t1\n";
+        assert_eq!(parse_status_rss(text), Some(2048 * 1024));
+        // A zombie's status has no VmRSS line.
+        assert_eq!(parse_status_rss("Name:\tx\nState:\tZ (zombie)\n"), None);
+        assert!(resident_bytes(std::process::id()).is_some_and(|b| b > 0));
     }
 
     #[test]
