@@ -11,7 +11,9 @@
 //! executor_command = ["flame-echo-executor"]   # instead of `{python} -m flame._executor`
 //! warm_delay_ms = 2000
 //! window = 4
-//! max_payload_mb = 256
+//! max_payload_mb = 256                         # largest task input or output (at most 1000)
+//! client_lease_ms = 60000                       # close a vanished client's sessions after this
+//! drain_grace_ms = 10000                        # on SIGTERM, let running tasks finish this long
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -42,6 +44,8 @@ pub struct FileConfig {
     pub max_payload_mb: Option<usize>,
     pub heartbeat_ms: Option<u64>,
     pub node_timeout_ms: Option<u64>,
+    pub client_lease_ms: Option<u64>,
+    pub drain_grace_ms: Option<u64>,
 }
 
 impl FileConfig {
@@ -72,7 +76,19 @@ impl FileConfig {
             }
             m.window = w;
         }
+        if let Some(ms) = self.client_lease_ms {
+            m.client_lease = Duration::from_millis(ms);
+        }
+        if let Some(ms) = self.drain_grace_ms {
+            m.drain_grace = Duration::from_millis(ms);
+        }
         if let Some(mb) = self.max_payload_mb {
+            // A payload travels inside one gRPC message (limit 1 GiB with framing).
+            if mb == 0 || mb > 1000 {
+                return Err(FlameError::InvalidArgument(format!(
+                    "max_payload_mb must be between 1 and 1000, got {mb}"
+                )));
+            }
             m.max_payload_bytes = mb.saturating_mul(1 << 20);
         }
         if let Some(ms) = self.heartbeat_ms {
@@ -110,6 +126,19 @@ mod tests {
         let m = f.manager().unwrap();
         assert_eq!(m.warm_delay, Duration::from_millis(50));
         assert_eq!(m.window, 8);
+        let f: FileConfig =
+            toml::from_str("client_lease_ms = 500\ndrain_grace_ms = 20\nmax_payload_mb = 1")
+                .unwrap();
+        let m = f.manager().unwrap();
+        assert_eq!(m.client_lease, Duration::from_millis(500));
+        assert_eq!(m.drain_grace, Duration::from_millis(20));
+        assert_eq!(m.max_payload_bytes, 1 << 20);
+        let huge: FileConfig = toml::from_str("max_payload_mb = 5000").unwrap();
+        assert!(huge
+            .manager()
+            .unwrap_err()
+            .to_string()
+            .contains("max_payload_mb"));
         let bad: FileConfig = toml::from_str("window = 0").unwrap();
         assert!(bad.manager().unwrap_err().to_string().contains("window"));
         assert!(

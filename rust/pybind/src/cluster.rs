@@ -52,6 +52,11 @@ impl PyLocalCluster {
         };
         let mut manager = ManagerConfig::default();
         if let Some(b) = max_payload_bytes {
+            if b == 0 || b > 1000 << 20 {
+                return Err(crate::error::InvalidArgumentError::new_err(format!(
+                    "max_payload_bytes must be between 1 and 1000 MiB, got {b}"
+                )));
+            }
             manager.max_payload_bytes = b;
         }
         if let Some(l) = client_lease {
