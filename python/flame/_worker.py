@@ -4,12 +4,17 @@
 when the executor binds to a session, :meth:`Worker.invoke` for each task and
 :meth:`Worker.leave` when it unbinds. Nothing raised by user code escapes: failures come
 back as error tuples ``(kind, message, traceback, payload)``, where ``payload`` is the
-pickled exception (or ``b""`` when it cannot be pickled and rebuilt).
+pickled exception (or ``b""`` when it cannot be pickled and rebuilt); a failed task's tuple
+has a fifth element, ``retryable``, which asks the daemon to run the task again while it
+has attempts left.
 
 App specs are cloudpickled dicts:
-  ``{"kind": "function", "fn": f}``                 task input ``(args, kwargs)``
-  ``{"kind": "class", "cls": C, "args": a, "kwargs": k}``  input ``(method, args, kwargs)``
+  ``{"kind": "function", "fn": f, "retry": r}``      task input ``(args, kwargs)``
+  ``{"kind": "class", "cls": C, "args": a, "kwargs": k, "retry": r}``
+                                                    input ``(method, args, kwargs)``
   ``{"kind": "service", "cls": FlameServiceSubclass}``   raw bytes in, raw bytes out
+where ``r`` (optional, default ``False``) says which exceptions of the user's code are
+retryable: ``True`` for any, or a tuple of exception classes.
 """
 
 from __future__ import annotations
@@ -30,8 +35,11 @@ from flame.application import FlameService, SessionContext, TaskContext
 __all__ = ["Worker"]
 
 ErrorTuple = tuple[int, str, str, bytes]
+# (kind, message, traceback, payload, retryable)
+TaskErrorTuple = tuple[int, str, str, bytes, bool]
 EnterResult = Optional[ErrorTuple]
-InvokeResult = Union[bytes, ErrorTuple]
+InvokeResult = Union[bytes, TaskErrorTuple]
+Retry = Union[bool, tuple[type[BaseException], ...]]
 
 
 def _user_frames(tb: TracebackType | None) -> TracebackType | None:
@@ -67,6 +75,7 @@ class Worker:
         self._name = ""
         self._kind = ""
         self._target: Any = None
+        self._retry: Retry = False
         self._loop: asyncio.AbstractEventLoop | None = None
 
     # -------------------------------------------------------------- ServiceHost
@@ -116,27 +125,34 @@ class Worker:
         self._name = application
         self._kind = kind
         self._target = target
+        retry = spec.get("retry", False) if kind != "service" else False
+        self._retry = (retry,) if isinstance(retry, type) else retry
         return None
 
     def invoke(self, task_id: int, input: bytes) -> InvokeResult:
-        """Run one task; its output bytes, or an error tuple (kind 1) if it failed."""
+        """Run one task; its output bytes, or an error tuple (kind 1) if it failed.
+
+        The tuple's ``retryable`` is true when the exception matches the session's
+        ``retry_exceptions``; a result that cannot be serialized is never retryable.
+        """
         if self._session_id is None:
-            return (errors.INTERNAL, "a task arrived before any session was entered", "", b"")
+            msg = "a task arrived before any session was entered"
+            return (errors.INTERNAL, msg, "", b"", False)
         try:
             result = self._call(task_id, input)
         except Exception as e:
-            return _failure(errors.USER_EXCEPTION, e)
+            return (*_failure(errors.USER_EXCEPTION, e), self._retryable(e))
         if self._kind == "service":
             return self._service_output(result)
         try:
             return _serde.dumps(result, what=f"the result of {self._name}")
         except errors.FlameError as e:
-            return _failure(errors.USER_EXCEPTION, e)
+            return (*_failure(errors.USER_EXCEPTION, e), False)
 
     def leave(self) -> None:
         """Tear the session down (``on_session_leave`` for services); never raises."""
         target, kind = self._target, self._kind
-        self._session_id, self._target, self._kind = None, None, ""
+        self._session_id, self._target, self._kind, self._retry = None, None, "", False
         if kind == "service":
             try:
                 target.on_session_leave()
@@ -166,6 +182,12 @@ class Worker:
             result = self._loop.run_until_complete(result)
         return result
 
+    def _retryable(self, e: Exception) -> bool:
+        retry = self._retry
+        if isinstance(retry, tuple):
+            return isinstance(e, retry)
+        return retry is True
+
     def _service_output(self, result: object) -> InvokeResult:
         if result is None:
             return b""
@@ -176,4 +198,4 @@ class Worker:
         e = TypeError(
             f"{self._name}: on_task_invoke must return bytes, got {type(result).__qualname__}"
         )
-        return (errors.USER_EXCEPTION, f"TypeError: {e}", "", _pickle_exception(e))
+        return (errors.USER_EXCEPTION, f"TypeError: {e}", "", _pickle_exception(e), False)

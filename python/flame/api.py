@@ -133,6 +133,8 @@ def init(
     slots: int | None = None,
     state_dir: str | None = None,
     log_level: str | None = None,
+    max_payload: int | None = None,
+    client_lease: float | None = None,
 ) -> None:
     """Connect to a Flame cluster, or start an embedded one.
 
@@ -145,11 +147,19 @@ def init(
             directory, removed at shutdown).
         log_level: Log level of the native side (e.g. ``"info"``, ``"debug"``, or a
             ``RUST_LOG`` filter), for this process and the executors it starts.
+        max_payload: The embedded cluster's largest task input or result, in bytes
+            (default 256 MiB). A bigger argument raises :class:`flame.PayloadTooLargeError`
+            at call time; a bigger result fails its task with it.
+        client_lease: Seconds the embedded cluster keeps a client's sessions open after
+            losing it (default 60), so that a client that reconnects finds them.
 
-    Calling ``init`` again with the same address does nothing.
+    ``slots``, ``state_dir``, ``max_payload`` and ``client_lease`` configure the embedded
+    cluster; they are ignored when connecting to a daemon, which has its own settings
+    (``flame-daemon --config``). Calling ``init`` again with the same address does nothing.
 
     Raises:
-        flame.InvalidArgumentError: already initialized with a different address.
+        flame.InvalidArgumentError: already initialized with a different address, or an
+            option is out of range.
         flame.ConnectionError: the daemon at ``address`` cannot be reached.
     """
     global _runtime, _atexit_registered
@@ -168,7 +178,7 @@ def init(
         if address is not None:
             _runtime = Runtime(Connection(address), address)
         else:
-            _runtime = _start_embedded(slots, state_dir)
+            _runtime = _start_embedded(slots, state_dir, max_payload, client_lease)
         if not _atexit_registered:
             atexit.register(shutdown)
             _atexit_registered = True
@@ -190,14 +200,37 @@ def _set_log_level(level: str) -> None:
         init_logging(level)
 
 
-def _start_embedded(slots: int | None, state_dir: str | None) -> Runtime:
+def _start_embedded(
+    slots: int | None,
+    state_dir: str | None,
+    max_payload: int | None = None,
+    client_lease: float | None = None,
+) -> Runtime:
     if slots is not None and slots < 1:
         raise errors.InvalidArgumentError(f"slots must be at least 1, got {slots}")
+    if max_payload is not None and (
+        not isinstance(max_payload, int) or isinstance(max_payload, bool) or max_payload < 1
+    ):
+        raise errors.InvalidArgumentError(
+            f"max_payload must be a number of bytes >= 1, got {max_payload!r}"
+        )
+    if client_lease is not None and not (
+        isinstance(client_lease, (int, float)) and client_lease > 0
+    ):
+        raise errors.InvalidArgumentError(
+            f"client_lease must be a number of seconds > 0, got {client_lease!r}"
+        )
     temp_dir = None
     if state_dir is None:
         state_dir = temp_dir = tempfile.mkdtemp(prefix="flame-")
     try:
-        cluster = _core.LocalCluster(slots or os.cpu_count() or 1, state_dir, sys.executable)
+        cluster = _core.LocalCluster(
+            slots or os.cpu_count() or 1,
+            state_dir,
+            sys.executable,
+            max_payload_bytes=max_payload,
+            client_lease=None if client_lease is None else float(client_lease),
+        )
     except BaseException:
         if temp_dir is not None:
             shutil.rmtree(temp_dir, ignore_errors=True)

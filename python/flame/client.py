@@ -220,11 +220,11 @@ class Connection:
         if self.closed:
             raise errors.ConnectionError(f"the connection to {self.address} is closed")
         if self._max_bytes is not None:
-            for data in inputs:
+            for i, data in enumerate(inputs):
                 if len(data) > self._max_bytes:
                     raise errors.PayloadTooLargeError(
-                        f"a task input of {len(data)} bytes is over the daemon's limit of "
-                        f"{self._max_bytes} bytes"
+                        f"task input #{i} is {len(data)} bytes, over the daemon's limit of "
+                        f"{self._max_bytes} bytes (nothing was submitted)"
                     )
         task_ids = self._conn.submit(session_id, inputs)
         self._pump.register(session_id, task_ids, futures)

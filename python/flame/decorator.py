@@ -6,7 +6,7 @@ import inspect
 from typing import Any, Callable, TypeVar, overload
 
 from flame import _serde
-from flame.remote import Options, RemoteFunction
+from flame.remote import Options, RemoteFunction, RetryExceptions
 from flame.remote_class import RemoteClass
 
 __all__ = ["service"]
@@ -27,6 +27,7 @@ def service(
     timeout: float | None = None,
     slots: int | None = None,
     priority: int = 0,
+    retry_exceptions: RetryExceptions = False,
 ) -> Callable[[Any], Any]: ...
 
 
@@ -37,6 +38,7 @@ def service(
     timeout: float | None = None,
     slots: int | None = None,
     priority: int = 0,
+    retry_exceptions: RetryExceptions = False,
 ) -> Any:
     """Make a function's calls, or a class's method calls, run as Flame tasks.
 
@@ -57,17 +59,30 @@ def service(
         with Model("w.npy") as model:
             y = model.predict(x).result()
 
+    A task whose executor dies (a crash, a kill, out of memory) runs again on another
+    executor, up to ``max_retries`` times; then it fails with
+    :class:`flame.ExecutorLostError`. An exception raised by the task's own code is not
+    retried, unless ``retry_exceptions`` says so::
+
+        @flame.service(max_retries=2, retry_exceptions=(TimeoutError, ConnectionError))
+        def fetch(url): ...
+
     Args:
-        max_retries: Re-runs of a task whose executor died.
+        max_retries: Re-runs of a task whose executor died, or that raised an exception
+            matching ``retry_exceptions``.
         timeout: Per-task time limit in seconds (``None``: none); an overrun fails the
             task with :class:`flame.TaskTimeoutError`.
         slots: The most executors the session may use (``None`` or 0: no limit).
         priority: Higher runs first when sessions compete for executors.
+        retry_exceptions: Which exceptions raised by the task re-run it (while
+            ``max_retries`` allows): ``False`` (default) none, ``True`` any, or an
+            exception class or tuple of classes (matched like ``except``). The last
+            attempt's exception is raised. A class's ``__init__`` failing is never retried.
 
     Raises:
         flame.InvalidArgumentError: an option is out of range.
     """
-    options = Options(max_retries, timeout, slots, priority)
+    options = Options(max_retries, timeout, slots, priority, retry_exceptions)
 
     def wrap(obj: Any) -> Any:
         if inspect.isclass(obj):

@@ -164,7 +164,7 @@ class Future(concurrent.futures.Future):  # type: ignore[type-arg]
         elif state == CANCELLED or (error is not None and error[0] == errors.CANCELLED):
             self._resolve_cancelled()
         elif error is not None:
-            kind, message, tb, payload = error
+            kind, message, tb, payload = error[:4]  # a newer daemon may add fields
             self._set_exception_safe(
                 errors.error_from_tuple(kind, message, tb, payload, self.session_id, self.task_id)
             )

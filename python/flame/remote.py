@@ -13,7 +13,7 @@ import concurrent.futures
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Callable, Generic, TypeVar
+from typing import Any, Callable, Generic, TypeVar, Union
 
 from flame import _serde, api, errors
 from flame.client import Connection
@@ -24,6 +24,21 @@ __all__ = ["Options", "RemoteFunction"]
 R = TypeVar("R")
 C = TypeVar("C")
 AnyFuture = concurrent.futures.Future
+# What ``retry_exceptions`` accepts: a flag, an exception class, or a tuple of them.
+RetryExceptions = Union[bool, type[BaseException], tuple[type[BaseException], ...]]
+
+
+def _retry_spec(value: object) -> bool | tuple[type[BaseException], ...]:
+    """``retry_exceptions`` as it goes into the app spec: a bool, or a tuple of classes."""
+    if isinstance(value, bool):
+        return value
+    classes = value if isinstance(value, tuple) else (value,)
+    if not all(isinstance(c, type) and issubclass(c, BaseException) for c in classes):
+        raise errors.InvalidArgumentError(
+            "retry_exceptions must be True, False, an exception class or a tuple of them, "
+            f"got {value!r}"
+        )
+    return tuple(classes) or False
 
 
 @dataclass(frozen=True)
@@ -34,8 +49,11 @@ class Options:
     timeout: float | None = None
     slots: int | None = None
     priority: int = 0
+    retry_exceptions: RetryExceptions = False
 
     def __post_init__(self) -> None:
+        # Normalized here so that the spec always holds a bool or a tuple of classes.
+        object.__setattr__(self, "retry_exceptions", _retry_spec(self.retry_exceptions))
         if not isinstance(self.max_retries, int) or self.max_retries < 0:
             raise errors.InvalidArgumentError(
                 f"max_retries must be an int >= 0, got {self.max_retries!r}"
@@ -58,16 +76,42 @@ class Options:
         )
 
 
+def _labelled(args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[tuple[str, Any]]:
+    return [(f"argument {i}", a) for i, a in enumerate(args)] + [
+        (f"argument {k!r}", v) for k, v in kwargs.items()
+    ]
+
+
 def _encode(name: str, payload: object, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
     """Serialize a call; on failure name the argument that cannot be pickled."""
     try:
         return _serde.dumps(payload, what=f"the arguments of {name}()")
     except errors.SerializationError:
-        labelled = [(f"argument {i}", a) for i, a in enumerate(args)]
-        labelled += [(f"argument {k!r}", v) for k, v in kwargs.items()]
-        for label, value in labelled:
+        for label, value in _labelled(args, kwargs):
             _serde.dumps(value, what=f"{label} of {name}() ({_serde.describe(value)})")
         raise
+
+
+def _check_size(
+    conn: Connection, name: str, data: bytes, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> None:
+    """Refuse a call whose input is over the daemon's limit, naming its largest argument.
+
+    Raises:
+        flame.PayloadTooLargeError: ``data`` is larger than ``conn.max_payload``.
+    """
+    limit = conn.max_payload
+    if limit is None or len(data) <= limit:
+        return
+    largest = ""
+    sizes = [(len(_serde.dumps(v)), label, v) for label, v in _labelled(args, kwargs)]
+    if sizes:
+        size, label, value = max(sizes, key=lambda s: s[0])
+        largest = f"; the largest is {label} ({_serde.describe(value)}), {size} bytes"
+    raise errors.PayloadTooLargeError(
+        f"the arguments of {name}() serialize to {len(data)} bytes, over the daemon's "
+        f"limit of {limit} bytes{largest}"
+    )
 
 
 def _has_futures(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
@@ -103,6 +147,7 @@ class _Callable:
         if not _has_futures(args, kwargs):
             data = _encode(self.name, self._payload(args, kwargs), args, kwargs)
             conn, session_id = self._session()
+            _check_size(conn, self.name, data, args, kwargs)
             future = Future(_serde.loads)
             conn._submit(session_id, [data], [future])
             self._track([future])
@@ -127,6 +172,8 @@ class _Callable:
         if not inputs:
             return []
         conn, session_id = self._session()
+        for data, c in zip(inputs, calls):
+            _check_size(conn, self.name, data, c, {})
         futures = [Future(_serde.loads) for _ in inputs]
         conn._submit(session_id, inputs, futures)
         self._track(futures)
@@ -175,6 +222,7 @@ class _Dependent:
             args, kwargs = _substitute(self._args, self._kwargs, lambda f: f.result())
             data = _encode(self._target.name, self._target._payload(args, kwargs), args, kwargs)
             conn, session_id = self._target._session()
+            _check_size(conn, self._target.name, data, args, kwargs)
             conn._submit(session_id, [data], [future])
         except BaseException as e:  # delivered through the future
             future._set_exception_safe(e)
@@ -242,7 +290,8 @@ class RemoteFunction(_Callable, Generic[R]):
         with self._lock:
             if self._runtime is not rt or self._session_id is None:
                 spec = _serde.dumps_function(
-                    {"kind": "function", "fn": self._fn}, what=f"function {self.name}"
+                    {"kind": "function", "fn": self._fn, "retry": self._options.retry_exceptions},
+                    what=f"function {self.name}",
                 )
                 self._session_id = self._options.open(rt, self.name, spec)
                 self._runtime = rt

@@ -12,7 +12,7 @@ from typing import Any, Generic, TypeVar
 from flame import _serde, api, errors
 from flame.client import Connection
 from flame.futures import Future
-from flame.remote import Options, _Callable, _has_futures, _substitute
+from flame.remote import Options, _Callable, _has_futures, _labelled, _substitute
 
 __all__ = ["RemoteClass", "RemoteMethod", "ServiceInstance"]
 
@@ -68,16 +68,21 @@ class RemoteClass(Generic[C]):
         return self._cls(*args, **kwargs)
 
 
-def _class_spec(cls: type, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
+def _class_spec(
+    owner: RemoteClass[Any], name: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> bytes:
     """The app spec of a class session; on failure name the argument at fault."""
+    spec = {
+        "kind": "class",
+        "cls": owner._cls,
+        "args": args,
+        "kwargs": kwargs,
+        "retry": owner._options.retry_exceptions,
+    }
     try:
-        return _serde.dumps_function(
-            {"kind": "class", "cls": cls, "args": args, "kwargs": kwargs}, what=f"class {name}"
-        )
+        return _serde.dumps_function(spec, what=f"class {name}")
     except errors.SerializationError:
-        labelled = [(f"argument {i}", a) for i, a in enumerate(args)]
-        labelled += [(f"argument {k!r}", v) for k, v in kwargs.items()]
-        for label, value in labelled:
+        for label, value in _labelled(args, kwargs):
             _serde.dumps_function(value, what=f"{label} of {name}() ({_serde.describe(value)})")
         raise
 
@@ -117,7 +122,7 @@ class ServiceInstance:
         name = owner.__qualname__
         if _has_futures(args, kwargs):
             args, kwargs = _substitute(args, kwargs, lambda f: f.result())
-        spec = _class_spec(owner._cls, name, args, kwargs)
+        spec = _class_spec(owner, name, args, kwargs)
         rt = api.runtime()
         self._runtime = rt
         self._conn = rt.conn

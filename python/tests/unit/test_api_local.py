@@ -79,6 +79,30 @@ def test_service_options_are_checked() -> None:
         flame.service(42)
 
 
+def test_retry_exceptions_is_checked_and_normalized() -> None:
+    from flame.remote import Options
+
+    assert Options().retry_exceptions is False
+    assert Options(retry_exceptions=True).retry_exceptions is True
+    assert Options(retry_exceptions=ValueError).retry_exceptions == (ValueError,)
+    assert Options(retry_exceptions=(KeyError, OSError)).retry_exceptions == (KeyError, OSError)
+    assert Options(retry_exceptions=()).retry_exceptions is False
+    for bad in ("ValueError", 1, (ValueError, "x"), ValueError("x"), int):
+        with pytest.raises(flame.InvalidArgumentError, match="retry_exceptions"):
+            flame.service(retry_exceptions=bad)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [{"max_payload": 0}, {"max_payload": 1.5}, {"client_lease": 0}, {"client_lease": "60"}],
+)
+def test_embedded_cluster_options_are_checked_before_starting(bad: dict[str, object]) -> None:
+    from flame import api
+
+    with pytest.raises(flame.InvalidArgumentError, match=next(iter(bad))):
+        api._start_embedded(None, None, **bad)  # type: ignore[arg-type]
+
+
 def test_decorating_needs_no_cluster() -> None:
     @flame.service(max_retries=1)
     def add(x: int, y: int) -> int:

@@ -83,12 +83,52 @@ def test_user_exception() -> None:
     assert w.enter(7, "boom", spec(kind="function", fn=boom), b"") is None
     out = w.invoke(1, _serde.dumps(((5,), {})))
     assert isinstance(out, tuple)
-    kind, message, tb, payload = out
+    kind, message, tb, payload, retryable = out
     assert kind == errors.USER_EXCEPTION
+    assert retryable is False  # user exceptions are not retried by default
     assert message == "KeyError: 5"
     assert "in boom" in tb and "_worker.py" not in tb
     exc = pickle.loads(payload)
     assert type(exc) is KeyError and exc.args == (5,)
+
+
+@pytest.mark.parametrize(
+    ("retry", "raised", "retryable"),
+    [
+        (False, ValueError, False),
+        (True, ValueError, True),
+        ((ValueError,), ValueError, True),
+        ((LookupError, OSError), KeyError, True),  # matched like `except`: subclasses too
+        ((ValueError,), KeyError, False),
+        (ValueError, ValueError, True),  # a bare class in a hand-made spec
+    ],
+)
+def test_retryable_follows_retry_exceptions(
+    retry: Any, raised: type[Exception], retryable: bool
+) -> None:
+    def boom() -> None:
+        raise raised("again")
+
+    w = Worker()
+    assert w.enter(7, "boom", spec(kind="function", fn=boom, retry=retry), b"") is None
+    out = w.invoke(1, _serde.dumps(((), {})))
+    assert isinstance(out, tuple) and len(out) == 5
+    assert out[0] == errors.USER_EXCEPTION and out[4] is retryable
+
+
+def test_class_method_exception_is_retryable() -> None:
+    w = Worker()
+    cls_spec = spec(kind="class", cls=Counter, args=(0,), kwargs={}, retry=(TypeError,))
+    assert w.enter(8, "Counter", cls_spec, b"") is None
+    out = w.invoke(1, _serde.dumps(("incr", ("x",), {})))  # int + str: TypeError
+    assert isinstance(out, tuple) and out[4] is True
+
+
+def test_unserializable_result_is_never_retryable() -> None:
+    w = Worker()
+    w.enter(7, "lock", spec(kind="function", fn=threading.Lock, retry=True), b"")
+    out = w.invoke(1, _serde.dumps(((), {})))
+    assert isinstance(out, tuple) and out[0] == errors.USER_EXCEPTION and out[4] is False
 
 
 def test_exception_that_cannot_round_trip_has_no_payload() -> None:
@@ -98,7 +138,7 @@ def test_exception_that_cannot_round_trip_has_no_payload() -> None:
     w = Worker()
     w.enter(7, "boom", spec(kind="function", fn=boom), b"")
     out = w.invoke(1, _serde.dumps(((), {})))
-    assert out == (errors.USER_EXCEPTION, "NeedsTwoArgs: 1/2", out[2], b"")
+    assert out == (errors.USER_EXCEPTION, "NeedsTwoArgs: 1/2", out[2], b"", False)
 
 
 def test_unpicklable_result() -> None:

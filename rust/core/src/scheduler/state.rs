@@ -105,6 +105,9 @@ pub struct Session {
     pub last_counter: HashMap<ClientId, u32>,
     /// Set when on_session_enter failed: the session cannot run anything.
     pub enter_failed: Option<TaskFailure>,
+    /// Ids the daemon told a client it never stored (after a restart): their resubmission is
+    /// accepted even though newer ids from that client were seen first.
+    pub resubmittable: HashSet<TaskId>,
 }
 
 impl Session {
@@ -120,6 +123,7 @@ impl Session {
             counts: TaskCounts::default(),
             last_counter: HashMap::new(),
             enter_failed: None,
+            resubmittable: HashSet::new(),
         }
     }
 

@@ -85,6 +85,9 @@ impl Scheduler {
         Ok(tasks
             .into_iter()
             .filter(|(tid, _)| {
+                if session.resubmittable.remove(tid) {
+                    return !session.tasks.contains_key(tid);
+                }
                 let counter = (tid.0 & 0xffff_ffff) as u32;
                 let last = session.last_counter.entry(tid.client()).or_insert(0);
                 if counter <= *last {
@@ -159,6 +162,18 @@ impl Scheduler {
             format!("task {} of {sid} was cancelled while running", tid.0),
         );
         CancelOutcome::Killed
+    }
+
+    /// The daemon told a client it never stored these tasks: accept them when they come again,
+    /// whatever the client submitted in between. `false` if the session is not open here.
+    pub fn allow_resubmit(&mut self, sid: SessionId, tids: &[TaskId]) -> bool {
+        match self.sessions.get_mut(&sid) {
+            Some(s) => {
+                s.resubmittable.extend(tids.iter().copied());
+                true
+            }
+            None => false,
+        }
     }
 
     /// Route the completion of an unfinished task to `watcher`. `false` if the task is not

@@ -478,3 +478,24 @@ fn draining_dispatches_nothing_new() {
     assert_eq!(h.s.running_tasks(), 0);
     assert_eq!(h.s.session(sid).unwrap().counts.pending, 3);
 }
+
+#[test]
+fn ids_the_daemon_never_stored_are_accepted_again_after_newer_ones() {
+    let mut h = Harness::new(1);
+    let sid = h.open(1, 0, 3);
+    let x = Bytes::from_static(b"x");
+    let old = TaskId::compose(ClientId(5), 1);
+    let newer = TaskId::compose(ClientId(5), 2);
+    // After a restart the newer submission arrives first; the older one was never stored.
+    assert_eq!(h.s.accept(sid, vec![(newer, x.clone())]).unwrap().len(), 1);
+    assert!(
+        h.s.accept(sid, vec![(old, x.clone())]).unwrap().is_empty(),
+        "looks like a dup"
+    );
+    assert!(h.s.allow_resubmit(sid, &[old]));
+    assert_eq!(h.s.accept(sid, vec![(old, x.clone())]).unwrap().len(), 1);
+    assert!(
+        h.s.accept(sid, vec![(old, x)]).unwrap().is_empty(),
+        "once only"
+    );
+}

@@ -43,6 +43,8 @@ pub(super) struct Actor {
     pub client_gone: HashMap<u32, Instant>,
     /// Executors whose stream closed, waiting (until the instant) for their node's exit report.
     pub lost_streams: HashMap<ExecutorId, Instant>,
+    /// For events the actor sends itself (answers from the storage thread).
+    pub self_tx: mpsc::UnboundedSender<Event>,
     /// A graceful stop in progress: when it must end, and who waits for it.
     pub draining: Option<(Instant, tokio::sync::oneshot::Sender<()>)>,
 }
@@ -125,6 +127,7 @@ pub fn start(
         client_streams: HashMap::new(),
         client_gone,
         lost_streams: HashMap::new(),
+        self_tx: tx.clone(),
         draining: None,
     };
     let task = tokio::spawn(actor.run(rx));

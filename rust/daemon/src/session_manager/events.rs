@@ -169,6 +169,22 @@ impl Actor {
                 session,
                 tasks,
             } => self.watch(conn, session, tasks),
+            Event::WatchedUnknown {
+                conn,
+                session,
+                tasks,
+            } => {
+                // Note them as resubmittable before the client hears of them, so the
+                // resubmission is never mistaken for a duplicate.
+                self.sched.allow_resubmit(session, &tasks);
+                if let Some(tx) = self.clients.get(&conn) {
+                    let msg = proto::server_message::Msg::Unknown(proto::UnknownTasks {
+                        session_id: session.0,
+                        task_ids: tasks.into_iter().map(|t| t.0).collect(),
+                    });
+                    let _ = tx.send(Ok(proto::ServerMessage { msg: Some(msg) }));
+                }
+            }
             Event::Cancel { session, task, .. } => {
                 self.sched.cancel(session, task);
             }
@@ -361,6 +377,7 @@ impl Actor {
         let Some(tx) = self.clients.get(&conn).cloned() else {
             return;
         };
+        let me = self.self_tx.clone();
         self.store.read(move |st| {
             let mut items = Vec::new();
             let mut unknown = Vec::new();
@@ -369,7 +386,7 @@ impl Actor {
                     Ok(Some(rec)) if rec.state.is_final() => items.push(rec.to_completion()),
                     // Stored, unfinished, yet not in memory: its session is closed or gone.
                     Ok(Some(_)) => {}
-                    Ok(None) => unknown.push(t.0),
+                    Ok(None) => unknown.push(t),
                     Err(e) => items.push(proto::TaskCompletion {
                         session_id: session.0,
                         task_id: t.0,
@@ -387,12 +404,13 @@ impl Actor {
                 let _ = tx.send(Ok(proto::ServerMessage { msg: Some(msg) }));
             }
             if !unknown.is_empty() {
-                // Never stored (in flight when the daemon stopped): the client submits again.
-                let msg = proto::server_message::Msg::Unknown(proto::UnknownTasks {
-                    session_id: session.0,
-                    task_ids: unknown,
+                // Never stored (in flight when the daemon stopped): the client submits again,
+                // once the actor has noted them as resubmittable.
+                let _ = me.send(Event::WatchedUnknown {
+                    conn,
+                    session,
+                    tasks: unknown,
                 });
-                let _ = tx.send(Ok(proto::ServerMessage { msg: Some(msg) }));
             }
         });
     }

@@ -123,6 +123,12 @@ pub enum Event {
         session: SessionId,
         tasks: Vec<TaskId>,
     },
+    /// Internal: storage has never seen these watched tasks; the client will resubmit them.
+    WatchedUnknown {
+        conn: u64,
+        session: SessionId,
+        tasks: Vec<TaskId>,
+    },
     Cancel {
         conn: u64,
         session: SessionId,
