@@ -127,10 +127,11 @@ class Future(concurrent.futures.Future):  # type: ignore[type-arg]
     # -------------------------------------------------------------- used by Flame only
 
     def _bind(self, session_id: int, task_id: int, cancel: Callable[[int, int], None]) -> None:
-        with self._condition:
-            self.session_id = session_id
-            self.task_id = task_id
-            self._cancel_remote = cancel
+        # No lock: this runs before the future is registered, so nothing else can see it
+        # as submitted yet (a hot path: one call per task).
+        self.session_id = session_id
+        self.task_id = task_id
+        self._cancel_remote = cancel
 
     def _resolve_cancelled(self) -> bool:
         if not super().cancel():
