@@ -67,11 +67,18 @@ impl Head {
         let (manager, actor, storage_thread) =
             session_manager::start(cfg.manager.clone(), Box::new(storage))?;
 
+        // A request may carry one task payload plus a batch around it; tonic reserves what a
+        // frame declares, so a larger limit would let one request pin that much memory.
+        let decode_limit = cfg
+            .manager
+            .max_payload_bytes
+            .saturating_add(16 << 20)
+            .min(MAX_MESSAGE_BYTES);
         let frontend = FrontendServer::new(FrontendService::new(manager.clone()))
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_decoding_message_size(decode_limit)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
         let backend = BackendServer::new(BackendService::new(manager.clone()))
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_decoding_message_size(decode_limit)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
         // `tcp_nodelay` on the builder only reaches sockets tonic accepts itself; these come
         // from our listener. Without it, Nagle's algorithm meets delayed ACKs and every

@@ -48,6 +48,8 @@ impl Backend for BackendService {
             return Err(Status::invalid_argument("a node needs at least one slot"));
         }
         let (tx, rx) = mpsc::unbounded_channel();
+        // Weak: the stream must still end when the actor lets go of it.
+        let errors = tx.downgrade();
         // The actor sends NodeRegistered itself, ahead of any command for this node.
         let node = self
             .handle
@@ -74,6 +76,12 @@ impl Backend for BackendService {
                     Ok(None) => break,
                     Err(e) => {
                         tracing::debug!(%node, error = %e, "node stream ended with an error");
+                        if let Some(errors) = errors.upgrade() {
+                            let _ = errors.send(Err(Status::invalid_argument(format!(
+                                "the node stream ended: a message could not be read: {}",
+                                e.message()
+                            ))));
+                        }
                         break;
                     }
                 };
@@ -102,6 +110,8 @@ impl Backend for BackendService {
             }
         };
         let (tx, rx) = mpsc::unbounded_channel();
+        // Weak: the stream must still end when the actor lets go of it.
+        let errors = tx.downgrade();
         self.handle
             .call(|reply| Event::ExecutorConnected { id, tx, reply })
             .await?;
@@ -130,6 +140,12 @@ impl Backend for BackendService {
                     Ok(None) => break,
                     Err(e) => {
                         tracing::debug!(executor = %id, error = %e, "executor stream ended with an error");
+                        if let Some(errors) = errors.upgrade() {
+                            let _ = errors.send(Err(Status::invalid_argument(format!(
+                                "the executor stream ended: a message could not be read: {}",
+                                e.message()
+                            ))));
+                        }
                         break;
                     }
                 };

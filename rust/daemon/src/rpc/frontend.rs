@@ -32,6 +32,20 @@ impl FrontendService {
     }
 }
 
+/// Longest application name (or interpreter path) accepted; names end up in error messages,
+/// which travel in HTTP/2 trailers.
+const MAX_NAME_BYTES: usize = 1024;
+
+fn check_name(what: &str, name: &str) -> Result<(), Status> {
+    if name.len() > MAX_NAME_BYTES {
+        return Err(Status::invalid_argument(format!(
+            "{what} is {} bytes; at most {MAX_NAME_BYTES} are accepted",
+            name.len()
+        )));
+    }
+    Ok(())
+}
+
 fn session_id(raw: u64) -> Result<SessionId, Status> {
     if raw == 0 {
         return Err(Status::invalid_argument("session_id is required (got 0)"));
@@ -67,10 +81,11 @@ impl Frontend for FrontendService {
         if a.name.trim().is_empty() {
             return Err(Status::invalid_argument("an application needs a name"));
         }
-        if a.spec.len() > self.handle.config.max_payload_bytes {
+        check_name("the application name", &a.name)?;
+        if a.spec.len() + a.description.len() > self.handle.config.max_payload_bytes {
             return Err(FlameError::PayloadTooLarge(format!(
-                "application spec is {} bytes",
-                a.spec.len()
+                "application spec and description are {} bytes",
+                a.spec.len() + a.description.len()
             ))
             .into());
         }
@@ -91,6 +106,7 @@ impl Frontend for FrontendService {
         req: Request<proto::ApplicationRef>,
     ) -> Result<Response<proto::Application>, Status> {
         let name = req.into_inner().name;
+        check_name("the application name", &name)?;
         let a = self
             .handle
             .call(|reply| Event::GetApplication { name, reply })
@@ -129,6 +145,8 @@ impl Frontend for FrontendService {
             .into_inner()
             .spec
             .ok_or_else(|| Status::invalid_argument("CreateSession needs a spec"))?;
+        check_name("the application name", &spec.application)?;
+        check_name("the interpreter path", &spec.python)?;
         let spec = SessionSpec::try_from(spec)?;
         let limit = self.handle.config.max_payload_bytes;
         if spec.common_data.len() + spec.app_spec.len() > limit {
@@ -205,6 +223,8 @@ impl Frontend for FrontendService {
             .and_then(|v| v.parse::<u32>().ok())
             .unwrap_or(0);
         let (tx, rx) = mpsc::unbounded_channel();
+        // Weak: the stream must still end when the actor lets go of it.
+        let errors = tx.downgrade();
         if !self
             .handle
             .send(Event::ClientConnected { conn, client, tx })
@@ -226,6 +246,12 @@ impl Frontend for FrontendService {
                     Ok(None) => break,
                     Err(e) => {
                         tracing::debug!(conn, error = %e, "client stream ended with an error");
+                        if let Some(errors) = errors.upgrade() {
+                            let _ = errors.send(Err(Status::invalid_argument(format!(
+                                "the task stream ended: a message could not be read: {}",
+                                e.message()
+                            ))));
+                        }
                         break;
                     }
                 }
@@ -240,7 +266,8 @@ impl Frontend for FrontendService {
 /// (a stream has no request to answer with an error, and one bad message must not end it).
 fn client_event(conn: u64, m: proto::ClientMessage) -> Option<Event> {
     let ev = match m.msg {
-        Some(client_message::Msg::Submit(b)) if b.session_id != 0 => Event::Submit {
+        // A submit to session 0 still goes on: its tasks are answered as failed.
+        Some(client_message::Msg::Submit(b)) => Event::Submit {
             conn,
             session: SessionId(b.session_id),
             tasks: b

@@ -303,8 +303,13 @@ impl Actor {
             Ok(a) => a,
             Err(_) => {
                 let ids = tasks.iter().map(|t| t.0);
-                let closed = session.0 < self.next_session;
-                let (kind, msg) = if closed {
+                let closed = session.0 != 0 && session.0 < self.next_session;
+                let (kind, msg) = if session.0 == 0 {
+                    (
+                        ErrorKind::ErrorInvalidArgument,
+                        "session_id is required (got 0)".to_string(),
+                    )
+                } else if closed {
                     (
                         ErrorKind::ErrorSessionClosed,
                         format!("session {session} is closed"),
@@ -438,6 +443,10 @@ impl Actor {
     fn executor_exited(&mut self, node: NodeId, exited: proto::ExecutorExited, now: Instant) {
         let id = ExecutorId(exited.executor_id);
         let how = exit_reason(&exited);
+        if self.sched.executor(id).is_some_and(|e| e.node != node) {
+            tracing::warn!(executor = %id, %node, "exit report for another node's executor ignored");
+            return;
+        }
         self.lost_streams.remove(&id);
         let here = self.sched.executor(id).filter(|e| e.node == node);
         let starting_for = here.and_then(|e| match e.state {
