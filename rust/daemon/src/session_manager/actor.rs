@@ -284,7 +284,7 @@ impl Actor {
     /// Stop every executor, drop every stream, and wait until storage has everything.
     async fn shutdown(&mut self) {
         for tx in self.executors.values() {
-            let _ = tx.send(Ok(super::events::shutdown_command(
+            let _ = tx.send(Ok(super::workers::shutdown_command(
                 "the session manager is stopping",
             )));
         }

@@ -1,18 +1,19 @@
-//! How the actor handles each [`Event`]: frontend requests, client streams, node and executor
-//! streams. Durable changes go to storage first; replies and scheduling follow the commit.
+//! How the actor handles each [`Event`]: the dispatch, and the frontend — client requests,
+//! client streams, submissions and watches. Node and executor events are in `workers.rs`.
+//! Durable changes go to storage; replies to clients follow the commit.
 
 use std::time::Instant;
 
 use bytes::Bytes;
 
-use flame_core::ids::{ExecutorId, NodeId, SessionId, TaskId};
+use flame_core::ids::{SessionId, TaskId};
 use flame_core::model::{key, now_ms, ErrorKind, SessionRecord, SessionState, TaskFailure};
 use flame_core::proto;
-use flame_core::scheduler::{Completion, ExecutorState};
+use flame_core::scheduler::Completion;
 use flame_core::storage::{NewTask, WriteOp};
 use flame_core::FlameError;
 
-use super::actor::{Actor, NodeLink};
+use super::actor::Actor;
 use super::apply::{closed_info, deliver, open_info};
 use super::Event;
 
@@ -192,41 +193,7 @@ impl Actor {
                 register,
                 tx,
                 reply,
-            } => {
-                // A node coming back keeps its id if this daemon gave it out and it is free.
-                let previous = register.previous_node_id;
-                let id = if previous != 0
-                    && previous < self.next_node
-                    && !self.nodes.contains_key(&NodeId(previous))
-                {
-                    NodeId(previous)
-                } else {
-                    self.next_node = self.next_node.saturating_add(1);
-                    NodeId(self.next_node - 1)
-                };
-                // NodeRegistered must be the first command on the stream: send it here,
-                // before the scheduler can queue a spawn for this node.
-                let registered = proto::NodeCommand {
-                    msg: Some(proto::node_command::Msg::Registered(
-                        proto::NodeRegistered {
-                            node_id: id.0,
-                            heartbeat_ms: self.cfg.heartbeat.as_millis() as u32,
-                        },
-                    )),
-                };
-                let _ = tx.send(Ok(registered));
-                self.sched
-                    .add_node(id, register.name.clone(), register.slots);
-                self.nodes.insert(
-                    id,
-                    NodeLink {
-                        tx,
-                        name: register.name,
-                        last_seen: now,
-                    },
-                );
-                let _ = reply.send(Ok(id));
-            }
+            } => self.node_connected(register, tx, reply, now),
             Event::NodeHeartbeat { node } => {
                 if let Some(n) = self.nodes.get_mut(&node) {
                     n.last_seen = now;
@@ -235,29 +202,11 @@ impl Actor {
             Event::NodeGone { node } => self.node_gone(node, now),
             Event::ExecutorExited { node, exited } => self.executor_exited(node, exited, now),
             Event::ExecutorConnected { id, tx, reply } => {
-                if self.sched.executor_registered(id, now) {
-                    self.executors.insert(id, tx);
-                    let _ = reply.send(Ok(()));
-                } else {
-                    let _ = reply.send(Err(FlameError::InvalidArgument(format!(
-                        "executor {id} was not started by this session manager"
-                    ))));
-                }
+                self.executor_connected(id, tx, reply, now)
             }
-            Event::ExecutorGone { id } => {
-                // Its node usually reports the exit, with the reason (a signal, the memory
-                // limit), a moment later: wait briefly for that before declaring it lost.
-                if self.executors.remove(&id).is_some() {
-                    self.lost_streams.insert(id, now + LOST_STREAM_GRACE);
-                }
-            }
+            Event::ExecutorGone { id } => self.executor_gone(id, now),
             Event::SessionEntered { executor, entered } => {
-                let sid = SessionId(entered.session_id);
-                if entered.error.is_none() {
-                    self.startup_failures.remove(&sid);
-                }
-                let error = entered.error.map(TaskFailure::from);
-                self.sched.session_entered(executor, sid, error, now);
+                self.session_entered(executor, entered, now)
             }
             Event::SessionLeft { executor, session } => {
                 self.sched.session_left(executor, session, now);
@@ -418,128 +367,5 @@ impl Actor {
                 });
             }
         });
-    }
-
-    pub(super) fn node_gone(&mut self, node: NodeId, now: Instant) {
-        if let Some(link) = self.nodes.remove(&node) {
-            tracing::warn!(node = %node, name = %link.name, "node left");
-        }
-        // A node killed outright leaves its executors running and connected: tell them to
-        // stop, and stop listening to them, so their work is only done once — elsewhere.
-        let orphans: Vec<ExecutorId> = self
-            .sched
-            .nodes()
-            .filter(|n| n.id == node)
-            .flat_map(|n| n.executors.iter().copied())
-            .collect();
-        for id in orphans {
-            if let Some(tx) = self.executors.remove(&id) {
-                let _ = tx.send(Ok(shutdown_command("its node left the cluster")));
-            }
-        }
-        self.sched.remove_node(node, now);
-    }
-
-    fn executor_exited(&mut self, node: NodeId, exited: proto::ExecutorExited, now: Instant) {
-        let id = ExecutorId(exited.executor_id);
-        let how = exit_reason(&exited);
-        if self.sched.executor(id).is_some_and(|e| e.node != node) {
-            tracing::warn!(executor = %id, %node, "exit report for another node's executor ignored");
-            return;
-        }
-        self.lost_streams.remove(&id);
-        let here = self.sched.executor(id).filter(|e| e.node == node);
-        let starting_for = here.and_then(|e| match e.state {
-            ExecutorState::Starting => e.reserved_for,
-            _ => None,
-        });
-        if here.is_some() {
-            self.executors.remove(&id);
-        }
-        self.sched
-            .executor_exited(node, id, &format!("executor {id} {how}"), now);
-        let Some(sid) = starting_for else {
-            return;
-        };
-        // An executor that dies before it registers usually cannot start at all (wrong
-        // interpreter, flame not installed there): fail the session instead of looping.
-        let n = self.startup_failures.entry(sid).or_insert(0);
-        *n += 1;
-        tracing::warn!(executor = %id, session = %sid, %how, stderr = %exited.stderr_tail, "executor failed to start");
-        if *n >= self.cfg.max_startup_failures {
-            let msg = format!(
-                "executors for session {sid} failed to start {n} times; last one {how}: {}",
-                exited.stderr_tail.trim()
-            );
-            self.sched.fail_session(
-                sid,
-                TaskFailure::new(ErrorKind::ErrorSessionEnterFailed, msg),
-            );
-        }
-    }
-
-    fn results(&mut self, executor: ExecutorId, results: Vec<proto::TaskResult>, now: Instant) {
-        let limit = self.cfg.max_payload_bytes;
-        let items = results
-            .into_iter()
-            .map(|r| {
-                let outcome = if r.ok {
-                    if r.output.len() > limit {
-                        Err(TaskFailure::new(
-                            ErrorKind::ErrorPayloadTooLarge,
-                            format!(
-                                "task {} result is {} bytes, over the daemon's limit of {limit} bytes",
-                                r.task_id,
-                                r.output.len()
-                            ),
-                        ))
-                    } else {
-                        Ok(r.output)
-                    }
-                } else {
-                    Err(r.error.map(TaskFailure::from).unwrap_or_else(|| {
-                        TaskFailure::new(ErrorKind::ErrorInternal, "task failed without an error")
-                    }))
-                };
-                (SessionId(r.session_id), TaskId(r.task_id), outcome)
-            })
-            .collect();
-        self.sched.task_results(executor, items, now);
-    }
-}
-
-/// How long an executor whose stream closed waits for its node's exit report before it is
-/// declared lost without one.
-pub(super) const LOST_STREAM_GRACE: std::time::Duration = std::time::Duration::from_millis(300);
-
-/// How an executor ended, for users: the signal or exit code, and what the node or the
-/// process said last (the memory-limit kill, the last line of a crash).
-fn exit_reason(exited: &proto::ExecutorExited) -> String {
-    let how = if exited.signal != 0 {
-        format!("killed by signal {}", exited.signal)
-    } else {
-        format!("exited with code {}", exited.exit_code)
-    };
-    let tail = exited.stderr_tail.trim();
-    let said = if tail.starts_with("killed by flame") {
-        tail.lines().next()
-    } else {
-        tail.lines().rev().find(|l| !l.trim().is_empty())
-    };
-    match said {
-        Some(line) => {
-            let line: String = line.trim().chars().take(300).collect();
-            format!("{how} ({line})")
-        }
-        None => how,
-    }
-}
-
-/// The command that tells an executor to leave its session and exit.
-pub(super) fn shutdown_command(reason: &str) -> proto::ExecutorCommand {
-    proto::ExecutorCommand {
-        msg: Some(proto::executor_command::Msg::Shutdown(proto::Shutdown {
-            reason: reason.into(),
-        })),
     }
 }

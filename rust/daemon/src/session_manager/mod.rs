@@ -9,6 +9,7 @@
 mod actor;
 mod apply;
 mod events;
+mod workers;
 
 use std::time::Duration;
 
