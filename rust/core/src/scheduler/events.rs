@@ -52,6 +52,10 @@ impl Scheduler {
 
     /// The node reports that an executor's process has exited: its slot is free again.
     pub fn executor_exited(&mut self, node: NodeId, eid: ExecutorId, reason: &str, now: Instant) {
+        // Only a node speaks for its own executors.
+        if self.executors.get(&eid).is_some_and(|e| e.node != node) {
+            return;
+        }
         if let Some(n) = self.nodes.get_mut(&node) {
             n.exiting.remove(&eid);
         }
