@@ -52,6 +52,7 @@ pub(super) struct Actor {
 const META_SESSION: &str = "next_session_id";
 const META_CLIENT: &str = "next_client_id";
 const META_EXECUTOR_BASE: &str = "next_executor_base";
+pub(super) const META_NODE: &str = "next_node_id";
 /// Executor ids handed out per start of the session manager (ids stay unique across restarts).
 const EXECUTOR_IDS_PER_START: u64 = 1 << 32;
 
@@ -121,7 +122,8 @@ pub fn start(
         nodes: HashMap::new(),
         next_session: meta(META_SESSION, 1),
         next_client: meta(META_CLIENT, 1) as u32,
-        next_node: 1,
+        // Persisted, so a node that rejoins a restarted head keeps its id.
+        next_node: meta(META_NODE, 1),
         startup_failures: HashMap::new(),
         conn_client: HashMap::new(),
         client_streams: HashMap::new(),

@@ -29,6 +29,11 @@ impl Actor {
             NodeId(previous)
         } else {
             self.next_node = self.next_node.saturating_add(1);
+            self.store
+                .write_only(vec![flame_core::storage::WriteOp::SetMeta {
+                    key: super::actor::META_NODE.into(),
+                    value: self.next_node,
+                }]);
             NodeId(self.next_node - 1)
         };
         // NodeRegistered must be the first command on the stream: send it here,
