@@ -121,6 +121,16 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_readme_example_config_is_valid() {
+        let readme = include_str!("../../../README.md");
+        let start = readme.find("```toml\n").expect("README has a TOML example") + 8;
+        let end = start + readme[start..].find("```").expect("closed block");
+        let f: FileConfig = toml::from_str(&readme[start..end]).expect("README example parses");
+        f.manager().expect("README example is accepted");
+        assert_eq!(f.port, Some(8080));
+    }
+
+    #[test]
     fn file_settings_reach_the_manager_and_bad_ones_are_named() {
         let f: FileConfig = toml::from_str("warm_delay_ms = 50\nwindow = 8").unwrap();
         let m = f.manager().unwrap();
