@@ -76,12 +76,7 @@ impl Backend for BackendService {
                     Ok(None) => break,
                     Err(e) => {
                         tracing::debug!(%node, error = %e, "node stream ended with an error");
-                        if let Some(errors) = errors.upgrade() {
-                            let _ = errors.send(Err(Status::invalid_argument(format!(
-                                "the node stream ended: a message could not be read: {}",
-                                e.message()
-                            ))));
-                        }
+                        super::report_unreadable(&errors, "node", &e);
                         break;
                     }
                 };
@@ -140,12 +135,7 @@ impl Backend for BackendService {
                     Ok(None) => break,
                     Err(e) => {
                         tracing::debug!(executor = %id, error = %e, "executor stream ended with an error");
-                        if let Some(errors) = errors.upgrade() {
-                            let _ = errors.send(Err(Status::invalid_argument(format!(
-                                "the executor stream ended: a message could not be read: {}",
-                                e.message()
-                            ))));
-                        }
+                        super::report_unreadable(&errors, "executor", &e);
                         break;
                     }
                 };

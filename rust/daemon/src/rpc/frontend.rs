@@ -246,12 +246,7 @@ impl Frontend for FrontendService {
                     Ok(None) => break,
                     Err(e) => {
                         tracing::debug!(conn, error = %e, "client stream ended with an error");
-                        if let Some(errors) = errors.upgrade() {
-                            let _ = errors.send(Err(Status::invalid_argument(format!(
-                                "the task stream ended: a message could not be read: {}",
-                                e.message()
-                            ))));
-                        }
+                        super::report_unreadable(&errors, "task", &e);
                         break;
                     }
                 }

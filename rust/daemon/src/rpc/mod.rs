@@ -25,3 +25,18 @@ async fn first_message<T>(stream: &mut Streaming<T>, what: &str) -> Result<T, St
         ))),
     }
 }
+
+/// Tell the peer why its stream ends when one of its messages could not be read — unless
+/// the actor already let go of the stream (`errors` is weak so it does not keep it open).
+fn report_unreadable<T>(
+    errors: &tokio::sync::mpsc::WeakUnboundedSender<Result<T, Status>>,
+    what: &str,
+    e: &Status,
+) {
+    if let Some(errors) = errors.upgrade() {
+        let _ = errors.send(Err(Status::invalid_argument(format!(
+            "the {what} stream ended: a message could not be read: {}",
+            e.message()
+        ))));
+    }
+}
