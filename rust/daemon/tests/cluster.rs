@@ -20,14 +20,25 @@ async fn start(state_dir: &Path, slots: u32) -> LocalCluster {
 }
 
 async fn start_on(state_dir: &Path, slots: u32, port: u16) -> LocalCluster {
+    let manager = ManagerConfig {
+        warm_delay: Duration::from_millis(200),
+        ..Default::default()
+    };
+    start_with(state_dir, slots, port, manager).await
+}
+
+/// A head (with these tunables) and a node of `slots` echo executors, on 127.0.0.1.
+async fn start_with(
+    state_dir: &Path,
+    slots: u32,
+    port: u16,
+    manager: ManagerConfig,
+) -> LocalCluster {
     let head = HeadConfig {
         host: "127.0.0.1".into(),
         port,
         state_dir: state_dir.to_path_buf(),
-        manager: ManagerConfig {
-            warm_delay: Duration::from_millis(200),
-            ..Default::default()
-        },
+        manager,
     };
     let mut node = NodeConfig::new("");
     node.slots = slots;
@@ -390,20 +401,11 @@ async fn a_client_rides_through_a_daemon_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_of_a_client_that_stays_away_are_closed_after_the_lease() {
     let dir = tempfile::tempdir().unwrap();
-    let head = HeadConfig {
-        host: "127.0.0.1".into(),
-        port: 0,
-        state_dir: dir.path().to_path_buf(),
-        manager: ManagerConfig {
-            client_lease: Duration::from_millis(300),
-            ..Default::default()
-        },
+    let manager = ManagerConfig {
+        client_lease: Duration::from_millis(300),
+        ..Default::default()
     };
-    let mut node = NodeConfig::new("");
-    node.slots = 1;
-    node.executor_command = Some(vec![env!("CARGO_BIN_EXE_flame-echo-executor").into()]);
-    node.work_dir = dir.path().to_path_buf();
-    let cluster = LocalCluster::start(head, node).await.unwrap();
+    let cluster = start_with(dir.path(), 1, 0, manager).await;
     let owner = connect(&cluster).await;
     let spec = SessionSpec {
         application: "echo".into(),
