@@ -63,6 +63,11 @@ async fn open(client: &Client, common_data: &'static [u8], retries: u32) -> Sess
         max_retries: retries,
         ..Default::default()
     };
+    create(client, spec).await
+}
+
+/// Open a session with exactly this spec.
+async fn create(client: &Client, spec: SessionSpec) -> SessionId {
     let req = proto::CreateSessionRequest {
         spec: Some(spec.into()),
     };
@@ -318,18 +323,7 @@ async fn a_task_over_its_timeout_fails_and_the_executor_is_replaced() {
         timeout_secs: 0.5,
         ..Default::default()
     };
-    let req = proto::CreateSessionRequest {
-        spec: Some(spec.into()),
-    };
-    let sid = SessionId(
-        client
-            .frontend()
-            .create_session(req)
-            .await
-            .unwrap()
-            .into_inner()
-            .id,
-    );
+    let sid = create(&client, spec).await;
     let started = std::time::Instant::now();
     let ids = client
         .submit(
@@ -413,16 +407,7 @@ async fn sessions_of_a_client_that_stays_away_are_closed_after_the_lease() {
         owner: owner.client_id().0,
         ..Default::default()
     };
-    let req = proto::CreateSessionRequest {
-        spec: Some(spec.into()),
-    };
-    let sid = owner
-        .frontend()
-        .create_session(req)
-        .await
-        .unwrap()
-        .into_inner()
-        .id;
+    let sid = create(&owner, spec).await.0;
     let ids = owner
         .submit(SessionId(sid), vec![Bytes::from_static(b"sleep:60000")])
         .unwrap();
