@@ -24,6 +24,7 @@ from flame.api import (
     init,
     is_initialized,
     nodes,
+    put,
     register_application,
     shutdown,
     wait,
@@ -38,6 +39,7 @@ from flame.errors import (
     FlameError,
     FlameWarning,
     InvalidArgumentError,
+    ObjectLostError,
     PayloadTooLargeError,
     RemoteTraceback,
     SerializationError,
@@ -47,6 +49,7 @@ from flame.errors import (
     TaskTimeoutError,
 )
 from flame.futures import Future
+from flame.objects import ObjectRef
 from flame.remote import RemoteFunction
 from flame.remote_class import RemoteClass, RemoteMethod, ServiceInstance
 
@@ -62,6 +65,8 @@ __all__ = [
     "FlameWarning",
     "Future",
     "InvalidArgumentError",
+    "ObjectLostError",
+    "ObjectRef",
     "PayloadTooLargeError",
     "RemoteClass",
     "RemoteFunction",
@@ -85,6 +90,7 @@ __all__ = [
     "init",
     "is_initialized",
     "nodes",
+    "put",
     "register_application",
     "service",
     "shutdown",

@@ -23,8 +23,10 @@ def main(argv: list[str] | None = None) -> int:
     # starting an embedded one inside the executor.
     os.environ.setdefault("FLAME_ADDRESS", args.address)
     try:
-        from flame import _core
+        from flame import _core, objects
         from flame._worker import Worker
+
+        objects.RESOLVE_REFS = True  # tasks get the values of the refs in their arguments
 
         _core.run_executor(args.address, args.executor_id, Worker())
     except KeyboardInterrupt:

@@ -25,13 +25,13 @@ import sys
 import sysconfig
 import threading
 import types
-from typing import Any
+from typing import Any, Callable
 
 import cloudpickle
 
-from flame.errors import PayloadTooLargeError, SerializationError
+from flame.errors import ObjectLostError, PayloadTooLargeError, SerializationError
 
-__all__ = ["dumps", "dumps_function", "loads", "register_by_value"]
+__all__ = ["dumps", "dumps_function", "frame_parts", "loads", "register_by_value"]
 
 PROTOCOL = 5
 MAGIC = 0xF1  # also the frame's version: bump it when the layout changes
@@ -83,17 +83,13 @@ def _needs_cloudpickle(data: bytes) -> bool:
     return any(marker in data for marker in _by_value_markers)
 
 
-def dumps(obj: object, *, max_bytes: int | None = None, what: str | None = None) -> bytes:
-    """Serialize ``obj`` into one frame.
+def frame_parts(obj: object, what: str | None = None) -> tuple[list[Any], int]:
+    """The frame of ``obj`` as the pieces to write one after the other, and its size.
 
-    Args:
-        obj: Any picklable object; lambdas and local classes are handled by cloudpickle.
-        max_bytes: If given, the largest frame allowed.
-        what: How to name ``obj`` in error messages (default: its type and repr).
+    Buffers are not copied: the pieces include zero-copy views of ``obj``'s buffers.
 
     Raises:
         SerializationError: ``obj`` cannot be pickled; names it and gives the reason.
-        PayloadTooLargeError: the frame is larger than ``max_bytes``.
     """
     try:
         data, buffers = _pickle(obj, use_cloudpickle=False)
@@ -108,18 +104,48 @@ def dumps(obj: object, *, max_bytes: int | None = None, what: str | None = None)
             ) from e
     header = _HEADER.pack(MAGIC, len(buffers), len(data))
     if not buffers:
-        frame = header + data
-    else:
-        parts: list[bytes | memoryview] = [header]
-        parts.extend(_LENGTH.pack(buf.nbytes) for buf in buffers)
-        parts.append(data)
-        offset = _HEADER.size + _LENGTH.size * len(buffers) + len(data)
-        for buf in buffers:
-            pad = _pad(offset)
-            parts.append(b"\0" * pad)
-            parts.append(buf)
-            offset += pad + buf.nbytes
-        frame = b"".join(parts)
+        return [header, data], len(header) + len(data)
+    parts: list[Any] = [header]
+    parts.extend(_LENGTH.pack(buf.nbytes) for buf in buffers)
+    parts.append(data)
+    offset = _HEADER.size + _LENGTH.size * len(buffers) + len(data)
+    for buf in buffers:
+        pad = _pad(offset)
+        parts.append(b"\0" * pad)
+        parts.append(buf)
+        offset += pad + buf.nbytes
+    return parts, offset
+
+
+Spill = Callable[[list[Any], int], bytes]
+
+
+def dumps(
+    obj: object,
+    *,
+    max_bytes: int | None = None,
+    what: str | None = None,
+    spill: Spill | None = None,
+    spill_over: int = 1 << 20,
+) -> bytes:
+    """Serialize ``obj`` into one frame.
+
+    Args:
+        obj: Any picklable object; lambdas and local classes are handled by cloudpickle.
+        max_bytes: If given, the largest frame allowed.
+        what: How to name ``obj`` in error messages (default: its type and repr).
+        spill: If given, a frame over ``spill_over`` bytes is handed to it in pieces
+            (see :func:`frame_parts`) and what it returns is used instead: the object
+            store keeps the frame and returns a small reference frame.
+
+    Raises:
+        SerializationError: ``obj`` cannot be pickled; names it and gives the reason.
+        PayloadTooLargeError: the frame is larger than ``max_bytes``.
+    """
+    parts, size = frame_parts(obj, what)
+    if spill is not None and size > spill_over:
+        return spill(parts, size)
+    frame = parts[0] + parts[1] if len(parts) == 2 else b"".join(parts)
     if max_bytes is not None and len(frame) > max_bytes:
         raise PayloadTooLargeError(
             f"{what or describe(obj)} serializes to {len(frame)} bytes, "
@@ -158,6 +184,8 @@ def loads(data: bytes | memoryview) -> Any:
         raise SerializationError(f"truncated Flame payload ({view.nbytes} of {offset} bytes)")
     try:
         return pickle.loads(stream, buffers=buffers)
+    except ObjectLostError:
+        raise  # a ref in the payload whose object is gone: say that, not "cannot unpickle"
     except Exception as e:
         raise SerializationError(
             f"cannot deserialize a payload of {view.nbytes} bytes: {type(e).__name__}: {e}"

@@ -21,6 +21,7 @@ from typing import Any, TypeVar, overload
 
 from flame import _core, errors
 from flame.client import Connection
+from flame.objects import ObjectRef
 
 __all__ = [
     "as_completed",
@@ -147,9 +148,11 @@ def init(
             directory, removed at shutdown).
         log_level: Log level of the native side (e.g. ``"info"``, ``"debug"``, or a
             ``RUST_LOG`` filter), for this process and the executors it starts.
-        max_payload: The embedded cluster's largest task input or result, in bytes
-            (default 256 MiB). A bigger argument raises :class:`flame.PayloadTooLargeError`
-            at call time; a bigger result fails its task with it.
+        max_payload: The embedded cluster's largest inline task input or result, in bytes
+            (default 256 MiB). Decorated calls with bigger arguments send them as an
+            object instead (see :func:`put`); a bigger result fails its task with
+            :class:`flame.PayloadTooLargeError`, and so does a bigger raw input of the
+            low-level API, at call time.
         client_lease: Seconds the embedded cluster keeps a client's sessions open after
             losing it (default 60), so that a client that reconnects finds them.
 
@@ -289,6 +292,19 @@ def register_application(name: str, service: type[Any], description: str = "") -
     runtime().conn.register_application(name, service, description)
 
 
+def put(value: Any) -> ObjectRef:
+    """Store ``value`` in the cluster once and return a reference to pass to tasks.
+
+    A task receiving the ref (anywhere in its arguments) gets the value, its numpy arrays
+    as read-only zero-copy views. ``flame.get(ref)`` or ``ref.get()`` reads it here. The
+    object lives while the ref is referenced here or a task using it is unfinished.
+
+    Raises:
+        flame.SerializationError: ``value`` cannot be pickled.
+    """
+    return runtime().conn.put(value)
+
+
 def nodes() -> list[Any]:
     """The cluster's nodes (see :func:`cluster_info`)."""
     return list(cluster_info().get("nodes", []))
@@ -329,6 +345,8 @@ def get(futures: AnyFuture | Sequence[AnyFuture], timeout: float | None = None) 
     """
     if isinstance(futures, AnyFuture):
         return futures.result(timeout)
+    if isinstance(futures, ObjectRef):
+        return futures.get()
     items = _check_futures(futures)
     deadline = None if timeout is None else time.monotonic() + timeout
     return [f.result(_remaining(deadline)) for f in items]

@@ -22,6 +22,7 @@ from typing import Any, Callable
 from flame import _core, _serde, errors
 from flame.application import FlameService, SessionContext, TaskContext
 from flame.futures import CompletionPump, Decoder, Future
+from flame.objects import SPILL_BYTES, ObjectRef, ObjectStore
 
 __all__ = [
     "Connection",
@@ -70,6 +71,14 @@ class Connection:
         self._finalizer = weakref.finalize(self, _close_native, self._conn, self._pump)
         # 0 (or an older native module without the attribute) means "no limit known".
         self._max_bytes: int | None = getattr(self._conn, "max_payload", 0) or None
+        directory, token = self._conn.object_dir
+        self.objects = ObjectStore(
+            directory, token, self._conn.objects, next_id=self._conn.next_object_id
+        )
+        # Task inputs too large to travel inline are stored as objects (see flame.objects),
+        # so a decorated call's arguments are never refused for their size.
+        self._spill = self.objects.spill
+        self._spill_over = min(SPILL_BYTES, self._max_bytes or SPILL_BYTES)
 
     def __repr__(self) -> str:
         return f"<flame.Connection {self.address} client={self.client_id}>"
@@ -107,7 +116,16 @@ class Connection:
 
     def close(self) -> None:
         """Close the connection; unfinished futures fail with :class:`flame.ConnectionError`."""
+        self.objects.close()
         self._finalizer()
+
+    def put(self, value: Any) -> ObjectRef:
+        """Store ``value`` in the cluster once; pass the returned ref to tasks instead.
+
+        Raises:
+            flame.SerializationError: ``value`` cannot be pickled.
+        """
+        return self.objects.put(value)
 
     # -------------------------------------------------------------- applications
 

@@ -23,6 +23,7 @@ __all__ = [
     "FlameError",
     "FlameWarning",
     "InvalidArgumentError",
+    "ObjectLostError",
     "PayloadTooLargeError",
     "RemoteTraceback",
     "SerializationError",
@@ -71,6 +72,11 @@ class InvalidArgumentError(FlameError, ValueError):
 
 class PayloadTooLargeError(FlameError):
     """A task's input or output is larger than the configured message limit."""
+
+
+class ObjectLostError(FlameError):
+    """An object a task or ``ObjectRef.get()`` needs no longer exists (its ref was dropped
+    in the process that made it, or that process is gone). The message names the object."""
 
 
 class SerializationError(FlameError, TypeError):

@@ -57,6 +57,9 @@ class Future(concurrent.futures.Future):  # type: ignore[type-arg]
         attempts: How many times the task was run, once it is finished.
     """
 
+    # Objects the task reads (``flame.put`` refs, a spilled input): kept alive until it ends.
+    _keep: list[Any] | None = None
+
     def __init__(self, decoder: Decoder | None = None) -> None:
         super().__init__()
         self.session_id: int | None = None
@@ -134,6 +137,7 @@ class Future(concurrent.futures.Future):  # type: ignore[type-arg]
         self._cancel_remote = cancel
 
     def _resolve_cancelled(self) -> bool:
+        self._keep = None
         if not super().cancel():
             return False
         # Moves CANCELLED to CANCELLED_AND_NOTIFIED so concurrent.futures.wait sees it.
@@ -147,6 +151,7 @@ class Future(concurrent.futures.Future):  # type: ignore[type-arg]
             pass  # cancelled locally meanwhile
 
     def _set_exception_safe(self, exc: BaseException) -> None:
+        self._keep = None
         try:
             self.set_exception(exc)
         except concurrent.futures.InvalidStateError:
@@ -155,6 +160,7 @@ class Future(concurrent.futures.Future):  # type: ignore[type-arg]
     def _complete(self, state: int, output: bytes, error: ErrorTuple | None, attempts: int) -> None:
         """Resolve from a completion record (runs on the pump thread, no lock held)."""
         self.attempts = attempts
+        self._keep = None
         if state == SUCCEEDED:
             try:
                 value = self._decoder(output) if self._decoder is not None else output

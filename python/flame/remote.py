@@ -18,6 +18,7 @@ from typing import Any, Callable, Generic, TypeVar, Union
 from flame import _serde, api, errors
 from flame.client import Connection
 from flame.futures import Future
+from flame.objects import take_noted
 
 __all__ = ["Options", "RemoteFunction"]
 
@@ -82,36 +83,33 @@ def _labelled(args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[tuple[str, 
     ]
 
 
-def _encode(name: str, payload: object, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
-    """Serialize a call; on failure name the argument that cannot be pickled."""
+def _encode(
+    name: str,
+    payload: object,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    conn: Connection | None = None,
+) -> bytes:
+    """Serialize a call; on failure name the argument that cannot be pickled.
+
+    With ``conn``, a call too large to travel inline (see ``Connection._spill_over``) is
+    stored as an object and the input is a reference to it. The refs serialized into the
+    input (spilled or passed by the caller) are then collected by
+    :func:`flame.objects.take_noted`.
+    """
     try:
-        return _serde.dumps(payload, what=f"the arguments of {name}()")
+        if conn is None:
+            return _serde.dumps(payload, what=f"the arguments of {name}()")
+        return _serde.dumps(
+            payload,
+            what=f"the arguments of {name}()",
+            spill=conn._spill,
+            spill_over=conn._spill_over,
+        )
     except errors.SerializationError:
         for label, value in _labelled(args, kwargs):
             _serde.dumps(value, what=f"{label} of {name}() ({_serde.describe(value)})")
         raise
-
-
-def _check_size(
-    conn: Connection, name: str, data: bytes, args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> None:
-    """Refuse a call whose input is over the daemon's limit, naming its largest argument.
-
-    Raises:
-        flame.PayloadTooLargeError: ``data`` is larger than ``conn.max_payload``.
-    """
-    limit = conn.max_payload
-    if limit is None or len(data) <= limit:
-        return
-    largest = ""
-    sizes = [(len(_serde.dumps(v)), label, v) for label, v in _labelled(args, kwargs)]
-    if sizes:
-        size, label, value = max(sizes, key=lambda s: s[0])
-        largest = f"; the largest is {label} ({_serde.describe(value)}), {size} bytes"
-    raise errors.PayloadTooLargeError(
-        f"the arguments of {name}() serialize to {len(data)} bytes, over the daemon's "
-        f"limit of {limit} bytes{largest}"
-    )
 
 
 def _has_futures(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
@@ -150,16 +148,17 @@ class _Callable:
 
     def _call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Future:
         if not _has_futures(args, kwargs):
-            data = _encode(self.name, self._payload(args, kwargs), args, kwargs)
             conn, session_id = self._session()
-            _check_size(conn, self.name, data, args, kwargs)
+            data = _encode(self.name, self._payload(args, kwargs), args, kwargs, conn)
             future = Future(_serde.loads)
+            future._keep = take_noted()
             conn._submit(session_id, [data], [future])
             self._track([future])
             return future
         # Check now what can be checked, so serialization errors surface at call time.
         p_args, p_kwargs = _substitute(args, kwargs, lambda f: None)
         _encode(self.name, self._payload(p_args, p_kwargs), p_args, p_kwargs)
+        take_noted()
         future = Future(_serde.loads)
         _Dependent(self, args, kwargs, future).start()
         return future
@@ -173,13 +172,17 @@ class _Callable:
             calls = list(zip(*iterables))
         if any(_has_futures(c, {}) for c in calls):
             return [self._call(c, {}) for c in calls]
-        inputs = [_encode(self.name, self._payload(c, {}), c, {}) for c in calls]
-        if not inputs:
+        if not calls:
             return []
         conn, session_id = self._session()
-        for data, c in zip(inputs, calls):
-            _check_size(conn, self.name, data, c, {})
-        futures = [Future(_serde.loads) for _ in inputs]
+        inputs = []
+        futures = []
+        for c in calls:
+            data = _encode(self.name, self._payload(c, {}), c, {}, conn)
+            inputs.append(data)
+            future = Future(_serde.loads)
+            future._keep = take_noted()
+            futures.append(future)
         conn._submit(session_id, inputs, futures)
         self._track(futures)
         return futures
@@ -225,9 +228,10 @@ class _Dependent:
             return
         try:
             args, kwargs = _substitute(self._args, self._kwargs, lambda f: f.result())
-            data = _encode(self._target.name, self._target._payload(args, kwargs), args, kwargs)
             conn, session_id = self._target._session()
-            _check_size(conn, self._target.name, data, args, kwargs)
+            payload = self._target._payload(args, kwargs)
+            data = _encode(self._target.name, payload, args, kwargs, conn)
+            future._keep = take_noted()
             conn._submit(session_id, [data], [future])
         except BaseException as e:  # delivered through the future
             future._set_exception_safe(e)

@@ -44,6 +44,19 @@ id_type!(
     ClientId(u32), "client-"
 );
 
+id_type!(
+    /// A stored object (`flame.put`, a spilled task input). High 32 bits: the client that
+    /// made it (its owner); low 32 bits: that client's object counter.
+    ObjectId(u64), "obj-"
+);
+
+impl ObjectId {
+    /// The client that made this object; its objects go when its lease runs out.
+    pub fn owner(self) -> ClientId {
+        ClientId((self.0 >> 32) as u32)
+    }
+}
+
 impl TaskId {
     /// Compose a task id from the submitting client and that client's counter.
     pub fn compose(client: ClientId, counter: u32) -> Self {

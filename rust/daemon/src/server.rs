@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::task::JoinHandle;
@@ -11,7 +12,7 @@ use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use flame_core::proto::{backend_server::BackendServer, frontend_server::FrontendServer};
-use flame_core::storage::SqliteStorage;
+use flame_core::storage::{ObjectStore, SqliteStorage};
 use flame_core::{FlameError, Result};
 
 use crate::rpc::{backend::BackendService, frontend::FrontendService};
@@ -53,6 +54,7 @@ impl Head {
             FlameError::InvalidArgument(format!("state dir {}: {e}", cfg.state_dir.display()))
         })?;
         let storage = SqliteStorage::open(&cfg.state_dir.join("flame.db"))?;
+        let objects = Arc::new(ObjectStore::open(&cfg.state_dir.join("objects"))?);
         let listener = tokio::net::TcpListener::bind((cfg.host.as_str(), cfg.port))
             .await
             .map_err(|e| {
@@ -65,7 +67,7 @@ impl Head {
             .local_addr()
             .map_err(|e| FlameError::Internal(e.to_string()))?;
         let (manager, actor, storage_thread) =
-            session_manager::start(cfg.manager.clone(), Box::new(storage))?;
+            session_manager::start(cfg.manager.clone(), Box::new(storage), objects)?;
 
         // A request may carry one task payload plus a batch around it; tonic reserves what a
         // frame declares, so a larger limit would let one request pin that much memory.

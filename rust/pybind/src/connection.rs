@@ -118,6 +118,23 @@ impl PyConnection {
         self.client.max_payload()
     }
 
+    /// (directory, token) of the head's object store.
+    #[getter]
+    fn object_dir(&self) -> (String, String) {
+        let (dir, token) = self.client.object_dir();
+        (dir.to_string(), token.to_string())
+    }
+
+    /// A fresh id for an object this client makes.
+    fn next_object_id(&self) -> PyResult<u64> {
+        self.client.next_object_id().map(|id| id.0).map_err(err)
+    }
+
+    /// Object calls over this connection's channel.
+    fn objects(&self) -> crate::objects::PyObjectClient {
+        crate::objects::PyObjectClient::from_client(self.client.objects())
+    }
+
     #[pyo3(signature = (name, spec, description = String::new()))]
     fn register_application(
         &self,

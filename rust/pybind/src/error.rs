@@ -10,6 +10,7 @@ mod py {
     pyo3::import_exception!(flame.errors, SessionError);
     pyo3::import_exception!(flame.errors, InvalidArgumentError);
     pyo3::import_exception!(flame.errors, PayloadTooLargeError);
+    pyo3::import_exception!(flame.errors, ObjectLostError);
 }
 
 pub use py::{ConnectionError, InvalidArgumentError, PayloadTooLargeError, SessionError};
@@ -18,6 +19,7 @@ pub use py::{ConnectionError, InvalidArgumentError, PayloadTooLargeError, Sessio
 #[derive(Clone, Copy)]
 pub enum About {
     Session,
+    Object,
     Other,
 }
 
@@ -30,6 +32,7 @@ pub fn to_py(e: FlameError, about: About) -> PyErr {
         FlameError::SessionNotFound(_) | FlameError::SessionClosed(_) => SessionError::new_err(msg),
         FlameError::NotFound(_) | FlameError::FailedPrecondition(_) => match about {
             About::Session => SessionError::new_err(msg),
+            About::Object => py::ObjectLostError::new_err(msg),
             About::Other => InvalidArgumentError::new_err(msg),
         },
         FlameError::InvalidArgument(_) | FlameError::ApplicationNotFound(_) => {

@@ -5,6 +5,7 @@
 //! - [`runtime`] — the one tokio runtime of the process and the GIL-releasing wait helper.
 //! - [`error`] — `FlameError` → the exception classes of `flame.errors`, in one table.
 //! - [`connection`] — `Connection` (client) and `SessionInfo`.
+//! - [`objects`] — `ObjectClient`: objects over gRPC for code not on the head's machine.
 //! - [`cluster`] — `LocalCluster`, the embedded head + node of `flame.init()`.
 //! - [`executor`] — `run_executor`: the executor loop calling a Python service host.
 //! - `daemon_main` — the `flame-daemon` console script.
@@ -13,6 +14,7 @@ mod cluster;
 mod connection;
 mod error;
 mod executor;
+mod objects;
 mod runtime;
 
 use pyo3::prelude::*;
@@ -38,6 +40,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<connection::PyConnection>()?;
     m.add_class::<connection::PySessionInfo>()?;
     m.add_class::<cluster::PyLocalCluster>()?;
+    m.add_class::<objects::PyObjectClient>()?;
     m.add_function(wrap_pyfunction!(executor::run_executor, m)?)?;
     m.add_function(wrap_pyfunction!(daemon_main, m)?)?;
     m.add_function(wrap_pyfunction!(init_logging, m)?)?;

@@ -11,11 +11,15 @@
 //! same client id, asks for the completions of everything outstanding (`Watch`), and submits
 //! again what the daemon says it never stored. Each completion is handed out at most once.
 
+mod objects;
 mod stream;
+
+pub use objects::ObjectClient;
 
 pub use stream::CLIENT_ID_HEADER;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -25,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::error::{error_chain, FlameError, Result};
-use crate::ids::{ClientId, SessionId, TaskId};
+use crate::ids::{ClientId, ObjectId, SessionId, TaskId};
 use crate::proto::{self, frontend_client::FrontendClient};
 
 /// Largest gRPC message the client sends or accepts.
@@ -55,6 +59,10 @@ pub struct Client {
     outstanding: Outstanding,
     completions: tokio::sync::Mutex<mpsc::UnboundedReceiver<Vec<proto::TaskCompletion>>>,
     closed: CancellationToken,
+    /// The head's object directory and its token (see [`ObjectClient`]).
+    object_dir: String,
+    object_token: String,
+    next_object: AtomicU32,
 }
 
 /// `host:port` → `http://host:port`; an explicit scheme is kept.
@@ -151,6 +159,9 @@ impl Client {
             outstanding,
             completions: tokio::sync::Mutex::new(done_rx),
             closed,
+            object_dir: reply.object_dir,
+            object_token: reply.object_token,
+            next_object: AtomicU32::new(1),
         })
     }
 
@@ -165,6 +176,31 @@ impl Client {
     /// Largest task input or output the daemon accepts.
     pub fn max_payload(&self) -> u64 {
         self.max_payload
+    }
+
+    /// The head's object directory, and the token a client on the same machine finds in
+    /// its `token` file (both empty for a head without an object store).
+    pub fn object_dir(&self) -> (&str, &str) {
+        (&self.object_dir, &self.object_token)
+    }
+
+    /// A fresh id for an object this client makes (it owns it).
+    ///
+    /// # Errors
+    /// `InvalidArgument` once the client has made 2^32 - 1 objects.
+    pub fn next_object_id(&self) -> Result<ObjectId> {
+        let n = self.next_object.fetch_add(1, Ordering::Relaxed);
+        if n == 0 {
+            return Err(FlameError::InvalidArgument(
+                "this client ran out of object ids".into(),
+            ));
+        }
+        Ok(ObjectId(((self.client_id.0 as u64) << 32) | n as u64))
+    }
+
+    /// Object calls on this connection.
+    pub fn objects(&self) -> ObjectClient {
+        ObjectClient::new(self.frontend.clone())
     }
 
     /// A clone of the unary stub (cheap; shares the connection, which reconnects by itself).

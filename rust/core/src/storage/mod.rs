@@ -1,4 +1,5 @@
-//! Durable state: the [`Storage`] trait and its SQLite engine ([`SqliteStorage`]).
+//! Durable state: the [`Storage`] trait and its SQLite engine ([`SqliteStorage`]); large
+//! objects live beside it as files ([`ObjectStore`]).
 //!
 //! The session manager owns one `Storage` on a dedicated writer thread. Every change is a
 //! [`WriteOp`]; the writer drains whatever ops are queued and applies them in **one**
@@ -7,12 +8,14 @@
 //! its in-memory state: open sessions stay open, pending tasks stay pending, and tasks that
 //! were running go back to pending (their attempt counts are kept).
 
+mod objects;
 mod sqlite;
 
 use std::collections::HashMap;
 
 use bytes::Bytes;
 
+pub use objects::{ObjectStore, ObjectWriter};
 pub use sqlite::SqliteStorage;
 
 use crate::error::Result;

@@ -16,6 +16,7 @@ use flame_core::model::{now_ms, ApplicationRecord, SessionSpec};
 use flame_core::proto::{self, client_message, frontend_server::Frontend};
 use flame_core::FlameError;
 
+use super::objects;
 use crate::session_manager::{Event, ManagerHandle};
 
 pub struct FrontendService {
@@ -70,6 +71,8 @@ impl Frontend for FrontendService {
             client_id: id,
             version: env!("CARGO_PKG_VERSION").into(),
             max_message_bytes: self.handle.config.max_payload_bytes as u64,
+            object_dir: self.handle.objects.dir().to_string_lossy().into_owned(),
+            object_token: self.handle.objects.token().to_string(),
         }))
     }
 
@@ -254,6 +257,35 @@ impl Frontend for FrontendService {
             handle.send(Event::ClientGone { conn });
         });
         Ok(Response::new(Box::pin(UnboundedReceiverStream::new(rx))))
+    }
+
+    async fn put_object(
+        &self,
+        req: Request<Streaming<proto::ObjectChunk>>,
+    ) -> Result<Response<proto::ObjectStored>, Status> {
+        let stored = objects::put(self.handle.objects.clone(), req.into_inner()).await?;
+        Ok(Response::new(stored))
+    }
+
+    type GetObjectStream = objects::ObjectStream;
+
+    async fn get_object(
+        &self,
+        req: Request<proto::ObjectRef>,
+    ) -> Result<Response<Self::GetObjectStream>, Status> {
+        let id = req.into_inner().object_id;
+        Ok(Response::new(
+            objects::get(self.handle.objects.clone(), id).await?,
+        ))
+    }
+
+    async fn delete_objects(
+        &self,
+        req: Request<proto::ObjectRefs>,
+    ) -> Result<Response<proto::Empty>, Status> {
+        let ids = req.into_inner().object_ids;
+        objects::delete(self.handle.objects.clone(), ids).await?;
+        Ok(Response::new(proto::Empty {}))
     }
 }
 

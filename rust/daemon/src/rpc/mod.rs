@@ -1,9 +1,10 @@
-//! gRPC services of the session manager: [`frontend`] for clients, [`backend`] for nodes and
-//! executors. Handlers validate what came over the wire, turn it into an
+//! gRPC services of the session manager: [`frontend`] for clients (its object calls in
+//! [`objects`]), [`backend`] for nodes and executors. Handlers validate what came over the wire, turn it into an
 //! [`Event`](crate::session_manager::Event) and hand it to the actor; they own no state.
 
 pub mod backend;
 pub mod frontend;
+pub mod objects;
 
 use std::time::Duration;
 

@@ -1,15 +1,16 @@
 //! The session manager's actor: its state, start-up (reloading from storage) and event loop.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use flame_core::ids::{ExecutorId, NodeId, SessionId};
+use flame_core::ids::{ClientId, ExecutorId, NodeId, SessionId};
 use flame_core::model::{now_ms, ApplicationRecord};
 use flame_core::scheduler::{Scheduler, SchedulerConfig};
-use flame_core::storage::{Storage, WriteOp};
+use flame_core::storage::{ObjectStore, Storage, WriteOp};
 use flame_core::Result;
 
 use super::{ClientTx, Event, ExecutorTx, ManagerConfig, ManagerHandle, NodeTx};
@@ -26,6 +27,7 @@ pub(super) struct Actor {
     pub cfg: ManagerConfig,
     pub sched: Scheduler,
     pub store: StorageWriter,
+    pub objects: Arc<ObjectStore>,
     pub apps: HashMap<String, ApplicationRecord>,
     pub clients: HashMap<u64, ClientTx>,
     pub executors: HashMap<ExecutorId, ExecutorTx>,
@@ -63,6 +65,7 @@ const EXECUTOR_IDS_PER_START: u64 = 1 << 32;
 pub fn start(
     cfg: ManagerConfig,
     mut storage: Box<dyn Storage>,
+    objects: Arc<ObjectStore>,
 ) -> Result<(ManagerHandle, JoinHandle<()>, std::thread::JoinHandle<()>)> {
     let snapshot = storage.load()?;
     let meta = |k: &str, default: u64| snapshot.meta.get(k).copied().unwrap_or(default);
@@ -99,19 +102,23 @@ pub fn start(
         "session manager state loaded"
     );
 
-    // Owners of restored sessions have no stream yet: their lease starts now.
+    // Owners of restored sessions and of stored objects have no stream yet: their lease
+    // starts now (objects of a client that never comes back are deleted when it runs out).
     let started = Instant::now();
     let client_gone = snapshot
         .sessions
         .iter()
         .filter(|s| s.spec.owner != 0)
-        .map(|s| (s.spec.owner, started))
+        .map(|s| s.spec.owner)
+        .chain(objects.owners().into_iter().map(|c| c.0))
+        .map(|owner| (owner, started))
         .collect();
     let (tx, rx) = mpsc::unbounded_channel();
     let actor = Actor {
         cfg: cfg.clone(),
         sched,
         store,
+        objects: objects.clone(),
         apps: snapshot
             .applications
             .into_iter()
@@ -133,7 +140,15 @@ pub fn start(
         draining: None,
     };
     let task = tokio::spawn(actor.run(rx));
-    Ok((ManagerHandle { tx, config: cfg }, task, storage_thread))
+    Ok((
+        ManagerHandle {
+            tx,
+            config: cfg,
+            objects,
+        },
+        task,
+        storage_thread,
+    ))
 }
 
 impl Actor {
@@ -220,7 +235,8 @@ impl Actor {
         }
     }
 
-    /// Close the sessions of clients that have been gone longer than the lease.
+    /// Close the sessions of clients that have been gone longer than the lease, and delete
+    /// their objects.
     fn check_leases(&mut self, now: Instant) {
         let lease = self.cfg.client_lease;
         let expired: Vec<u32> = self
@@ -245,6 +261,17 @@ impl Actor {
                     closed_ms: now_ms(),
                 }]);
             }
+            let objects = self.objects.clone();
+            tokio::task::spawn_blocking(move || {
+                let deleted = objects.delete_owner(ClientId(client));
+                if deleted > 0 {
+                    tracing::info!(
+                        client,
+                        deleted,
+                        "deleted the objects of a client that is gone"
+                    );
+                }
+            });
         }
     }
 

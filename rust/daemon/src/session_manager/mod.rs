@@ -11,6 +11,7 @@ mod apply;
 mod events;
 mod workers;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -20,6 +21,7 @@ use tonic::Status;
 use flame_core::ids::{ExecutorId, NodeId, SessionId, TaskId};
 use flame_core::model::{ApplicationRecord, SessionSpec};
 use flame_core::proto;
+use flame_core::storage::ObjectStore;
 use flame_core::Result;
 
 pub use actor::start;
@@ -183,6 +185,8 @@ pub enum Event {
 pub struct ManagerHandle {
     tx: mpsc::UnboundedSender<Event>,
     pub config: ManagerConfig,
+    /// Object files are read and written by the RPC handlers directly, not by the actor.
+    pub objects: Arc<ObjectStore>,
 }
 
 impl ManagerHandle {

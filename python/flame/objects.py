@@ -1,0 +1,271 @@
+"""Objects: values stored once in the cluster and passed to tasks by reference.
+
+``flame.put(value)`` serializes ``value`` once into the head's object store and returns an
+:class:`ObjectRef`. A task that receives a ref as an argument (anywhere in its arguments)
+gets the value; numpy arrays and other buffers come back as zero-copy, **read-only** views
+of the stored bytes. Task arguments that serialize to more than :data:`SPILL_BYTES` are
+stored the same way automatically, so a large array never travels through the task queue,
+the database or the scheduler.
+
+Where the bytes go: the head keeps each object as a file in its object directory. A
+process on the head's machine (the client of an embedded cluster, its executors) writes
+the file itself and maps it into memory to read it — one copy in all, as with a
+shared-memory store. A process elsewhere uploads and downloads it over gRPC in chunks. It
+tells which it is by finding the head's token in ``<object dir>/token``; setting
+``FLAME_OBJECTS_VIA_RPC=1`` forces the gRPC path.
+
+Lifetime: an object lives while its :class:`ObjectRef` (in the process that made it) is
+referenced, or a task that uses it is unfinished; after that it is deleted. Objects of a
+client that goes away are deleted by the head when the client's lease runs out.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import threading
+import weakref
+from collections import OrderedDict
+from typing import Any, Callable
+
+from flame import _serde, errors
+
+__all__ = ["SPILL_BYTES", "ObjectRef", "ObjectStore"]
+
+SPILL_BYTES = 1 << 20
+"""Task arguments serializing to more than this many bytes are stored as an object."""
+
+# Set in executor processes: refs in task arguments are replaced by their values there.
+RESOLVE_REFS = False
+
+_noted = threading.local()
+
+
+def take_noted() -> list[ObjectRef] | None:
+    """The refs serialized on this thread since the last call (their tasks keep them)."""
+    return _noted.__dict__.pop("refs", None)
+
+
+class ObjectRef:
+    """A reference to a value stored in the cluster by :func:`flame.put`.
+
+    Pass it to tasks in place of the value; ``ref.get()`` (or ``flame.get(ref)``) reads the
+    value here.
+
+    Attributes:
+        id: The object's id.
+        size: Its serialized size in bytes.
+    """
+
+    __slots__ = ("__weakref__", "_store", "id", "size")
+
+    def __init__(self, object_id: int, size: int, store: ObjectStore) -> None:
+        self.id = object_id
+        self.size = size
+        self._store = store
+
+    def __repr__(self) -> str:
+        return f"<flame.ObjectRef {self.id:#x} ({self.size} bytes)>"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # The task that carries this ref keeps it (and so the object) alive until it ends.
+        _noted.__dict__.setdefault("refs", []).append(self)
+        return (_rebuild, (self.id, self.size, self._store.dir, self._store.token))
+
+    def get(self) -> Any:
+        """Read the value (zero-copy for buffers when on the head's machine)."""
+        return self._store.load(self.id)
+
+
+def _rebuild(object_id: int, size: int, directory: str, token: str) -> Any:
+    store = ObjectStore.for_location(directory, token)
+    if RESOLVE_REFS:
+        return store.load(object_id)
+    return ObjectRef(object_id, size, store)
+
+
+def _same_machine(directory: str, token: str) -> bool:
+    if os.environ.get("FLAME_OBJECTS_VIA_RPC") == "1" or not directory or not token:
+        return False
+    try:
+        with open(os.path.join(directory, "token"), encoding="ascii") as f:
+            return f.read().strip() == token
+    except OSError:
+        return False
+
+
+class ObjectStore:
+    """One head's object store as seen from this process: files or gRPC.
+
+    Args:
+        directory, token: what the head announced (``Connection.object_dir``).
+        rpc: a ``flame._core.ObjectClient``, or a callable making one on first use.
+        next_id: makes fresh object ids (only in a process that puts objects).
+    """
+
+    _by_location: dict[tuple[str, str], ObjectStore] = {}
+    _registry_lock = threading.Lock()
+
+    def __init__(
+        self,
+        directory: str,
+        token: str,
+        rpc: Callable[[], Any],
+        next_id: Callable[[], int] | None = None,
+    ) -> None:
+        self.dir = directory
+        self.token = token
+        self.local = _same_machine(directory, token)
+        self._make_rpc = rpc
+        self._rpc: Any = None
+        self._next_id = next_id
+        self._lock = threading.Lock()
+        self._cache: OrderedDict[int, bytes] = OrderedDict()  # id -> fetched bytes
+        self._cached_bytes = 0
+        self._doomed: list[int] = []  # owned objects to delete over gRPC
+        with ObjectStore._registry_lock:
+            ObjectStore._by_location[(directory, token)] = self
+
+    @classmethod
+    def for_location(cls, directory: str, token: str) -> ObjectStore:
+        """The store a ref points to; in an executor, reached at ``FLAME_ADDRESS``."""
+        with cls._registry_lock:
+            store = cls._by_location.get((directory, token))
+        if store is not None:
+            return store
+
+        def connect() -> Any:
+            from flame import _core
+
+            address = os.environ.get("FLAME_ADDRESS")
+            if not address:
+                raise errors.ObjectLostError(
+                    f"cannot fetch objects from the head at {directory}: this process is "
+                    "not on the head's machine and FLAME_ADDRESS is not set"
+                )
+            return _core.ObjectClient(address)
+
+        return cls(directory, token, connect)
+
+    # -------------------------------------------------------------- writing
+
+    def put(self, value: Any) -> ObjectRef:
+        """Serialize ``value`` into a new object owned by this process."""
+        parts, size = _serde.frame_parts(value)
+        return self.store_parts(parts, size)
+
+    def store_parts(self, parts: list[Any], size: int) -> ObjectRef:
+        """Store a serialized frame (its parts, in order) as a new object."""
+        if self._next_id is None:
+            raise errors.FlameError("this process cannot create objects (no connection)")
+        object_id = self._next_id()
+        if self.local:
+            self._write_file(object_id, parts)
+        else:
+            self._flush_deletes()
+            self._client().put(object_id, [bytes(p) for p in parts])
+        ref = ObjectRef(object_id, size, self)
+        weakref.finalize(ref, self._delete, object_id)
+        return ref
+
+    def spill(self, parts: list[Any], size: int) -> bytes:
+        """Store a task input as an object; the small frame to send in its place."""
+        return _serde.dumps(self.store_parts(parts, size))
+
+    def _write_file(self, object_id: int, parts: list[Any]) -> None:
+        final = os.path.join(self.dir, f"{object_id:016x}")
+        tmp = os.path.join(self.dir, f".{object_id:016x}.part")
+        try:
+            with open(tmp, "wb") as f:
+                for p in parts:
+                    f.write(p)
+            os.rename(tmp, final)
+        except OSError as e:
+            raise errors.FlameError(f"cannot store object {object_id:#x} in {self.dir}: {e}") from e
+
+    def _delete(self, object_id: int) -> None:
+        # Runs from a finalizer, possibly at interpreter exit: never raise, never block.
+        if self.local:
+            try:
+                os.unlink(os.path.join(self.dir, f"{object_id:016x}"))
+            except OSError:
+                pass
+        else:
+            self._doomed.append(object_id)
+
+    def _flush_deletes(self) -> None:
+        doomed, self._doomed = self._doomed, []
+        if doomed:
+            try:
+                self._client().delete(doomed)
+            except errors.FlameError:
+                pass  # the head deletes them when this client's lease runs out
+
+    def close(self) -> None:
+        """Delete what is queued for deletion and drop cached objects."""
+        if not self.local:
+            self._flush_deletes()
+        with self._lock:
+            self._cache.clear()
+            self._cached_bytes = 0
+
+    # -------------------------------------------------------------- reading
+
+    def load(self, object_id: int) -> Any:
+        """The value of an object."""
+        return _serde.loads(self._bytes(object_id))
+
+    def _bytes(self, object_id: int) -> Any:
+        if self.local:
+            return self._map_file(object_id)  # the page cache is the cache
+        with self._lock:
+            data = self._cache.get(object_id)
+            if data is not None:
+                self._cache.move_to_end(object_id)
+                return data
+        data = self._fetch(object_id)
+        with self._lock:
+            self._cache[object_id] = data
+            self._cached_bytes += len(data)
+            while len(self._cache) > 1 and (
+                self._cached_bytes > _CACHE_BYTES or len(self._cache) > _CACHE_ENTRIES
+            ):
+                _, old = self._cache.popitem(last=False)
+                self._cached_bytes -= len(old)
+        return data
+
+    def _map_file(self, object_id: int) -> Any:
+        path = os.path.join(self.dir, f"{object_id:016x}")
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            raise errors.ObjectLostError(_lost(object_id)) from None
+        try:
+            if os.fstat(fd).st_size == 0:
+                return b""
+            return memoryview(mmap.mmap(fd, 0, prot=mmap.PROT_READ))
+        finally:
+            os.close(fd)
+
+    def _fetch(self, object_id: int) -> bytes:
+        try:
+            return self._client().get(object_id)
+        except errors.ObjectLostError as e:  # NOT_FOUND from the head
+            raise errors.ObjectLostError(_lost(object_id)) from e
+
+    def _client(self) -> Any:
+        if self._rpc is None:
+            self._rpc = self._make_rpc()
+        return self._rpc
+
+
+# Fetched objects kept per process, so tasks that share an object download it once.
+_CACHE_BYTES = 256 << 20
+_CACHE_ENTRIES = 256
+
+
+def _lost(object_id: int) -> str:
+    return (
+        f"object {object_id:#x} no longer exists: its ObjectRef was garbage-collected in the "
+        "process that made it (keep a reference while tasks use it), or that process is gone"
+    )

@@ -1,0 +1,117 @@
+//! Moving objects to and from the head over gRPC, for clients and executors that are not on
+//! the head's machine (those that are read and write the object files directly — see
+//! [`crate::storage::ObjectStore`]). Uploads and downloads go in 1 MiB chunks; slicing a
+//! `Bytes` is zero-copy, so an upload copies the object only into the HTTP/2 frames.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::error::{error_chain, FlameError, Result};
+use crate::ids::ObjectId;
+use crate::proto::{self, frontend_client::FrontendClient};
+
+use super::MAX_MESSAGE_BYTES;
+
+const CHUNK_BYTES: usize = 1 << 20;
+
+/// Object calls on one channel (cheap to clone).
+#[derive(Clone)]
+pub struct ObjectClient {
+    frontend: FrontendClient<Channel>,
+}
+
+impl ObjectClient {
+    pub fn new(frontend: FrontendClient<Channel>) -> Self {
+        Self { frontend }
+    }
+
+    /// Open a channel to the head at `address` (no hello: objects need no client id).
+    ///
+    /// # Errors
+    /// `Unreachable` naming the address when nothing answers within `timeout`.
+    pub async fn connect(address: &str, timeout: Duration) -> Result<Self> {
+        let unreachable = |reason: String| FlameError::Unreachable {
+            address: address.to_string(),
+            reason,
+        };
+        let endpoint = Endpoint::from_shared(address.to_string())
+            .map_err(|e| FlameError::InvalidArgument(format!("bad address '{address}': {e}")))?
+            .connect_timeout(timeout)
+            .tcp_nodelay(true);
+        let channel = tokio::time::timeout(timeout, endpoint.connect())
+            .await
+            .map_err(|_| unreachable(format!("no answer within {timeout:?}")))?
+            .map_err(|e| unreachable(error_chain(&e)))?;
+        Ok(Self::new(
+            FrontendClient::new(channel)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        ))
+    }
+
+    /// Upload an object made of `parts` (written one after the other).
+    ///
+    /// # Errors
+    /// What the head answered (`InvalidArgument` for a bad id, `Storage` when it cannot
+    /// write), or `ConnectionLost`.
+    pub async fn put(&self, id: ObjectId, parts: Vec<Bytes>) -> Result<u64> {
+        let mut chunks = Vec::new();
+        for part in parts {
+            let mut at = 0;
+            while at < part.len() {
+                let end = (at + CHUNK_BYTES).min(part.len());
+                chunks.push(part.slice(at..end));
+                at = end;
+            }
+        }
+        if chunks.is_empty() {
+            chunks.push(Bytes::new());
+        }
+        let messages = chunks
+            .into_iter()
+            .enumerate()
+            .map(move |(i, data)| proto::ObjectChunk {
+                object_id: if i == 0 { id.0 } else { 0 },
+                data,
+            });
+        let stored = self
+            .frontend
+            .clone()
+            .put_object(tokio_stream::iter(messages))
+            .await?
+            .into_inner();
+        Ok(stored.size)
+    }
+
+    /// Download an object whole.
+    ///
+    /// # Errors
+    /// `NotFound` naming the object if the head does not have it; `ConnectionLost`.
+    pub async fn get(&self, id: ObjectId) -> Result<Vec<u8>> {
+        let mut stream = self
+            .frontend
+            .clone()
+            .get_object(proto::ObjectRef { object_id: id.0 })
+            .await?
+            .into_inner();
+        let mut data = Vec::new();
+        while let Some(chunk) = stream.message().await? {
+            data.extend_from_slice(&chunk.data);
+        }
+        Ok(data)
+    }
+
+    /// Delete objects (ids the head does not have are ignored).
+    ///
+    /// # Errors
+    /// `InvalidArgument` for a malformed id; `ConnectionLost`.
+    pub async fn delete(&self, ids: &[ObjectId]) -> Result<()> {
+        let req = proto::ObjectRefs {
+            object_ids: ids.iter().map(|id| id.0).collect(),
+        };
+        self.frontend.clone().delete_objects(req).await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,66 @@
+//! `ObjectClient`: object upload, download and delete over gRPC, for Python code that is not
+//! on the head's machine (`flame.objects` uses the object files directly when it is).
+
+use std::time::Duration;
+
+use pyo3::prelude::*;
+use pyo3::pybacked::PyBackedBytes;
+use pyo3::types::PyBytes;
+
+use flame_core::client::{normalize_address, ObjectClient};
+use flame_core::ids::ObjectId;
+
+use crate::connection::to_bytes;
+use crate::error::{err, to_py, About, InvalidArgumentError};
+use crate::runtime::wait;
+
+#[pyclass(name = "ObjectClient", module = "flame._core", frozen)]
+pub struct PyObjectClient {
+    inner: ObjectClient,
+}
+
+impl PyObjectClient {
+    pub fn from_client(inner: ObjectClient) -> Self {
+        Self { inner }
+    }
+}
+
+#[pymethods]
+impl PyObjectClient {
+    /// A channel to the head at `address` (no client id needed: executors use this).
+    #[new]
+    #[pyo3(signature = (address, timeout = 5.0))]
+    fn new(py: Python<'_>, address: &str, timeout: f64) -> PyResult<Self> {
+        let timeout = Duration::try_from_secs_f64(timeout)
+            .map_err(|_| InvalidArgumentError::new_err(format!("bad timeout {timeout}")))?;
+        let address = normalize_address(address);
+        let inner = wait(py, ObjectClient::connect(&address, timeout))?.map_err(err)?;
+        Ok(Self { inner })
+    }
+
+    /// Upload an object made of `parts`, in order; returns its size.
+    fn put(&self, py: Python<'_>, object_id: u64, parts: Vec<PyBackedBytes>) -> PyResult<u64> {
+        let parts = parts.into_iter().map(to_bytes).collect();
+        let client = self.inner.clone();
+        wait(
+            py,
+            async move { client.put(ObjectId(object_id), parts).await },
+        )?
+        .map_err(err)
+    }
+
+    /// Download an object whole.
+    fn get<'py>(&self, py: Python<'py>, object_id: u64) -> PyResult<Bound<'py, PyBytes>> {
+        let client = self.inner.clone();
+        let data = wait(py, async move { client.get(ObjectId(object_id)).await })?
+            .map_err(|e| to_py(e, About::Object))?;
+        Ok(PyBytes::new(py, &data))
+    }
+
+    /// Delete objects; ids the head does not have are ignored.
+    fn delete(&self, py: Python<'_>, object_ids: Vec<u64>) -> PyResult<()> {
+        let ids: Vec<ObjectId> = object_ids.into_iter().map(ObjectId).collect();
+        let client = self.inner.clone();
+        wait(py, async move { client.delete(&ids).await })?.map_err(err)
+    }
+}
