@@ -80,7 +80,16 @@ def _pickle(obj: object, use_cloudpickle: bool) -> tuple[bytes, list[memoryview]
 
 
 def _needs_cloudpickle(data: bytes) -> bool:
-    return any(marker in data for marker in _by_value_markers)
+    for marker in _by_value_markers:  # a loop: this runs for every task, twice
+        if marker in data:
+            return True
+    return False
+
+
+# The frame header of a payload without out-of-band buffers, up to its pickle length.
+_NO_BUFFERS = _HEADER.pack(MAGIC, 0, 0)[: _HEADER.size - 8]
+_pickle_dumps = pickle.dumps
+_pickle_loads = pickle.loads
 
 
 def frame_parts(obj: object, what: str | None = None) -> tuple[list[Any], int]:
@@ -142,6 +151,20 @@ def dumps(
         SerializationError: ``obj`` cannot be pickled; names it and gives the reason.
         PayloadTooLargeError: the frame is larger than ``max_bytes``.
     """
+    # Fast path (most task arguments and results): stdlib pickle, no buffers, small.
+    buffers: list[pickle.PickleBuffer] = []
+    try:
+        data = _pickle_dumps(obj, PROTOCOL, buffer_callback=buffers.append)
+    except Exception:
+        data = None
+    if (
+        data is not None
+        and not buffers
+        and (max_bytes is None or len(data) + _HEADER.size <= max_bytes)
+        and (spill is None or len(data) + _HEADER.size <= spill_over)
+        and not _needs_cloudpickle(data)
+    ):
+        return _NO_BUFFERS + len(data).to_bytes(8, "little") + data
     parts, size = frame_parts(obj, what)
     if spill is not None and size > spill_over:
         return spill(parts, size)
@@ -163,6 +186,15 @@ def loads(data: bytes | memoryview) -> Any:
         SerializationError: ``data`` is not a frame, or unpickling failed (for example a
             module the object needs is missing here).
     """
+    if data[:8] == _NO_BUFFERS:  # fast path: no out-of-band buffers
+        try:
+            return _pickle_loads(memoryview(data)[_HEADER.size :])
+        except ObjectLostError:
+            raise
+        except Exception as e:
+            raise SerializationError(
+                f"cannot deserialize a payload of {len(data)} bytes: {type(e).__name__}: {e}"
+            ) from e
     view = memoryview(data)
     if view.nbytes < _HEADER.size or view[0] != MAGIC:
         raise SerializationError(

@@ -21,6 +21,17 @@ from flame import errors
 
 __all__ = ["CompletionPump", "Future"]
 
+# States of concurrent.futures.Future (its module's constants).
+_PENDING = concurrent.futures._base.PENDING
+_FINISHED = concurrent.futures._base.FINISHED
+_DONE_STATES = (
+    concurrent.futures._base.CANCELLED,
+    concurrent.futures._base.CANCELLED_AND_NOTIFIED,
+    _FINISHED,
+)
+# Guards the creation of futures' conditions (see Future._condition).
+_cond_lock = threading.Lock()
+
 # Task states on the wire (`TaskState` in rust/core/proto/flame.proto).
 PENDING = 1
 RUNNING = 2
@@ -61,7 +72,16 @@ class Future(concurrent.futures.Future):  # type: ignore[type-arg]
     _keep: list[Any] | None = None
 
     def __init__(self, decoder: Decoder | None = None) -> None:
-        super().__init__()
+        # Not `super().__init__()`: the condition it makes (an RLock, a deque and half a
+        # dozen attributes) costs more than the rest of a task's client-side bookkeeping, and
+        # most futures are never waited on before they are done. It is made on first use
+        # (see `_condition`); these are the other fields of concurrent.futures.Future.
+        self._cond: threading.Condition | None = None
+        self._state = _PENDING
+        self._result: Any = None
+        self._exception: BaseException | None = None
+        self._waiters: list[Any] = []
+        self._done_callbacks: list[Callable[[Any], Any]] = []
         self.session_id: int | None = None
         self.task_id: int | None = None
         self.attempts = 0
@@ -72,6 +92,42 @@ class Future(concurrent.futures.Future):  # type: ignore[type-arg]
         with self._condition:
             state = self._state.lower()
         return f"<flame.Future session={self.session_id} task={self.task_id} state={state}>"
+
+    @property
+    def _condition(self) -> threading.Condition:  # type: ignore[override]
+        """The condition of concurrent.futures.Future, made when something first needs it.
+
+        Made under `_cond_lock`, which completion also takes while no condition exists: a
+        waiter either sees the future done, or is there before the result and is notified.
+        """
+        cond = self._cond
+        if cond is None:
+            with _cond_lock:
+                cond = self._cond
+                if cond is None:
+                    cond = self._cond = threading.Condition()
+        return cond
+
+    def _finish_unwatched(self, result: Any, exception: BaseException | None) -> bool:
+        """Complete without a condition if nothing has looked at this future yet.
+
+        Returns ``False`` when a condition exists (someone may wait): the caller then
+        completes it the standard way.
+        """
+        with _cond_lock:
+            if self._cond is not None:
+                return False
+            if self._state != _PENDING:
+                return True  # already completed: a duplicate, ignored like below
+            self._result = result
+            self._exception = exception
+            self._state = _FINISHED
+        self._invoke_callbacks()  # nothing could register one without a condition
+        return True
+
+    def done(self) -> bool:
+        """Whether the task finished or was cancelled (never blocks)."""
+        return self._state in _DONE_STATES
 
     def __await__(self) -> Generator[Any, None, Any]:
         """Wait for the result in the running asyncio loop (thread-safe bridge)."""
@@ -86,6 +142,8 @@ class Future(concurrent.futures.Future):  # type: ignore[type-arg]
             Exception: the task's exception (a user exception as itself, with the
                 remote traceback as its ``__cause__``).
         """
+        if self._state == _FINISHED and self._exception is None:
+            return self._result  # done: no lock needed (fields are set before the state)
         try:
             return super().result(timeout)
         except concurrent.futures.TimeoutError as e:
@@ -145,6 +203,8 @@ class Future(concurrent.futures.Future):  # type: ignore[type-arg]
         return True
 
     def _set_result_safe(self, value: Any) -> None:
+        if self._finish_unwatched(value, None):
+            return
         try:
             self.set_result(value)
         except concurrent.futures.InvalidStateError:
@@ -152,6 +212,8 @@ class Future(concurrent.futures.Future):  # type: ignore[type-arg]
 
     def _set_exception_safe(self, exc: BaseException) -> None:
         self._keep = None
+        if self._finish_unwatched(None, exc):
+            return
         try:
             self.set_exception(exc)
         except concurrent.futures.InvalidStateError:
