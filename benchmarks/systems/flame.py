@@ -1,8 +1,7 @@
 """Flame: the embedded cluster of ``flame.init(slots=2)`` — a session manager and an
 executor manager inside the driver process, two executor processes.
 
-Batches go through ``fn.map``; ``put`` uses ``flame.put`` only if Flame has one (it does
-not yet: workloads report "n/a").
+Batches go through ``fn.map``; ``put`` is ``flame.put``.
 """
 
 from __future__ import annotations
@@ -43,5 +42,4 @@ class Adapter:
         return future.result()
 
     def put(self, value: Any) -> Any:
-        put = getattr(self.flame, "put", None)
-        return None if put is None else put(value)
+        return self.flame.put(value)

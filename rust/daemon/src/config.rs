@@ -10,7 +10,8 @@
 //! executor_memory_mb = 4096                    # kill an executor resident over this
 //! executor_command = ["flame-echo-executor"]   # instead of `{python} -m flame._executor`
 //! warm_delay_ms = 2000
-//! window = 4
+//! window = 4                                   # tasks sent ahead to one executor, at least
+//! window_max = 64                              # ... and at most, for very short tasks
 //! max_payload_mb = 256                         # largest task input or output (at most 1000)
 //! client_lease_ms = 60000                       # close a vanished client's sessions after this
 //! drain_grace_ms = 10000                        # on SIGTERM, let running tasks finish this long
@@ -41,6 +42,7 @@ pub struct FileConfig {
     pub executor_command: Option<Vec<String>>,
     pub warm_delay_ms: Option<u64>,
     pub window: Option<usize>,
+    pub window_max: Option<usize>,
     pub max_payload_mb: Option<usize>,
     pub heartbeat_ms: Option<u64>,
     pub node_timeout_ms: Option<u64>,
@@ -75,6 +77,15 @@ impl FileConfig {
                 ));
             }
             m.window = w;
+        }
+        if let Some(w) = self.window_max {
+            if w < m.window {
+                return Err(FlameError::InvalidArgument(format!(
+                    "window_max ({w}) must be at least window ({})",
+                    m.window
+                )));
+            }
+            m.window_max = w;
         }
         if let Some(ms) = self.client_lease_ms {
             m.client_lease = Duration::from_millis(ms);
@@ -151,6 +162,12 @@ mod tests {
             .contains("max_payload_mb"));
         let bad: FileConfig = toml::from_str("window = 0").unwrap();
         assert!(bad.manager().unwrap_err().to_string().contains("window"));
+        let bad: FileConfig = toml::from_str("window = 8\nwindow_max = 4").unwrap();
+        assert!(bad
+            .manager()
+            .unwrap_err()
+            .to_string()
+            .contains("window_max"));
         assert!(
             toml::from_str::<FileConfig>("prot = 1").is_err(),
             "typos are rejected"

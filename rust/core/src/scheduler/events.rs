@@ -215,9 +215,13 @@ impl Scheduler {
                 .and_then(|s| s.tasks.get(&tid))
                 .is_some_and(|t| t.executor == Some(eid));
             if let Some(exec) = self.executors.get_mut(&eid) {
+                let ran = exec.head_since.map(|t| now.saturating_duration_since(t));
                 exec.inflight.retain(|t| *t != tid);
                 // The next task in the window starts now.
                 exec.head_since = (!exec.inflight.is_empty()).then_some(now);
+                if let (Some(ran), Some(session)) = (ran, self.sessions.get_mut(&sid)) {
+                    session.record_run_time(ran.as_secs_f64());
+                }
             }
             if !owned {
                 continue;

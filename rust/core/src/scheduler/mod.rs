@@ -35,8 +35,13 @@ use crate::model::{TaskFailure, TaskState};
 /// Tunables of the scheduling policy.
 #[derive(Clone, Debug)]
 pub struct SchedulerConfig {
-    /// Tasks sent ahead to one executor (the one running plus prefetched ones).
+    /// Tasks sent ahead to one executor (the one running plus prefetched ones), at least.
     pub window: usize,
+    /// At most this many, for sessions of very short tasks (see `window_work`).
+    pub window_max: usize,
+    /// How much work (by the session's mean task run time) to keep in flight per executor:
+    /// short tasks then travel many to a message, while long ones are not hoarded.
+    pub window_work: Duration,
     /// How long an idle executor stays bound to its session when nobody else wants it.
     pub warm_delay: Duration,
     /// First executor id to hand out (unique across restarts of the session manager).
@@ -47,6 +52,8 @@ impl Default for SchedulerConfig {
     fn default() -> Self {
         Self {
             window: 4,
+            window_max: 64,
+            window_work: Duration::from_millis(2),
             warm_delay: Duration::from_secs(2),
             first_executor_id: 1,
         }
@@ -282,10 +289,14 @@ impl Scheduler {
     /// Send pending tasks of `sid` to its executors with room in their window, one task per
     /// executor per round so a short queue spreads across executors.
     fn feed(&mut self, sid: SessionId, now: Instant) {
-        let window = self.config.window;
         let Some(session) = self.sessions.get_mut(&sid) else {
             return;
         };
+        let window = session.window(
+            self.config.window,
+            self.config.window_max,
+            self.config.window_work.as_secs_f64(),
+        );
         let mut ready: Vec<ExecutorId> = session
             .executors
             .iter()

@@ -108,9 +108,35 @@ pub struct Session {
     /// Ids the daemon told a client it never stored (after a restart): their resubmission is
     /// accepted even though newer ids from that client were seen first.
     pub resubmittable: HashSet<TaskId>,
+    /// Moving average of how long its tasks run, in seconds (`None` until one finished):
+    /// it sizes the window of tasks sent ahead to each executor.
+    pub mean_run_secs: Option<f64>,
 }
 
+/// Weight of the newest sample in [`Session::mean_run_secs`].
+const RUN_TIME_SMOOTHING: f64 = 0.05;
+
 impl Session {
+    /// Fold in how long a task ran. Results often arrive several at once; the first then
+    /// carries their whole run time and the others zero, so the average stays right.
+    pub fn record_run_time(&mut self, secs: f64) {
+        self.mean_run_secs = Some(match self.mean_run_secs {
+            None => secs,
+            Some(mean) => mean + RUN_TIME_SMOOTHING * (secs - mean),
+        });
+    }
+
+    /// How many tasks to keep in flight on one of its executors: at least `min`, and for
+    /// short tasks enough to hold about `work` of them (so that one message to and from
+    /// the executor carries many tasks), at most `max`.
+    pub fn window(&self, min: usize, max: usize, work: f64) -> usize {
+        match self.mean_run_secs {
+            Some(mean) if mean > 0.0 => ((work / mean) as usize).clamp(min, max.max(min)),
+            Some(_) => max.max(min),
+            None => min,
+        }
+    }
+
     pub fn new(id: SessionId, spec: SessionSpec, created_ms: i64) -> Self {
         Self {
             id,
@@ -124,6 +150,7 @@ impl Session {
             last_counter: HashMap::new(),
             enter_failed: None,
             resubmittable: HashSet::new(),
+            mean_run_secs: None,
         }
     }
 

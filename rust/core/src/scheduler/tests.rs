@@ -16,11 +16,20 @@ struct Harness {
 
 impl Harness {
     fn new(slots: u32) -> Self {
-        let mut s = Scheduler::new(SchedulerConfig {
-            window: 2,
-            warm_delay: Duration::from_secs(2),
-            first_executor_id: 1,
-        });
+        Self::with_config(
+            slots,
+            SchedulerConfig {
+                window: 2,
+                window_max: 2,
+                warm_delay: Duration::from_secs(2),
+                first_executor_id: 1,
+                ..SchedulerConfig::default()
+            },
+        )
+    }
+
+    fn with_config(slots: u32, config: SchedulerConfig) -> Self {
+        let mut s = Scheduler::new(config);
         s.add_node(NodeId(1), "n1".into(), slots);
         Self {
             s,
@@ -498,4 +507,41 @@ fn ids_the_daemon_never_stored_are_accepted_again_after_newer_ones() {
         h.s.accept(sid, vec![(old, x)]).unwrap().is_empty(),
         "once only"
     );
+}
+
+/// Run `n` tasks on one executor, each taking `each`; the most tasks in flight at once.
+fn widest_window(each: Duration, n: usize) -> usize {
+    let mut h = Harness::with_config(
+        1,
+        SchedulerConfig {
+            window: 2,
+            window_max: 32,
+            window_work: Duration::from_millis(2),
+            ..SchedulerConfig::default()
+        },
+    );
+    let sid = h.open(1, 0, 0);
+    h.submit(sid, n);
+    let a = h.actions();
+    let exec = h.register_spawned(&a)[0];
+    let mut inflight: std::collections::VecDeque<TaskId> = dispatched(&h.actions(), exec).into();
+    let mut widest = inflight.len();
+    while let Some(tid) = inflight.pop_front() {
+        h.now += each;
+        h.complete(exec, sid, &[tid]);
+        inflight.extend(dispatched(&h.actions(), exec));
+        widest = widest.max(inflight.len());
+    }
+    widest
+}
+
+#[test]
+fn short_tasks_get_a_wider_window_and_long_ones_keep_the_minimum() {
+    // 100 µs tasks: ~2 ms of work is 20 tasks in flight.
+    let short = widest_window(Duration::from_micros(100), 400);
+    assert!((15..=21).contains(&short), "short tasks: window {short}");
+    // 10 µs tasks: capped at window_max.
+    assert_eq!(widest_window(Duration::from_micros(10), 400), 32);
+    // 50 ms tasks: the minimum window, nothing hoarded.
+    assert_eq!(widest_window(Duration::from_millis(50), 40), 2);
 }

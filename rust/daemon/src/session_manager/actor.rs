@@ -78,8 +78,10 @@ pub fn start(
 
     let mut sched = Scheduler::new(SchedulerConfig {
         window: cfg.window,
+        window_max: cfg.window_max,
         warm_delay: cfg.warm_delay,
         first_executor_id: executor_base,
+        ..SchedulerConfig::default()
     });
     for s in &snapshot.sessions {
         let counts = snapshot.counts.get(&s.id).copied().unwrap_or_default();

@@ -38,8 +38,10 @@ type Reply<T> = oneshot::Sender<Result<T>>;
 /// Tunables of the session manager.
 #[derive(Clone, Debug)]
 pub struct ManagerConfig {
-    /// Tasks sent ahead to one executor.
+    /// Tasks sent ahead to one executor, at least.
     pub window: usize,
+    /// Tasks sent ahead to one executor at most, when its session's tasks are very short.
+    pub window_max: usize,
     /// How long an idle executor stays bound to its session.
     pub warm_delay: Duration,
     /// Interval at which nodes send heartbeats.
@@ -60,6 +62,7 @@ impl Default for ManagerConfig {
     fn default() -> Self {
         Self {
             window: 4,
+            window_max: 64,
             warm_delay: Duration::from_secs(2),
             heartbeat: Duration::from_millis(1000),
             node_timeout: Duration::from_secs(5),
