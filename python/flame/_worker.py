@@ -19,12 +19,10 @@ retryable: ``True`` for any, or a tuple of exception classes.
 
 from __future__ import annotations
 
-import asyncio
-import inspect
 import pickle
 import sys
 import traceback
-from types import TracebackType
+from types import CoroutineType, TracebackType
 from typing import Any, Callable, Optional, Union
 
 import cloudpickle
@@ -76,7 +74,7 @@ class Worker:
         self._kind = ""
         self._target: Any = None
         self._retry: Retry = False
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop: Any = None  # an asyncio loop, made for the first `async def` task
 
     # -------------------------------------------------------------- ServiceHost
 
@@ -176,8 +174,10 @@ class Worker:
             method, args, kwargs = _serde.loads(input)
             fn = getattr(self._target, method)
         result = fn(*args, **kwargs)
-        if inspect.iscoroutine(result):  # `async def` services run to completion here
+        if isinstance(result, CoroutineType):  # `async def` services run to completion here
             if self._loop is None:
+                import asyncio  # only then: executors start faster and smaller without it
+
                 self._loop = asyncio.new_event_loop()
             result = self._loop.run_until_complete(result)
         return result

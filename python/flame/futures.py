@@ -68,8 +68,22 @@ class Future(concurrent.futures.Future):  # type: ignore[type-arg]
         attempts: How many times the task was run, once it is finished.
     """
 
-    # Objects the task reads (``flame.put`` refs, a spilled input): kept alive until it ends.
-    _keep: list[Any] | None = None
+    # Slots, not a dict: a client may hold 100,000s of futures. The base class's `_condition`,
+    # `_waiters` and `_done_callbacks` are made on first use (properties below).
+    __slots__ = (
+        "_callbacks",
+        "_cancel_remote",
+        "_cond",
+        "_decoder",
+        "_exception",
+        "_keep",
+        "_result",
+        "_state",
+        "_waiter_list",
+        "attempts",
+        "session_id",
+        "task_id",
+    )
 
     def __init__(self, decoder: Decoder | None = None) -> None:
         # Not `super().__init__()`: the condition it makes (an RLock, a deque and half a
@@ -80,13 +94,15 @@ class Future(concurrent.futures.Future):  # type: ignore[type-arg]
         self._state = _PENDING
         self._result: Any = None
         self._exception: BaseException | None = None
-        self._waiters: list[Any] = []
-        self._done_callbacks: list[Callable[[Any], Any]] = []
+        self._waiter_list: list[Any] | None = None
+        self._callbacks: list[Callable[[Any], Any]] | None = None
         self.session_id: int | None = None
         self.task_id: int | None = None
         self.attempts = 0
         self._decoder = decoder
         self._cancel_remote: Callable[[int, int], None] | None = None
+        # Objects the task reads (``flame.put`` refs, a spilled input): kept until it ends.
+        self._keep: list[Any] | None = None
 
     def __repr__(self) -> str:
         with self._condition:
@@ -107,6 +123,26 @@ class Future(concurrent.futures.Future):  # type: ignore[type-arg]
                 if cond is None:
                     cond = self._cond = threading.Condition()
         return cond
+
+    @property
+    def _waiters(self) -> list[Any]:  # type: ignore[override]
+        # Used by concurrent.futures.wait/as_completed, always under `_condition`.
+        waiters = self._waiter_list
+        if waiters is None:
+            waiters = self._waiter_list = []
+        return waiters
+
+    @property
+    def _done_callbacks(self) -> list[Callable[[Any], Any]]:  # type: ignore[override]
+        # Appended to under `_condition` (add_done_callback); read once the future is done.
+        callbacks = self._callbacks
+        if callbacks is None:
+            callbacks = self._callbacks = []
+        return callbacks
+
+    def _invoke_callbacks(self) -> None:
+        if self._callbacks:
+            super()._invoke_callbacks()
 
     def _finish_unwatched(self, result: Any, exception: BaseException | None) -> bool:
         """Complete without a condition if nothing has looked at this future yet.
