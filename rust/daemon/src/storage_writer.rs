@@ -21,6 +21,9 @@ enum Job {
 
 /// Most jobs folded into one transaction.
 const MAX_JOBS_PER_COMMIT: usize = 4096;
+/// A transaction is committed once it holds this many ops, so that a backlog (storage
+/// behind a burst of completions) is written, and its memory freed, in bounded steps.
+const MAX_OPS_PER_COMMIT: usize = 16_384;
 
 /// Handle to the storage thread; cheap to clone. The thread stops when every handle is gone.
 #[derive(Clone)]
@@ -72,7 +75,9 @@ impl StorageWriter {
 }
 
 fn run(mut storage: Box<dyn Storage>, rx: mpsc::Receiver<Job>) {
-    let mut ops: Vec<WriteOp> = Vec::new();
+    // The jobs' own vectors, not one concatenation: no copy, and each is freed on commit.
+    let mut ops: Vec<Vec<WriteOp>> = Vec::new();
+    let mut queued = 0;
     let mut thens: Vec<Then> = Vec::new();
     while let Ok(first) = rx.recv() {
         let mut jobs = vec![first];
@@ -84,32 +89,42 @@ fn run(mut storage: Box<dyn Storage>, rx: mpsc::Receiver<Job>) {
         }
         for job in jobs {
             match job {
-                Job::Write(mut o, then) => {
-                    ops.append(&mut o);
+                Job::Write(o, then) => {
+                    queued += o.len();
+                    if !o.is_empty() {
+                        ops.push(o);
+                    }
                     thens.extend(then);
+                    if queued >= MAX_OPS_PER_COMMIT {
+                        commit(storage.as_mut(), &mut ops, &mut thens);
+                        queued = 0;
+                    }
                 }
                 Job::Read(f) => {
                     commit(storage.as_mut(), &mut ops, &mut thens);
+                    queued = 0;
                     f(storage.as_mut());
                 }
             }
         }
         commit(storage.as_mut(), &mut ops, &mut thens);
+        queued = 0;
     }
     commit(storage.as_mut(), &mut ops, &mut thens);
 }
 
-fn commit(storage: &mut dyn Storage, ops: &mut Vec<WriteOp>, thens: &mut Vec<Then>) {
+fn commit(storage: &mut dyn Storage, ops: &mut Vec<Vec<WriteOp>>, thens: &mut Vec<Then>) {
     if ops.is_empty() && thens.is_empty() {
         return;
     }
     let result = if ops.is_empty() {
         Ok(())
     } else {
-        storage.apply(ops)
+        storage.apply_all(ops)
     };
     if let Err(e) = &result {
-        tracing::error!(error = %e, ops = ops.len(), "storage commit failed");
+        let count: usize = ops.iter().map(Vec::len).sum();
+        tracing::error!(error = %e, ops = count, "storage commit failed");
     }
     ops.clear();
     for then in thens.drain(..) {

@@ -94,6 +94,15 @@ pub trait Storage: Send {
     /// `FlameError::Storage` when the transaction fails; then nothing of the batch is applied.
     fn apply(&mut self, ops: &[WriteOp]) -> Result<()>;
 
+    /// Apply several batches of ops in one transaction, in order (group commit without
+    /// first copying every op into one vector).
+    ///
+    /// # Errors
+    /// As [`Storage::apply`]: on failure nothing of any batch is applied.
+    fn apply_all(&mut self, batches: &[Vec<WriteOp>]) -> Result<()> {
+        self.apply(&batches.concat())
+    }
+
     /// One task, finished or not; `None` if the session has no such task.
     fn get_task(&mut self, key: TaskKey) -> Result<Option<TaskRecord>>;
 

@@ -67,6 +67,29 @@ impl SqliteStorage {
         let next_seq = schema::read_next_seq(&conn)?;
         Ok(Self { conn, next_seq })
     }
+
+    /// Apply ops in one transaction; nothing of them on failure.
+    fn apply_ops<'a>(&mut self, ops: impl Iterator<Item = &'a WriteOp>) -> Result<()> {
+        let mut ops = ops.peekable();
+        if ops.peek().is_none() {
+            return Ok(());
+        }
+        // Dropping `tx` on any error rolls the whole batch back.
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut seq = self.next_seq;
+        for op in ops {
+            write::apply_op(&tx, op, &mut seq)?;
+        }
+        if seq != self.next_seq {
+            write::store_next_seq(&tx, seq)?;
+        }
+        tx.commit()?;
+        // Only after the commit, so memory never runs ahead of the file.
+        self.next_seq = seq;
+        Ok(())
+    }
 }
 
 impl Storage for SqliteStorage {
@@ -144,24 +167,11 @@ impl Storage for SqliteStorage {
     }
 
     fn apply(&mut self, ops: &[WriteOp]) -> Result<()> {
-        if ops.is_empty() {
-            return Ok(());
-        }
-        // Dropping `tx` on any error rolls the whole batch back.
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let mut seq = self.next_seq;
-        for op in ops {
-            write::apply_op(&tx, op, &mut seq)?;
-        }
-        if seq != self.next_seq {
-            write::store_next_seq(&tx, seq)?;
-        }
-        tx.commit()?;
-        // Only after the commit, so memory never runs ahead of the file.
-        self.next_seq = seq;
-        Ok(())
+        self.apply_ops(ops.iter())
+    }
+
+    fn apply_all(&mut self, batches: &[Vec<WriteOp>]) -> Result<()> {
+        self.apply_ops(batches.iter().flatten())
     }
 
     /// A finished task comes back without its input (dropped when it finished).
