@@ -18,15 +18,12 @@ bytes, for services and clients in any language.
 
 from flame import _core
 from flame.api import (
-    as_completed,
     cluster_info,
-    get,
     init,
     is_initialized,
     nodes,
     register_application,
     shutdown,
-    wait,
 )
 from flame.application import FlameService, SessionContext, TaskContext
 from flame.client import Connection, Session, SessionInfo, connect
@@ -49,6 +46,7 @@ from flame.errors import (
 from flame.futures import Future
 from flame.remote import RemoteFunction
 from flame.remote_class import RemoteClass, RemoteMethod, ServiceInstance
+from flame.waiting import as_completed, get, wait
 
 __version__: str = _core.__version__
 
