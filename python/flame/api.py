@@ -128,6 +128,7 @@ def init(
     log_level: str | None = None,
     max_payload: int | None = None,
     client_lease: float | None = None,
+    log_to_client: bool = True,
 ) -> None:
     """Connect to a Flame cluster, or start an embedded one.
 
@@ -145,6 +146,9 @@ def init(
             at call time; a bigger result fails its task with it.
         client_lease: Seconds the embedded cluster keeps a client's sessions open after
             losing it (default 60), so that a client that reconnects finds them.
+        log_to_client: Echo what each task prints to this process's stderr, each line
+            prefixed with ``(task SESSION/TASK)``. The output is kept by the daemon
+            either way (``future.log()``).
 
     ``slots``, ``state_dir``, ``max_payload`` and ``client_lease`` configure the embedded
     cluster; they are ignored when connecting to a daemon, which has its own settings
@@ -169,9 +173,9 @@ def init(
         if log_level:
             _set_log_level(log_level)
         if address is not None:
-            _runtime = Runtime(Connection(address), address)
+            _runtime = Runtime(Connection(address, log_to_client=log_to_client), address)
         else:
-            _runtime = _start_embedded(slots, state_dir, max_payload, client_lease)
+            _runtime = _start_embedded(slots, state_dir, max_payload, client_lease, log_to_client)
         if not _atexit_registered:
             atexit.register(shutdown)
             _atexit_registered = True
@@ -198,6 +202,7 @@ def _start_embedded(
     state_dir: str | None,
     max_payload: int | None = None,
     client_lease: float | None = None,
+    log_to_client: bool = True,
 ) -> Runtime:
     if slots is not None and slots < 1:
         raise errors.InvalidArgumentError(f"slots must be at least 1, got {slots}")
@@ -229,7 +234,7 @@ def _start_embedded(
             shutil.rmtree(temp_dir, ignore_errors=True)
         raise
     try:
-        conn = Connection(cluster.address)
+        conn = Connection(cluster.address, log_to_client=log_to_client)
     except BaseException:
         cluster.stop()
         if temp_dir is not None:

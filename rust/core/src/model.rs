@@ -275,6 +275,9 @@ impl TaskRecord {
             output: self.output.clone(),
             error: self.error.clone().map(Into::into),
             attempts: self.attempts,
+            // Logs live in their own table; a re-delivered completion goes without it
+            // (the log stays available through GetTaskLog).
+            log: String::new(),
         }
     }
 }
