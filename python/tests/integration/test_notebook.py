@@ -1,5 +1,6 @@
 """examples/notebook.ipynb runs headless in a Jupyter kernel, every cell without error, and
-its embedded cluster leaves no process behind once the kernel is gone."""
+its embedded cluster leaves no process behind once the kernel is gone (with its last cell,
+``flame.shutdown()``, or without it)."""
 
 from __future__ import annotations
 
@@ -34,10 +35,14 @@ def kernel_of_this_python(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> st
     return KERNEL
 
 
+@pytest.mark.parametrize("last_cell", ["shutdown", "dropped"])
 def test_notebook_runs_every_cell_and_leaves_nothing_behind(
-    kernel_of_this_python: str, tmp_path: Path
+    kernel_of_this_python: str, tmp_path: Path, last_cell: str
 ) -> None:
     nb = nbformat.read(NOTEBOOK, as_version=4)
+    assert "flame.shutdown()" in nb.cells[-1].source
+    if last_cell == "dropped":  # the kernel's exit alone must stop the embedded cluster
+        nb.cells.pop()
     kernel_sessions: list[int] = []
     client = NotebookClient(
         nb,

@@ -275,8 +275,7 @@ impl TaskRecord {
             output: self.output.clone(),
             error: self.error.clone().map(Into::into),
             attempts: self.attempts,
-            // Logs live in their own table; a re-delivered completion goes without it
-            // (the log stays available through GetTaskLog).
+            // Logs live in their own table (`Storage::get_task_log`); the caller adds it.
             log: String::new(),
         }
     }

@@ -476,5 +476,11 @@ async fn what_a_task_printed_comes_with_its_completion_and_stays_retrievable() {
         "{}",
         unknown.message()
     );
+
+    // A finished task watched later (as after a reconnect) comes from storage, log included.
+    let other = connect(&cluster).await;
+    other.watch(sid, vec![ids[0]]).unwrap();
+    let again = collect(&other, &ids[..1]).await;
+    assert_eq!(again[&ids[0].0].log, "hello\n");
     cluster.stop().await;
 }

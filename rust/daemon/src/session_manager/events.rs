@@ -347,7 +347,12 @@ impl Actor {
             let mut unknown = Vec::new();
             for t in stored {
                 match st.get_task(key(session, t)) {
-                    Ok(Some(rec)) if rec.state.is_final() => items.push(rec.to_completion()),
+                    Ok(Some(rec)) if rec.state.is_final() => {
+                        let mut c = rec.to_completion();
+                        // A log that cannot be read must not hold back the result itself.
+                        c.log = st.get_task_log(rec.key).ok().flatten().unwrap_or_default();
+                        items.push(c);
+                    }
                     // Stored, unfinished, yet not in memory: its session is closed or gone.
                     Ok(Some(_)) => {}
                     Ok(None) => unknown.push(t),
