@@ -60,7 +60,13 @@ class _Proxy(io.TextIOBase):
         return True
 
     def isatty(self) -> bool:
-        return False
+        return not self._capture.active and self._original.isatty()
+
+    @property
+    def buffer(self) -> Any:
+        # Binary writes go to the original stream, uncaptured, like writes to the
+        # descriptor; without this, code using sys.stdout.buffer would break in tasks.
+        return self._original.buffer
 
     def fileno(self) -> int:
         # Code that needs a real descriptor (faulthandler, subprocess) gets the original's;

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import sys
 from collections.abc import Iterator
 
@@ -9,7 +10,7 @@ import cloudpickle
 import pytest
 
 from flame import _serde, errors
-from flame._capture import OutputCapture
+from flame._capture import OutputCapture, _Proxy
 from flame._worker import Worker
 
 
@@ -55,6 +56,19 @@ def test_output_over_the_limit_keeps_the_tail_with_a_marker(capture: OutputCaptu
     marker, tail = log.split("\n", 1)
     assert "9,900 earlier characters" in marker and "the last 100 are kept" in marker
     assert len(tail) == 100 and tail.endswith("line 0999\n")
+
+
+def test_binary_writes_reach_the_original_buffer_uncaptured(capture: OutputCapture) -> None:
+    class Original:
+        def __init__(self) -> None:
+            self.buffer = io.BytesIO()
+
+    original = Original()
+    proxy = _Proxy(capture, original)  # type: ignore[arg-type]
+    capture.active = True
+    proxy.buffer.write(b"raw bytes")
+    assert original.buffer.getvalue() == b"raw bytes"
+    assert capture.take() == ""
 
 
 def test_uninstall_restores_the_streams() -> None:
