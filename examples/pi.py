@@ -1,9 +1,11 @@
 """Estimate π by Monte Carlo sampling, one Flame task per batch of samples.
 
 Each task draws points in the unit square and counts those inside the quarter circle; a
-done-callback per task adds its count to the total as results arrive.
+done-callback per task adds its count to the total as results arrive, and a progress bar
+shows how many tasks have finished.
 
     python examples/pi.py --tasks 100 --samples 1000000
+    python examples/pi.py --no-progress                # no bar
     python examples/pi.py --address 127.0.0.1:8080    # on a running flame-daemon
 """
 
@@ -56,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tasks", type=int, default=100, help="number of tasks")
     parser.add_argument("--samples", type=int, default=1_000_000, help="samples per task")
     parser.add_argument("--address", help="a flame-daemon to use (default: embedded cluster)")
+    parser.add_argument("--no-progress", action="store_true", help="do not show a progress bar")
     args = parser.parse_args(argv)
     if args.tasks < 1 or args.samples < 1:
         parser.error("--tasks and --samples must be at least 1")
@@ -66,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     futures = count_inside.map([args.samples] * args.tasks, range(args.tasks))
     for future in futures:
         future.add_done_callback(tally.add)
-    flame.wait(futures)
+    flame.wait(futures, progress=False if args.no_progress else "pi")
     tally.all_done.wait()  # callbacks run just after their future is marked done
     elapsed = time.monotonic() - start
     flame.shutdown()

@@ -28,16 +28,13 @@ from flame import _core
 
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time see __getattr__
     from flame.api import (
-        as_completed,
         cluster_info,
-        get,
         init,
         is_initialized,
         nodes,
         put,
         register_application,
         shutdown,
-        wait,
     )
     from flame.application import (
         FlameService,
@@ -75,21 +72,22 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time see __getattr_
         RemoteMethod,
         ServiceInstance,
     )
+    from flame.waiting import as_completed, get, wait
 
 __version__: str = _core.__version__
 
 # Where each public name lives.
 _EXPORTS: dict[str, str] = {
-    "as_completed": "flame.api",
+    "as_completed": "flame.waiting",
     "cluster_info": "flame.api",
-    "get": "flame.api",
+    "get": "flame.waiting",
     "init": "flame.api",
     "is_initialized": "flame.api",
     "nodes": "flame.api",
     "put": "flame.api",
     "register_application": "flame.api",
     "shutdown": "flame.api",
-    "wait": "flame.api",
+    "wait": "flame.waiting",
     "FlameService": "flame.application",
     "SessionContext": "flame.application",
     "TaskContext": "flame.application",

@@ -13,8 +13,8 @@ from typing import Protocol
 
 # (kind, message, traceback, payload)
 ErrorTuple = tuple[int, str, str, bytes]
-# (session_id, task_id, state, output, error, attempts)
-Completion = tuple[int, int, int, bytes, ErrorTuple | None, int]
+# (session_id, task_id, state, output, error, attempts, log); log is None when empty
+Completion = tuple[int, int, int, bytes, ErrorTuple | None, int, str | None]
 
 class SessionInfo:
     id: int
@@ -65,6 +65,8 @@ class Connection:
         """Route completions of these tasks to this connection (finished ones come at once)."""
     def next_completions(self, timeout: float) -> list[Completion] | None:
         """Completions that arrived, waiting up to `timeout` s; [] on timeout, None once closed."""
+    def task_log(self, session_id: int, task_id: int) -> str:
+        """What the task printed; "" if nothing (yet). NOT_FOUND error for an unknown task."""
     def close(self) -> None: ...
     @property
     def object_dir(self) -> tuple[str, str]:
@@ -100,7 +102,10 @@ class ServiceHost(Protocol):
     def enter(
         self, session_id: int, application: str, app_spec: bytes, common_data: bytes
     ) -> ErrorTuple | None: ...
-    def invoke(self, task_id: int, input: bytes) -> bytes | ErrorTuple: ...
+    def invoke(
+        self, task_id: int, input: bytes
+    ) -> bytes | ErrorTuple | tuple[bytes | ErrorTuple, str]:
+        """Output bytes or an error tuple; paired with the task's log text when it printed."""
     def leave(self) -> None: ...
 
 def run_executor(address: str, executor_id: int, host: ServiceHost) -> None:

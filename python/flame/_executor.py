@@ -22,16 +22,23 @@ def main(argv: list[str] | None = None) -> int:
     # Tasks that call the Flame API themselves talk to the same cluster instead of
     # starting an embedded one inside the executor.
     os.environ.setdefault("FLAME_ADDRESS", args.address)
+    capture = None
     try:
         from flame import _core, objects
+        from flame._capture import OutputCapture
         from flame._worker import Worker
 
         objects.RESOLVE_REFS = True  # tasks get the values of the refs in their arguments
-
-        _core.run_executor(args.address, args.executor_id, Worker())
+        # What tasks print goes back with their results (per-task logs), not to this
+        # process's stdout/stderr.
+        capture = OutputCapture()
+        capture.install()
+        _core.run_executor(args.address, args.executor_id, Worker(capture))
     except KeyboardInterrupt:
         return 130
     except Exception as e:
+        if capture is not None:
+            capture.uninstall()
         print(
             f"flame executor {args.executor_id} ({args.address}): {type(e).__name__}: {e}",
             file=sys.stderr,

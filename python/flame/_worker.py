@@ -6,7 +6,8 @@ when the executor binds to a session, :meth:`Worker.invoke` for each task and
 back as error tuples ``(kind, message, traceback, payload)``, where ``payload`` is the
 pickled exception (or ``b""`` when it cannot be pickled and rebuilt); a failed task's tuple
 has a fifth element, ``retryable``, which asks the daemon to run the task again while it
-has attempts left.
+has attempts left. A task that printed something (see :mod:`flame._capture`) returns the
+pair ``(output_or_error_tuple, log_text)`` instead.
 
 App specs are cloudpickled dicts:
   ``{"kind": "function", "fn": f, "retry": r}``      task input ``(args, kwargs)``
@@ -28,6 +29,7 @@ from typing import Any, Callable, Optional, Union
 import cloudpickle
 
 from flame import _serde, errors
+from flame._capture import OutputCapture
 from flame.application import FlameService, SessionContext, TaskContext
 
 __all__ = ["Worker"]
@@ -36,7 +38,7 @@ ErrorTuple = tuple[int, str, str, bytes]
 # (kind, message, traceback, payload, retryable)
 TaskErrorTuple = tuple[int, str, str, bytes, bool]
 EnterResult = Optional[ErrorTuple]
-InvokeResult = Union[bytes, TaskErrorTuple]
+InvokeResult = Union[bytes, TaskErrorTuple, tuple[Union[bytes, TaskErrorTuple], str]]
 Retry = Union[bool, tuple[type[BaseException], ...]]
 
 
@@ -68,7 +70,9 @@ def _failure(kind: int, e: BaseException, prefix: str = "") -> ErrorTuple:
 class Worker:
     """Hosts one session at a time inside an executor process."""
 
-    def __init__(self) -> None:
+    def __init__(self, capture: OutputCapture | None = None) -> None:
+        # Installed by the executor process; None (no capture) in tests that drive a Worker.
+        self._capture = capture
         self._session_id: int | None = None
         self._name = ""
         self._kind = ""
@@ -131,8 +135,22 @@ class Worker:
         """Run one task; its output bytes, or an error tuple (kind 1) if it failed.
 
         The tuple's ``retryable`` is true when the exception matches the session's
-        ``retry_exceptions``; a result that cannot be serialized is never retryable.
+        ``retry_exceptions``; a result that cannot be serialized is never retryable. When
+        the task printed something, the result comes paired with the text it printed.
         """
+        capture = self._capture
+        if capture is None:
+            return self._invoke(task_id, input)
+        capture.active = True
+        try:
+            result = self._invoke(task_id, input)
+        finally:
+            capture.active = False
+        if capture.parts:
+            return (result, capture.take())
+        return result
+
+    def _invoke(self, task_id: int, input: bytes) -> bytes | TaskErrorTuple:
         if self._session_id is None:
             msg = "a task arrived before any session was entered"
             return (errors.INTERNAL, msg, "", b"", False)

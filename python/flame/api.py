@@ -1,4 +1,6 @@
-"""The process-wide runtime: ``init``/``shutdown``, and waiting on futures.
+"""The process-wide runtime: ``init``/``shutdown`` and the cluster it is connected to.
+
+Waiting on futures (``get``, ``wait``, ``as_completed``) is in :mod:`flame.waiting`.
 
 ``flame.init()`` without an address (and no ``FLAME_ADDRESS`` in the environment) starts an
 embedded cluster inside this process — a session manager and an executor manager on
@@ -9,34 +11,25 @@ only connects. Any API call made before ``init`` initializes locally.
 from __future__ import annotations
 
 import atexit
-import concurrent.futures
 import os
 import shutil
 import sys
 import tempfile
 import threading
-import time
-from collections.abc import Iterable, Iterator, Sequence
-from typing import Any, TypeVar, overload
+from typing import Any
 
 from flame import _core, errors
 from flame.client import Connection
 from flame.objects import ObjectRef
 
 __all__ = [
-    "as_completed",
     "cluster_info",
-    "get",
     "init",
     "is_initialized",
     "nodes",
     "register_application",
     "shutdown",
-    "wait",
 ]
-
-T = TypeVar("T")
-AnyFuture = concurrent.futures.Future
 
 
 class Runtime:
@@ -136,6 +129,7 @@ def init(
     log_level: str | None = None,
     max_payload: int | None = None,
     client_lease: float | None = None,
+    log_to_client: bool = True,
 ) -> None:
     """Connect to a Flame cluster, or start an embedded one.
 
@@ -155,6 +149,9 @@ def init(
             low-level API, at call time.
         client_lease: Seconds the embedded cluster keeps a client's sessions open after
             losing it (default 60), so that a client that reconnects finds them.
+        log_to_client: Echo what each task prints to this process's stderr, each line
+            prefixed with ``(task SESSION/TASK)``. The output is kept by the daemon
+            either way (``future.log()``).
 
     ``slots``, ``state_dir``, ``max_payload`` and ``client_lease`` configure the embedded
     cluster; they are ignored when connecting to a daemon, which has its own settings
@@ -179,9 +176,9 @@ def init(
         if log_level:
             _set_log_level(log_level)
         if address is not None:
-            _runtime = Runtime(Connection(address), address)
+            _runtime = Runtime(Connection(address, log_to_client=log_to_client), address)
         else:
-            _runtime = _start_embedded(slots, state_dir, max_payload, client_lease)
+            _runtime = _start_embedded(slots, state_dir, max_payload, client_lease, log_to_client)
         if not _atexit_registered:
             atexit.register(shutdown)
             _atexit_registered = True
@@ -208,6 +205,7 @@ def _start_embedded(
     state_dir: str | None,
     max_payload: int | None = None,
     client_lease: float | None = None,
+    log_to_client: bool = True,
 ) -> Runtime:
     if slots is not None and slots < 1:
         raise errors.InvalidArgumentError(f"slots must be at least 1, got {slots}")
@@ -239,7 +237,7 @@ def _start_embedded(
             shutil.rmtree(temp_dir, ignore_errors=True)
         raise
     try:
-        conn = Connection(cluster.address)
+        conn = Connection(cluster.address, log_to_client=log_to_client)
     except BaseException:
         cluster.stop()
         if temp_dir is not None:
@@ -308,103 +306,3 @@ def put(value: Any) -> ObjectRef:
 def nodes() -> list[Any]:
     """The cluster's nodes (see :func:`cluster_info`)."""
     return list(cluster_info().get("nodes", []))
-
-
-# ---------------------------------------------------------------- waiting on futures
-
-
-def _check_futures(futures: Iterable[Any]) -> list[AnyFuture]:
-    items = list(futures)
-    for f in items:
-        if not isinstance(f, AnyFuture):
-            raise TypeError(f"expected flame.Future objects, got {type(f).__qualname__}")
-    return items
-
-
-def _remaining(deadline: float | None) -> float | None:
-    return None if deadline is None else max(0.0, deadline - time.monotonic())
-
-
-@overload
-def get(futures: AnyFuture, timeout: float | None = None) -> Any: ...
-@overload
-def get(futures: Sequence[AnyFuture], timeout: float | None = None) -> list[Any]: ...
-
-
-def get(futures: AnyFuture | Sequence[AnyFuture], timeout: float | None = None) -> Any:
-    """The result of a future, or the results of a list of futures in the same order.
-
-    Args:
-        futures: One future, or a sequence of them.
-        timeout: Seconds to wait in all; ``None`` waits as long as it takes.
-
-    Raises:
-        TimeoutError: not every result was ready in time.
-        Exception: the first failed task's exception, in list order (a user exception
-            as itself, with the remote traceback as its cause).
-    """
-    if isinstance(futures, AnyFuture):
-        return futures.result(timeout)
-    if isinstance(futures, ObjectRef):
-        return futures.get()
-    items = _check_futures(futures)
-    deadline = None if timeout is None else time.monotonic() + timeout
-    return [f.result(_remaining(deadline)) for f in items]
-
-
-def wait(
-    futures: Sequence[AnyFuture],
-    num_returns: int | None = None,
-    timeout: float | None = None,
-) -> tuple[list[AnyFuture], list[AnyFuture]]:
-    """Wait until ``num_returns`` of ``futures`` are done, or the timeout passes.
-
-    Args:
-        futures: The futures to watch.
-        num_returns: How many to wait for (default: all of them).
-        timeout: Seconds to wait at most; ``None`` means no limit.
-
-    Returns:
-        ``(done, not_done)``: ``done`` holds at most ``num_returns`` finished futures,
-        ``not_done`` the rest; both keep the order of ``futures``. A failed task counts
-        as done. Never raises a task's exception.
-    """
-    items = _check_futures(futures)
-    n = len(items) if num_returns is None else num_returns
-    if not 0 <= n <= len(items):
-        raise errors.InvalidArgumentError(
-            f"num_returns must be between 0 and {len(items)}, got {num_returns}"
-        )
-    deadline = None if timeout is None else time.monotonic() + timeout
-    while True:
-        pending = [f for f in items if not f.done()]
-        if len(items) - len(pending) >= n:
-            break
-        left = _remaining(deadline)
-        if left == 0.0:
-            break
-        return_when = (
-            concurrent.futures.ALL_COMPLETED
-            if n == len(items)
-            else concurrent.futures.FIRST_COMPLETED
-        )
-        concurrent.futures.wait(pending, left, return_when)
-    done: list[AnyFuture] = []
-    not_done: list[AnyFuture] = []
-    for f in items:
-        (done if f.done() and len(done) < n else not_done).append(f)
-    return done, not_done
-
-
-def as_completed(futures: Iterable[AnyFuture], timeout: float | None = None) -> Iterator[AnyFuture]:
-    """Yield the futures as they finish (failed and cancelled ones included).
-
-    Raises:
-        TimeoutError: some futures were still unfinished after ``timeout`` seconds.
-    """
-    try:
-        yield from concurrent.futures.as_completed(_check_futures(futures), timeout)
-    except concurrent.futures.TimeoutError as e:
-        if isinstance(e, TimeoutError):
-            raise
-        raise errors.WaitTimeoutError(str(e)) from None

@@ -37,18 +37,24 @@ __all__ = [
 SessionInfo = _core.SessionInfo
 
 
-def connect(address: str, *, timeout: float = 5.0, client_name: str = "") -> Connection:
+def connect(
+    address: str, *, timeout: float = 5.0, client_name: str = "", log_to_client: bool = True
+) -> Connection:
     """Connect to a Flame daemon.
 
     Args:
         address: ``host:port`` of the daemon's session manager.
         timeout: Seconds to wait for the daemon to answer.
         client_name: A label shown in the daemon's logs.
+        log_to_client: Echo what each task printed to this process's stderr, every line
+            prefixed with ``(task SESSION/TASK)``.
 
     Raises:
         flame.ConnectionError: the daemon cannot be reached (the message names the address).
     """
-    return Connection(address, timeout=timeout, client_name=client_name)
+    return Connection(
+        address, timeout=timeout, client_name=client_name, log_to_client=log_to_client
+    )
 
 
 def _close_native(conn: _core.Connection, pump: CompletionPump) -> None:
@@ -65,9 +71,16 @@ class Connection:
     with :class:`flame.ConnectionError`; it does not close its sessions.
     """
 
-    def __init__(self, address: str, *, timeout: float = 5.0, client_name: str = "") -> None:
+    def __init__(
+        self,
+        address: str,
+        *,
+        timeout: float = 5.0,
+        client_name: str = "",
+        log_to_client: bool = True,
+    ) -> None:
         self._conn = _core.Connection(address, timeout, client_name or _default_name())
-        self._pump = CompletionPump(self._conn)
+        self._pump = CompletionPump(self._conn, echo_logs=log_to_client)
         self._finalizer = weakref.finalize(self, _close_native, self._conn, self._pump)
         # 0 (or an older native module without the attribute) means "no limit known".
         self._max_bytes: int | None = getattr(self._conn, "max_payload", 0) or None
@@ -215,6 +228,14 @@ class Connection:
     def cluster_info(self) -> dict[str, Any]:
         """Nodes, executors and queue lengths of the cluster."""
         return dict(self._conn.cluster_info())
+
+    def task_log(self, session_id: int, task_id: int) -> str:
+        """What a task printed (stdout and stderr); empty if nothing, or not finished yet.
+
+        Raises:
+            flame.FlameError: the daemon knows no such task (NOT_FOUND).
+        """
+        return self._conn.task_log(session_id, task_id)
 
     # -------------------------------------------------------------- tasks
 

@@ -6,13 +6,16 @@ A :class:`Future` is a :class:`concurrent.futures.Future`, so the standard libra
 Each connection has one :class:`CompletionPump`: a daemon thread that reads completion
 batches from the native connection and resolves the matching futures. The registry of
 unresolved futures is guarded by one lock; futures are resolved (and their callbacks run)
-outside it, so a callback may submit more tasks.
+outside it, so a callback may submit more tasks. What a task printed arrives with its
+completion; unless turned off, the pump echoes it to this process's stderr, each line
+prefixed with the task, before it resolves the future.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import sys
 import threading
 from collections.abc import Generator
 from typing import Any, Callable, Optional, Protocol
@@ -40,8 +43,8 @@ FAILED = 4
 CANCELLED = 5
 
 ErrorTuple = tuple[int, str, str, bytes]
-# (session_id, task_id, state, output, error, attempts)
-Completion = tuple[int, int, int, bytes, Optional[ErrorTuple], int]
+# (session_id, task_id, state, output, error, attempts, log); log is None when empty
+Completion = tuple[int, int, int, bytes, Optional[ErrorTuple], int, Optional[str]]
 Decoder = Callable[[bytes], Any]
 
 
@@ -53,6 +56,8 @@ class CompletionSource(Protocol):
     def next_completions(self, timeout: float) -> list[Completion] | None: ...
 
     def cancel(self, session_id: int, task_id: int) -> None: ...
+
+    def task_log(self, session_id: int, task_id: int) -> str: ...
 
 
 class Future(concurrent.futures.Future):  # type: ignore[type-arg]
@@ -72,12 +77,12 @@ class Future(concurrent.futures.Future):  # type: ignore[type-arg]
     # `_waiters` and `_done_callbacks` are made on first use (properties below).
     __slots__ = (
         "_callbacks",
-        "_cancel_remote",
         "_cond",
         "_decoder",
         "_exception",
         "_keep",
         "_result",
+        "_source",
         "_state",
         "_waiter_list",
         "attempts",
@@ -100,9 +105,9 @@ class Future(concurrent.futures.Future):  # type: ignore[type-arg]
         self.task_id: int | None = None
         self.attempts = 0
         self._decoder = decoder
-        self._cancel_remote: Callable[[int, int], None] | None = None
         # Objects the task reads (``flame.put`` refs, a spilled input): kept until it ends.
         self._keep: list[Any] | None = None
+        self._source: CompletionSource | None = None
 
     def __repr__(self) -> str:
         with self._condition:
@@ -210,25 +215,43 @@ class Future(concurrent.futures.Future):  # type: ignore[type-arg]
         with self._condition:
             if self.done():
                 return False
-            cancel_remote = self._cancel_remote
+            source = self._source
             session_id, task_id = self.session_id, self.task_id
-            if cancel_remote is None or session_id is None or task_id is None:
+            if source is None or session_id is None or task_id is None:
                 return self._resolve_cancelled()
         try:
-            cancel_remote(session_id, task_id)
+            source.cancel(session_id, task_id)
         except errors.FlameError:
             # The connection is gone: the pump fails this future with ConnectionError.
             return False
         return True
 
+    def log(self) -> str:
+        """What the task printed (stdout and stderr), as the daemon stored it.
+
+        Empty if the task printed nothing or has not finished yet. Only Python-level
+        writes are captured, at most the last 1 Mi characters per task (a first line says
+        how much was dropped); a retried task keeps the output of its last attempt.
+
+        Raises:
+            flame.InvalidArgumentError: the future was never submitted.
+            flame.ConnectionError: the daemon cannot be reached.
+        """
+        source, session_id, task_id = self._source, self.session_id, self.task_id
+        if source is None or session_id is None or task_id is None:
+            raise errors.InvalidArgumentError(
+                "this future was never submitted to Flame, so it has no task log"
+            )
+        return source.task_log(session_id, task_id)
+
     # -------------------------------------------------------------- used by Flame only
 
-    def _bind(self, session_id: int, task_id: int, cancel: Callable[[int, int], None]) -> None:
+    def _bind(self, session_id: int, task_id: int, source: CompletionSource) -> None:
         # No lock: this runs before the future is registered, so nothing else can see it
         # as submitted yet (a hot path: one call per task).
         self.session_id = session_id
         self.task_id = task_id
-        self._cancel_remote = cancel
+        self._source = source
 
     def _resolve_cancelled(self) -> bool:
         self._keep = None
@@ -292,11 +315,14 @@ class CompletionPump:
 
     One daemon thread loops on ``next_completions``. When the connection closes or breaks,
     every unresolved future fails with :class:`flame.ConnectionError` — none is left hanging.
+    With ``echo_logs``, what a task printed is written to ``sys.stderr`` as
+    ``(task SESSION/TASK) line`` before its future resolves.
     """
 
-    def __init__(self, conn: CompletionSource, poll: float = 0.2) -> None:
+    def __init__(self, conn: CompletionSource, poll: float = 0.2, echo_logs: bool = True) -> None:
         self._conn = conn
         self._poll = poll
+        self._echo_logs = echo_logs
         self._lock = threading.Lock()
         self._futures: dict[tuple[int, int], Future] = {}
         # Completions that arrived before `register` saw their task ids (submit returns
@@ -325,7 +351,7 @@ class CompletionPump:
         lost: list[Future] = []
         with self._lock:
             for task_id, fut in zip(task_ids, futures):
-                fut._bind(session_id, task_id, self._conn.cancel)
+                fut._bind(session_id, task_id, self._conn)
                 key = (session_id, task_id)
                 if self._closed:
                     lost.append(fut)
@@ -334,6 +360,8 @@ class CompletionPump:
                 else:
                     self._futures[key] = fut
         for fut, c in ready:
+            if c[6] and self._echo_logs:
+                _echo(c[0], c[1], c[6])
             fut._complete(c[2], c[3], c[4], c[5])
         for fut in lost:
             fut._set_exception_safe(self._lost(fut))
@@ -374,6 +402,8 @@ class CompletionPump:
                     del self._early[next(iter(self._early))]
                 self._early[key] = c
         for fut, c in found:
+            if c[6] and self._echo_logs:
+                _echo(c[0], c[1], c[6])
             fut._complete(c[2], c[3], c[4], c[5])
 
     def _fail_all(self, reason: BaseException | None) -> None:
@@ -398,3 +428,18 @@ class CompletionPump:
             f"the connection to the Flame daemon at {self._conn.address} was lost before "
             f"{what} finished: {reason}"
         )
+
+
+def _echo(session_id: int, task_id: int, log: str) -> None:
+    """Write a task's output to this process's stderr, each line prefixed with the task
+    (one write, so lines of concurrent echoes do not interleave)."""
+    prefix = f"(task {session_id}/{task_id}) "
+    text = "".join(f"{prefix}{line}\n" for line in log.splitlines())
+    stream = sys.stderr
+    if stream is None:  # pythonw, or a closed stream at exit
+        return
+    try:
+        stream.write(text)
+        stream.flush()
+    except (OSError, ValueError):
+        pass  # stderr closed or broken: the log stays retrievable with Future.log()

@@ -39,6 +39,13 @@ def test_pi(tasks: str) -> None:
     result = run_example("pi.py", "--tasks", tasks, "--samples", "200000")
     estimate = float(result.stdout.split("pi ~ ")[1].split()[0])
     assert abs(estimate - 3.14159) < 0.01
+    assert f"{tasks}/{tasks}" in result.stderr, "the progress bar did not reach the total"
+
+
+def test_pi_without_progress_bar() -> None:
+    result = run_example("pi.py", "--tasks", "4", "--samples", "1000", "--no-progress")
+    assert "pi ~ " in result.stdout
+    assert "/4" not in result.stderr
 
 
 def test_matrix() -> None:

@@ -38,6 +38,9 @@ class Source:
     def cancel(self, session_id: int, task_id: int) -> None:
         self.cancelled.append((session_id, task_id))
 
+    def task_log(self, session_id: int, task_id: int) -> str:
+        return f"log of {session_id}/{task_id}"
+
 
 @pytest.fixture
 def source() -> Any:
@@ -47,7 +50,7 @@ def source() -> Any:
 
 
 def ok(task_id: int, value: object, session_id: int = 1) -> Completion:
-    return (session_id, task_id, SUCCEEDED, _serde.dumps(value), None, 1)
+    return (session_id, task_id, SUCCEEDED, _serde.dumps(value), None, 1, None)
 
 
 def test_local_future_result_and_callback() -> None:
@@ -136,7 +139,7 @@ def test_pump_resolves_and_decodes(source: Source) -> None:
     raw, decoded = Future(), Future(_serde.loads)
     pump.register(1, [10, 11], [raw, decoded])
     assert (raw.session_id, raw.task_id) == (1, 10)
-    source.batches.put([(1, 10, SUCCEEDED, b"raw", None, 1), ok(11, {"x": 1})])
+    source.batches.put([(1, 10, SUCCEEDED, b"raw", None, 1, None), ok(11, {"x": 1})])
     assert raw.result(5) == b"raw"
     assert decoded.result(5) == {"x": 1}
     assert decoded.attempts == 1
@@ -161,7 +164,7 @@ def test_failed_task_raises_mapped_error(source: Source) -> None:
     pump.register(2, [1, 2], [lost, user])
     source.batches.put(
         [
-            (2, 1, FAILED, b"", (errors.EXECUTOR_LOST, "executor 3 died", "", b""), 4),
+            (2, 1, FAILED, b"", (errors.EXECUTOR_LOST, "executor 3 died", "", b""), 4, None),
             (
                 2,
                 2,
@@ -169,6 +172,7 @@ def test_failed_task_raises_mapped_error(source: Source) -> None:
                 b"",
                 (errors.USER_EXCEPTION, "ValueError: v", "TB", pickle.dumps(ValueError("v"))),
                 1,
+                None,
             ),
         ]
     )
@@ -188,7 +192,7 @@ def test_remote_cancel_waits_for_the_daemon(source: Source) -> None:
     assert fut.cancel()
     assert source.cancelled == [(3, 7)]
     assert not fut.done()  # not until the daemon confirms
-    source.batches.put([(3, 7, CANCELLED, b"", (errors.CANCELLED, "cancelled", "", b""), 0)])
+    source.batches.put([(3, 7, CANCELLED, b"", (errors.CANCELLED, "cancelled", "", b""), 0, None)])
     with pytest.raises(flame.CancelledError):
         fut.result(5)
     assert fut.cancelled()
@@ -198,7 +202,7 @@ def test_decode_failure_fails_the_future(source: Source) -> None:
     pump = CompletionPump(source, poll=0.01)
     fut = Future(_serde.loads)
     pump.register(1, [1], [fut])
-    source.batches.put([(1, 1, SUCCEEDED, b"not a frame", None, 1)])
+    source.batches.put([(1, 1, SUCCEEDED, b"not a frame", None, 1, None)])
     with pytest.raises(flame.SerializationError):
         fut.result(5)
 
@@ -209,11 +213,11 @@ def test_callbacks_run_outside_the_registry_lock(source: Source) -> None:
 
     def chain(_: Future) -> None:  # registering from a callback must not deadlock
         pump.register(1, [2], [second])
-        source.batches.put([(1, 2, SUCCEEDED, b"2", None, 1)])
+        source.batches.put([(1, 2, SUCCEEDED, b"2", None, 1, None)])
 
     first.add_done_callback(chain)
     pump.register(1, [1], [first])
-    source.batches.put([(1, 1, SUCCEEDED, b"1", None, 1)])
+    source.batches.put([(1, 1, SUCCEEDED, b"1", None, 1, None)])
     assert second.result(5) == b"2"
 
 
@@ -238,3 +242,34 @@ def test_broken_connection_fails_pending_futures(source: Source) -> None:
     source.batches.put(flame.ConnectionError("stream reset by 127.0.0.1:1"))
     with pytest.raises(flame.ConnectionError, match="stream reset"):
         fut.result(5)
+
+
+def test_a_tasks_log_is_echoed_with_its_id_before_the_future_resolves(
+    source: Source, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pump = CompletionPump(source, poll=0.01)
+    fut, quiet = Future(), Future()
+    pump.register(4, [9, 10], [fut, quiet])
+    source.batches.put(
+        [
+            (4, 9, SUCCEEDED, b"1", None, 1, "hello\nworld\n"),
+            (4, 10, SUCCEEDED, b"2", None, 1, None),
+        ]
+    )
+    assert fut.result(5) == b"1" and quiet.result(5) == b"2"
+    assert capsys.readouterr().err == "(task 4/9) hello\n(task 4/9) world\n"
+    assert fut.log() == "log of 4/9"  # asked of the connection
+
+
+def test_echo_can_be_turned_off(source: Source, capsys: pytest.CaptureFixture[str]) -> None:
+    pump = CompletionPump(source, poll=0.01, echo_logs=False)
+    fut = Future()
+    pump.register(4, [9], [fut])
+    source.batches.put([(4, 9, SUCCEEDED, b"1", None, 1, "hello\n")])
+    assert fut.result(5) == b"1"
+    assert capsys.readouterr().err == ""
+
+
+def test_an_unsubmitted_future_has_no_log() -> None:
+    with pytest.raises(errors.InvalidArgumentError, match="never submitted"):
+        Future().log()

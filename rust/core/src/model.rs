@@ -275,6 +275,8 @@ impl TaskRecord {
             output: self.output.clone(),
             error: self.error.clone().map(Into::into),
             attempts: self.attempts,
+            // Logs live in their own table (`Storage::get_task_log`); the caller adds it.
+            log: String::new(),
         }
     }
 }

@@ -441,3 +441,46 @@ async fn sessions_of_a_client_that_stays_away_are_closed_after_the_lease() {
     }
     cluster.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_task_printed_comes_with_its_completion_and_stays_retrievable() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = start(dir.path(), 1).await;
+    let client = connect(&cluster).await;
+    let sid = open(&client, b"", 0).await;
+    let inputs = vec![
+        Bytes::from_static(b"say:hello\n"),
+        Bytes::from_static(b"quiet"),
+    ];
+    let ids = client.submit(sid, inputs).unwrap();
+    let done = collect(&client, &ids).await;
+    assert_eq!(done[&ids[0].0].log, "hello\n");
+    assert_eq!(done[&ids[1].0].log, "");
+
+    let log = |task: TaskId| {
+        let mut fe = client.frontend();
+        async move {
+            fe.get_task_log(proto::TaskRef {
+                session_id: sid.0,
+                task_id: task.0,
+            })
+            .await
+        }
+    };
+    assert_eq!(log(ids[0]).await.unwrap().into_inner().text, "hello\n");
+    assert_eq!(log(ids[1]).await.unwrap().into_inner().text, "");
+    let unknown = log(TaskId(ids[1].0 + 1000)).await.unwrap_err();
+    assert_eq!(unknown.code(), tonic::Code::NotFound);
+    assert!(
+        unknown.message().contains("has no task"),
+        "{}",
+        unknown.message()
+    );
+
+    // A finished task watched later (as after a reconnect) comes from storage, log included.
+    let other = connect(&cluster).await;
+    other.watch(sid, vec![ids[0]]).unwrap();
+    let again = collect(&other, &ids[..1]).await;
+    assert_eq!(again[&ids[0].0].log, "hello\n");
+    cluster.stop().await;
+}

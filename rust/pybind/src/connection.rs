@@ -21,10 +21,19 @@ pub fn to_bytes(b: PyBackedBytes) -> Bytes {
     Bytes::from_owner(b)
 }
 
-/// One finished task: (session_id, task_id, state, output, error, attempts), where error is
-/// (kind, message, traceback, payload) or None.
+/// A task's error: (kind, message, traceback, payload).
 type ErrorTuple = (i32, String, String, Py<PyBytes>);
-type CompletionTuple = (u64, u64, i32, Py<PyBytes>, Option<ErrorTuple>, u32);
+/// One finished task: (session_id, task_id, state, output, error, attempts, log), where
+/// error is an [`ErrorTuple`] or None, and log (what the task printed) is None when empty.
+type CompletionTuple = (
+    u64,
+    u64,
+    i32,
+    Py<PyBytes>,
+    Option<ErrorTuple>,
+    u32,
+    Option<String>,
+);
 
 #[pyclass(name = "SessionInfo", module = "flame._core", frozen, get_all)]
 pub struct PySessionInfo {
@@ -323,10 +332,24 @@ impl PyConnection {
                         PyBytes::new(py, &c.output).unbind(),
                         error,
                         c.attempts,
+                        (!c.log.is_empty()).then_some(c.log),
                     )
                 })
                 .collect()
         }))
+    }
+
+    /// What a task printed; "" if nothing (or not finished yet).
+    fn task_log(&self, py: Python<'_>, session_id: u64, task_id: u64) -> PyResult<String> {
+        let mut fe = self.client.frontend();
+        let req = proto::TaskRef {
+            session_id,
+            task_id,
+        };
+        let log = wait(py, fe.get_task_log(req))?
+            .map_err(|s| err(s.into()))?
+            .into_inner();
+        Ok(log.text)
     }
 
     fn close(&self) {

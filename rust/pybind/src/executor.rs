@@ -16,6 +16,8 @@ use crate::error::err;
 /// A Python object with `enter`, `invoke` and `leave` (see `flame._worker`).
 struct PyHost {
     obj: Py<PyAny>,
+    /// What the last task printed, until the loop takes it.
+    log: String,
 }
 
 /// `(kind, message, traceback, payload[, retryable])` from the host → a classified failure.
@@ -78,15 +80,35 @@ impl ServiceHost for PyHost {
     ) -> Result<Bytes, TaskFailure> {
         Python::attach(|py| {
             let args = (task.0, PyBytes::new(py, &input));
-            match self.obj.bind(py).call_method1("invoke", args) {
-                Ok(r) if r.is_instance_of::<PyTuple>() => Err(failure_from(&r)),
-                Ok(r) => match r.extract::<PyBackedBytes>() {
-                    Ok(b) => Ok(to_bytes(b)),
-                    Err(e) => Err(host_error(py, e.into(), "reading the task result")),
-                },
-                Err(e) => Err(host_error(py, e, "invoking the task")),
+            let r = match self.obj.bind(py).call_method1("invoke", args) {
+                Ok(r) => r,
+                Err(e) => return Err(host_error(py, e, "invoking the task")),
+            };
+            // Bytes: a silent success (the hot path, checked first). A 2-tuple: the outcome
+            // paired with what the task printed. Any other tuple: an error tuple.
+            let r = match r.cast::<PyTuple>() {
+                Ok(t) if t.len() == 2 => {
+                    let (outcome, log): (Bound<'_, PyAny>, String) = match t.extract() {
+                        Ok(pair) => pair,
+                        Err(e) => return Err(host_error(py, e, "reading the task log")),
+                    };
+                    self.log = log;
+                    outcome
+                }
+                _ => r,
+            };
+            if r.is_instance_of::<PyTuple>() {
+                return Err(failure_from(&r));
+            }
+            match r.extract::<PyBackedBytes>() {
+                Ok(b) => Ok(to_bytes(b)),
+                Err(e) => Err(host_error(py, e.into(), "reading the task result")),
             }
         })
+    }
+
+    fn take_log(&mut self) -> String {
+        std::mem::take(&mut self.log)
     }
 
     fn leave(&mut self) {
@@ -107,7 +129,10 @@ pub fn run_executor(
     executor_id: u64,
     host: Py<PyAny>,
 ) -> PyResult<()> {
-    let mut host = PyHost { obj: host };
+    let mut host = PyHost {
+        obj: host,
+        log: String::new(),
+    };
     py.detach(|| flame_core::executor::run_executor(&address, ExecutorId(executor_id), &mut host))
         .map_err(err)
 }

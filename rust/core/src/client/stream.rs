@@ -174,6 +174,7 @@ impl Link {
                         .into(),
                     ),
                     attempts: 0,
+                    log: String::new(),
                 })
                 .collect();
             self.deliver(items);

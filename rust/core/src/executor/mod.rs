@@ -53,6 +53,11 @@ pub trait ServiceHost {
     ) -> Result<Bytes, TaskFailure>;
     /// on_session_leave
     fn leave(&mut self);
+    /// What the last `invoke` printed, handed over once ("" if nothing). Called after
+    /// every task; a host that captures no output keeps this default, which costs nothing.
+    fn take_log(&mut self) -> String {
+        String::new()
+    }
 }
 
 /// Serves the session manager's Backend at `address` (e.g. `"http://127.0.0.1:4567"`) as
@@ -251,6 +256,7 @@ impl Worker<'_> {
                     format!("executor is not bound to session {session}"),
                 ))
             };
+            let log = self.host.take_log();
             let limit = self.max_output_bytes;
             let outcome = outcome.and_then(|output| {
                 if limit > 0 && output.len() as u64 > limit {
@@ -273,6 +279,7 @@ impl Worker<'_> {
                     ok: true,
                     output,
                     error: None,
+                    log,
                 },
                 Err(failure) => proto::TaskResult {
                     session_id: session.0,
@@ -280,6 +287,7 @@ impl Worker<'_> {
                     ok: false,
                     output: Bytes::new(),
                     error: Some(failure.into()),
+                    log,
                 },
             };
             // Sent per task: the link coalesces whatever has piled up, never waits for more.

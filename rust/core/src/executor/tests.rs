@@ -139,10 +139,12 @@ impl Server {
 }
 
 /// Upper-cases its input; fails `fail:*` inputs, fails enter on common data `fail-enter`,
-/// and blocks on `block` until the test opens the gate. Records every call.
+/// "prints" the rest of `say:*` inputs (its task log), and blocks on `block` until the test
+/// opens the gate. Records every call.
 struct TestHost {
     calls: Arc<Mutex<Vec<String>>>,
     gate: Option<std_mpsc::Receiver<()>>,
+    log: String,
 }
 
 impl ServiceHost for TestHost {
@@ -174,7 +176,14 @@ impl ServiceHost for TestHost {
             let msg = String::from_utf8_lossy(msg);
             return Err(TaskFailure::new(ErrorKind::ErrorUserException, msg));
         }
+        if let Some(said) = input.strip_prefix(b"say:") {
+            self.log = String::from_utf8_lossy(said).into_owned();
+        }
         Ok(Bytes::from(input.to_ascii_uppercase()))
+    }
+
+    fn take_log(&mut self) -> String {
+        std::mem::take(&mut self.log)
     }
 
     fn leave(&mut self) {
@@ -192,6 +201,7 @@ fn start_executor(
     let mut host = TestHost {
         calls: calls.clone(),
         gate,
+        log: String::new(),
     };
     let address = address.to_string();
     let handle =
@@ -414,7 +424,11 @@ async fn unreachable_address_is_reported() {
     let address = format!("http://{}", listener.local_addr().expect("addr"));
     drop(listener);
     let calls = Calls::default();
-    let mut host = TestHost { calls, gate: None };
+    let mut host = TestHost {
+        calls,
+        gate: None,
+        log: String::new(),
+    };
     let timeout = Duration::from_millis(300);
     let err =
         run_with_timeout(&address, ExecutorId(1), &mut host, timeout).expect_err("nothing there");
@@ -431,6 +445,7 @@ fn coalesce_batches_runs_of_results_and_keeps_order() {
             ok: true,
             output: Bytes::from(vec![0u8; size]),
             error: None,
+            log: String::new(),
         })
     };
     let left = || {
@@ -483,6 +498,31 @@ async fn a_result_over_the_limit_fails_before_it_is_sent() {
         e.message
     );
     assert!(results[1].ok, "the executor keeps serving");
+    drop(conn);
+    finished(exec).await.expect("clean shutdown");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn what_a_task_printed_travels_with_its_result_only() {
+    let mut server = Server::start().await;
+    let (_, exec) = start_executor(&server.address, None);
+    let mut conn = server.accept(7).await;
+    conn.send(bind(1, b"")).await;
+    conn.send(tasks(1, &[(1, "say:hello\n"), (2, "quiet")]))
+        .await;
+    conn.send(shutdown()).await;
+    assert!(matches!(
+        conn.next().await,
+        Some(executor_message::Msg::Entered(_))
+    ));
+    let (results, _) = conn.results(2).await;
+    assert_eq!(results[0].log, "hello\n");
+    assert!(results[0].ok);
+    assert_eq!(
+        results[1].log, "",
+        "a log is handed over once, not repeated"
+    );
     drop(conn);
     finished(exec).await.expect("clean shutdown");
     server.stop().await;

@@ -61,6 +61,9 @@ pub enum WriteOp {
     },
     /// Set a named counter (next session id, next executor id, next client id, ...).
     SetMeta { key: String, value: u64 },
+    /// Store what a task printed (replacing an earlier attempt's). Only written for tasks
+    /// that printed something, so silent tasks cost no row.
+    PutTaskLog { key: TaskKey, log: String },
 }
 
 /// Everything the session manager needs to resume after a restart.
@@ -105,6 +108,10 @@ pub trait Storage: Send {
 
     /// One task, finished or not; `None` if the session has no such task.
     fn get_task(&mut self, key: TaskKey) -> Result<Option<TaskRecord>>;
+
+    /// What a task printed: `Some("")` if it printed nothing (or has not finished),
+    /// `None` if the session has no such task.
+    fn get_task_log(&mut self, key: TaskKey) -> Result<Option<String>>;
 
     /// A session, open or closed, with its task counts.
     fn get_session(&mut self, id: SessionId) -> Result<Option<(SessionRecord, TaskCounts)>>;

@@ -187,6 +187,20 @@ impl Storage for SqliteStorage {
         }
     }
 
+    fn get_task_log(&mut self, key: TaskKey) -> Result<Option<String>> {
+        // Driven by `tasks`, so an unknown task (None) differs from a silent one ("").
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT l.log FROM tasks AS t LEFT JOIN task_logs AS l \
+             ON l.session_id = t.session_id AND l.task_id = t.task_id \
+             WHERE t.session_id = ?1 AND t.task_id = ?2",
+        )?;
+        let mut rows = stmt.query([key.session.0 as i64, key.task.0 as i64])?;
+        match rows.next()? {
+            Some(row) => Ok(Some(row.get::<_, Option<String>>(0)?.unwrap_or_default())),
+            None => Ok(None),
+        }
+    }
+
     fn get_session(&mut self, id: SessionId) -> Result<Option<(SessionRecord, TaskCounts)>> {
         let found = sessions_where(&self.conn, "id = ?1", [id.0 as i64])?;
         match found.into_iter().next() {

@@ -6,6 +6,7 @@
 //!
 //! Inputs with a meaning:
 //! - `fail:<message>` — the task fails as a user exception with `<message>`;
+//! - `say:<text>` — the task "prints" `<text>` (it becomes the task's log) and echoes;
 //! - `sleep:<ms>...` — sleeps `<ms>` milliseconds, then echoes the whole input;
 //! - `alloc:<mb>...` — allocates and touches `<mb>` MiB, holds it for 10 s, then echoes the
 //!   input (a leaking service, for the node's memory limit);
@@ -34,7 +35,11 @@ struct Args {
     executor_id: u64,
 }
 
-struct Echo;
+#[derive(Default)]
+struct Echo {
+    /// What the current task "printed" (`say:`), until the loop takes it.
+    log: String,
+}
 
 impl ServiceHost for Echo {
     fn enter(&mut self, ctx: &SessionContext) -> Result<(), TaskFailure> {
@@ -52,6 +57,9 @@ impl ServiceHost for Echo {
             let message = String::from_utf8_lossy(message);
             return Err(TaskFailure::new(ErrorKind::ErrorUserException, message));
         }
+        if let Some(text) = input.strip_prefix(b"say:") {
+            self.log = String::from_utf8_lossy(text).into_owned();
+        }
         if let Some(rest) = input.strip_prefix(b"sleep:") {
             std::thread::sleep(Duration::from_millis(leading_number(rest)));
         }
@@ -67,6 +75,10 @@ impl ServiceHost for Echo {
     }
 
     fn leave(&mut self) {}
+
+    fn take_log(&mut self) -> String {
+        std::mem::take(&mut self.log)
+    }
 }
 
 /// The decimal number `bytes` starts with; 0 when there is none.
@@ -84,7 +96,11 @@ fn main() -> ExitCode {
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .init();
     let args = Args::parse();
-    match run_executor(&args.address, ExecutorId(args.executor_id), &mut Echo) {
+    match run_executor(
+        &args.address,
+        ExecutorId(args.executor_id),
+        &mut Echo::default(),
+    ) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("flame-echo-executor {}: {e}", args.executor_id);

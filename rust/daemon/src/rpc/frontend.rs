@@ -212,6 +212,19 @@ impl Frontend for FrontendService {
         Ok(Response::new(info))
     }
 
+    async fn get_task_log(
+        &self,
+        req: Request<proto::TaskRef>,
+    ) -> Result<Response<proto::TaskLog>, Status> {
+        let r = req.into_inner();
+        let key = flame_core::model::key(session_id(r.session_id)?, TaskId(r.task_id));
+        let text = self
+            .handle
+            .call(|reply| Event::GetTaskLog { key, reply })
+            .await?;
+        Ok(Response::new(proto::TaskLog { text }))
+    }
+
     type StreamStream = ServerStream;
 
     async fn stream(

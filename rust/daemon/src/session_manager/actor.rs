@@ -7,7 +7,7 @@ use std::time::Instant;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use flame_core::ids::{ClientId, ExecutorId, NodeId, SessionId};
+use flame_core::ids::{ClientId, ExecutorId, NodeId, SessionId, TaskKey};
 use flame_core::model::{now_ms, ApplicationRecord};
 use flame_core::scheduler::{Scheduler, SchedulerConfig};
 use flame_core::storage::{ObjectStore, Storage, WriteOp};
@@ -49,6 +49,10 @@ pub(super) struct Actor {
     pub self_tx: mpsc::UnboundedSender<Event>,
     /// A graceful stop in progress: when it must end, and who waits for it.
     pub draining: Option<(Instant, tokio::sync::oneshot::Sender<()>)>,
+    /// What tasks printed, from the results handled since the last `apply`, which takes
+    /// each log with its task's completion and drops the rest. Logs bypass the scheduler:
+    /// they ride along with a result and never affect a decision.
+    pub task_logs: HashMap<TaskKey, String>,
 }
 
 const META_SESSION: &str = "next_session_id";
@@ -140,6 +144,7 @@ pub fn start(
         lost_streams: HashMap::new(),
         self_tx: tx.clone(),
         draining: None,
+        task_logs: HashMap::new(),
     };
     let task = tokio::spawn(actor.run(rx));
     Ok((

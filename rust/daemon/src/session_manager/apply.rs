@@ -86,13 +86,28 @@ impl Actor {
                         attempts: c.attempts,
                         finished_ms: flame_core::model::now_ms(),
                     });
-                    done.push(c);
+                    // The emptiness test keeps tasks that print nothing off the hash map.
+                    let log = if self.task_logs.is_empty() {
+                        String::new()
+                    } else {
+                        self.task_logs.remove(&c.key).unwrap_or_default()
+                    };
+                    if !log.is_empty() {
+                        ops.push(WriteOp::PutTaskLog {
+                            key: c.key,
+                            log: log.clone(),
+                        });
+                    }
+                    done.push((c, log));
                 }
                 Action::RecordAttempts { key, attempts } => {
                     ops.push(WriteOp::SetAttempts { key, attempts });
                 }
             }
         }
+        // Logs of results that did not finish their task (a retried attempt, a stale result)
+        // are not kept: a task's log is its last attempt's.
+        self.task_logs.clear();
         if ops.is_empty() {
             return;
         }
@@ -103,7 +118,7 @@ impl Actor {
         // Only the streams that have something to receive are cloned into the callback.
         let clients: HashMap<u64, ClientTx> = done
             .iter()
-            .filter_map(|c| c.watcher)
+            .filter_map(|(c, _)| c.watcher)
             .filter_map(|w| self.clients.get(&w).map(|tx| (w, tx.clone())))
             .collect();
         self.store.write(ops, move |result| {
@@ -160,10 +175,11 @@ impl Actor {
     }
 }
 
-/// Send completions to the client streams that watch them, one batch per stream.
-pub(super) fn deliver(clients: &HashMap<u64, ClientTx>, done: Vec<Completion>) {
+/// Send completions (each with what its task printed) to the client streams that watch
+/// them, one batch per stream.
+pub(super) fn deliver(clients: &HashMap<u64, ClientTx>, done: Vec<(Completion, String)>) {
     let mut batches: HashMap<u64, Vec<proto::TaskCompletion>> = HashMap::new();
-    for c in done {
+    for (c, log) in done {
         let Some(w) = c.watcher else {
             continue;
         };
@@ -174,6 +190,7 @@ pub(super) fn deliver(clients: &HashMap<u64, ClientTx>, done: Vec<Completion>) {
             output: c.output,
             error: c.error.map(Into::into),
             attempts: c.attempts,
+            log,
         });
     }
     for (w, items) in batches {

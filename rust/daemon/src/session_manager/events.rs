@@ -96,6 +96,13 @@ impl Actor {
                     }));
                 });
             }
+            Event::GetTaskLog { key, reply } => self.store.read(move |st| {
+                let _ = reply.send(st.get_task_log(key).and_then(|log| {
+                    log.ok_or_else(|| {
+                        FlameError::NotFound(format!("{} has no task {}", key.session, key.task))
+                    })
+                }));
+            }),
             Event::GetSession { id, reply } => match self.sched.session(id) {
                 Some(s) => {
                     let _ = reply.send(Ok(open_info(s)));
@@ -304,15 +311,18 @@ impl Actor {
         tasks: impl IntoIterator<Item = TaskId>,
         failure: TaskFailure,
     ) {
-        let items: Vec<Completion> = tasks
+        let items: Vec<(Completion, String)> = tasks
             .into_iter()
-            .map(|t| Completion {
-                key: key(session, t),
-                state: flame_core::model::TaskState::Failed,
-                output: Bytes::new(),
-                error: Some(failure.clone()),
-                attempts: 0,
-                watcher: Some(conn),
+            .map(|t| {
+                let c = Completion {
+                    key: key(session, t),
+                    state: flame_core::model::TaskState::Failed,
+                    output: Bytes::new(),
+                    error: Some(failure.clone()),
+                    attempts: 0,
+                    watcher: Some(conn),
+                };
+                (c, String::new())
             })
             .collect();
         deliver(&self.clients, items);
@@ -337,7 +347,12 @@ impl Actor {
             let mut unknown = Vec::new();
             for t in stored {
                 match st.get_task(key(session, t)) {
-                    Ok(Some(rec)) if rec.state.is_final() => items.push(rec.to_completion()),
+                    Ok(Some(rec)) if rec.state.is_final() => {
+                        let mut c = rec.to_completion();
+                        // A log that cannot be read must not hold back the result itself.
+                        c.log = st.get_task_log(rec.key).ok().flatten().unwrap_or_default();
+                        items.push(c);
+                    }
                     // Stored, unfinished, yet not in memory: its session is closed or gone.
                     Ok(Some(_)) => {}
                     Ok(None) => unknown.push(t),
@@ -350,6 +365,7 @@ impl Actor {
                             TaskFailure::new(ErrorKind::ErrorInternal, e.to_string()).into(),
                         ),
                         attempts: 0,
+                        log: String::new(),
                     }),
                 }
             }

@@ -18,7 +18,7 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 use tonic::Status;
 
-use flame_core::ids::{ExecutorId, NodeId, SessionId, TaskId};
+use flame_core::ids::{ExecutorId, NodeId, SessionId, TaskId, TaskKey};
 use flame_core::model::{ApplicationRecord, SessionSpec};
 use flame_core::proto;
 use flame_core::storage::ObjectStore;
@@ -109,6 +109,11 @@ pub enum Event {
     },
     ClusterInfo {
         reply: Reply<proto::ClusterInfo>,
+    },
+    /// What a task printed (answered from storage, after the writes queued before it).
+    GetTaskLog {
+        key: TaskKey,
+        reply: Reply<String>,
     },
     ClientConnected {
         conn: u64,

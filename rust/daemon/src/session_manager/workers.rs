@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use flame_core::ids::{ExecutorId, NodeId, SessionId, TaskId};
-use flame_core::model::{ErrorKind, TaskFailure};
+use flame_core::model::{key, ErrorKind, TaskFailure};
 use flame_core::proto;
 use flame_core::scheduler::ExecutorState;
 use flame_core::FlameError;
@@ -171,7 +171,12 @@ impl Actor {
         let limit = self.cfg.max_payload_bytes;
         let items = results
             .into_iter()
-            .map(|r| {
+            .map(|mut r| {
+                if !r.log.is_empty() {
+                    let log = bound_log(std::mem::take(&mut r.log));
+                    let key = key(SessionId(r.session_id), TaskId(r.task_id));
+                    self.task_logs.insert(key, log);
+                }
                 let outcome = if r.ok {
                     if r.output.len() > limit {
                         Err(TaskFailure::new(
@@ -195,6 +200,26 @@ impl Actor {
             .collect();
         self.sched.task_results(executor, items, now);
     }
+}
+
+/// Most bytes of one task's log the daemon keeps. The Python executor already keeps only
+/// the last 1 Mi characters (at most 4 MiB of UTF-8); this guards against other executors.
+pub(super) const MAX_LOG_BYTES: usize = 4 << 20;
+
+/// `log`, or its last [`MAX_LOG_BYTES`] (cut at a character boundary) after a note of how
+/// much was dropped.
+pub(super) fn bound_log(log: String) -> String {
+    if log.len() <= MAX_LOG_BYTES {
+        return log;
+    }
+    let mut cut = log.len() - MAX_LOG_BYTES;
+    while !log.is_char_boundary(cut) {
+        cut += 1;
+    }
+    format!(
+        "[flame: {cut} earlier bytes of this task's output were dropped]\n{}",
+        &log[cut..]
+    )
 }
 
 /// How long an executor whose stream closed waits for its node's exit report before it is
@@ -230,5 +255,26 @@ pub(super) fn shutdown_command(reason: &str) -> proto::ExecutorCommand {
         msg: Some(proto::executor_command::Msg::Shutdown(proto::Shutdown {
             reason: reason.into(),
         })),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{bound_log, MAX_LOG_BYTES};
+
+    #[test]
+    fn a_log_over_the_bound_keeps_its_tail_at_a_character_boundary() {
+        let short = "hello\n".to_string();
+        assert_eq!(bound_log(short.clone()), short);
+        // "é" is two bytes: the cut lands inside one unless it is moved to a boundary.
+        let long = format!("x{}", "é".repeat(MAX_LOG_BYTES / 2 + 10)) + "end";
+        let bounded = bound_log(long.clone());
+        let (note, tail) = bounded.split_once('\n').expect("a note line");
+        assert!(
+            note.contains("earlier bytes") && note.contains("dropped"),
+            "{note}"
+        );
+        assert!(tail.len() <= MAX_LOG_BYTES && tail.ends_with("end"));
+        assert!(long.ends_with(tail));
     }
 }

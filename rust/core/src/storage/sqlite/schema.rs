@@ -13,7 +13,7 @@ use crate::error::{FlameError, Result};
 
 /// The schema version this build reads and writes. A change to the DDL below bumps it and adds
 /// a step to [`migrate`]; a file from a newer build is refused rather than misread.
-pub(super) const VERSION: i32 = 2;
+pub(super) const VERSION: i32 = 3;
 
 /// How long a statement waits for a lock held by another connection (say an operator's
 /// `sqlite3` shell) before giving up with `SQLITE_BUSY`.
@@ -105,6 +105,19 @@ INSERT INTO counters (name, value) VALUES ('task_seq', 0);
 "
 );
 
+/// Version 3: what tasks printed. A table of its own, not a column of `tasks`: most tasks
+/// print nothing and get no row, and a log of up to a few MiB never sits in the rows that
+/// counting and loading walk. A rowid table (the key is a separate index) because its rows
+/// are large, which WITHOUT ROWID tables handle badly.
+const V3: &str = "
+CREATE TABLE task_logs (
+    session_id INTEGER NOT NULL,
+    task_id    INTEGER NOT NULL,
+    log        TEXT NOT NULL,
+    PRIMARY KEY (session_id, task_id)
+);
+";
+
 /// Per-connection settings; must run outside any transaction (`journal_mode` cannot change
 /// inside one).
 ///
@@ -152,6 +165,9 @@ pub(super) fn migrate(conn: &mut Connection) -> Result<()> {
     if version < 2 {
         // v2: the client that owns a session (closed when that client's lease runs out).
         tx.execute_batch("ALTER TABLE sessions ADD COLUMN owner INTEGER NOT NULL DEFAULT 0;")?;
+    }
+    if version < 3 {
+        tx.execute_batch(V3)?;
     }
     // user_version lives in the file header and is written by this same transaction.
     tx.pragma_update(None, "user_version", VERSION)?;

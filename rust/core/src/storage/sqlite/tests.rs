@@ -251,3 +251,63 @@ fn failed_batch_applies_nothing() {
     db.apply(&[insert(1, [3])]).unwrap();
     assert_eq!(db.load().unwrap().tasks.len(), 2);
 }
+
+#[test]
+fn task_logs_round_trip_and_an_unknown_task_has_none() {
+    let mut db = SqliteStorage::open_in_memory().unwrap();
+    let k = |t| key(SessionId(1), TaskId(t));
+    db.apply(&[WriteOp::PutSession(session(1, 10)), insert(1, [1, 2])])
+        .unwrap();
+    db.apply(&[
+        finish(1, 1, TaskState::Succeeded, None),
+        WriteOp::PutTaskLog {
+            key: k(1),
+            log: "first attempt\n".into(),
+        },
+        WriteOp::PutTaskLog {
+            key: k(1),
+            log: "héllo\nworld\n".into(),
+        },
+        finish(1, 2, TaskState::Succeeded, None),
+    ])
+    .unwrap();
+    assert_eq!(
+        db.get_task_log(k(1)).unwrap().as_deref(),
+        Some("héllo\nworld\n"),
+        "the last attempt's log replaces an earlier one"
+    );
+    assert_eq!(db.get_task_log(k(2)).unwrap().as_deref(), Some(""));
+    assert_eq!(db.get_task_log(k(3)).unwrap(), None);
+    assert_eq!(db.get_task_log(key(SessionId(9), TaskId(1))).unwrap(), None);
+}
+
+#[test]
+fn a_version_2_file_gains_the_task_logs_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    {
+        let mut db = SqliteStorage::open(&path).unwrap();
+        db.apply(&[WriteOp::PutSession(session(1, 10)), insert(1, [1])])
+            .unwrap();
+    }
+    // Turn the file back into what a version-2 build wrote.
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute_batch("DROP TABLE task_logs; PRAGMA user_version = 2;")
+        .unwrap();
+    drop(conn);
+
+    let mut db = SqliteStorage::open(&path).unwrap();
+    let version: i32 = db
+        .conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, super::schema::VERSION);
+    let k = key(SessionId(1), TaskId(1));
+    db.apply(&[WriteOp::PutTaskLog {
+        key: k,
+        log: "kept".into(),
+    }])
+    .unwrap();
+    assert_eq!(db.get_task_log(k).unwrap().as_deref(), Some("kept"));
+    assert_eq!(db.load().unwrap().tasks.len(), 1, "the old rows are intact");
+}

@@ -147,6 +147,13 @@ pub(super) fn apply_op(conn: &Connection, op: &WriteOp, seq: &mut i64) -> Result
                 ])?;
             warn_missing(n, *key, "finish");
         }
+        WriteOp::PutTaskLog { key, log } => {
+            conn.prepare_cached(
+                "INSERT INTO task_logs (session_id, task_id, log) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT (session_id, task_id) DO UPDATE SET log = excluded.log",
+            )?
+            .execute(params![key.session.0 as i64, key.task.0 as i64, log])?;
+        }
         WriteOp::SetMeta { key, value } => {
             conn.prepare_cached(
                 "INSERT INTO meta (key, value) VALUES (?1, ?2) \
