@@ -35,6 +35,9 @@ pub struct PySessionInfo {
     max_retries: u32,
     timeout: f64,
     priority: i32,
+    weight: f64,
+    min_executors: u32,
+    user: String,
     pending: u64,
     running: u64,
     succeeded: u64,
@@ -72,6 +75,10 @@ impl PySessionInfo {
             max_retries: spec.max_retries,
             timeout: spec.timeout_secs,
             priority: spec.priority,
+            // An older daemon leaves the weight unset (0): it means the default, 1.
+            weight: if spec.weight == 0.0 { 1.0 } else { spec.weight },
+            min_executors: spec.min_executors,
+            user: spec.user,
             pending: i.pending,
             running: i.running,
             succeeded: i.succeeded,
@@ -161,7 +168,8 @@ impl PyConnection {
     }
 
     #[pyo3(signature = (application, app_spec = None, common_data = None, slots = 0,
-        max_retries = 3, timeout = 0.0, priority = 0, python = String::new()))]
+        max_retries = 3, timeout = 0.0, priority = 0, python = String::new(), weight = 1.0,
+        min_executors = 0, user = String::new()))]
     #[allow(clippy::too_many_arguments)]
     fn create_session(
         &self,
@@ -174,6 +182,9 @@ impl PyConnection {
         timeout: f64,
         priority: i32,
         python: String,
+        weight: f64,
+        min_executors: u32,
+        user: String,
     ) -> PyResult<PySessionInfo> {
         let spec = SessionSpec {
             application,
@@ -187,6 +198,9 @@ impl PyConnection {
             // Sessions belong to the client that opens them: if it goes away for longer than
             // the daemon's client lease, they are closed.
             owner: self.client.client_id().0,
+            weight,
+            min_executors,
+            user,
         };
         let mut fe = self.client.frontend();
         let req = proto::CreateSessionRequest {

@@ -4,28 +4,46 @@
 //! command, write storage, notify a client). That keeps it deterministic and unit-testable
 //! with virtual time.
 //!
-//! Policy (this version): executors are bound to one session at a time; a session gets up to
-//! its `slots` executors and never more than it has unfinished tasks; free executors are
-//! handed out round-robin by priority, then fewest-held first; an executor left idle stays
-//! bound ("warm") for `warm_delay` unless another session is waiting for one, and a session
-//! below its fair share (capacity / sessions with work) reclaims executors from sessions above
-//! it as their current tasks finish — nothing is killed for fairness.
+//! Policy: executors are bound to one session at a time; a session holds at least its
+//! `min_executors` (from the moment it opens, even idle), at most its `max_executors`, and no
+//! more than it has unfinished tasks otherwise. Which session gets the next executor, and who
+//! gives one back, is decided by the [`Policies`] that are on (priority classes, weighted fair
+//! share, a per-tenant level, preemption, data-aware placement; see `policy.rs`). An idle
+//! executor stays bound ("warm") for `warm_delay` — the release delay — unless another
+//! session is waiting for one. Nothing is killed for fairness unless preemption is on.
 //!
-//! Cost: events touch only the entities they name; [`Scheduler::schedule`] walks the sessions
-//! that have pending work and, for each executor it hands out, the idle set and the nodes.
+//! Layout: `state.rs` (the entities), `index.rs` (ordered indexes), `events.rs` (what
+//! happens), `submission.rs` (sessions and tasks), `placement.rs` (hand-out), `reclaim.rs`
+//! (taking executors back), `policy.rs` (which policies are on).
+//!
+//! Cost, with S sessions that want executors, I idle executors, N nodes, E_s the executors
+//! of one session: an event touches only what it names and marks those sessions dirty; one
+//! [`Scheduler::schedule`] pass re-indexes the dirty sessions (O(log S) each), feeds them
+//! (O(E_s) each), then makes placements. One placement is O(log S + log I + log N): the next
+//! session is the first entry of an ordered set, an idle executor comes from per-session,
+//! per-service and per-interpreter sets, a node from a set ordered by free slots, a warm
+//! executor from a set ordered by idle time. A reclaim adds the choice of which executor of
+//! the victim to take back, O(E_victim). Expiring warm executors and timeouts pops ordered
+//! sets, O(log E) per expiry; [`Scheduler::next_deadline`] is O(log E).
 
 mod events;
+mod index;
 mod placement;
+mod policy;
+mod reclaim;
 mod state;
 mod submission;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_policies;
 
 use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+pub use policy::Policies;
 pub use state::{Executor, ExecutorState, Node, Session, TaskSlot};
 pub use submission::CancelOutcome;
 
@@ -41,6 +59,8 @@ pub struct SchedulerConfig {
     pub warm_delay: Duration,
     /// First executor id to hand out (unique across restarts of the session manager).
     pub first_executor_id: u64,
+    /// Which policies decide who gets executors.
+    pub policies: Policies,
 }
 
 impl Default for SchedulerConfig {
@@ -49,6 +69,7 @@ impl Default for SchedulerConfig {
             window: 4,
             warm_delay: Duration::from_secs(2),
             first_executor_id: 1,
+            policies: Policies::default(),
         }
     }
 }
@@ -105,10 +126,27 @@ pub struct Scheduler {
     config: SchedulerConfig,
     nodes: HashMap<NodeId, Node>,
     executors: HashMap<ExecutorId, Executor>,
-    /// Registered executors bound to no session.
+    /// Registered executors bound to no session, and the same by interpreter, by the
+    /// session they last served and by that session's service (data-aware placement).
     idle: BTreeSet<ExecutorId>,
+    idle_by_python: HashMap<String, BTreeSet<ExecutorId>>,
+    idle_by_session: HashMap<SessionId, BTreeSet<ExecutorId>>,
+    idle_by_app: HashMap<u64, BTreeSet<ExecutorId>>,
+    /// Nodes with free slots, most free first.
+    free_nodes: BTreeSet<(std::cmp::Reverse<usize>, NodeId)>,
+    /// Bound executors with nothing to do, oldest first (`Executor::idle_since`).
+    warm: BTreeSet<(Instant, ExecutorId)>,
+    /// Running head tasks by when they time out (`Executor::deadline`).
+    deadlines: BTreeSet<(Instant, ExecutorId)>,
     /// Open sessions.
     sessions: HashMap<SessionId, Session>,
+    index: index::Index,
+    /// Sessions changed since the last pass: fed and re-indexed by `schedule`.
+    dirty: BTreeSet<SessionId>,
+    /// Tenant numbers by (user, owner client when the user is empty).
+    tenant_ids: HashMap<(String, u32), u32>,
+    /// Executors killed by preemption, and the session waiting for their slot.
+    preempted: HashMap<ExecutorId, SessionId>,
     next_executor: u64,
     actions: Vec<Action>,
     /// Stopping gracefully: dispatch nothing new, let what runs finish.
@@ -123,7 +161,17 @@ impl Scheduler {
             nodes: HashMap::new(),
             executors: HashMap::new(),
             idle: BTreeSet::new(),
+            idle_by_python: HashMap::new(),
+            idle_by_session: HashMap::new(),
+            idle_by_app: HashMap::new(),
+            free_nodes: BTreeSet::new(),
+            warm: BTreeSet::new(),
+            deadlines: BTreeSet::new(),
             sessions: HashMap::new(),
+            index: index::Index::default(),
+            dirty: BTreeSet::new(),
+            tenant_ids: HashMap::new(),
+            preempted: HashMap::new(),
             next_executor,
             actions: Vec::new(),
             draining: false,
@@ -166,46 +214,104 @@ impl Scheduler {
     }
 
     /// When the next warm executor expires or the next running task times out, if ever:
-    /// the session manager wakes up then.
+    /// the session manager wakes up then. O(log E).
     pub fn next_deadline(&self) -> Option<Instant> {
-        let warm = self
-            .executors
-            .values()
-            .filter_map(|e| e.idle_since)
-            .min()
-            .map(|t| t + self.config.warm_delay);
-        let timeout = self
-            .executors
-            .values()
-            .filter_map(|e| self.task_deadline(e))
-            .min();
+        let warm = self.warm.first().map(|(t, _)| *t + self.config.warm_delay);
+        let timeout = self.deadlines.first().map(|(t, _)| *t);
         warm.into_iter().chain(timeout).min()
     }
 
-    /// When the task at the head of this executor's window runs out of time, if it has a limit.
-    fn task_deadline(&self, e: &Executor) -> Option<Instant> {
-        let since = e.head_since?;
-        let session = self.sessions.get(&e.session()?)?;
-        let limit = session.spec.timeout_secs;
+    /// Record when an executor's head task started (`None`: nothing running) and keep the
+    /// timeout index in step.
+    pub(super) fn set_head_since(&mut self, eid: ExecutorId, since: Option<Instant>) {
+        let Some(exec) = self.executors.get_mut(&eid) else {
+            return;
+        };
+        exec.head_since = since;
+        if let Some(d) = exec.deadline.take() {
+            self.deadlines.remove(&(d, eid));
+        }
+        let limit = exec
+            .session()
+            .and_then(|sid| self.sessions.get(&sid))
+            .map_or(0.0, |s| s.spec.timeout_secs);
         // A limit too large to represent is no limit (never a panic on a client's number).
         let limit = Duration::try_from_secs_f64(limit)
             .ok()
-            .filter(|d| !d.is_zero())?;
-        since.checked_add(limit)
+            .filter(|d| !d.is_zero());
+        if let Some(d) = since.zip(limit).and_then(|(t, l)| t.checked_add(l)) {
+            exec.deadline = Some(d);
+            self.deadlines.insert((d, eid));
+        }
+    }
+
+    /// Record when a bound executor ran out of work (`None`: it has work, or is no longer
+    /// warm) and keep the warm index in step.
+    pub(super) fn set_idle_since(&mut self, eid: ExecutorId, since: Option<Instant>) {
+        let Some(exec) = self.executors.get_mut(&eid) else {
+            return;
+        };
+        if let Some(t) = exec.idle_since.take() {
+            self.warm.remove(&(t, eid));
+        }
+        if let Some(t) = since {
+            exec.idle_since = Some(t);
+            self.warm.insert((t, eid));
+        }
+    }
+
+    /// Mark an executor as being given back (or not) and keep its session's count.
+    pub(super) fn set_releasing(&mut self, eid: ExecutorId, releasing: bool) {
+        let Some(exec) = self.executors.get_mut(&eid) else {
+            return;
+        };
+        if exec.releasing == releasing {
+            return;
+        }
+        exec.releasing = releasing;
+        if let Some(s) = exec.session().and_then(|sid| self.sessions.get_mut(&sid)) {
+            if releasing {
+                s.releasing += 1;
+            } else {
+                s.releasing = s.releasing.saturating_sub(1);
+            }
+            let sid = s.id;
+            self.touch(sid);
+        }
+    }
+
+    /// Remember that a session changed: the next pass feeds and re-indexes it.
+    pub(super) fn touch(&mut self, sid: SessionId) {
+        self.dirty.insert(sid);
+    }
+
+    /// Re-enter every changed session in the index. O(log S) each.
+    fn reindex_dirty(&mut self) {
+        for sid in std::mem::take(&mut self.dirty) {
+            if let Some(s) = self.sessions.get_mut(&sid) {
+                self.index.remove(s);
+                self.index.insert(s, &self.config.policies);
+            }
+        }
     }
 
     /// Fail running tasks that are past their session's timeout and kill their executors
     /// (user code cannot be interrupted safely); the node reports the exit and the executor
     /// is replaced.
     fn expire_timeouts(&mut self, now: Instant) {
-        let expired: Vec<(ExecutorId, TaskId, SessionId)> = self
-            .executors
-            .values()
-            .filter(|e| self.task_deadline(e).is_some_and(|d| d <= now))
-            .filter_map(|e| Some((e.id, *e.inflight.front()?, e.session()?)))
-            .collect();
-        for (eid, tid, sid) in expired {
-            let limit = self.sessions[&sid].spec.timeout_secs;
+        while let Some(&(d, eid)) = self.deadlines.first() {
+            if d > now {
+                break;
+            }
+            self.deadlines.remove(&(d, eid));
+            let Some(exec) = self.executors.get_mut(&eid) else {
+                continue;
+            };
+            exec.deadline = None;
+            let (Some(&tid), Some(sid)) = (exec.inflight.front(), exec.session()) else {
+                continue;
+            };
+            let limit = self.sessions.get(&sid).map_or(0.0, |s| s.spec.timeout_secs);
             let msg = format!(
                 "task {} of {sid} ran longer than its timeout of {limit} s",
                 tid.0
@@ -232,9 +338,9 @@ impl Scheduler {
             return;
         };
         exec.inflight.retain(|t| *t != tid);
-        exec.head_since = None;
-        exec.releasing = true;
         let node = exec.node;
+        self.set_head_since(eid, None);
+        self.set_releasing(eid, true);
         self.actions.push(Action::Kill {
             node,
             executor: eid,
@@ -253,39 +359,35 @@ impl Scheduler {
         self.executors.values().map(|e| e.inflight.len()).sum()
     }
 
-    /// Hand out work: feed bound executors, acquire executors for sessions that want more,
-    /// release warm executors whose delay ran out.
+    /// Hand out work: feed the sessions that changed, give executors to sessions that want
+    /// more (in policy order), release warm executors whose delay ran out, fail timed-out
+    /// tasks. See the module docs for the cost.
     pub fn schedule(&mut self, now: Instant) {
         if self.draining {
             self.expire_timeouts(now);
             return;
         }
-        let mut demanding: Vec<SessionId> = self
-            .sessions
-            .values()
-            .filter(|s| !s.pending.is_empty())
-            .map(|s| s.id)
-            .collect();
-        for &sid in &demanding {
+        let changed: Vec<SessionId> = self.dirty.iter().copied().collect();
+        for sid in changed {
             self.feed(sid, now);
         }
-        demanding.retain(|sid| {
-            self.sessions
-                .get(sid)
-                .is_some_and(|s| !s.pending.is_empty() && s.held() < s.wanted())
-        });
-        self.acquire_for(demanding, now);
+        self.reindex_dirty();
+        self.acquire(now);
         self.release_expired(now);
         self.expire_timeouts(now);
+        self.reindex_dirty();
     }
 
     /// Send pending tasks of `sid` to its executors with room in their window, one task per
-    /// executor per round so a short queue spreads across executors.
-    fn feed(&mut self, sid: SessionId, now: Instant) {
+    /// executor per round so a short queue spreads across executors. O(E_s + tasks sent).
+    pub(super) fn feed(&mut self, sid: SessionId, now: Instant) {
         let window = self.config.window;
         let Some(session) = self.sessions.get_mut(&sid) else {
             return;
         };
+        if session.pending.is_empty() {
+            return;
+        }
         let mut ready: Vec<ExecutorId> = session
             .executors
             .iter()
@@ -297,77 +399,95 @@ impl Scheduler {
             })
             .collect();
         ready.sort_unstable();
-        let mut batches: HashMap<ExecutorId, Vec<(TaskId, Bytes, u32)>> = HashMap::new();
-        while !ready.is_empty() && !session.pending.is_empty() {
-            ready.retain(|eid| {
-                let Some(exec) = self.executors.get_mut(eid) else {
-                    return false;
+        let mut batches: Vec<(ExecutorId, Vec<(TaskId, Bytes, u32)>)> = Vec::new();
+        let mut started = Vec::new();
+        'rounds: while !ready.is_empty() {
+            let mut next = Vec::with_capacity(ready.len());
+            for eid in ready {
+                let Some(exec) = self.executors.get_mut(&eid) else {
+                    continue;
                 };
                 let Some(tid) = pop_pending(session) else {
-                    return false;
+                    break 'rounds;
                 };
                 let Some(slot) = session.tasks.get_mut(&tid) else {
-                    return true;
+                    continue;
                 };
                 slot.attempts += 1;
-                slot.executor = Some(*eid);
+                slot.executor = Some(eid);
                 if exec.inflight.is_empty() {
-                    exec.head_since = Some(now);
+                    started.push(eid);
                 }
                 exec.inflight.push_back(tid);
-                exec.idle_since = None;
                 session.counts.remove(TaskState::Pending, 1);
                 session.counts.add(TaskState::Running, 1);
-                batches
-                    .entry(*eid)
-                    .or_default()
-                    .push((tid, slot.input.clone(), slot.attempts));
-                exec.inflight.len() < window
-            });
+                let task = (tid, slot.input.clone(), slot.attempts);
+                match batches.iter_mut().find(|(e, _)| *e == eid) {
+                    Some((_, b)) => b.push(task),
+                    None => batches.push((eid, vec![task])),
+                }
+                if exec.inflight.len() < window {
+                    next.push(eid);
+                }
+            }
+            ready = next;
         }
-        let mut batches: Vec<_> = batches.into_iter().collect();
+        for eid in started {
+            self.set_head_since(eid, Some(now));
+        }
         batches.sort_unstable_by_key(|(e, _)| *e);
         for (executor, tasks) in batches {
+            self.set_idle_since(executor, None);
             self.actions.push(Action::Dispatch {
                 executor,
                 session: sid,
                 tasks,
             });
         }
+        self.touch(sid);
     }
 
-    /// Unbind executors that sat idle and bound for longer than the warm delay.
+    /// Unbind executors that sat idle and bound for longer than the release delay, unless
+    /// their session would drop below its minimum. O(log E) per expiry.
     fn release_expired(&mut self, now: Instant) {
         let delay = self.config.warm_delay;
-        let expired: Vec<ExecutorId> = self
-            .executors
-            .values()
-            .filter(|e| e.idle_since.is_some_and(|t| t + delay <= now))
-            .map(|e| e.id)
-            .collect();
-        for eid in expired {
-            self.unbind(eid, None);
+        while let Some(&(t, eid)) = self.warm.first() {
+            if t + delay > now {
+                break;
+            }
+            self.set_idle_since(eid, None);
+            let above_min = self
+                .executors
+                .get(&eid)
+                .and_then(|e| e.session())
+                .and_then(|sid| self.sessions.get(&sid))
+                .is_none_or(|s| s.kept() > s.reserved());
+            if above_min {
+                self.unbind(eid, None);
+            }
         }
     }
 
     /// Send `Unbind` to an executor bound to a session; `reserve_for` is the session that
     /// gets it once it has left.
-    fn unbind(&mut self, eid: ExecutorId, reserve_for: Option<SessionId>) {
-        let Some(exec) = self.executors.get_mut(&eid) else {
+    pub(super) fn unbind(&mut self, eid: ExecutorId, reserve_for: Option<SessionId>) {
+        let Some(sid) = self.executors.get(&eid).and_then(|e| e.session()) else {
             return;
         };
-        let Some(sid) = exec.session() else {
-            return;
-        };
+        self.set_idle_since(eid, None);
+        self.set_releasing(eid, false);
+        self.set_head_since(eid, None);
+        let exec = self.executors.get_mut(&eid).expect("checked above");
         exec.state = ExecutorState::Unbinding(sid);
-        exec.idle_since = None;
-        exec.releasing = false;
         exec.reserved_for = reserve_for;
         if let Some(s) = self.sessions.get_mut(&sid) {
             s.executors.remove(&eid);
         }
+        self.touch(sid);
         if let Some(r) = reserve_for.and_then(|r| self.sessions.get_mut(&r)) {
             r.starting += 1;
+            let r = r.id;
+            self.touch(r);
         }
         self.actions.push(Action::Unbind {
             executor: eid,
@@ -395,6 +515,7 @@ impl Scheduler {
         };
         session.counts.remove(was, 1);
         session.counts.add(state, 1);
+        self.touch(key.session);
         self.actions.push(Action::Finish(Completion {
             key,
             state,

@@ -20,6 +20,7 @@ impl Harness {
             window: 2,
             warm_delay: Duration::from_secs(2),
             first_executor_id: 1,
+            policies: Policies::default(),
         });
         s.add_node(NodeId(1), "n1".into(), slots);
         Self {

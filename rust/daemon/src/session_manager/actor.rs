@@ -77,6 +77,7 @@ pub fn start(
         window: cfg.window,
         warm_delay: cfg.warm_delay,
         first_executor_id: executor_base,
+        policies: cfg.policies,
     });
     for s in &snapshot.sessions {
         let counts = snapshot.counts.get(&s.id).copied().unwrap_or_default();

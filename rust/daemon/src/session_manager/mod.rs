@@ -38,8 +38,10 @@ type Reply<T> = oneshot::Sender<Result<T>>;
 pub struct ManagerConfig {
     /// Tasks sent ahead to one executor.
     pub window: usize,
-    /// How long an idle executor stays bound to its session.
+    /// How long an idle executor stays bound to its session (the release delay).
     pub warm_delay: Duration,
+    /// Which scheduling policies are on.
+    pub policies: flame_core::scheduler::Policies,
     /// Interval at which nodes send heartbeats.
     pub heartbeat: Duration,
     /// A node silent for this long is declared lost.
@@ -59,6 +61,7 @@ impl Default for ManagerConfig {
         Self {
             window: 4,
             warm_delay: Duration::from_secs(2),
+            policies: Default::default(),
             heartbeat: Duration::from_millis(1000),
             node_timeout: Duration::from_secs(5),
             max_payload_bytes: 256 << 20,
