@@ -346,6 +346,50 @@ mod tests {
     use super::*;
 
     #[test]
+    fn scheduling_options_are_checked_and_slots_is_max_executors() {
+        let spec = |f: fn(&mut proto::SessionSpec)| {
+            let mut p = proto::SessionSpec {
+                application: "a".into(),
+                ..Default::default()
+            };
+            f(&mut p);
+            SessionSpec::try_from(p)
+        };
+        let old = spec(|p| p.slots = 3).unwrap();
+        assert_eq!((old.slots, old.weight, old.min_executors), (3, 1.0, 0));
+        assert_eq!(spec(|p| p.max_executors = 4).unwrap().slots, 4);
+        let both = spec(|p| {
+            p.slots = 4;
+            p.max_executors = 4
+        });
+        assert_eq!(both.unwrap().slots, 4);
+        let err = spec(|p| {
+            p.slots = 2;
+            p.max_executors = 4
+        });
+        assert!(err.unwrap_err().to_string().contains("same limit"));
+        let err = spec(|p| {
+            p.min_executors = 5;
+            p.max_executors = 4
+        });
+        assert!(err.unwrap_err().to_string().contains("min_executors (5)"));
+        for bad in [-1.0, f64::NAN, f64::INFINITY] {
+            let mut p = proto::SessionSpec {
+                application: "a".into(),
+                weight: bad,
+                ..Default::default()
+            };
+            p.weight = bad;
+            let err = SessionSpec::try_from(p).unwrap_err().to_string();
+            assert!(err.contains("weight"), "{err}");
+        }
+        let w = spec(|p| p.weight = 2.5).unwrap();
+        assert_eq!(w.weight, 2.5);
+        let back: proto::SessionSpec = w.into();
+        assert_eq!((back.weight, back.max_executors), (2.5, 0));
+    }
+
+    #[test]
     fn final_states_do_not_move() {
         for s in [
             TaskState::Succeeded,
