@@ -120,7 +120,7 @@ impl Scheduler {
             for (tid, _) in requeue.iter().rev() {
                 session.pending.push_front(*tid);
             }
-            self.touch(sid);
+            self.wake(sid);
         }
         for (tid, attempts) in requeue {
             self.actions.push(Action::RecordAttempts {
@@ -246,6 +246,9 @@ impl Scheduler {
             }
         }
         self.settle(eid, now);
+        if let Some(sid) = self.executors.get(&eid).and_then(|e| e.session()) {
+            self.feed(sid, Some(eid), now);
+        }
     }
 
     /// Put a task that failed with an exception the service wants retried back at the front
@@ -266,7 +269,7 @@ impl Scheduler {
         session.counts.remove(TaskState::Running, 1);
         session.counts.add(TaskState::Pending, 1);
         session.pending.push_front(tid);
-        self.touch(sid);
+        self.wake(sid);
         self.actions.push(Action::RecordAttempts {
             key: key(sid, tid),
             attempts,

@@ -37,6 +37,8 @@ mod submission;
 mod tests;
 #[cfg(test)]
 mod tests_policies;
+#[cfg(test)]
+mod tests_scale;
 
 use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
@@ -141,8 +143,10 @@ pub struct Scheduler {
     /// Open sessions.
     sessions: HashMap<SessionId, Session>,
     index: index::Index,
-    /// Sessions changed since the last pass: fed and re-indexed by `schedule`.
+    /// Sessions changed since the last pass: re-indexed by `schedule`.
     dirty: BTreeSet<SessionId>,
+    /// Sessions with new pending tasks since the last pass: fed by `schedule`.
+    to_feed: BTreeSet<SessionId>,
     /// Tenant numbers by (user, owner client when the user is empty).
     tenant_ids: HashMap<(String, u32), u32>,
     /// Executors killed by preemption, and the session waiting for their slot.
@@ -170,6 +174,7 @@ impl Scheduler {
             sessions: HashMap::new(),
             index: index::Index::default(),
             dirty: BTreeSet::new(),
+            to_feed: BTreeSet::new(),
             tenant_ids: HashMap::new(),
             preempted: HashMap::new(),
             next_executor,
@@ -280,9 +285,15 @@ impl Scheduler {
         }
     }
 
-    /// Remember that a session changed: the next pass feeds and re-indexes it.
+    /// Remember that a session changed: the next pass re-indexes it.
     pub(super) fn touch(&mut self, sid: SessionId) {
         self.dirty.insert(sid);
+    }
+
+    /// Remember that a session has new pending tasks: the next pass also feeds it.
+    pub(super) fn wake(&mut self, sid: SessionId) {
+        self.dirty.insert(sid);
+        self.to_feed.insert(sid);
     }
 
     /// Re-enter every changed session in the index. O(log S) each.
@@ -367,9 +378,8 @@ impl Scheduler {
             self.expire_timeouts(now);
             return;
         }
-        let changed: Vec<SessionId> = self.dirty.iter().copied().collect();
-        for sid in changed {
-            self.feed(sid, now);
+        for sid in std::mem::take(&mut self.to_feed) {
+            self.feed(sid, None, now);
         }
         self.reindex_dirty();
         self.acquire(now);
@@ -378,28 +388,31 @@ impl Scheduler {
         self.reindex_dirty();
     }
 
-    /// Send pending tasks of `sid` to its executors with room in their window, one task per
-    /// executor per round so a short queue spreads across executors. O(E_s + tasks sent).
-    pub(super) fn feed(&mut self, sid: SessionId, now: Instant) {
+    /// Send pending tasks of `sid` to its executors with room in their window (or only to
+    /// `only`), one task per executor per round so a short queue spreads across executors.
+    /// O(E_s + tasks sent) for a whole session, O(window) for one executor: a result feeds
+    /// just the executor that sent it.
+    pub(super) fn feed(&mut self, sid: SessionId, only: Option<ExecutorId>, now: Instant) {
         let window = self.config.window;
         let Some(session) = self.sessions.get_mut(&sid) else {
             return;
         };
-        if session.pending.is_empty() {
+        if self.draining || session.pending.is_empty() {
             return;
         }
-        let mut ready: Vec<ExecutorId> = session
-            .executors
-            .iter()
-            .copied()
-            .filter(|e| {
-                self.executors
+        let mut ready: Vec<ExecutorId> = match only {
+            Some(e) => vec![e],
+            None => session.executors.iter().copied().collect(),
+        };
+        ready.retain(|e| {
+            session.executors.contains(e)
+                && self
+                    .executors
                     .get(e)
                     .is_some_and(|x| !x.releasing && x.inflight.len() < window)
-            })
-            .collect();
+        });
         ready.sort_unstable();
-        let mut batches: Vec<(ExecutorId, Vec<(TaskId, Bytes, u32)>)> = Vec::new();
+        let mut batches: HashMap<ExecutorId, Vec<(TaskId, Bytes, u32)>> = HashMap::new();
         let mut started = Vec::new();
         'rounds: while !ready.is_empty() {
             let mut next = Vec::with_capacity(ready.len());
@@ -422,10 +435,7 @@ impl Scheduler {
                 session.counts.remove(TaskState::Pending, 1);
                 session.counts.add(TaskState::Running, 1);
                 let task = (tid, slot.input.clone(), slot.attempts);
-                match batches.iter_mut().find(|(e, _)| *e == eid) {
-                    Some((_, b)) => b.push(task),
-                    None => batches.push((eid, vec![task])),
-                }
+                batches.entry(eid).or_default().push(task);
                 if exec.inflight.len() < window {
                     next.push(eid);
                 }
@@ -435,6 +445,7 @@ impl Scheduler {
         for eid in started {
             self.set_head_since(eid, Some(now));
         }
+        let mut batches: Vec<_> = batches.into_iter().collect();
         batches.sort_unstable_by_key(|(e, _)| *e);
         for (executor, tasks) in batches {
             self.set_idle_since(executor, None);

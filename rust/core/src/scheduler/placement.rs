@@ -19,15 +19,19 @@ impl Scheduler {
         // back) does not stop the others: they may still take back by fair share.
         let mut skip_reserving = false;
         while let Some(sid) = self.index.next(skip_reserving) {
-            let reserving = self.sessions[&sid].held() < self.sessions[&sid].reserved();
-            if !self.acquire_one(sid, now) {
+            let before = self.sessions[&sid].held();
+            let reserving = before < self.sessions[&sid].reserved();
+            let got = self.acquire_one(sid, now);
+            self.reindex_dirty();
+            // Every way of acquiring adds one to `held`; checking it keeps the loop finite
+            // whatever an executor's state turned out to be.
+            if !got || self.sessions.get(&sid).is_none_or(|s| s.held() <= before) {
                 if reserving && !skip_reserving {
                     skip_reserving = true;
                     continue;
                 }
                 break;
             }
-            self.reindex_dirty();
         }
     }
 
@@ -181,7 +185,7 @@ impl Scheduler {
             executor: eid,
             session: sid,
         });
-        self.feed(sid, now);
+        self.feed(sid, Some(eid), now);
     }
 
     /// An executor is registered and unbound: give it to the session it was reserved for if

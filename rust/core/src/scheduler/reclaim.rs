@@ -119,7 +119,7 @@ impl Scheduler {
                 victim.pending.push_front(tid);
                 refunded.push((tid, slot.attempts));
             }
-            self.touch(vid);
+            self.wake(vid);
             for (tid, attempts) in refunded.into_iter().rev() {
                 self.actions.push(Action::RecordAttempts {
                     key: key(vid, tid),

@@ -41,6 +41,10 @@ impl Scheduler {
         } else {
             0
         };
+        if let Some(mut old) = self.sessions.remove(&id) {
+            // Opened again (a restart reload racing a create): forget the old entry first.
+            self.index.remove(&mut old);
+        }
         let app_key = app_fingerprint(&spec);
         let mut s = Session::new(id, spec, created_ms);
         s.counts = TaskCounts {
@@ -144,6 +148,7 @@ impl Scheduler {
             *last = (*last).max(counter);
         }
         self.dirty.insert(sid);
+        self.to_feed.insert(sid);
         match session.enter_failed.clone() {
             None => session.pending.extend(tids),
             Some(f) => {

@@ -11,7 +11,7 @@ use super::*;
 use crate::ids::{ClientId, ExecutorId, NodeId, SessionId, TaskId};
 use crate::model::{SessionSpec, TaskCounts};
 
-struct Sim {
+pub(super) struct Sim {
     s: Scheduler,
     now: Instant,
     counter: u32,
@@ -19,13 +19,14 @@ struct Sim {
     queues: HashMap<ExecutorId, VecDeque<(SessionId, TaskId)>>,
     node_of: HashMap<ExecutorId, NodeId>,
     kills: usize,
+    pub binds: usize,
     /// (task, attempts) of every RecordAttempts.
     recorded: Vec<(TaskId, u32)>,
     finished: usize,
 }
 
 impl Sim {
-    fn new(policies: Policies, slots: &[u32]) -> Self {
+    pub(super) fn new(policies: Policies, slots: &[u32]) -> Self {
         let mut s = Scheduler::new(SchedulerConfig {
             window: 1,
             warm_delay: Duration::from_secs(2),
@@ -42,12 +43,13 @@ impl Sim {
             queues: HashMap::new(),
             node_of: HashMap::new(),
             kills: 0,
+            binds: 0,
             recorded: Vec::new(),
             finished: 0,
         }
     }
 
-    fn open(&mut self, id: u64, f: impl FnOnce(&mut SessionSpec)) -> SessionId {
+    pub(super) fn open(&mut self, id: u64, f: impl FnOnce(&mut SessionSpec)) -> SessionId {
         let mut spec = SessionSpec {
             application: "app".into(),
             ..Default::default()
@@ -59,7 +61,7 @@ impl Sim {
         SessionId(id)
     }
 
-    fn submit(&mut self, sid: SessionId, n: usize) {
+    pub(super) fn submit(&mut self, sid: SessionId, n: usize) {
         let tasks: Vec<_> = (0..n)
             .map(|_| {
                 self.counter += 1;
@@ -71,7 +73,7 @@ impl Sim {
     }
 
     /// Schedule and carry out actions until the scheduler has nothing more to say.
-    fn pump(&mut self) {
+    pub(super) fn pump(&mut self) {
         loop {
             self.s.schedule(self.now);
             let actions = self.s.take_actions();
@@ -85,6 +87,7 @@ impl Sim {
                         assert!(self.s.executor_registered(executor, self.now));
                     }
                     Action::Bind { executor, session } => {
+                        self.binds += 1;
                         self.s.session_entered(executor, session, None, self.now)
                     }
                     Action::Unbind { executor, session } => {
@@ -114,7 +117,7 @@ impl Sim {
     }
 
     /// One task duration: every executor finishes the task it is running.
-    fn step(&mut self) {
+    pub(super) fn step(&mut self) {
         let mut execs: Vec<ExecutorId> = self.queues.keys().copied().collect();
         execs.sort_unstable();
         for e in execs {
@@ -128,18 +131,18 @@ impl Sim {
         self.pump();
     }
 
-    fn advance(&mut self, d: Duration) {
+    pub(super) fn advance(&mut self, d: Duration) {
         self.now += d;
         self.pump();
     }
 
     /// Executors bound to the session.
-    fn held(&self, sid: SessionId) -> usize {
+    pub(super) fn held(&self, sid: SessionId) -> usize {
         self.s.session(sid).map_or(0, |s| s.executors.len())
     }
 }
 
-fn policies(names: &[&str]) -> Policies {
+pub(super) fn policies(names: &[&str]) -> Policies {
     Policies::from_names(names).unwrap()
 }
 
