@@ -72,9 +72,7 @@ class Scheduling:
             or not math.isfinite(weight)
             or weight <= 0
         ):
-            raise errors.InvalidArgumentError(
-                f"weight must be a finite number > 0, got {weight!r}"
-            )
+            raise errors.InvalidArgumentError(f"weight must be a finite number > 0, got {weight!r}")
         if isinstance(priority, bool) or not isinstance(priority, int):
             raise errors.InvalidArgumentError(f"priority must be an int, got {priority!r}")
         if not -(2**31) <= priority < 2**31:
