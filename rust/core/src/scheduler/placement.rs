@@ -1,6 +1,6 @@
 //! Where executors come from when a session wants more, in order: an idle one (data-aware:
 //! last used by the same session, then the same service, then any of the same interpreter),
-//! a new process on the node with most free slots, an idle one of another interpreter
+//! a new process (data-aware: on the session's last node, else the one with most free slots), an idle one of another interpreter
 //! replaced, a warm one nobody is using, or one taken back from another session
 //! (`reclaim.rs`). Also binding, becoming idle, and forgetting executors, with the indexes
 //! these keep in step.
@@ -43,7 +43,7 @@ impl Scheduler {
             return true;
         }
         let python = self.sessions[&sid].spec.python.clone();
-        if let Some(&(_, node)) = self.free_nodes.first() {
+        if let Some(node) = self.node_for_spawn(sid) {
             self.spawn(node, python, sid);
             return true;
         }
@@ -84,6 +84,20 @@ impl Scheduler {
             }
         }
         first(self.idle_by_python.get(&s.spec.python))
+    }
+
+    /// Where to start a new executor for `sid`: with the data-aware policy, the node of the
+    /// session's last executor while it has a free slot (its service is loaded there, its
+    /// files cached); else the node with most free slots. O(log N).
+    fn node_for_spawn(&self, sid: SessionId) -> Option<NodeId> {
+        if self.config.policies.data_aware {
+            // Object locality would also go here: a node holding the data a task reads.
+            let last = self.sessions[&sid].last_node;
+            if let Some(n) = last.filter(|n| self.nodes.get(n).is_some_and(|n| n.has_free_slot())) {
+                return Some(n);
+            }
+        }
+        self.free_nodes.first().map(|&(_, n)| n)
     }
 
     /// A warm executor (bound, nothing to do) of another session, oldest first, that its
@@ -177,8 +191,10 @@ impl Scheduler {
         exec.idle_since = None;
         exec.last_session = Some(sid);
         exec.last_app = app;
+        let node = exec.node;
         if let Some(s) = self.sessions.get_mut(&sid) {
             s.executors.insert(eid);
+            s.last_node = Some(node);
         }
         self.touch(sid);
         self.actions.push(Action::Bind {

@@ -127,6 +127,8 @@ pub struct Session {
     pub app_key: u64,
     /// Of `executors`, how many are releasing (asked back, finishing their current tasks).
     pub releasing: u32,
+    /// The node of the executor it was last bound to: data-aware spawns go there first.
+    pub last_node: Option<NodeId>,
     /// Where the session sits in the scheduler's indexes (see `index.rs`).
     pub(super) slot: super::index::IndexSlot,
 }
@@ -148,6 +150,7 @@ impl Session {
             tenant: 0,
             app_key: 0,
             releasing: 0,
+            last_node: None,
             slot: Default::default(),
         }
     }

@@ -396,3 +396,25 @@ fn idle_executors_are_matched_to_their_last_session_then_service() {
         assert_eq!(got, if data_aware { ex } else { ey });
     }
 }
+
+#[test]
+fn new_executors_start_on_the_node_the_session_already_uses() {
+    for data_aware in [true, false] {
+        let names: &[&str] = if data_aware {
+            &["fair_share", "data_aware"]
+        } else {
+            &["fair_share"]
+        };
+        let mut sim = Sim::new(policies(names), &[3, 3]);
+        let x = sim.open(1, |_| {});
+        sim.submit(x, 1);
+        let first = sim.node_of[&ExecutorId(1)];
+        sim.submit(x, 1);
+        let second = sim.node_of[&ExecutorId(2)];
+        if data_aware {
+            assert_eq!(second, first, "packed next to its first executor");
+        } else {
+            assert_ne!(second, first, "spread to the node with most free slots");
+        }
+    }
+}
