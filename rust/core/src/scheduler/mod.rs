@@ -13,19 +13,22 @@
 //! session is waiting for one. Nothing is killed for fairness unless preemption is on.
 //!
 //! Layout: `state.rs` (the entities), `index.rs` (ordered indexes), `events.rs` (what
-//! happens), `submission.rs` (sessions and tasks), `placement.rs` (hand-out), `reclaim.rs`
-//! (taking executors back), `policy.rs` (which policies are on).
+//! happens), `submission.rs` (sessions and tasks), `dispatch.rs` (sending tasks, warm and
+//! timeout bookkeeping), `placement.rs` (hand-out), `reclaim.rs` (taking executors back),
+//! `policy.rs` (which policies are on).
 //!
 //! Cost, with S sessions that want executors, I idle executors, N nodes, E_s the executors
 //! of one session: an event touches only what it names and marks those sessions dirty; one
-//! [`Scheduler::schedule`] pass re-indexes the dirty sessions (O(log S) each), feeds them
-//! (O(E_s) each), then makes placements. One placement is O(log S + log I + log N): the next
+//! [`Scheduler::schedule`] pass re-indexes the dirty sessions (O(log S) each), feeds the
+//! ones with new pending tasks (O(E_s + tasks sent) each; a result feeds only the executor
+//! that sent it, O(window)), then makes placements. One placement is O(log S + log I + log N): the next
 //! session is the first entry of an ordered set, an idle executor comes from per-session,
 //! per-service and per-interpreter sets, a node from a set ordered by free slots, a warm
 //! executor from a set ordered by idle time. A reclaim adds the choice of which executor of
 //! the victim to take back, O(E_victim). Expiring warm executors and timeouts pops ordered
 //! sets, O(log E) per expiry; [`Scheduler::next_deadline`] is O(log E).
 
+mod dispatch;
 mod events;
 mod index;
 mod placement;
@@ -226,65 +229,6 @@ impl Scheduler {
         warm.into_iter().chain(timeout).min()
     }
 
-    /// Record when an executor's head task started (`None`: nothing running) and keep the
-    /// timeout index in step.
-    pub(super) fn set_head_since(&mut self, eid: ExecutorId, since: Option<Instant>) {
-        let Some(exec) = self.executors.get_mut(&eid) else {
-            return;
-        };
-        exec.head_since = since;
-        if let Some(d) = exec.deadline.take() {
-            self.deadlines.remove(&(d, eid));
-        }
-        let limit = exec
-            .session()
-            .and_then(|sid| self.sessions.get(&sid))
-            .map_or(0.0, |s| s.spec.timeout_secs);
-        // A limit too large to represent is no limit (never a panic on a client's number).
-        let limit = Duration::try_from_secs_f64(limit)
-            .ok()
-            .filter(|d| !d.is_zero());
-        if let Some(d) = since.zip(limit).and_then(|(t, l)| t.checked_add(l)) {
-            exec.deadline = Some(d);
-            self.deadlines.insert((d, eid));
-        }
-    }
-
-    /// Record when a bound executor ran out of work (`None`: it has work, or is no longer
-    /// warm) and keep the warm index in step.
-    pub(super) fn set_idle_since(&mut self, eid: ExecutorId, since: Option<Instant>) {
-        let Some(exec) = self.executors.get_mut(&eid) else {
-            return;
-        };
-        if let Some(t) = exec.idle_since.take() {
-            self.warm.remove(&(t, eid));
-        }
-        if let Some(t) = since {
-            exec.idle_since = Some(t);
-            self.warm.insert((t, eid));
-        }
-    }
-
-    /// Mark an executor as being given back (or not) and keep its session's count.
-    pub(super) fn set_releasing(&mut self, eid: ExecutorId, releasing: bool) {
-        let Some(exec) = self.executors.get_mut(&eid) else {
-            return;
-        };
-        if exec.releasing == releasing {
-            return;
-        }
-        exec.releasing = releasing;
-        if let Some(s) = exec.session().and_then(|sid| self.sessions.get_mut(&sid)) {
-            if releasing {
-                s.releasing += 1;
-            } else {
-                s.releasing = s.releasing.saturating_sub(1);
-            }
-            let sid = s.id;
-            self.touch(sid);
-        }
-    }
-
     /// Remember that a session changed: the next pass re-indexes it.
     pub(super) fn touch(&mut self, sid: SessionId) {
         self.dirty.insert(sid);
@@ -304,59 +248,6 @@ impl Scheduler {
                 self.index.insert(s, &self.config.policies);
             }
         }
-    }
-
-    /// Fail running tasks that are past their session's timeout and kill their executors
-    /// (user code cannot be interrupted safely); the node reports the exit and the executor
-    /// is replaced.
-    fn expire_timeouts(&mut self, now: Instant) {
-        while let Some(&(d, eid)) = self.deadlines.first() {
-            if d > now {
-                break;
-            }
-            self.deadlines.remove(&(d, eid));
-            let Some(exec) = self.executors.get_mut(&eid) else {
-                continue;
-            };
-            exec.deadline = None;
-            let (Some(&tid), Some(sid)) = (exec.inflight.front(), exec.session()) else {
-                continue;
-            };
-            let limit = self.sessions.get(&sid).map_or(0.0, |s| s.spec.timeout_secs);
-            let msg = format!(
-                "task {} of {sid} ran longer than its timeout of {limit} s",
-                tid.0
-            );
-            let failure = TaskFailure::new(crate::model::ErrorKind::ErrorTimeout, msg);
-            self.finish(
-                TaskKey {
-                    session: sid,
-                    task: tid,
-                },
-                TaskState::Failed,
-                Bytes::new(),
-                Some(failure),
-            );
-            self.kill_running(eid, tid, format!("task {} timed out", tid.0));
-        }
-    }
-
-    /// Kill the executor running `tid` (whose task was already finished by the caller): user
-    /// code cannot be interrupted safely. Nothing queued behind it will start there; the node
-    /// reports the exit, the queued tasks run elsewhere, and the executor is replaced.
-    pub(super) fn kill_running(&mut self, eid: ExecutorId, tid: TaskId, reason: String) {
-        let Some(exec) = self.executors.get_mut(&eid) else {
-            return;
-        };
-        exec.inflight.retain(|t| *t != tid);
-        let node = exec.node;
-        self.set_head_since(eid, None);
-        self.set_releasing(eid, true);
-        self.actions.push(Action::Kill {
-            node,
-            executor: eid,
-            reason,
-        });
     }
 
     /// Stop handing out work (a graceful stop): tasks already dispatched run to completion,
@@ -386,124 +277,6 @@ impl Scheduler {
         self.release_expired(now);
         self.expire_timeouts(now);
         self.reindex_dirty();
-    }
-
-    /// Send pending tasks of `sid` to its executors with room in their window (or only to
-    /// `only`), one task per executor per round so a short queue spreads across executors.
-    /// O(E_s + tasks sent) for a whole session, O(window) for one executor: a result feeds
-    /// just the executor that sent it.
-    pub(super) fn feed(&mut self, sid: SessionId, only: Option<ExecutorId>, now: Instant) {
-        let window = self.config.window;
-        let Some(session) = self.sessions.get_mut(&sid) else {
-            return;
-        };
-        if self.draining || session.pending.is_empty() {
-            return;
-        }
-        let mut ready: Vec<ExecutorId> = match only {
-            Some(e) => vec![e],
-            None => session.executors.iter().copied().collect(),
-        };
-        ready.retain(|e| {
-            session.executors.contains(e)
-                && self
-                    .executors
-                    .get(e)
-                    .is_some_and(|x| !x.releasing && x.inflight.len() < window)
-        });
-        ready.sort_unstable();
-        let mut batches: HashMap<ExecutorId, Vec<(TaskId, Bytes, u32)>> = HashMap::new();
-        let mut started = Vec::new();
-        'rounds: while !ready.is_empty() {
-            let mut next = Vec::with_capacity(ready.len());
-            for eid in ready {
-                let Some(exec) = self.executors.get_mut(&eid) else {
-                    continue;
-                };
-                let Some(tid) = pop_pending(session) else {
-                    break 'rounds;
-                };
-                let Some(slot) = session.tasks.get_mut(&tid) else {
-                    continue;
-                };
-                slot.attempts += 1;
-                slot.executor = Some(eid);
-                if exec.inflight.is_empty() {
-                    started.push(eid);
-                }
-                exec.inflight.push_back(tid);
-                session.counts.remove(TaskState::Pending, 1);
-                session.counts.add(TaskState::Running, 1);
-                let task = (tid, slot.input.clone(), slot.attempts);
-                batches.entry(eid).or_default().push(task);
-                if exec.inflight.len() < window {
-                    next.push(eid);
-                }
-            }
-            ready = next;
-        }
-        for eid in started {
-            self.set_head_since(eid, Some(now));
-        }
-        let mut batches: Vec<_> = batches.into_iter().collect();
-        batches.sort_unstable_by_key(|(e, _)| *e);
-        for (executor, tasks) in batches {
-            self.set_idle_since(executor, None);
-            self.actions.push(Action::Dispatch {
-                executor,
-                session: sid,
-                tasks,
-            });
-        }
-        self.touch(sid);
-    }
-
-    /// Unbind executors that sat idle and bound for longer than the release delay, unless
-    /// their session would drop below its minimum. O(log E) per expiry.
-    fn release_expired(&mut self, now: Instant) {
-        let delay = self.config.warm_delay;
-        while let Some(&(t, eid)) = self.warm.first() {
-            if t + delay > now {
-                break;
-            }
-            self.set_idle_since(eid, None);
-            let above_min = self
-                .executors
-                .get(&eid)
-                .and_then(|e| e.session())
-                .and_then(|sid| self.sessions.get(&sid))
-                .is_none_or(|s| s.kept() > s.reserved());
-            if above_min {
-                self.unbind(eid, None);
-            }
-        }
-    }
-
-    /// Send `Unbind` to an executor bound to a session; `reserve_for` is the session that
-    /// gets it once it has left.
-    pub(super) fn unbind(&mut self, eid: ExecutorId, reserve_for: Option<SessionId>) {
-        let Some(sid) = self.executors.get(&eid).and_then(|e| e.session()) else {
-            return;
-        };
-        self.set_idle_since(eid, None);
-        self.set_releasing(eid, false);
-        self.set_head_since(eid, None);
-        let exec = self.executors.get_mut(&eid).expect("checked above");
-        exec.state = ExecutorState::Unbinding(sid);
-        exec.reserved_for = reserve_for;
-        if let Some(s) = self.sessions.get_mut(&sid) {
-            s.executors.remove(&eid);
-        }
-        self.touch(sid);
-        if let Some(r) = reserve_for.and_then(|r| self.sessions.get_mut(&r)) {
-            r.starting += 1;
-            let r = r.id;
-            self.touch(r);
-        }
-        self.actions.push(Action::Unbind {
-            executor: eid,
-            session: sid,
-        });
     }
 
     fn finish(
@@ -536,18 +309,4 @@ impl Scheduler {
             watcher: slot.watcher,
         }));
     }
-}
-
-/// Next pending task that is still unfinished (cancelled ones are removed lazily).
-fn pop_pending(session: &mut Session) -> Option<TaskId> {
-    while let Some(tid) = session.pending.pop_front() {
-        if session
-            .tasks
-            .get(&tid)
-            .is_some_and(|t| t.executor.is_none())
-        {
-            return Some(tid);
-        }
-    }
-    None
 }
