@@ -113,6 +113,8 @@ def test_min_executors_are_held_from_open_even_idle() -> None:
         while _executors(sid) < 2 and time.monotonic() < deadline:
             time.sleep(0.05)
         assert _executors(sid) == 2, "reserved before any call"
+        info = api.runtime().conn._conn.get_session(sid)
+        assert (info.min_executors, info.weight, info.slots) == (2, 1.0, 0)
         # Past the release delay (2 s by default) they are still held.
         time.sleep(2.5)
         assert _executors(sid) == 2
