@@ -24,6 +24,9 @@ class SessionInfo:
     max_retries: int
     timeout: float
     priority: int
+    weight: float
+    min_executors: int
+    user: str
     pending: int
     running: int
     succeeded: int
@@ -53,6 +56,9 @@ class Connection:
         timeout: float = 0.0,
         priority: int = 0,
         python: str = "",
+        weight: float = 1.0,
+        min_executors: int = 0,
+        user: str = "",
     ) -> SessionInfo: ...
     def get_session(self, session_id: int) -> SessionInfo: ...
     def list_sessions(self) -> list[SessionInfo]: ...
@@ -95,6 +101,7 @@ class LocalCluster:
         max_payload_bytes: int | None = None,  # largest task input/output (default 256 MiB)
         client_lease: float | None = None,  # s a client may be gone before its sessions close
         warm_delay: float | None = None,  # s an idle executor stays bound to its session
+        policies: list[str] | None = None,  # scheduler policies on (default: the daemon's)
     ) -> None: ...
     def stop(self, grace: float = 5.0) -> None: ...
 

@@ -19,6 +19,7 @@ import threading
 from typing import Any
 
 from flame import _core, errors
+from flame._scheduling import Scheduling
 from flame.client import Connection
 from flame.objects import ObjectRef
 
@@ -58,20 +59,18 @@ class Runtime:
         application: str,
         app_spec: bytes,
         *,
-        slots: int | None,
+        scheduling: Scheduling,
         max_retries: int,
         timeout: float | None,
-        priority: int,
     ) -> int:
         """Open a session for a decorated function or class; closed at shutdown."""
         info = self.conn._conn.create_session(
             application,
             app_spec=app_spec,
-            slots=slots or 0,
             max_retries=max_retries,
             timeout=float(timeout or 0.0),
-            priority=priority,
             python=sys.executable,
+            **scheduling.session_kwargs(),
         )
         with self._lock:
             self._sessions.add(info.id)

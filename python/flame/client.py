@@ -20,6 +20,7 @@ from types import TracebackType
 from typing import Any, Callable
 
 from flame import _core, _serde, errors
+from flame._scheduling import Scheduling
 from flame.application import FlameService, SessionContext, TaskContext
 from flame.futures import CompletionPump, Decoder, Future
 from flame.objects import SPILL_BYTES, ObjectRef, ObjectStore
@@ -181,31 +182,47 @@ class Connection:
         timeout: float | None = None,
         priority: int = 0,
         python: str | None = None,
+        max_executors: int | None = None,
+        min_executors: int | None = None,
+        weight: float = 1.0,
+        user: str | None = None,
     ) -> Session:
         """Open a session of a registered application (or of an inline ``app_spec``).
 
         Args:
             application: The registered application's name.
             common_data: Bytes handed to every executor's ``on_session_enter``.
-            slots: The most executors the session may use at once (0: no limit).
+            slots: The most executors the session may use at once (0: no limit); the same
+                as ``max_executors``.
             app_spec: An inline service spec, instead of the registered one.
             max_retries: Re-runs of a task whose executor died.
             timeout: Per-task time limit in seconds (``None``: none).
             priority: Higher runs first when sessions compete for executors.
             python: The interpreter executors should use (default: this one).
+            max_executors: The most executors the session may hold (0 or None: no limit).
+            min_executors: Executors held from the moment the session opens, even idle.
+            weight: Share relative to sessions of the same priority under fair share.
+            user: The tenant for per-tenant fair share (default: this connection).
 
         Raises:
             flame.InvalidArgumentError: unknown application or bad option.
         """
+        scheduling = Scheduling.of(
+            slots=slots,
+            max_executors=max_executors,
+            min_executors=min_executors,
+            weight=weight,
+            priority=priority,
+            user=user,
+        )
         info = self._conn.create_session(
             application,
             app_spec=app_spec,
             common_data=bytes(common_data),
-            slots=slots or 0,
             max_retries=max_retries,
             timeout=float(timeout or 0.0),
-            priority=priority,
             python=sys.executable if python is None else python,
+            **scheduling.session_kwargs(),
         )
         return Session(self, info)
 

@@ -28,6 +28,10 @@ def service(
     slots: int | None = None,
     priority: int = 0,
     retry_exceptions: RetryExceptions = False,
+    max_executors: int | None = None,
+    min_executors: int | None = None,
+    weight: float = 1.0,
+    user: str | None = None,
 ) -> Callable[[Any], Any]: ...
 
 
@@ -39,6 +43,10 @@ def service(
     slots: int | None = None,
     priority: int = 0,
     retry_exceptions: RetryExceptions = False,
+    max_executors: int | None = None,
+    min_executors: int | None = None,
+    weight: float = 1.0,
+    user: str | None = None,
 ) -> Any:
     """Make a function's calls, or a class's method calls, run as Flame tasks.
 
@@ -72,17 +80,34 @@ def service(
             matching ``retry_exceptions``.
         timeout: Per-task time limit in seconds (``None``: none); an overrun fails the
             task with :class:`flame.TaskTimeoutError`.
-        slots: The most executors the session may use (``None`` or 0: no limit).
-        priority: Higher runs first when sessions compete for executors.
+        slots: The most executors the session may use (``None`` or 0: no limit); the
+            older name of ``max_executors``.
+        priority: Higher runs first when sessions compete for executors; equal priorities
+            share by ``weight``.
         retry_exceptions: Which exceptions raised by the task re-run it (while
             ``max_retries`` allows): ``False`` (default) none, ``True`` any, or an
             exception class or tuple of classes (matched like ``except``). The last
             attempt's exception is raised. A class's ``__init__`` failing is never retried.
+        max_executors: The most executors the session may hold (``None`` or 0: no limit).
+        min_executors: Executors the session holds from the moment it opens, even idle.
+        weight: The session's share relative to others of the same priority (> 0).
+        user: The tenant the session counts against when the daemon shares per tenant
+            (default: this client).
 
     Raises:
         flame.InvalidArgumentError: an option is out of range.
     """
-    options = Options(max_retries, timeout, slots, priority, retry_exceptions)
+    options = Options(
+        max_retries=max_retries,
+        timeout=timeout,
+        slots=slots,
+        priority=priority,
+        retry_exceptions=retry_exceptions,
+        max_executors=max_executors,
+        min_executors=min_executors,
+        weight=weight,
+        user=user,
+    )
 
     def wrap(obj: Any) -> Any:
         if inspect.isclass(obj):

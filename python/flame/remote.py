@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Generic, TypeVar, Union
 
 from flame import _serde, api, errors
+from flame._scheduling import Scheduling
 from flame.client import Connection
 from flame.futures import Future
 from flame.objects import take_noted
@@ -51,6 +52,10 @@ class Options:
     slots: int | None = None
     priority: int = 0
     retry_exceptions: RetryExceptions = False
+    max_executors: int | None = None
+    min_executors: int | None = None
+    weight: float = 1.0
+    user: str | None = None
 
     def __post_init__(self) -> None:
         # Normalized here so that the spec always holds a bool or a tuple of classes.
@@ -61,19 +66,26 @@ class Options:
             )
         if self.timeout is not None and not self.timeout > 0:
             raise errors.InvalidArgumentError(f"timeout must be > 0 or None, got {self.timeout!r}")
-        if self.slots is not None and (not isinstance(self.slots, int) or self.slots < 0):
-            raise errors.InvalidArgumentError(f"slots must be an int >= 0, got {self.slots!r}")
-        if not isinstance(self.priority, int):
-            raise errors.InvalidArgumentError(f"priority must be an int, got {self.priority!r}")
+        self.scheduling()  # raises on a bad slots/priority/weight/min/max/user
+
+    def scheduling(self) -> Scheduling:
+        """The validated scheduling options."""
+        return Scheduling.of(
+            slots=self.slots,
+            max_executors=self.max_executors,
+            min_executors=self.min_executors,
+            weight=self.weight,
+            priority=self.priority,
+            user=self.user,
+        )
 
     def open(self, rt: api.Runtime, name: str, app_spec: bytes) -> int:
         return rt.open_session(
             name,
             app_spec,
-            slots=self.slots,
+            scheduling=self.scheduling(),
             max_retries=self.max_retries,
             timeout=self.timeout,
-            priority=self.priority,
         )
 
 

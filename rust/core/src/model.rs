@@ -137,7 +137,7 @@ impl From<proto::TaskError> for TaskFailure {
 }
 
 /// What a session runs and how. Mirrors `proto::SessionSpec`, validated.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct SessionSpec {
     pub application: String,
     pub app_spec: Bytes,
@@ -151,6 +151,32 @@ pub struct SessionSpec {
     pub python: String,
     /// The client that owns the session; 0 = nobody (never closed for a lost client).
     pub owner: u32,
+    /// Relative share under fair share (> 0; 1 by default).
+    pub weight: f64,
+    /// Executors held from the moment the session opens, even while idle (at most `slots`
+    /// when that is set).
+    pub min_executors: u32,
+    /// The tenant for per-tenant fair share; empty means the owner client.
+    pub user: String,
+}
+
+impl Default for SessionSpec {
+    fn default() -> Self {
+        Self {
+            application: String::new(),
+            app_spec: Bytes::new(),
+            common_data: Bytes::new(),
+            slots: 0,
+            max_retries: 0,
+            timeout_secs: 0.0,
+            priority: 0,
+            python: String::new(),
+            owner: 0,
+            weight: 1.0,
+            min_executors: 0,
+            user: String::new(),
+        }
+    }
 }
 
 impl TryFrom<proto::SessionSpec> for SessionSpec {
@@ -168,16 +194,43 @@ impl TryFrom<proto::SessionSpec> for SessionSpec {
                 p.timeout_secs
             )));
         }
+        // `slots` is the old name of `max_executors`: either may be set, not both differently.
+        let max = match (p.slots, p.max_executors) {
+            (0, m) | (m, 0) => m,
+            (s, m) if s == m => m,
+            (s, m) => {
+                return Err(FlameError::InvalidArgument(format!(
+                    "slots ({s}) and max_executors ({m}) are the same limit; give one of them"
+                )))
+            }
+        };
+        if max != 0 && p.min_executors > max {
+            return Err(FlameError::InvalidArgument(format!(
+                "min_executors ({}) is more than max_executors ({max})",
+                p.min_executors
+            )));
+        }
+        // 0 is what an older client sends (the field did not exist): the default weight.
+        let weight = if p.weight == 0.0 { 1.0 } else { p.weight };
+        if !weight.is_finite() || weight <= 0.0 {
+            return Err(FlameError::InvalidArgument(format!(
+                "weight must be a finite number above 0, got {}",
+                p.weight
+            )));
+        }
         Ok(Self {
             application: p.application,
             app_spec: p.app_spec,
             common_data: p.common_data,
-            slots: p.slots,
+            slots: max,
             max_retries: p.max_retries,
             timeout_secs: p.timeout_secs,
             priority: p.priority,
             python: p.python,
             owner: p.owner,
+            weight,
+            min_executors: p.min_executors,
+            user: p.user,
         })
     }
 }
@@ -194,6 +247,10 @@ impl From<SessionSpec> for proto::SessionSpec {
             priority: s.priority,
             python: s.python,
             owner: s.owner,
+            weight: s.weight,
+            min_executors: s.min_executors,
+            max_executors: s.slots,
+            user: s.user,
         }
     }
 }
@@ -289,6 +346,50 @@ pub fn key(session: SessionId, task: TaskId) -> TaskKey {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scheduling_options_are_checked_and_slots_is_max_executors() {
+        let spec = |f: fn(&mut proto::SessionSpec)| {
+            let mut p = proto::SessionSpec {
+                application: "a".into(),
+                ..Default::default()
+            };
+            f(&mut p);
+            SessionSpec::try_from(p)
+        };
+        let old = spec(|p| p.slots = 3).unwrap();
+        assert_eq!((old.slots, old.weight, old.min_executors), (3, 1.0, 0));
+        assert_eq!(spec(|p| p.max_executors = 4).unwrap().slots, 4);
+        let both = spec(|p| {
+            p.slots = 4;
+            p.max_executors = 4
+        });
+        assert_eq!(both.unwrap().slots, 4);
+        let err = spec(|p| {
+            p.slots = 2;
+            p.max_executors = 4
+        });
+        assert!(err.unwrap_err().to_string().contains("same limit"));
+        let err = spec(|p| {
+            p.min_executors = 5;
+            p.max_executors = 4
+        });
+        assert!(err.unwrap_err().to_string().contains("min_executors (5)"));
+        for bad in [-1.0, f64::NAN, f64::INFINITY] {
+            let mut p = proto::SessionSpec {
+                application: "a".into(),
+                weight: bad,
+                ..Default::default()
+            };
+            p.weight = bad;
+            let err = SessionSpec::try_from(p).unwrap_err().to_string();
+            assert!(err.contains("weight"), "{err}");
+        }
+        let w = spec(|p| p.weight = 2.5).unwrap();
+        assert_eq!(w.weight, 2.5);
+        let back: proto::SessionSpec = w.into();
+        assert_eq!((back.weight, back.max_executors), (2.5, 0));
+    }
 
     #[test]
     fn final_states_do_not_move() {

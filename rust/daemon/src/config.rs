@@ -15,13 +15,20 @@
 //! max_payload_mb = 256                         # largest task input or output (at most 1000)
 //! client_lease_ms = 60000                       # close a vanished client's sessions after this
 //! drain_grace_ms = 10000                        # on SIGTERM, let running tasks finish this long
+//!
+//! [scheduler]
+//! policies = ["priority", "fair_share", "data_aware"]   # any of Policies::NAMES
+//! release_delay_ms = 2000                       # idle executors stay bound this long
 //! ```
+//!
+//! The top-level `warm_delay_ms` is the older name of `scheduler.release_delay_ms`.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
 
+use flame_core::scheduler::Policies;
 use flame_core::{FlameError, Result};
 
 use crate::session_manager::ManagerConfig;
@@ -48,6 +55,17 @@ pub struct FileConfig {
     pub node_timeout_ms: Option<u64>,
     pub client_lease_ms: Option<u64>,
     pub drain_grace_ms: Option<u64>,
+    pub scheduler: Option<SchedulerTable>,
+}
+
+/// The `[scheduler]` table: which policies decide who gets executors.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SchedulerTable {
+    /// The policies that are on (all others off); absent: the defaults.
+    pub policies: Option<Vec<String>>,
+    /// How long an idle executor stays bound to its session.
+    pub release_delay_ms: Option<u64>,
 }
 
 impl FileConfig {
@@ -67,8 +85,21 @@ impl FileConfig {
     /// The session manager's tunables from this file, defaults elsewhere.
     pub fn manager(&self) -> Result<ManagerConfig> {
         let mut m = ManagerConfig::default();
-        if let Some(ms) = self.warm_delay_ms {
+        let table = self.scheduler.clone().unwrap_or_default();
+        let delay = match (self.warm_delay_ms, table.release_delay_ms) {
+            (Some(a), Some(b)) if a != b => {
+                return Err(FlameError::InvalidArgument(format!(
+                    "warm_delay_ms ({a}) and scheduler.release_delay_ms ({b}) are the same \
+                     setting; give one of them"
+                )))
+            }
+            (a, b) => b.or(a),
+        };
+        if let Some(ms) = delay {
             m.warm_delay = Duration::from_millis(ms);
+        }
+        if let Some(names) = &table.policies {
+            m.policies = Policies::from_names(names)?;
         }
         if let Some(w) = self.window {
             if w == 0 {
@@ -172,5 +203,26 @@ mod tests {
             toml::from_str::<FileConfig>("prot = 1").is_err(),
             "typos are rejected"
         );
+    }
+
+    #[test]
+    fn the_scheduler_table_selects_policies_and_names_bad_ones() {
+        let f: FileConfig = toml::from_str(
+            "[scheduler]\npolicies = [\"priority\", \"preemption\"]\nrelease_delay_ms = 70",
+        )
+        .unwrap();
+        let m = f.manager().unwrap();
+        assert!(m.policies.priority && m.policies.preemption && !m.policies.fair_share);
+        assert_eq!(m.warm_delay, Duration::from_millis(70));
+        let m = FileConfig::default().manager().unwrap();
+        assert_eq!(m.policies, Policies::default());
+        let f: FileConfig = toml::from_str("[scheduler]\npolicies = [\"fifo\"]").unwrap();
+        let err = f.manager().unwrap_err().to_string();
+        assert!(err.contains("unknown scheduler policy 'fifo'"), "{err}");
+        let f: FileConfig =
+            toml::from_str("warm_delay_ms = 1\n[scheduler]\nrelease_delay_ms = 2").unwrap();
+        assert!(f.manager().unwrap_err().to_string().contains("same"));
+        let err = toml::from_str::<FileConfig>("[scheduler]\npreemtion = true").unwrap_err();
+        assert!(err.to_string().contains("preemtion"), "{err}");
     }
 }

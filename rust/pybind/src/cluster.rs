@@ -25,7 +25,7 @@ pub struct PyLocalCluster {
 impl PyLocalCluster {
     #[new]
     #[pyo3(signature = (slots, state_dir, python, host = "127.0.0.1".to_string(), port = 0,
-        max_payload_bytes = None, client_lease = None, warm_delay = None))]
+        max_payload_bytes = None, client_lease = None, warm_delay = None, policies = None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -37,6 +37,7 @@ impl PyLocalCluster {
         max_payload_bytes: Option<usize>,
         client_lease: Option<f64>,
         warm_delay: Option<f64>,
+        policies: Option<Vec<String>>,
     ) -> PyResult<Self> {
         if slots == 0 {
             return Err(crate::error::InvalidArgumentError::new_err(
@@ -64,6 +65,9 @@ impl PyLocalCluster {
         }
         if let Some(w) = warm_delay {
             manager.warm_delay = seconds(w, "warm_delay")?;
+        }
+        if let Some(names) = policies {
+            manager.policies = flame_core::scheduler::Policies::from_names(&names).map_err(err)?;
         }
         let head = HeadConfig {
             host,

@@ -44,6 +44,9 @@ pub struct PySessionInfo {
     max_retries: u32,
     timeout: f64,
     priority: i32,
+    weight: f64,
+    min_executors: u32,
+    user: String,
     pending: u64,
     running: u64,
     succeeded: u64,
@@ -81,6 +84,10 @@ impl PySessionInfo {
             max_retries: spec.max_retries,
             timeout: spec.timeout_secs,
             priority: spec.priority,
+            // An older daemon leaves the weight unset (0): it means the default, 1.
+            weight: if spec.weight == 0.0 { 1.0 } else { spec.weight },
+            min_executors: spec.min_executors,
+            user: spec.user,
             pending: i.pending,
             running: i.running,
             succeeded: i.succeeded,
@@ -187,7 +194,8 @@ impl PyConnection {
     }
 
     #[pyo3(signature = (application, app_spec = None, common_data = None, slots = 0,
-        max_retries = 3, timeout = 0.0, priority = 0, python = String::new()))]
+        max_retries = 3, timeout = 0.0, priority = 0, python = String::new(), weight = 1.0,
+        min_executors = 0, user = String::new()))]
     #[allow(clippy::too_many_arguments)]
     fn create_session(
         &self,
@@ -200,6 +208,9 @@ impl PyConnection {
         timeout: f64,
         priority: i32,
         python: String,
+        weight: f64,
+        min_executors: u32,
+        user: String,
     ) -> PyResult<PySessionInfo> {
         let spec = SessionSpec {
             application,
@@ -213,6 +224,9 @@ impl PyConnection {
             // Sessions belong to the client that opens them: if it goes away for longer than
             // the daemon's client lease, they are closed.
             owner: self.client.client_id().0,
+            weight,
+            min_executors,
+            user,
         };
         let mut fe = self.client.frontend();
         let req = proto::CreateSessionRequest {

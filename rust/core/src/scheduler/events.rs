@@ -19,9 +19,11 @@ impl Scheduler {
             slots,
             executors: Default::default(),
             exiting: Default::default(),
+            free_key: None,
         });
         node.name = name;
         node.slots = slots;
+        self.node_changed(id);
     }
 
     /// A node is gone: every executor on it is lost.
@@ -29,6 +31,12 @@ impl Scheduler {
         let Some(node) = self.nodes.remove(&id) else {
             return;
         };
+        if let Some(free) = node.free_key {
+            self.free_nodes.remove(&(std::cmp::Reverse(free), id));
+        }
+        for eid in &node.exiting {
+            self.preempted_exit(*eid);
+        }
         for eid in node.executors {
             self.lose(
                 eid,
@@ -59,6 +67,8 @@ impl Scheduler {
         if let Some(n) = self.nodes.get_mut(&node) {
             n.exiting.remove(&eid);
         }
+        self.node_changed(node);
+        self.preempted_exit(eid);
         self.lose(eid, reason, false, now);
     }
 
@@ -110,6 +120,7 @@ impl Scheduler {
             for (tid, _) in requeue.iter().rev() {
                 session.pending.push_front(*tid);
             }
+            self.wake(sid);
         }
         for (tid, attempts) in requeue {
             self.actions.push(Action::RecordAttempts {
@@ -156,9 +167,11 @@ impl Scheduler {
         // forever. The executor stays unbound (it said so) and becomes idle.
         failure.kind = ErrorKind::ErrorSessionEnterFailed;
         exec.inflight.clear();
+        self.set_releasing(eid, false);
         if let Some(s) = self.sessions.get_mut(&sid) {
             s.executors.remove(&eid);
         }
+        self.touch(sid);
         self.became_idle(eid, now);
         self.fail_session(sid, failure);
     }
@@ -170,6 +183,8 @@ impl Scheduler {
         };
         session.enter_failed = Some(failure.clone());
         session.pending.clear();
+        self.touch(sid);
+        let session = self.sessions.get_mut(&sid).expect("checked above");
         let mut tids: Vec<TaskId> = session.tasks.keys().copied().collect();
         tids.sort_unstable();
         let others: Vec<ExecutorId> = session.executors.iter().copied().collect();
@@ -218,11 +233,13 @@ impl Scheduler {
                 let ran = exec.head_since.map(|t| now.saturating_duration_since(t));
                 exec.inflight.retain(|t| *t != tid);
                 // The next task in the window starts now.
-                exec.head_since = (!exec.inflight.is_empty()).then_some(now);
+                let next = (!exec.inflight.is_empty()).then_some(now);
+                self.set_head_since(eid, next);
                 if let (Some(ran), Some(session)) = (ran, self.sessions.get_mut(&sid)) {
                     session.record_run_time(ran.as_secs_f64());
                 }
             }
+            self.touch(sid);
             if !owned {
                 continue;
             }
@@ -233,6 +250,9 @@ impl Scheduler {
             }
         }
         self.settle(eid, now);
+        if let Some(sid) = self.executors.get(&eid).and_then(|e| e.session()) {
+            self.feed(sid, Some(eid), now);
+        }
     }
 
     /// Put a task that failed with an exception the service wants retried back at the front
@@ -253,6 +273,7 @@ impl Scheduler {
         session.counts.remove(TaskState::Running, 1);
         session.counts.add(TaskState::Pending, 1);
         session.pending.push_front(tid);
+        self.wake(sid);
         self.actions.push(Action::RecordAttempts {
             key: key(sid, tid),
             attempts,
@@ -261,12 +282,13 @@ impl Scheduler {
     }
 
     /// After an executor's work changed: give a drained, releasing executor back, or start
-    /// its warm period when its session has nothing left to send.
+    /// its warm period when its session has nothing left to send (unless the session needs
+    /// it to keep its minimum: then it stays bound without a release deadline).
     fn settle(&mut self, eid: ExecutorId, now: Instant) {
         let Some(exec) = self.executors.get_mut(&eid) else {
             return;
         };
-        if !exec.inflight.is_empty() {
+        if !exec.inflight.is_empty() || exec.idle_since.is_some() {
             return;
         }
         let Some(sid) = exec.session() else {
@@ -278,8 +300,14 @@ impl Scheduler {
                 s.starting = s.starting.saturating_sub(1);
             }
             self.unbind(eid, to);
-        } else if self.sessions.get(&sid).is_none_or(|s| s.pending.is_empty()) {
-            exec.idle_since.get_or_insert(now);
+            return;
+        }
+        let warm = self
+            .sessions
+            .get(&sid)
+            .is_none_or(|s| s.pending.is_empty() && s.kept() > s.reserved());
+        if warm {
+            self.set_idle_since(eid, Some(now));
         }
     }
 }

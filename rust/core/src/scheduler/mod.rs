@@ -4,28 +4,51 @@
 //! command, write storage, notify a client). That keeps it deterministic and unit-testable
 //! with virtual time.
 //!
-//! Policy (this version): executors are bound to one session at a time; a session gets up to
-//! its `slots` executors and never more than it has unfinished tasks; free executors are
-//! handed out round-robin by priority, then fewest-held first; an executor left idle stays
-//! bound ("warm") for `warm_delay` unless another session is waiting for one, and a session
-//! below its fair share (capacity / sessions with work) reclaims executors from sessions above
-//! it as their current tasks finish — nothing is killed for fairness.
+//! Policy: executors are bound to one session at a time; a session holds at least its
+//! `min_executors` (from the moment it opens, even idle), at most its `max_executors`, and no
+//! more than it has unfinished tasks otherwise. Which session gets the next executor, and who
+//! gives one back, is decided by the [`Policies`] that are on (priority classes, weighted fair
+//! share, a per-tenant level, preemption, data-aware placement; see `policy.rs`). An idle
+//! executor stays bound ("warm") for `warm_delay` — the release delay — unless another
+//! session is waiting for one. Nothing is killed for fairness unless preemption is on.
 //!
-//! Cost: events touch only the entities they name; [`Scheduler::schedule`] walks the sessions
-//! that have pending work and, for each executor it hands out, the idle set and the nodes.
+//! Layout: `state.rs` (the entities), `index.rs` (ordered indexes), `events.rs` (what
+//! happens), `submission.rs` (sessions and tasks), `dispatch.rs` (sending tasks, warm and
+//! timeout bookkeeping), `placement.rs` (hand-out), `reclaim.rs` (taking executors back),
+//! `policy.rs` (which policies are on).
+//!
+//! Cost, with S sessions that want executors, I idle executors, N nodes, E_s the executors
+//! of one session: an event touches only what it names and marks those sessions dirty; one
+//! [`Scheduler::schedule`] pass re-indexes the dirty sessions (O(log S) each), feeds the
+//! ones with new pending tasks (O(E_s + tasks sent) each; a result feeds only the executor
+//! that sent it, O(window)), then makes placements. One placement is O(log S + log I + log N): the next
+//! session is the first entry of an ordered set, an idle executor comes from per-session,
+//! per-service and per-interpreter sets, a node from a set ordered by free slots, a warm
+//! executor from a set ordered by idle time. A reclaim adds the choice of which executor of
+//! the victim to take back, O(E_victim). Expiring warm executors and timeouts pops ordered
+//! sets, O(log E) per expiry; [`Scheduler::next_deadline`] is O(log E).
 
+mod dispatch;
 mod events;
+mod index;
 mod placement;
+mod policy;
+mod reclaim;
 mod state;
 mod submission;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_policies;
+#[cfg(test)]
+mod tests_scale;
 
 use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+pub use policy::Policies;
 pub use state::{Executor, ExecutorState, Node, Session, TaskSlot};
 pub use submission::CancelOutcome;
 
@@ -46,6 +69,8 @@ pub struct SchedulerConfig {
     pub warm_delay: Duration,
     /// First executor id to hand out (unique across restarts of the session manager).
     pub first_executor_id: u64,
+    /// Which policies decide who gets executors.
+    pub policies: Policies,
 }
 
 impl Default for SchedulerConfig {
@@ -56,6 +81,7 @@ impl Default for SchedulerConfig {
             window_work: Duration::from_millis(2),
             warm_delay: Duration::from_secs(2),
             first_executor_id: 1,
+            policies: Policies::default(),
         }
     }
 }
@@ -112,10 +138,29 @@ pub struct Scheduler {
     config: SchedulerConfig,
     nodes: HashMap<NodeId, Node>,
     executors: HashMap<ExecutorId, Executor>,
-    /// Registered executors bound to no session.
+    /// Registered executors bound to no session, and the same by interpreter, by the
+    /// session they last served and by that session's service (data-aware placement).
     idle: BTreeSet<ExecutorId>,
+    idle_by_python: HashMap<String, BTreeSet<ExecutorId>>,
+    idle_by_session: HashMap<SessionId, BTreeSet<ExecutorId>>,
+    idle_by_app: HashMap<u64, BTreeSet<ExecutorId>>,
+    /// Nodes with free slots, most free first.
+    free_nodes: BTreeSet<(std::cmp::Reverse<usize>, NodeId)>,
+    /// Bound executors with nothing to do, oldest first (`Executor::idle_since`).
+    warm: BTreeSet<(Instant, ExecutorId)>,
+    /// Running head tasks by when they time out (`Executor::deadline`).
+    deadlines: BTreeSet<(Instant, ExecutorId)>,
     /// Open sessions.
     sessions: HashMap<SessionId, Session>,
+    index: index::Index,
+    /// Sessions changed since the last pass: re-indexed by `schedule`.
+    dirty: BTreeSet<SessionId>,
+    /// Sessions with new pending tasks since the last pass: fed by `schedule`.
+    to_feed: BTreeSet<SessionId>,
+    /// Tenant numbers by (user, owner client when the user is empty).
+    tenant_ids: HashMap<(String, u32), u32>,
+    /// Executors killed by preemption, and the session waiting for their slot.
+    preempted: HashMap<ExecutorId, SessionId>,
     next_executor: u64,
     actions: Vec<Action>,
     /// Stopping gracefully: dispatch nothing new, let what runs finish.
@@ -130,7 +175,18 @@ impl Scheduler {
             nodes: HashMap::new(),
             executors: HashMap::new(),
             idle: BTreeSet::new(),
+            idle_by_python: HashMap::new(),
+            idle_by_session: HashMap::new(),
+            idle_by_app: HashMap::new(),
+            free_nodes: BTreeSet::new(),
+            warm: BTreeSet::new(),
+            deadlines: BTreeSet::new(),
             sessions: HashMap::new(),
+            index: index::Index::default(),
+            dirty: BTreeSet::new(),
+            to_feed: BTreeSet::new(),
+            tenant_ids: HashMap::new(),
+            preempted: HashMap::new(),
             next_executor,
             actions: Vec::new(),
             draining: false,
@@ -173,80 +229,32 @@ impl Scheduler {
     }
 
     /// When the next warm executor expires or the next running task times out, if ever:
-    /// the session manager wakes up then.
+    /// the session manager wakes up then. O(log E).
     pub fn next_deadline(&self) -> Option<Instant> {
-        let warm = self
-            .executors
-            .values()
-            .filter_map(|e| e.idle_since)
-            .min()
-            .map(|t| t + self.config.warm_delay);
-        let timeout = self
-            .executors
-            .values()
-            .filter_map(|e| self.task_deadline(e))
-            .min();
+        let warm = self.warm.first().map(|(t, _)| *t + self.config.warm_delay);
+        let timeout = self.deadlines.first().map(|(t, _)| *t);
         warm.into_iter().chain(timeout).min()
     }
 
-    /// When the task at the head of this executor's window runs out of time, if it has a limit.
-    fn task_deadline(&self, e: &Executor) -> Option<Instant> {
-        let since = e.head_since?;
-        let session = self.sessions.get(&e.session()?)?;
-        let limit = session.spec.timeout_secs;
-        // A limit too large to represent is no limit (never a panic on a client's number).
-        let limit = Duration::try_from_secs_f64(limit)
-            .ok()
-            .filter(|d| !d.is_zero())?;
-        since.checked_add(limit)
+    /// Remember that a session changed: the next pass re-indexes it.
+    pub(super) fn touch(&mut self, sid: SessionId) {
+        self.dirty.insert(sid);
     }
 
-    /// Fail running tasks that are past their session's timeout and kill their executors
-    /// (user code cannot be interrupted safely); the node reports the exit and the executor
-    /// is replaced.
-    fn expire_timeouts(&mut self, now: Instant) {
-        let expired: Vec<(ExecutorId, TaskId, SessionId)> = self
-            .executors
-            .values()
-            .filter(|e| self.task_deadline(e).is_some_and(|d| d <= now))
-            .filter_map(|e| Some((e.id, *e.inflight.front()?, e.session()?)))
-            .collect();
-        for (eid, tid, sid) in expired {
-            let limit = self.sessions[&sid].spec.timeout_secs;
-            let msg = format!(
-                "task {} of {sid} ran longer than its timeout of {limit} s",
-                tid.0
-            );
-            let failure = TaskFailure::new(crate::model::ErrorKind::ErrorTimeout, msg);
-            self.finish(
-                TaskKey {
-                    session: sid,
-                    task: tid,
-                },
-                TaskState::Failed,
-                Bytes::new(),
-                Some(failure),
-            );
-            self.kill_running(eid, tid, format!("task {} timed out", tid.0));
+    /// Remember that a session has new pending tasks: the next pass also feeds it.
+    pub(super) fn wake(&mut self, sid: SessionId) {
+        self.dirty.insert(sid);
+        self.to_feed.insert(sid);
+    }
+
+    /// Re-enter every changed session in the index. O(log S) each.
+    fn reindex_dirty(&mut self) {
+        for sid in std::mem::take(&mut self.dirty) {
+            if let Some(s) = self.sessions.get_mut(&sid) {
+                self.index.remove(s);
+                self.index.insert(s, &self.config.policies);
+            }
         }
-    }
-
-    /// Kill the executor running `tid` (whose task was already finished by the caller): user
-    /// code cannot be interrupted safely. Nothing queued behind it will start there; the node
-    /// reports the exit, the queued tasks run elsewhere, and the executor is replaced.
-    pub(super) fn kill_running(&mut self, eid: ExecutorId, tid: TaskId, reason: String) {
-        let Some(exec) = self.executors.get_mut(&eid) else {
-            return;
-        };
-        exec.inflight.retain(|t| *t != tid);
-        exec.head_since = None;
-        exec.releasing = true;
-        let node = exec.node;
-        self.actions.push(Action::Kill {
-            node,
-            executor: eid,
-            reason,
-        });
     }
 
     /// Stop handing out work (a graceful stop): tasks already dispatched run to completion,
@@ -260,130 +268,22 @@ impl Scheduler {
         self.executors.values().map(|e| e.inflight.len()).sum()
     }
 
-    /// Hand out work: feed bound executors, acquire executors for sessions that want more,
-    /// release warm executors whose delay ran out.
+    /// Hand out work: feed the sessions that changed, give executors to sessions that want
+    /// more (in policy order), release warm executors whose delay ran out, fail timed-out
+    /// tasks. See the module docs for the cost.
     pub fn schedule(&mut self, now: Instant) {
         if self.draining {
             self.expire_timeouts(now);
             return;
         }
-        let mut demanding: Vec<SessionId> = self
-            .sessions
-            .values()
-            .filter(|s| !s.pending.is_empty())
-            .map(|s| s.id)
-            .collect();
-        for &sid in &demanding {
-            self.feed(sid, now);
+        for sid in std::mem::take(&mut self.to_feed) {
+            self.feed(sid, None, now);
         }
-        demanding.retain(|sid| {
-            self.sessions
-                .get(sid)
-                .is_some_and(|s| !s.pending.is_empty() && s.held() < s.wanted())
-        });
-        self.acquire_for(demanding, now);
+        self.reindex_dirty();
+        self.acquire(now);
         self.release_expired(now);
         self.expire_timeouts(now);
-    }
-
-    /// Send pending tasks of `sid` to its executors with room in their window, one task per
-    /// executor per round so a short queue spreads across executors.
-    fn feed(&mut self, sid: SessionId, now: Instant) {
-        let Some(session) = self.sessions.get_mut(&sid) else {
-            return;
-        };
-        let window = session.window(
-            self.config.window,
-            self.config.window_max,
-            self.config.window_work.as_secs_f64(),
-        );
-        let mut ready: Vec<ExecutorId> = session
-            .executors
-            .iter()
-            .copied()
-            .filter(|e| {
-                self.executors
-                    .get(e)
-                    .is_some_and(|x| !x.releasing && x.inflight.len() < window)
-            })
-            .collect();
-        ready.sort_unstable();
-        let mut batches: HashMap<ExecutorId, Vec<(TaskId, Bytes, u32)>> = HashMap::new();
-        while !ready.is_empty() && !session.pending.is_empty() {
-            ready.retain(|eid| {
-                let Some(exec) = self.executors.get_mut(eid) else {
-                    return false;
-                };
-                let Some(tid) = pop_pending(session) else {
-                    return false;
-                };
-                let Some(slot) = session.tasks.get_mut(&tid) else {
-                    return true;
-                };
-                slot.attempts += 1;
-                slot.executor = Some(*eid);
-                if exec.inflight.is_empty() {
-                    exec.head_since = Some(now);
-                }
-                exec.inflight.push_back(tid);
-                exec.idle_since = None;
-                session.counts.remove(TaskState::Pending, 1);
-                session.counts.add(TaskState::Running, 1);
-                batches
-                    .entry(*eid)
-                    .or_default()
-                    .push((tid, slot.input.clone(), slot.attempts));
-                exec.inflight.len() < window
-            });
-        }
-        let mut batches: Vec<_> = batches.into_iter().collect();
-        batches.sort_unstable_by_key(|(e, _)| *e);
-        for (executor, tasks) in batches {
-            self.actions.push(Action::Dispatch {
-                executor,
-                session: sid,
-                tasks,
-            });
-        }
-    }
-
-    /// Unbind executors that sat idle and bound for longer than the warm delay.
-    fn release_expired(&mut self, now: Instant) {
-        let delay = self.config.warm_delay;
-        let expired: Vec<ExecutorId> = self
-            .executors
-            .values()
-            .filter(|e| e.idle_since.is_some_and(|t| t + delay <= now))
-            .map(|e| e.id)
-            .collect();
-        for eid in expired {
-            self.unbind(eid, None);
-        }
-    }
-
-    /// Send `Unbind` to an executor bound to a session; `reserve_for` is the session that
-    /// gets it once it has left.
-    fn unbind(&mut self, eid: ExecutorId, reserve_for: Option<SessionId>) {
-        let Some(exec) = self.executors.get_mut(&eid) else {
-            return;
-        };
-        let Some(sid) = exec.session() else {
-            return;
-        };
-        exec.state = ExecutorState::Unbinding(sid);
-        exec.idle_since = None;
-        exec.releasing = false;
-        exec.reserved_for = reserve_for;
-        if let Some(s) = self.sessions.get_mut(&sid) {
-            s.executors.remove(&eid);
-        }
-        if let Some(r) = reserve_for.and_then(|r| self.sessions.get_mut(&r)) {
-            r.starting += 1;
-        }
-        self.actions.push(Action::Unbind {
-            executor: eid,
-            session: sid,
-        });
+        self.reindex_dirty();
     }
 
     fn finish(
@@ -406,6 +306,7 @@ impl Scheduler {
         };
         session.counts.remove(was, 1);
         session.counts.add(state, 1);
+        self.touch(key.session);
         self.actions.push(Action::Finish(Completion {
             key,
             state,
@@ -415,18 +316,4 @@ impl Scheduler {
             watcher: slot.watcher,
         }));
     }
-}
-
-/// Next pending task that is still unfinished (cancelled ones are removed lazily).
-fn pop_pending(session: &mut Session) -> Option<TaskId> {
-    while let Some(tid) = session.pending.pop_front() {
-        if session
-            .tasks
-            .get(&tid)
-            .is_some_and(|t| t.executor.is_none())
-        {
-            return Some(tid);
-        }
-    }
-    None
 }

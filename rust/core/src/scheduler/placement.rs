@@ -1,6 +1,9 @@
-//! Where executors come from when a session wants more: an idle one, a new process on a node
-//! with a free slot, a warm one nobody is using, or — fair share — one reclaimed from a
-//! session holding more than its share once its current tasks finish.
+//! Where executors come from when a session wants more, in order: an idle one (data-aware:
+//! last used by the same session, then the same service, then any of the same interpreter),
+//! a new process (data-aware: on the session's last node, else the one with most free slots), an idle one of another interpreter
+//! replaced, a warm one nobody is using, or one taken back from another session
+//! (`reclaim.rs`). Also binding, becoming idle, and forgetting executors, with the indexes
+//! these keep in step.
 
 use std::cmp::Reverse;
 use std::time::Instant;
@@ -9,48 +12,38 @@ use super::{Action, Executor, ExecutorState, Scheduler};
 use crate::ids::{ExecutorId, NodeId, SessionId};
 
 impl Scheduler {
-    /// Hand out executors to `demanding` sessions one at a time, round-robin in order of
-    /// priority (highest first) then fewest held, until nobody can get more.
-    pub(super) fn acquire_for(&mut self, mut demanding: Vec<SessionId>, now: Instant) {
-        while !demanding.is_empty() {
-            demanding.sort_by_key(|sid| {
-                let s = &self.sessions[sid];
-                (Reverse(s.spec.priority), s.held(), *sid)
-            });
-            let mut progressed = false;
-            let mut still = Vec::with_capacity(demanding.len());
-            for sid in demanding {
-                if self.acquire_one(sid, now) {
-                    progressed = true;
+    /// Give executors to sessions that want them, one at a time in policy order (see
+    /// `index.rs`), until nobody can get one. Each step is one placement.
+    pub(super) fn acquire(&mut self, now: Instant) {
+        // A session below its minimum that cannot get one (nothing free, nothing to take
+        // back) does not stop the others: they may still take back by fair share.
+        let mut skip_reserving = false;
+        while let Some(sid) = self.index.next(skip_reserving) {
+            let before = self.sessions[&sid].held();
+            let reserving = before < self.sessions[&sid].reserved();
+            let got = self.acquire_one(sid, now);
+            self.reindex_dirty();
+            // Every way of acquiring adds one to `held`; checking it keeps the loop finite
+            // whatever an executor's state turned out to be.
+            if !got || self.sessions.get(&sid).is_none_or(|s| s.held() <= before) {
+                if reserving && !skip_reserving {
+                    skip_reserving = true;
+                    continue;
                 }
-                if self
-                    .sessions
-                    .get(&sid)
-                    .is_some_and(|s| !s.pending.is_empty() && s.held() < s.wanted())
-                {
-                    still.push(sid);
-                }
-            }
-            if !progressed {
                 break;
             }
-            demanding = still;
         }
     }
 
-    /// Try to get one more executor for `sid`. Returns whether anything was done.
+    /// Try to get one more executor for `sid`. Returns whether anything was done (the
+    /// session then holds one more, on its way or bound).
     fn acquire_one(&mut self, sid: SessionId, now: Instant) -> bool {
-        let python = self.sessions[&sid].spec.python.clone();
-        if let Some(eid) = self
-            .idle
-            .iter()
-            .copied()
-            .find(|e| self.executors[e].python == python)
-        {
+        if let Some(eid) = self.pick_idle(sid) {
             self.bind(eid, sid, now);
             return true;
         }
-        if let Some(node) = self.node_with_most_free_slots() {
+        let python = self.sessions[&sid].spec.python.clone();
+        if let Some(node) = self.node_for_spawn(sid) {
             self.spawn(node, python, sid);
             return true;
         }
@@ -66,27 +59,82 @@ impl Scheduler {
             self.spawn(node, python, sid);
             return true;
         }
-        if let Some(eid) = self.warm_executor_of_idle_session(sid) {
+        if let Some(eid) = self.warm_executor_of_another(sid) {
             self.unbind(eid, Some(sid));
             return true;
         }
-        self.reclaim_fair_share(sid)
+        self.reclaim(sid)
     }
 
-    fn node_with_most_free_slots(&self) -> Option<NodeId> {
-        self.nodes
-            .values()
-            .filter(|n| n.has_free_slot())
-            .max_by_key(|n| (n.slots as usize - n.used_slots(), Reverse(n.id)))
-            .map(|n| n.id)
+    /// An idle executor for `sid`'s interpreter; with the data-aware policy, one that last
+    /// served this session, else this service, if there is one. O(log I).
+    fn pick_idle(&self, sid: SessionId) -> Option<ExecutorId> {
+        let s = &self.sessions[&sid];
+        let first = |set: Option<&std::collections::BTreeSet<ExecutorId>>| {
+            set.and_then(|x| x.first().copied())
+        };
+        if self.config.policies.data_aware {
+            // Object locality would go here too: tasks carry no object references yet, so
+            // there is no node holding a task's data to prefer.
+            if let Some(e) = first(self.idle_by_session.get(&sid)) {
+                return Some(e);
+            }
+            if let Some(e) = first(self.idle_by_app.get(&s.app_key)) {
+                return Some(e);
+            }
+        }
+        first(self.idle_by_python.get(&s.spec.python))
     }
 
-    fn spawn(&mut self, node: NodeId, python: String, for_session: SessionId) {
+    /// Where to start a new executor for `sid`: with the data-aware policy, the node of the
+    /// session's last executor while it has a free slot (its service is loaded there, its
+    /// files cached); else the node with most free slots. O(log N).
+    fn node_for_spawn(&self, sid: SessionId) -> Option<NodeId> {
+        if self.config.policies.data_aware {
+            // Object locality would also go here: a node holding the data a task reads.
+            let last = self.sessions[&sid].last_node;
+            if let Some(n) = last.filter(|n| self.nodes.get(n).is_some_and(|n| n.has_free_slot())) {
+                return Some(n);
+            }
+        }
+        self.free_nodes.first().map(|&(_, n)| n)
+    }
+
+    /// A warm executor (bound, nothing to do) of another session, oldest first, that its
+    /// session can spare (it stays at or above its minimum). Amortized O(log E).
+    fn warm_executor_of_another(&mut self, sid: SessionId) -> Option<ExecutorId> {
+        let candidates: Vec<(Instant, ExecutorId)> = self.warm.iter().copied().take(4).collect();
+        for (t, eid) in candidates {
+            let owner = self.executors.get(&eid).and_then(|e| match e.state {
+                ExecutorState::Bound(o) => Some(o),
+                _ => None,
+            });
+            let spare = match owner.and_then(|o| self.sessions.get(&o)) {
+                Some(o) if o.id == sid => false,
+                Some(o) => o.pending.is_empty() && o.kept() > o.reserved(),
+                None => owner.is_some(),
+            };
+            if spare {
+                return Some(eid);
+            }
+            if owner != Some(sid) {
+                // Not warm in the sense that matters (its session needs it): out of the way.
+                self.warm.remove(&(t, eid));
+                if let Some(e) = self.executors.get_mut(&eid) {
+                    e.idle_since = None;
+                }
+            }
+        }
+        None
+    }
+
+    pub(super) fn spawn(&mut self, node: NodeId, python: String, for_session: SessionId) {
         let eid = ExecutorId(self.next_executor);
         self.next_executor += 1;
         if let Some(n) = self.nodes.get_mut(&node) {
             n.executors.insert(eid);
         }
+        self.node_changed(node);
         self.executors.insert(
             eid,
             Executor {
@@ -99,11 +147,15 @@ impl Scheduler {
                 head_since: None,
                 releasing: false,
                 reserved_for: Some(for_session),
+                last_session: None,
+                last_app: None,
+                deadline: None,
             },
         );
         if let Some(s) = self.sessions.get_mut(&for_session) {
             s.starting += 1;
         }
+        self.touch(for_session);
         self.actions.push(Action::Spawn {
             node,
             executor: eid,
@@ -111,82 +163,25 @@ impl Scheduler {
         });
     }
 
-    /// An executor bound to another session that has nothing queued and nothing running.
-    fn warm_executor_of_idle_session(&self, sid: SessionId) -> Option<ExecutorId> {
-        self.executors
-            .values()
-            .filter(|e| e.inflight.is_empty() && !e.releasing)
-            .filter(|e| match e.state {
-                ExecutorState::Bound(other) => {
-                    other != sid
-                        && self
-                            .sessions
-                            .get(&other)
-                            .is_none_or(|o| o.pending.is_empty())
-                }
-                _ => false,
-            })
-            .map(|e| e.id)
-            .min()
-    }
-
-    /// If `sid` holds less than its fair share, ask the session furthest above its share to
-    /// give one executor back after its current tasks.
-    fn reclaim_fair_share(&mut self, sid: SessionId) -> bool {
-        let capacity: usize = self.nodes.values().map(|n| n.slots as usize).sum();
-        let with_work = self
-            .sessions
-            .values()
-            .filter(|s| s.wanted() > 0)
-            .count()
-            .max(1);
-        let share = (capacity / with_work).max(1);
-        if self.sessions[&sid].held() >= share {
-            return false;
+    /// Keep the free-node index in step with a node's slots. O(log N).
+    pub(super) fn node_changed(&mut self, id: NodeId) {
+        let Some(n) = self.nodes.get_mut(&id) else {
+            return;
+        };
+        if let Some(old) = n.free_key.take() {
+            self.free_nodes.remove(&(Reverse(old), id));
         }
-        let kept = |s: &super::Session| {
-            s.executors
-                .iter()
-                .filter(|e| self.executors.get(e).is_some_and(|x| !x.releasing))
-                .count()
-        };
-        let victim = self
-            .sessions
-            .values()
-            .filter(|s| s.id != sid && kept(s) > share)
-            .max_by_key(|s| (kept(s), Reverse(s.spec.priority), s.id))
-            .map(|s| s.id);
-        let Some(victim) = victim else {
-            return false;
-        };
-        let Some(eid) = self.sessions[&victim]
-            .executors
-            .iter()
-            .copied()
-            .filter(|e| self.executors.get(e).is_some_and(|x| !x.releasing))
-            .min_by_key(|e| (self.executors[e].inflight.len(), *e))
-        else {
-            return false;
-        };
-        let exec = self
-            .executors
-            .get_mut(&eid)
-            .expect("victim executor exists");
-        if exec.inflight.is_empty() {
-            self.unbind(eid, Some(sid));
-        } else {
-            exec.releasing = true;
-            exec.reserved_for = Some(sid);
-            if let Some(s) = self.sessions.get_mut(&sid) {
-                s.starting += 1;
-            }
+        let free = n.free_slots();
+        if free > 0 {
+            n.free_key = Some(free);
+            self.free_nodes.insert((Reverse(free), id));
         }
-        true
     }
 
     /// Bind an idle executor to `sid` and feed it.
     pub(super) fn bind(&mut self, eid: ExecutorId, sid: SessionId, now: Instant) {
-        self.idle.remove(&eid);
+        self.idle_remove(eid);
+        let app = self.sessions.get(&sid).map(|s| s.app_key);
         let Some(exec) = self.executors.get_mut(&eid) else {
             return;
         };
@@ -194,35 +189,87 @@ impl Scheduler {
         exec.reserved_for = None;
         exec.releasing = false;
         exec.idle_since = None;
+        exec.last_session = Some(sid);
+        exec.last_app = app;
+        let node = exec.node;
         if let Some(s) = self.sessions.get_mut(&sid) {
             s.executors.insert(eid);
+            s.last_node = Some(node);
         }
+        self.touch(sid);
         self.actions.push(Action::Bind {
             executor: eid,
             session: sid,
         });
-        self.feed(sid, now);
+        self.feed(sid, Some(eid), now);
     }
 
     /// An executor is registered and unbound: give it to the session it was reserved for if
     /// that session still wants one, else leave it idle.
     pub(super) fn became_idle(&mut self, eid: ExecutorId, now: Instant) {
+        self.set_idle_since(eid, None);
+        self.set_head_since(eid, None);
         let Some(exec) = self.executors.get_mut(&eid) else {
             return;
         };
         exec.state = ExecutorState::Idle;
-        exec.idle_since = None;
         exec.releasing = false;
         let reserved = exec.reserved_for.take();
         if let Some(s) = reserved.and_then(|r| self.sessions.get_mut(&r)) {
             s.starting = s.starting.saturating_sub(1);
-            if s.held() < s.wanted() {
-                let sid = s.id;
+            let (sid, wants) = (s.id, s.held() < s.target());
+            self.touch(sid);
+            if wants {
                 self.bind(eid, sid, now);
                 return;
             }
         }
+        self.idle_add(eid);
+    }
+
+    fn idle_add(&mut self, eid: ExecutorId) {
+        let Some(e) = self.executors.get(&eid) else {
+            return;
+        };
         self.idle.insert(eid);
+        self.idle_by_python
+            .entry(e.python.clone())
+            .or_default()
+            .insert(eid);
+        if let Some(sid) = e.last_session {
+            self.idle_by_session.entry(sid).or_default().insert(eid);
+        }
+        if let Some(app) = e.last_app {
+            self.idle_by_app.entry(app).or_default().insert(eid);
+        }
+    }
+
+    fn idle_remove(&mut self, eid: ExecutorId) {
+        if !self.idle.remove(&eid) {
+            return;
+        }
+        let Some(e) = self.executors.get(&eid) else {
+            return;
+        };
+        fn drop_from<K: std::hash::Hash + Eq>(
+            map: &mut std::collections::HashMap<K, std::collections::BTreeSet<ExecutorId>>,
+            key: &K,
+            eid: ExecutorId,
+        ) {
+            if let Some(set) = map.get_mut(key) {
+                set.remove(&eid);
+                if set.is_empty() {
+                    map.remove(key);
+                }
+            }
+        }
+        drop_from(&mut self.idle_by_python, &e.python, eid);
+        if let Some(sid) = e.last_session {
+            drop_from(&mut self.idle_by_session, &sid, eid);
+        }
+        if let Some(app) = e.last_app {
+            drop_from(&mut self.idle_by_app, &app, eid);
+        }
     }
 
     /// Drop every trace of an executor. `process_alive`: its process may still run (it was
@@ -233,19 +280,31 @@ impl Scheduler {
         eid: ExecutorId,
         process_alive: bool,
     ) -> Option<Executor> {
+        self.idle_remove(eid);
+        self.set_idle_since(eid, None);
+        self.set_releasing(eid, false);
         let exec = self.executors.remove(&eid)?;
-        self.idle.remove(&eid);
+        // `head_since` stays on the returned executor: `lose` tells from it whether the head
+        // task had started.
+        if let Some(d) = exec.deadline {
+            self.deadlines.remove(&(d, eid));
+        }
         if let Some(n) = self.nodes.get_mut(&exec.node) {
             n.executors.remove(&eid);
             if process_alive {
                 n.exiting.insert(eid);
             }
         }
+        self.node_changed(exec.node);
         if let Some(s) = exec.reserved_for.and_then(|r| self.sessions.get_mut(&r)) {
             s.starting = s.starting.saturating_sub(1);
+            let sid = s.id;
+            self.touch(sid);
         }
         if let Some(s) = exec.session().and_then(|sid| self.sessions.get_mut(&sid)) {
             s.executors.remove(&eid);
+            let sid = s.id;
+            self.touch(sid);
         }
         Some(exec)
     }

@@ -1,5 +1,6 @@
 //! The entities the scheduler tracks in memory: nodes, executors, sessions and the tasks that
-//! are not finished yet. Finished tasks leave memory (they live on in storage).
+//! are not finished yet. Finished tasks leave memory (they live on in storage). The ordered
+//! indexes over them live in `index.rs`.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::Instant;
@@ -20,6 +21,8 @@ pub struct Node {
     /// Executors whose connection is gone but whose process the node has not reported as
     /// exited yet: they still hold a slot there.
     pub exiting: HashSet<ExecutorId>,
+    /// Free slots as last entered in the free-node index (`None`: not in it).
+    pub(super) free_key: Option<usize>,
 }
 
 impl Node {
@@ -28,7 +31,11 @@ impl Node {
     }
 
     pub fn has_free_slot(&self) -> bool {
-        (self.used_slots() as u32) < self.slots
+        self.free_slots() > 0
+    }
+
+    pub fn free_slots(&self) -> usize {
+        (self.slots as usize).saturating_sub(self.used_slots())
     }
 }
 
@@ -65,6 +72,12 @@ pub struct Executor {
     /// The session this executor goes to once it is free (started for it, or reclaimed for
     /// it); that session counts it in `Session::starting` meanwhile.
     pub reserved_for: Option<SessionId>,
+    /// The session it was last bound to, and that session's service fingerprint: what the
+    /// data-aware policy matches an idle executor on.
+    pub last_session: Option<SessionId>,
+    pub last_app: Option<u64>,
+    /// When the head task runs out of time, as entered in the timeout index.
+    pub(super) deadline: Option<Instant>,
 }
 
 impl Executor {
@@ -108,6 +121,16 @@ pub struct Session {
     /// Ids the daemon told a client it never stored (after a restart): their resubmission is
     /// accepted even though newer ids from that client were seen first.
     pub resubmittable: HashSet<TaskId>,
+    /// The tenant it counts against (0 for all when the tenant level is off).
+    pub tenant: u32,
+    /// Fingerprint of what its executors load (application, service spec, interpreter).
+    pub app_key: u64,
+    /// Of `executors`, how many are releasing (asked back, finishing their current tasks).
+    pub releasing: u32,
+    /// The node of the executor it was last bound to: data-aware spawns go there first.
+    pub last_node: Option<NodeId>,
+    /// Where the session sits in the scheduler's indexes (see `index.rs`).
+    pub(super) slot: super::index::IndexSlot,
     /// Moving average of how long its tasks run, in seconds (`None` until one finished):
     /// it sizes the window of tasks sent ahead to each executor.
     pub mean_run_secs: Option<f64>,
@@ -150,6 +173,11 @@ impl Session {
             last_counter: HashMap::new(),
             enter_failed: None,
             resubmittable: HashSet::new(),
+            tenant: 0,
+            app_key: 0,
+            releasing: 0,
+            last_node: None,
+            slot: Default::default(),
             mean_run_secs: None,
         }
     }
@@ -171,8 +199,32 @@ impl Session {
         self.limit().min(self.tasks.len())
     }
 
+    /// Executors it holds from the moment it opens, even idle (never above its limit).
+    pub fn reserved(&self) -> usize {
+        if self.enter_failed.is_some() {
+            return 0;
+        }
+        (self.spec.min_executors as usize).min(self.limit())
+    }
+
+    /// How many executors it should hold: what is useful, and never less than its minimum.
+    pub fn target(&self) -> usize {
+        self.wanted().max(self.reserved())
+    }
+
+    /// Wants another executor now: below its minimum, or with queued work and room to grow.
+    pub fn hungry(&self) -> bool {
+        let held = self.held();
+        held < self.reserved() || (!self.pending.is_empty() && held < self.target())
+    }
+
     /// Executors held or on their way.
     pub fn held(&self) -> usize {
         self.executors.len() + self.starting as usize
+    }
+
+    /// Executors held that are not being given back.
+    pub fn kept(&self) -> usize {
+        self.executors.len().saturating_sub(self.releasing as usize)
     }
 }

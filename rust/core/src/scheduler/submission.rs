@@ -28,13 +28,35 @@ impl Scheduler {
         created_ms: i64,
         counts: TaskCounts,
     ) {
+        let tenant = if self.config.policies.tenant_fair_share {
+            // The user names the tenant; without one, the client that opened the session is
+            // its own tenant (so two programs of one person share like two people would).
+            let name = if spec.user.is_empty() {
+                (String::new(), spec.owner)
+            } else {
+                (spec.user.clone(), 0)
+            };
+            let next = self.tenant_ids.len() as u32 + 1;
+            *self.tenant_ids.entry(name).or_insert(next)
+        } else {
+            0
+        };
+        if let Some(mut old) = self.sessions.remove(&id) {
+            // Opened again (a restart reload racing a create): forget the old entry first.
+            self.index.remove(&mut old);
+        }
+        let app_key = app_fingerprint(&spec);
         let mut s = Session::new(id, spec, created_ms);
         s.counts = TaskCounts {
             pending: 0,
             running: 0,
             ..counts
         };
+        s.tenant = tenant;
+        s.app_key = app_key;
         self.sessions.insert(id, s);
+        // A minimum is reserved at once, before any task arrives.
+        self.touch(id);
     }
 
     /// Close a session: cancel its unfinished tasks and unbind its executors.
@@ -59,12 +81,11 @@ impl Scheduler {
             }
             self.unbind(eid, None);
         }
-        for e in self.executors.values_mut() {
-            if e.reserved_for == Some(sid) {
-                e.reserved_for = None;
-            }
+        // Executors on their way to it (`reserved_for`) find it gone and become idle.
+        if let Some(mut s) = self.sessions.remove(&sid) {
+            self.index.remove(&mut s);
         }
-        self.sessions.remove(&sid);
+        self.dirty.remove(&sid);
         true
     }
 
@@ -126,6 +147,8 @@ impl Scheduler {
             let last = session.last_counter.entry(tid.client()).or_insert(0);
             *last = (*last).max(counter);
         }
+        self.dirty.insert(sid);
+        self.to_feed.insert(sid);
         match session.enter_failed.clone() {
             None => session.pending.extend(tids),
             Some(f) => {
@@ -191,4 +214,15 @@ impl Scheduler {
             None => false,
         }
     }
+}
+
+/// What an executor of this session loads: two sessions with the same fingerprint run the
+/// same service on the same interpreter (data-aware placement prefers such executors).
+fn app_fingerprint(spec: &SessionSpec) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    spec.application.hash(&mut h);
+    spec.app_spec.hash(&mut h);
+    spec.python.hash(&mut h);
+    h.finish()
 }

@@ -23,6 +23,7 @@ impl Harness {
                 window_max: 2,
                 warm_delay: Duration::from_secs(2),
                 first_executor_id: 1,
+                policies: Policies::default(),
                 ..SchedulerConfig::default()
             },
         )

@@ -85,6 +85,7 @@ pub fn start(
         window_max: cfg.window_max,
         warm_delay: cfg.warm_delay,
         first_executor_id: executor_base,
+        policies: cfg.policies,
         ..SchedulerConfig::default()
     });
     for s in &snapshot.sessions {

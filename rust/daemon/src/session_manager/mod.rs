@@ -42,8 +42,10 @@ pub struct ManagerConfig {
     pub window: usize,
     /// Tasks sent ahead to one executor at most, when its session's tasks are very short.
     pub window_max: usize,
-    /// How long an idle executor stays bound to its session.
+    /// How long an idle executor stays bound to its session (the release delay).
     pub warm_delay: Duration,
+    /// Which scheduling policies are on.
+    pub policies: flame_core::scheduler::Policies,
     /// Interval at which nodes send heartbeats.
     pub heartbeat: Duration,
     /// A node silent for this long is declared lost.
@@ -64,6 +66,7 @@ impl Default for ManagerConfig {
             window: 4,
             window_max: 64,
             warm_delay: Duration::from_secs(2),
+            policies: Default::default(),
             heartbeat: Duration::from_millis(1000),
             node_timeout: Duration::from_secs(5),
             max_payload_bytes: 256 << 20,

@@ -18,7 +18,8 @@ pub(super) const APPLICATION_COLS: &str = "name, spec, description, created_ms";
 
 /// Columns read by [`session`], in order.
 pub(super) const SESSION_COLS: &str = "id, application, app_spec, common_data, slots, \
-     max_retries, timeout_secs, priority, python, state, created_ms, closed_ms, owner";
+     max_retries, timeout_secs, priority, python, state, created_ms, closed_ms, owner, \
+     weight, min_executors, user";
 
 /// Columns read by [`task`], in order.
 pub(super) const TASK_COLS: &str = "session_id, task_id, state, attempts, created_ms, \
@@ -47,6 +48,16 @@ fn blob(row: &Row<'_>, idx: usize) -> Result<Bytes> {
 fn u32_col(row: &Row<'_>, idx: usize, what: impl FnOnce() -> String) -> Result<u32> {
     let v: i64 = row.get(idx)?;
     u32::try_from(v).map_err(|_| corrupt(format!("{} is {v}, outside 0..=u32::MAX", what())))
+}
+
+/// A session's fair-share weight: a finite number above 0, as the spec validation demands.
+fn weight_col(row: &Row<'_>, idx: usize, id: SessionId) -> Result<f64> {
+    let w: f64 = row.get(idx)?;
+    if w.is_finite() && w > 0.0 {
+        Ok(w)
+    } else {
+        Err(corrupt(format!("weight of session {id} is {w}")))
+    }
 }
 
 /// A `TaskState` stored with `TaskState::as_i32`; `None` if no state has that number.
@@ -96,6 +107,9 @@ pub(super) fn session(row: &Row<'_>) -> Result<SessionRecord> {
                 .map_err(|_| corrupt(format!("priority of session {id} is {priority}")))?,
             python: row.get(8)?,
             owner: u32_col(row, 12, || format!("owner of session {id}"))?,
+            weight: weight_col(row, 13, id)?,
+            min_executors: u32_col(row, 14, || format!("min_executors of session {id}"))?,
+            user: row.get(15)?,
         },
         state,
         created_ms: row.get(10)?,

@@ -13,7 +13,7 @@ use crate::error::{FlameError, Result};
 
 /// The schema version this build reads and writes. A change to the DDL below bumps it and adds
 /// a step to [`migrate`]; a file from a newer build is refused rather than misread.
-pub(super) const VERSION: i32 = 3;
+pub(super) const VERSION: i32 = 4;
 
 /// How long a statement waits for a lock held by another connection (say an operator's
 /// `sqlite3` shell) before giving up with `SQLITE_BUSY`.
@@ -168,6 +168,15 @@ pub(super) fn migrate(conn: &mut Connection) -> Result<()> {
     }
     if version < 3 {
         tx.execute_batch(V3)?;
+    }
+    if version < 4 {
+        // v4: scheduling options (fair-share weight, executors reserved at open, tenant).
+        // The defaults are what a session stored by an older build meant.
+        tx.execute_batch(
+            "ALTER TABLE sessions ADD COLUMN weight REAL NOT NULL DEFAULT 1.0;
+             ALTER TABLE sessions ADD COLUMN min_executors INTEGER NOT NULL DEFAULT 0;
+             ALTER TABLE sessions ADD COLUMN user TEXT NOT NULL DEFAULT '';",
+        )?;
     }
     // user_version lives in the file header and is written by this same transaction.
     tx.pragma_update(None, "user_version", VERSION)?;

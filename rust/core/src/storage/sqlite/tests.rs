@@ -26,6 +26,9 @@ pub(super) fn session(id: u64, created_ms: i64) -> SessionRecord {
             priority: -7,
             python: "/usr/bin/python3".into(),
             owner: 42,
+            weight: 2.5,
+            min_executors: 2,
+            user: "ana".into(),
         },
         state: SessionState::Open,
         created_ms,
@@ -292,8 +295,14 @@ fn a_version_2_file_gains_the_task_logs_table() {
     }
     // Turn the file back into what a version-2 build wrote.
     let conn = rusqlite::Connection::open(&path).unwrap();
-    conn.execute_batch("DROP TABLE task_logs; PRAGMA user_version = 2;")
-        .unwrap();
+    conn.execute_batch(
+        "DROP TABLE task_logs;
+         ALTER TABLE sessions DROP COLUMN weight;
+         ALTER TABLE sessions DROP COLUMN min_executors;
+         ALTER TABLE sessions DROP COLUMN user;
+         PRAGMA user_version = 2;",
+    )
+    .unwrap();
     drop(conn);
 
     let mut db = SqliteStorage::open(&path).unwrap();

@@ -84,6 +84,34 @@ fn newer_schema_is_refused() {
 }
 
 #[test]
+fn a_version_2_file_gains_the_scheduling_columns_with_their_defaults() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    drop(SqliteStorage::open(&path).unwrap());
+    {
+        // Turn the fresh file back into what a version-2 build wrote.
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "ALTER TABLE sessions DROP COLUMN weight;
+             ALTER TABLE sessions DROP COLUMN min_executors;
+             ALTER TABLE sessions DROP COLUMN user;
+             DROP TABLE task_logs;
+             INSERT INTO sessions (id, application, app_spec, common_data, slots, max_retries,
+                 timeout_secs, priority, python, state, created_ms, owner)
+             VALUES (5, 'old', x'', x'', 3, 1, 0.0, 2, 'py', 'open', 10, 0);
+             PRAGMA user_version = 2;",
+        )
+        .unwrap();
+    }
+    let mut db = SqliteStorage::open(&path).unwrap();
+    let (s, _) = db.get_session(SessionId(5)).unwrap().expect("kept");
+    assert_eq!((s.spec.slots, s.spec.priority), (3, 2));
+    assert_eq!(s.spec.weight, 1.0);
+    assert_eq!(s.spec.min_executors, 0);
+    assert_eq!(s.spec.user, "");
+}
+
+#[test]
 fn unfinished_index_matches_task_states_and_is_used() {
     // The partial index spells the states as literals; they must be these two.
     assert_eq!(

@@ -43,14 +43,16 @@ pub(super) fn apply_op(conn: &Connection, op: &WriteOp, seq: &mut i64) -> Result
             conn.prepare_cached(
                 "INSERT INTO sessions (id, application, app_spec, common_data, slots, \
                  max_retries, timeout_secs, priority, python, state, created_ms, closed_ms, \
-                 owner) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13) \
+                 owner, weight, min_executors, user) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16) \
                  ON CONFLICT (id) DO UPDATE SET application = excluded.application, \
                  app_spec = excluded.app_spec, common_data = excluded.common_data, \
                  slots = excluded.slots, max_retries = excluded.max_retries, \
                  timeout_secs = excluded.timeout_secs, priority = excluded.priority, \
                  python = excluded.python, state = excluded.state, \
                  created_ms = excluded.created_ms, closed_ms = excluded.closed_ms, \
-                 owner = excluded.owner",
+                 owner = excluded.owner, weight = excluded.weight, \
+                 min_executors = excluded.min_executors, user = excluded.user",
             )?
             .execute(params![
                 s.id.0 as i64,
@@ -66,6 +68,9 @@ pub(super) fn apply_op(conn: &Connection, op: &WriteOp, seq: &mut i64) -> Result
                 s.created_ms,
                 s.closed_ms,
                 spec.owner,
+                spec.weight,
+                spec.min_executors,
+                spec.user,
             ])?;
         }
         WriteOp::CloseSession { id, closed_ms } => {
