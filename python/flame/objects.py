@@ -176,9 +176,21 @@ class ObjectStore:
         final = os.path.join(self.dir, f"{object_id:016x}")
         tmp = os.path.join(self.dir, f".{object_id:016x}.part")
         try:
-            with open(tmp, "wb") as f:
-                for p in parts:
-                    f.write(p)
+            fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                size = sum(memoryview(p).nbytes for p in parts)
+                os.ftruncate(fd, size)
+                if size:
+                    # Copied into a mapping rather than written: on a fresh file write() was
+                    # several times slower (page cache allocation on the write path).
+                    with mmap.mmap(fd, size) as m:
+                        at = 0
+                        for p in parts:
+                            view = memoryview(p).cast("B")
+                            m[at : at + view.nbytes] = view
+                            at += view.nbytes
+            finally:
+                os.close(fd)
             os.rename(tmp, final)
         except OSError as e:
             raise errors.FlameError(f"cannot store object {object_id:#x} in {self.dir}: {e}") from e
