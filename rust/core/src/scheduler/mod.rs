@@ -62,6 +62,9 @@ pub struct Completion {
     pub error: Option<TaskFailure>,
     pub attempts: u32,
     pub watcher: Option<u64>,
+    /// When its last attempt was dispatched, and to which executor on which node.
+    pub started: Option<Instant>,
+    pub ran_on: Option<(ExecutorId, NodeId)>,
 }
 
 /// One decision for the session manager to carry out, in order.
@@ -149,6 +152,11 @@ impl Scheduler {
 
     pub fn executor(&self, id: ExecutorId) -> Option<&Executor> {
         self.executors.get(&id)
+    }
+
+    /// Every executor the scheduler knows, starting ones included.
+    pub fn executors(&self) -> impl Iterator<Item = &Executor> {
+        self.executors.values()
     }
 
     /// Executors on a node that are running at least one task.
@@ -311,6 +319,8 @@ impl Scheduler {
                 };
                 slot.attempts += 1;
                 slot.executor = Some(*eid);
+                slot.started = Some(now);
+                slot.ran_on = Some((*eid, exec.node));
                 if exec.inflight.is_empty() {
                     exec.head_since = Some(now);
                 }
@@ -402,6 +412,8 @@ impl Scheduler {
             error,
             attempts: slot.attempts,
             watcher: slot.watcher,
+            started: slot.started,
+            ran_on: slot.ran_on,
         }));
     }
 }

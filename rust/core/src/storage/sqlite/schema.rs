@@ -13,7 +13,7 @@ use crate::error::{FlameError, Result};
 
 /// The schema version this build reads and writes. A change to the DDL below bumps it and adds
 /// a step to [`migrate`]; a file from a newer build is refused rather than misread.
-pub(super) const VERSION: i32 = 2;
+pub(super) const VERSION: i32 = 3;
 
 /// How long a statement waits for a lock held by another connection (say an operator's
 /// `sqlite3` shell) before giving up with `SQLITE_BUSY`.
@@ -152,6 +152,16 @@ pub(super) fn migrate(conn: &mut Connection) -> Result<()> {
     if version < 2 {
         // v2: the client that owns a session (closed when that client's lease runs out).
         tx.execute_batch("ALTER TABLE sessions ADD COLUMN owner INTEGER NOT NULL DEFAULT 0;")?;
+    }
+    if version < 3 {
+        // v3: when a task's last attempt started and where it ran, for introspection. Added
+        // at the end of the row (after the blobs); only introspection reads them, and a
+        // finished task's input is gone by then.
+        tx.execute_batch(
+            "ALTER TABLE tasks ADD COLUMN started_ms INTEGER;
+             ALTER TABLE tasks ADD COLUMN executor_id INTEGER;
+             ALTER TABLE tasks ADD COLUMN node_id INTEGER;",
+        )?;
     }
     // user_version lives in the file header and is written by this same transaction.
     tx.pragma_update(None, "user_version", VERSION)?;

@@ -6,7 +6,7 @@ use bytes::Bytes;
 
 use super::SqliteStorage;
 use crate::error::FlameError;
-use crate::ids::{SessionId, TaskId};
+use crate::ids::{ExecutorId, NodeId, SessionId, TaskId};
 use crate::model::{
     key, ApplicationRecord, ErrorKind, SessionRecord, SessionSpec, SessionState, TaskFailure,
     TaskState,
@@ -55,6 +55,8 @@ pub(super) fn finish(s: u64, t: u64, state: TaskState, error: Option<TaskFailure
         error,
         attempts: 2,
         finished_ms: 200,
+        started_ms: Some(150),
+        ran_on: Some((ExecutorId(7), NodeId(3))),
     }
 }
 
