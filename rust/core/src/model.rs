@@ -247,6 +247,22 @@ impl TaskCounts {
         *slot = slot.saturating_sub(n);
     }
 
+    /// Tasks in `state`.
+    pub fn get(&self, state: TaskState) -> u64 {
+        match state {
+            TaskState::Pending => self.pending,
+            TaskState::Running => self.running,
+            TaskState::Succeeded => self.succeeded,
+            TaskState::Failed => self.failed,
+            TaskState::Cancelled => self.cancelled,
+        }
+    }
+
+    /// Tasks in any state.
+    pub fn total(&self) -> u64 {
+        self.pending + self.running + self.succeeded + self.failed + self.cancelled
+    }
+
     /// Tasks not yet finished.
     pub fn unfinished(&self) -> u64 {
         self.pending + self.running

@@ -9,12 +9,15 @@ use flame_core::scheduler::{Action, Completion, Session};
 use flame_core::storage::WriteOp;
 
 use super::actor::Actor;
+use super::introspection::wall_ms;
 use super::ClientTx;
 
 impl Actor {
     pub(super) fn apply(&mut self, actions: Vec<Action>) {
         let mut ops = Vec::new();
         let mut done = Vec::new();
+        // One reading of both clocks per batch turns dispatch instants into wall time.
+        let mut clocks: Option<(std::time::Instant, i64)> = None;
         for action in actions {
             match action {
                 Action::Spawn {
@@ -78,13 +81,18 @@ impl Actor {
                     self.send_to_executor(executor, cmd);
                 }
                 Action::Finish(c) => {
+                    let (mono, wall) = *clocks.get_or_insert_with(|| {
+                        (std::time::Instant::now(), flame_core::model::now_ms())
+                    });
                     ops.push(WriteOp::FinishTask {
                         key: c.key,
                         state: c.state,
                         output: c.output.clone(),
                         error: c.error.clone(),
                         attempts: c.attempts,
-                        finished_ms: flame_core::model::now_ms(),
+                        finished_ms: wall,
+                        started_ms: c.started.map(|t| wall_ms(t, mono, wall)),
+                        ran_on: c.ran_on,
                     });
                     done.push(c);
                 }

@@ -141,6 +141,10 @@ impl Actor {
             Event::ClusterInfo { reply } => {
                 let _ = reply.send(Ok(self.cluster_info()));
             }
+            Event::GetTask { key, reply } => self.get_task(key, reply),
+            Event::ListTasks { query, reply } => self.list_tasks(query, reply),
+            Event::ListExecutors { reply } => self.list_executors(reply),
+            Event::CancelTask { key, reply } => self.cancel_task(key, reply),
             Event::ClientConnected { conn, client, tx } => {
                 self.clients.insert(conn, tx);
                 if client != 0 {
@@ -313,6 +317,8 @@ impl Actor {
                 error: Some(failure.clone()),
                 attempts: 0,
                 watcher: Some(conn),
+                started: None,
+                ran_on: None,
             })
             .collect();
         deliver(&self.clients, items);

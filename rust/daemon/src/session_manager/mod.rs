@@ -9,6 +9,7 @@
 mod actor;
 mod apply;
 mod events;
+mod introspection;
 mod workers;
 
 use std::time::Duration;
@@ -17,12 +18,13 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 use tonic::Status;
 
-use flame_core::ids::{ExecutorId, NodeId, SessionId, TaskId};
+use flame_core::ids::{ExecutorId, NodeId, SessionId, TaskId, TaskKey};
 use flame_core::model::{ApplicationRecord, SessionSpec};
 use flame_core::proto;
 use flame_core::Result;
 
 pub use actor::start;
+pub use introspection::TaskQuery;
 
 /// Outbound stream to one client connection.
 pub type ClientTx = mpsc::UnboundedSender<Result<proto::ServerMessage, Status>>;
@@ -104,6 +106,22 @@ pub enum Event {
     },
     ClusterInfo {
         reply: Reply<proto::ClusterInfo>,
+    },
+    GetTask {
+        key: TaskKey,
+        reply: Reply<proto::TaskInfo>,
+    },
+    ListTasks {
+        query: TaskQuery,
+        reply: Reply<proto::TaskList>,
+    },
+    ListExecutors {
+        reply: Reply<Vec<proto::ExecutorInfo>>,
+    },
+    /// The unary cancel: answers the task as it is once the cancellation is stored.
+    CancelTask {
+        key: TaskKey,
+        reply: Reply<proto::TaskInfo>,
     },
     ClientConnected {
         conn: u64,

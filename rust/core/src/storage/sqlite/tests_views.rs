@@ -37,11 +37,20 @@ fn a_finished_task_view_has_timings_placement_and_no_payload() {
         .unwrap()
         .unwrap();
     assert_eq!(v.state, TaskState::Failed);
-    assert_eq!((v.created_ms, v.started_ms, v.finished_ms), (100, Some(150), Some(200)));
+    assert_eq!(
+        (v.created_ms, v.started_ms, v.finished_ms),
+        (100, Some(150), Some(200))
+    );
     assert_eq!(v.ran_on, Some((ExecutorId(7), NodeId(3))));
     let e = v.error.unwrap();
-    assert_eq!((e.message.as_str(), e.traceback.as_str()), ("boom", "Traceback: line 1"));
-    assert!(e.payload.is_empty(), "the pickled exception is not part of a view");
+    assert_eq!(
+        (e.message.as_str(), e.traceback.as_str()),
+        ("boom", "Traceback: line 1")
+    );
+    assert!(
+        e.payload.is_empty(),
+        "the pickled exception is not part of a view"
+    );
     assert_eq!(v.output_bytes, 3);
 
     let pending = db
@@ -50,7 +59,10 @@ fn a_finished_task_view_has_timings_placement_and_no_payload() {
         .unwrap();
     assert_eq!(pending.state, TaskState::Pending);
     assert_eq!((pending.started_ms, pending.ran_on), (None, None));
-    assert!(db.get_task_view(key(SessionId(1), TaskId(99))).unwrap().is_none());
+    assert!(db
+        .get_task_view(key(SessionId(1), TaskId(99)))
+        .unwrap()
+        .is_none());
 }
 
 #[test]
@@ -58,7 +70,11 @@ fn lists_page_in_task_id_order_and_filter_by_state() {
     let mut db = db_with_tasks();
     let ids = |v: Vec<crate::view::TaskView>| v.iter().map(|t| t.key.task.0).collect::<Vec<_>>();
     let all = db.list_task_views(SessionId(1), None, 10, 0).unwrap();
-    assert_eq!(ids(all), [10, 20, 30, 40], "task-id order, other sessions left out");
+    assert_eq!(
+        ids(all),
+        [10, 20, 30, 40],
+        "task-id order, other sessions left out"
+    );
     let page = db.list_task_views(SessionId(1), None, 2, 1).unwrap();
     assert_eq!(ids(page), [20, 30]);
     let pending = db
