@@ -23,6 +23,7 @@ __all__ = [
     "FlameError",
     "FlameWarning",
     "InvalidArgumentError",
+    "NotFoundError",
     "PayloadTooLargeError",
     "RemoteTraceback",
     "SerializationError",
@@ -67,6 +68,10 @@ class SessionError(FlameError):
 
 class InvalidArgumentError(FlameError, ValueError):
     """A request was malformed: a bad option value, an unknown application, ..."""
+
+
+class NotFoundError(FlameError, LookupError):
+    """The daemon knows no such task (or other object) by that id."""
 
 
 class PayloadTooLargeError(FlameError):
