@@ -84,6 +84,7 @@ class LocalCluster:
     """An embedded session manager + executor manager on 127.0.0.1, inside this process."""
 
     address: str
+    dashboard_url: str | None  # http://127.0.0.1:PORT/ (dashboard, /metrics, JSON API)
     def __init__(
         self,
         slots: int,

@@ -14,6 +14,8 @@
 //! max_payload_mb = 256                         # largest task input or output (at most 1000)
 //! client_lease_ms = 60000                       # close a vanished client's sessions after this
 //! drain_grace_ms = 10000                        # on SIGTERM, let running tasks finish this long
+//! http_port = 8265                              # dashboard, /metrics, JSON API (0 = free port)
+//! http = true                                   # false: no HTTP server
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -46,6 +48,10 @@ pub struct FileConfig {
     pub node_timeout_ms: Option<u64>,
     pub client_lease_ms: Option<u64>,
     pub drain_grace_ms: Option<u64>,
+    /// Dashboard / metrics port (0 = a free one).
+    pub http_port: Option<u16>,
+    /// `false` turns the HTTP server off.
+    pub http: Option<bool>,
 }
 
 impl FileConfig {

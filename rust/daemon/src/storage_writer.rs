@@ -30,11 +30,16 @@ pub struct StorageWriter {
 
 impl StorageWriter {
     /// Start the storage thread.
-    pub fn start(storage: Box<dyn Storage>) -> (Self, JoinHandle<()>) {
+    /// Start the storage thread; `commit_seconds`, if given, times every group commit.
+    pub fn start(
+        storage: Box<dyn Storage>,
+        commit_seconds: Option<metrics::Histogram>,
+    ) -> (Self, JoinHandle<()>) {
         let (tx, rx) = mpsc::channel();
+        let timer = commit_seconds.unwrap_or_else(metrics::Histogram::noop);
         let handle = std::thread::Builder::new()
             .name("flame-storage".into())
-            .spawn(move || run(storage, rx))
+            .spawn(move || run(storage, rx, timer))
             .expect("spawning the storage thread");
         (Self { tx }, handle)
     }
@@ -71,7 +76,7 @@ impl StorageWriter {
     }
 }
 
-fn run(mut storage: Box<dyn Storage>, rx: mpsc::Receiver<Job>) {
+fn run(mut storage: Box<dyn Storage>, rx: mpsc::Receiver<Job>, timer: metrics::Histogram) {
     let mut ops: Vec<WriteOp> = Vec::new();
     let mut thens: Vec<Then> = Vec::new();
     while let Ok(first) = rx.recv() {
@@ -89,24 +94,32 @@ fn run(mut storage: Box<dyn Storage>, rx: mpsc::Receiver<Job>) {
                     thens.extend(then);
                 }
                 Job::Read(f) => {
-                    commit(storage.as_mut(), &mut ops, &mut thens);
+                    commit(storage.as_mut(), &mut ops, &mut thens, &timer);
                     f(storage.as_mut());
                 }
             }
         }
-        commit(storage.as_mut(), &mut ops, &mut thens);
+        commit(storage.as_mut(), &mut ops, &mut thens, &timer);
     }
-    commit(storage.as_mut(), &mut ops, &mut thens);
+    commit(storage.as_mut(), &mut ops, &mut thens, &timer);
 }
 
-fn commit(storage: &mut dyn Storage, ops: &mut Vec<WriteOp>, thens: &mut Vec<Then>) {
+fn commit(
+    storage: &mut dyn Storage,
+    ops: &mut Vec<WriteOp>,
+    thens: &mut Vec<Then>,
+    timer: &metrics::Histogram,
+) {
     if ops.is_empty() && thens.is_empty() {
         return;
     }
     let result = if ops.is_empty() {
         Ok(())
     } else {
-        storage.apply(ops)
+        let started = std::time::Instant::now();
+        let r = storage.apply(ops);
+        timer.record(started.elapsed().as_secs_f64());
+        r
     };
     if let Err(e) = &result {
         tracing::error!(error = %e, ops = ops.len(), "storage commit failed");

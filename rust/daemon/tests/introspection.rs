@@ -19,6 +19,7 @@ async fn start(state_dir: &std::path::Path) -> LocalCluster {
         port: 0,
         state_dir: state_dir.to_path_buf(),
         manager: ManagerConfig::default(),
+        http: flame_daemon::http::HttpPort::Off,
     };
     let mut node = NodeConfig::new("");
     node.slots = 1;

@@ -7,40 +7,15 @@ use pyo3::types::PyDict;
 use flame_core::model::TaskState;
 use flame_core::proto;
 
-use crate::error::InvalidArgumentError;
-
 /// A task state as the CLI spells it; `None` means "every state".
 ///
 /// # Errors
 /// `InvalidArgumentError` naming the accepted values.
 pub fn parse_state(state: Option<&str>) -> PyResult<Option<TaskState>> {
-    let Some(s) = state else {
-        return Ok(None);
-    };
-    let parsed = match s.to_ascii_lowercase().as_str() {
-        "pending" => TaskState::Pending,
-        "running" => TaskState::Running,
-        "succeeded" => TaskState::Succeeded,
-        "failed" => TaskState::Failed,
-        "cancelled" => TaskState::Cancelled,
-        _ => {
-            return Err(InvalidArgumentError::new_err(format!(
-                "unknown task state '{s}'; use pending, running, succeeded, failed or cancelled"
-            )))
-        }
-    };
-    Ok(Some(parsed))
-}
-
-pub fn state_name(state: i32) -> &'static str {
-    match TaskState::from_i32(state) {
-        Ok(TaskState::Pending) => "pending",
-        Ok(TaskState::Running) => "running",
-        Ok(TaskState::Succeeded) => "succeeded",
-        Ok(TaskState::Failed) => "failed",
-        Ok(TaskState::Cancelled) => "cancelled",
-        Err(_) => "unknown",
-    }
+    state
+        .map(TaskState::from_name)
+        .transpose()
+        .map_err(crate::error::err)
 }
 
 /// `0` on the wire means "none" for times and ids.
@@ -53,7 +28,10 @@ pub fn task_dict<'py>(py: Python<'py>, t: proto::TaskInfo) -> PyResult<Bound<'py
     let d = PyDict::new(py);
     d.set_item("session_id", t.session_id)?;
     d.set_item("task_id", t.task_id)?;
-    d.set_item("state", state_name(t.state))?;
+    d.set_item(
+        "state",
+        TaskState::from_i32(t.state).map_or("unknown", |s| s.name()),
+    )?;
     d.set_item("attempts", t.attempts)?;
     d.set_item("created_ms", t.created_ms)?;
     d.set_item("started_ms", opt(t.started_ms))?;

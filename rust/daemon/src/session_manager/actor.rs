@@ -1,6 +1,7 @@
 //! The session manager's actor: its state, start-up (reloading from storage) and event loop.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::sync::mpsc;
@@ -13,6 +14,7 @@ use flame_core::storage::{Storage, WriteOp};
 use flame_core::Result;
 
 use super::{ClientTx, Event, ExecutorTx, ManagerConfig, ManagerHandle, NodeTx};
+use crate::metrics::{Metrics, Throughput};
 use crate::storage_writer::StorageWriter;
 
 /// A connected executor-manager node.
@@ -47,6 +49,14 @@ pub(super) struct Actor {
     pub self_tx: mpsc::UnboundedSender<Event>,
     /// A graceful stop in progress: when it must end, and who waits for it.
     pub draining: Option<(Instant, tokio::sync::oneshot::Sender<()>)>,
+    pub metrics: Arc<Metrics>,
+    /// Tasks finished per second, for the dashboard's chart.
+    pub throughput: Throughput,
+    /// When the actor started (the origin of `throughput`'s seconds).
+    pub started: Instant,
+    /// The last sessions closed, newest first, as they were when closed: the dashboard shows
+    /// them without asking storage to count their tasks every second.
+    pub closed_recently: VecDeque<flame_core::proto::SessionInfo>,
 }
 
 const META_SESSION: &str = "next_session_id";
@@ -67,7 +77,9 @@ pub fn start(
     let snapshot = storage.load()?;
     let meta = |k: &str, default: u64| snapshot.meta.get(k).copied().unwrap_or(default);
     let executor_base = meta(META_EXECUTOR_BASE, 1);
-    let (store, storage_thread) = StorageWriter::start(storage);
+    let metrics = Metrics::new();
+    let (store, storage_thread) =
+        StorageWriter::start(storage, Some(metrics.storage_commit.clone()));
     store.write_only(vec![WriteOp::SetMeta {
         key: META_EXECUTOR_BASE.into(),
         value: executor_base + EXECUTOR_IDS_PER_START,
@@ -131,9 +143,18 @@ pub fn start(
         lost_streams: HashMap::new(),
         self_tx: tx.clone(),
         draining: None,
+        metrics: metrics.clone(),
+        throughput: Throughput::default(),
+        started,
+        closed_recently: VecDeque::new(),
     };
     let task = tokio::spawn(actor.run(rx));
-    Ok((ManagerHandle { tx, config: cfg }, task, storage_thread))
+    let handle = ManagerHandle {
+        tx,
+        config: cfg,
+        metrics,
+    };
+    Ok((handle, task, storage_thread))
 }
 
 impl Actor {
@@ -171,7 +192,9 @@ impl Actor {
             self.check_heartbeats(now);
             self.check_leases(now);
             self.check_lost_streams(now);
+            let pass = Instant::now();
             self.sched.schedule(now);
+            self.metrics.schedule.record(pass.elapsed().as_secs_f64());
             let actions = self.sched.take_actions();
             self.apply(actions);
             if self.drained(now) {
@@ -239,6 +262,7 @@ impl Actor {
                 .collect();
             for sid in owned {
                 tracing::warn!(session = %sid, client, ?lease, "closing a session whose client is gone");
+                self.remember_closed(sid);
                 self.sched.close_session(sid);
                 self.store.write_only(vec![WriteOp::CloseSession {
                     id: sid,

@@ -18,6 +18,9 @@ impl Actor {
         let mut done = Vec::new();
         // One reading of both clocks per batch turns dispatch instants into wall time.
         let mut clocks: Option<(std::time::Instant, i64)> = None;
+        // Counted here and added to the metrics once per batch.
+        let mut finished = TaskCounts::default();
+        let mut retried = 0u64;
         for action in actions {
             match action {
                 Action::Spawn {
@@ -84,6 +87,11 @@ impl Actor {
                     let (mono, wall) = *clocks.get_or_insert_with(|| {
                         (std::time::Instant::now(), flame_core::model::now_ms())
                     });
+                    finished.add(c.state, 1);
+                    if let Some(t) = c.started {
+                        let ran = mono.saturating_duration_since(t).as_secs_f64();
+                        self.metrics.task_run.record(ran);
+                    }
                     ops.push(WriteOp::FinishTask {
                         key: c.key,
                         state: c.state,
@@ -97,10 +105,12 @@ impl Actor {
                     done.push(c);
                 }
                 Action::RecordAttempts { key, attempts } => {
+                    retried += 1;
                     ops.push(WriteOp::SetAttempts { key, attempts });
                 }
             }
         }
+        self.count_finished(finished, retried, clocks.map(|(mono, _)| mono));
         if ops.is_empty() {
             return;
         }
@@ -120,6 +130,27 @@ impl Actor {
             }
             deliver(&clients, done);
         });
+    }
+
+    /// Bump the outcome counters and the tasks/s history once for a whole batch.
+    fn count_finished(&mut self, c: TaskCounts, retried: u64, at: Option<std::time::Instant>) {
+        let m = &self.metrics;
+        for (counter, n) in [
+            (&m.succeeded, c.succeeded),
+            (&m.failed, c.failed),
+            (&m.cancelled, c.cancelled),
+            (&m.retried, retried),
+        ] {
+            if n > 0 {
+                counter.increment(n);
+            }
+        }
+        let done = c.succeeded + c.failed + c.cancelled;
+        if let Some(at) = at.filter(|_| done > 0) {
+            let elapsed = at.saturating_duration_since(self.started);
+            self.throughput
+                .record(elapsed, u32::try_from(done).unwrap_or(u32::MAX));
+        }
     }
 
     fn send_to_node(&self, node: flame_core::ids::NodeId, msg: node_command::Msg) {

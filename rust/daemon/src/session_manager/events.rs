@@ -123,6 +123,7 @@ impl Actor {
                 });
             }
             Event::CloseSession { id, reply } => {
+                self.remember_closed(id);
                 if !self.sched.close_session(id) {
                     // Closing twice is fine; closing what never existed is not.
                     self.reply_stored_session(id, reply);
@@ -144,6 +145,9 @@ impl Actor {
             Event::GetTask { key, reply } => self.get_task(key, reply),
             Event::ListTasks { query, reply } => self.list_tasks(query, reply),
             Event::ListExecutors { reply } => self.list_executors(reply),
+            Event::Overview { reply } => {
+                let _ = reply.send(Ok(self.overview(now)));
+            }
             Event::CancelTask { key, reply } => self.cancel_task(key, reply),
             Event::ClientConnected { conn, client, tx } => {
                 self.clients.insert(conn, tx);
@@ -296,6 +300,7 @@ impl Actor {
             created_ms: now_ms(),
         };
         self.store.write_only(vec![op]);
+        self.metrics.submitted.increment(accepted.len() as u64);
         let tasks = accepted.into_iter().map(|(t, i)| (t, i, 0)).collect();
         self.sched.enqueue(session, tasks, Some(conn));
     }

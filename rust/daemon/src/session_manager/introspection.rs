@@ -59,6 +59,11 @@ impl Actor {
     }
 
     pub(super) fn list_executors(&self, reply: Reply<Vec<proto::ExecutorInfo>>) {
+        let _ = reply.send(Ok(self.executor_infos()));
+    }
+
+    /// Every executor, by id.
+    pub(super) fn executor_infos(&self) -> Vec<proto::ExecutorInfo> {
         let mut out: Vec<proto::ExecutorInfo> = self
             .sched
             .executors()
@@ -80,7 +85,7 @@ impl Actor {
             })
             .collect();
         out.sort_unstable_by_key(|e| e.id);
-        let _ = reply.send(Ok(out));
+        out
     }
 
     /// Cancel one task, then answer it as storage has it after the cancellation is written.
@@ -94,7 +99,7 @@ impl Actor {
                             "task {} of session {} already finished ({})",
                             k.task.0,
                             k.session,
-                            state_name(v.state)
+                            v.state.name()
                         )))
                     }
                     Ok(Some(v)) => Ok(v.into()),
@@ -143,16 +148,6 @@ impl Actor {
 /// An `Instant` in the past as wall-clock milliseconds, given one reading of both clocks.
 pub(super) fn wall_ms(at: Instant, mono: Instant, wall: i64) -> i64 {
     wall - mono.saturating_duration_since(at).as_millis() as i64
-}
-
-pub(super) fn state_name(s: TaskState) -> &'static str {
-    match s {
-        TaskState::Pending => "pending",
-        TaskState::Running => "running",
-        TaskState::Succeeded => "succeeded",
-        TaskState::Failed => "failed",
-        TaskState::Cancelled => "cancelled",
-    }
 }
 
 fn not_found(k: TaskKey) -> FlameError {

@@ -10,6 +10,7 @@ mod actor;
 mod apply;
 mod events;
 mod introspection;
+mod overview;
 mod workers;
 
 use std::time::Duration;
@@ -25,6 +26,7 @@ use flame_core::Result;
 
 pub use actor::start;
 pub use introspection::TaskQuery;
+pub use overview::Overview;
 
 /// Outbound stream to one client connection.
 pub type ClientTx = mpsc::UnboundedSender<Result<proto::ServerMessage, Status>>;
@@ -118,6 +120,10 @@ pub enum Event {
     ListExecutors {
         reply: Reply<Vec<proto::ExecutorInfo>>,
     },
+    /// Everything the dashboard's overview shows, from memory only.
+    Overview {
+        reply: Reply<Overview>,
+    },
     /// The unary cancel: answers the task as it is once the cancellation is stored.
     CancelTask {
         key: TaskKey,
@@ -201,6 +207,8 @@ pub enum Event {
 pub struct ManagerHandle {
     tx: mpsc::UnboundedSender<Event>,
     pub config: ManagerConfig,
+    /// This daemon's metrics (its own recorder; see `crate::metrics`).
+    pub metrics: std::sync::Arc<crate::metrics::Metrics>,
 }
 
 impl ManagerHandle {
