@@ -20,6 +20,7 @@ from flame import _core
 from flame.api import (
     as_completed,
     cluster_info,
+    dashboard_url,
     get,
     init,
     is_initialized,
@@ -83,6 +84,7 @@ __all__ = [
     "as_completed",
     "cluster_info",
     "connect",
+    "dashboard_url",
     "get",
     "init",
     "is_initialized",

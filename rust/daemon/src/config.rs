@@ -134,6 +134,7 @@ mod tests {
         let f: FileConfig = toml::from_str(&readme[start..end]).expect("README example parses");
         f.manager().expect("README example is accepted");
         assert_eq!(f.port, Some(8080));
+        assert_eq!(f.http_port, Some(8265));
     }
 
     #[test]
