@@ -29,10 +29,14 @@ def _parser() -> argparse.ArgumentParser:
     # --address and --json are accepted before or after the subcommand; on subcommands they
     # default to SUPPRESS so an option given first is not reset by the subparser.
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--address", default=argparse.SUPPRESS,
-                        help=f"daemon address (default $FLAME_ADDRESS or {DEFAULT_ADDRESS})")
-    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
-                        help="print JSON instead of text")  # fmt: skip
+    common.add_argument(
+        "--address",
+        default=argparse.SUPPRESS,
+        help=f"daemon address (default $FLAME_ADDRESS or {DEFAULT_ADDRESS})",
+    )
+    common.add_argument(
+        "--json", action="store_true", default=argparse.SUPPRESS, help="print JSON instead of text"
+    )
     p = argparse.ArgumentParser(
         prog="flame",
         description="Look at and steer a running Flame cluster.",

@@ -66,22 +66,47 @@ def session_rows(sessions: list[dict[str, Any]]) -> str:
         done = s["succeeded"] + s["failed"] + s["cancelled"]
         total = done + s["pending"] + s["running"]
         rows.append(
-            (s["id"], s["application"], s["state"], fmt.bar(done, total, 12),
-             s["pending"], s["running"], s["succeeded"], s["failed"], s["executors"],
-             fmt.clock(s["created_ms"]))
-        )  # fmt: skip
-    headers = ("ID", "APPLICATION", "STATE", "PROGRESS", "PEND", "RUN", "OK", "FAIL", "EXEC",
-               "CREATED")  # fmt: skip
+            (
+                s["id"],
+                s["application"],
+                s["state"],
+                fmt.bar(done, total, 12),
+                s["pending"],
+                s["running"],
+                s["succeeded"],
+                s["failed"],
+                s["executors"],
+                fmt.clock(s["created_ms"]),
+            )
+        )
+    headers = (
+        "ID",
+        "APPLICATION",
+        "STATE",
+        "PROGRESS",
+        "PEND",
+        "RUN",
+        "OK",
+        "FAIL",
+        "EXEC",
+        "CREATED",
+    )
     return fmt.table(headers, rows)
 
 
 def task_rows(tasks: list[dict[str, Any]]) -> str:
     rows = [
-        (f"{t['session_id']}/{t['task_id']}", t["state"], t["attempts"],
-         fmt.duration(t["started_ms"], t["finished_ms"]), t["executor_id"], t["node_id"],
-         (t["error"] or {}).get("message"))
+        (
+            f"{t['session_id']}/{t['task_id']}",
+            t["state"],
+            t["attempts"],
+            fmt.duration(t["started_ms"], t["finished_ms"]),
+            t["executor_id"],
+            t["node_id"],
+            (t["error"] or {}).get("message"),
+        )
         for t in tasks
-    ]  # fmt: skip
+    ]
     return fmt.table(("TASK", "STATE", "TRIES", "DURATION", "EXECUTOR", "NODE", "ERROR"), rows)
 
 
@@ -94,14 +119,19 @@ def status(args: argparse.Namespace, conn: Connection) -> int:
     def text() -> str:
         nodes = info["nodes"]
         busy = sum(1 for e in executors if e["inflight"])
-        head = fmt.key_values([
-            ("daemon", conn.address),
-            ("nodes", f"{sum(n['alive'] for n in nodes)} alive of {len(nodes)}, "
-                      f"{sum(n['slots'] for n in nodes)} slots"),
-            ("executors", f"{len(executors)} ({busy} busy, {len(executors) - busy} idle)"),
-            ("tasks", f"{info['tasks_pending']} pending, {info['tasks_running']} running"),
-            ("sessions", f"{info['sessions_open']} open"),
-        ])  # fmt: skip
+        head = fmt.key_values(
+            [
+                ("daemon", conn.address),
+                (
+                    "nodes",
+                    f"{sum(n['alive'] for n in nodes)} alive of {len(nodes)}, "
+                    f"{sum(n['slots'] for n in nodes)} slots",
+                ),
+                ("executors", f"{len(executors)} ({busy} busy, {len(executors) - busy} idle)"),
+                ("tasks", f"{info['tasks_pending']} pending, {info['tasks_running']} running"),
+                ("sessions", f"{info['sessions_open']} open"),
+            ]
+        )
         return head + ("\n\n" + session_rows(sessions) if sessions else "")
 
     return emit(args, data, text)
@@ -115,8 +145,7 @@ def list_(args: argparse.Namespace, conn: Connection) -> int:
             sessions = [s for s in sessions if s["state"] == args.state]
         return emit(args, sessions, lambda: session_rows(sessions))
     if what == "tasks":
-        page = conn.list_tasks(args.session, state=args.state, limit=args.limit,
-                               offset=args.offset)  # fmt: skip
+        page = conn.list_tasks(args.session, state=args.state, limit=args.limit, offset=args.offset)
 
         def text() -> str:
             shown = f"{len(page['tasks'])} of {page['total']} tasks"
@@ -134,8 +163,17 @@ def list_(args: argparse.Namespace, conn: Connection) -> int:
         return emit(args, execs, lambda: fmt.table(header, rows))
     if what == "nodes":
         nodes = conn.cluster_info()["nodes"]
-        rows = [(n["id"], n["name"], "alive" if n["alive"] else "lost", n["slots"],
-                 n["executors"], n["busy"]) for n in nodes]  # fmt: skip
+        rows = [
+            (
+                n["id"],
+                n["name"],
+                "alive" if n["alive"] else "lost",
+                n["slots"],
+                n["executors"],
+                n["busy"],
+            )
+            for n in nodes
+        ]
         header = ("ID", "NAME", "STATE", "SLOTS", "EXECUTORS", "BUSY")
         return emit(args, nodes, lambda: fmt.table(header, rows))
     apps = [{"name": n, "description": d} for n, d in conn.list_applications()]
@@ -149,8 +187,10 @@ def view(args: argparse.Namespace, conn: Connection) -> int:
         done = s["succeeded"] + s["failed"] + s["cancelled"]
         total = done + s["pending"] + s["running"]
         pairs = [(k, s[k]) for k in SESSION_FIELDS if k != "created_ms"]
-        pairs += [("created", fmt.clock(s["created_ms"])),
-                  ("progress", f"{fmt.bar(done, total)} {done}/{total}")]  # fmt: skip
+        pairs += [
+            ("created", fmt.clock(s["created_ms"])),
+            ("progress", f"{fmt.bar(done, total)} {done}/{total}"),
+        ]
         return emit(args, s, lambda: fmt.key_values(pairs))
     t = conn.get_task(*task_ref(args.id))
     return emit(args, t, lambda: task_text(t))

@@ -37,9 +37,16 @@ def browse(url: str, *extra: str) -> subprocess.CompletedProcess:
     """Run headless Chromium on ``url``: page scripts get 4 s of (virtual) time to poll."""
     with tempfile.TemporaryDirectory(prefix="flame-chromium-") as profile:
         command = [
-            chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-            f"--user-data-dir={profile}", "--virtual-time-budget=4000", *extra, url,
-        ]  # fmt: skip
+            chromium(),
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            f"--user-data-dir={profile}",
+            "--virtual-time-budget=4000",
+            *extra,
+            url,
+        ]
         r = subprocess.run(command, capture_output=True, text=True, timeout=90)
     assert r.returncode == 0, r.stderr[-2000:]
     return r

@@ -29,7 +29,7 @@ impl Actor {
     pub(super) fn overview(&mut self, now: Instant) -> Overview {
         let executors = self.executor_infos();
         let mut sessions: Vec<proto::SessionInfo> = self.sched.sessions().map(open_info).collect();
-        sessions.sort_unstable_by(|a, b| b.id.cmp(&a.id));
+        sessions.sort_unstable_by_key(|s| std::cmp::Reverse(s.id));
         sessions.extend(self.closed_recently.iter().cloned());
         let elapsed = now.saturating_duration_since(self.started);
         Overview {

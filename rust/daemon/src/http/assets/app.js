@@ -108,7 +108,8 @@ async function overviewPage() {
              "failed", "cancelled", "executors"], o.sessions.map(sessionRow))}
     <h2>Nodes</h2>
     ${table(["id", "name", "state", "slots", "executors", "busy"], nodes)}`;
-  drawChart(document.getElementById("chart"), o.tasks_per_second);
+  // The daemon keeps 5 minutes; the last 2 are what a glance needs.
+  drawChart(document.getElementById("chart"), o.tasks_per_second.slice(-120));
 }
 
 function taskRow(t) {
