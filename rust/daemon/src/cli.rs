@@ -209,11 +209,16 @@ pub async fn run(cli: Cli) -> Result<()> {
     Ok(())
 }
 
+/// Print where the daemon listens. One write, errors ignored: whoever started the daemon may
+/// stop reading after the first line, and a closed pipe must not bring the daemon down.
 fn announce(head: &Head) {
-    println!("flame-daemon listening on {}", head.address);
+    use std::io::Write;
+    let mut text = format!("flame-daemon listening on {}\n", head.address);
     if let Some(url) = &head.dashboard_url {
-        println!("dashboard and /metrics on {url}");
+        text.push_str(&format!("dashboard and /metrics on {url}\n"));
     }
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
 }
 
 /// Set up logging once: RUST_LOG filter (default `info`), text or JSON lines on stderr.
