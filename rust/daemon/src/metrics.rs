@@ -28,7 +28,7 @@ pub struct Metrics {
     pub failed: Counter,
     pub cancelled: Counter,
     pub retried: Counter,
-    /// How long tasks ran: last dispatch to result, seconds.
+    /// How long tasks ran, as their executors measured it, seconds.
     pub task_run: Histogram,
     /// One pass of the scheduler over its queues, seconds.
     pub schedule: Histogram,
@@ -78,7 +78,7 @@ impl Metrics {
             ),
             task_run: histogram(
                 "flame_task_run_seconds",
-                "Task run time, dispatch to result",
+                "Task run time, measured by the executor",
             ),
             schedule: histogram("flame_scheduler_decision_seconds", "One scheduling pass"),
             storage_commit: histogram("flame_storage_commit_seconds", "One storage group commit"),

@@ -120,6 +120,18 @@ async fn tasks_show_their_state_timings_placement_and_failure() {
         (TaskState::Succeeded.as_i32(), 2)
     );
 
+    // Run times are the executor's own: the second of two 300 ms tasks sent to one executor
+    // together waited for the first, but its run time does not count that wait.
+    let naps = client
+        .submit(sid, vec![Bytes::from_static(b"sleep:300"); 2])
+        .unwrap();
+    wait_done(&client, 2).await;
+    for t in naps {
+        let info = task(&client, sid, t).await.unwrap();
+        let ran = info.finished_ms - info.started_ms;
+        assert!((300..600).contains(&ran), "ran {ran} ms: {info:?}");
+    }
+
     // A long task is running: memory says so, storage alone would say pending.
     let slow = client
         .submit(sid, vec![Bytes::from_static(b"sleep:20000")])
@@ -142,17 +154,17 @@ async fn tasks_show_their_state_timings_placement_and_failure() {
     assert!(info.started_ms > 0 && info.finished_ms == 0 && info.executor_id != 0);
 
     let all = list(&client, sid, None, 0).await;
-    assert_eq!(all.total, 3);
+    assert_eq!(all.total, 5);
     let states: Vec<i32> = all.tasks.iter().map(|t| t.state).collect();
     assert!(states.contains(&TaskState::Running.as_i32()), "{states:?}");
     let page = list(&client, sid, None, 1).await;
     assert_eq!(
         (page.tasks.len(), page.total),
-        (1, 3),
+        (1, 5),
         "a page is bounded by its limit"
     );
     let succeeded = list(&client, sid, Some(TaskState::Succeeded), 10).await;
-    assert_eq!(succeeded.tasks.len(), 1);
+    assert_eq!(succeeded.tasks.len(), 3);
     assert_eq!(succeeded.tasks[0].task_id, done[0].0);
 
     let execs = client

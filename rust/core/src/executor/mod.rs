@@ -11,7 +11,7 @@ mod link;
 #[cfg(test)]
 mod tests;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
@@ -239,6 +239,7 @@ impl Worker<'_> {
             if self.link.is_broken() {
                 return;
             }
+            let started = Instant::now();
             let outcome = if self.bound == Some(session) {
                 self.host.invoke(session, TaskId(task.task_id), task.input)
             } else if let Some((_, failure)) =
@@ -251,6 +252,10 @@ impl Worker<'_> {
                     format!("executor is not bound to session {session}"),
                 ))
             };
+            // At least 1: 0 on the wire means "not measured".
+            let run_us = u64::try_from(started.elapsed().as_micros())
+                .unwrap_or(u64::MAX)
+                .max(1);
             let limit = self.max_output_bytes;
             let outcome = outcome.and_then(|output| {
                 if limit > 0 && output.len() as u64 > limit {
@@ -273,6 +278,7 @@ impl Worker<'_> {
                     ok: true,
                     output,
                     error: None,
+                    run_us,
                 },
                 Err(failure) => proto::TaskResult {
                     session_id: session.0,
@@ -280,6 +286,7 @@ impl Worker<'_> {
                     ok: false,
                     output: Bytes::new(),
                     error: Some(failure.into()),
+                    run_us,
                 },
             };
             // Sent per task: the link coalesces whatever has piled up, never waits for more.

@@ -431,6 +431,7 @@ fn coalesce_batches_runs_of_results_and_keeps_order() {
             ok: true,
             output: Bytes::from(vec![0u8; size]),
             error: None,
+            run_us: 0,
         })
     };
     let left = || {

@@ -57,6 +57,9 @@ pub(super) struct Actor {
     /// The last sessions closed, newest first, as they were when closed: the dashboard shows
     /// them without asking storage to count their tasks every second.
     pub closed_recently: VecDeque<flame_core::proto::SessionInfo>,
+    /// Run times the executors reported (µs) for results not yet applied: `apply` turns them
+    /// into start times and histogram samples, then clears the map (its capacity is reused).
+    pub run_times: HashMap<flame_core::ids::TaskKey, u64>,
 }
 
 const META_SESSION: &str = "next_session_id";
@@ -147,6 +150,7 @@ pub fn start(
         throughput: Throughput::default(),
         started,
         closed_recently: VecDeque::new(),
+        run_times: HashMap::new(),
     };
     let task = tokio::spawn(actor.run(rx));
     let handle = ManagerHandle {

@@ -88,10 +88,16 @@ impl Actor {
                         (std::time::Instant::now(), flame_core::model::now_ms())
                     });
                     finished.add(c.state, 1);
-                    if let Some(t) = c.started {
-                        let ran = mono.saturating_duration_since(t).as_secs_f64();
-                        self.metrics.task_run.record(ran);
-                    }
+                    // The executor's own measure when it sent one; else since the dispatch
+                    // (timeouts, cancellations, lost executors), which also counts the time
+                    // spent queued in the executor's window.
+                    let started_ms = match self.run_times.remove(&c.key) {
+                        Some(us) => {
+                            self.metrics.task_run.record(us as f64 / 1e6);
+                            Some(wall - (us / 1000) as i64)
+                        }
+                        None => c.started.map(|t| wall_ms(t, mono, wall)),
+                    };
                     ops.push(WriteOp::FinishTask {
                         key: c.key,
                         state: c.state,
@@ -99,7 +105,7 @@ impl Actor {
                         error: c.error.clone(),
                         attempts: c.attempts,
                         finished_ms: wall,
-                        started_ms: c.started.map(|t| wall_ms(t, mono, wall)),
+                        started_ms,
                         ran_on: c.ran_on,
                     });
                     done.push(c);
@@ -111,6 +117,8 @@ impl Actor {
             }
         }
         self.count_finished(finished, retried, clocks.map(|(mono, _)| mono));
+        // Results this batch did not finish (ignored, or retried) keep no run time.
+        self.run_times.clear();
         if ops.is_empty() {
             return;
         }

@@ -126,11 +126,14 @@ impl Actor {
             let Some(e) = self.sched.executor(*eid) else {
                 continue;
             };
-            for tid in &e.inflight {
+            for (i, tid) in e.inflight.iter().enumerate() {
                 let Some(slot) = s.tasks.get(tid) else {
                     continue;
                 };
-                let (Some(started), Some(ran_on)) = (slot.started, slot.ran_on) else {
+                // The head of the window started when the task before it finished; the
+                // others are only dispatched (and say so by their start time).
+                let started = if i == 0 { e.head_since } else { None }.or(slot.started);
+                let (Some(started), Some(ran_on)) = (started, slot.ran_on) else {
                     continue;
                 };
                 let live_task = LiveTask {

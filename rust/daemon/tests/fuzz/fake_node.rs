@@ -206,6 +206,7 @@ async fn fake_executor(
         ok: true,
         output: Bytes::from_static(b"forged"),
         error: None,
+        run_us: 0,
     };
     let none = proto::ExecutorMessage { msg: None };
     for m in [
