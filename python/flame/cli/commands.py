@@ -37,14 +37,44 @@ def session_ref(text: str) -> int:
     return int(text)
 
 
+#: The ``--state`` values each list accepts (tasks: checked by the daemon, which names them).
+LIST_STATES = {
+    "sessions": ("open", "closed"),
+    "executors": ("starting", "idle", "binding", "bound", "unbinding"),
+    "nodes": (),
+    "apps": (),
+}
+
+
 def validate(args: argparse.Namespace) -> None:
-    """Check ids and required options before anything is sent."""
+    """Check ids and options before anything is sent."""
     if args.command in ("cancel", "logs") or getattr(args, "kind", None) == "task":
         task_ref(args.id)
     elif args.command == "close" or getattr(args, "kind", None) == "session":
         session_ref(args.id)
-    elif args.command == "list" and args.what == "tasks" and args.session is None:
-        raise UsageError("flame list tasks needs --session ID")
+    elif args.command == "list":
+        validate_list(args)
+
+
+def validate_list(args: argparse.Namespace) -> None:
+    what = args.what
+    if what == "tasks":
+        if args.session is None:
+            raise UsageError("flame list tasks needs --session ID")
+        if not 1 <= args.limit <= 1000:
+            raise UsageError(f"--limit must be between 1 and 1000, got {args.limit}")
+        if args.offset < 0:
+            raise UsageError(f"--offset must be 0 or more, got {args.offset}")
+        return
+    if args.session is not None and what != "executors":
+        raise UsageError(f"--session does not apply to flame list {what}")
+    allowed = LIST_STATES[what]
+    if args.state is not None and args.state not in allowed:
+        if not allowed:
+            raise UsageError(f"--state does not apply to flame list {what}")
+        raise UsageError(
+            f"unknown {what[:-1]} state {args.state!r}; use one of {', '.join(allowed)}"
+        )
 
 
 def session_dict(info: Any) -> dict[str, Any]:

@@ -51,6 +51,14 @@ def test_status_and_session_list(cluster: str, finished: tuple[int, list]) -> No
     r = flame_cli(cluster, "--json", "status")  # --json before the command works too
     assert json.loads(r.stdout)["sessions_open"] >= 1
 
+    r = flame_cli(cluster, "list", "executors", "--json")
+    executors = json.loads(r.stdout)
+    assert executors and all(e["node_id"] and e["state"] for e in executors), executors
+    r = flame_cli(cluster, "list", "nodes")
+    assert r.returncode == 0 and "local" in r.stdout and "alive" in r.stdout
+    r = flame_cli(cluster, "list", "apps", "--json")
+    assert r.returncode == 0 and isinstance(json.loads(r.stdout), list)
+
 
 def test_tasks_list_and_failed_task_view(cluster: str, finished: tuple[int, list]) -> None:
     sid, futs = finished
@@ -127,9 +135,23 @@ def test_exit_codes_and_messages(cluster: str, finished: tuple[int, list]) -> No
     r = flame_cli(cluster, "list", "tasks", "--session", str(sid), "--state", "sleepy")
     assert r.returncode == 1 and "unknown task state 'sleepy'" in r.stderr
 
-    for usage in (["view", "task", "12"], ["list", "tasks"], ["frobnicate"], ["cancel", "a/b"]):
+    usages = [
+        (["view", "task", "12"], "SESSION/TASK"),
+        (["list", "tasks"], "--session"),
+        (["frobnicate"], "invalid choice"),
+        (["cancel", "a/b"], "'a/b'"),
+        (["close", "0"], "positive integer"),
+        (["list", "tasks", "--session", "1", "--limit", "0"], "--limit"),
+        (["list", "tasks", "--session", "1", "--offset", "-1"], "--offset"),
+        (["list", "sessions", "--state", "running"], "open, closed"),
+        (["list", "executors", "--state", "busy"], "bound"),
+        (["list", "nodes", "--state", "alive"], "does not apply"),
+        (["list", "sessions", "--session", "1"], "does not apply"),
+    ]
+    for usage, says in usages:
         r = flame_cli(cluster, *usage)
         assert r.returncode == 2, (usage, r.stderr)
+        assert says in r.stderr, (usage, r.stderr)
     r = flame_cli(cluster, "logs", f"{sid}/1")
     assert r.returncode == 1 and "GetTaskLog" in r.stderr
 
