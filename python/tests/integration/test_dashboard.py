@@ -94,6 +94,9 @@ def test_dashboard_shows_the_session_its_counts_and_failures(cluster: str) -> No
     assert "ArithmeticError: refusing 7" in detail, detail[:3000]
     assert "Traceback" in detail
 
+    only_failed = text_of(browse(f"{url}#/session/{sid}/failed", "--dump-dom").stdout)
+    assert "failed tasks (12 of 12)" in only_failed, only_failed[:3000]
+
     SCREENSHOT.parent.mkdir(exist_ok=True)
     browse(url, "--hide-scrollbars", "--window-size=1280,960", f"--screenshot={SCREENSHOT}")
     assert SCREENSHOT.stat().st_size > 10_000

@@ -1,5 +1,5 @@
 // The Flame dashboard. Plain JS, no framework: every second it fetches the JSON API of the
-// page in view (#/ overview, #/session/ID, #/node/ID) and redraws it. Numbers are shown as
+// page in view (#/ overview, #/session/ID[/STATE], #/node/ID) and redraws it. Numbers are shown as
 // the daemon reports them; nothing is computed here but layout.
 "use strict";
 
@@ -122,8 +122,10 @@ function taskRow(t) {
   ];
 }
 
-async function sessionPage(id) {
-  const d = await api(`/api/sessions/${id}?limit=200`);
+// A session's page; `state` (from #/session/ID/STATE) shows only the tasks in that state.
+async function sessionPage(id, state) {
+  const filter = STATES.includes(state) ? `&state=${state}` : "";
+  const d = await api(`/api/sessions/${id}?limit=200${filter}`);
   const s = d.session;
   const failures = d.failures.map(
     (t) => `<h3>task ${esc(t.task_id)} — ${esc(t.error?.kind)}: ${esc(t.error?.message)}</h3>
@@ -132,11 +134,12 @@ async function sessionPage(id) {
   view.innerHTML = `
     <h2>Session ${esc(s.id)} · ${esc(s.application)} · ${esc(s.state)}</h2>
     <div class="cards">
-      ${STATES.map((k) => card(s[k], k)).join("")}
+      ${STATES.map((k) => `<a href="#/session/${s.id}/${k}">${card(s[k], k)}</a>`).join("")}
       ${card(s.executors, "executors")}
     </div>
     <p>${progress(s)}</p>
-    <h2>Tasks (${d.tasks.length} of ${d.total})</h2>
+    <h2>${filter ? `${esc(state)} tasks` : "Tasks"} (${d.tasks.length} of ${d.total})
+      ${filter ? `<a href="#/session/${s.id}">show all</a>` : "· click a count to filter"}</h2>
     ${table(["task", "state", "attempts", "submitted", "queued", "ran", "executor", "node",
              "error"], d.tasks.map(taskRow))}
     <h2>Failures</h2>
@@ -159,9 +162,9 @@ async function nodePage(id) {
 }
 
 async function refresh() {
-  const [, page, id] = (location.hash || "#/").split("/");
+  const [, page, id, state] = (location.hash || "#/").split("/");
   try {
-    if (page === "session") await sessionPage(id);
+    if (page === "session") await sessionPage(id, state);
     else if (page === "node") await nodePage(id);
     else await overviewPage();
     statusLine.textContent = `updated ${new Date().toLocaleTimeString()}`;
