@@ -29,6 +29,7 @@ from flame import _core
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time see __getattr__
     from flame.api import (
         cluster_info,
+        dashboard_url,
         init,
         is_initialized,
         nodes,
@@ -55,6 +56,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time see __getattr_
         FlameError,
         FlameWarning,
         InvalidArgumentError,
+        NotFoundError,
         ObjectLostError,
         PayloadTooLargeError,
         RemoteTraceback,
@@ -80,6 +82,7 @@ __version__: str = _core.__version__
 _EXPORTS: dict[str, str] = {
     "as_completed": "flame.waiting",
     "cluster_info": "flame.api",
+    "dashboard_url": "flame.api",
     "get": "flame.waiting",
     "init": "flame.api",
     "is_initialized": "flame.api",
@@ -102,6 +105,7 @@ _EXPORTS: dict[str, str] = {
     "FlameError": "flame.errors",
     "FlameWarning": "flame.errors",
     "InvalidArgumentError": "flame.errors",
+    "NotFoundError": "flame.errors",
     "ObjectLostError": "flame.errors",
     "PayloadTooLargeError": "flame.errors",
     "RemoteTraceback": "flame.errors",
@@ -128,6 +132,7 @@ __all__ = [
     "FlameWarning",
     "Future",
     "InvalidArgumentError",
+    "NotFoundError",
     "ObjectLostError",
     "ObjectRef",
     "PayloadTooLargeError",
@@ -149,6 +154,7 @@ __all__ = [
     "as_completed",
     "cluster_info",
     "connect",
+    "dashboard_url",
     "get",
     "init",
     "is_initialized",

@@ -9,7 +9,7 @@
 # Errors raised by this module are the classes of `flame.errors` (ConnectionError,
 # SessionError, InvalidArgumentError, PayloadTooLargeError, FlameError).
 
-from typing import Protocol
+from typing import Any, Protocol
 
 # (kind, message, traceback, payload)
 ErrorTuple = tuple[int, str, str, bytes]
@@ -64,6 +64,19 @@ class Connection:
     def list_sessions(self) -> list[SessionInfo]: ...
     def close_session(self, session_id: int) -> SessionInfo: ...
     def cluster_info(self) -> dict[str, object]: ...
+    # Introspection. A task dict: session_id, task_id, state ("pending" | "running" |
+    # "succeeded" | "failed" | "cancelled"), attempts, created_ms, started_ms, finished_ms,
+    # executor_id, node_id (None when unknown), output_bytes, error (None or a dict of kind,
+    # message, traceback). Unknown tasks raise NotFoundError.
+    def get_task(self, session_id: int, task_id: int) -> dict[str, Any]: ...
+    def list_tasks(
+        self, session_id: int, state: str | None = None, limit: int = 100, offset: int = 0
+    ) -> dict[str, Any]:
+        """A page of tasks in task-id order: {"tasks": [task dicts], "total": n}; limit <= 1000."""
+    def list_executors(self) -> list[dict[str, Any]]:
+        """Executors: id, node_id, state, session_id (None if unbound), inflight."""
+    def cancel_task(self, session_id: int, task_id: int) -> dict[str, Any]:
+        """Cancel a task and answer it; a finished task raises InvalidArgumentError."""
     def submit(self, session_id: int, inputs: list[bytes]) -> list[int]:
         """Queue tasks for sending (batched in the background); returns their task ids."""
     def cancel(self, session_id: int, task_id: int) -> None: ...
@@ -91,6 +104,7 @@ class LocalCluster:
     """An embedded session manager + executor manager on 127.0.0.1, inside this process."""
 
     address: str
+    dashboard_url: str | None  # http://127.0.0.1:PORT/ (dashboard, /metrics, JSON API)
     def __init__(
         self,
         slots: int,

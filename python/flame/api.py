@@ -25,6 +25,7 @@ from flame.objects import ObjectRef
 
 __all__ = [
     "cluster_info",
+    "dashboard_url",
     "init",
     "is_initialized",
     "nodes",
@@ -276,6 +277,14 @@ def runtime() -> Runtime:
 def cluster_info() -> dict[str, Any]:
     """Nodes, executors, open sessions and queue lengths of the cluster."""
     return runtime().conn.cluster_info()
+
+
+def dashboard_url() -> str | None:
+    """The embedded cluster's dashboard (``http://127.0.0.1:PORT/``; ``/metrics`` and the
+    JSON API live there too). ``None`` when connected to a daemon: ``flame-daemon`` prints
+    its own dashboard address when it starts (``--http-port``, default 8265)."""
+    cluster = runtime().cluster
+    return None if cluster is None else getattr(cluster, "dashboard_url", None)
 
 
 def register_application(name: str, service: type[Any], description: str = "") -> None:

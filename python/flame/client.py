@@ -254,6 +254,44 @@ class Connection:
         """
         return self._conn.task_log(session_id, task_id)
 
+    # -------------------------------------------------------------- introspection
+
+    def get_task(self, session_id: int, task_id: int) -> dict[str, Any]:
+        """One task: state, attempts, times (ms since the epoch, None if not yet), the
+        executor and node of its last attempt, and its error (kind, message, traceback).
+
+        Raises:
+            flame.NotFoundError: the session has no such task.
+        """
+        return dict(self._conn.get_task(session_id, task_id))
+
+    def list_tasks(
+        self, session_id: int, *, state: str | None = None, limit: int = 100, offset: int = 0
+    ) -> dict[str, Any]:
+        """A page of a session's tasks in task-id order: ``{"tasks": [...], "total": n}``.
+
+        ``state`` is one of pending, running, succeeded, failed, cancelled; ``limit`` is at
+        most 1000.
+
+        Raises:
+            flame.SessionError: the session is unknown.
+            flame.InvalidArgumentError: a bad state or limit.
+        """
+        return dict(self._conn.list_tasks(session_id, state, limit, offset))
+
+    def list_executors(self) -> list[dict[str, Any]]:
+        """Every executor: id, node_id, state, session_id (None if unbound), inflight."""
+        return [dict(e) for e in self._conn.list_executors()]
+
+    def cancel_task(self, session_id: int, task_id: int) -> dict[str, Any]:
+        """Cancel one task (a running one's executor is replaced) and return it.
+
+        Raises:
+            flame.NotFoundError: the session has no such task.
+            flame.InvalidArgumentError: the task has already finished.
+        """
+        return dict(self._conn.cancel_task(session_id, task_id))
+
     # -------------------------------------------------------------- tasks
 
     def submit(

@@ -23,6 +23,7 @@ __all__ = [
     "FlameError",
     "FlameWarning",
     "InvalidArgumentError",
+    "NotFoundError",
     "ObjectLostError",
     "PayloadTooLargeError",
     "RemoteTraceback",
@@ -68,6 +69,10 @@ class SessionError(FlameError):
 
 class InvalidArgumentError(FlameError, ValueError):
     """A request was malformed: a bad option value, an unknown application, ..."""
+
+
+class NotFoundError(FlameError, LookupError):
+    """The daemon knows no such task (or other object) by that id."""
 
 
 class PayloadTooLargeError(FlameError):

@@ -7,6 +7,7 @@
 //! - [`model`] — domain types: task and session records, their states and transitions.
 //! - [`scheduler`] — the pure, event-driven scheduling policy (no I/O, virtual time).
 //! - [`storage`] — the `Storage` trait and its SQLite engine.
+//! - [`view`] — what introspection shows of a task (`TaskView`), and page limits.
 //! - [`client`] — the Rust client used by the Python binding and the CLI.
 //! - [`executor`] — the executor loop: talks to the session manager, runs a `ServiceHost`.
 
@@ -18,5 +19,6 @@ pub mod model;
 pub mod proto;
 pub mod scheduler;
 pub mod storage;
+pub mod view;
 
 pub use error::{FlameError, Result};

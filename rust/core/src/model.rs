@@ -46,6 +46,42 @@ impl TaskState {
         proto::TaskState::from(self) as i32
     }
 
+    /// Every state, in lifecycle order.
+    pub const ALL: [TaskState; 5] = [
+        Self::Pending,
+        Self::Running,
+        Self::Succeeded,
+        Self::Failed,
+        Self::Cancelled,
+    ];
+
+    /// The state as users spell it (CLI, dashboard, JSON): `pending`, `running`, ...
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Running => "running",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+        }
+    }
+
+    /// The state named `name` (any case).
+    ///
+    /// # Errors
+    /// `InvalidArgument` listing the accepted names.
+    pub fn from_name(name: &str) -> Result<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|s| s.name().eq_ignore_ascii_case(name))
+            .ok_or_else(|| {
+                FlameError::InvalidArgument(format!(
+                    "unknown task state '{name}'; use pending, running, succeeded, failed or \
+                     cancelled"
+                ))
+            })
+    }
+
     pub fn from_i32(v: i32) -> Result<Self> {
         match proto::TaskState::try_from(v) {
             Ok(proto::TaskState::TaskPending) => Ok(Self::Pending),
@@ -304,6 +340,22 @@ impl TaskCounts {
         *slot = slot.saturating_sub(n);
     }
 
+    /// Tasks in `state`.
+    pub fn get(&self, state: TaskState) -> u64 {
+        match state {
+            TaskState::Pending => self.pending,
+            TaskState::Running => self.running,
+            TaskState::Succeeded => self.succeeded,
+            TaskState::Failed => self.failed,
+            TaskState::Cancelled => self.cancelled,
+        }
+    }
+
+    /// Tasks in any state.
+    pub fn total(&self) -> u64 {
+        self.pending + self.running + self.succeeded + self.failed + self.cancelled
+    }
+
     /// Tasks not yet finished.
     pub fn unfinished(&self) -> u64 {
         self.pending + self.running
@@ -405,6 +457,18 @@ mod tests {
         }
         assert!(TaskState::Running.can_move_to(TaskState::Pending));
         assert!(TaskState::Pending.can_move_to(TaskState::Cancelled));
+    }
+
+    #[test]
+    fn state_names_round_trip() {
+        for s in TaskState::ALL {
+            assert_eq!(TaskState::from_name(&s.name().to_uppercase()).unwrap(), s);
+        }
+        let err = TaskState::from_name("sleepy").unwrap_err().to_string();
+        assert!(
+            err.contains("'sleepy'") && err.contains("cancelled"),
+            "{err}"
+        );
     }
 
     #[test]

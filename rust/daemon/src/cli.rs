@@ -9,6 +9,7 @@ use flame_core::{FlameError, Result};
 
 use crate::config::{default_state_dir, FileConfig};
 use crate::executor_manager::{run_node, NodeConfig};
+use crate::http::HttpPort;
 use crate::local::LocalCluster;
 use crate::server::{Head, HeadConfig};
 use crate::shutdown::shutdown_signal;
@@ -23,7 +24,7 @@ pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
     /// Log format: text or json. Filter with RUST_LOG (default: info).
-    #[arg(long, global = true, default_value = "text")]
+    #[arg(long, global = true, default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
 }
 
@@ -51,6 +52,13 @@ pub struct HeadArgs {
     /// Directory of the SQLite state.
     #[arg(long)]
     pub state_dir: Option<PathBuf>,
+    /// Port of the dashboard, /metrics and the JSON API, on the same host (0 picks a free
+    /// one; default 8265, or a free port when that one is taken).
+    #[arg(long, conflicts_with = "no_http")]
+    pub http_port: Option<u16>,
+    /// Serve no HTTP at all (no dashboard, no /metrics).
+    #[arg(long)]
+    pub no_http: bool,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -116,6 +124,13 @@ fn head_config(args: &HeadArgs) -> Result<HeadConfig> {
             .or(f.state_dir.clone())
             .unwrap_or_else(default_state_dir),
         manager: f.manager()?,
+        http: if args.no_http || f.http == Some(false) {
+            HttpPort::Off
+        } else {
+            args.http_port
+                .or(f.http_port)
+                .map_or(HttpPort::Default, HttpPort::Exactly)
+        },
     })
 }
 
@@ -161,13 +176,13 @@ pub async fn run(cli: Cli) -> Result<()> {
             let node_cfg = node_config(String::new(), &args.node, &file(&args.head.config)?);
             node_cfg.validate()?;
             let cluster = LocalCluster::start(head_cfg, node_cfg).await?;
-            println!("flame-daemon listening on {}", cluster.address());
+            announce(&cluster.head);
             shutdown_signal().await;
             cluster.stop().await;
         }
         Command::Head(args) => {
             let head = Head::start(head_config(&args)?).await?;
-            println!("flame-daemon listening on {}", head.address);
+            announce(&head);
             shutdown_signal().await;
             head.stop().await;
         }
@@ -192,6 +207,18 @@ pub async fn run(cli: Cli) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Print where the daemon listens. One write, errors ignored: whoever started the daemon may
+/// stop reading after the first line, and a closed pipe must not bring the daemon down.
+fn announce(head: &Head) {
+    use std::io::Write;
+    let mut text = format!("flame-daemon listening on {}\n", head.address);
+    if let Some(url) = &head.dashboard_url {
+        text.push_str(&format!("dashboard and /metrics on {url}\n"));
+    }
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
 }
 
 /// Set up logging once: RUST_LOG filter (default `info`), text or JSON lines on stderr.

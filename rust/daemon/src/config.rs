@@ -15,6 +15,8 @@
 //! max_payload_mb = 256                         # largest task input or output (at most 1000)
 //! client_lease_ms = 60000                       # close a vanished client's sessions after this
 //! drain_grace_ms = 10000                        # on SIGTERM, let running tasks finish this long
+//! http_port = 8265                              # dashboard, /metrics, JSON API (0 = free port)
+//! http = true                                   # false: no HTTP server
 //!
 //! [scheduler]
 //! policies = ["priority", "fair_share", "data_aware"]   # any of Policies::NAMES
@@ -55,6 +57,10 @@ pub struct FileConfig {
     pub node_timeout_ms: Option<u64>,
     pub client_lease_ms: Option<u64>,
     pub drain_grace_ms: Option<u64>,
+    /// Dashboard / metrics port (0 = a free one).
+    pub http_port: Option<u16>,
+    /// `false` turns the HTTP server off.
+    pub http: Option<bool>,
     pub scheduler: Option<SchedulerTable>,
 }
 
@@ -170,6 +176,7 @@ mod tests {
         let f: FileConfig = toml::from_str(&readme[start..end]).expect("README example parses");
         f.manager().expect("README example is accepted");
         assert_eq!(f.port, Some(8080));
+        assert_eq!(f.http_port, Some(8265));
     }
 
     #[test]

@@ -10,11 +10,15 @@
 //! - [`storage_writer`] — the storage thread with group commit.
 //! - [`executor_manager`] — the node agent: executor processes, heartbeats, exit reports.
 //! - [`shutdown`] — Ctrl-C / SIGTERM.
+//! - [`metrics`] — Prometheus series and the tasks/s history; [`http`] — `/metrics`, the
+//!   JSON API and the embedded dashboard.
 
 pub mod cli;
 pub mod config;
 pub mod executor_manager;
+pub mod http;
 pub mod local;
+pub mod metrics;
 pub mod rpc;
 pub mod server;
 pub mod session_manager;

@@ -1,5 +1,6 @@
-//! The head: the session manager's actor, its SQLite state and its gRPC server (Frontend and
-//! Backend services on one port), started and stopped as one unit.
+//! The head: the session manager's actor, its SQLite state, its gRPC server (Frontend and
+//! Backend services on one port) and its HTTP server (dashboard, metrics), started and
+//! stopped as one unit.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -15,6 +16,7 @@ use flame_core::proto::{backend_server::BackendServer, frontend_server::Frontend
 use flame_core::storage::{ObjectStore, SqliteStorage};
 use flame_core::{FlameError, Result};
 
+use crate::http::{HttpPort, HttpServer};
 use crate::rpc::{backend::BackendService, frontend::FrontendService};
 use crate::session_manager::{self, ManagerConfig, ManagerHandle};
 
@@ -29,6 +31,8 @@ pub struct HeadConfig {
     pub port: u16,
     pub state_dir: PathBuf,
     pub manager: ManagerConfig,
+    /// The dashboard, `/metrics` and the JSON API, on the same host.
+    pub http: HttpPort,
 }
 
 /// A running head. Stop it with [`Head::stop`].
@@ -37,6 +41,9 @@ pub struct Head {
     pub address: String,
     pub local_addr: SocketAddr,
     pub manager: ManagerHandle,
+    /// The dashboard's URL (`http://host:port/`), when HTTP is on.
+    pub dashboard_url: Option<String>,
+    http: Option<HttpServer>,
     server_stop: CancellationToken,
     server: JoinHandle<()>,
     actor: JoinHandle<()>,
@@ -68,6 +75,14 @@ impl Head {
             .map_err(|e| FlameError::Internal(e.to_string()))?;
         let (manager, actor, storage_thread) =
             session_manager::start(cfg.manager.clone(), Box::new(storage), objects)?;
+        let http = match HttpServer::start(&cfg.host, cfg.http, manager.clone()).await {
+            Ok(h) => h,
+            Err(e) => {
+                manager.shutdown().await;
+                return Err(e);
+            }
+        };
+        let dashboard_url = http.as_ref().map(HttpServer::url);
 
         // A request may carry one task payload plus a batch around it; tonic reserves what a
         // frame declares, so a larger limit would let one request pin that much memory.
@@ -109,11 +124,13 @@ impl Head {
             SocketAddr::V4(a) => a.ip().to_string(),
         };
         let address = format!("http://{host}:{}", local_addr.port());
-        tracing::info!(%address, state_dir = %cfg.state_dir.display(), "session manager listening");
+        tracing::info!(%address, state_dir = %cfg.state_dir.display(), dashboard = ?dashboard_url, "session manager listening");
         Ok(Head {
             address,
             local_addr,
             manager,
+            dashboard_url,
+            http,
             server_stop,
             server,
             actor,
@@ -124,6 +141,9 @@ impl Head {
     /// Stop executors, persist everything, stop serving.
     pub async fn stop(self) {
         self.manager.shutdown().await;
+        if let Some(http) = self.http {
+            http.stop().await;
+        }
         self.server_stop.cancel();
         // The actor has stopped and ended every stream; idle client connections would keep a
         // graceful shutdown waiting for as long as the clients live, so bound it.

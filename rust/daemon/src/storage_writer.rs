@@ -33,11 +33,16 @@ pub struct StorageWriter {
 
 impl StorageWriter {
     /// Start the storage thread.
-    pub fn start(storage: Box<dyn Storage>) -> (Self, JoinHandle<()>) {
+    /// Start the storage thread; `commit_seconds`, if given, times every group commit.
+    pub fn start(
+        storage: Box<dyn Storage>,
+        commit_seconds: Option<metrics::Histogram>,
+    ) -> (Self, JoinHandle<()>) {
         let (tx, rx) = mpsc::channel();
+        let timer = commit_seconds.unwrap_or_else(metrics::Histogram::noop);
         let handle = std::thread::Builder::new()
             .name("flame-storage".into())
-            .spawn(move || run(storage, rx))
+            .spawn(move || run(storage, rx, timer))
             .expect("spawning the storage thread");
         (Self { tx }, handle)
     }
@@ -74,7 +79,7 @@ impl StorageWriter {
     }
 }
 
-fn run(mut storage: Box<dyn Storage>, rx: mpsc::Receiver<Job>) {
+fn run(mut storage: Box<dyn Storage>, rx: mpsc::Receiver<Job>, timer: metrics::Histogram) {
     // The jobs' own vectors, not one concatenation: no copy, and each is freed on commit.
     let mut ops: Vec<Vec<WriteOp>> = Vec::new();
     let mut queued = 0;
@@ -96,31 +101,39 @@ fn run(mut storage: Box<dyn Storage>, rx: mpsc::Receiver<Job>) {
                     }
                     thens.extend(then);
                     if queued >= MAX_OPS_PER_COMMIT {
-                        commit(storage.as_mut(), &mut ops, &mut thens);
+                        commit(storage.as_mut(), &mut ops, &mut thens, &timer);
                         queued = 0;
                     }
                 }
                 Job::Read(f) => {
-                    commit(storage.as_mut(), &mut ops, &mut thens);
+                    commit(storage.as_mut(), &mut ops, &mut thens, &timer);
                     queued = 0;
                     f(storage.as_mut());
                 }
             }
         }
-        commit(storage.as_mut(), &mut ops, &mut thens);
+        commit(storage.as_mut(), &mut ops, &mut thens, &timer);
         queued = 0;
     }
-    commit(storage.as_mut(), &mut ops, &mut thens);
+    commit(storage.as_mut(), &mut ops, &mut thens, &timer);
 }
 
-fn commit(storage: &mut dyn Storage, ops: &mut Vec<Vec<WriteOp>>, thens: &mut Vec<Then>) {
+fn commit(
+    storage: &mut dyn Storage,
+    ops: &mut Vec<Vec<WriteOp>>,
+    thens: &mut Vec<Then>,
+    timer: &metrics::Histogram,
+) {
     if ops.is_empty() && thens.is_empty() {
         return;
     }
     let result = if ops.is_empty() {
         Ok(())
     } else {
-        storage.apply_all(ops)
+        let started = std::time::Instant::now();
+        let r = storage.apply_all(ops);
+        timer.record(started.elapsed().as_secs_f64());
+        r
     };
     if let Err(e) = &result {
         let count: usize = ops.iter().map(Vec::len).sum();

@@ -15,16 +15,32 @@ fn daemon() -> Command {
 fn start_serves_and_stops_cleanly_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let mut child = daemon()
-        .args(["start", "--port", "0", "--slots", "1", "--state-dir"])
+        .args([
+            "start",
+            "--port",
+            "0",
+            "--http-port",
+            "0",
+            "--slots",
+            "1",
+            "--state-dir",
+        ])
         .arg(dir.path())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
     let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    stdout.read_line(&mut line).unwrap();
+    let mut dashboard = String::new();
+    stdout.read_line(&mut dashboard).unwrap();
+    let dashboard = dashboard
+        .trim()
+        .strip_prefix("dashboard and /metrics on http://")
+        .unwrap_or_else(|| panic!("unexpected second line: {dashboard:?}"))
+        .trim_end_matches('/')
+        .to_string();
     let address = line
         .trim()
         .strip_prefix("flame-daemon listening on ")
@@ -43,6 +59,16 @@ fn start_serves_and_stops_cleanly_on_sigterm() {
             .into_inner();
         assert!(info.nodes.len() <= 1);
     });
+    let mut http = std::net::TcpStream::connect(&dashboard).unwrap();
+    std::io::Write::write_all(
+        &mut http,
+        b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    let mut metrics = String::new();
+    std::io::Read::read_to_string(&mut http, &mut metrics).unwrap();
+    assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
+    assert!(metrics.contains("flame_tasks_submitted_total"), "{metrics}");
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let status = child.wait().unwrap();
     assert!(status.success(), "exit status {status:?}");
@@ -69,4 +95,32 @@ fn bad_input_is_named() {
 
     let out = daemon().args(["node"]).output().unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("--head"));
+
+    let out = daemon()
+        .args(["head", "--no-http", "--http-port", "1"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--no-http"));
+    let out = daemon()
+        .args(["head", "--log-format", "xml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("xml"));
+
+    // An HTTP port asked for explicitly and taken is an error naming it.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let out = daemon()
+        .args(["head", "--port", "0", "--http-port", &port, "--state-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("cannot serve HTTP on 127.0.0.1:{port}")),
+        "{err}"
+    );
 }

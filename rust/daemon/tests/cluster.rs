@@ -39,6 +39,7 @@ async fn start_with(
         port,
         state_dir: state_dir.to_path_buf(),
         manager,
+        http: flame_daemon::http::HttpPort::Off,
     };
     let mut node = NodeConfig::new("");
     node.slots = slots;

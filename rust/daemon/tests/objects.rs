@@ -25,6 +25,7 @@ async fn head_on(state_dir: &Path, lease: Duration, port: u16) -> Head {
             client_lease: lease,
             ..Default::default()
         },
+        http: flame_daemon::http::HttpPort::Off,
     })
     .await
     .expect("head starts")

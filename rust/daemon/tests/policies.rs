@@ -25,6 +25,7 @@ async fn start(state_dir: &std::path::Path, slots: u32, policies: Policies) -> L
             policies,
             ..Default::default()
         },
+        http: flame_daemon::http::HttpPort::Off,
     };
     let mut node = NodeConfig::new("");
     node.slots = slots;

@@ -8,6 +8,7 @@ use std::time::Duration;
 use pyo3::prelude::*;
 
 use flame_daemon::executor_manager::NodeConfig;
+use flame_daemon::http::HttpPort;
 use flame_daemon::local::LocalCluster;
 use flame_daemon::server::HeadConfig;
 use flame_daemon::session_manager::ManagerConfig;
@@ -18,6 +19,7 @@ use crate::runtime::{runtime, wait};
 #[pyclass(name = "LocalCluster", module = "flame._core", frozen)]
 pub struct PyLocalCluster {
     address: String,
+    dashboard_url: Option<String>,
     inner: Mutex<Option<LocalCluster>>,
 }
 
@@ -74,6 +76,8 @@ impl PyLocalCluster {
             port,
             state_dir: state_dir.clone(),
             manager,
+            // A free port: several embedded clusters (and a daemon) may share a machine.
+            http: HttpPort::Exactly(0),
         };
         let mut node = NodeConfig::new("");
         node.name = "local".into();
@@ -84,6 +88,7 @@ impl PyLocalCluster {
         let cluster = wait(py, LocalCluster::start(head, node))?.map_err(err)?;
         Ok(Self {
             address: cluster.address().to_string(),
+            dashboard_url: cluster.head.dashboard_url.clone(),
             inner: Mutex::new(Some(cluster)),
         })
     }
@@ -91,6 +96,12 @@ impl PyLocalCluster {
     #[getter]
     fn address(&self) -> &str {
         &self.address
+    }
+
+    /// `http://127.0.0.1:PORT/`: the dashboard, `/metrics` and the JSON API.
+    #[getter]
+    fn dashboard_url(&self) -> Option<&str> {
+        self.dashboard_url.as_deref()
     }
 
     /// Stop executors, the node and the head; idempotent.

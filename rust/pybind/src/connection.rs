@@ -14,6 +14,7 @@ use flame_core::model::SessionSpec;
 use flame_core::proto;
 
 use crate::error::{err, to_py, About};
+use crate::introspection;
 use crate::runtime::wait;
 
 /// Python bytes handed to Rust without a copy: the buffer stays owned by the bytes object.
@@ -293,6 +294,84 @@ impl PyConnection {
         Ok(d)
     }
 
+    fn get_task<'py>(
+        &self,
+        py: Python<'py>,
+        session_id: u64,
+        task_id: u64,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let mut fe = self.client.frontend();
+        let req = proto::TaskRef {
+            session_id,
+            task_id,
+        };
+        let t = wait(py, fe.get_task(req))?
+            .map_err(|s| to_py(s.into(), About::Task))?
+            .into_inner();
+        introspection::task_dict(py, t)
+    }
+
+    /// A page of a session's tasks: `{"tasks": [...], "total": n}`.
+    #[pyo3(signature = (session_id, state = None, limit = 100, offset = 0))]
+    fn list_tasks<'py>(
+        &self,
+        py: Python<'py>,
+        session_id: u64,
+        state: Option<&str>,
+        limit: u32,
+        offset: u32,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let state = introspection::parse_state(state)?;
+        let req = proto::ListTasksRequest {
+            session_id,
+            state: state.map_or(0, |s| s.as_i32()),
+            limit,
+            offset,
+        };
+        let mut fe = self.client.frontend();
+        let list = wait(py, fe.list_tasks(req))?
+            .map_err(|s| to_py(s.into(), About::Session))?
+            .into_inner();
+        let tasks = list
+            .tasks
+            .into_iter()
+            .map(|t| introspection::task_dict(py, t))
+            .collect::<PyResult<Vec<_>>>()?;
+        let d = PyDict::new(py);
+        d.set_item("tasks", tasks)?;
+        d.set_item("total", list.total)?;
+        Ok(d)
+    }
+
+    fn list_executors<'py>(&self, py: Python<'py>) -> PyResult<Vec<Bound<'py, PyDict>>> {
+        let mut fe = self.client.frontend();
+        let list = wait(py, fe.list_executors(proto::Empty {}))?
+            .map_err(|s| err(s.into()))?
+            .into_inner();
+        list.executors
+            .into_iter()
+            .map(|e| introspection::executor_dict(py, e))
+            .collect()
+    }
+
+    /// Cancel one task and wait for the daemon's answer (the task as it is then).
+    fn cancel_task<'py>(
+        &self,
+        py: Python<'py>,
+        session_id: u64,
+        task_id: u64,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let mut fe = self.client.frontend();
+        let req = proto::TaskRef {
+            session_id,
+            task_id,
+        };
+        let t = wait(py, fe.cancel_task(req))?
+            .map_err(|s| to_py(s.into(), About::Task))?
+            .into_inner();
+        introspection::task_dict(py, t)
+    }
+
     /// Queue tasks (sent in batches in the background); returns their task ids.
     fn submit(&self, session_id: u64, inputs: Vec<PyBackedBytes>) -> PyResult<Vec<u64>> {
         let inputs = inputs.into_iter().map(to_bytes).collect();
@@ -361,7 +440,7 @@ impl PyConnection {
             task_id,
         };
         let log = wait(py, fe.get_task_log(req))?
-            .map_err(|s| err(s.into()))?
+            .map_err(|s| to_py(s.into(), About::Task))?
             .into_inner();
         Ok(log.text)
     }

@@ -11,15 +11,20 @@ mod py {
     pyo3::import_exception!(flame.errors, InvalidArgumentError);
     pyo3::import_exception!(flame.errors, PayloadTooLargeError);
     pyo3::import_exception!(flame.errors, ObjectLostError);
+    pyo3::import_exception!(flame.errors, NotFoundError);
 }
 
-pub use py::{ConnectionError, InvalidArgumentError, PayloadTooLargeError, SessionError};
+pub use py::{
+    ConnectionError, InvalidArgumentError, NotFoundError, PayloadTooLargeError, SessionError,
+};
 
 /// What kind of object a call was about, so a remote NOT_FOUND gets the right class.
 #[derive(Clone, Copy)]
 pub enum About {
     Session,
     Object,
+    /// A task: unknown is `NotFoundError`, already finished (nothing to cancel) is invalid.
+    Task,
     Other,
 }
 
@@ -33,7 +38,8 @@ pub fn to_py(e: FlameError, about: About) -> PyErr {
         FlameError::NotFound(_) | FlameError::FailedPrecondition(_) => match about {
             About::Session => SessionError::new_err(msg),
             About::Object => py::ObjectLostError::new_err(msg),
-            About::Other => InvalidArgumentError::new_err(msg),
+            About::Task if matches!(e, FlameError::NotFound(_)) => NotFoundError::new_err(msg),
+            About::Task | About::Other => InvalidArgumentError::new_err(msg),
         },
         FlameError::InvalidArgument(_) | FlameError::ApplicationNotFound(_) => {
             InvalidArgumentError::new_err(msg)

@@ -5,6 +5,7 @@
 //! - [`runtime`] — the one tokio runtime of the process and the GIL-releasing wait helper.
 //! - [`error`] — `FlameError` → the exception classes of `flame.errors`, in one table.
 //! - [`connection`] — `Connection` (client) and `SessionInfo`.
+//! - [`introspection`] — task and executor views as dicts, for the `flame` CLI.
 //! - [`objects`] — `ObjectClient`: objects over gRPC for code not on the head's machine.
 //! - [`cluster`] — `LocalCluster`, the embedded head + node of `flame.init()`.
 //! - [`executor`] — `run_executor`: the executor loop calling a Python service host.
@@ -14,6 +15,7 @@ mod cluster;
 mod connection;
 mod error;
 mod executor;
+mod introspection;
 mod objects;
 mod runtime;
 

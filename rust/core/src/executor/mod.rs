@@ -11,7 +11,7 @@ mod link;
 #[cfg(test)]
 mod tests;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
@@ -244,6 +244,7 @@ impl Worker<'_> {
             if self.link.is_broken() {
                 return;
             }
+            let started = Instant::now();
             let outcome = if self.bound == Some(session) {
                 self.host.invoke(session, TaskId(task.task_id), task.input)
             } else if let Some((_, failure)) =
@@ -257,6 +258,10 @@ impl Worker<'_> {
                 ))
             };
             let log = self.host.take_log();
+            // At least 1: 0 on the wire means "not measured".
+            let run_us = u64::try_from(started.elapsed().as_micros())
+                .unwrap_or(u64::MAX)
+                .max(1);
             let limit = self.max_output_bytes;
             let outcome = outcome.and_then(|output| {
                 if limit > 0 && output.len() as u64 > limit {
@@ -280,6 +285,7 @@ impl Worker<'_> {
                     output,
                     error: None,
                     log,
+                    run_us,
                 },
                 Err(failure) => proto::TaskResult {
                     session_id: session.0,
@@ -288,6 +294,7 @@ impl Worker<'_> {
                     output: Bytes::new(),
                     error: Some(failure.into()),
                     log,
+                    run_us,
                 },
             };
             // Sent per task: the link coalesces whatever has piled up, never waits for more.

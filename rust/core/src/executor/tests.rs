@@ -446,6 +446,7 @@ fn coalesce_batches_runs_of_results_and_keeps_order() {
             output: Bytes::from(vec![0u8; size]),
             error: None,
             log: String::new(),
+            run_us: 0,
         })
     };
     let left = || {

@@ -168,6 +168,8 @@ impl Scheduler {
                 };
                 slot.attempts += 1;
                 slot.executor = Some(eid);
+                slot.started = Some(now);
+                slot.ran_on = Some((eid, exec.node));
                 if exec.inflight.is_empty() {
                     started.push(eid);
                 }

@@ -95,6 +95,9 @@ pub struct Completion {
     pub error: Option<TaskFailure>,
     pub attempts: u32,
     pub watcher: Option<u64>,
+    /// When its last attempt was dispatched, and to which executor on which node.
+    pub started: Option<Instant>,
+    pub ran_on: Option<(ExecutorId, NodeId)>,
 }
 
 /// One decision for the session manager to carry out, in order.
@@ -214,6 +217,11 @@ impl Scheduler {
         self.executors.get(&id)
     }
 
+    /// Every executor the scheduler knows, starting ones included.
+    pub fn executors(&self) -> impl Iterator<Item = &Executor> {
+        self.executors.values()
+    }
+
     /// Executors on a node that are running at least one task.
     pub fn busy_on(&self, node: NodeId) -> usize {
         self.nodes.get(&node).map_or(0, |n| {
@@ -314,6 +322,8 @@ impl Scheduler {
             error,
             attempts: slot.attempts,
             watcher: slot.watcher,
+            started: slot.started,
+            ran_on: slot.ran_on,
         }));
     }
 }

@@ -98,6 +98,10 @@ pub struct TaskSlot {
     pub attempts: u32,
     /// Executor running it; `None` while pending.
     pub executor: Option<ExecutorId>,
+    /// When the last attempt was dispatched, and where (kept after the attempt is lost, so
+    /// a task that fails for good still says where it last ran).
+    pub started: Option<Instant>,
+    pub ran_on: Option<(ExecutorId, NodeId)>,
     /// Opaque token of the client stream to notify when it finishes.
     pub watcher: Option<u64>,
 }

@@ -137,6 +137,8 @@ impl Scheduler {
                 input,
                 attempts,
                 executor: None,
+                started: None,
+                ran_on: None,
                 watcher,
             };
             if session.tasks.insert(tid, slot).is_none() {

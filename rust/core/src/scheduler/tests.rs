@@ -271,9 +271,12 @@ fn lost_executor_requeues_then_fails_after_max_retries() {
     assert!(a
         .iter()
         .any(|x| matches!(x, Action::RecordAttempts { attempts: 1, .. })));
+    h.now += Duration::from_secs(3);
     let e2 = h.register_spawned(&a)[0];
     let a = h.actions();
     assert_eq!(dispatched(&a, e2), vec![t]);
+    let second_attempt = h.now;
+    h.now += Duration::from_secs(1);
     h.s.executor_exited(NodeId(1), e2, "killed again", h.now);
     let a = h.actions();
     match &a[..] {
@@ -283,6 +286,9 @@ fn lost_executor_requeues_then_fails_after_max_retries() {
             assert_eq!(err.kind, ErrorKind::ErrorExecutorLost);
             assert!(err.message.contains("2 attempt"), "{}", err.message);
             assert_eq!(c.watcher, Some(7));
+            // Timings and placement are those of the last attempt, kept after its loss.
+            assert_eq!(c.started, Some(second_attempt));
+            assert_eq!(c.ran_on, Some((e2, NodeId(1))));
         }
         other => panic!("{other:?}"),
     }

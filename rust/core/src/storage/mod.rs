@@ -19,10 +19,11 @@ pub use objects::{ObjectStore, ObjectWriter};
 pub use sqlite::SqliteStorage;
 
 use crate::error::Result;
-use crate::ids::{SessionId, TaskId, TaskKey};
+use crate::ids::{ExecutorId, NodeId, SessionId, TaskId, TaskKey};
 use crate::model::{
     ApplicationRecord, SessionRecord, TaskCounts, TaskFailure, TaskRecord, TaskState,
 };
+use crate::view::TaskView;
 
 /// A task as submitted: the id chosen by the client and its input.
 #[derive(Clone, Debug, PartialEq)]
@@ -58,6 +59,10 @@ pub enum WriteOp {
         error: Option<TaskFailure>,
         attempts: u32,
         finished_ms: i64,
+        /// When the last attempt was sent to an executor, if it ever was.
+        started_ms: Option<i64>,
+        /// The executor (and its node) of the last attempt.
+        ran_on: Option<(ExecutorId, NodeId)>,
     },
     /// Set a named counter (next session id, next executor id, next client id, ...).
     SetMeta { key: String, value: u64 },
@@ -118,4 +123,18 @@ pub trait Storage: Send {
 
     /// All sessions, most recent first, at most `limit`.
     fn list_sessions(&mut self, limit: usize) -> Result<Vec<(SessionRecord, TaskCounts)>>;
+
+    /// One task as introspection shows it (no payloads); `None` if the session has no such
+    /// task. A running task reads as pending: only memory knows it runs.
+    fn get_task_view(&mut self, key: TaskKey) -> Result<Option<TaskView>>;
+
+    /// A page of a session's tasks in task-id order (a client's submission order), only
+    /// those in `state` if given.
+    fn list_task_views(
+        &mut self,
+        session: SessionId,
+        state: Option<TaskState>,
+        limit: u32,
+        offset: u64,
+    ) -> Result<Vec<TaskView>>;
 }

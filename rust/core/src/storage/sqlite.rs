@@ -15,6 +15,8 @@ mod write;
 mod tests;
 #[cfg(test)]
 mod tests_limits;
+#[cfg(test)]
+mod tests_views;
 
 use std::path::Path;
 
@@ -25,6 +27,7 @@ use super::{Snapshot, Storage, WriteOp};
 use crate::error::{FlameError, Result};
 use crate::ids::{SessionId, TaskKey};
 use crate::model::{SessionRecord, TaskCounts, TaskRecord, TaskState};
+use crate::view::TaskView;
 
 /// Durable storage in SQLite (WAL, `synchronous=NORMAL`: durable against a crash of the
 /// process, which is the failure Flame recovers from).
@@ -227,6 +230,52 @@ impl Storage for SqliteStorage {
                 Ok((s, counts))
             })
             .collect()
+    }
+
+    fn get_task_view(&mut self, key: TaskKey) -> Result<Option<TaskView>> {
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "SELECT {} FROM tasks WHERE session_id = ?1 AND task_id = ?2",
+            decode::TASK_VIEW_COLS
+        ))?;
+        let mut rows = stmt.query([key.session.0 as i64, key.task.0 as i64])?;
+        match rows.next()? {
+            Some(row) => Ok(Some(decode::task_view(row)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Walks the session's range of the primary key in task-id order (no sort step); a page
+    /// deep into a large session costs O(offset), fine for introspection.
+    fn list_task_views(
+        &mut self,
+        session: SessionId,
+        state: Option<TaskState>,
+        limit: u32,
+        offset: u64,
+    ) -> Result<Vec<TaskView>> {
+        // -1 matches no state: the filter is "every state" only when `state` is None.
+        let (any, state) = match state {
+            Some(s) => (0, s.as_i32()),
+            None => (1, -1),
+        };
+        let offset = i64::try_from(offset).unwrap_or(i64::MAX);
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "SELECT {} FROM tasks WHERE session_id = ?1 AND (?2 OR state = ?3) \
+             ORDER BY task_id LIMIT ?4 OFFSET ?5",
+            decode::TASK_VIEW_COLS
+        ))?;
+        let mut rows = stmt.query(rusqlite::params![
+            session.0 as i64,
+            any,
+            state,
+            limit,
+            offset
+        ])?;
+        let mut out = Vec::new();
+        while let Some(row) = rows.next()? {
+            out.push(decode::task_view(row)?);
+        }
+        Ok(out)
     }
 }
 

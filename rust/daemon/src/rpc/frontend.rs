@@ -1,5 +1,6 @@
-//! The Frontend gRPC service: applications, sessions, cluster info, and the per-client stream
-//! that carries task submissions in and completions out.
+//! The Frontend gRPC service: applications, sessions, cluster info, introspection (tasks,
+//! executors, the unary cancel), and the per-client stream that carries task submissions in
+//! and completions out.
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -11,13 +12,14 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
 use flame_core::client::CLIENT_ID_HEADER;
-use flame_core::ids::{SessionId, TaskId};
-use flame_core::model::{now_ms, ApplicationRecord, SessionSpec};
+use flame_core::ids::{SessionId, TaskId, TaskKey};
+use flame_core::model::{now_ms, ApplicationRecord, SessionSpec, TaskState};
 use flame_core::proto::{self, client_message, frontend_server::Frontend};
+use flame_core::view::page_size;
 use flame_core::FlameError;
 
 use super::objects;
-use crate::session_manager::{Event, ManagerHandle};
+use crate::session_manager::{Event, ManagerHandle, TaskQuery};
 
 pub struct FrontendService {
     handle: ManagerHandle,
@@ -52,6 +54,16 @@ fn session_id(raw: u64) -> Result<SessionId, Status> {
         return Err(Status::invalid_argument("session_id is required (got 0)"));
     }
     Ok(SessionId(raw))
+}
+
+fn task_key(r: proto::TaskRef) -> Result<TaskKey, Status> {
+    if r.task_id == 0 {
+        return Err(Status::invalid_argument("task_id is required (got 0)"));
+    }
+    Ok(TaskKey {
+        session: session_id(r.session_id)?,
+        task: TaskId(r.task_id),
+    })
 }
 
 type ServerStream = Pin<Box<dyn Stream<Item = Result<proto::ServerMessage, Status>> + Send>>;
@@ -223,6 +235,66 @@ impl Frontend for FrontendService {
             .call(|reply| Event::GetTaskLog { key, reply })
             .await?;
         Ok(Response::new(proto::TaskLog { text }))
+    }
+
+    async fn get_task(
+        &self,
+        req: Request<proto::TaskRef>,
+    ) -> Result<Response<proto::TaskInfo>, Status> {
+        let key = task_key(req.into_inner())?;
+        let info = self
+            .handle
+            .call(|reply| Event::GetTask { key, reply })
+            .await?;
+        Ok(Response::new(info))
+    }
+
+    async fn list_tasks(
+        &self,
+        req: Request<proto::ListTasksRequest>,
+    ) -> Result<Response<proto::TaskList>, Status> {
+        let r = req.into_inner();
+        let state =
+            match r.state {
+                0 => None,
+                s => Some(TaskState::from_i32(s).map_err(|_| {
+                    Status::invalid_argument(format!("state {s} is not a task state"))
+                })?),
+            };
+        let query = TaskQuery {
+            session: session_id(r.session_id)?,
+            state,
+            limit: page_size(r.limit)?,
+            offset: u64::from(r.offset),
+        };
+        let list = self
+            .handle
+            .call(|reply| Event::ListTasks { query, reply })
+            .await?;
+        Ok(Response::new(list))
+    }
+
+    async fn list_executors(
+        &self,
+        _req: Request<proto::Empty>,
+    ) -> Result<Response<proto::ExecutorList>, Status> {
+        let executors = self
+            .handle
+            .call(|reply| Event::ListExecutors { reply })
+            .await?;
+        Ok(Response::new(proto::ExecutorList { executors }))
+    }
+
+    async fn cancel_task(
+        &self,
+        req: Request<proto::TaskRef>,
+    ) -> Result<Response<proto::TaskInfo>, Status> {
+        let key = task_key(req.into_inner())?;
+        let info = self
+            .handle
+            .call(|reply| Event::CancelTask { key, reply })
+            .await?;
+        Ok(Response::new(info))
     }
 
     type StreamStream = ServerStream;

@@ -1,6 +1,6 @@
 //! The session manager's actor: its state, start-up (reloading from storage) and event loop.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -14,6 +14,7 @@ use flame_core::storage::{ObjectStore, Storage, WriteOp};
 use flame_core::Result;
 
 use super::{ClientTx, Event, ExecutorTx, ManagerConfig, ManagerHandle, NodeTx};
+use crate::metrics::{Metrics, Throughput};
 use crate::storage_writer::StorageWriter;
 
 /// A connected executor-manager node.
@@ -53,6 +54,17 @@ pub(super) struct Actor {
     /// each log with its task's completion and drops the rest. Logs bypass the scheduler:
     /// they ride along with a result and never affect a decision.
     pub task_logs: HashMap<TaskKey, String>,
+    pub metrics: Arc<Metrics>,
+    /// Tasks finished per second, for the dashboard's chart.
+    pub throughput: Throughput,
+    /// When the actor started (the origin of `throughput`'s seconds).
+    pub started: Instant,
+    /// The last sessions closed, newest first, as they were when closed: the dashboard shows
+    /// them without asking storage to count their tasks every second.
+    pub closed_recently: VecDeque<flame_core::proto::SessionInfo>,
+    /// Run times the executors reported (µs) for results not yet applied: `apply` turns them
+    /// into start times and histogram samples, then clears the map (its capacity is reused).
+    pub run_times: HashMap<flame_core::ids::TaskKey, u64>,
 }
 
 const META_SESSION: &str = "next_session_id";
@@ -74,7 +86,9 @@ pub fn start(
     let snapshot = storage.load()?;
     let meta = |k: &str, default: u64| snapshot.meta.get(k).copied().unwrap_or(default);
     let executor_base = meta(META_EXECUTOR_BASE, 1);
-    let (store, storage_thread) = StorageWriter::start(storage);
+    let metrics = Metrics::new();
+    let (store, storage_thread) =
+        StorageWriter::start(storage, Some(metrics.storage_commit.clone()));
     store.write_only(vec![WriteOp::SetMeta {
         key: META_EXECUTOR_BASE.into(),
         value: executor_base + EXECUTOR_IDS_PER_START,
@@ -146,17 +160,20 @@ pub fn start(
         self_tx: tx.clone(),
         draining: None,
         task_logs: HashMap::new(),
+        metrics: metrics.clone(),
+        throughput: Throughput::default(),
+        started,
+        closed_recently: VecDeque::new(),
+        run_times: HashMap::new(),
     };
     let task = tokio::spawn(actor.run(rx));
-    Ok((
-        ManagerHandle {
-            tx,
-            config: cfg,
-            objects,
-        },
-        task,
-        storage_thread,
-    ))
+    let handle = ManagerHandle {
+        tx,
+        config: cfg,
+        metrics,
+        objects,
+    };
+    Ok((handle, task, storage_thread))
 }
 
 impl Actor {
@@ -194,7 +211,9 @@ impl Actor {
             self.check_heartbeats(now);
             self.check_leases(now);
             self.check_lost_streams(now);
+            let pass = Instant::now();
             self.sched.schedule(now);
+            self.metrics.schedule.record(pass.elapsed().as_secs_f64());
             let actions = self.sched.take_actions();
             self.apply(actions);
             if self.drained(now) {
@@ -263,6 +282,7 @@ impl Actor {
                 .collect();
             for sid in owned {
                 tracing::warn!(session = %sid, client, ?lease, "closing a session whose client is gone");
+                self.remember_closed(sid);
                 self.sched.close_session(sid);
                 self.store.write_only(vec![WriteOp::CloseSession {
                     id: sid,

@@ -9,12 +9,18 @@ use flame_core::scheduler::{Action, Completion, Session};
 use flame_core::storage::WriteOp;
 
 use super::actor::Actor;
+use super::introspection::wall_ms;
 use super::ClientTx;
 
 impl Actor {
     pub(super) fn apply(&mut self, actions: Vec<Action>) {
         let mut ops = Vec::new();
         let mut done = Vec::new();
+        // One reading of both clocks per batch turns dispatch instants into wall time.
+        let mut clocks: Option<(std::time::Instant, i64)> = None;
+        // Counted here and added to the metrics once per batch.
+        let mut finished = TaskCounts::default();
+        let mut retried = 0u64;
         for action in actions {
             match action {
                 Action::Spawn {
@@ -78,13 +84,29 @@ impl Actor {
                     self.send_to_executor(executor, cmd);
                 }
                 Action::Finish(c) => {
+                    let (mono, wall) = *clocks.get_or_insert_with(|| {
+                        (std::time::Instant::now(), flame_core::model::now_ms())
+                    });
+                    finished.add(c.state, 1);
+                    // The executor's own measure when it sent one; else since the dispatch
+                    // (timeouts, cancellations, lost executors), which also counts the time
+                    // spent queued in the executor's window.
+                    let started_ms = match self.run_times.remove(&c.key) {
+                        Some(us) => {
+                            self.metrics.task_run.record(us as f64 / 1e6);
+                            Some(wall - (us / 1000) as i64)
+                        }
+                        None => c.started.map(|t| wall_ms(t, mono, wall)),
+                    };
                     ops.push(WriteOp::FinishTask {
                         key: c.key,
                         state: c.state,
                         output: c.output.clone(),
                         error: c.error.clone(),
                         attempts: c.attempts,
-                        finished_ms: flame_core::model::now_ms(),
+                        finished_ms: wall,
+                        started_ms,
+                        ran_on: c.ran_on,
                     });
                     // The emptiness test keeps tasks that print nothing off the hash map.
                     let log = if self.task_logs.is_empty() {
@@ -101,6 +123,7 @@ impl Actor {
                     done.push((c, log));
                 }
                 Action::RecordAttempts { key, attempts } => {
+                    retried += 1;
                     ops.push(WriteOp::SetAttempts { key, attempts });
                 }
             }
@@ -108,6 +131,9 @@ impl Actor {
         // Logs of results that did not finish their task (a retried attempt, a stale result)
         // are not kept: a task's log is its last attempt's.
         self.task_logs.clear();
+        self.count_finished(finished, retried, clocks.map(|(mono, _)| mono));
+        // Results this batch did not finish (ignored, or retried) keep no run time.
+        self.run_times.clear();
         if ops.is_empty() {
             return;
         }
@@ -127,6 +153,27 @@ impl Actor {
             }
             deliver(&clients, done);
         });
+    }
+
+    /// Bump the outcome counters and the tasks/s history once for a whole batch.
+    fn count_finished(&mut self, c: TaskCounts, retried: u64, at: Option<std::time::Instant>) {
+        let m = &self.metrics;
+        for (counter, n) in [
+            (&m.succeeded, c.succeeded),
+            (&m.failed, c.failed),
+            (&m.cancelled, c.cancelled),
+            (&m.retried, retried),
+        ] {
+            if n > 0 {
+                counter.increment(n);
+            }
+        }
+        let done = c.succeeded + c.failed + c.cancelled;
+        if let Some(at) = at.filter(|_| done > 0) {
+            let elapsed = at.saturating_duration_since(self.started);
+            self.throughput
+                .record(elapsed, u32::try_from(done).unwrap_or(u32::MAX));
+        }
     }
 
     fn send_to_node(&self, node: flame_core::ids::NodeId, msg: node_command::Msg) {

@@ -130,6 +130,7 @@ impl Actor {
                 });
             }
             Event::CloseSession { id, reply } => {
+                self.remember_closed(id);
                 if !self.sched.close_session(id) {
                     // Closing twice is fine; closing what never existed is not.
                     self.reply_stored_session(id, reply);
@@ -148,6 +149,13 @@ impl Actor {
             Event::ClusterInfo { reply } => {
                 let _ = reply.send(Ok(self.cluster_info()));
             }
+            Event::GetTask { key, reply } => self.get_task(key, reply),
+            Event::ListTasks { query, reply } => self.list_tasks(query, reply),
+            Event::ListExecutors { reply } => self.list_executors(reply),
+            Event::Overview { reply } => {
+                let _ = reply.send(Ok(self.overview(now)));
+            }
+            Event::CancelTask { key, reply } => self.cancel_task(key, reply),
             Event::ClientConnected { conn, client, tx } => {
                 self.clients.insert(conn, tx);
                 if client != 0 {
@@ -299,6 +307,7 @@ impl Actor {
             created_ms: now_ms(),
         };
         self.store.write_only(vec![op]);
+        self.metrics.submitted.increment(accepted.len() as u64);
         let tasks = accepted.into_iter().map(|(t, i)| (t, i, 0)).collect();
         self.sched.enqueue(session, tasks, Some(conn));
     }
@@ -321,6 +330,8 @@ impl Actor {
                     error: Some(failure.clone()),
                     attempts: 0,
                     watcher: Some(conn),
+                    started: None,
+                    ran_on: None,
                 };
                 (c, String::new())
             })

@@ -9,6 +9,8 @@
 mod actor;
 mod apply;
 mod events;
+mod introspection;
+mod overview;
 mod workers;
 
 use std::sync::Arc;
@@ -25,6 +27,8 @@ use flame_core::storage::ObjectStore;
 use flame_core::Result;
 
 pub use actor::start;
+pub use introspection::TaskQuery;
+pub use overview::Overview;
 
 /// Outbound stream to one client connection.
 pub type ClientTx = mpsc::UnboundedSender<Result<proto::ServerMessage, Status>>;
@@ -118,6 +122,26 @@ pub enum Event {
         key: TaskKey,
         reply: Reply<String>,
     },
+    GetTask {
+        key: TaskKey,
+        reply: Reply<proto::TaskInfo>,
+    },
+    ListTasks {
+        query: TaskQuery,
+        reply: Reply<proto::TaskList>,
+    },
+    ListExecutors {
+        reply: Reply<Vec<proto::ExecutorInfo>>,
+    },
+    /// Everything the dashboard's overview shows, from memory only.
+    Overview {
+        reply: Reply<Overview>,
+    },
+    /// The unary cancel: answers the task as it is once the cancellation is stored.
+    CancelTask {
+        key: TaskKey,
+        reply: Reply<proto::TaskInfo>,
+    },
     ClientConnected {
         conn: u64,
         /// The client id the stream announced (0: none; the stream holds no lease).
@@ -198,6 +222,8 @@ pub struct ManagerHandle {
     pub config: ManagerConfig,
     /// Object files are read and written by the RPC handlers directly, not by the actor.
     pub objects: Arc<ObjectStore>,
+    /// This daemon's metrics (its own recorder; see `crate::metrics`).
+    pub metrics: std::sync::Arc<crate::metrics::Metrics>,
 }
 
 impl ManagerHandle {

@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use flame_core::ids::{ExecutorId, NodeId, SessionId, TaskId};
+use flame_core::ids::{ExecutorId, NodeId, SessionId, TaskId, TaskKey};
 use flame_core::model::{key, ErrorKind, TaskFailure};
 use flame_core::proto;
 use flame_core::scheduler::ExecutorState;
@@ -195,7 +195,11 @@ impl Actor {
                         TaskFailure::new(ErrorKind::ErrorInternal, "task failed without an error")
                     }))
                 };
-                (SessionId(r.session_id), TaskId(r.task_id), outcome)
+                let (session, task) = (SessionId(r.session_id), TaskId(r.task_id));
+                if r.run_us > 0 {
+                    self.run_times.insert(TaskKey { session, task }, r.run_us);
+                }
+                (session, task, outcome)
             })
             .collect();
         self.sched.task_results(executor, items, now);

@@ -207,6 +207,7 @@ async fn fake_executor(
         output: Bytes::from_static(b"forged"),
         error: None,
         log: "forged output".into(),
+        run_us: 0,
     };
     let none = proto::ExecutorMessage { msg: None };
     for m in [

@@ -78,6 +78,7 @@ async fn start(state_dir: &Path) -> LocalCluster {
         port: 0,
         state_dir: state_dir.clone(),
         manager,
+        http: flame_daemon::http::HttpPort::Off,
     };
     let mut node = NodeConfig::new("");
     node.slots = 2;

@@ -7,11 +7,12 @@ use bytes::Bytes;
 use rusqlite::{Connection, Row};
 
 use crate::error::{FlameError, Result};
-use crate::ids::{SessionId, TaskId, TaskKey};
+use crate::ids::{ExecutorId, NodeId, SessionId, TaskId, TaskKey};
 use crate::model::{
     ApplicationRecord, ErrorKind, SessionRecord, SessionSpec, SessionState, TaskCounts,
     TaskFailure, TaskRecord, TaskState,
 };
+use crate::view::TaskView;
 
 /// Columns read by [`application`], in order.
 pub(super) const APPLICATION_COLS: &str = "name, spec, description, created_ms";
@@ -24,6 +25,11 @@ pub(super) const SESSION_COLS: &str = "id, application, app_spec, common_data, s
 /// Columns read by [`task`], in order.
 pub(super) const TASK_COLS: &str = "session_id, task_id, state, attempts, created_ms, \
      finished_ms, error_kind, error_message, error_traceback, error_payload, output, input";
+
+/// Columns read by [`task_view`], in order: no blob but the error text.
+pub(super) const TASK_VIEW_COLS: &str = "session_id, task_id, state, attempts, created_ms, \
+     finished_ms, error_kind, error_message, error_traceback, started_ms, executor_id, \
+     node_id, length(output)";
 
 /// How a session state is spelled in `sessions.state`.
 pub(super) fn session_state_text(state: SessionState) -> &'static str {
@@ -124,10 +130,7 @@ pub(super) fn task(row: &Row<'_>) -> Result<TaskRecord> {
     let error = match row.get::<_, Option<i64>>(6)? {
         None => None,
         Some(kind) => Some(TaskFailure {
-            kind: i32::try_from(kind)
-                .ok()
-                .and_then(|k| ErrorKind::try_from(k).ok())
-                .ok_or_else(|| corrupt(format!("task {key} has unknown error kind {kind}")))?,
+            kind: error_kind(key, kind)?,
             message: row.get::<_, Option<String>>(7)?.unwrap_or_default(),
             traceback: row.get::<_, Option<String>>(8)?.unwrap_or_default(),
             payload: blob(row, 9)?,
@@ -145,6 +148,46 @@ pub(super) fn task(row: &Row<'_>) -> Result<TaskRecord> {
         output: blob(row, 10)?,
         input: blob(row, 11)?,
     })
+}
+
+/// A task view from a row of [`TASK_VIEW_COLS`].
+pub(super) fn task_view(row: &Row<'_>) -> Result<TaskView> {
+    let key = task_key(row, 0)?;
+    let state: i64 = row.get(2)?;
+    let error = match row.get::<_, Option<i64>>(6)? {
+        None => None,
+        Some(kind) => Some(TaskFailure {
+            kind: error_kind(key, kind)?,
+            message: row.get::<_, Option<String>>(7)?.unwrap_or_default(),
+            traceback: row.get::<_, Option<String>>(8)?.unwrap_or_default(),
+            payload: Bytes::new(),
+            retryable: false,
+        }),
+    };
+    let executor: Option<i64> = row.get(10)?;
+    let node: Option<i64> = row.get(11)?;
+    let output: Option<i64> = row.get(12)?;
+    Ok(TaskView {
+        key,
+        state: task_state(state)
+            .ok_or_else(|| corrupt(format!("task {key} has unknown state {state}")))?,
+        attempts: u32_col(row, 3, || format!("attempts of task {key}"))?,
+        created_ms: row.get(4)?,
+        finished_ms: row.get(5)?,
+        started_ms: row.get(9)?,
+        ran_on: executor
+            .zip(node)
+            .map(|(e, n)| (ExecutorId(e as u64), NodeId(n as u64))),
+        error,
+        output_bytes: output.and_then(|n| u64::try_from(n).ok()).unwrap_or(0),
+    })
+}
+
+fn error_kind(key: TaskKey, kind: i64) -> Result<ErrorKind> {
+    i32::try_from(kind)
+        .ok()
+        .and_then(|k| ErrorKind::try_from(k).ok())
+        .ok_or_else(|| corrupt(format!("task {key} has unknown error kind {kind}")))
 }
 
 /// A row of `session_id, task_id, attempts, created_ms, input` as a snapshot task: pending

@@ -13,7 +13,7 @@ use crate::error::{FlameError, Result};
 
 /// The schema version this build reads and writes. A change to the DDL below bumps it and adds
 /// a step to [`migrate`]; a file from a newer build is refused rather than misread.
-pub(super) const VERSION: i32 = 4;
+pub(super) const VERSION: i32 = 5;
 
 /// How long a statement waits for a lock held by another connection (say an operator's
 /// `sqlite3` shell) before giving up with `SQLITE_BUSY`.
@@ -118,6 +118,19 @@ CREATE TABLE task_logs (
 );
 ";
 
+/// Undoes versions 3 to 5 of a current file, for tests of the migration from version 2.
+#[cfg(test)]
+pub(super) const DOWNGRADE_TO_V2: &str = "
+DROP TABLE task_logs;
+ALTER TABLE sessions DROP COLUMN weight;
+ALTER TABLE sessions DROP COLUMN min_executors;
+ALTER TABLE sessions DROP COLUMN user;
+ALTER TABLE tasks DROP COLUMN started_ms;
+ALTER TABLE tasks DROP COLUMN executor_id;
+ALTER TABLE tasks DROP COLUMN node_id;
+PRAGMA user_version = 2;
+";
+
 /// Per-connection settings; must run outside any transaction (`journal_mode` cannot change
 /// inside one).
 ///
@@ -176,6 +189,16 @@ pub(super) fn migrate(conn: &mut Connection) -> Result<()> {
             "ALTER TABLE sessions ADD COLUMN weight REAL NOT NULL DEFAULT 1.0;
              ALTER TABLE sessions ADD COLUMN min_executors INTEGER NOT NULL DEFAULT 0;
              ALTER TABLE sessions ADD COLUMN user TEXT NOT NULL DEFAULT '';",
+        )?;
+    }
+    if version < 5 {
+        // v5: when a task's last attempt started and where it ran, for introspection. Added
+        // at the end of the row (after the blobs); only introspection reads them, and a
+        // finished task's input is gone by then.
+        tx.execute_batch(
+            "ALTER TABLE tasks ADD COLUMN started_ms INTEGER;
+             ALTER TABLE tasks ADD COLUMN executor_id INTEGER;
+             ALTER TABLE tasks ADD COLUMN node_id INTEGER;",
         )?;
     }
     // user_version lives in the file header and is written by this same transaction.

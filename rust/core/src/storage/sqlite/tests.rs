@@ -6,7 +6,7 @@ use bytes::Bytes;
 
 use super::SqliteStorage;
 use crate::error::FlameError;
-use crate::ids::{SessionId, TaskId};
+use crate::ids::{ExecutorId, NodeId, SessionId, TaskId};
 use crate::model::{
     key, ApplicationRecord, ErrorKind, SessionRecord, SessionSpec, SessionState, TaskFailure,
     TaskState,
@@ -58,6 +58,8 @@ pub(super) fn finish(s: u64, t: u64, state: TaskState, error: Option<TaskFailure
         error,
         attempts: 2,
         finished_ms: 200,
+        started_ms: Some(150),
+        ran_on: Some((ExecutorId(7), NodeId(3))),
     }
 }
 
@@ -295,14 +297,7 @@ fn a_version_2_file_gains_the_task_logs_table() {
     }
     // Turn the file back into what a version-2 build wrote.
     let conn = rusqlite::Connection::open(&path).unwrap();
-    conn.execute_batch(
-        "DROP TABLE task_logs;
-         ALTER TABLE sessions DROP COLUMN weight;
-         ALTER TABLE sessions DROP COLUMN min_executors;
-         ALTER TABLE sessions DROP COLUMN user;
-         PRAGMA user_version = 2;",
-    )
-    .unwrap();
+    conn.execute_batch(super::schema::DOWNGRADE_TO_V2).unwrap();
     drop(conn);
 
     let mut db = SqliteStorage::open(&path).unwrap();

@@ -91,15 +91,11 @@ fn a_version_2_file_gains_the_scheduling_columns_with_their_defaults() {
     {
         // Turn the fresh file back into what a version-2 build wrote.
         let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(super::schema::DOWNGRADE_TO_V2).unwrap();
         conn.execute_batch(
-            "ALTER TABLE sessions DROP COLUMN weight;
-             ALTER TABLE sessions DROP COLUMN min_executors;
-             ALTER TABLE sessions DROP COLUMN user;
-             DROP TABLE task_logs;
-             INSERT INTO sessions (id, application, app_spec, common_data, slots, max_retries,
+            "INSERT INTO sessions (id, application, app_spec, common_data, slots, max_retries,
                  timeout_secs, priority, python, state, created_ms, owner)
-             VALUES (5, 'old', x'', x'', 3, 1, 0.0, 2, 'py', 'open', 10, 0);
-             PRAGMA user_version = 2;",
+             VALUES (5, 'old', x'', x'', 3, 1, 0.0, 2, 'py', 'open', 10, 0);",
         )
         .unwrap();
     }

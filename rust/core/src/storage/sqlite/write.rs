@@ -126,6 +126,8 @@ pub(super) fn apply_op(conn: &Connection, op: &WriteOp, seq: &mut i64) -> Result
             error,
             attempts,
             finished_ms,
+            started_ms,
+            ran_on,
         } => {
             // The input is dropped only with a final state: a task "finished" into a
             // non-final state (a caller bug) must still be runnable after a restart.
@@ -134,7 +136,8 @@ pub(super) fn apply_op(conn: &Connection, op: &WriteOp, seq: &mut i64) -> Result
                     "UPDATE tasks SET state = ?3, output = ?4, error_kind = ?5, \
                      error_message = ?6, error_traceback = ?7, error_payload = ?8, \
                      attempts = ?9, finished_ms = ?10, \
-                     input = CASE WHEN ?11 THEN NULL ELSE input END \
+                     input = CASE WHEN ?11 THEN NULL ELSE input END, \
+                     started_ms = ?12, executor_id = ?13, node_id = ?14 \
                      WHERE session_id = ?1 AND task_id = ?2",
                 )?
                 .execute(params![
@@ -149,6 +152,9 @@ pub(super) fn apply_op(conn: &Connection, op: &WriteOp, seq: &mut i64) -> Result
                     attempts,
                     finished_ms,
                     state.is_final(),
+                    started_ms,
+                    ran_on.map(|(e, _)| e.0 as i64),
+                    ran_on.map(|(_, n)| n.0 as i64),
                 ])?;
             warn_missing(n, *key, "finish");
         }

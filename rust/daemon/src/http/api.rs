@@ -1,0 +1,205 @@
+//! The HTTP handlers: `/metrics` and the JSON API the dashboard polls. Each asks the actor
+//! through the same events as the gRPC introspection and turns the answer into JSON here (the
+//! proto types stay at this edge).
+
+use axum::extract::{Path, Query, State};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use flame_core::ids::{SessionId, TaskId, TaskKey};
+use flame_core::model::TaskState;
+use flame_core::proto;
+use flame_core::view::page_size;
+use flame_core::FlameError;
+
+use super::ApiError;
+use crate::metrics::{SessionGauge, StateGauges};
+use crate::session_manager::{Event, ManagerHandle, Overview, TaskQuery};
+
+type ApiResult = Result<Json<Value>, ApiError>;
+
+/// Failed tasks shown with their tracebacks on a session page.
+const FAILURES_SHOWN: u32 = 20;
+
+pub async fn metrics(State(m): State<ManagerHandle>) -> Result<Response, ApiError> {
+    let o = m.call(|reply| Event::Overview { reply }).await?;
+    let mut executors: Vec<(&'static str, u64)> =
+        ["starting", "idle", "binding", "bound", "unbinding"]
+            .into_iter()
+            .map(|s| (s, 0))
+            .collect();
+    for e in &o.executors {
+        if let Some(slot) = executors.iter_mut().find(|(s, _)| *s == e.state) {
+            slot.1 += 1;
+        }
+    }
+    let open = o
+        .sessions
+        .iter()
+        .filter(|s| s.state == proto::SessionState::SessionOpen as i32);
+    let snap = StateGauges {
+        nodes: o.cluster.nodes.iter().filter(|n| n.alive).count() as u64,
+        sessions_open: u64::from(o.cluster.sessions_open),
+        executors,
+        sessions: open
+            .map(|s| SessionGauge {
+                id: s.id,
+                pending: s.pending,
+                running: s.running,
+            })
+            .collect(),
+    };
+    let text = m.metrics.render(&snap);
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
+}
+
+pub async fn overview(State(m): State<ManagerHandle>) -> ApiResult {
+    let o: Overview = m.call(|reply| Event::Overview { reply }).await?;
+    Ok(Json(json!({
+        "now_ms": o.now_ms,
+        "nodes": o.cluster.nodes.iter().map(node_json).collect::<Vec<_>>(),
+        "tasks_pending": o.cluster.tasks_pending,
+        "tasks_running": o.cluster.tasks_running,
+        "sessions_open": o.cluster.sessions_open,
+        "executors": o.executors.iter().map(executor_json).collect::<Vec<_>>(),
+        "sessions": o.sessions.iter().map(session_json).collect::<Vec<_>>(),
+        "tasks_per_second": o.tasks_per_second,
+    })))
+}
+
+#[derive(Deserialize)]
+pub struct TaskFilter {
+    state: Option<String>,
+    limit: Option<u32>,
+    offset: Option<u64>,
+}
+
+/// A session, a page of its tasks (`?state=&limit=&offset=`), and its latest failures.
+pub async fn session(
+    State(m): State<ManagerHandle>,
+    Path(id): Path<u64>,
+    Query(f): Query<TaskFilter>,
+) -> ApiResult {
+    let session = session_id(id)?;
+    let info = m
+        .call(|reply| Event::GetSession { id: session, reply })
+        .await?;
+    let state = f.state.as_deref().map(TaskState::from_name).transpose()?;
+    let query = TaskQuery {
+        session,
+        state,
+        limit: page_size(f.limit.unwrap_or(0))?,
+        offset: f.offset.unwrap_or(0),
+    };
+    let page = m.call(|reply| Event::ListTasks { query, reply }).await?;
+    let failures = TaskQuery {
+        session,
+        state: Some(TaskState::Failed),
+        limit: FAILURES_SHOWN,
+        offset: 0,
+    };
+    let failed = m
+        .call(|reply| Event::ListTasks {
+            query: failures,
+            reply,
+        })
+        .await?;
+    Ok(Json(json!({
+        "session": session_json(&info),
+        "tasks": page.tasks.iter().map(task_json).collect::<Vec<_>>(),
+        "total": page.total,
+        "failures": failed.tasks.iter().map(task_json).collect::<Vec<_>>(),
+    })))
+}
+
+pub async fn task(State(m): State<ManagerHandle>, Path((sid, tid)): Path<(u64, u64)>) -> ApiResult {
+    if tid == 0 {
+        return Err(FlameError::InvalidArgument("task id 0 does not exist".into()).into());
+    }
+    let key = TaskKey {
+        session: session_id(sid)?,
+        task: TaskId(tid),
+    };
+    let t = m.call(|reply| Event::GetTask { key, reply }).await?;
+    Ok(Json(task_json(&t)))
+}
+
+/// A node and its executors.
+pub async fn node(State(m): State<ManagerHandle>, Path(id): Path<u64>) -> ApiResult {
+    let o = m.call(|reply| Event::Overview { reply }).await?;
+    let node = o
+        .cluster
+        .nodes
+        .iter()
+        .find(|n| n.id == id)
+        .ok_or_else(|| FlameError::NotFound(format!("node {id} is not connected")))?;
+    let executors: Vec<Value> = o
+        .executors
+        .iter()
+        .filter(|e| e.node_id == id)
+        .map(executor_json)
+        .collect();
+    Ok(Json(
+        json!({ "node": node_json(node), "executors": executors }),
+    ))
+}
+
+fn session_id(id: u64) -> Result<SessionId, FlameError> {
+    if id == 0 {
+        return Err(FlameError::InvalidArgument(
+            "session id 0 does not exist".into(),
+        ));
+    }
+    Ok(SessionId(id))
+}
+
+fn node_json(n: &proto::NodeInfo) -> Value {
+    json!({
+        "id": n.id, "name": n.name, "slots": n.slots, "executors": n.executors,
+        "busy": n.busy, "alive": n.alive,
+    })
+}
+
+fn executor_json(e: &proto::ExecutorInfo) -> Value {
+    json!({
+        "id": e.id, "node_id": e.node_id, "state": e.state,
+        "session_id": (e.session_id != 0).then_some(e.session_id), "inflight": e.inflight,
+    })
+}
+
+fn session_json(s: &proto::SessionInfo) -> Value {
+    let state = if s.state == proto::SessionState::SessionClosed as i32 {
+        "closed"
+    } else {
+        "open"
+    };
+    let application = s.spec.as_ref().map_or("", |p| p.application.as_str());
+    json!({
+        "id": s.id, "application": application, "state": state,
+        "pending": s.pending, "running": s.running, "succeeded": s.succeeded,
+        "failed": s.failed, "cancelled": s.cancelled, "executors": s.executors,
+        "created_ms": s.created_ms,
+    })
+}
+
+fn task_json(t: &proto::TaskInfo) -> Value {
+    let nonzero = |v: i64| (v != 0).then_some(v);
+    let error = t.error.as_ref().map(|e| {
+        let kind = proto::ErrorKind::try_from(e.kind)
+            .map(|k| k.as_str_name().trim_start_matches("ERROR_").to_lowercase())
+            .unwrap_or_else(|_| format!("unknown ({})", e.kind));
+        json!({ "kind": kind, "message": e.message, "traceback": e.traceback })
+    });
+    json!({
+        "session_id": t.session_id, "task_id": t.task_id,
+        "state": TaskState::from_i32(t.state).map_or("unknown", |s| s.name()),
+        "attempts": t.attempts, "created_ms": t.created_ms,
+        "started_ms": nonzero(t.started_ms), "finished_ms": nonzero(t.finished_ms),
+        "executor_id": (t.executor_id != 0).then_some(t.executor_id),
+        "node_id": (t.node_id != 0).then_some(t.node_id),
+        "output_bytes": t.output_bytes, "error": error,
+    })
+}
