@@ -59,6 +59,7 @@ def text_of(dom: str) -> str:
 
 @flame.service(max_retries=0)
 def square_or_fail(x: int) -> int:
+    print(f"squaring {x}")
     if x % 10 == 7:
         raise ArithmeticError(f"refusing {x}")
     time.sleep(0.01)
@@ -93,6 +94,13 @@ def test_dashboard_shows_the_session_its_counts_and_failures(cluster: str) -> No
     assert f"Session {sid}" in detail, detail[:3000]
     assert "ArithmeticError: refusing 7" in detail, detail[:3000]
     assert "Traceback" in detail
+
+    failed_task = next(f for f in futs if f.exception() is not None)
+    task = text_of(
+        browse(f"{url}#/task/{sid}/{failed_task.task_id}", "--dump-dom").stdout
+    )
+    assert f"Task {failed_task.task_id} of session {sid}" in task, task[:3000]
+    assert "squaring 7" in task and "ArithmeticError: refusing 7" in task, task[:3000]
 
     only_failed = text_of(browse(f"{url}#/session/{sid}/failed", "--dump-dom").stdout)
     assert "failed tasks (12 of 12)" in only_failed, only_failed[:3000]

@@ -124,7 +124,15 @@ pub async fn task(State(m): State<ManagerHandle>, Path((sid, tid)): Path<(u64, u
         task: TaskId(tid),
     };
     let t = m.call(|reply| Event::GetTask { key, reply }).await?;
-    Ok(Json(task_json(&t)))
+    // What it printed: "" while it runs (logs arrive with the result) or if it printed nothing.
+    let log = match m.call(|reply| Event::GetTaskLog { key, reply }).await {
+        Ok(text) => text,
+        Err(FlameError::NotFound(_)) => String::new(),
+        Err(e) => return Err(e.into()),
+    };
+    let mut v = task_json(&t);
+    v["log"] = json!(log);
+    Ok(Json(v))
 }
 
 /// A node and its executors.

@@ -112,9 +112,13 @@ async function overviewPage() {
   drawChart(document.getElementById("chart"), o.tasks_per_second.slice(-120));
 }
 
+function taskLink(t) {
+  return `<a href="#/task/${t.session_id}/${t.task_id}">${esc(t.task_id)}</a>`;
+}
+
 function taskRow(t) {
   return [
-    td(t.task_id), td(t.state, `state-${t.state}`), td(t.attempts), td(clock(t.created_ms)),
+    `<td>${taskLink(t)}</td>`, td(t.state, `state-${t.state}`), td(t.attempts), td(clock(t.created_ms)),
     td(duration(t.created_ms, t.started_ms)), td(duration(t.started_ms, t.finished_ms)),
     t.executor_id ? td(t.executor_id) : td("-"),
     t.node_id ? `<td><a href="#/node/${t.node_id}">${esc(t.node_id)}</a></td>` : td("-"),
@@ -128,7 +132,7 @@ async function sessionPage(id, state) {
   const d = await api(`/api/sessions/${id}?limit=200${filter}`);
   const s = d.session;
   const failures = d.failures.map(
-    (t) => `<h3>task ${esc(t.task_id)} — ${esc(t.error?.kind)}: ${esc(t.error?.message)}</h3>
+    (t) => `<h3>task ${taskLink(t)} — ${esc(t.error?.kind)}: ${esc(t.error?.message)}</h3>
             <pre class="tb">${esc(t.error?.traceback || "(no traceback)")}</pre>`
   );
   view.innerHTML = `
@@ -144,6 +148,30 @@ async function sessionPage(id, state) {
              "error"], d.tasks.map(taskRow))}
     <h2>Failures</h2>
     ${failures.join("") || "<p>none</p>"}`;
+}
+
+// One task: its timings, where it ran, its error and what it printed.
+async function taskPage(sid, tid) {
+  const t = await api(`/api/sessions/${sid}/tasks/${tid}`);
+  const rows = [
+    ["session", `<a href="#/session/${t.session_id}">${esc(t.session_id)}</a>`],
+    ["state", esc(t.state)], ["attempts", esc(t.attempts)],
+    ["submitted", esc(clock(t.created_ms))],
+    ["queued", esc(duration(t.created_ms, t.started_ms))],
+    ["ran", esc(duration(t.started_ms, t.finished_ms))],
+    ["executor", esc(t.executor_id ?? "-")],
+    ["node", t.node_id ? `<a href="#/node/${t.node_id}">${esc(t.node_id)}</a>` : "-"],
+  ].map(([k, v]) => [td(k), `<td>${v}</td>`]);
+  const error = t.error
+    ? `<h2>Error</h2><h3>${esc(t.error.kind)}: ${esc(t.error.message)}</h3>
+       <pre class="tb">${esc(t.error.traceback || "(no traceback)")}</pre>`
+    : "";
+  view.innerHTML = `
+    <h2>Task ${esc(t.task_id)} of session ${esc(t.session_id)}</h2>
+    ${table(["", ""], rows)}
+    ${error}
+    <h2>Output</h2>
+    <pre class="log">${esc(t.log || "(printed nothing)")}</pre>`;
 }
 
 async function nodePage(id) {
@@ -165,6 +193,7 @@ async function refresh() {
   const [, page, id, state] = (location.hash || "#/").split("/");
   try {
     if (page === "session") await sessionPage(id, state);
+    else if (page === "task") await taskPage(id, state);
     else if (page === "node") await nodePage(id);
     else await overviewPage();
     statusLine.textContent = `updated ${new Date().toLocaleTimeString()}`;
