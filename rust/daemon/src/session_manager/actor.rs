@@ -21,6 +21,14 @@ pub(super) struct NodeLink {
     pub tx: NodeTx,
     pub name: String,
     pub last_seen: Instant,
+    /// What it reported about itself (see `NodeInfo`).
+    pub peer: String,
+    pub cpus: u32,
+    pub memory_total: u64,
+    pub memory_available: u64,
+    /// Draining, and whether it has been told it may exit.
+    pub draining: bool,
+    pub told_drained: bool,
 }
 
 pub(super) struct Actor {
@@ -197,6 +205,7 @@ impl Actor {
             self.sched.schedule(now);
             let actions = self.sched.take_actions();
             self.apply(actions);
+            self.release_drained_nodes();
             if self.drained(now) {
                 self.shutdown().await;
                 if let Some((_, reply)) = self.draining.take() {
