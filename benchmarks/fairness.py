@@ -70,12 +70,17 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _append(
-    records: list[dict[str, Any]], order: list[str], args: argparse.Namespace, when: str, took: float
+    records: list[dict[str, Any]],
+    order: list[str],
+    args: argparse.Namespace,
+    when: str,
+    took: float,
 ) -> None:
     sizes = run.workloads.load("fairness").SIZES[args.size]
+    which = "--compare" if args.compare else f"--system {args.system}"
     lines = [
         "",
-        f"## {when} — fairness (`fairness.py {'--compare' if args.compare else '--system ' + args.system} --size {args.size}`)",
+        f"## {when} — fairness (`fairness.py {which} --size {args.size}`)",
         "",
         f"Machine: {report.machine()}.  ",
         f"Versions: {report.versions(sys.executable)}.  ",

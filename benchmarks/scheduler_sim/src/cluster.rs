@@ -115,7 +115,8 @@ impl Sim {
 
     fn at(&mut self, delay_us: u64, ev: Event) {
         self.seq += 1;
-        self.events.push(Reverse((self.now_us + delay_us, self.seq, ev)));
+        self.events
+            .push(Reverse((self.now_us + delay_us, self.seq, ev)));
     }
 
     /// Open every session and submit its tasks (all at virtual time 0).
@@ -137,7 +138,10 @@ impl Sim {
             let tasks: Vec<(TaskId, Bytes)> = (1..=n)
                 .map(|i| (TaskId::compose(client, i), Bytes::new()))
                 .collect();
-            let accepted = self.s.accept(sid, tasks).expect("a fresh session accepts tasks");
+            let accepted = self
+                .s
+                .accept(sid, tasks)
+                .expect("a fresh session accepts tasks");
             assert_eq!(accepted.len(), n as usize, "every task is new");
             let queued = accepted.into_iter().map(|(t, b)| (t, b, 0)).collect();
             self.s.enqueue(sid, queued, None);
@@ -202,7 +206,8 @@ impl Sim {
                 else {
                     return;
                 };
-                self.s.task_results(e, vec![(sid, tid, Ok(Bytes::new()))], now);
+                self.s
+                    .task_results(e, vec![(sid, tid, Ok(Bytes::new()))], now);
                 self.costs.results += t.elapsed();
                 self.costs.completions += 1;
                 self.apply();

@@ -93,7 +93,10 @@ fn main() {
         match a.as_str() {
             "--nodes" => {
                 let list = it.next().map(String::as_str).unwrap_or("");
-                sizes = list.split(',').filter_map(|n| n.trim().parse().ok()).collect();
+                sizes = list
+                    .split(',')
+                    .filter_map(|n| n.trim().parse().ok())
+                    .collect();
                 if sizes.is_empty() || sizes.contains(&0) {
                     eprintln!("--nodes takes a comma-separated list of node counts, e.g. 10,100");
                     std::process::exit(2);
@@ -106,7 +109,13 @@ fn main() {
             }
         }
     }
-    let all = ["priority", "fair_share", "tenant_fair_share", "preemption", "data_aware"];
+    let all = [
+        "priority",
+        "fair_share",
+        "tenant_fair_share",
+        "preemption",
+        "data_aware",
+    ];
     let variants = [
         Policies::default(),
         Policies::from_names(&all).expect("valid policy names"),

@@ -162,7 +162,8 @@ def drained_mid_run(cluster: Cluster, drain: Callable[[], None]) -> None:
             ran = where(futures)
     assert sorted(i for _, i in ran) == list(range(45)), "every task has one result"
     done = Counter(int(line) for line in cluster.log.read_text().split())
-    assert done == Counter(range(45)), f"tasks completed more than once: {done - Counter(range(45))}"
+    twice = done - Counter(range(45))
+    assert done == Counter(range(45)), f"tasks completed more than once: {twice}"
     counts = Counter(node for node, _ in ran)
     assert counts["n2"] > 0 and counts["n1"] + counts["n3"] > counts["n2"], counts
 

@@ -239,14 +239,21 @@ async fn drain(args: &DrainArgs) -> Result<()> {
         id: 0,
         name: args.node.clone(),
     };
-    let info = head.drain_node(target).await.map_err(status_error)?.into_inner();
+    let info = head
+        .drain_node(target)
+        .await
+        .map_err(status_error)?
+        .into_inner();
     println!(
         "draining node '{}' (id {}, {} executors, {} busy)",
         info.name, info.id, info.executors, info.busy
     );
     // The node leaves the cluster info once drained; it is alive until then.
     loop {
-        let cluster = head.get_cluster_info(proto::Empty {}).await.map_err(status_error)?;
+        let cluster = head
+            .get_cluster_info(proto::Empty {})
+            .await
+            .map_err(status_error)?;
         let cluster = cluster.into_inner();
         if !cluster.nodes.iter().any(|n| n.id == info.id && n.alive) {
             println!("node '{}' drained", info.name);

@@ -40,9 +40,9 @@ mod submission;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
-mod tests_policies;
-#[cfg(test)]
 mod tests_drain;
+#[cfg(test)]
+mod tests_policies;
 #[cfg(test)]
 mod tests_scale;
 

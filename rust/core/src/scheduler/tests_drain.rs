@@ -43,7 +43,10 @@ fn drained_node_finishes_what_it_was_sent_and_the_rest_runs_elsewhere() {
 
     h.s.add_node(NodeId(2), "n2".into(), 2);
     assert!(h.s.drain_node(NodeId(1)));
-    assert!(!h.s.drain_node(NodeId(9)), "an unknown node cannot be drained");
+    assert!(
+        !h.s.drain_node(NodeId(9)),
+        "an unknown node cannot be drained"
+    );
     h.s.schedule(h.now);
     let a = h.actions();
     assert!(kills(&a).is_empty(), "busy executors are not killed");
@@ -61,7 +64,10 @@ fn drained_node_finishes_what_it_was_sent_and_the_rest_runs_elsewhere() {
         h.complete(*e, sid, &sent[e]);
         done.extend(&sent[e]);
         let a = h.actions();
-        assert!(dispatched(&a, *e).is_empty(), "nothing new to a draining node");
+        assert!(
+            dispatched(&a, *e).is_empty(),
+            "nothing new to a draining node"
+        );
         assert!(a
             .iter()
             .any(|x| matches!(x, Action::Unbind { executor, .. } if executor == e)));
@@ -69,7 +75,10 @@ fn drained_node_finishes_what_it_was_sent_and_the_rest_runs_elsewhere() {
         h.s.schedule(h.now);
         let a = h.actions();
         assert_eq!(kills(&a), vec![(NodeId(1), *e)]);
-        assert!(!h.s.node_drained(NodeId(1)), "its process has not exited yet");
+        assert!(
+            !h.s.node_drained(NodeId(1)),
+            "its process has not exited yet"
+        );
         h.s.executor_exited(NodeId(1), *e, "stopped", h.now);
         h.s.schedule(h.now);
         let a = h.actions();

@@ -63,9 +63,7 @@ impl Actor {
                 link.told_drained = true;
                 tracing::info!(node = %id, name = %link.name, "node drained; telling it to exit");
                 let drained = proto::node_command::Msg::Drained(proto::NodeDrained {});
-                let _ = link.tx.send(Ok(proto::NodeCommand {
-                    msg: Some(drained),
-                }));
+                let _ = link.tx.send(Ok(proto::NodeCommand { msg: Some(drained) }));
             }
         }
     }
@@ -91,7 +89,10 @@ impl Actor {
     pub(super) fn cluster_info(&self) -> proto::ClusterInfo {
         let mut ids: Vec<NodeId> = self.sched.nodes().map(|n| n.id).collect();
         ids.sort_unstable();
-        let nodes = ids.into_iter().filter_map(|id| self.node_info(id)).collect();
+        let nodes = ids
+            .into_iter()
+            .filter_map(|id| self.node_info(id))
+            .collect();
         let (pending, running) = self.sched.sessions().fold((0, 0), |(p, r), s| {
             (p + s.counts.pending, r + s.counts.running)
         });

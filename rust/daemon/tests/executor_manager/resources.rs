@@ -35,7 +35,11 @@ async fn slots_are_capped_by_memory_and_resources_are_reported() {
     let task = tokio::spawn(run_node(config, token.clone()));
     let (mut node, register) = h.accept(1).await;
     assert_eq!(register.slots, 3, "3 GiB hold three 1 GiB executors, not 8");
-    assert_eq!(register.memory_bytes, 3 * GIB, "the configured memory is reported");
+    assert_eq!(
+        register.memory_bytes,
+        3 * GIB,
+        "the configured memory is reported"
+    );
     assert!(register.cpus >= 1);
     for id in 1..=4 {
         node.spawn(id).await;
@@ -69,7 +73,10 @@ async fn shutdown_drains_until_the_head_says_drained() {
 
     token.cancel();
     assert!(
-        matches!(next_non_heartbeat(&mut node).await, Some(node_message::Msg::Drain(_))),
+        matches!(
+            next_non_heartbeat(&mut node).await,
+            Some(node_message::Msg::Drain(_))
+        ),
         "the node tells the head it is draining"
     );
     // Still serving: its executor runs on and commands are carried out.
@@ -89,9 +96,14 @@ async fn shutdown_drains_until_the_head_says_drained() {
         Some(node_message::Msg::Exited(e)) => assert_eq!(e.executor_id, 1),
         other => panic!("expected the exit report, got {other:?}"),
     }
-    node.send(node_command::Msg::Drained(flame_core::proto::NodeDrained {}))
-        .await;
-    within(task).await.expect("node task").expect("a drained node exits cleanly");
+    node.send(node_command::Msg::Drained(
+        flame_core::proto::NodeDrained {},
+    ))
+    .await;
+    within(task)
+        .await
+        .expect("node task")
+        .expect("a drained node exits cleanly");
     drop((executors, node));
     h.no_children_left().await;
     h.stop().await;
