@@ -81,7 +81,11 @@ fn machine() -> String {
         })
         .unwrap_or_else(|| "unknown CPU".into());
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    format!("{cpu}, {cpus} CPUs available")
+    // A shared machine's load moves these figures by 2-3x: say what it was.
+    let load = std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(", "))
+        .unwrap_or_else(|_| "unknown".into());
+    format!("{cpu}, {cpus} CPUs available, load average {load}")
 }
 
 fn main() {
