@@ -12,6 +12,14 @@
 //! executors — the session manager that knew them is gone, and a new one will ask for new
 //! ones — and registers again, under the id it had, as soon as a session manager answers.
 //!
+//! A node with a drain grace does not stop at once when shut down (SIGTERM): it tells the
+//! session manager it is draining (`NodeDrain`), keeps serving while the tasks already sent
+//! to its executors finish and the session manager retires them, and exits when told it is
+//! drained (`NodeDrained`) or when the grace runs out. A session manager can also drain a
+//! node on its own (`flame-daemon drain`); the node then exits on `NodeDrained` the same way.
+//! It reports its CPUs and memory on registering and `MemAvailable` with every heartbeat, and
+//! runs no more executors than fit in its memory at the executor memory limit.
+//!
 //! Layout: [`connection`] (connect + register, backoff), [`pool`] (slots, spawn/kill, memory
 //! limit, shutdown), [`process`] (one child: pipes, signals, exit report), [`system`] (host
 //! facts).
