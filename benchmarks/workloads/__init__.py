@@ -29,6 +29,7 @@ NAMES = [
     "large_arg",
     "memory",
     "many_sessions",
+    "fairness",
 ]
 
 

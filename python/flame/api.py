@@ -312,5 +312,8 @@ def put(value: Any) -> ObjectRef:
 
 
 def nodes() -> list[Any]:
-    """The cluster's nodes (see :func:`cluster_info`)."""
+    """The cluster's nodes, one dict each: ``id``, ``name``, ``address`` (where its connection
+    came from), ``slots``, ``executors``, ``busy`` (executors running a task), ``cpus``,
+    ``memory_total`` and ``memory_available`` (bytes; 0 when unknown), ``alive`` and
+    ``draining``. See :func:`cluster_info`."""
     return list(cluster_info().get("nodes", []))

@@ -3,7 +3,6 @@ through /proc to check that nothing is left behind."""
 
 from __future__ import annotations
 
-import shutil
 import signal
 import socket
 import subprocess
@@ -54,10 +53,18 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def daemon_command() -> list[str]:
+    """How to run *this* environment's ``flame-daemon``: the script beside the interpreter,
+    never whatever ``PATH`` finds first (another checkout's, a pyenv shim)."""
+    exe = Path(sys.executable).with_name("flame-daemon")
+    if exe.exists():
+        return [str(exe)]
+    return [sys.executable, "-c", "import flame.cli as c; c.daemon_main()"]
+
+
 def start_daemon(*args: str, port: int | None = None) -> subprocess.Popen[str]:
     """Run ``flame-daemon ARGS`` in its own session; with ``port``, wait until it listens."""
-    exe = shutil.which("flame-daemon")
-    command = [exe] if exe else [sys.executable, "-c", "import flame.cli as c; c.daemon_main()"]
+    command = daemon_command()
     proc = subprocess.Popen(
         [*command, *args],
         stdout=subprocess.DEVNULL,

@@ -1,8 +1,12 @@
-//! The `flame-daemon` command line: `start` (head and node on one machine), `head`, `node`.
+//! The `flame-daemon` command line: `start` (head and node on one machine), `head`, `node`,
+//! and `drain` (empty a node of a running cluster).
 
 use std::path::PathBuf;
 
+use std::time::Duration;
+
 use clap::{Args, Parser, Subcommand};
+use flame_core::proto::{self, frontend_client::FrontendClient};
 use tokio_util::sync::CancellationToken;
 
 use flame_core::{FlameError, Result};
@@ -34,8 +38,20 @@ pub enum Command {
     Start(StartArgs),
     /// Run only the session manager (the head of a multi-node cluster).
     Head(HeadArgs),
-    /// Run only an executor manager that joins a head.
+    /// Run only an executor manager that joins a head (SIGTERM drains it first).
     Node(NodeArgs),
+    /// Drain a node of a running cluster: nothing new goes there, its tasks finish, it exits.
+    Drain(DrainArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct DrainArgs {
+    /// Address of the head, e.g. http://head:8080.
+    #[arg(long)]
+    pub head: String,
+    /// Name of the node to drain (as `flame.nodes()` lists it).
+    #[arg(long)]
+    pub node: String,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -78,6 +94,13 @@ pub struct NodeOpts {
     /// Kill an executor whose resident memory exceeds this many MiB (default: no limit).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub executor_memory_mb: Option<u64>,
+    /// Memory this node offers, MiB (default: the machine's total); with
+    /// --executor-memory-mb, no more executors start than fit in it.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub memory_mb: Option<u64>,
+    /// Local address the node connects to its head from (e.g. 127.0.0.2).
+    #[arg(long)]
+    pub bind: Option<std::net::IpAddr>,
     /// Command that starts an executor instead of `{python} -m flame._executor`, split on
     /// whitespace (e.g. `flame-echo-executor`); `--address A --executor-id N` are appended.
     #[arg(long)]
@@ -151,6 +174,10 @@ fn node_config(head: String, opts: &NodeOpts, f: &FileConfig) -> NodeConfig {
     if let Some(mb) = opts.executor_memory_mb.or(f.executor_memory_mb) {
         n.executor_memory_bytes = Some(mb.saturating_mul(1 << 20));
     }
+    if let Some(mb) = opts.memory_mb.or(f.memory_mb) {
+        n.memory_bytes = Some(mb.saturating_mul(1 << 20));
+    }
+    n.bind = opts.bind.or(f.bind);
     let command = opts.executor_command.as_ref();
     let command = command.map(|c| c.split_whitespace().map(String::from).collect());
     if let Some(c) = command.or(f.executor_command.clone()) {
@@ -193,7 +220,9 @@ pub async fn run(cli: Cli) -> Result<()> {
                     "a node needs --head ADDRESS (e.g. http://head:8080)".into(),
                 )
             })?;
-            let cfg = node_config(head, &args.node, &f);
+            let mut cfg = node_config(head, &args.node, &f);
+            // A node stopped by a signal drains first (see README, "Running a cluster").
+            cfg.drain_grace = Duration::from_millis(f.drain_grace_ms.unwrap_or(10_000));
             let stop = CancellationToken::new();
             let mut node = tokio::spawn(run_node(cfg, stop.clone()));
             let result = tokio::select! {
@@ -205,6 +234,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             };
             return result.map_err(|e| FlameError::Internal(format!("node task: {e}")))?;
         }
+        Command::Drain(args) => drain(&args).await?,
     }
     Ok(())
 }
@@ -219,6 +249,45 @@ fn announce(head: &Head) {
     }
     let mut out = std::io::stdout().lock();
     let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
+}
+
+/// `flame-daemon drain`: ask the head to drain a node and wait until it has left.
+async fn drain(args: &DrainArgs) -> Result<()> {
+    let channel = tonic::transport::Endpoint::from_shared(args.head.clone())
+        .map_err(|e| FlameError::InvalidArgument(format!("head address '{}': {e}", args.head)))?
+        .connect()
+        .await
+        .map_err(|e| FlameError::Unreachable {
+            address: args.head.clone(),
+            reason: flame_core::error::error_chain(&e),
+        })?;
+    let mut head = FrontendClient::new(channel);
+    let target = proto::NodeRef {
+        id: 0,
+        name: args.node.clone(),
+    };
+    let info = head
+        .drain_node(target)
+        .await
+        .map_err(FlameError::from)?
+        .into_inner();
+    println!(
+        "draining node '{}' (id {}, {} executors, {} busy)",
+        info.name, info.id, info.executors, info.busy
+    );
+    // The node leaves the cluster info once drained; it is alive until then.
+    loop {
+        let cluster = head
+            .get_cluster_info(proto::Empty {})
+            .await
+            .map_err(FlameError::from)?;
+        let cluster = cluster.into_inner();
+        if !cluster.nodes.iter().any(|n| n.id == info.id && n.alive) {
+            println!("node '{}' drained", info.name);
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// Set up logging once: RUST_LOG filter (default `info`), text or JSON lines on stderr.

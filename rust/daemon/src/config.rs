@@ -48,6 +48,10 @@ pub struct FileConfig {
     pub head: Option<String>,
     pub work_dir: Option<PathBuf>,
     pub executor_memory_mb: Option<u64>,
+    /// Memory a node offers, MiB (default: the machine's).
+    pub memory_mb: Option<u64>,
+    /// Local address of a node's connection to its head.
+    pub bind: Option<std::net::IpAddr>,
     pub executor_command: Option<Vec<String>>,
     pub warm_delay_ms: Option<u64>,
     pub window: Option<usize>,

@@ -284,6 +284,11 @@ impl PyConnection {
                 nd.set_item("executors", n.executors)?;
                 nd.set_item("busy", n.busy)?;
                 nd.set_item("alive", n.alive)?;
+                nd.set_item("address", n.address)?;
+                nd.set_item("cpus", n.cpus)?;
+                nd.set_item("memory_total", n.memory_total)?;
+                nd.set_item("memory_available", n.memory_available)?;
+                nd.set_item("draining", n.draining)?;
                 Ok(nd)
             })
             .collect::<PyResult<Vec<_>>>()?;

@@ -19,6 +19,7 @@ impl Scheduler {
             slots,
             executors: Default::default(),
             exiting: Default::default(),
+            draining: false,
             free_key: None,
         });
         node.name = name;

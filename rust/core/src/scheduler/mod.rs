@@ -15,7 +15,7 @@
 //! Layout: `state.rs` (the entities), `index.rs` (ordered indexes), `events.rs` (what
 //! happens), `submission.rs` (sessions and tasks), `dispatch.rs` (sending tasks, warm and
 //! timeout bookkeeping), `placement.rs` (hand-out), `reclaim.rs` (taking executors back),
-//! `policy.rs` (which policies are on).
+//! `policy.rs` (which policies are on), `drain.rs` (emptying a node that is leaving).
 //!
 //! Cost, with S sessions that want executors, I idle executors, N nodes, E_s the executors
 //! of one session: an event touches only what it names and marks those sessions dirty; one
@@ -29,6 +29,7 @@
 //! sets, O(log E) per expiry; [`Scheduler::next_deadline`] is O(log E).
 
 mod dispatch;
+mod drain;
 mod events;
 mod index;
 mod placement;
@@ -38,6 +39,8 @@ mod state;
 mod submission;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_drain;
 #[cfg(test)]
 mod tests_policies;
 #[cfg(test)]

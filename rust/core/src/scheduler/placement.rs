@@ -172,7 +172,7 @@ impl Scheduler {
             self.free_nodes.remove(&(Reverse(old), id));
         }
         let free = n.free_slots();
-        if free > 0 {
+        if n.has_free_slot() {
             n.free_key = Some(free);
             self.free_nodes.insert((Reverse(free), id));
         }
@@ -215,14 +215,19 @@ impl Scheduler {
         exec.state = ExecutorState::Idle;
         exec.releasing = false;
         let reserved = exec.reserved_for.take();
+        let draining = self.nodes.get(&exec.node).is_some_and(|n| n.draining);
         if let Some(s) = reserved.and_then(|r| self.sessions.get_mut(&r)) {
             s.starting = s.starting.saturating_sub(1);
             let (sid, wants) = (s.id, s.held() < s.target());
             self.touch(sid);
-            if wants {
+            if wants && !draining {
                 self.bind(eid, sid, now);
                 return;
             }
+        }
+        if draining {
+            self.retire(eid, "its node is draining");
+            return;
         }
         self.idle_add(eid);
     }

@@ -21,6 +21,8 @@ pub struct Node {
     /// Executors whose connection is gone but whose process the node has not reported as
     /// exited yet: they still hold a slot there.
     pub exiting: HashSet<ExecutorId>,
+    /// Being drained: no executor is started or bound there; each leaves once its tasks end.
+    pub draining: bool,
     /// Free slots as last entered in the free-node index (`None`: not in it).
     pub(super) free_key: Option<usize>,
 }
@@ -30,8 +32,9 @@ impl Node {
         self.executors.len() + self.exiting.len()
     }
 
+    /// A new executor may start here: a slot is free and the node is not draining.
     pub fn has_free_slot(&self) -> bool {
-        self.free_slots() > 0
+        !self.draining && self.free_slots() > 0
     }
 
     pub fn free_slots(&self) -> usize {

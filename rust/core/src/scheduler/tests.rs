@@ -8,14 +8,14 @@ use super::*;
 use crate::ids::{ClientId, ExecutorId, NodeId, SessionId, TaskId};
 use crate::model::{ErrorKind, SessionSpec, TaskCounts, TaskFailure, TaskState};
 
-struct Harness {
-    s: Scheduler,
-    now: Instant,
+pub(super) struct Harness {
+    pub(super) s: Scheduler,
+    pub(super) now: Instant,
     counter: u32,
 }
 
 impl Harness {
-    fn new(slots: u32) -> Self {
+    pub(super) fn new(slots: u32) -> Self {
         Self::with_config(
             slots,
             SchedulerConfig {
@@ -39,7 +39,7 @@ impl Harness {
         }
     }
 
-    fn open(&mut self, id: u64, slots: u32, max_retries: u32) -> SessionId {
+    pub(super) fn open(&mut self, id: u64, slots: u32, max_retries: u32) -> SessionId {
         let spec = SessionSpec {
             application: "app".into(),
             slots,
@@ -51,7 +51,7 @@ impl Harness {
         SessionId(id)
     }
 
-    fn submit(&mut self, sid: SessionId, n: usize) -> Vec<TaskId> {
+    pub(super) fn submit(&mut self, sid: SessionId, n: usize) -> Vec<TaskId> {
         let tasks: Vec<_> = (0..n)
             .map(|_| {
                 self.counter += 1;
@@ -72,12 +72,12 @@ impl Harness {
         ids
     }
 
-    fn actions(&mut self) -> Vec<Action> {
+    pub(super) fn actions(&mut self) -> Vec<Action> {
         self.s.take_actions()
     }
 
     /// Register every executor that was spawned, as the processes would.
-    fn register_spawned(&mut self, actions: &[Action]) -> Vec<ExecutorId> {
+    pub(super) fn register_spawned(&mut self, actions: &[Action]) -> Vec<ExecutorId> {
         let ids: Vec<_> = actions
             .iter()
             .filter_map(|a| match a {
@@ -92,7 +92,7 @@ impl Harness {
         ids
     }
 
-    fn complete(&mut self, e: ExecutorId, sid: SessionId, tasks: &[TaskId]) {
+    pub(super) fn complete(&mut self, e: ExecutorId, sid: SessionId, tasks: &[TaskId]) {
         let results = tasks
             .iter()
             .map(|t| (sid, *t, Ok(Bytes::from_static(b"ok"))))
@@ -102,7 +102,7 @@ impl Harness {
     }
 }
 
-fn dispatched(actions: &[Action], to: ExecutorId) -> Vec<TaskId> {
+pub(super) fn dispatched(actions: &[Action], to: ExecutorId) -> Vec<TaskId> {
     actions
         .iter()
         .filter_map(|a| match a {

@@ -1,7 +1,9 @@
 //! The cost of placements at cluster scale: 1,000 nodes, 10,000 executors, 10,000 sessions.
 //! Timing, so ignored by default: `cargo test -p flame-core --release scale -- --ignored
 //! --nocapture`. The figure includes the simulated cluster's own work, so it is an upper
-//! bound on the scheduler's.
+//! bound on the scheduler's. The benchmark proper — sizes from 10 to 1,000 nodes, whole
+//! workloads run to completion in virtual time, only the scheduler's calls timed — is
+//! `cargo run --release -p scheduler-sim` (`benchmarks/scheduler_sim/`).
 
 use std::time::Instant;
 

@@ -17,7 +17,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Endpoint;
 
-use super::system::memory_bytes;
+use super::system::{cpu_count, memory_available_bytes};
 use super::NodeConfig;
 
 /// How long a node that was never registered keeps trying to reach the session manager.
@@ -89,7 +89,8 @@ pub(super) async fn connect(
         // Keepalive notices a head whose machine vanished without closing TCP.
         .http2_keep_alive_interval(Duration::from_secs(10))
         .keep_alive_timeout(Duration::from_secs(20))
-        .keep_alive_while_idle(true);
+        .keep_alive_while_idle(true)
+        .local_address(config.bind);
     let give_up = previous.is_none().then(|| Instant::now() + GIVE_UP_AFTER);
     // Reconnecting, the loss has just been logged: a head back within seconds is not worth a
     // warning.
@@ -138,8 +139,10 @@ async fn register(
     let register = NodeRegister {
         name: config.name.clone(),
         slots: config.slots,
-        memory_bytes: memory_bytes(),
+        memory_bytes: config.memory_total(),
         previous_node_id,
+        cpus: cpu_count(),
+        memory_available: memory_available_bytes(),
     };
     // The queue is empty and its receiver alive, so this cannot fail.
     let _ = outbox.try_send(NodeMessage {

@@ -12,6 +12,14 @@
 //! executors — the session manager that knew them is gone, and a new one will ask for new
 //! ones — and registers again, under the id it had, as soon as a session manager answers.
 //!
+//! A node with a drain grace does not stop at once when shut down (SIGTERM): it tells the
+//! session manager it is draining (`NodeDrain`), keeps serving while the tasks already sent
+//! to its executors finish and the session manager retires them, and exits when told it is
+//! drained (`NodeDrained`) or when the grace runs out. A session manager can also drain a
+//! node on its own (`flame-daemon drain`); the node then exits on `NodeDrained` the same way.
+//! It reports its CPUs and memory on registering and `MemAvailable` with every heartbeat, and
+//! runs no more executors than fit in its memory at the executor memory limit.
+//!
 //! Layout: [`connection`] (connect + register, backoff), [`pool`] (slots, spawn/kill, memory
 //! limit, shutdown), [`process`] (one child: pipes, signals, exit report), [`system`] (host
 //! facts).
@@ -27,7 +35,7 @@ use std::time::Duration;
 use flame_core::error::{FlameError, Result};
 use flame_core::ids::ExecutorId;
 use flame_core::proto::{
-    node_command, node_message, ExecutorExited, Heartbeat, NodeCommand, NodeMessage,
+    node_command, node_message, ExecutorExited, Heartbeat, NodeCommand, NodeDrain, NodeMessage,
 };
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
@@ -63,6 +71,15 @@ pub struct NodeConfig {
     /// many bytes; its exit report says so. Only the executor process itself is measured.
     /// `None`: no limit.
     pub executor_memory_bytes: Option<u64>,
+    /// Memory this node offers, in bytes; `None`: the machine's (`MemTotal`). With an
+    /// executor memory limit, the node runs no more executors than fit in it.
+    pub memory_bytes: Option<u64>,
+    /// Local address the node's connection to the head comes from (e.g. `127.0.0.2`, or
+    /// the interface that faces the head); `None`: chosen by the OS.
+    pub bind: Option<std::net::IpAddr>,
+    /// On shutdown, how long to drain first: the head places nothing new here and the
+    /// tasks already sent finish; then the node stops. Zero: stop at once.
+    pub drain_grace: Duration,
 }
 
 impl NodeConfig {
@@ -79,6 +96,26 @@ impl NodeConfig {
             work_dir: std::env::current_dir().unwrap_or_else(|_| std::env::temp_dir()),
             env: Vec::new(),
             executor_memory_bytes: None,
+            memory_bytes: None,
+            bind: None,
+            drain_grace: Duration::ZERO,
+        }
+    }
+
+    /// The memory this node offers: configured, else the machine's total (0: unknown).
+    pub fn memory_total(&self) -> u64 {
+        self.memory_bytes.unwrap_or_else(system::memory_bytes)
+    }
+
+    /// The executors this node may run: its slots, and with an executor memory limit no
+    /// more than fit in `memory_total` (at least one, so a small node still works).
+    pub fn effective_slots(&self, memory_total: u64) -> u32 {
+        match self.executor_memory_bytes {
+            Some(limit) if limit > 0 && memory_total > 0 => {
+                let fit = u32::try_from(memory_total / limit).unwrap_or(u32::MAX);
+                self.slots.min(fit.max(1))
+            }
+            _ => self.slots,
         }
     }
 
@@ -98,6 +135,9 @@ impl NodeConfig {
         if self.executor_memory_bytes == Some(0) {
             return invalid("the executor memory limit must be more than 0");
         }
+        if self.memory_bytes == Some(0) {
+            return invalid("the node memory must be more than 0");
+        }
         Ok(())
     }
 }
@@ -114,8 +154,20 @@ impl NodeConfig {
 /// unusable work dir or an invalid config (see [`NodeConfig::validate`]), and
 /// [`FlameError::Unreachable`] when the session manager cannot be reached (or does not accept
 /// the node) within ~30 s of starting — it never was, so the address is likely wrong.
-pub async fn run_node(config: NodeConfig, shutdown: CancellationToken) -> Result<(), FlameError> {
+pub async fn run_node(
+    mut config: NodeConfig,
+    shutdown: CancellationToken,
+) -> Result<(), FlameError> {
     config.validate()?;
+    let fit = config.effective_slots(config.memory_total());
+    if fit < config.slots {
+        tracing::info!(
+            slots = config.slots,
+            fit,
+            "only {fit} executors fit in the node's memory at the executor memory limit"
+        );
+        config.slots = fit;
+    }
     std::fs::create_dir_all(&config.work_dir).map_err(|e| {
         FlameError::InvalidArgument(format!(
             "executor work dir {}: {e}",
@@ -143,7 +195,7 @@ pub async fn run_node(config: NodeConfig, shutdown: CancellationToken) -> Result
         node_id = Some(id);
         let since = Instant::now();
         let end = serve(&config, head, &shutdown).await;
-        if shutdown.is_cancelled() {
+        if shutdown.is_cancelled() || matches!(end, End::Drained) {
             return Ok(());
         }
         // A closed stream is the head stopping in order (restarting, or shutting down with
@@ -170,11 +222,12 @@ async fn serve(config: &NodeConfig, head: HeadStream, shutdown: &CancellationTok
     let mut node = Node {
         pool: Pool::new(config.clone()),
         head,
+        grace: config.drain_grace,
     };
     let end = node.serve(&config.head, shutdown).await;
     // Exit reports still go out if the stream is up: the session manager can then requeue at
     // once instead of waiting for the node to be declared dead.
-    let Node { pool, head } = node;
+    let Node { pool, head, .. } = node;
     pool.shutdown(|exit| {
         let _ = head.outbox.try_send(exited(exit));
     })
@@ -195,6 +248,8 @@ async fn serve(config: &NodeConfig, head: HeadStream, shutdown: &CancellationTok
 /// Why a registration ended.
 enum End {
     Shutdown,
+    /// The head drained the node and told it to go.
+    Drained,
     Closed,
     Lost(String),
 }
@@ -203,6 +258,7 @@ impl std::fmt::Display for End {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             End::Shutdown => f.write_str("node shutting down"),
+            End::Drained => f.write_str("node drained"),
             End::Closed => f.write_str("the session manager closed the node stream"),
             End::Lost(reason) => write!(f, "lost the session manager: {reason}"),
         }
@@ -212,6 +268,7 @@ impl std::fmt::Display for End {
 struct Node {
     pool: Pool,
     head: HeadStream,
+    grace: Duration,
 }
 
 impl Node {
@@ -223,17 +280,40 @@ impl Node {
         };
         let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        // Set once shutdown asks for a drain: when to stop waiting for the head's word.
+        let mut drain_until: Option<Instant> = None;
+        let drain_deadline = |until: Option<Instant>| async move {
+            match until {
+                Some(t) => tokio::time::sleep_until(t).await,
+                None => std::future::pending().await,
+            }
+        };
         loop {
             tokio::select! {
-                _ = shutdown.cancelled() => return End::Shutdown,
+                _ = shutdown.cancelled(), if drain_until.is_none() => {
+                    if self.grace.is_zero() {
+                        return End::Shutdown;
+                    }
+                    tracing::info!(grace = ?self.grace, "draining: the head places nothing new here");
+                    drain_until = Some(Instant::now() + self.grace);
+                    self.send(NodeMessage { msg: Some(node_message::Msg::Drain(NodeDrain {})) }).await;
+                }
+                _ = drain_deadline(drain_until) => {
+                    tracing::warn!(grace = ?self.grace, "drain grace over; stopping the executors left");
+                    return End::Shutdown;
+                }
                 exit = self.pool.next_exit() => self.send(exited(exit)).await,
                 command = self.head.commands.message() => match command {
+                    Ok(Some(NodeCommand { msg: Some(node_command::Msg::Drained(_)) })) => {
+                        return End::Drained;
+                    }
                     Ok(Some(command)) => self.handle(command).await,
                     Ok(None) => return End::Closed,
                     Err(status) => return End::Lost(format!("{address}: {}", status.message())),
                 },
                 _ = heartbeat.tick() => {
-                    self.send(NodeMessage { msg: Some(node_message::Msg::Heartbeat(Heartbeat {})) }).await;
+                    let beat = Heartbeat { memory_available: system::memory_available_bytes() };
+                    self.send(NodeMessage { msg: Some(node_message::Msg::Heartbeat(beat)) }).await;
                 }
             }
         }
@@ -241,6 +321,7 @@ impl Node {
 
     async fn handle(&mut self, command: NodeCommand) {
         match command.msg {
+            Some(node_command::Msg::Drained(_)) => {} // handled in `serve`
             Some(node_command::Msg::Spawn(spawn)) => {
                 if let Err(refused) = self
                     .pool

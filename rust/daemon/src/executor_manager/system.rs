@@ -24,14 +24,28 @@ pub fn default_node_name() -> String {
 
 /// Total memory in bytes from `/proc/meminfo`, or 0 when it cannot be read.
 pub(super) fn memory_bytes() -> u64 {
+    meminfo_field("MemTotal:")
+}
+
+/// Memory available for new processes (`MemAvailable`) in bytes, or 0 when unknown.
+pub(super) fn memory_available_bytes() -> u64 {
+    meminfo_field("MemAvailable:")
+}
+
+/// CPUs this process may use.
+pub(super) fn cpu_count() -> u32 {
+    std::thread::available_parallelism().map_or(1, |n| u32::try_from(n.get()).unwrap_or(u32::MAX))
+}
+
+fn meminfo_field(field: &str) -> u64 {
     std::fs::read_to_string("/proc/meminfo")
         .ok()
-        .and_then(|text| parse_meminfo(&text))
+        .and_then(|text| parse_meminfo(&text, field))
         .unwrap_or(0)
 }
 
-fn parse_meminfo(text: &str) -> Option<u64> {
-    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+fn parse_meminfo(text: &str, field: &str) -> Option<u64> {
+    let line = text.lines().find(|l| l.starts_with(field))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
 }
@@ -87,9 +101,11 @@ mod tests {
 
     #[test]
     fn meminfo_total_is_read_in_bytes() {
-        let text = "MemFree:  100 kB\nMemTotal:       16318412 kB\n";
-        assert_eq!(parse_meminfo(text), Some(16318412 * 1024));
-        assert_eq!(parse_meminfo("nothing here"), None);
+        let text = "MemFree:  100 kB\nMemTotal:       16318412 kB\nMemAvailable: 2048 kB\n";
+        assert_eq!(parse_meminfo(text, "MemTotal:"), Some(16318412 * 1024));
+        assert_eq!(parse_meminfo(text, "MemAvailable:"), Some(2048 * 1024));
+        assert_eq!(parse_meminfo("nothing here", "MemTotal:"), None);
+        assert!(memory_bytes() >= memory_available_bytes());
     }
 
     #[test]

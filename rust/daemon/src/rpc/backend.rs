@@ -35,6 +35,7 @@ impl Backend for BackendService {
         &self,
         req: Request<Streaming<proto::NodeMessage>>,
     ) -> Result<Response<Self::NodeStreamStream>, Status> {
+        let peer = req.remote_addr().map(|a| a.to_string()).unwrap_or_default();
         let mut inbound = req.into_inner();
         let register = match first_message(&mut inbound, "node").await?.msg {
             Some(node_message::Msg::Register(r)) => r,
@@ -55,6 +56,7 @@ impl Backend for BackendService {
             .handle
             .call(|reply| Event::NodeConnected {
                 register,
+                peer,
                 tx,
                 reply,
             })
@@ -64,7 +66,11 @@ impl Backend for BackendService {
             loop {
                 let ev = match inbound.message().await {
                     Ok(Some(m)) => match m.msg {
-                        Some(node_message::Msg::Heartbeat(_)) => Event::NodeHeartbeat { node },
+                        Some(node_message::Msg::Heartbeat(h)) => Event::NodeHeartbeat {
+                            node,
+                            memory_available: h.memory_available,
+                        },
+                        Some(node_message::Msg::Drain(_)) => Event::NodeDraining { node },
                         Some(node_message::Msg::Exited(exited)) => {
                             Event::ExecutorExited { node, exited }
                         }

@@ -224,6 +224,23 @@ impl Frontend for FrontendService {
         Ok(Response::new(info))
     }
 
+    async fn drain_node(
+        &self,
+        req: Request<proto::NodeRef>,
+    ) -> Result<Response<proto::NodeInfo>, Status> {
+        let target = req.into_inner();
+        if target.id == 0 && target.name.is_empty() {
+            return Err(Status::invalid_argument(
+                "DrainNode needs a node id or a node name",
+            ));
+        }
+        let info = self
+            .handle
+            .call(|reply| Event::DrainNode { target, reply })
+            .await?;
+        Ok(Response::new(info))
+    }
+
     async fn get_task_log(
         &self,
         req: Request<proto::TaskRef>,

@@ -22,6 +22,14 @@ pub(super) struct NodeLink {
     pub tx: NodeTx,
     pub name: String,
     pub last_seen: Instant,
+    /// What it reported about itself (see `NodeInfo`).
+    pub peer: String,
+    pub cpus: u32,
+    pub memory_total: u64,
+    pub memory_available: u64,
+    /// Draining, and whether it has been told it may exit.
+    pub draining: bool,
+    pub told_drained: bool,
 }
 
 pub(super) struct Actor {
@@ -216,6 +224,7 @@ impl Actor {
             self.metrics.schedule.record(pass.elapsed().as_secs_f64());
             let actions = self.sched.take_actions();
             self.apply(actions);
+            self.release_drained_nodes();
             if self.drained(now) {
                 self.shutdown().await;
                 if let Some((_, reply)) = self.draining.take() {

@@ -196,30 +196,6 @@ impl Actor {
             tracing::debug!(executor = %executor, "command to an executor that is gone");
         }
     }
-
-    pub(super) fn cluster_info(&self) -> proto::ClusterInfo {
-        let nodes = self
-            .sched
-            .nodes()
-            .map(|n| proto::NodeInfo {
-                id: n.id.0,
-                name: n.name.clone(),
-                slots: n.slots,
-                executors: n.executors.len() as u32,
-                busy: self.sched.busy_on(n.id) as u32,
-                alive: self.nodes.contains_key(&n.id),
-            })
-            .collect();
-        let (pending, running) = self.sched.sessions().fold((0, 0), |(p, r), s| {
-            (p + s.counts.pending, r + s.counts.running)
-        });
-        proto::ClusterInfo {
-            nodes,
-            sessions_open: self.sched.sessions().count() as u32,
-            tasks_pending: pending,
-            tasks_running: running,
-        }
-    }
 }
 
 /// Send completions (each with what its task printed) to the client streams that watch

@@ -206,11 +206,22 @@ impl Actor {
             }
             Event::NodeConnected {
                 register,
+                peer,
                 tx,
                 reply,
-            } => self.node_connected(register, tx, reply, now),
-            Event::NodeHeartbeat { node } => {
+            } => self.node_connected(register, peer, tx, reply, now),
+            Event::NodeDraining { node } => {
+                self.drain_node(node);
+            }
+            Event::DrainNode { target, reply } => {
+                let _ = reply.send(self.drain_node_by_ref(&target));
+            }
+            Event::NodeHeartbeat {
+                node,
+                memory_available,
+            } => {
                 if let Some(n) = self.nodes.get_mut(&node) {
+                    n.memory_available = memory_available;
                     n.last_seen = now;
                 }
             }

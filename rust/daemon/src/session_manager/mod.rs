@@ -10,6 +10,7 @@ mod actor;
 mod apply;
 mod events;
 mod introspection;
+mod nodes;
 mod overview;
 mod workers;
 
@@ -175,11 +176,23 @@ pub enum Event {
     // ------------------------------------------------------------ backend
     NodeConnected {
         register: proto::NodeRegister,
+        /// The address the node's stream came from (`ip:port`), empty when unknown.
+        peer: String,
         tx: NodeTx,
         reply: Reply<NodeId>,
     },
     NodeHeartbeat {
         node: NodeId,
+        memory_available: u64,
+    },
+    /// The node itself asked to be drained (it got SIGTERM).
+    NodeDraining {
+        node: NodeId,
+    },
+    /// An operator asked to drain a node, by id (non-zero) or name.
+    DrainNode {
+        target: proto::NodeRef,
+        reply: Reply<proto::NodeInfo>,
     },
     NodeGone {
         node: NodeId,

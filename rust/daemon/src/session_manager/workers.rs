@@ -16,6 +16,7 @@ impl Actor {
     pub(super) fn node_connected(
         &mut self,
         register: proto::NodeRegister,
+        peer: String,
         tx: NodeTx,
         reply: Reply<NodeId>,
         now: Instant,
@@ -55,8 +56,16 @@ impl Actor {
                 tx,
                 name: register.name,
                 last_seen: now,
+                peer,
+                cpus: register.cpus,
+                memory_total: register.memory_bytes,
+                memory_available: register.memory_available,
+                draining: false,
+                told_drained: false,
             },
         );
+        tracing::info!(node = %id, name = %self.nodes[&id].name, slots = register.slots,
+            peer = %self.nodes[&id].peer, "node joined");
         let _ = reply.send(Ok(id));
     }
 

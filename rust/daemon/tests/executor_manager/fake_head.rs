@@ -127,6 +127,9 @@ impl Harness {
             work_dir: self._work_dir.path().join("executors"),
             env: vec![("FLAME_TEST_TAG".into(), self.tag.clone())],
             executor_memory_bytes: None,
+            memory_bytes: None,
+            bind: None,
+            drain_grace: std::time::Duration::ZERO,
         }
     }
 

@@ -38,6 +38,7 @@ pub fn node_register(slots: u32, previous_node_id: u64) -> proto::NodeMessage {
         slots,
         memory_bytes: u64::MAX,
         previous_node_id,
+        ..Default::default()
     };
     node_msg(node_message::Msg::Register(r))
 }
@@ -54,7 +55,7 @@ pub fn exited(executor_id: u64) -> proto::NodeMessage {
 }
 
 pub fn heartbeat() -> proto::NodeMessage {
-    node_msg(node_message::Msg::Heartbeat(proto::Heartbeat {}))
+    node_msg(node_message::Msg::Heartbeat(proto::Heartbeat::default()))
 }
 
 pub fn results(results: Vec<proto::TaskResult>) -> proto::ExecutorMessage {
