@@ -96,9 +96,7 @@ def test_dashboard_shows_the_session_its_counts_and_failures(cluster: str) -> No
     assert "Traceback" in detail
 
     failed_task = next(f for f in futs if f.exception() is not None)
-    task = text_of(
-        browse(f"{url}#/task/{sid}/{failed_task.task_id}", "--dump-dom").stdout
-    )
+    task = text_of(browse(f"{url}#/task/{sid}/{failed_task.task_id}", "--dump-dom").stdout)
     assert f"Task {failed_task.task_id} of session {sid}" in task, task[:3000]
     assert "squaring 7" in task and "ArithmeticError: refusing 7" in task, task[:3000]
 
