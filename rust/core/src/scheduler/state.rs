@@ -128,6 +128,10 @@ pub struct Session {
     /// Ids the daemon told a client it never stored (after a restart): their resubmission is
     /// accepted even though newer ids from that client were seen first.
     pub resubmittable: HashSet<TaskId>,
+    /// Ids a client watched that are being looked up in storage. One submitted meanwhile
+    /// (queued in the client while it reconnected) leaves this set when accepted, so the
+    /// lookup's "never stored" answer does not invite a second submission of it.
+    pub watching: HashSet<TaskId>,
     /// The tenant it counts against (0 for all when the tenant level is off).
     pub tenant: u32,
     /// Fingerprint of what its executors load (application, service spec, interpreter).
@@ -180,6 +184,7 @@ impl Session {
             last_counter: HashMap::new(),
             enter_failed: None,
             resubmittable: HashSet::new(),
+            watching: HashSet::new(),
             tenant: 0,
             app_key: 0,
             releasing: 0,

@@ -115,9 +115,40 @@ impl Scheduler {
                     return false;
                 }
                 *last = counter;
+                if !session.watching.is_empty() {
+                    session.watching.remove(tid);
+                }
                 true
             })
             .collect())
+    }
+
+    /// A client watches these ids, which are not in memory: storage is being asked.
+    pub fn looking_up(&mut self, sid: SessionId, tids: &[TaskId]) {
+        if let Some(s) = self.sessions.get_mut(&sid) {
+            s.watching.extend(tids.iter().copied());
+        }
+    }
+
+    /// Storage answered for `looked_up`; of `unknown` (never stored), the ids not accepted
+    /// since are returned and may be resubmitted (see [`Scheduler::allow_resubmit`]).
+    pub fn looked_up(
+        &mut self,
+        sid: SessionId,
+        looked_up: &[TaskId],
+        unknown: Vec<TaskId>,
+    ) -> Vec<TaskId> {
+        let Some(s) = self.sessions.get_mut(&sid) else {
+            return Vec::new();
+        };
+        let still: Vec<TaskId> = unknown
+            .into_iter()
+            .filter(|t| s.watching.contains(t))
+            .collect();
+        for t in looked_up {
+            s.watching.remove(t);
+        }
+        still
     }
 
     /// Queue accepted (and now durable) tasks, or restored ones after a restart. A session

@@ -552,3 +552,27 @@ fn short_tasks_get_a_wider_window_and_long_ones_keep_the_minimum() {
     // 50 ms tasks: the minimum window, nothing hoarded.
     assert_eq!(widest_window(Duration::from_millis(50), 40), 2);
 }
+
+#[test]
+fn a_watched_id_submitted_during_its_lookup_is_not_offered_for_resubmission() {
+    let mut h = Harness::new(1);
+    let sid = h.open(1, 0, 0);
+    let queued = TaskId::compose(ClientId(1), 10);
+    let lost = TaskId::compose(ClientId(1), 11);
+    h.s.looking_up(sid, &[queued, lost]);
+    // The client's queued submission of `queued` arrives while storage is asked.
+    let accepted = h.s.accept(sid, vec![(queued, Bytes::from_static(b"x"))]);
+    assert_eq!(accepted.unwrap().len(), 1);
+    let again = h.s.looked_up(sid, &[queued, lost], vec![queued, lost]);
+    assert_eq!(
+        again,
+        vec![lost],
+        "only the id never accepted may be resubmitted"
+    );
+    assert!(
+        h.s.session(sid).unwrap().watching.is_empty(),
+        "the lookup is forgotten"
+    );
+    // And a second lookup's answer with nothing pending leaves nothing behind.
+    assert!(h.s.looked_up(sid, &[queued], vec![queued]).is_empty());
+}

@@ -188,8 +188,15 @@ impl Actor {
             Event::WatchedUnknown {
                 conn,
                 session,
+                looked_up,
                 tasks,
             } => {
+                // Submitted again meanwhile (queued in the client while it reconnected):
+                // accepted already, so the client must not send them a second time.
+                let tasks = self.sched.looked_up(session, &looked_up, tasks);
+                if tasks.is_empty() {
+                    return;
+                }
                 // Note them as resubmittable before the client hears of them, so the
                 // resubmission is never mistaken for a duplicate.
                 self.sched.allow_resubmit(session, &tasks);
@@ -363,10 +370,12 @@ impl Actor {
         let Some(tx) = self.clients.get(&conn).cloned() else {
             return;
         };
+        self.sched.looking_up(session, &stored);
         let me = self.self_tx.clone();
         self.store.read(move |st| {
             let mut items = Vec::new();
             let mut unknown = Vec::new();
+            let looked_up = stored.clone();
             for t in stored {
                 match st.get_task(key(session, t)) {
                     Ok(Some(rec)) if rec.state.is_final() => {
@@ -395,15 +404,15 @@ impl Actor {
                 let msg = proto::server_message::Msg::Completions(proto::CompletionBatch { items });
                 let _ = tx.send(Ok(proto::ServerMessage { msg: Some(msg) }));
             }
-            if !unknown.is_empty() {
-                // Never stored (in flight when the daemon stopped): the client submits again,
-                // once the actor has noted them as resubmittable.
-                let _ = me.send(Event::WatchedUnknown {
-                    conn,
-                    session,
-                    tasks: unknown,
-                });
-            }
+            // Never stored (in flight when the daemon stopped): the client submits again,
+            // once the actor has noted them as resubmittable. Sent even with none unknown,
+            // so the actor forgets the lookup.
+            let _ = me.send(Event::WatchedUnknown {
+                conn,
+                session,
+                looked_up,
+                tasks: unknown,
+            });
         });
     }
 }

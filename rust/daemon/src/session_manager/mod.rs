@@ -166,6 +166,7 @@ pub enum Event {
     WatchedUnknown {
         conn: u64,
         session: SessionId,
+        looked_up: Vec<TaskId>,
         tasks: Vec<TaskId>,
     },
     Cancel {
