@@ -10,7 +10,7 @@
 //! executor_memory_mb = 4096                    # kill an executor resident over this
 //! executor_command = ["flame-echo-executor"]   # instead of `{python} -m flame._executor`
 //! warm_delay_ms = 2000
-//! window = 4                                   # tasks sent ahead to one executor, at least
+//! window = 2                                   # tasks sent ahead to one executor, at least
 //! window_max = 64                              # ... and at most, for very short tasks
 //! max_payload_mb = 256                         # largest task input or output (at most 1000)
 //! client_lease_ms = 60000                       # close a vanished client's sessions after this

@@ -79,7 +79,7 @@ pub struct SchedulerConfig {
 impl Default for SchedulerConfig {
     fn default() -> Self {
         Self {
-            window: 4,
+            window: 2,
             window_max: 64,
             window_work: Duration::from_millis(2),
             warm_delay: Duration::from_secs(2),

@@ -68,7 +68,7 @@ pub struct ManagerConfig {
 impl Default for ManagerConfig {
     fn default() -> Self {
         Self {
-            window: 4,
+            window: 2,
             window_max: 64,
             warm_delay: Duration::from_secs(2),
             policies: Default::default(),
