@@ -75,13 +75,8 @@ pub fn normalize_address(address: &str) -> String {
     }
 }
 
-/// Open a channel and say hello (keeping `previous` as the client id if non-zero).
-async fn hello(
-    address: &str,
-    timeout: Duration,
-    name: &str,
-    previous: u32,
-) -> Result<(FrontendClient<Channel>, proto::HelloReply)> {
+/// A Frontend stub on a new channel to `address`, or `Unreachable` within `timeout`.
+async fn open_frontend(address: &str, timeout: Duration) -> Result<FrontendClient<Channel>> {
     let unreachable = |reason: String| FlameError::Unreachable {
         address: address.to_string(),
         reason,
@@ -96,9 +91,23 @@ async fn hello(
         .await
         .map_err(|_| unreachable(format!("no answer within {timeout:?}")))?
         .map_err(|e| unreachable(error_chain(&e)))?;
-    let mut frontend = FrontendClient::new(channel)
+    Ok(FrontendClient::new(channel)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        .max_encoding_message_size(MAX_MESSAGE_BYTES))
+}
+
+/// Open a channel and say hello (keeping `previous` as the client id if non-zero).
+async fn hello(
+    address: &str,
+    timeout: Duration,
+    name: &str,
+    previous: u32,
+) -> Result<(FrontendClient<Channel>, proto::HelloReply)> {
+    let unreachable = |reason: String| FlameError::Unreachable {
+        address: address.to_string(),
+        reason,
+    };
+    let mut frontend = open_frontend(address, timeout).await?;
     let req = proto::HelloRequest {
         client_name: name.to_string(),
         previous_client_id: previous,

@@ -6,13 +6,11 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
-use crate::error::{error_chain, FlameError, Result};
+use crate::error::Result;
 use crate::ids::ObjectId;
 use crate::proto::{self, frontend_client::FrontendClient};
-
-use super::MAX_MESSAGE_BYTES;
 
 const CHUNK_BYTES: usize = 1 << 20;
 
@@ -32,23 +30,7 @@ impl ObjectClient {
     /// # Errors
     /// `Unreachable` naming the address when nothing answers within `timeout`.
     pub async fn connect(address: &str, timeout: Duration) -> Result<Self> {
-        let unreachable = |reason: String| FlameError::Unreachable {
-            address: address.to_string(),
-            reason,
-        };
-        let endpoint = Endpoint::from_shared(address.to_string())
-            .map_err(|e| FlameError::InvalidArgument(format!("bad address '{address}': {e}")))?
-            .connect_timeout(timeout)
-            .tcp_nodelay(true);
-        let channel = tokio::time::timeout(timeout, endpoint.connect())
-            .await
-            .map_err(|_| unreachable(format!("no answer within {timeout:?}")))?
-            .map_err(|e| unreachable(error_chain(&e)))?;
-        Ok(Self::new(
-            FrontendClient::new(channel)
-                .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                .max_encoding_message_size(MAX_MESSAGE_BYTES),
-        ))
+        Ok(Self::new(super::open_frontend(address, timeout).await?))
     }
 
     /// Upload an object made of `parts` (written one after the other).
