@@ -75,6 +75,7 @@ class Worker:
         self._capture = capture
         self._session_id: int | None = None
         self._name = ""
+        self._result_what = ""  # how errors name a task's result (made once per session)
         self._kind = ""
         self._target: Any = None
         self._retry: Retry = False
@@ -125,6 +126,7 @@ class Worker:
             return _failure(errors.SESSION_ENTER_FAILED, e)
         self._session_id = session_id
         self._name = application
+        self._result_what = f"the result of {application}"
         self._kind = kind
         self._target = target
         retry = spec.get("retry", False) if kind != "service" else False
@@ -161,7 +163,7 @@ class Worker:
         if self._kind == "service":
             return self._service_output(result)
         try:
-            return _serde.dumps(result, what=f"the result of {self._name}")
+            return _serde.dumps(result, what=self._result_what)
         except errors.FlameError as e:
             return (*_failure(errors.USER_EXCEPTION, e), False)
 
