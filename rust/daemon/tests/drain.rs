@@ -13,13 +13,19 @@ use flame_core::proto;
 use flame_daemon::executor_manager::NodeConfig;
 use flame_daemon::local::LocalCluster;
 use flame_daemon::server::HeadConfig;
+use flame_daemon::session_manager::ManagerConfig;
 
 async fn start(state_dir: &std::path::Path) -> LocalCluster {
     let head = HeadConfig {
         host: "127.0.0.1".into(),
         port: 0,
         state_dir: state_dir.to_path_buf(),
-        manager: Default::default(),
+        // A fixed window of 4, so that exactly four tasks are sent ahead to the executor.
+        manager: ManagerConfig {
+            window: 4,
+            window_max: 4,
+            ..Default::default()
+        },
         http: flame_daemon::http::HttpPort::Off,
     };
     let mut node = NodeConfig::new("");
@@ -99,8 +105,14 @@ async fn a_drained_node_finishes_what_it_was_sent_and_leaves() {
     assert!(drained.into_inner().draining);
 
     let mut done = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
     while done.len() < 4 {
-        let batch = client.next_completions(Duration::from_secs(10)).await;
+        assert!(
+            Instant::now() < deadline,
+            "only {} of 4 sent tasks finished",
+            done.len()
+        );
+        let batch = client.next_completions(Duration::from_secs(1)).await;
         done.extend(batch.expect("stream open"));
     }
     assert!(done
