@@ -126,25 +126,14 @@ pub(super) fn session(row: &Row<'_>) -> Result<SessionRecord> {
 /// A task from a row of [`TASK_COLS`].
 pub(super) fn task(row: &Row<'_>) -> Result<TaskRecord> {
     let key = task_key(row, 0)?;
-    let state: i64 = row.get(2)?;
-    let error = match row.get::<_, Option<i64>>(6)? {
-        None => None,
-        Some(kind) => Some(TaskFailure {
-            kind: error_kind(key, kind)?,
-            message: row.get::<_, Option<String>>(7)?.unwrap_or_default(),
-            traceback: row.get::<_, Option<String>>(8)?.unwrap_or_default(),
-            payload: blob(row, 9)?,
-            retryable: false,
-        }),
-    };
+    let payload = blob(row, 9)?;
     Ok(TaskRecord {
         key,
-        state: task_state(state)
-            .ok_or_else(|| corrupt(format!("task {key} has unknown state {state}")))?,
+        state: state_col(row, key)?,
+        error: failure(row, key, payload)?,
         attempts: u32_col(row, 3, || format!("attempts of task {key}"))?,
         created_ms: row.get(4)?,
         finished_ms: row.get(5)?,
-        error,
         output: blob(row, 10)?,
         input: blob(row, 11)?,
     })
@@ -153,24 +142,13 @@ pub(super) fn task(row: &Row<'_>) -> Result<TaskRecord> {
 /// A task view from a row of [`TASK_VIEW_COLS`].
 pub(super) fn task_view(row: &Row<'_>) -> Result<TaskView> {
     let key = task_key(row, 0)?;
-    let state: i64 = row.get(2)?;
-    let error = match row.get::<_, Option<i64>>(6)? {
-        None => None,
-        Some(kind) => Some(TaskFailure {
-            kind: error_kind(key, kind)?,
-            message: row.get::<_, Option<String>>(7)?.unwrap_or_default(),
-            traceback: row.get::<_, Option<String>>(8)?.unwrap_or_default(),
-            payload: Bytes::new(),
-            retryable: false,
-        }),
-    };
+    let error = failure(row, key, Bytes::new())?;
     let executor: Option<i64> = row.get(10)?;
     let node: Option<i64> = row.get(11)?;
     let output: Option<i64> = row.get(12)?;
     Ok(TaskView {
         key,
-        state: task_state(state)
-            .ok_or_else(|| corrupt(format!("task {key} has unknown state {state}")))?,
+        state: state_col(row, key)?,
         attempts: u32_col(row, 3, || format!("attempts of task {key}"))?,
         created_ms: row.get(4)?,
         finished_ms: row.get(5)?,
@@ -181,6 +159,26 @@ pub(super) fn task_view(row: &Row<'_>) -> Result<TaskView> {
         error,
         output_bytes: output.and_then(|n| u64::try_from(n).ok()).unwrap_or(0),
     })
+}
+
+/// The task state in column 2 (both task queries put it there).
+fn state_col(row: &Row<'_>, key: TaskKey) -> Result<TaskState> {
+    let state: i64 = row.get(2)?;
+    task_state(state).ok_or_else(|| corrupt(format!("task {key} has unknown state {state}")))
+}
+
+/// The failure in columns 6–8 (kind, message, traceback), if the task has one.
+fn failure(row: &Row<'_>, key: TaskKey, payload: Bytes) -> Result<Option<TaskFailure>> {
+    let Some(kind) = row.get::<_, Option<i64>>(6)? else {
+        return Ok(None);
+    };
+    Ok(Some(TaskFailure {
+        kind: error_kind(key, kind)?,
+        message: row.get::<_, Option<String>>(7)?.unwrap_or_default(),
+        traceback: row.get::<_, Option<String>>(8)?.unwrap_or_default(),
+        payload,
+        retryable: false,
+    }))
 }
 
 fn error_kind(key: TaskKey, kind: i64) -> Result<ErrorKind> {
