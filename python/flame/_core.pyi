@@ -129,6 +129,7 @@ class ServiceHost(Protocol):
         """Output bytes or an error tuple; paired with the task's log text when it printed."""
     def leave(self) -> None: ...
 
+def executor_blocked(blocked: bool) -> bool: ...
 def run_executor(address: str, executor_id: int, host: ServiceHost) -> None:
     """Run the executor loop until the session manager says stop or the link is lost."""
 

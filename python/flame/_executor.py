@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("FLAME_ADDRESS", args.address)
     capture = None
     try:
-        from flame import _core, objects
+        from flame import _blocking, _core, objects
         from flame._capture import OutputCapture
         from flame._worker import Worker
 
@@ -33,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
         # process's stdout/stderr.
         capture = OutputCapture()
         capture.install()
+        _blocking.enable()  # this thread runs the tasks: its waits free the slot
         _core.run_executor(args.address, args.executor_id, Worker(capture))
     except KeyboardInterrupt:
         return 130

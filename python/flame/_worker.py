@@ -28,7 +28,7 @@ from typing import Any, Callable, Optional, Union
 
 import cloudpickle
 
-from flame import _serde, errors
+from flame import _blocking, _serde, errors
 from flame._capture import OutputCapture
 from flame.application import FlameService, SessionContext, TaskContext
 
@@ -142,15 +142,27 @@ class Worker:
         """
         capture = self._capture
         if capture is None:
-            return self._invoke(task_id, input)
+            return self._invoke_scoped(task_id, input)
         capture.active = True
         try:
-            result = self._invoke(task_id, input)
+            result = self._invoke_scoped(task_id, input)
         finally:
             capture.active = False
         if capture.parts:
             return (result, capture.take())
         return result
+
+    def _invoke_scoped(self, task_id: int, input: bytes) -> bytes | TaskErrorTuple:
+        """Run one task; the sessions it opened are closed before its result goes out."""
+        _blocking.task_begin()
+        try:
+            return self._invoke(task_id, input)
+        finally:
+            opened = _blocking.task_end()
+            if opened:
+                from flame import api  # only then: plain tasks never load the client
+
+                api.close_task_sessions(opened)
 
     def _invoke(self, task_id: int, input: bytes) -> bytes | TaskErrorTuple:
         if self._session_id is None:

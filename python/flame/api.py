@@ -18,7 +18,7 @@ import tempfile
 import threading
 from typing import Any
 
-from flame import _core, errors
+from flame import _blocking, _core, errors
 from flame._scheduling import Scheduling
 from flame.client import Connection
 from flame.objects import ObjectRef
@@ -75,7 +75,12 @@ class Runtime:
         )
         with self._lock:
             self._sessions.add(info.id)
+        _blocking.opened(info.id)  # inside an executor: closed when the task ends
         return info.id
+
+    def is_open(self, session_id: int) -> bool:
+        """Whether a session opened here is still open (not closed through this runtime)."""
+        return session_id in self._sessions
 
     def close_session(self, session_id: int) -> None:
         """Close a session opened by :meth:`open_session`; quiet if already gone."""
@@ -114,6 +119,15 @@ class Runtime:
             finally:
                 if self.temp_dir is not None:
                     shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+def close_task_sessions(session_ids: list[int]) -> None:
+    """Close the sessions a task opened (inside an executor, when the task ends)."""
+    rt = _runtime
+    if rt is None:
+        return
+    for session_id in session_ids:
+        rt.close_session(session_id)
 
 
 _lock = threading.RLock()

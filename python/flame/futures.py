@@ -20,7 +20,7 @@ import threading
 from collections.abc import Generator
 from typing import Any, Callable, Optional, Protocol
 
-from flame import errors
+from flame import _blocking, errors
 
 __all__ = ["CompletionPump", "Future"]
 
@@ -172,7 +172,14 @@ class Future(concurrent.futures.Future):  # type: ignore[type-arg]
 
     def __await__(self) -> Generator[Any, None, Any]:
         """Wait for the result in the running asyncio loop (thread-safe bridge)."""
-        return asyncio.wrap_future(self).__await__()
+        if self.done():
+            return asyncio.wrap_future(self).__await__()
+        return self._await_waiting()
+
+    def _await_waiting(self) -> Generator[Any, None, Any]:
+        # Inside an executor's task, the slot is free while the coroutine waits here.
+        with _blocking.waiting():
+            return (yield from asyncio.wrap_future(self).__await__())
 
     def result(self, timeout: float | None = None) -> Any:
         """The task's result, waiting up to ``timeout`` seconds (``None``: no limit).
@@ -186,7 +193,10 @@ class Future(concurrent.futures.Future):  # type: ignore[type-arg]
         if self._state == _FINISHED and self._exception is None:
             return self._result  # done: no lock needed (fields are set before the state)
         try:
-            return super().result(timeout)
+            if self.done():
+                return super().result(timeout)
+            with _blocking.waiting():  # inside an executor's task: the slot is free meanwhile
+                return super().result(timeout)
         except concurrent.futures.TimeoutError as e:
             if isinstance(e, TimeoutError):
                 raise
@@ -195,7 +205,8 @@ class Future(concurrent.futures.Future):  # type: ignore[type-arg]
     def exception(self, timeout: float | None = None) -> BaseException | None:
         """The task's exception, or ``None`` if it succeeded (waits like :meth:`result`)."""
         try:
-            return super().exception(timeout)
+            with _blocking.waiting((self,)):
+                return super().exception(timeout)
         except concurrent.futures.TimeoutError as e:
             if isinstance(e, TimeoutError):
                 raise

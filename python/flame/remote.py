@@ -309,7 +309,9 @@ class RemoteFunction(_Callable, Generic[R]):
     def _session(self) -> tuple[Connection, int]:
         rt = api.runtime()
         with self._lock:
-            if self._runtime is not rt or self._session_id is None:
+            # Reopened after its session was closed (by the task that opened it ending).
+            sid = self._session_id
+            if self._runtime is not rt or sid is None or not rt.is_open(sid):
                 spec = _serde.dumps_function(
                     {"kind": "function", "fn": self._fn, "retry": self._options.retry_exceptions},
                     what=f"function {self.name}",

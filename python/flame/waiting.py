@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, Union, overload
 
-from flame import errors
+from flame import _blocking, errors
 from flame.objects import ObjectRef
 
 __all__ = ["Progress", "as_completed", "get", "wait"]
@@ -135,11 +135,13 @@ def get(
     items = _check_futures(futures)
     deadline = None if timeout is None else time.monotonic() + timeout
     bar = _bar(progress, len(items), "flame.get")
-    if bar is not None:
-        with bar:
-            for _ in _advance(bar, items, deadline, len(items)):
-                pass
-    results = [f.result(_remaining(deadline)) for f in items]
+    # Inside an executor's task, the slot is free while this waits (see flame._blocking).
+    with _blocking.waiting(items):
+        if bar is not None:
+            with bar:
+                for _ in _advance(bar, items, deadline, len(items)):
+                    pass
+        results = [f.result(_remaining(deadline)) for f in items]
     return results[0] if single else results
 
 
@@ -172,14 +174,15 @@ def wait(
     deadline = None if timeout is None else time.monotonic() + timeout
     bar = _bar(progress, n, "flame.wait")
     if bar is not None:
-        with bar:
+        with bar, _blocking.waiting(items):
             try:
                 for _ in _advance(bar, items, deadline, n):
                     pass
             except errors.WaitTimeoutError:
                 pass  # wait() reports a timeout through not_done
     else:
-        _wait_plain(items, n, deadline)
+        with _blocking.waiting(items):
+            _wait_plain(items, n, deadline)
     done: list[AnyFuture] = []
     not_done: list[AnyFuture] = []
     for f in items:
@@ -234,11 +237,28 @@ def _as_completed(
 ) -> Iterator[AnyFuture]:
     if options is not None:
         with _open_bar(options, len(items), "flame.as_completed") as bar:
-            yield from _advance(bar, items, deadline, len(items))
+            yield from _waits(_advance(bar, items, deadline, len(items)), items)
         return
     try:
-        yield from concurrent.futures.as_completed(items, _remaining(deadline))
+        yield from _waits(concurrent.futures.as_completed(items, _remaining(deadline)), items)
     except concurrent.futures.TimeoutError as e:
         if isinstance(e, TimeoutError):
             raise
         raise errors.WaitTimeoutError(str(e)) from None
+
+
+def _waits(it: Iterator[AnyFuture], items: list[AnyFuture]) -> Iterator[AnyFuture]:
+    """``it``, each wait for its next item counted as a wait (see :mod:`flame._blocking`);
+    the time the consumer spends between items is not. The futures done at the start come
+    first without a wait."""
+    ready = sum(1 for f in items if f.done())
+    while True:
+        if ready > 0:
+            ready -= 1
+            fut = next(it, None)
+        else:
+            with _blocking.waiting():
+                fut = next(it, None)
+        if fut is None:
+            return
+        yield fut

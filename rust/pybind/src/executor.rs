@@ -136,3 +136,10 @@ pub fn run_executor(
     py.detach(|| flame_core::executor::run_executor(&address, ExecutorId(executor_id), &mut host))
         .map_err(err)
 }
+
+/// The running task of this process's executor starts (`True`) or stops (`False`) waiting
+/// on other tasks; `False` when this process runs no executor loop. See `flame._blocking`.
+#[pyfunction]
+pub fn executor_blocked(blocked: bool) -> bool {
+    flame_core::executor::set_blocked(blocked)
+}

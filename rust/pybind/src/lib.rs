@@ -44,6 +44,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<cluster::PyLocalCluster>()?;
     m.add_class::<objects::PyObjectClient>()?;
     m.add_function(wrap_pyfunction!(executor::run_executor, m)?)?;
+    m.add_function(wrap_pyfunction!(executor::executor_blocked, m)?)?;
     m.add_function(wrap_pyfunction!(daemon_main, m)?)?;
     m.add_function(wrap_pyfunction!(init_logging, m)?)?;
     Ok(())

@@ -17,6 +17,7 @@ use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Endpoint;
 
+use super::window::Window;
 use super::MAX_MESSAGE_BYTES;
 use crate::error::{error_chain, FlameError, Result};
 use crate::ids::ExecutorId;
@@ -51,6 +52,8 @@ pub(super) struct Link {
     outbound: Option<mpsc::UnboundedSender<Outbound>>,
     broken: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
+    /// Tasks received and not started; the blocked state (see `window.rs`).
+    pub(super) window: Arc<Window>,
 }
 
 impl Link {
@@ -63,11 +66,13 @@ impl Link {
         let (in_tx, in_rx) = std_mpsc::channel();
         let (out_tx, out_rx) = mpsc::unbounded_channel();
         let broken = Arc::new(AtomicBool::new(false));
+        let window = Window::new(&out_tx);
         let net = Network {
             address: address.to_string(),
             id,
             inbound: in_tx,
             broken: broken.clone(),
+            window: window.clone(),
         };
         let thread = std::thread::Builder::new()
             .name(format!("flame-{id}-net"))
@@ -80,6 +85,7 @@ impl Link {
             outbound: Some(out_tx),
             broken,
             thread: Some(thread),
+            window,
         })
     }
 
@@ -120,6 +126,7 @@ struct Network {
     id: ExecutorId,
     inbound: std_mpsc::Sender<Inbound>,
     broken: Arc<AtomicBool>,
+    window: Arc<Window>,
 }
 
 impl Network {
@@ -146,6 +153,10 @@ impl Network {
                 _ = sleep_until(linger_until) => return,
                 msg = stream.message() => match msg {
                     Ok(Some(cmd)) => {
+                        // Tasks that arrive while the running one is blocked go back.
+                        if !self.window.arrived(&cmd) {
+                            continue;
+                        }
                         // The host may already be gone (shutting down); nothing to do then.
                         let _ = self.inbound.send(Inbound::Command(cmd));
                     }

@@ -10,6 +10,9 @@
 mod link;
 #[cfg(test)]
 mod tests;
+mod window;
+
+pub use window::set_blocked;
 
 use std::time::{Duration, Instant};
 
@@ -83,6 +86,7 @@ fn run_with_timeout(
 ) -> Result<()> {
     let address = crate::client::normalize_address(address);
     let link = Link::open(&address, executor_id, connect_timeout)?;
+    let _installed = link.window.install();
     let mut worker = Worker {
         host,
         link: &link,
@@ -244,6 +248,10 @@ impl Worker<'_> {
             if self.link.is_broken() {
                 return;
             }
+            // Given back while an earlier task was blocked: it runs elsewhere.
+            if !self.link.window.start(session.0, task.task_id) {
+                continue;
+            }
             let started = Instant::now();
             let outcome = if self.bound == Some(session) {
                 self.host.invoke(session, TaskId(task.task_id), task.input)
@@ -257,6 +265,10 @@ impl Worker<'_> {
                     format!("executor is not bound to session {session}"),
                 ))
             };
+            // A wait the host left open ends with its task: the slot is taken back.
+            if self.link.window.is_blocked() {
+                self.link.window.set_blocked(false);
+            }
             let log = self.host.take_log();
             // At least 1: 0 on the wire means "not measured".
             let run_us = u64::try_from(started.elapsed().as_micros())

@@ -149,7 +149,7 @@ impl Scheduler {
                 && self
                     .executors
                     .get(e)
-                    .is_some_and(|x| !x.releasing && x.inflight.len() < window)
+                    .is_some_and(|x| !x.releasing && !x.blocked && x.inflight.len() < window)
         });
         ready.sort_unstable();
         let mut batches: HashMap<ExecutorId, Vec<(TaskId, Bytes, u32)>> = HashMap::new();
@@ -227,6 +227,7 @@ impl Scheduler {
         let Some(sid) = self.executors.get(&eid).and_then(|e| e.session()) else {
             return;
         };
+        self.set_blocked(eid, false);
         self.set_idle_since(eid, None);
         self.set_releasing(eid, false);
         self.set_head_since(eid, None);

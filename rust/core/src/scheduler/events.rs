@@ -19,6 +19,7 @@ impl Scheduler {
             slots,
             executors: Default::default(),
             exiting: Default::default(),
+            blocked: Default::default(),
             draining: false,
             free_key: None,
         });
@@ -307,7 +308,10 @@ impl Scheduler {
             .sessions
             .get(&sid)
             .is_none_or(|s| s.pending.is_empty() && s.kept() > s.reserved());
-        if warm {
+        if warm && self.node_over_slots(self.executors[&eid].node) {
+            // Its node runs over its slots (after a nested wait): no warm period there.
+            self.unbind(eid, None);
+        } else if warm {
             self.set_idle_since(eid, Some(now));
         }
     }

@@ -15,7 +15,8 @@
 //! Layout: `state.rs` (the entities), `index.rs` (ordered indexes), `events.rs` (what
 //! happens), `submission.rs` (sessions and tasks), `dispatch.rs` (sending tasks, warm and
 //! timeout bookkeeping), `placement.rs` (hand-out), `reclaim.rs` (taking executors back),
-//! `policy.rs` (which policies are on), `drain.rs` (emptying a node that is leaving).
+//! `policy.rs` (which policies are on), `drain.rs` (emptying a node that is leaving),
+//! `blocking.rs` (executors blocked in nested waits give up their slots).
 //!
 //! Cost, with S sessions that want executors, I idle executors, N nodes, E_s the executors
 //! of one session: an event touches only what it names and marks those sessions dirty; one
@@ -28,6 +29,7 @@
 //! the victim to take back, O(E_victim). Expiring warm executors and timeouts pops ordered
 //! sets, O(log E) per expiry; [`Scheduler::next_deadline`] is O(log E).
 
+mod blocking;
 mod dispatch;
 mod drain;
 mod events;
@@ -39,6 +41,8 @@ mod state;
 mod submission;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_blocking;
 #[cfg(test)]
 mod tests_drain;
 #[cfg(test)]

@@ -150,6 +150,7 @@ impl Scheduler {
                 last_session: None,
                 last_app: None,
                 deadline: None,
+                blocked: false,
             },
         );
         if let Some(s) = self.sessions.get_mut(&for_session) {
@@ -215,7 +216,8 @@ impl Scheduler {
         exec.state = ExecutorState::Idle;
         exec.releasing = false;
         let reserved = exec.reserved_for.take();
-        let draining = self.nodes.get(&exec.node).is_some_and(|n| n.draining);
+        let node = exec.node;
+        let draining = self.nodes.get(&node).is_some_and(|n| n.draining);
         if let Some(s) = reserved.and_then(|r| self.sessions.get_mut(&r)) {
             s.starting = s.starting.saturating_sub(1);
             let (sid, wants) = (s.id, s.held() < s.target());
@@ -227,6 +229,10 @@ impl Scheduler {
         }
         if draining {
             self.retire(eid, "its node is draining");
+            return;
+        }
+        if self.node_over_slots(node) {
+            self.retire(eid, "its node is over its slots after a nested wait");
             return;
         }
         self.idle_add(eid);
@@ -288,6 +294,7 @@ impl Scheduler {
         self.idle_remove(eid);
         self.set_idle_since(eid, None);
         self.set_releasing(eid, false);
+        self.set_blocked(eid, false);
         let exec = self.executors.remove(&eid)?;
         // `head_since` stays on the returned executor: `lose` tells from it whether the head
         // task had started.

@@ -90,7 +90,7 @@ impl Scheduler {
             .iter()
             .copied()
             .filter_map(|e| self.executors.get(&e))
-            .filter(|e| !e.releasing)
+            .filter(|e| !e.releasing && !e.blocked)
             .min_by_key(|e| (e.inflight.len(), e.id))
             .map(|e| e.id)
     }

@@ -21,6 +21,9 @@ pub struct Node {
     /// Executors whose connection is gone but whose process the node has not reported as
     /// exited yet: they still hold a slot there.
     pub exiting: HashSet<ExecutorId>,
+    /// Of `executors`, those blocked in a nested wait: they hold no slot while they wait
+    /// (see `blocking.rs`), so the node may run that many beyond its slots.
+    pub blocked: HashSet<ExecutorId>,
     /// Being drained: no executor is started or bound there; each leaves once its tasks end.
     pub draining: bool,
     /// Free slots as last entered in the free-node index (`None`: not in it).
@@ -29,7 +32,12 @@ pub struct Node {
 
 impl Node {
     pub fn used_slots(&self) -> usize {
-        self.executors.len() + self.exiting.len()
+        (self.executors.len() + self.exiting.len()).saturating_sub(self.blocked.len())
+    }
+
+    /// More executors hold slots here than it has (some came back from a nested wait).
+    pub fn over_slots(&self) -> bool {
+        self.used_slots() > self.slots as usize
     }
 
     /// A new executor may start here: a slot is free and the node is not draining.
@@ -81,6 +89,8 @@ pub struct Executor {
     pub last_app: Option<u64>,
     /// When the head task runs out of time, as entered in the timeout index.
     pub(super) deadline: Option<Instant>,
+    /// Its running task waits on other tasks: it holds no slot and gets no tasks meanwhile.
+    pub blocked: bool,
 }
 
 impl Executor {
@@ -138,6 +148,8 @@ pub struct Session {
     pub app_key: u64,
     /// Of `executors`, how many are releasing (asked back, finishing their current tasks).
     pub releasing: u32,
+    /// Of `executors`, how many are blocked in a nested wait (not counted as held).
+    pub blocked: u32,
     /// The node of the executor it was last bound to: data-aware spawns go there first.
     pub last_node: Option<NodeId>,
     /// Where the session sits in the scheduler's indexes (see `index.rs`).
@@ -188,6 +200,7 @@ impl Session {
             tenant: 0,
             app_key: 0,
             releasing: 0,
+            blocked: 0,
             last_node: None,
             slot: Default::default(),
             mean_run_secs: None,
@@ -230,13 +243,15 @@ impl Session {
         held < self.reserved() || (!self.pending.is_empty() && held < self.target())
     }
 
-    /// Executors held or on their way.
+    /// Executors held or on their way (blocked ones hold nothing while they wait).
     pub fn held(&self) -> usize {
-        self.executors.len() + self.starting as usize
+        (self.executors.len() + self.starting as usize).saturating_sub(self.blocked as usize)
     }
 
-    /// Executors held that are not being given back.
+    /// Executors held that are not being given back (nor blocked).
     pub fn kept(&self) -> usize {
-        self.executors.len().saturating_sub(self.releasing as usize)
+        self.executors
+            .len()
+            .saturating_sub(self.releasing as usize + self.blocked as usize)
     }
 }

@@ -323,10 +323,11 @@ impl Node {
         match command.msg {
             Some(node_command::Msg::Drained(_)) => {} // handled in `serve`
             Some(node_command::Msg::Spawn(spawn)) => {
-                if let Err(refused) = self
-                    .pool
-                    .spawn(ExecutorId(spawn.executor_id), &spawn.python)
-                {
+                if let Err(refused) = self.pool.spawn(
+                    ExecutorId(spawn.executor_id),
+                    &spawn.python,
+                    spawn.beyond_slots,
+                ) {
                     self.send(exited(refused)).await;
                 }
             }

@@ -61,11 +61,17 @@ impl Pool {
         }
     }
 
-    /// Starts executor `id`.
+    /// Starts executor `id`. `beyond_slots`: executors of this node the head counts as
+    /// blocked in nested waits, which hold no slot meanwhile; the node may run that many more.
     ///
     /// # Errors
     /// An exit report to send at once when it cannot run: no free slot, or it failed to start.
-    pub(super) fn spawn(&mut self, id: ExecutorId, python: &str) -> Result<(), ExecutorExited> {
+    pub(super) fn spawn(
+        &mut self,
+        id: ExecutorId,
+        python: &str,
+        beyond_slots: u32,
+    ) -> Result<(), ExecutorExited> {
         let refuse = |reason: String| ExecutorExited {
             executor_id: id.0,
             exit_code: -1,
@@ -77,9 +83,11 @@ impl Pool {
             tracing::warn!(executor = %id, "spawn for an executor that is already running; ignored");
             return Ok(());
         }
-        if self.children.len() >= self.config.slots as usize {
+        let allowed = self.config.slots as usize + beyond_slots as usize;
+        if self.children.len() >= allowed {
             let reason = format!(
-                "node '{}' refused executor {id}: all {} slots are in use",
+                "node '{}' refused executor {id}: all {} slots are in use ({beyond_slots} \
+                 more allowed for executors blocked in nested waits)",
                 self.config.name, self.config.slots
             );
             tracing::warn!("{reason}");

@@ -9,7 +9,7 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
-use flame_core::ids::{ExecutorId, SessionId};
+use flame_core::ids::{ExecutorId, SessionId, TaskId};
 use flame_core::proto::{self, backend_server::Backend, executor_message, node_message};
 
 use super::first_message;
@@ -132,6 +132,24 @@ impl Backend for BackendService {
                         Some(executor_message::Msg::Left(l)) => Event::SessionLeft {
                             executor: id,
                             session: SessionId(l.session_id),
+                        },
+                        Some(executor_message::Msg::Blocked(_)) => Event::ExecutorWaiting {
+                            executor: id,
+                            blocked: Some(true),
+                            session: SessionId(0),
+                            returned: Vec::new(),
+                        },
+                        Some(executor_message::Msg::Unblocked(_)) => Event::ExecutorWaiting {
+                            executor: id,
+                            blocked: Some(false),
+                            session: SessionId(0),
+                            returned: Vec::new(),
+                        },
+                        Some(executor_message::Msg::Returned(r)) => Event::ExecutorWaiting {
+                            executor: id,
+                            blocked: None,
+                            session: SessionId(r.session_id),
+                            returned: r.task_ids.into_iter().map(TaskId).collect(),
                         },
                         _ => {
                             tracing::warn!(executor = %id, "unexpected executor message dropped");

@@ -28,9 +28,11 @@ impl Actor {
                     executor,
                     python,
                 } => {
+                    let blocked = self.sched.blocked_on(node);
                     let cmd = node_command::Msg::Spawn(proto::SpawnExecutor {
                         executor_id: executor.0,
                         python,
+                        beyond_slots: u32::try_from(blocked).unwrap_or(u32::MAX),
                     });
                     self.send_to_node(node, cmd);
                 }

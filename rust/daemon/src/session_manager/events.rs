@@ -245,6 +245,12 @@ impl Actor {
                 self.sched.session_left(executor, session, now);
             }
             Event::Results { executor, results } => self.results(executor, results, now),
+            Event::ExecutorWaiting {
+                executor,
+                blocked,
+                session,
+                returned,
+            } => self.executor_waiting(executor, blocked, session, &returned, now),
             Event::Shutdown { reply } => {
                 // The event loop handles Shutdown itself; never reached.
                 tracing::error!("Shutdown reached the event handler");

@@ -10,6 +10,7 @@ mod actor;
 mod apply;
 mod events;
 mod introspection;
+mod nested;
 mod nodes;
 mod overview;
 mod workers;
@@ -221,6 +222,14 @@ pub enum Event {
     Results {
         executor: ExecutorId,
         results: Vec<proto::TaskResult>,
+    },
+    /// An executor's running task started or stopped waiting on other tasks (`blocked`,
+    /// `None`: unchanged), and gave back the tasks of `session` in `returned`, unrun.
+    ExecutorWaiting {
+        executor: ExecutorId,
+        blocked: Option<bool>,
+        session: SessionId,
+        returned: Vec<TaskId>,
     },
     // ------------------------------------------------------------ lifecycle
     /// Tell executors to stop, flush storage, and end the actor.

@@ -295,10 +295,17 @@ impl NodeConn {
     }
 
     pub async fn spawn(&self, id: u64) {
+        self.spawn_beyond(id, 0).await;
+    }
+
+    /// Spawn, allowing `beyond_slots` more than the node's slots (executors the head counts
+    /// as blocked in nested waits).
+    pub async fn spawn_beyond(&self, id: u64, beyond_slots: u32) {
         let python = "no-such-python-here".into();
         self.send(node_command::Msg::Spawn(flame_core::proto::SpawnExecutor {
             executor_id: id,
             python,
+            beyond_slots,
         }))
         .await;
     }

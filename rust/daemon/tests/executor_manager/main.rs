@@ -105,6 +105,40 @@ async fn spawns_kills_refuses_and_reaps_executors() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_node_runs_beyond_its_slots_as_far_as_the_head_allows() {
+    let mut h = Harness::start("beyond-slots").await;
+    let (task, token, mut node) = h.node(1, &[ECHO]).await;
+    let mut heartbeats = 0;
+    node.spawn(1).await;
+    // One executor of this node is blocked in a nested wait: one more may start.
+    node.spawn_beyond(2, 1).await;
+    let executors = h.executors(2).await;
+    assert_eq!(h.tagged_pids().len(), 2);
+    // But not two more.
+    node.spawn_beyond(3, 1).await;
+    let refused = node.next_exit(&mut heartbeats).await;
+    assert_eq!((refused.executor_id, refused.exit_code), (3, -1));
+    assert!(
+        refused.stderr_tail.contains("nested waits"),
+        "{}",
+        refused.stderr_tail
+    );
+    token.cancel();
+    let mut stopped = vec![
+        node.next_exit(&mut heartbeats).await.executor_id,
+        node.next_exit(&mut heartbeats).await.executor_id,
+    ];
+    stopped.sort_unstable();
+    assert_eq!(stopped, [1, 2]);
+    while node.next().await.is_some() {}
+    drop(node);
+    within(task).await.expect("node task").expect("clean stop");
+    assert!(h.tagged_pids().is_empty(), "{:?}", h.tagged_pids());
+    drop(executors);
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn the_node_outlives_a_head_restart_and_registers_again_under_its_id() {
     let mut h = Harness::start("head-restart").await;
     let config = h.config(4, &[ECHO]);
