@@ -172,6 +172,14 @@ impl ServiceHost for TestHost {
                 let _ = gate.recv();
             }
         }
+        if input.as_ref() == b"wait" {
+            // A nested wait, as `flame.get` inside a task does it.
+            assert!(set_blocked(true));
+            if let Some(gate) = &self.gate {
+                let _ = gate.recv();
+            }
+            assert!(set_blocked(false));
+        }
         if let Some(msg) = input.strip_prefix(b"fail:") {
             let msg = String::from_utf8_lossy(msg);
             return Err(TaskFailure::new(ErrorKind::ErrorUserException, msg));
@@ -526,5 +534,56 @@ async fn what_a_task_printed_travels_with_its_result_only() {
     );
     drop(conn);
     finished(exec).await.expect("clean shutdown");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_blocked_task_gives_back_the_tasks_queued_behind_it() {
+    let mut server = Server::start().await;
+    let (gate, gate_rx) = std_mpsc::channel();
+    let (calls, exec) = start_executor(&server.address, Some(gate_rx));
+    let mut conn = server.accept(7).await;
+    conn.send(bind(1, b"")).await;
+    conn.send(tasks(1, &[(10, "wait"), (11, "b"), (12, "c")]))
+        .await;
+    assert!(matches!(
+        conn.next().await,
+        Some(executor_message::Msg::Entered(_))
+    ));
+    // Blocked first, then the window behind the waiting task comes back, in order.
+    assert!(matches!(
+        conn.next().await,
+        Some(executor_message::Msg::Blocked(_))
+    ));
+    match conn.next().await {
+        Some(executor_message::Msg::Returned(r)) => {
+            assert_eq!((r.session_id, r.task_ids), (1, vec![11, 12]))
+        }
+        other => panic!("expected returned tasks, got {other:?}"),
+    }
+    // What arrives while it waits goes straight back.
+    conn.send(tasks(1, &[(13, "d")])).await;
+    match conn.next().await {
+        Some(executor_message::Msg::Returned(r)) => assert_eq!(r.task_ids, [13]),
+        other => panic!("expected returned tasks, got {other:?}"),
+    }
+    gate.send(()).expect("host waits");
+    assert!(matches!(
+        conn.next().await,
+        Some(executor_message::Msg::Unblocked(_))
+    ));
+    let (results, _) = conn.results(1).await;
+    assert_eq!(results[0].task_id, 10);
+    // Back from the wait, it takes tasks again.
+    conn.send(tasks(1, &[(14, "e")])).await;
+    let (results, _) = conn.results(1).await;
+    assert_eq!(results[0].task_id, 14);
+    conn.send(shutdown()).await;
+    assert!(conn.next().await.is_none());
+    drop(conn);
+    finished(exec).await.expect("clean shutdown");
+    // The returned tasks never ran here.
+    let expected = ["enter app", "invoke 10", "invoke 14", "leave"];
+    assert_eq!(*calls.lock().unwrap(), expected);
     server.stop().await;
 }

@@ -17,6 +17,7 @@
 //! The lock is taken once per task batch on the network thread and once per task on the
 //! host thread, never across a wait; sends are to an unbounded channel (never block).
 
+use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -25,15 +26,18 @@ use tokio::sync::mpsc;
 use super::link::Outbound;
 use crate::proto::{self, executor_command, executor_message};
 
-/// The window of this process's executor while [`super::run_executor`] runs: what
-/// [`set_blocked`] reports to. One executor loop per process.
-static CURRENT: Mutex<Option<Arc<Window>>> = Mutex::new(None);
+thread_local! {
+    /// The window of the executor loop running on this thread (the host thread, which also
+    /// runs the tasks): what [`set_blocked`] reports to. Per thread, so that only the
+    /// task's own waits count, and executors in one test process stay apart.
+    static CURRENT: RefCell<Option<Arc<Window>>> = const { RefCell::new(None) };
+}
 
-/// Tell the session manager that this process's executor task starts (`true`) or stops
+/// Tell the session manager that the task running on this thread starts (`true`) or stops
 /// (`false`) waiting on other tasks. Repeating the current state does nothing. Returns
-/// `false` when this process runs no executor loop (a plain client): nothing to tell.
+/// `false` when no executor loop runs on this thread (a plain client, another thread).
 pub fn set_blocked(blocked: bool) -> bool {
-    let current = CURRENT.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let current = CURRENT.with(|c| c.borrow().clone());
     match current {
         Some(window) => {
             window.set_blocked(blocked);
@@ -77,7 +81,7 @@ impl Window {
 
     /// Make this the window [`set_blocked`] reports to, until the guard is dropped.
     pub(super) fn install(self: &Arc<Self>) -> Installed {
-        *CURRENT.lock().unwrap_or_else(|e| e.into_inner()) = Some(self.clone());
+        CURRENT.with(|c| *c.borrow_mut() = Some(self.clone()));
         Installed
     }
 
@@ -161,6 +165,6 @@ pub(super) struct Installed;
 
 impl Drop for Installed {
     fn drop(&mut self) {
-        *CURRENT.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        CURRENT.with(|c| *c.borrow_mut() = None);
     }
 }

@@ -191,9 +191,7 @@ fn simulate_recursion(depth: u32) -> usize {
             h.submit(child, 2);
             h.s.executor_blocked(e, h.now);
             let back: Vec<TaskId> = queues.get_mut(&e).unwrap().drain(..).map(|k| k.1).collect();
-            for (s, group) in [(sid, back)] {
-                h.s.tasks_returned(e, s, &group, h.now);
-            }
+            h.s.tasks_returned(e, sid, &back, h.now);
         }
         h.s.schedule(h.now);
         peak = peak.max(h.s.executors().count());
