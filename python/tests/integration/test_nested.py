@@ -13,7 +13,6 @@ import json
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -36,9 +35,40 @@ def square(x):
     return x * x
 
 
+@flame.service
+def sleeper(secs):
+    time.sleep(secs)
+    return secs
+
+
+@flame.service(max_retries=0)
+def wait_on_sleeper(secs):
+    return flame.get(sleeper(secs))
+
+
+def others_open(conn, own):
+    return [s.id for s in conn.list_sessions() if s.state == "open" and s.id != own]
+
+
+def cancel_while_nested(secs, timeout):
+    # Cancel a task blocked on a session it opened; seconds until that session closed.
+    fut = wait_on_sleeper(secs)
+    deadline = time.monotonic() + timeout
+    with flame.connect(address) as conn:
+        while not others_open(conn, wait_on_sleeper._session_id):
+            assert time.monotonic() < deadline, "the task opened no session"
+            time.sleep(0.05)
+        fut.cancel()
+        cancelled = time.monotonic()
+        while others_open(conn, wait_on_sleeper._session_id):
+            assert time.monotonic() < deadline, "the inner session stayed open"
+            time.sleep(0.05)
+    return time.monotonic() - cancelled
+
+
 @flame.service(max_retries=0)
 def fail_after_nesting(n):
-    flame.get(rec(n))  # opens a session of rec inside this task
+    square(n)  # opens a session of square inside this task, and leaves it
     raise ValueError("failed after nesting")
 
 
@@ -47,6 +77,8 @@ flame.init(address)
 start = time.monotonic()
 if what == "rec":
     value, own = rec(arg).result(timeout=timeout), rec
+elif what == "cancel":
+    value, own = cancel_while_nested(arg, timeout), wait_on_sleeper
 elif what == "square":
     value, own = sum(flame.get([square(i) for i in range(arg)], timeout=timeout)), square
 else:
@@ -136,4 +168,12 @@ def test_depth_five_on_two_slots_then_a_later_client_runs_promptly(
 def test_sessions_opened_by_a_failing_task_are_closed(two_slots: str, tmp_path: Path) -> None:
     report = run_client(tmp_path, two_slots, "fail", 1, timeout=60)
     assert report["value"] == "failed after nesting"
+    assert report["open"] == [report["own"]], report
+
+
+def test_sessions_opened_by_a_cancelled_task_are_closed(two_slots: str, tmp_path: Path) -> None:
+    # The cancelled task's executor is killed: the session it opened is closed when its
+    # process ends, not a client lease (60 s) later.
+    report = run_client(tmp_path, two_slots, "cancel", 15, timeout=40)
+    assert report["value"] < 10, report
     assert report["open"] == [report["own"]], report

@@ -230,9 +230,10 @@ impl PyConnection {
             user,
         };
         let mut fe = self.client.frontend();
-        let req = proto::CreateSessionRequest {
+        // From inside an executor, the session is tied to it (closed when its process ends).
+        let req = flame_core::client::create_session_request(proto::CreateSessionRequest {
             spec: Some(spec.into()),
-        };
+        });
         let info = wait(py, fe.create_session(req))?
             .map_err(|s| to_py(s.into(), About::Other))?
             .into_inner();

@@ -11,11 +11,13 @@
 //! same client id, asks for the completions of everything outstanding (`Watch`), and submits
 //! again what the daemon says it never stored. Each completion is handed out at most once.
 
+mod nested;
 mod objects;
 mod stream;
 
 pub use objects::ObjectClient;
 
+pub use nested::{create_session_request, opened_by_executor, EXECUTOR_ID_HEADER};
 pub use stream::CLIENT_ID_HEADER;
 
 use std::collections::HashMap;

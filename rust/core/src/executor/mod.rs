@@ -14,6 +14,7 @@ mod window;
 
 pub use window::set_blocked;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -30,6 +31,18 @@ pub const MAX_MESSAGE_BYTES: usize = 1 << 30;
 
 /// How long `run_executor` keeps trying to reach the session manager before giving up.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The executor this process runs (0: none); see [`process_executor`].
+static PROCESS_EXECUTOR: AtomicU64 = AtomicU64::new(0);
+
+/// The executor whose loop this process runs, if any: sessions its tasks open are tied to
+/// it (`client::create_session_request`).
+pub fn process_executor() -> Option<ExecutorId> {
+    match PROCESS_EXECUTOR.load(Ordering::Relaxed) {
+        0 => None,
+        id => Some(ExecutorId(id)),
+    }
+}
 
 /// What a service is given when an executor is bound to a session.
 #[derive(Clone, Debug, PartialEq)]
@@ -87,6 +100,7 @@ fn run_with_timeout(
     let address = crate::client::normalize_address(address);
     let link = Link::open(&address, executor_id, connect_timeout)?;
     let _installed = link.window.install();
+    PROCESS_EXECUTOR.store(executor_id.0, Ordering::Relaxed);
     let mut worker = Worker {
         host,
         link: &link,

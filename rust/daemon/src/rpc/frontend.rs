@@ -156,6 +156,7 @@ impl Frontend for FrontendService {
         &self,
         req: Request<proto::CreateSessionRequest>,
     ) -> Result<Response<proto::SessionInfo>, Status> {
+        let parent = flame_core::client::opened_by_executor(&req);
         let spec = req
             .into_inner()
             .spec
@@ -175,6 +176,11 @@ impl Frontend for FrontendService {
             .handle
             .call(|reply| Event::CreateSession { spec, reply })
             .await?;
+        if let Some(executor) = parent {
+            // Opened by a task: closed when that executor's process ends.
+            let session = SessionId(info.id);
+            self.handle.send(Event::NestedSession { executor, session });
+        }
         Ok(Response::new(info))
     }
 

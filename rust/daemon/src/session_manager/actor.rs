@@ -54,6 +54,8 @@ pub(super) struct Actor {
     pub client_gone: HashMap<u32, Instant>,
     /// Executors whose stream closed, waiting (until the instant) for their node's exit report.
     pub lost_streams: HashMap<ExecutorId, Instant>,
+    /// Sessions opened by tasks, by the executor whose process opened them (`nested.rs`).
+    pub nested_sessions: HashMap<ExecutorId, Vec<SessionId>>,
     /// For events the actor sends itself (answers from the storage thread).
     pub self_tx: mpsc::UnboundedSender<Event>,
     /// A graceful stop in progress: when it must end, and who waits for it.
@@ -165,6 +167,7 @@ pub fn start(
         client_streams: HashMap::new(),
         client_gone,
         lost_streams: HashMap::new(),
+        nested_sessions: HashMap::new(),
         self_tx: tx.clone(),
         draining: None,
         task_logs: HashMap::new(),

@@ -233,7 +233,11 @@ impl Actor {
                 }
             }
             Event::NodeGone { node } => self.node_gone(node, now),
-            Event::ExecutorExited { node, exited } => self.executor_exited(node, exited, now),
+            Event::ExecutorExited { node, exited } => {
+                let executor = flame_core::ids::ExecutorId(exited.executor_id);
+                self.close_nested_sessions(executor, now);
+                self.executor_exited(node, exited, now)
+            }
             Event::ExecutorConnected { id, tx, reply } => {
                 self.executor_connected(id, tx, reply, now)
             }
@@ -251,6 +255,7 @@ impl Actor {
                 session,
                 returned,
             } => self.executor_waiting(executor, blocked, session, &returned, now),
+            Event::NestedSession { executor, session } => self.nested_session(executor, session),
             Event::Shutdown { reply } => {
                 // The event loop handles Shutdown itself; never reached.
                 tracing::error!("Shutdown reached the event handler");

@@ -231,6 +231,11 @@ pub enum Event {
         session: SessionId,
         returned: Vec<TaskId>,
     },
+    /// A task running on `executor` opened `session`: it is closed when that process ends.
+    NestedSession {
+        executor: ExecutorId,
+        session: SessionId,
+    },
     // ------------------------------------------------------------ lifecycle
     /// Tell executors to stop, flush storage, and end the actor.
     Shutdown {
