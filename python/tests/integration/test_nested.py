@@ -31,6 +31,15 @@ def rec(n):
 
 
 @flame.service
+async def arec(n):
+    import asyncio
+
+    if n == 0:
+        return 1
+    return sum(await asyncio.gather(arec(n - 1), arec(n - 1)))
+
+
+@flame.service
 def square(x):
     return x * x
 
@@ -77,6 +86,8 @@ flame.init(address)
 start = time.monotonic()
 if what == "rec":
     value, own = rec(arg).result(timeout=timeout), rec
+elif what == "arec":
+    value, own = arec(arg).result(timeout=timeout), arec
 elif what == "cancel":
     value, own = cancel_while_nested(arg, timeout), wait_on_sleeper
 elif what == "square":
@@ -163,6 +174,12 @@ def test_depth_five_on_two_slots_then_a_later_client_runs_promptly(
     later = run_client(tmp_path, two_slots, "square", 8, timeout=60)
     assert later["value"] == sum(i * i for i in range(8))
     assert later["secs"] < 20, later
+
+
+def test_awaiting_tasks_on_two_slots_do_not_deadlock(two_slots: str, tmp_path: Path) -> None:
+    report = run_client(tmp_path, two_slots, "arec", 3, timeout=60)
+    assert report["value"] == 8
+    assert report["open"] == [report["own"]], report
 
 
 def test_sessions_opened_by_a_failing_task_are_closed(two_slots: str, tmp_path: Path) -> None:
