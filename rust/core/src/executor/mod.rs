@@ -5,7 +5,9 @@
 //! shutdown) in order and calls a [`ServiceHost`] on the calling thread — Python needs its
 //! service code to run on the thread that holds the interpreter. The network side lives in
 //! [`link`], on a private tokio runtime on a background thread, so a long task never stalls
-//! the gRPC stream and commands sent ahead (prefetch) simply queue up behind it.
+//! the gRPC stream and commands sent ahead (prefetch) simply queue up behind it. A task that
+//! waits on other tasks (a nested call) gives up its slot and the tasks queued behind it
+//! meanwhile: see [`window`] and [`set_blocked`].
 
 mod link;
 #[cfg(test)]
