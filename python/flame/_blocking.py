@@ -78,7 +78,10 @@ def waiting(futures: Iterable[Any] = ()) -> contextlib.AbstractContextManager[No
 
 def task_begin() -> None:
     """A task starts: sessions opened from now on are its own."""
-    global _task_sessions
+    global _task_sessions, _depth
+    # A wait the last task never left (a coroutine dropped mid-await) ended with it: the
+    # executor loop took the slot back then.
+    _depth = 0
     with _lock:
         _task_sessions = []
 
