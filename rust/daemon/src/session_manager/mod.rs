@@ -12,6 +12,7 @@ mod events;
 mod introspection;
 mod nodes;
 mod overview;
+mod ownership;
 mod workers;
 
 use std::sync::Arc;
