@@ -204,17 +204,19 @@ pub async fn run(cli: Cli) -> Result<()> {
             let node_cfg = node_config(String::new(), &args.node, &file(&args.head.config)?);
             node_cfg.validate()?;
             let cluster = LocalCluster::start(head_cfg, node_cfg).await?;
+            let signal = shutdown_signal();
             announce(&cluster.head);
             let fatal = cluster.head.fatal.clone();
-            let stopped = until_stopped(&fatal).await;
+            let stopped = until_stopped(signal, &fatal).await;
             cluster.stop().await;
             stopped?;
         }
         Command::Head(args) => {
             let head = Head::start(head_config(&args)?).await?;
+            let signal = shutdown_signal();
             announce(&head);
             let fatal = head.fatal.clone();
-            let stopped = until_stopped(&fatal).await;
+            let stopped = until_stopped(signal, &fatal).await;
             head.stop().await;
             stopped?;
         }
@@ -246,9 +248,9 @@ pub async fn run(cli: Cli) -> Result<()> {
 
 /// Wait for Ctrl-C / SIGTERM (`Ok`) or for something that stops the head by itself (`Err`,
 /// so the process exits 1 with the reason).
-async fn until_stopped(fatal: &Fatal) -> Result<()> {
+async fn until_stopped(signal: impl std::future::Future<Output = ()>, fatal: &Fatal) -> Result<()> {
     tokio::select! {
-        () = shutdown_signal() => Ok(()),
+        () = signal => Ok(()),
         reason = fatal.raised() => Err(FlameError::StateFileUnusable(reason)),
     }
 }

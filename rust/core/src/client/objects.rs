@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
+use super::stamp::{stub, Frontend, StateStamp};
 use crate::error::Result;
 use crate::ids::ObjectId;
-use super::stamp::{stub, Frontend, StateStamp};
 use crate::proto;
 
 const CHUNK_BYTES: usize = 1 << 20;

@@ -59,7 +59,7 @@ enum Stop {
 
 /// What a reconnection attempt found.
 enum Reconnect {
-    Open(Open),
+    Open(Box<Open>),
     /// The daemon is on another state than the client's; the reason.
     StateLost(String),
     GaveUp,
@@ -92,7 +92,7 @@ impl Link {
             match self.serve(&mut open, &mut out_rx).await {
                 Stop::Closed => break,
                 Stop::Broken => match self.reconnect().await {
-                    Reconnect::Open(o) => open = o,
+                    Reconnect::Open(o) => open = *o,
                     Reconnect::StateLost(reason) => {
                         self.fail_outstanding(reason);
                         break;
@@ -271,7 +271,7 @@ impl Link {
                 Ok(open) => {
                     tracing::info!(address = %self.address, "reconnected to the Flame daemon");
                     self.rewatch(&open);
-                    return Reconnect::Open(open);
+                    return Reconnect::Open(Box::new(open));
                 }
                 Err(FlameError::ClusterStateLost(reason)) => return Reconnect::StateLost(reason),
                 Err(e) if Instant::now() >= deadline => {

@@ -306,7 +306,11 @@ mod tests {
             .unwrap();
         assert_eq!(text, "first");
         assert!(store.owners().iter().all(|c| c.0 == 3));
-        assert_eq!(dir.path().read_dir().unwrap().count(), 2, "token + the object");
+        assert_eq!(
+            dir.path().read_dir().unwrap().count(),
+            2,
+            "token + the object"
+        );
     }
 
     #[test]

@@ -52,6 +52,9 @@ mod tests {
         let f = refusal(s, 7, 9).unwrap();
         assert!(f.message.contains("belongs to client 7"), "{}", f.message);
         assert!(f.message.contains("client 9"), "{}", f.message);
-        assert!(refusal(s, 7, 0).unwrap().message.contains("without a client id"));
+        assert!(refusal(s, 7, 0)
+            .unwrap()
+            .message
+            .contains("without a client id"));
     }
 }
