@@ -358,7 +358,11 @@ impl Client {
         self.lost.get().map(String::as_str)
     }
 
-    fn check_state(&self) -> Result<()> {
+    /// `Ok` unless the daemon was found on another state than the client's.
+    ///
+    /// # Errors
+    /// `ClusterStateLost` with the reason once it was.
+    pub fn check_state(&self) -> Result<()> {
         match self.lost.get() {
             Some(reason) => Err(FlameError::ClusterStateLost(reason.clone())),
             None => Ok(()),
