@@ -15,8 +15,29 @@ fn daemon() -> Command {
     Command::new(env!("CARGO_BIN_EXE_flame-daemon"))
 }
 
+/// A daemon process, killed if a failing test drops it still running.
+struct Daemon(Option<Child>);
+
+impl Daemon {
+    fn id(&self) -> u32 {
+        self.0.as_ref().map_or(0, Child::id)
+    }
+    fn take(mut self) -> Child {
+        self.0.take().expect("not taken yet")
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 /// A head (no node, no HTTP) on `dir`, and the address it announced.
-fn head(dir: &Path) -> (Child, String) {
+fn head(dir: &Path) -> (Daemon, String) {
     let mut child = daemon()
         .args(["head", "--port", "0", "--no-http", "--state-dir"])
         .arg(dir)
@@ -33,11 +54,12 @@ fn head(dir: &Path) -> (Child, String) {
         .strip_prefix("flame-daemon listening on ")
         .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
         .to_string();
-    (child, address)
+    (Daemon(Some(child)), address)
 }
 
 /// Wait (bounded) for `child` to exit; its exit code and stderr.
-fn exit_of(mut child: Child, within: Duration) -> (Option<i32>, String) {
+fn exit_of(daemon: Daemon, within: Duration) -> (Option<i32>, String) {
+    let mut child = daemon.take();
     let deadline = Instant::now() + within;
     loop {
         if let Some(status) = child.try_wait().unwrap() {
@@ -54,21 +76,23 @@ fn exit_of(mut child: Child, within: Duration) -> (Option<i32>, String) {
     }
 }
 
-fn sigterm(child: &Child) {
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+fn sigterm(daemon: &Daemon) {
+    unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
 }
 
 #[test]
 fn a_second_daemon_on_one_state_dir_exits_1_naming_the_holder() {
     let dir = tempfile::tempdir().unwrap();
     let (first, _) = head(dir.path());
-    let second = daemon()
-        .args(["start", "--port", "0", "--no-http", "--state-dir"])
-        .arg(dir.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let second = Daemon(Some(
+        daemon()
+            .args(["start", "--port", "0", "--no-http", "--state-dir"])
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    ));
     let (code, err) = exit_of(second, Duration::from_secs(20));
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains(&format!("pid {}", first.id())), "{err}");

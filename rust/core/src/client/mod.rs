@@ -216,8 +216,10 @@ impl Client {
     /// A fresh id for an object this client makes (it owns it).
     ///
     /// # Errors
-    /// `InvalidArgument` once the client has made 2^32 - 1 objects.
+    /// `InvalidArgument` once the client has made 2^32 - 1 objects; `ClusterStateLost` once
+    /// the daemon was found on another state (where this client's id may be someone else's).
     pub fn next_object_id(&self) -> Result<ObjectId> {
+        self.check_state()?;
         let n = self.next_object.fetch_add(1, Ordering::Relaxed);
         if n == 0 {
             return Err(FlameError::InvalidArgument(
