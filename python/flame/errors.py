@@ -6,8 +6,8 @@ attached as its ``__cause__`` (a :class:`RemoteTraceback`); only when that excep
 be rebuilt on the client is a :class:`TaskError` raised instead.
 
 The native module ``flame._core`` raises :class:`ConnectionError`, :class:`SessionError`,
-:class:`InvalidArgumentError`, :class:`PayloadTooLargeError` and :class:`FlameError` by
-importing them from here: keep those names.
+:class:`InvalidArgumentError`, :class:`PayloadTooLargeError`, :class:`ClusterStateLostError`
+and :class:`FlameError` by importing them from here: keep those names.
 """
 
 from __future__ import annotations
