@@ -51,6 +51,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time see __getattr_
     from flame.decorator import service
     from flame.errors import (
         CancelledError,
+        ClusterStateLostError,
         ConnectionError,
         ExecutorLostError,
         FlameError,
@@ -100,6 +101,7 @@ _EXPORTS: dict[str, str] = {
     "connect": "flame.client",
     "service": "flame.decorator",
     "CancelledError": "flame.errors",
+    "ClusterStateLostError": "flame.errors",
     "ConnectionError": "flame.errors",
     "ExecutorLostError": "flame.errors",
     "FlameError": "flame.errors",
@@ -124,6 +126,7 @@ _EXPORTS: dict[str, str] = {
 
 __all__ = [
     "CancelledError",
+    "ClusterStateLostError",
     "Connection",
     "ConnectionError",
     "ExecutorLostError",

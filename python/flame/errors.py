@@ -6,8 +6,8 @@ attached as its ``__cause__`` (a :class:`RemoteTraceback`); only when that excep
 be rebuilt on the client is a :class:`TaskError` raised instead.
 
 The native module ``flame._core`` raises :class:`ConnectionError`, :class:`SessionError`,
-:class:`InvalidArgumentError`, :class:`PayloadTooLargeError` and :class:`FlameError` by
-importing them from here: keep those names.
+:class:`InvalidArgumentError`, :class:`PayloadTooLargeError`, :class:`ClusterStateLostError`
+and :class:`FlameError` by importing them from here: keep those names.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import pickle
 
 __all__ = [
     "CancelledError",
+    "ClusterStateLostError",
     "ConnectionError",
     "ExecutorLostError",
     "FlameError",
@@ -46,6 +47,7 @@ SESSION_CLOSED = 7
 PAYLOAD_TOO_LARGE = 8
 INVALID_ARGUMENT = 9
 INTERNAL = 10
+CLUSTER_STATE_LOST = 11
 
 
 class FlameError(Exception):
@@ -60,6 +62,16 @@ class ConnectionError(FlameError, builtins.ConnectionError):  # shadows the buil
     """The Flame daemon cannot be reached, or the connection to it was lost.
 
     The message names the daemon's address.
+    """
+
+
+class ClusterStateLostError(FlameError):
+    """The daemon came back on another state than the one this client started on: its state
+    dir was deleted or replaced, so this client's sessions, tasks and objects are gone.
+
+    Every outstanding future fails with it, and so does every later call on the connection;
+    the client never re-attaches to a session of the new state. Connect again (or call
+    ``flame.shutdown()`` and ``flame.init()``) to start over.
     """
 
 
@@ -168,6 +180,7 @@ ERROR_CLASSES: dict[int, type[BaseException]] = {
     PAYLOAD_TOO_LARGE: PayloadTooLargeError,
     INVALID_ARGUMENT: InvalidArgumentError,
     INTERNAL: FlameError,
+    CLUSTER_STATE_LOST: ClusterStateLostError,
 }
 
 

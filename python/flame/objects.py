@@ -174,7 +174,7 @@ class ObjectStore:
 
     def _write_file(self, object_id: int, parts: list[Any]) -> None:
         final = os.path.join(self.dir, f"{object_id:016x}")
-        tmp = os.path.join(self.dir, f".{object_id:016x}.part")
+        tmp = os.path.join(self.dir, f".{object_id:016x}.{os.getpid()}.part")
         try:
             fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
             try:
@@ -191,7 +191,16 @@ class ObjectStore:
                             at += view.nbytes
             finally:
                 os.close(fd)
-            os.rename(tmp, final)
+            # A link, not a rename: an id already stored is never replaced (as on the head).
+            try:
+                os.link(tmp, final)
+            finally:
+                os.unlink(tmp)
+        except FileExistsError as e:
+            raise errors.InvalidArgumentError(
+                f"object {object_id:#x} is already stored; an object is written once and never "
+                "replaced"
+            ) from e
         except OSError as e:
             raise errors.FlameError(f"cannot store object {object_id:#x} in {self.dir}: {e}") from e
 

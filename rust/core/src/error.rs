@@ -35,11 +35,29 @@ pub enum FlameError {
     Storage(String),
     #[error("internal error: {0}")]
     Internal(String),
+    /// The daemon's state is not the one this client started with: it was deleted or
+    /// replaced (a restart on a fresh state dir). Nothing of the old state can be reached.
+    #[error("cluster state lost: {0}")]
+    ClusterStateLost(String),
+    /// Something that can be written only once (an object id) is already stored.
+    #[error("{0}")]
+    AlreadyExists(String),
+    /// The state database file is unusable: damaged, or deleted or replaced under the
+    /// running daemon. The daemon must stop; retrying cannot help.
+    #[error("{0}")]
+    StateFileUnusable(String),
 }
 
 impl From<rusqlite::Error> for FlameError {
     fn from(e: rusqlite::Error) -> Self {
-        FlameError::Storage(e.to_string())
+        use rusqlite::ErrorCode;
+        match e.sqlite_error_code() {
+            // Kept apart so the storage layer can name the file and say what to do.
+            Some(ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase) => {
+                FlameError::StateFileUnusable(e.to_string())
+            }
+            _ => FlameError::Storage(e.to_string()),
+        }
     }
 }
 
@@ -58,7 +76,11 @@ impl From<FlameError> for tonic::Status {
             FlameError::Unreachable { .. } | FlameError::ConnectionLost(_) => Code::Unavailable,
             FlameError::ShuttingDown => Code::Unavailable,
             FlameError::Timeout(_) => Code::DeadlineExceeded,
-            FlameError::Storage(_) | FlameError::Internal(_) => Code::Internal,
+            FlameError::Storage(_) | FlameError::Internal(_) | FlameError::StateFileUnusable(_) => {
+                Code::Internal
+            }
+            FlameError::ClusterStateLost(_) => Code::DataLoss,
+            FlameError::AlreadyExists(_) => Code::AlreadyExists,
         };
         tonic::Status::new(code, e.to_string())
     }
@@ -75,6 +97,13 @@ impl From<tonic::Status> for FlameError {
             Code::FailedPrecondition => FlameError::FailedPrecondition(msg),
             Code::Unavailable => FlameError::ConnectionLost(msg),
             Code::DeadlineExceeded => FlameError::Timeout(msg),
+            // The message already reads "cluster state lost: ..."; keep it once.
+            Code::DataLoss => FlameError::ClusterStateLost(
+                msg.strip_prefix("cluster state lost: ")
+                    .unwrap_or(&msg)
+                    .to_string(),
+            ),
+            Code::AlreadyExists => FlameError::AlreadyExists(msg),
             _ => FlameError::Internal(format!("{:?}: {msg}", s.code())),
         }
     }

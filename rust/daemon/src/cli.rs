@@ -17,6 +17,7 @@ use crate::http::HttpPort;
 use crate::local::LocalCluster;
 use crate::server::{Head, HeadConfig};
 use crate::shutdown::shutdown_signal;
+use crate::state_guard::Fatal;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -203,15 +204,21 @@ pub async fn run(cli: Cli) -> Result<()> {
             let node_cfg = node_config(String::new(), &args.node, &file(&args.head.config)?);
             node_cfg.validate()?;
             let cluster = LocalCluster::start(head_cfg, node_cfg).await?;
+            let signal = shutdown_signal();
             announce(&cluster.head);
-            shutdown_signal().await;
+            let fatal = cluster.head.fatal.clone();
+            let stopped = until_stopped(signal, &fatal).await;
             cluster.stop().await;
+            stopped?;
         }
         Command::Head(args) => {
             let head = Head::start(head_config(&args)?).await?;
+            let signal = shutdown_signal();
             announce(&head);
-            shutdown_signal().await;
+            let fatal = head.fatal.clone();
+            let stopped = until_stopped(signal, &fatal).await;
             head.stop().await;
+            stopped?;
         }
         Command::Node(args) => {
             let f = file(&args.config)?;
@@ -237,6 +244,15 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Drain(args) => drain(&args).await?,
     }
     Ok(())
+}
+
+/// Wait for Ctrl-C / SIGTERM (`Ok`) or for something that stops the head by itself (`Err`,
+/// so the process exits 1 with the reason).
+async fn until_stopped(signal: impl std::future::Future<Output = ()>, fatal: &Fatal) -> Result<()> {
+    tokio::select! {
+        () = signal => Ok(()),
+        reason = fatal.raised() => Err(FlameError::StateFileUnusable(reason)),
+    }
 }
 
 /// Print where the daemon listens. One write, errors ignored: whoever started the daemon may

@@ -9,7 +9,8 @@
 //!   scheduler's decisions; [`rpc`] — the gRPC handlers that feed it events.
 //! - [`storage_writer`] — the storage thread with group commit.
 //! - [`executor_manager`] — the node agent: executor processes, heartbeats, exit reports.
-//! - [`shutdown`] — Ctrl-C / SIGTERM.
+//! - [`shutdown`] — Ctrl-C / SIGTERM; [`state_guard`] — one head per state dir, and the
+//!   stop when the state file is deleted, replaced or damaged under it.
 //! - [`metrics`] — Prometheus series and the tasks/s history; [`http`] — `/metrics`, the
 //!   JSON API and the embedded dashboard.
 
@@ -23,4 +24,5 @@ pub mod rpc;
 pub mod server;
 pub mod session_manager;
 pub mod shutdown;
+pub mod state_guard;
 pub mod storage_writer;

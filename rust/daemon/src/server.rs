@@ -19,6 +19,7 @@ use flame_core::{FlameError, Result};
 use crate::http::{HttpPort, HttpServer};
 use crate::rpc::{backend::BackendService, frontend::FrontendService};
 use crate::session_manager::{self, ManagerConfig, ManagerHandle};
+use crate::state_guard::{Fatal, StateLock};
 
 /// Largest gRPC message accepted or sent; task payloads are limited separately.
 pub const MAX_MESSAGE_BYTES: usize = 1 << 30;
@@ -43,6 +44,11 @@ pub struct Head {
     pub manager: ManagerHandle,
     /// The dashboard's URL (`http://host:port/`), when HTTP is on.
     pub dashboard_url: Option<String>,
+    /// Raised when the head must stop by itself (its state file was deleted, replaced or
+    /// damaged); whoever runs the head waits on it beside the shutdown signal.
+    pub fatal: Fatal,
+    /// Held for the head's whole life: one head per state dir.
+    _lock: StateLock,
     http: Option<HttpServer>,
     server_stop: CancellationToken,
     server: JoinHandle<()>,
@@ -54,13 +60,19 @@ impl Head {
     /// Open the state in `state_dir`, start the actor and listen.
     ///
     /// # Errors
-    /// `Storage` if the state cannot be opened, `InvalidArgument` if the address cannot be
-    /// bound (port in use, bad host).
+    /// `FailedPrecondition` naming the holder's pid if another head has the state dir,
+    /// `Storage` or `StateFileUnusable` if the state cannot be opened, `InvalidArgument` if
+    /// the address cannot be bound (port in use, bad host).
     pub async fn start(cfg: HeadConfig) -> Result<Head> {
         std::fs::create_dir_all(&cfg.state_dir).map_err(|e| {
             FlameError::InvalidArgument(format!("state dir {}: {e}", cfg.state_dir.display()))
         })?;
-        let storage = SqliteStorage::open(&cfg.state_dir.join("flame.db"))?;
+        // Before anything reads the state: a second head must not even open the database.
+        let lock = StateLock::acquire(&cfg.state_dir)?;
+        let fatal = Fatal::default();
+        let storage = fatal.watch(Box::new(SqliteStorage::open(
+            &cfg.state_dir.join("flame.db"),
+        )?));
         let objects = Arc::new(ObjectStore::open(&cfg.state_dir.join("objects"))?);
         let listener = tokio::net::TcpListener::bind((cfg.host.as_str(), cfg.port))
             .await
@@ -74,7 +86,7 @@ impl Head {
             .local_addr()
             .map_err(|e| FlameError::Internal(e.to_string()))?;
         let (manager, actor, storage_thread) =
-            session_manager::start(cfg.manager.clone(), Box::new(storage), objects)?;
+            session_manager::start(cfg.manager.clone(), storage, objects)?;
         let http = match HttpServer::start(&cfg.host, cfg.http, manager.clone()).await {
             Ok(h) => h,
             Err(e) => {
@@ -94,6 +106,10 @@ impl Head {
         let frontend = FrontendServer::new(FrontendService::new(manager.clone()))
             .max_decoding_message_size(decode_limit)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let frontend = tonic::service::interceptor::InterceptedService::new(
+            frontend,
+            crate::rpc::state_check::interceptor(manager.state_id.clone()),
+        );
         let backend = BackendServer::new(BackendService::new(manager.clone()))
             .max_decoding_message_size(decode_limit)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
@@ -130,6 +146,8 @@ impl Head {
             local_addr,
             manager,
             dashboard_url,
+            fatal,
+            _lock: lock,
             http,
             server_stop,
             server,

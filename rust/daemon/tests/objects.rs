@@ -124,3 +124,32 @@ async fn objects_outlive_a_restart_but_not_their_clients_lease() {
     assert_eq!(objects.get(kept).await.unwrap(), b"value");
     second.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_object_id_cannot_be_overwritten_by_anyone() {
+    let dir = tempfile::tempdir().unwrap();
+    let head = head(dir.path(), Duration::from_secs(60)).await;
+    let owner = client(&head).await;
+    let id = owner.next_object_id().unwrap();
+    let data = payload();
+    owner
+        .objects()
+        .put(id, vec![Bytes::from(data.clone())])
+        .await
+        .unwrap();
+    // The owner itself, and a caller without a hello, both get ALREADY_EXISTS.
+    let remote = ObjectClient::connect(&head.address, Duration::from_secs(5))
+        .await
+        .unwrap();
+    for objects in [owner.objects(), remote] {
+        let err = objects
+            .put(id, vec![Bytes::from_static(b"replacement")])
+            .await
+            .unwrap_err();
+        assert!(matches!(err, FlameError::AlreadyExists(_)), "{err}");
+        assert!(err.to_string().contains(&format!("{:#x}", id.0)), "{err}");
+        assert!(err.to_string().contains("already stored"), "{err}");
+    }
+    assert_eq!(owner.objects().get(id).await.unwrap(), data, "unchanged");
+    head.stop().await;
+}

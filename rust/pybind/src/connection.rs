@@ -106,6 +106,15 @@ pub struct PyConnection {
     client: Arc<Client>,
 }
 
+impl PyConnection {
+    /// The unary stub, unless the daemon was found on another state: then every call fails
+    /// at once with `ClusterStateLostError`, without reaching the daemon.
+    fn frontend(&self) -> PyResult<flame_core::client::Frontend> {
+        self.client.check_state().map_err(err)?;
+        Ok(self.client.frontend())
+    }
+}
+
 #[pymethods]
 impl PyConnection {
     #[new]
@@ -160,7 +169,7 @@ impl PyConnection {
         spec: PyBackedBytes,
         description: String,
     ) -> PyResult<()> {
-        let mut fe = self.client.frontend();
+        let mut fe = self.frontend()?;
         let app = proto::Application {
             name,
             spec: to_bytes(spec),
@@ -175,7 +184,7 @@ impl PyConnection {
         py: Python<'_>,
         name: String,
     ) -> PyResult<(String, Py<PyBytes>, String)> {
-        let mut fe = self.client.frontend();
+        let mut fe = self.frontend()?;
         let a = wait(py, fe.get_application(proto::ApplicationRef { name }))?
             .map_err(|s| err(s.into()))?
             .into_inner();
@@ -183,7 +192,7 @@ impl PyConnection {
     }
 
     fn list_applications(&self, py: Python<'_>) -> PyResult<Vec<(String, Py<PyBytes>, String)>> {
-        let mut fe = self.client.frontend();
+        let mut fe = self.frontend()?;
         let list = wait(py, fe.list_applications(proto::Empty {}))?
             .map_err(|s| err(s.into()))?
             .into_inner();
@@ -229,7 +238,7 @@ impl PyConnection {
             min_executors,
             user,
         };
-        let mut fe = self.client.frontend();
+        let mut fe = self.frontend()?;
         // From inside an executor, the session is tied to it (closed when its process ends).
         let req = flame_core::client::create_session_request(proto::CreateSessionRequest {
             spec: Some(spec.into()),
@@ -241,7 +250,7 @@ impl PyConnection {
     }
 
     fn get_session(&self, py: Python<'_>, session_id: u64) -> PyResult<PySessionInfo> {
-        let mut fe = self.client.frontend();
+        let mut fe = self.frontend()?;
         let info = wait(py, fe.get_session(proto::SessionRef { session_id }))?
             .map_err(|s| to_py(s.into(), About::Session))?
             .into_inner();
@@ -249,7 +258,7 @@ impl PyConnection {
     }
 
     fn list_sessions(&self, py: Python<'_>) -> PyResult<Vec<PySessionInfo>> {
-        let mut fe = self.client.frontend();
+        let mut fe = self.frontend()?;
         let list = wait(py, fe.list_sessions(proto::Empty {}))?
             .map_err(|s| err(s.into()))?
             .into_inner();
@@ -261,7 +270,7 @@ impl PyConnection {
     }
 
     fn close_session(&self, py: Python<'_>, session_id: u64) -> PyResult<PySessionInfo> {
-        let mut fe = self.client.frontend();
+        let mut fe = self.frontend()?;
         let info = wait(py, fe.close_session(proto::SessionRef { session_id }))?
             .map_err(|s| to_py(s.into(), About::Session))?
             .into_inner();
@@ -269,7 +278,7 @@ impl PyConnection {
     }
 
     fn cluster_info<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let mut fe = self.client.frontend();
+        let mut fe = self.frontend()?;
         let c = wait(py, fe.get_cluster_info(proto::Empty {}))?
             .map_err(|s| err(s.into()))?
             .into_inner();
@@ -306,7 +315,7 @@ impl PyConnection {
         session_id: u64,
         task_id: u64,
     ) -> PyResult<Bound<'py, PyDict>> {
-        let mut fe = self.client.frontend();
+        let mut fe = self.frontend()?;
         let req = proto::TaskRef {
             session_id,
             task_id,
@@ -334,7 +343,7 @@ impl PyConnection {
             limit,
             offset,
         };
-        let mut fe = self.client.frontend();
+        let mut fe = self.frontend()?;
         let list = wait(py, fe.list_tasks(req))?
             .map_err(|s| to_py(s.into(), About::Session))?
             .into_inner();
@@ -350,7 +359,7 @@ impl PyConnection {
     }
 
     fn list_executors<'py>(&self, py: Python<'py>) -> PyResult<Vec<Bound<'py, PyDict>>> {
-        let mut fe = self.client.frontend();
+        let mut fe = self.frontend()?;
         let list = wait(py, fe.list_executors(proto::Empty {}))?
             .map_err(|s| err(s.into()))?
             .into_inner();
@@ -367,7 +376,7 @@ impl PyConnection {
         session_id: u64,
         task_id: u64,
     ) -> PyResult<Bound<'py, PyDict>> {
-        let mut fe = self.client.frontend();
+        let mut fe = self.frontend()?;
         let req = proto::TaskRef {
             session_id,
             task_id,
@@ -440,7 +449,7 @@ impl PyConnection {
 
     /// What a task printed; "" if nothing (or not finished yet).
     fn task_log(&self, py: Python<'_>, session_id: u64, task_id: u64) -> PyResult<String> {
-        let mut fe = self.client.frontend();
+        let mut fe = self.frontend()?;
         let req = proto::TaskRef {
             session_id,
             task_id,

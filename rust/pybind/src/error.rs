@@ -12,6 +12,7 @@ mod py {
     pyo3::import_exception!(flame.errors, PayloadTooLargeError);
     pyo3::import_exception!(flame.errors, ObjectLostError);
     pyo3::import_exception!(flame.errors, NotFoundError);
+    pyo3::import_exception!(flame.errors, ClusterStateLostError);
 }
 
 pub use py::{
@@ -45,9 +46,12 @@ pub fn to_py(e: FlameError, about: About) -> PyErr {
             InvalidArgumentError::new_err(msg)
         }
         FlameError::PayloadTooLarge(_) => PayloadTooLargeError::new_err(msg),
-        FlameError::Timeout(_) | FlameError::Storage(_) | FlameError::Internal(_) => {
-            py::FlameError::new_err(msg)
-        }
+        FlameError::ClusterStateLost(_) => py::ClusterStateLostError::new_err(msg),
+        FlameError::AlreadyExists(_) => InvalidArgumentError::new_err(msg),
+        FlameError::Timeout(_)
+        | FlameError::Storage(_)
+        | FlameError::StateFileUnusable(_)
+        | FlameError::Internal(_) => py::FlameError::new_err(msg),
     }
 }
 

@@ -10,19 +10,27 @@
 //! until its completion arrives. When the stream breaks it reconnects with backoff under the
 //! same client id, asks for the completions of everything outstanding (`Watch`), and submits
 //! again what the daemon says it never stored. Each completion is handed out at most once.
+//!
+//! That holds only while the daemon keeps its state. Every call carries the identity of the
+//! state the client started on ([`stamp`]); when a reconnect finds the daemon on another
+//! state (its state dir was deleted or replaced, and ids start again at 1), every outstanding
+//! task fails with `ClusterStateLost` and the client sends nothing more: it never re-attaches
+//! to whatever session now has its old ids.
 
 mod nested;
 mod objects;
+mod stamp;
 mod stream;
 
 pub use objects::ObjectClient;
+pub use stamp::{Frontend, StateStamp, STATE_ID_HEADER};
 
 pub use nested::{create_session_request, opened_by_executor, EXECUTOR_ID_HEADER};
 pub use stream::CLIENT_ID_HEADER;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -33,6 +41,7 @@ use tonic::transport::{Channel, Endpoint};
 use crate::error::{error_chain, FlameError, Result};
 use crate::ids::{ClientId, ObjectId, SessionId, TaskId};
 use crate::proto::{self, frontend_client::FrontendClient};
+use stamp::stub;
 
 /// Largest gRPC message the client sends or accepts.
 pub const MAX_MESSAGE_BYTES: usize = 1 << 30;
@@ -50,12 +59,16 @@ enum Outbound {
 /// copies). A watched task has no input here.
 type Outstanding = Arc<Mutex<HashMap<(SessionId, TaskId), Option<Bytes>>>>;
 
+/// Set, with the reason, once the daemon was found on another state than the client's.
+type Lost = Arc<OnceLock<String>>;
+
 /// A connection to a session manager.
 pub struct Client {
     address: String,
     client_id: ClientId,
     max_payload: u64,
-    frontend: FrontendClient<Channel>,
+    frontend: Frontend,
+    lost: Lost,
     /// Next task counter, locked together with the queue push so ids reach the wire in order.
     outbound: Mutex<(u32, mpsc::UnboundedSender<Outbound>)>,
     outstanding: Outstanding,
@@ -77,8 +90,8 @@ pub fn normalize_address(address: &str) -> String {
     }
 }
 
-/// A Frontend stub on a new channel to `address`, or `Unreachable` within `timeout`.
-async fn open_frontend(address: &str, timeout: Duration) -> Result<FrontendClient<Channel>> {
+/// A new channel to `address`, or `Unreachable` within `timeout`.
+async fn open_channel(address: &str, timeout: Duration) -> Result<Channel> {
     let unreachable = |reason: String| FlameError::Unreachable {
         address: address.to_string(),
         reason,
@@ -93,23 +106,23 @@ async fn open_frontend(address: &str, timeout: Duration) -> Result<FrontendClien
         .await
         .map_err(|_| unreachable(format!("no answer within {timeout:?}")))?
         .map_err(|e| unreachable(error_chain(&e)))?;
-    Ok(FrontendClient::new(channel)
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES))
+    Ok(channel)
 }
 
-/// Open a channel and say hello (keeping `previous` as the client id if non-zero).
+/// Open a channel and say hello (keeping `previous` as the client id if non-zero). The hello
+/// itself carries no state stamp: its answer is how the client learns the state.
 async fn hello(
     address: &str,
     timeout: Duration,
     name: &str,
     previous: u32,
-) -> Result<(FrontendClient<Channel>, proto::HelloReply)> {
+) -> Result<(Channel, proto::HelloReply)> {
     let unreachable = |reason: String| FlameError::Unreachable {
         address: address.to_string(),
         reason,
     };
-    let mut frontend = open_frontend(address, timeout).await?;
+    let channel = open_channel(address, timeout).await?;
+    let mut frontend = FrontendClient::new(channel.clone());
     let req = proto::HelloRequest {
         client_name: name.to_string(),
         previous_client_id: previous,
@@ -119,7 +132,7 @@ async fn hello(
         .map_err(|_| unreachable(format!("no hello within {timeout:?}")))?
         .map_err(|s| unreachable(s.message().to_string()))?
         .into_inner();
-    Ok((frontend, reply))
+    Ok((channel, reply))
 }
 
 impl Client {
@@ -143,8 +156,11 @@ impl Client {
         reconnect_for: Duration,
     ) -> Result<Client> {
         let address = normalize_address(address);
-        let (frontend, reply) = hello(&address, timeout, name, 0).await?;
+        let (channel, reply) = hello(&address, timeout, name, 0).await?;
         let client_id = ClientId(reply.client_id);
+        let stamp = StateStamp::new(&reply.state_id);
+        let frontend = stub(channel, stamp.clone());
+        let lost = Lost::default();
         let outstanding: Outstanding = Arc::default();
         let (out_tx, out_rx) = mpsc::unbounded_channel();
         let (done_tx, done_rx) = mpsc::unbounded_channel();
@@ -158,6 +174,9 @@ impl Client {
             outstanding: outstanding.clone(),
             completions: done_tx,
             closed: closed.clone(),
+            state_id: reply.state_id.clone(),
+            stamp,
+            lost: lost.clone(),
         };
         let first = link.open(frontend.clone()).await?;
         tokio::spawn(link.run(first, out_rx));
@@ -166,6 +185,7 @@ impl Client {
             client_id,
             max_payload: reply.max_message_bytes,
             frontend,
+            lost,
             outbound: Mutex::new((1, out_tx)),
             outstanding,
             completions: tokio::sync::Mutex::new(done_rx),
@@ -198,8 +218,10 @@ impl Client {
     /// A fresh id for an object this client makes (it owns it).
     ///
     /// # Errors
-    /// `InvalidArgument` once the client has made 2^32 - 1 objects.
+    /// `InvalidArgument` once the client has made 2^32 - 1 objects; `ClusterStateLost` once
+    /// the daemon was found on another state (where this client's id may be someone else's).
     pub fn next_object_id(&self) -> Result<ObjectId> {
+        self.check_state()?;
         let n = self.next_object.fetch_add(1, Ordering::Relaxed);
         if n == 0 {
             return Err(FlameError::InvalidArgument(
@@ -215,7 +237,9 @@ impl Client {
     }
 
     /// A clone of the unary stub (cheap; shares the connection, which reconnects by itself).
-    pub fn frontend(&self) -> FrontendClient<Channel> {
+    /// Its calls carry the client's state identity, so a daemon on another state refuses
+    /// them (`ClusterStateLost`).
+    pub fn frontend(&self) -> Frontend {
         self.frontend.clone()
     }
 
@@ -223,8 +247,10 @@ impl Client {
     ///
     /// # Errors
     /// `PayloadTooLarge` (nothing queued) if an input is over the daemon's limit;
-    /// `ConnectionLost` if the connection is closed.
+    /// `ClusterStateLost` once the daemon was found on another state; `ConnectionLost` if
+    /// the connection is closed.
     pub fn submit(&self, session: SessionId, inputs: Vec<Bytes>) -> Result<Vec<TaskId>> {
+        self.check_state()?;
         if let Some((i, big)) = inputs
             .iter()
             .enumerate()
@@ -272,6 +298,7 @@ impl Client {
     /// # Errors
     /// `ConnectionLost` if the connection is closed.
     pub fn cancel(&self, session: SessionId, task: TaskId) -> Result<()> {
+        self.check_state()?;
         let guard = self.outbound.lock().map_err(|_| poisoned())?;
         guard
             .1
@@ -285,6 +312,7 @@ impl Client {
     /// # Errors
     /// `ConnectionLost` if the connection is closed.
     pub fn watch(&self, session: SessionId, tasks: Vec<TaskId>) -> Result<()> {
+        self.check_state()?;
         {
             let mut outstanding = self.outstanding.lock().map_err(|_| poisoned())?;
             for t in &tasks {
@@ -329,7 +357,26 @@ impl Client {
         self.closed.cancel();
     }
 
+    /// Why the client's cluster state is gone, if it is (see the module docs).
+    pub fn state_lost(&self) -> Option<&str> {
+        self.lost.get().map(String::as_str)
+    }
+
+    /// `Ok` unless the daemon was found on another state than the client's.
+    ///
+    /// # Errors
+    /// `ClusterStateLost` with the reason once it was.
+    pub fn check_state(&self) -> Result<()> {
+        match self.lost.get() {
+            Some(reason) => Err(FlameError::ClusterStateLost(reason.clone())),
+            None => Ok(()),
+        }
+    }
+
     fn lost(&self) -> FlameError {
+        if let Some(reason) = self.lost.get() {
+            return FlameError::ClusterStateLost(reason.clone());
+        }
         FlameError::ConnectionLost(format!("the connection to {} is closed", self.address))
     }
 }

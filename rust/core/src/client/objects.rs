@@ -6,22 +6,22 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use tonic::transport::Channel;
 
+use super::stamp::{stub, Frontend, StateStamp};
 use crate::error::Result;
 use crate::ids::ObjectId;
-use crate::proto::{self, frontend_client::FrontendClient};
+use crate::proto;
 
 const CHUNK_BYTES: usize = 1 << 20;
 
 /// Object calls on one channel (cheap to clone).
 #[derive(Clone)]
 pub struct ObjectClient {
-    frontend: FrontendClient<Channel>,
+    frontend: Frontend,
 }
 
 impl ObjectClient {
-    pub fn new(frontend: FrontendClient<Channel>) -> Self {
+    pub fn new(frontend: Frontend) -> Self {
         Self { frontend }
     }
 
@@ -30,7 +30,8 @@ impl ObjectClient {
     /// # Errors
     /// `Unreachable` naming the address when nothing answers within `timeout`.
     pub async fn connect(address: &str, timeout: Duration) -> Result<Self> {
-        Ok(Self::new(super::open_frontend(address, timeout).await?))
+        let channel = super::open_channel(address, timeout).await?;
+        Ok(Self::new(stub(channel, StateStamp::default())))
     }
 
     /// Upload an object made of `parts` (written one after the other).

@@ -1,6 +1,8 @@
 //! The client's task stream: one background task that sends queued submissions in batches,
 //! hands completions out, and — when the stream breaks — reconnects with backoff, re-watches
-//! every outstanding task and resubmits those the daemon never stored.
+//! every outstanding task and resubmits those the daemon never stored — unless the daemon
+//! came back on another state: then every outstanding task fails with `ClusterStateLost` and
+//! the stream ends, so nothing is watched or submitted into whatever now has the old ids.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -10,13 +12,13 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Channel;
 
-use super::{hello, Outbound, Outstanding};
+use super::stamp::{stub, Frontend, StateStamp};
+use super::{hello, Lost, Outbound, Outstanding};
 use crate::error::{FlameError, Result};
 use crate::ids::{ClientId, SessionId, TaskId};
 use crate::model::{ErrorKind, TaskFailure, TaskState};
-use crate::proto::{self, client_message, frontend_client::FrontendClient, server_message};
+use crate::proto::{self, client_message, server_message};
 
 /// A submit message is cut when it reaches this many bytes of input.
 const BATCH_BYTES: usize = 4 << 20;
@@ -41,6 +43,12 @@ pub(super) struct Link {
     pub outstanding: Outstanding,
     pub completions: mpsc::UnboundedSender<Vec<proto::TaskCompletion>>,
     pub closed: CancellationToken,
+    /// The state identity from the first hello ("" from a head too old to have one).
+    pub state_id: String,
+    /// Stamps every call with `state_id`.
+    pub stamp: StateStamp,
+    /// Set when a reconnect finds the daemon on another state.
+    pub lost: Lost,
 }
 
 /// Why serving a stream stopped.
@@ -49,9 +57,17 @@ enum Stop {
     Broken,
 }
 
+/// What a reconnection attempt found.
+enum Reconnect {
+    Open(Box<Open>),
+    /// The daemon is on another state than the client's; the reason.
+    StateLost(String),
+    GaveUp,
+}
+
 impl Link {
     /// Open the task stream on `frontend`, tagged with this client's id.
-    pub(super) async fn open(&self, mut frontend: FrontendClient<Channel>) -> Result<Open> {
+    pub(super) async fn open(&self, mut frontend: Frontend) -> Result<Open> {
         let (req_tx, req_rx) = mpsc::unbounded_channel();
         let mut req = tonic::Request::new(UnboundedReceiverStream::new(req_rx));
         req.metadata_mut()
@@ -59,9 +75,12 @@ impl Link {
         let inbound = frontend
             .stream(req)
             .await
-            .map_err(|s| FlameError::Unreachable {
-                address: self.address.clone(),
-                reason: s.message().to_string(),
+            .map_err(|s| match s.code() {
+                tonic::Code::DataLoss => FlameError::from(s),
+                _ => FlameError::Unreachable {
+                    address: self.address.clone(),
+                    reason: s.message().to_string(),
+                },
             })?
             .into_inner();
         Ok(Open { req_tx, inbound })
@@ -73,8 +92,12 @@ impl Link {
             match self.serve(&mut open, &mut out_rx).await {
                 Stop::Closed => break,
                 Stop::Broken => match self.reconnect().await {
-                    Some(o) => open = o,
-                    None => break,
+                    Reconnect::Open(o) => open = *o,
+                    Reconnect::StateLost(reason) => {
+                        self.fail_outstanding(reason);
+                        break;
+                    }
+                    Reconnect::GaveUp => break,
                 },
             }
         }
@@ -181,31 +204,79 @@ impl Link {
         }
     }
 
-    /// Reconnect with backoff until it works, the client closes, or `reconnect_for` passes.
-    async fn reconnect(&self) -> Option<Open> {
+    /// The daemon lost the client's state: remember why (every later call fails with it)
+    /// and fail every outstanding task with it. Nothing is sent to the daemon.
+    fn fail_outstanding(&self, reason: String) {
+        tracing::error!(address = %self.address, %reason, "cluster state lost");
+        let _ = self.lost.set(reason.clone());
+        let keys: Vec<(SessionId, TaskId)> = match self.outstanding.lock() {
+            Ok(o) => o.keys().copied().collect(),
+            Err(_) => Vec::new(),
+        };
+        let failure: proto::TaskError = TaskFailure::new(
+            ErrorKind::ErrorClusterStateLost,
+            format!("cluster state lost: {reason}"),
+        )
+        .into();
+        let items = keys
+            .into_iter()
+            .map(|(s, t)| proto::TaskCompletion {
+                session_id: s.0,
+                task_id: t.0,
+                state: TaskState::Failed.as_i32(),
+                output: Bytes::new(),
+                error: Some(failure.clone()),
+                attempts: 0,
+                log: String::new(),
+            })
+            .collect();
+        self.deliver(items);
+    }
+
+    /// Whether the daemon that answered `reply` serves the state this client started on;
+    /// the reason if not.
+    fn same_state(&self, reply: &proto::HelloReply) -> std::result::Result<(), String> {
+        if self.state_id.is_empty() || reply.state_id == self.state_id {
+            return Ok(());
+        }
+        Err(format!(
+            "the daemon at {} came back on another state ({}; this client started on {}):              its state dir was deleted or replaced, so this client's sessions and tasks are              gone; open new ones with a new connection",
+            self.address, reply.state_id, self.state_id
+        ))
+    }
+
+    /// Reconnect with backoff until it works, the client closes, `reconnect_for` passes, or
+    /// the daemon turns out to be on another state.
+    async fn reconnect(&self) -> Reconnect {
         let deadline = Instant::now() + self.reconnect_for;
         let mut backoff = Duration::from_millis(100);
         let mut last_log = Instant::now();
         tracing::warn!(address = %self.address, "lost the connection to the Flame daemon; reconnecting");
         loop {
             tokio::select! {
-                _ = self.closed.cancelled() => return None,
+                _ = self.closed.cancelled() => return Reconnect::GaveUp,
                 _ = tokio::time::sleep(backoff) => {}
             }
             let attempt = async {
-                let (frontend, _) =
+                let (channel, reply) =
                     hello(&self.address, self.timeout, &self.name, self.client_id.0).await?;
-                self.open(frontend).await
+                // Checked before the stream opens: nothing is watched or resubmitted into
+                // another state, whose ids may name other clients' sessions.
+                if let Err(reason) = self.same_state(&reply) {
+                    return Err(FlameError::ClusterStateLost(reason));
+                }
+                self.open(stub(channel, self.stamp.clone())).await
             };
             match attempt.await {
                 Ok(open) => {
                     tracing::info!(address = %self.address, "reconnected to the Flame daemon");
                     self.rewatch(&open);
-                    return Some(open);
+                    return Reconnect::Open(Box::new(open));
                 }
+                Err(FlameError::ClusterStateLost(reason)) => return Reconnect::StateLost(reason),
                 Err(e) if Instant::now() >= deadline => {
                     tracing::error!(address = %self.address, error = %e, "giving up reconnecting");
-                    return None;
+                    return Reconnect::GaveUp;
                 }
                 Err(e) => {
                     if last_log.elapsed() > Duration::from_secs(5) {

@@ -83,6 +83,9 @@ pub struct Snapshot {
     /// Task counts per open session, finished tasks included.
     pub counts: HashMap<SessionId, TaskCounts>,
     pub meta: HashMap<String, u64>,
+    /// The state's identity: made once with the database, told to clients in every hello
+    /// so that a client notices when the daemon came back on another state.
+    pub identity: String,
 }
 
 /// Durable storage of applications, sessions and tasks.

@@ -9,13 +9,16 @@
 //! object RPCs, which use this type.
 //!
 //! Objects belong to the client whose id is in their high bits: they are deleted when that
-//! client deletes them, or when its lease runs out (see the session manager).
+//! client deletes them, or when its lease runs out (see the session manager). An object is
+//! written once: storing an id that is already stored is refused, whoever asks, and the
+//! stored bytes stay as they were (a reference handed out never changes meaning).
 
 use std::collections::BTreeSet;
 use std::fs::{self, File};
 use std::hash::{BuildHasher, Hasher};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::error::{FlameError, Result};
 use crate::ids::{ClientId, ObjectId};
@@ -88,8 +91,8 @@ impl ObjectStore {
     /// Start writing an object; nothing is visible until [`ObjectWriter::commit`].
     ///
     /// # Errors
-    /// `InvalidArgument` for id 0 or an id owned by nobody; `Storage` if the file cannot be
-    /// created.
+    /// `InvalidArgument` for id 0 or an id owned by nobody; `AlreadyExists` if the id is
+    /// stored already; `Storage` if the file cannot be created.
     pub fn writer(&self, id: ObjectId) -> Result<ObjectWriter> {
         if id.owner().0 == 0 {
             return Err(FlameError::InvalidArgument(format!(
@@ -98,12 +101,20 @@ impl ObjectStore {
             )));
         }
         let path = self.path(id);
-        let tmp = self.dir.join(format!(".{:016x}.part", id.0));
+        // Refused before a byte is read; `commit` checks again, atomically.
+        if path.exists() {
+            return Err(already_stored(id));
+        }
+        // One temporary name per upload: two uploads of one id never write the same file.
+        static UPLOADS: AtomicU64 = AtomicU64::new(0);
+        let n = UPLOADS.fetch_add(1, Ordering::Relaxed);
+        let tmp = self.dir.join(format!(".{:016x}.{n}.part", id.0));
         let file = File::create(&tmp).map_err(|e| io_error("object", &tmp, e))?;
         Ok(ObjectWriter {
             file,
             tmp,
             path,
+            id,
             written: 0,
         })
     }
@@ -171,7 +182,16 @@ pub struct ObjectWriter {
     file: File,
     tmp: PathBuf,
     path: PathBuf,
+    id: ObjectId,
     written: u64,
+}
+
+fn already_stored(id: ObjectId) -> FlameError {
+    FlameError::AlreadyExists(format!(
+        "object {:#x} is already stored; an object is written once and never replaced \
+         (put the new value under a new id)",
+        id.0
+    ))
 }
 
 impl ObjectWriter {
@@ -191,12 +211,18 @@ impl ObjectWriter {
         self.written
     }
 
-    /// Make the object visible under its id (replacing an older one with the same id).
+    /// Make the object visible under its id. A hard link, not a rename: it fails if the id
+    /// exists, so two uploads of one id can never replace each other's bytes.
     ///
     /// # Errors
-    /// `Storage` when the file cannot be renamed into place.
+    /// `AlreadyExists` if the id was stored meanwhile; `Storage` when the file cannot be
+    /// linked into place.
     pub fn commit(self) -> Result<u64> {
-        fs::rename(&self.tmp, &self.path).map_err(|e| io_error("object", &self.tmp, e))?;
+        fs::hard_link(&self.tmp, &self.path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::AlreadyExists => already_stored(self.id),
+            _ => io_error("object", &self.tmp, e),
+        })?;
+        // The temporary name goes with `drop`.
         Ok(self.written)
     }
 }
@@ -256,6 +282,35 @@ mod tests {
         assert_eq!(owners, vec![1, 2, 5]);
         assert_eq!(first.delete_owner(ClientId(1)), 2);
         assert!(first.open_object(id(2, 1)).is_ok());
+    }
+
+    #[test]
+    fn a_stored_id_is_never_overwritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ObjectStore::open(dir.path()).unwrap();
+        let mut w = store.writer(id(3, 1)).unwrap();
+        w.write(b"first").unwrap();
+        // A second upload of the same id that started before the first one committed.
+        let mut racing = store.writer(id(3, 1)).unwrap();
+        racing.write(b"second").unwrap();
+        w.commit().unwrap();
+        let err = racing.commit().unwrap_err();
+        assert!(matches!(err, FlameError::AlreadyExists(_)), "{err}");
+        let err = store.writer(id(3, 1)).err().unwrap();
+        assert!(err.to_string().contains("already stored"), "{err}");
+        let mut text = String::new();
+        store
+            .open_object(id(3, 1))
+            .unwrap()
+            .read_to_string(&mut text)
+            .unwrap();
+        assert_eq!(text, "first");
+        assert!(store.owners().iter().all(|c| c.0 == 3));
+        assert_eq!(
+            dir.path().read_dir().unwrap().count(),
+            2,
+            "token + the object"
+        );
     }
 
     #[test]

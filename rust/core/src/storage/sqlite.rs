@@ -8,11 +8,14 @@
 //! front, so it cannot fail half-way with `SQLITE_BUSY` when an outside reader holds a lock.
 
 mod decode;
+mod file;
 mod schema;
 mod write;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_file;
 #[cfg(test)]
 mod tests_limits;
 #[cfg(test)]
@@ -22,6 +25,7 @@ use std::path::Path;
 
 use rusqlite::{Connection, TransactionBehavior};
 
+use self::file::{explain, StateFile};
 use self::schema::unfinished;
 use super::{Snapshot, Storage, WriteOp};
 use crate::error::{FlameError, Result};
@@ -37,23 +41,30 @@ pub struct SqliteStorage {
     /// The next `tasks.seq` (submission order). Mirrors the `counters` row, which each batch
     /// that inserts tasks rewrites in the same transaction.
     next_seq: i64,
+    /// The state's identity (a UUID made with the file; see `schema.rs`, version 6).
+    identity: String,
+    /// The file, checked before every commit; `None` in memory.
+    file: Option<StateFile>,
 }
 
 impl SqliteStorage {
     /// Open the database at `path`, creating the file and the schema if missing.
     ///
     /// # Errors
-    /// `FlameError::Storage` when the file cannot be opened or created, is not a SQLite
-    /// database, or has a schema from a newer build.
+    /// `FlameError::Storage` when the file cannot be opened or created, or has a schema
+    /// from a newer build; `FlameError::StateFileUnusable`, naming the file and what to do,
+    /// when it is damaged or not a SQLite database.
     pub fn open(path: &Path) -> Result<Self> {
         let conn = Connection::open(path).map_err(|e| {
             FlameError::Storage(format!("cannot open state file {}: {e}", path.display()))
         })?;
         // SQLite opens lazily: a file that is not a database fails only here, so name it.
-        Self::init(conn).map_err(|e| match e {
+        let mut db = Self::init(conn).map_err(|e| match e {
             FlameError::Storage(m) => FlameError::Storage(format!("{}: {m}", path.display())),
-            other => other,
-        })
+            other => explain(Some(path), other),
+        })?;
+        db.file = Some(StateFile::new(path)?);
+        Ok(db)
     }
 
     /// A private in-memory database, gone when dropped. For tests.
@@ -68,15 +79,40 @@ impl SqliteStorage {
         schema::configure(&conn)?;
         schema::migrate(&mut conn)?;
         let next_seq = schema::read_next_seq(&conn)?;
-        Ok(Self { conn, next_seq })
+        let identity = schema::read_identity(&conn)?;
+        Ok(Self {
+            conn,
+            next_seq,
+            identity,
+            file: None,
+        })
     }
 
-    /// Apply ops in one transaction; nothing of them on failure.
+    /// The state's identity: a random UUID made when the database was created, the same
+    /// for as long as this file lives, different for any other file.
+    pub fn identity(&self) -> &str {
+        &self.identity
+    }
+
+    fn path(&self) -> Option<&Path> {
+        self.file.as_ref().map(StateFile::path)
+    }
+
+    /// Apply ops in one transaction; nothing of them on failure, and nothing at all when
+    /// the file is no longer the one opened.
     fn apply_ops<'a>(&mut self, ops: impl Iterator<Item = &'a WriteOp>) -> Result<()> {
         let mut ops = ops.peekable();
         if ops.peek().is_none() {
             return Ok(());
         }
+        if let Some(file) = &self.file {
+            file.check()?;
+        }
+        let r = self.commit_ops(ops);
+        r.map_err(|e| explain(self.path(), e))
+    }
+
+    fn commit_ops<'a>(&mut self, ops: impl Iterator<Item = &'a WriteOp>) -> Result<()> {
         // Dropping `tx` on any error rolls the whole batch back.
         let tx = self
             .conn
@@ -99,73 +135,8 @@ impl Storage for SqliteStorage {
     /// Also rewrites every `running` row to `pending`: after a restart nothing is running,
     /// and the rows then agree with the snapshot and with later `get_session` counts.
     fn load(&mut self) -> Result<Snapshot> {
-        // One transaction: the reset and all reads see the same state.
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let pending = TaskState::Pending.as_i32();
-        // Repeats the partial index's condition so the update walks the index, not the table.
-        tx.prepare_cached(concat!(
-            "UPDATE tasks SET state = ?1 WHERE ",
-            unfinished!(),
-            " AND state = ?2"
-        ))?
-        .execute([pending, TaskState::Running.as_i32()])?;
-
-        let mut snap = Snapshot::default();
-        {
-            let sql = format!(
-                "SELECT {} FROM applications ORDER BY name",
-                decode::APPLICATION_COLS
-            );
-            let mut stmt = tx.prepare_cached(&sql)?;
-            let mut rows = stmt.query([])?;
-            while let Some(row) = rows.next()? {
-                snap.applications.push(decode::application(row)?);
-            }
-        }
-        snap.sessions = sessions_where(&tx, "state = 'open' ORDER BY id", [])?;
-        for s in &snap.sessions {
-            snap.counts.insert(s.id, TaskCounts::default());
-        }
-        {
-            // CROSS JOIN fixes open sessions as the outer loop, each a range of the tasks
-            // primary key; without it SQLite may scan every task ever stored.
-            let mut stmt = tx.prepare_cached(
-                "SELECT t.session_id, t.state, COUNT(*) \
-                 FROM sessions AS s CROSS JOIN tasks AS t ON t.session_id = s.id \
-                 WHERE s.state = 'open' GROUP BY t.session_id, t.state",
-            )?;
-            let mut rows = stmt.query([])?;
-            while let Some(row) = rows.next()? {
-                let id = SessionId(row.get::<_, i64>(0)? as u64);
-                let counts = snap.counts.entry(id).or_default();
-                decode::add_count(counts, id, row.get(1)?, row.get(2)?)?;
-            }
-        }
-        {
-            // CROSS JOIN fixes tasks as the outer loop, so rows come straight out of the
-            // `tasks_unfinished` index in seq order with no sort step.
-            let mut stmt = tx.prepare_cached(concat!(
-                "SELECT t.session_id, t.task_id, t.attempts, t.created_ms, t.input \
-                 FROM tasks AS t CROSS JOIN sessions AS s ON s.id = t.session_id \
-                 WHERE t.",
-                unfinished!(),
-                " AND s.state = 'open' ORDER BY t.seq"
-            ))?;
-            let mut rows = stmt.query([])?;
-            while let Some(row) = rows.next()? {
-                snap.tasks.push(decode::unfinished_task(row)?);
-            }
-        }
-        {
-            let mut stmt = tx.prepare_cached("SELECT key, value FROM meta")?;
-            let mut rows = stmt.query([])?;
-            while let Some(row) = rows.next()? {
-                snap.meta.insert(row.get(0)?, row.get::<_, i64>(1)? as u64);
-            }
-        }
-        tx.commit()?;
+        let mut snap = load_snapshot(&mut self.conn).map_err(|e| explain(self.path(), e))?;
+        snap.identity = self.identity.clone();
         Ok(snap)
     }
 
@@ -176,7 +147,6 @@ impl Storage for SqliteStorage {
     fn apply_all(&mut self, batches: &[Vec<WriteOp>]) -> Result<()> {
         self.apply_ops(batches.iter().flatten())
     }
-
     /// A finished task comes back without its input (dropped when it finished).
     fn get_task(&mut self, key: TaskKey) -> Result<Option<TaskRecord>> {
         let mut stmt = self.conn.prepare_cached(&format!(
@@ -296,4 +266,74 @@ fn sessions_where<P: rusqlite::Params>(
         out.push(decode::session(row)?);
     }
     Ok(out)
+}
+
+/// Everything `load` returns but the identity, in one transaction (the reset of running
+/// tasks and every read see the same state).
+fn load_snapshot(conn: &mut Connection) -> Result<Snapshot> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let pending = TaskState::Pending.as_i32();
+    // Repeats the partial index's condition so the update walks the index, not the table.
+    tx.prepare_cached(concat!(
+        "UPDATE tasks SET state = ?1 WHERE ",
+        unfinished!(),
+        " AND state = ?2"
+    ))?
+    .execute([pending, TaskState::Running.as_i32()])?;
+
+    let mut snap = Snapshot::default();
+    {
+        let sql = format!(
+            "SELECT {} FROM applications ORDER BY name",
+            decode::APPLICATION_COLS
+        );
+        let mut stmt = tx.prepare_cached(&sql)?;
+        let mut rows = stmt.query([])?;
+        while let Some(row) = rows.next()? {
+            snap.applications.push(decode::application(row)?);
+        }
+    }
+    snap.sessions = sessions_where(&tx, "state = 'open' ORDER BY id", [])?;
+    for s in &snap.sessions {
+        snap.counts.insert(s.id, TaskCounts::default());
+    }
+    {
+        // CROSS JOIN fixes open sessions as the outer loop, each a range of the tasks
+        // primary key; without it SQLite may scan every task ever stored.
+        let mut stmt = tx.prepare_cached(
+            "SELECT t.session_id, t.state, COUNT(*) \
+                 FROM sessions AS s CROSS JOIN tasks AS t ON t.session_id = s.id \
+                 WHERE s.state = 'open' GROUP BY t.session_id, t.state",
+        )?;
+        let mut rows = stmt.query([])?;
+        while let Some(row) = rows.next()? {
+            let id = SessionId(row.get::<_, i64>(0)? as u64);
+            let counts = snap.counts.entry(id).or_default();
+            decode::add_count(counts, id, row.get(1)?, row.get(2)?)?;
+        }
+    }
+    {
+        // CROSS JOIN fixes tasks as the outer loop, so rows come straight out of the
+        // `tasks_unfinished` index in seq order with no sort step.
+        let mut stmt = tx.prepare_cached(concat!(
+            "SELECT t.session_id, t.task_id, t.attempts, t.created_ms, t.input \
+                 FROM tasks AS t CROSS JOIN sessions AS s ON s.id = t.session_id \
+                 WHERE t.",
+            unfinished!(),
+            " AND s.state = 'open' ORDER BY t.seq"
+        ))?;
+        let mut rows = stmt.query([])?;
+        while let Some(row) = rows.next()? {
+            snap.tasks.push(decode::unfinished_task(row)?);
+        }
+    }
+    {
+        let mut stmt = tx.prepare_cached("SELECT key, value FROM meta")?;
+        let mut rows = stmt.query([])?;
+        while let Some(row) = rows.next()? {
+            snap.meta.insert(row.get(0)?, row.get::<_, i64>(1)? as u64);
+        }
+    }
+    tx.commit()?;
+    Ok(snap)
 }

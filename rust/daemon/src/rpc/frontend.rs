@@ -85,6 +85,7 @@ impl Frontend for FrontendService {
             max_message_bytes: self.handle.config.max_payload_bytes as u64,
             object_dir: self.handle.objects.dir().to_string_lossy().into_owned(),
             object_token: self.handle.objects.token().to_string(),
+            state_id: self.handle.state_id.to_string(),
         }))
     }
 

@@ -5,6 +5,7 @@
 pub mod backend;
 pub mod frontend;
 pub mod objects;
+pub mod state_check;
 
 use std::time::Duration;
 

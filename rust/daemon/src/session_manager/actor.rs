@@ -94,6 +94,7 @@ pub fn start(
     objects: Arc<ObjectStore>,
 ) -> Result<(ManagerHandle, JoinHandle<()>, std::thread::JoinHandle<()>)> {
     let snapshot = storage.load()?;
+    let state_id: Arc<str> = snapshot.identity.as_str().into();
     let meta = |k: &str, default: u64| snapshot.meta.get(k).copied().unwrap_or(default);
     let executor_base = meta(META_EXECUTOR_BASE, 1);
     let metrics = Metrics::new();
@@ -183,6 +184,7 @@ pub fn start(
         config: cfg,
         metrics,
         objects,
+        state_id,
     };
     Ok((handle, task, storage_thread))
 }

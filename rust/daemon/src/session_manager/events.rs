@@ -277,6 +277,10 @@ impl Actor {
     }
 
     fn submit(&mut self, conn: u64, session: SessionId, tasks: Vec<(TaskId, Bytes)>) {
+        if let Some(refused) = self.not_owner(conn, session) {
+            self.reject(conn, session, tasks.into_iter().map(|t| t.0), refused);
+            return;
+        }
         let limit = self.cfg.max_payload_bytes;
         let (tasks, too_big): (Vec<_>, Vec<_>) = tasks
             .into_iter()
@@ -371,6 +375,11 @@ impl Actor {
     /// Route completions of these tasks to `conn`: unfinished ones when they finish, finished
     /// ones now, from storage.
     fn watch(&mut self, conn: u64, session: SessionId, tasks: Vec<TaskId>) {
+        if let Some(refused) = self.not_owner(conn, session) {
+            self.reject(conn, session, tasks, refused);
+            return;
+        }
+        let client = self.stream_client(conn);
         let stored: Vec<TaskId> = tasks
             .into_iter()
             .filter(|t| !self.sched.watch(session, *t, conn))
@@ -387,7 +396,25 @@ impl Actor {
             let mut items = Vec::new();
             let mut unknown = Vec::new();
             let looked_up = stored.clone();
+            // A closed session is not in memory: its owner comes from storage.
+            let owner = match st.get_session(session) {
+                Ok(Some((rec, _))) => rec.spec.owner,
+                _ => 0,
+            };
+            let refused = super::ownership::refusal(session, owner, client);
             for t in stored {
+                if let Some(f) = &refused {
+                    items.push(proto::TaskCompletion {
+                        session_id: session.0,
+                        task_id: t.0,
+                        state: flame_core::model::TaskState::Failed.as_i32(),
+                        output: Bytes::new(),
+                        error: Some(f.clone().into()),
+                        attempts: 0,
+                        log: String::new(),
+                    });
+                    continue;
+                }
                 match st.get_task(key(session, t)) {
                     Ok(Some(rec)) if rec.state.is_final() => {
                         let mut c = rec.to_completion();

@@ -13,6 +13,7 @@ mod introspection;
 mod nested;
 mod nodes;
 mod overview;
+mod ownership;
 mod workers;
 
 use std::sync::Arc;
@@ -252,6 +253,9 @@ pub struct ManagerHandle {
     pub objects: Arc<ObjectStore>,
     /// This daemon's metrics (its own recorder; see `crate::metrics`).
     pub metrics: std::sync::Arc<crate::metrics::Metrics>,
+    /// The identity of the state this head serves (made with its database): clients learn
+    /// it in the hello and send it with every later call; see `rpc::state_check`.
+    pub state_id: Arc<str>,
 }
 
 impl ManagerHandle {

@@ -75,7 +75,14 @@ impl TaskStream {
     }
 }
 
-pub async fn create_echo(fe: &FrontendClient<Channel>) -> u64 {
+/// On any Frontend stub: a plain one, or a client's (which stamps its state identity).
+pub async fn create_echo<T>(fe: &FrontendClient<T>) -> u64
+where
+    T: tonic::client::GrpcService<tonic::body::Body> + Clone,
+    T::Error: Into<tonic::codegen::StdError>,
+    T::ResponseBody: tonic::codegen::Body<Data = Bytes> + Send + 'static,
+    <T::ResponseBody as tonic::codegen::Body>::Error: Into<tonic::codegen::StdError> + Send,
+{
     let spec = SessionSpec {
         application: "echo".into(),
         app_spec: Bytes::from_static(b"inline"),

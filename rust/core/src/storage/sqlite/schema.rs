@@ -13,7 +13,7 @@ use crate::error::{FlameError, Result};
 
 /// The schema version this build reads and writes. A change to the DDL below bumps it and adds
 /// a step to [`migrate`]; a file from a newer build is refused rather than misread.
-pub(super) const VERSION: i32 = 5;
+pub(super) const VERSION: i32 = 6;
 
 /// How long a statement waits for a lock held by another connection (say an operator's
 /// `sqlite3` shell) before giving up with `SQLITE_BUSY`.
@@ -118,9 +118,20 @@ CREATE TABLE task_logs (
 );
 ";
 
-/// Undoes versions 3 to 5 of a current file, for tests of the migration from version 2.
+/// Version 6: the state's identity, a random UUID made once when the file gets this table.
+/// A client remembers it from its first hello; a daemon that answers with another one has
+/// lost the state the client's sessions lived in (a fresh or replaced file). One row, always.
+const V6: &str = "
+CREATE TABLE identity (
+    one INTEGER PRIMARY KEY NOT NULL CHECK (one = 1),
+    id  TEXT NOT NULL
+);
+";
+
+/// Undoes versions 3 to 6 of a current file, for tests of the migration from version 2.
 #[cfg(test)]
 pub(super) const DOWNGRADE_TO_V2: &str = "
+DROP TABLE identity;
 DROP TABLE task_logs;
 ALTER TABLE sessions DROP COLUMN weight;
 ALTER TABLE sessions DROP COLUMN min_executors;
@@ -201,10 +212,24 @@ pub(super) fn migrate(conn: &mut Connection) -> Result<()> {
              ALTER TABLE tasks ADD COLUMN node_id INTEGER;",
         )?;
     }
+    if version < 6 {
+        tx.execute_batch(V6)?;
+        let id = uuid::Uuid::new_v4().to_string();
+        tx.execute("INSERT INTO identity (one, id) VALUES (1, ?1)", [id])?;
+    }
     // user_version lives in the file header and is written by this same transaction.
     tx.pragma_update(None, "user_version", VERSION)?;
     tx.commit()?;
     Ok(())
+}
+
+/// The state's identity (see [`V6`]).
+///
+/// # Errors
+/// `FlameError::Storage` when the row is missing (a damaged file).
+pub(super) fn read_identity(conn: &Connection) -> Result<String> {
+    conn.query_row("SELECT id FROM identity WHERE one = 1", [], |r| r.get(0))
+        .map_err(|e| cannot_read("the state identity", e))
 }
 
 /// The next `tasks.seq` to hand out, persisted by every batch that inserts tasks.
@@ -217,5 +242,13 @@ pub(super) fn read_next_seq(conn: &Connection) -> Result<i64> {
         [TASK_SEQ],
         |r| r.get(0),
     )
-    .map_err(|e| FlameError::Storage(format!("cannot read the task sequence counter: {e}")))
+    .map_err(|e| cannot_read("the task sequence counter", e))
+}
+
+/// A failed read of a row that must exist; a damaged file stays recognisable as such.
+fn cannot_read(what: &str, e: rusqlite::Error) -> FlameError {
+    match FlameError::from(e) {
+        FlameError::Storage(m) => FlameError::Storage(format!("cannot read {what}: {m}")),
+        other => other,
+    }
 }
