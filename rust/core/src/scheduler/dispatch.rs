@@ -128,7 +128,13 @@ impl Scheduler {
     /// `only`), one task per executor per round so a short queue spreads across executors.
     /// O(E_s + tasks sent) for a whole session, O(window) for one executor: a result feeds
     /// just the executor that sent it.
+    ///
+    /// A task goes to an executor that is already busy (prefetch) only when it is not needed
+    /// for an executor that is free, on its way, or could still be had (`held_back`): until
+    /// then a long task would wait behind another while a slot stays idle. Empty executors
+    /// are served first for the same reason.
     pub(super) fn feed(&mut self, sid: SessionId, only: Option<ExecutorId>, now: Instant) {
+        let held_back = self.held_back(sid);
         let Some(session) = self.sessions.get_mut(&sid) else {
             return;
         };
@@ -151,7 +157,8 @@ impl Scheduler {
                     .get(e)
                     .is_some_and(|x| !x.releasing && x.inflight.len() < window)
         });
-        ready.sort_unstable();
+        // Empty executors first: a short queue goes to them, not behind a running task.
+        ready.sort_unstable_by_key(|e| (self.executors.get(e).map_or(0, |x| x.inflight.len()), *e));
         let mut batches: HashMap<ExecutorId, Vec<(TaskId, Bytes, u32)>> = HashMap::new();
         let mut started = Vec::new();
         'rounds: while !ready.is_empty() {
@@ -160,6 +167,10 @@ impl Scheduler {
                 let Some(exec) = self.executors.get_mut(&eid) else {
                     continue;
                 };
+                if !exec.inflight.is_empty() && session.counts.pending as usize <= held_back {
+                    // The rest waits for the executors that are coming (or a result here).
+                    break 'rounds;
+                }
                 let Some(tid) = pop_pending(session) else {
                     break 'rounds;
                 };
@@ -198,6 +209,18 @@ impl Scheduler {
             });
         }
         self.touch(sid);
+    }
+
+    /// How many of `sid`'s pending tasks to keep for executors it does not use yet: the ones
+    /// being started or handed over to it, plus as many more as it wants and the cluster
+    /// could give (idle executors, free slots, warm executors of others). Cheap: O(1).
+    fn held_back(&self, sid: SessionId) -> usize {
+        let Some(s) = self.sessions.get(&sid) else {
+            return 0;
+        };
+        let could_get = self.idle.len() + self.free_slots_total + self.warm.len();
+        let more = s.target().saturating_sub(s.held()).min(could_get);
+        s.starting as usize + more
     }
 
     /// Unbind executors that sat idle and bound for longer than the release delay, unless

@@ -34,6 +34,7 @@ impl Scheduler {
         };
         if let Some(free) = node.free_key {
             self.free_nodes.remove(&(std::cmp::Reverse(free), id));
+            self.free_slots_total -= free;
         }
         for eid in &node.exiting {
             self.preempted_exit(*eid);

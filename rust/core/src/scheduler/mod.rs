@@ -40,6 +40,8 @@ mod submission;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
+mod tests_dispatch;
+#[cfg(test)]
 mod tests_drain;
 #[cfg(test)]
 mod tests_policies;
@@ -152,6 +154,8 @@ pub struct Scheduler {
     idle_by_app: HashMap<u64, BTreeSet<ExecutorId>>,
     /// Nodes with free slots, most free first.
     free_nodes: BTreeSet<(std::cmp::Reverse<usize>, NodeId)>,
+    /// Free slots over all nodes in `free_nodes` (the sum of their keys), kept in step.
+    free_slots_total: usize,
     /// Bound executors with nothing to do, oldest first (`Executor::idle_since`).
     warm: BTreeSet<(Instant, ExecutorId)>,
     /// Running head tasks by when they time out (`Executor::deadline`).
@@ -185,6 +189,7 @@ impl Scheduler {
             idle_by_session: HashMap::new(),
             idle_by_app: HashMap::new(),
             free_nodes: BTreeSet::new(),
+            free_slots_total: 0,
             warm: BTreeSet::new(),
             deadlines: BTreeSet::new(),
             sessions: HashMap::new(),

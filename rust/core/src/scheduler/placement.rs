@@ -170,11 +170,13 @@ impl Scheduler {
         };
         if let Some(old) = n.free_key.take() {
             self.free_nodes.remove(&(Reverse(old), id));
+            self.free_slots_total -= old;
         }
         let free = n.free_slots();
         if n.has_free_slot() {
             n.free_key = Some(free);
             self.free_nodes.insert((Reverse(free), id));
+            self.free_slots_total += free;
         }
     }
 

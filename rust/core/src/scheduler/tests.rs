@@ -29,7 +29,7 @@ impl Harness {
         )
     }
 
-    fn with_config(slots: u32, config: SchedulerConfig) -> Self {
+    pub(super) fn with_config(slots: u32, config: SchedulerConfig) -> Self {
         let mut s = Scheduler::new(config);
         s.add_node(NodeId(1), "n1".into(), slots);
         Self {
