@@ -218,9 +218,23 @@ impl Scheduler {
         let Some(s) = self.sessions.get(&sid) else {
             return 0;
         };
-        let could_get = self.idle.len() + self.free_slots_total + self.warm.len();
-        let more = s.target().saturating_sub(s.held()).min(could_get);
-        s.starting as usize + more
+        let want = s.target().saturating_sub(s.held());
+        let mut could_get = self.idle.len() + self.free_slots_total + self.warm.len();
+        if want > 0 && !self.warm.is_empty() {
+            // Its own warm executors are fed as they are, not obtained. O(E_s), only when
+            // some executor is warm.
+            let own = s
+                .executors
+                .iter()
+                .filter(|e| {
+                    self.executors
+                        .get(e)
+                        .is_some_and(|x| x.idle_since.is_some())
+                })
+                .count();
+            could_get = could_get.saturating_sub(own);
+        }
+        s.starting as usize + want.min(could_get)
     }
 
     /// Unbind executors that sat idle and bound for longer than the release delay, unless

@@ -230,3 +230,84 @@ fn short_tasks_still_widen_the_window_on_a_cluster_with_room() {
     }
     assert!(widest >= 16, "50 µs tasks keep a wide window: {widest}");
 }
+
+#[test]
+fn closing_a_session_kills_the_executors_running_its_tasks_and_records_true_times() {
+    let mut h = Harness::new(2);
+    let sid = h.open(1, 0, 0);
+    h.submit(sid, 4);
+    let a = h.actions();
+    let execs = h.register_spawned(&a);
+    let a = h.actions();
+    let started = h.now;
+    // Each executor runs one task and has one sent ahead behind it.
+    let sent: Vec<Vec<TaskId>> = execs.iter().map(|e| dispatched(&a, *e)).collect();
+    assert!(sent.iter().all(|s| s.len() == 2), "{a:?}");
+    for e in &execs {
+        h.s.session_entered(*e, sid, None, h.now);
+    }
+    h.now += Duration::from_secs(2);
+
+    assert!(h.s.close_session(sid));
+    let a = h.actions();
+    let mut kills: Vec<_> = a
+        .iter()
+        .filter_map(|x| match x {
+            Action::Kill { executor, .. } => Some(*executor),
+            _ => None,
+        })
+        .collect();
+    kills.sort_unstable();
+    assert_eq!(kills, execs, "both run a task of it: {a:?}");
+    assert!(
+        !a.iter().any(|x| matches!(x, Action::Unbind { .. })),
+        "a killed executor is not unbound: {a:?}"
+    );
+    let done: HashMap<TaskId, &Completion> = a
+        .iter()
+        .filter_map(|x| match x {
+            Action::Finish(c) => Some((c.key.task, c)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(done.len(), 4);
+    for (e, tasks) in execs.iter().zip(&sent) {
+        // The running one started when it was sent, on its executor; the one behind it
+        // never started anywhere and used no attempt.
+        let (running, behind) = (done[&tasks[0]], done[&tasks[1]]);
+        assert_eq!(running.state, crate::model::TaskState::Cancelled);
+        assert_eq!((running.started, running.attempts), (Some(started), 1));
+        assert_eq!(running.ran_on.map(|(x, _)| x), Some(*e));
+        assert_eq!(behind.state, crate::model::TaskState::Cancelled);
+        assert_eq!(
+            (behind.started, behind.ran_on, behind.attempts),
+            (None, None, 0)
+        );
+    }
+    // Their slots stay taken until the node reports the exits; nothing is bound meanwhile.
+    assert!(execs.iter().all(|e| h.s.executor(*e).is_none()));
+    h.s.schedule(h.now);
+    assert!(h.actions().is_empty());
+}
+
+#[test]
+fn closing_a_session_unbinds_executors_with_nothing_to_do() {
+    let mut h = Harness::new(1);
+    let sid = h.open(1, 0, 0);
+    let t = h.submit(sid, 1);
+    let a = h.actions();
+    let e = h.register_spawned(&a)[0];
+    h.actions();
+    h.s.session_entered(e, sid, None, h.now);
+    h.complete(e, sid, &t);
+    h.actions();
+    assert!(h.s.close_session(sid));
+    let a = h.actions();
+    assert_eq!(
+        a,
+        vec![Action::Unbind {
+            executor: e,
+            session: sid
+        }]
+    );
+}
