@@ -6,9 +6,11 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
+use bytes::Bytes;
+
 use super::tests::{dispatched, Harness};
 use super::*;
-use crate::ids::{ExecutorId, SessionId, TaskId};
+use crate::ids::{ExecutorId, NodeId, SessionId, TaskId};
 
 fn spawned(actions: &[Action]) -> Vec<ExecutorId> {
     actions
@@ -310,4 +312,59 @@ fn closing_a_session_unbinds_executors_with_nothing_to_do() {
             session: sid
         }]
     );
+}
+
+#[test]
+fn a_silent_executor_is_killed_and_its_tasks_run_elsewhere_with_the_running_one_charged() {
+    let mut h = Harness::new(1);
+    let sid = h.open(1, 0, 2);
+    let tids = h.submit(sid, 2);
+    let a = h.actions();
+    let frozen = h.register_spawned(&a)[0];
+    assert_eq!(
+        dispatched(&h.actions(), frozen),
+        tids,
+        "one running, one sent ahead"
+    );
+    h.s.session_entered(frozen, sid, None, h.now);
+    h.now += Duration::from_secs(5);
+
+    h.s.executor_unresponsive(frozen, "silent for 5 s", h.now);
+    h.s.schedule(h.now);
+    let a = h.actions();
+    assert!(
+        a.iter()
+            .any(|x| matches!(x, Action::Kill { executor, .. } if *executor == frozen)),
+        "{a:?}"
+    );
+    let attempts: HashMap<TaskId, u32> = a
+        .iter()
+        .filter_map(|x| match x {
+            Action::RecordAttempts { key, attempts } => Some((key.task, *attempts)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(attempts[&tids[0]], 1, "the running task's attempt counts");
+    assert_eq!(attempts[&tids[1]], 0, "the one behind it never started");
+    assert!(
+        !a.iter().any(|x| matches!(x, Action::Spawn { .. })),
+        "its process holds the slot until the node reports the exit: {a:?}"
+    );
+    // Later news from it changes nothing; once it has exited both tasks run on a new one.
+    h.s.task_results(frozen, vec![(sid, tids[0], Ok(Bytes::new()))], h.now);
+    h.s.executor_exited(NodeId(1), frozen, "killed by signal 9", h.now);
+    h.s.schedule(h.now);
+    let a = h.actions();
+    let fresh = h.register_spawned(&a)[0];
+    let a = h.actions();
+    assert_eq!(dispatched(&a, fresh), tids);
+    let sent: Vec<u32> = a
+        .iter()
+        .filter_map(|x| match x {
+            Action::Dispatch { tasks, .. } => Some(tasks.iter().map(|t| t.2)),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    assert_eq!(sent, vec![2, 1]);
 }
