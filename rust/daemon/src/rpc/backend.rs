@@ -134,6 +134,9 @@ impl Backend for BackendService {
                     }
                 };
                 let msg = tokio::select! {
+                    // Messages first: after a stall of the daemon itself (a suspended
+                    // process), answers waiting in the socket are heard before any verdict.
+                    biased;
                     msg = inbound.message() => msg,
                     () = tick => {
                         let Some(l) = liveness.as_mut() else { continue };
