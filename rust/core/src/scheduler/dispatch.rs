@@ -213,13 +213,15 @@ impl Scheduler {
 
     /// How many of `sid`'s pending tasks to keep for executors it does not use yet: the ones
     /// being started or handed over to it, plus as many more as it wants and the cluster
-    /// could give (idle executors, free slots, warm executors of others). Cheap: O(1).
+    /// could give (idle executors, free slots, warm executors of others, executors leaving
+    /// another session). Cheap: O(1).
     fn held_back(&self, sid: SessionId) -> usize {
         let Some(s) = self.sessions.get(&sid) else {
             return 0;
         };
         let want = s.target().saturating_sub(s.held());
-        let mut could_get = self.idle.len() + self.free_slots_total + self.warm.len();
+        let mut could_get =
+            self.idle.len() + self.free_slots_total + self.warm.len() + self.leaving.len();
         if want > 0 && !self.warm.is_empty() {
             // Its own warm executors are fed as they are, not obtained. O(E_s), only when
             // some executor is warm.
@@ -270,6 +272,9 @@ impl Scheduler {
         let exec = self.executors.get_mut(&eid).expect("checked above");
         exec.state = ExecutorState::Unbinding(sid);
         exec.reserved_for = reserve_for;
+        if reserve_for.is_none() {
+            self.leaving.insert(eid);
+        }
         if let Some(s) = self.sessions.get_mut(&sid) {
             s.executors.remove(&eid);
         }

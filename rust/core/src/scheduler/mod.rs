@@ -158,6 +158,9 @@ pub struct Scheduler {
     free_slots_total: usize,
     /// Bound executors with nothing to do, oldest first (`Executor::idle_since`).
     warm: BTreeSet<(Instant, ExecutorId)>,
+    /// Executors leaving a session for no other one (`Unbinding`, nothing reserved): idle
+    /// soon, so a session does not send ahead the tasks they can take.
+    leaving: BTreeSet<ExecutorId>,
     /// Running head tasks by when they time out (`Executor::deadline`).
     deadlines: BTreeSet<(Instant, ExecutorId)>,
     /// Open sessions.
@@ -191,6 +194,7 @@ impl Scheduler {
             free_nodes: BTreeSet::new(),
             free_slots_total: 0,
             warm: BTreeSet::new(),
+            leaving: BTreeSet::new(),
             deadlines: BTreeSet::new(),
             sessions: HashMap::new(),
             index: index::Index::default(),

@@ -209,6 +209,7 @@ impl Scheduler {
     /// An executor is registered and unbound: give it to the session it was reserved for if
     /// that session still wants one, else leave it idle.
     pub(super) fn became_idle(&mut self, eid: ExecutorId, now: Instant) {
+        self.leaving.remove(&eid);
         self.set_idle_since(eid, None);
         self.set_head_since(eid, None);
         let Some(exec) = self.executors.get_mut(&eid) else {
@@ -288,6 +289,7 @@ impl Scheduler {
         process_alive: bool,
     ) -> Option<Executor> {
         self.idle_remove(eid);
+        self.leaving.remove(&eid);
         self.set_idle_since(eid, None);
         self.set_releasing(eid, false);
         let exec = self.executors.remove(&eid)?;

@@ -368,3 +368,31 @@ fn a_silent_executor_is_killed_and_its_tasks_run_elsewhere_with_the_running_one_
         .collect();
     assert_eq!(sent, vec![2, 1]);
 }
+
+#[test]
+fn tasks_wait_for_an_executor_that_is_leaving_another_session() {
+    let mut h = Harness::new(2);
+    let first = h.open(1, 0, 0);
+    let t = h.submit(first, 2);
+    let a = h.actions();
+    let execs = h.register_spawned(&a);
+    let a = h.actions();
+    for e in &execs {
+        h.s.session_entered(*e, first, None, h.now);
+        let sent = dispatched(&a, *e);
+        h.complete(*e, first, &sent);
+    }
+    h.actions();
+    assert!(h.s.close_session(first));
+    h.actions();
+    // One executor has left the closed session, the other has not said so yet.
+    h.s.session_left(execs[0], first, h.now);
+    let second = h.open(2, 0, 0);
+    let tids = h.submit(second, 2);
+    let a = h.actions();
+    assert_eq!(dispatched(&a, execs[0]), vec![tids[0]], "{a:?}");
+    h.s.session_left(execs[1], first, h.now);
+    h.s.schedule(h.now);
+    assert_eq!(dispatched(&h.actions(), execs[1]), vec![tids[1]]);
+    let _ = t;
+}
