@@ -245,13 +245,13 @@ impl Actor {
                 self.sched.session_left(executor, session, now);
             }
             Event::Results { executor, results } => self.results(executor, results, now),
-            Event::ExecutorUnresponsive { id, silent } => {
-                self.executor_unresponsive(id, silent, now)
-            }
             Event::Shutdown { reply } => {
                 // The event loop handles Shutdown itself; never reached.
                 tracing::error!("Shutdown reached the event handler");
                 let _ = reply.send(());
+            }
+            Event::ExecutorUnresponsive { id, silent } => {
+                self.executor_unresponsive(id, silent, now)
             }
         }
     }

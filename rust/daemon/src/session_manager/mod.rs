@@ -225,15 +225,16 @@ pub enum Event {
         executor: ExecutorId,
         results: Vec<proto::TaskResult>,
     },
-    /// The executor answered no heartbeat for `silent`: its tasks go elsewhere, it is killed.
-    ExecutorUnresponsive {
-        id: ExecutorId,
-        silent: Duration,
-    },
     // ------------------------------------------------------------ lifecycle
     /// Tell executors to stop, flush storage, and end the actor.
     Shutdown {
         reply: oneshot::Sender<()>,
+    },
+    // ------------------------------------------------------------ backend (heartbeats)
+    /// The executor answered no heartbeat for `silent`: its tasks go elsewhere, it is killed.
+    ExecutorUnresponsive {
+        id: ExecutorId,
+        silent: Duration,
     },
 }
 
