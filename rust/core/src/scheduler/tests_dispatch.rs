@@ -373,7 +373,7 @@ fn a_silent_executor_is_killed_and_its_tasks_run_elsewhere_with_the_running_one_
 fn tasks_wait_for_an_executor_that_is_leaving_another_session() {
     let mut h = Harness::new(2);
     let first = h.open(1, 0, 0);
-    let t = h.submit(first, 2);
+    h.submit(first, 2);
     let a = h.actions();
     let execs = h.register_spawned(&a);
     let a = h.actions();
@@ -394,5 +394,4 @@ fn tasks_wait_for_an_executor_that_is_leaving_another_session() {
     h.s.session_left(execs[1], first, h.now);
     h.s.schedule(h.now);
     assert_eq!(dispatched(&h.actions(), execs[1]), vec![tids[1]]);
-    let _ = t;
 }
