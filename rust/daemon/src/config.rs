@@ -15,6 +15,7 @@
 //! max_payload_mb = 256                         # largest task input or output (at most 1000)
 //! client_lease_ms = 60000                       # close a vanished client's sessions after this
 //! drain_grace_ms = 10000                        # on SIGTERM, let running tasks finish this long
+//! executor_timeout_ms = 5000                    # an executor silent this long is killed (0: never)
 //! http_port = 8265                              # dashboard, /metrics, JSON API (0 = free port)
 //! http = true                                   # false: no HTTP server
 //!
@@ -61,6 +62,8 @@ pub struct FileConfig {
     pub node_timeout_ms: Option<u64>,
     pub client_lease_ms: Option<u64>,
     pub drain_grace_ms: Option<u64>,
+    /// An executor that answers no heartbeat for this long is lost and killed; 0: never.
+    pub executor_timeout_ms: Option<u64>,
     /// Dashboard / metrics port (0 = a free one).
     pub http_port: Option<u16>,
     /// `false` turns the HTTP server off.
@@ -134,6 +137,16 @@ impl FileConfig {
         if let Some(ms) = self.drain_grace_ms {
             m.drain_grace = Duration::from_millis(ms);
         }
+        if let Some(ms) = self.executor_timeout_ms {
+            // Heartbeats go out four times per timeout; much shorter would be all heartbeat.
+            if ms != 0 && ms < MIN_EXECUTOR_TIMEOUT_MS {
+                return Err(FlameError::InvalidArgument(format!(
+                    "executor_timeout_ms must be 0 (never) or at least \
+                     {MIN_EXECUTOR_TIMEOUT_MS}, got {ms}"
+                )));
+            }
+            m.executor_timeout = Duration::from_millis(ms);
+        }
         if let Some(mb) = self.max_payload_mb {
             // A payload travels inside one gRPC message (limit 1 GiB with framing).
             if mb == 0 || mb > 1000 {
@@ -158,6 +171,9 @@ impl FileConfig {
         Ok(m)
     }
 }
+
+/// Shortest `executor_timeout_ms` accepted (other than 0).
+const MIN_EXECUTOR_TIMEOUT_MS: u64 = 200;
 
 /// Where state lives when nothing says otherwise: `$FLAME_STATE_DIR`, else `~/.flame/state`.
 pub fn default_state_dir() -> PathBuf {
@@ -213,6 +229,28 @@ mod tests {
         assert!(
             toml::from_str::<FileConfig>("prot = 1").is_err(),
             "typos are rejected"
+        );
+    }
+
+    #[test]
+    fn the_executor_timeout_is_read_and_a_tiny_one_is_refused() {
+        let m = FileConfig::default().manager().unwrap();
+        assert_eq!(m.executor_timeout, Duration::from_secs(5));
+        let f: FileConfig = toml::from_str("executor_timeout_ms = 1500").unwrap();
+        assert_eq!(
+            f.manager().unwrap().executor_timeout,
+            Duration::from_millis(1500)
+        );
+        let f: FileConfig = toml::from_str("executor_timeout_ms = 0").unwrap();
+        assert!(
+            f.manager().unwrap().executor_timeout.is_zero(),
+            "0 turns it off"
+        );
+        let f: FileConfig = toml::from_str("executor_timeout_ms = 10").unwrap();
+        let err = f.manager().unwrap_err().to_string();
+        assert!(
+            err.contains("executor_timeout_ms") && err.contains("10"),
+            "{err}"
         );
     }
 

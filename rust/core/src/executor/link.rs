@@ -6,6 +6,11 @@
 //! coalesced: the writer takes everything queued at that instant and sends it as one
 //! `TaskResultBatch`. It never waits for more, so a lone result goes out at once, while a
 //! burst of fast tasks (or a slow network) costs one message instead of one per task.
+//!
+//! Heartbeats (`ExecutorPing`) are answered here, never by the host: a long task must not
+//! look like a frozen executor, and a frozen process (SIGSTOP) answers nothing at all. Before
+//! a large result batch the writer announces its size, so the session manager allows for its
+//! transfer instead of mistaking a busy link for a silent executor.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc as std_mpsc, Arc};
@@ -32,6 +37,8 @@ const BATCH_SOFT_BYTES: usize = 4 * 1024 * 1024;
 /// After the host is done, how long to wait for the session manager to close its side, which
 /// is how we know our last messages were delivered.
 const LINGER: Duration = Duration::from_secs(1);
+/// A result batch at least this large is announced (`ExecutorPong::sending_bytes`) first.
+const ANNOUNCE_BYTES: usize = 1 << 20;
 
 /// From the network thread to the host thread.
 pub(super) enum Inbound {
@@ -142,6 +149,8 @@ impl Network {
             Ok(stream) => stream,
             Err(e) => return self.finish(Inbound::Lost(e)),
         };
+        // Weak: the request stream must still end when the writer is done (see LINGER).
+        let pongs = wire_tx.downgrade();
         let writer = write_loop(outbound, wire_tx);
         tokio::pin!(writer);
         let mut linger_until: Option<Instant> = None;
@@ -152,6 +161,9 @@ impl Network {
                 }
                 _ = sleep_until(linger_until) => return,
                 msg = stream.message() => match msg {
+                    Ok(Some(proto::ExecutorCommand {
+                        msg: Some(proto::executor_command::Msg::Ping(ping)),
+                    })) => answer(&pongs, ping.seq),
                     Ok(Some(cmd)) => {
                         // Tasks that arrive while the running one is blocked go back.
                         if !self.window.arrived(&cmd) {
@@ -223,6 +235,21 @@ impl Network {
     }
 }
 
+/// Answer a heartbeat. Queued on the wire in order (behind a result being sent, if any: its
+/// announcement went first), from a task of its own so the reader never waits for room.
+fn answer(wire: &mpsc::WeakSender<proto::ExecutorMessage>, seq: u64) {
+    let Some(wire) = wire.upgrade() else {
+        return;
+    };
+    let pong = proto::ExecutorPong {
+        seq,
+        sending_bytes: 0,
+    };
+    tokio::spawn(async move {
+        let _ = wire.send(message(executor_message::Msg::Pong(pong))).await;
+    });
+}
+
 /// Moves outbound items to the wire until the host drops its sender (or the wire closes).
 async fn write_loop(
     mut outbound: mpsc::UnboundedReceiver<Outbound>,
@@ -231,6 +258,17 @@ async fn write_loop(
     let mut queued = Vec::new();
     while outbound.recv_many(&mut queued, 4096).await > 0 {
         for msg in coalesce(queued.drain(..)) {
+            let size = batch_bytes(&msg);
+            if size >= ANNOUNCE_BYTES {
+                let notice = proto::ExecutorPong {
+                    seq: 0,
+                    sending_bytes: size as u64,
+                };
+                let notice = message(executor_message::Msg::Pong(notice));
+                if wire.send(notice).await.is_err() {
+                    return;
+                }
+            }
             if wire.send(msg).await.is_err() {
                 return;
             }
@@ -272,6 +310,14 @@ pub(super) fn coalesce(items: impl IntoIterator<Item = Outbound>) -> Vec<proto::
     }
     flush(&mut batch, &mut out);
     out
+}
+
+/// Payload bytes of a result batch (0 for other messages).
+fn batch_bytes(msg: &proto::ExecutorMessage) -> usize {
+    match &msg.msg {
+        Some(executor_message::Msg::Results(b)) => b.results.iter().map(result_bytes).sum(),
+        _ => 0,
+    }
 }
 
 fn result_bytes(r: &proto::TaskResult) -> usize {

@@ -145,6 +145,11 @@ impl TryFrom<proto::ExecutorCommand> for Command {
             },
             Some(executor_command::Msg::Unbind(u)) => Command::Unbind(SessionId(u.session_id)),
             Some(executor_command::Msg::Shutdown(s)) => Command::Shutdown(s.reason),
+            Some(executor_command::Msg::Ping(_)) => {
+                return Err(FlameError::Internal(
+                    "a heartbeat reached the host; the network thread answers those".into(),
+                ))
+            }
             None => {
                 return Err(FlameError::InvalidArgument(
                     "executor command without a body".into(),

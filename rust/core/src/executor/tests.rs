@@ -587,3 +587,64 @@ async fn a_blocked_task_gives_back_the_tasks_queued_behind_it() {
     assert_eq!(*calls.lock().unwrap(), expected);
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_heartbeat_is_answered_by_the_network_thread_while_a_task_runs() {
+    let mut server = Server::start().await;
+    let (open_gate, gate) = std_mpsc::channel();
+    let (_, exec) = start_executor(&server.address, Some(gate));
+    let mut conn = server.accept(7).await;
+    conn.send(bind(1, b"")).await;
+    conn.send(tasks(1, &[(1, "block")])).await;
+    assert!(matches!(
+        conn.next().await,
+        Some(executor_message::Msg::Entered(_))
+    ));
+    // The host is stuck in task 1; the ping is answered all the same, and is not a command.
+    let ping = proto::ExecutorPing { seq: 5 };
+    conn.send(executor_command::Msg::Ping(ping)).await;
+    match conn.next().await {
+        Some(executor_message::Msg::Pong(p)) => assert_eq!((p.seq, p.sending_bytes), (5, 0)),
+        other => panic!("expected a pong, got {other:?}"),
+    }
+    open_gate.send(()).expect("host waiting");
+    let (done, _) = conn.results(1).await;
+    assert_eq!(done[0].task_id, 1);
+    conn.send(shutdown()).await;
+    drop(conn);
+    finished(exec).await.expect("clean shutdown");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_large_result_is_announced_before_it_is_sent() {
+    let mut server = Server::start().await;
+    let (_, exec) = start_executor(&server.address, None);
+    let mut conn = server.accept(7).await;
+    let mut no_limit = proto::BindSession {
+        session_id: 1,
+        application: "app".into(),
+        ..Default::default()
+    };
+    no_limit.max_output_bytes = 0;
+    conn.send(executor_command::Msg::Bind(no_limit)).await;
+    let big = "x".repeat(2 << 20);
+    conn.send(tasks(1, &[(1, big.as_str())])).await;
+    assert!(matches!(
+        conn.next().await,
+        Some(executor_message::Msg::Entered(_))
+    ));
+    match conn.next().await {
+        Some(executor_message::Msg::Pong(p)) => {
+            assert_eq!(p.seq, 0);
+            assert!(p.sending_bytes >= 2 << 20, "{}", p.sending_bytes);
+        }
+        other => panic!("expected the announcement, got {other:?}"),
+    }
+    let (done, _) = conn.results(1).await;
+    assert_eq!(done[0].output.len(), 2 << 20);
+    conn.send(shutdown()).await;
+    drop(conn);
+    finished(exec).await.expect("clean shutdown");
+    server.stop().await;
+}

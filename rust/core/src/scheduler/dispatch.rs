@@ -128,7 +128,13 @@ impl Scheduler {
     /// `only`), one task per executor per round so a short queue spreads across executors.
     /// O(E_s + tasks sent) for a whole session, O(window) for one executor: a result feeds
     /// just the executor that sent it.
+    ///
+    /// A task goes to an executor that is already busy (prefetch) only when it is not needed
+    /// for an executor that is free, on its way, or could still be had (`held_back`): until
+    /// then a long task would wait behind another while a slot stays idle. Empty executors
+    /// are served first for the same reason.
     pub(super) fn feed(&mut self, sid: SessionId, only: Option<ExecutorId>, now: Instant) {
+        let held_back = self.held_back(sid);
         let Some(session) = self.sessions.get_mut(&sid) else {
             return;
         };
@@ -151,7 +157,8 @@ impl Scheduler {
                     .get(e)
                     .is_some_and(|x| !x.releasing && !x.blocked && x.inflight.len() < window)
         });
-        ready.sort_unstable();
+        // Empty executors first: a short queue goes to them, not behind a running task.
+        ready.sort_unstable_by_key(|e| (self.executors.get(e).map_or(0, |x| x.inflight.len()), *e));
         let mut batches: HashMap<ExecutorId, Vec<(TaskId, Bytes, u32)>> = HashMap::new();
         let mut started = Vec::new();
         'rounds: while !ready.is_empty() {
@@ -160,6 +167,10 @@ impl Scheduler {
                 let Some(exec) = self.executors.get_mut(&eid) else {
                     continue;
                 };
+                if !exec.inflight.is_empty() && session.counts.pending as usize <= held_back {
+                    // The rest waits for the executors that are coming (or a result here).
+                    break 'rounds;
+                }
                 let Some(tid) = pop_pending(session) else {
                     break 'rounds;
                 };
@@ -200,6 +211,34 @@ impl Scheduler {
         self.touch(sid);
     }
 
+    /// How many of `sid`'s pending tasks to keep for executors it does not use yet: the ones
+    /// being started or handed over to it, plus as many more as it wants and the cluster
+    /// could give (idle executors, free slots, warm executors of others, executors leaving
+    /// another session). Cheap: O(1).
+    fn held_back(&self, sid: SessionId) -> usize {
+        let Some(s) = self.sessions.get(&sid) else {
+            return 0;
+        };
+        let want = s.target().saturating_sub(s.held());
+        let mut could_get =
+            self.idle.len() + self.free_slots_total + self.warm.len() + self.leaving.len();
+        if want > 0 && !self.warm.is_empty() {
+            // Its own warm executors are fed as they are, not obtained. O(E_s), only when
+            // some executor is warm.
+            let own = s
+                .executors
+                .iter()
+                .filter(|e| {
+                    self.executors
+                        .get(e)
+                        .is_some_and(|x| x.idle_since.is_some())
+                })
+                .count();
+            could_get = could_get.saturating_sub(own);
+        }
+        s.starting as usize + want.min(could_get)
+    }
+
     /// Unbind executors that sat idle and bound for longer than the release delay, unless
     /// their session would drop below its minimum. O(log E) per expiry.
     pub(super) fn release_expired(&mut self, now: Instant) {
@@ -234,6 +273,9 @@ impl Scheduler {
         let exec = self.executors.get_mut(&eid).expect("checked above");
         exec.state = ExecutorState::Unbinding(sid);
         exec.reserved_for = reserve_for;
+        if reserve_for.is_none() {
+            self.leaving.insert(eid);
+        }
         if let Some(s) = self.sessions.get_mut(&sid) {
             s.executors.remove(&eid);
         }

@@ -35,6 +35,7 @@ impl Scheduler {
         };
         if let Some(free) = node.free_key {
             self.free_nodes.remove(&(std::cmp::Reverse(free), id));
+            self.free_slots_total -= free;
         }
         for eid in &node.exiting {
             self.preempted_exit(*eid);
@@ -79,6 +80,22 @@ impl Scheduler {
     /// attempts.
     pub fn executor_lost(&mut self, eid: ExecutorId, reason: &str, now: Instant) {
         self.lose(eid, reason, true, now);
+    }
+
+    /// An executor stopped answering heartbeats (a frozen process, a hung host): lost as if
+    /// it had crashed — the running task's attempt counts, the ones queued behind it go back
+    /// unchanged — and killed, since its process may wake up later. Its slot stays taken
+    /// until the node reports the exit.
+    pub fn executor_unresponsive(&mut self, eid: ExecutorId, reason: &str, now: Instant) {
+        let Some(node) = self.executors.get(&eid).map(|e| e.node) else {
+            return;
+        };
+        self.lose(eid, reason, true, now);
+        self.actions.push(Action::Kill {
+            node,
+            executor: eid,
+            reason: reason.to_string(),
+        });
     }
 
     fn lose(&mut self, eid: ExecutorId, reason: &str, process_alive: bool, now: Instant) {

@@ -43,6 +43,7 @@ mod submission;
 mod tests;
 #[cfg(test)]
 mod tests_blocking;
+mod tests_dispatch;
 #[cfg(test)]
 mod tests_drain;
 #[cfg(test)]
@@ -156,8 +157,13 @@ pub struct Scheduler {
     idle_by_app: HashMap<u64, BTreeSet<ExecutorId>>,
     /// Nodes with free slots, most free first.
     free_nodes: BTreeSet<(std::cmp::Reverse<usize>, NodeId)>,
+    /// Free slots over all nodes in `free_nodes` (the sum of their keys), kept in step.
+    free_slots_total: usize,
     /// Bound executors with nothing to do, oldest first (`Executor::idle_since`).
     warm: BTreeSet<(Instant, ExecutorId)>,
+    /// Executors leaving a session for no other one (`Unbinding`, nothing reserved): idle
+    /// soon, so a session does not send ahead the tasks they can take.
+    leaving: BTreeSet<ExecutorId>,
     /// Running head tasks by when they time out (`Executor::deadline`).
     deadlines: BTreeSet<(Instant, ExecutorId)>,
     /// Open sessions.
@@ -189,7 +195,9 @@ impl Scheduler {
             idle_by_session: HashMap::new(),
             idle_by_app: HashMap::new(),
             free_nodes: BTreeSet::new(),
+            free_slots_total: 0,
             warm: BTreeSet::new(),
+            leaving: BTreeSet::new(),
             deadlines: BTreeSet::new(),
             sessions: HashMap::new(),
             index: index::Index::default(),

@@ -171,11 +171,13 @@ impl Scheduler {
         };
         if let Some(old) = n.free_key.take() {
             self.free_nodes.remove(&(Reverse(old), id));
+            self.free_slots_total -= old;
         }
         let free = n.free_slots();
         if n.has_free_slot() {
             n.free_key = Some(free);
             self.free_nodes.insert((Reverse(free), id));
+            self.free_slots_total += free;
         }
     }
 
@@ -208,6 +210,7 @@ impl Scheduler {
     /// An executor is registered and unbound: give it to the session it was reserved for if
     /// that session still wants one, else leave it idle.
     pub(super) fn became_idle(&mut self, eid: ExecutorId, now: Instant) {
+        self.leaving.remove(&eid);
         self.set_idle_since(eid, None);
         self.set_head_since(eid, None);
         let Some(exec) = self.executors.get_mut(&eid) else {
@@ -292,6 +295,7 @@ impl Scheduler {
         process_alive: bool,
     ) -> Option<Executor> {
         self.idle_remove(eid);
+        self.leaving.remove(&eid);
         self.set_idle_since(eid, None);
         self.set_releasing(eid, false);
         self.set_blocked(eid, false);

@@ -1,9 +1,12 @@
 //! Sessions and their tasks in the scheduler: open, close, accept (deduplicate), enqueue,
 //! cancel and watch.
 
+use std::collections::HashMap;
+use std::time::Instant;
+
 use bytes::Bytes;
 
-use super::{Scheduler, Session, TaskSlot};
+use super::{Action, Scheduler, Session, TaskSlot};
 use crate::error::{FlameError, Result};
 use crate::ids::{SessionId, TaskId};
 use crate::model::{key, ErrorKind, SessionSpec, TaskCounts, TaskFailure, TaskState};
@@ -59,15 +62,38 @@ impl Scheduler {
         self.touch(id);
     }
 
-    /// Close a session: cancel its unfinished tasks and unbind its executors.
+    /// Close a session: cancel its unfinished tasks at once, kill the executors that run one
+    /// (user code cannot be interrupted safely, and the tasks sent ahead would start after
+    /// it) and unbind the others. A task sent ahead that never started is recorded so: no
+    /// start time, no executor, its attempt not counted.
     pub fn close_session(&mut self, sid: SessionId) -> bool {
-        let Some(session) = self.sessions.get_mut(&sid) else {
+        let Some(session) = self.sessions.get(&sid) else {
             return false;
         };
+        let execs: Vec<_> = session.executors.iter().copied().collect();
+        // The task each executor is running, and since when.
+        let running: HashMap<TaskId, Instant> = execs
+            .iter()
+            .filter_map(|e| self.executors.get(e))
+            .filter_map(|e| e.inflight.front().copied().zip(e.head_since))
+            .collect();
+        let session = self.sessions.get_mut(&sid).expect("checked above");
         session.pending.clear();
         let mut tids: Vec<TaskId> = session.tasks.keys().copied().collect();
         tids.sort_unstable();
-        let execs: Vec<_> = session.executors.iter().copied().collect();
+        for (tid, slot) in session.tasks.iter_mut() {
+            if slot.executor.is_none() {
+                continue;
+            }
+            match running.get(tid) {
+                Some(since) => slot.started = Some(*since),
+                None => {
+                    slot.started = None;
+                    slot.ran_on = None;
+                    slot.attempts = slot.attempts.saturating_sub(1);
+                }
+            }
+        }
         for tid in tids {
             let f = TaskFailure::new(
                 ErrorKind::ErrorCancelled,
@@ -76,10 +102,22 @@ impl Scheduler {
             self.finish(key(sid, tid), TaskState::Cancelled, Bytes::new(), Some(f));
         }
         for eid in execs {
-            if let Some(e) = self.executors.get_mut(&eid) {
-                e.inflight.clear();
+            let Some(e) = self.executors.get_mut(&eid) else {
+                continue;
+            };
+            if e.inflight.is_empty() {
+                self.unbind(eid, None);
+                continue;
             }
-            self.unbind(eid, None);
+            // Forgotten at once (its slot stays taken until the node reports the exit), so
+            // it is never bound again before the kill lands.
+            let node = e.node;
+            self.forget_executor(eid, true);
+            self.actions.push(Action::Kill {
+                node,
+                executor: eid,
+                reason: format!("session {sid} was closed while its task ran"),
+            });
         }
         // Executors on their way to it (`reserved_for`) find it gone and become idle.
         if let Some(mut s) = self.sessions.remove(&sid) {

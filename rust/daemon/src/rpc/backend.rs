@@ -1,10 +1,12 @@
 //! The Backend gRPC service: one stream per executor-manager node (registration, heartbeats,
 //! executor exits in; spawn and kill commands out) and one per executor process
-//! (registration, session entered/left and result batches in; bind, tasks, unbind out).
+//! (registration, session entered/left and result batches in; bind, tasks, unbind out), whose
+//! heartbeats it keeps (`heartbeat.rs`): a silent executor is reported to the actor.
 
 use std::pin::Pin;
 
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
@@ -13,6 +15,7 @@ use flame_core::ids::{ExecutorId, SessionId, TaskId};
 use flame_core::proto::{self, backend_server::Backend, executor_message, node_message};
 
 use super::first_message;
+use super::heartbeat::Liveness;
 use crate::session_manager::{Event, ManagerHandle};
 
 pub struct BackendService {
@@ -117,10 +120,49 @@ impl Backend for BackendService {
             .call(|reply| Event::ExecutorConnected { id, tx, reply })
             .await?;
         let handle = self.handle.clone();
+        let timeout = self.handle.config.executor_timeout;
         tokio::spawn(async move {
+            // Heartbeats are kept here, beside the stream, not by the actor: a ping per
+            // executor per period costs it nothing, and a busy actor delays no verdict.
+            let mut liveness = Liveness::new(timeout, Instant::now());
+            let mut ticker = liveness.as_ref().map(|l| tokio::time::interval(l.period()));
             loop {
-                let ev = match inbound.message().await {
+                let tick = async {
+                    match ticker.as_mut() {
+                        Some(t) => drop(t.tick().await),
+                        None => std::future::pending().await,
+                    }
+                };
+                let msg = tokio::select! {
+                    // Messages first: after a stall of the daemon itself (a suspended
+                    // process), answers waiting in the socket are heard before any verdict.
+                    biased;
+                    msg = inbound.message() => msg,
+                    () = tick => {
+                        let Some(l) = liveness.as_mut() else { continue };
+                        if let Some(silent) = l.silent(Instant::now()) {
+                            handle.send(Event::ExecutorUnresponsive { id, silent });
+                            return;
+                        }
+                        match errors.upgrade() {
+                            Some(tx) => drop(tx.send(Ok(l.ping()))),
+                            // The actor let go of this executor: nobody to ping for.
+                            None => ticker = None,
+                        }
+                        continue;
+                    }
+                };
+                if let (Ok(Some(m)), Some(l)) = (&msg, liveness.as_mut()) {
+                    let announced = match &m.msg {
+                        Some(executor_message::Msg::Pong(p)) => p.sending_bytes,
+                        _ => 0,
+                    };
+                    l.heard(Instant::now(), announced);
+                }
+                let ev = match msg {
                     Ok(Some(m)) => match m.msg {
+                        // Heard above; nothing for the actor.
+                        Some(executor_message::Msg::Pong(_)) => continue,
                         Some(executor_message::Msg::Results(b)) => Event::Results {
                             executor: id,
                             results: b.results,

@@ -4,6 +4,7 @@
 
 pub mod backend;
 pub mod frontend;
+mod heartbeat;
 pub mod objects;
 pub mod state_check;
 

@@ -261,6 +261,9 @@ impl Actor {
                 tracing::error!("Shutdown reached the event handler");
                 let _ = reply.send(());
             }
+            Event::ExecutorUnresponsive { id, silent } => {
+                self.executor_unresponsive(id, silent, now)
+            }
         }
     }
 

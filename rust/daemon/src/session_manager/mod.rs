@@ -65,6 +65,8 @@ pub struct ManagerConfig {
     pub client_lease: Duration,
     /// On a graceful stop, how long running tasks get to finish before executors are stopped.
     pub drain_grace: Duration,
+    /// An executor that answers no heartbeat for this long is lost and killed (zero: never).
+    pub executor_timeout: Duration,
 }
 
 impl Default for ManagerConfig {
@@ -80,6 +82,7 @@ impl Default for ManagerConfig {
             max_startup_failures: 3,
             client_lease: Duration::from_secs(60),
             drain_grace: Duration::from_secs(10),
+            executor_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -241,6 +244,12 @@ pub enum Event {
     /// Tell executors to stop, flush storage, and end the actor.
     Shutdown {
         reply: oneshot::Sender<()>,
+    },
+    // ------------------------------------------------------------ backend (heartbeats)
+    /// The executor answered no heartbeat for `silent`: its tasks go elsewhere, it is killed.
+    ExecutorUnresponsive {
+        id: ExecutorId,
+        silent: Duration,
     },
 }
 

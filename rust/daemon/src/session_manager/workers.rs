@@ -94,6 +94,27 @@ impl Actor {
         }
     }
 
+    /// An executor stopped answering heartbeats: stop listening to it, move its tasks, and
+    /// have its node kill the process (it may be frozen, and would otherwise hold its slot
+    /// until the daemon exits).
+    pub(super) fn executor_unresponsive(
+        &mut self,
+        id: ExecutorId,
+        silent: std::time::Duration,
+        now: Instant,
+    ) {
+        if self.executors.remove(&id).is_none() {
+            return;
+        }
+        self.lost_streams.remove(&id);
+        tracing::warn!(executor = %id, ?silent, "executor answered no heartbeat; killing it and running its tasks elsewhere");
+        let reason = format!(
+            "executor {id} answered no heartbeat for {:.1} s",
+            silent.as_secs_f64()
+        );
+        self.sched.executor_unresponsive(id, &reason, now);
+    }
+
     pub(super) fn session_entered(
         &mut self,
         executor: ExecutorId,
