@@ -43,6 +43,7 @@ mod submission;
 mod tests;
 #[cfg(test)]
 mod tests_blocking;
+#[cfg(test)]
 mod tests_dispatch;
 #[cfg(test)]
 mod tests_drain;
