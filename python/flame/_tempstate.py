@@ -22,10 +22,11 @@ LOCK = "owner.lock"
 
 
 class TempState:
-    """A fresh state directory, locked by this process until :meth:`remove`."""
+    """A fresh state directory under ``root`` (default: the temp dir), locked by this process
+    until :meth:`remove`."""
 
-    def __init__(self) -> None:
-        self.path = tempfile.mkdtemp(prefix=PREFIX)
+    def __init__(self, root: str | None = None) -> None:
+        self.path = tempfile.mkdtemp(prefix=PREFIX, dir=root)
         try:
             # Locked under another name, then renamed: a sweeper never sees an unlocked lock.
             fd = os.open(os.path.join(self.path, f".{LOCK}.new"), os.O_RDWR | os.O_CREAT, 0o600)
