@@ -9,6 +9,7 @@
 //!   and handles SIGHUP by SIGKILLing its whole process group — itself and anything its tasks
 //!   started (`subprocess.Popen` children stay in the group; a child that calls `setsid`
 //!   itself leaves it and is not covered). A plain SIGKILL could not take the group along.
+//!   A task that installs its own SIGHUP handler replaces this one; the next layer remains.
 //! - Stream loss ([`watch`]): the session manager never takes an executor back once its stream
 //!   has ended or broken — it has already declared it lost and requeued its tasks — so the
 //!   stream is not re-established. The executor gives its host [`ORPHAN_GRACE`] to finish
