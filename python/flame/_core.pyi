@@ -131,7 +131,9 @@ class ServiceHost(Protocol):
 
 def executor_blocked(blocked: bool) -> bool: ...
 def run_executor(address: str, executor_id: int, host: ServiceHost) -> None:
-    """Run the executor loop until the session manager says stop or the link is lost."""
+    """Run the executor loop until the session manager says stop or the link is lost, as a
+    node's executor process: it dies (with its process group) when its node dies, and within
+    5 s of losing its stream even mid-task."""
 
 def init_logging(filter: str, json: bool = False) -> None:
     """Send Rust-side logs to stderr with a RUST_LOG-style filter; first call wins."""

@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import atexit
 import os
-import shutil
 import sys
-import tempfile
 import threading
 from typing import Any
 
-from flame import _blocking, _core, errors
+from flame import _blocking, _core, _tempstate, errors
 from flame._scheduling import Scheduling
 from flame.client import Connection
 from flame.objects import ObjectRef
@@ -43,12 +41,13 @@ class Runtime:
         conn: Connection,
         address: str | None,
         cluster: _core.LocalCluster | None = None,
-        temp_dir: str | None = None,
+        temp_state: _tempstate.TempState | None = None,
     ) -> None:
         self.conn = conn
         self.address = address  # as asked for: None means "embedded"
         self.cluster = cluster
-        self.temp_dir = temp_dir
+        self.temp_state = temp_state
+        self.temp_dir = None if temp_state is None else temp_state.path
         self.closed = False
         # Re-entrant: a dropped class instance may close its session from a finalizer that
         # the garbage collector runs while this thread already holds the lock.
@@ -117,8 +116,8 @@ class Runtime:
                 if self.cluster is not None:
                     self.cluster.stop()
             finally:
-                if self.temp_dir is not None:
-                    shutil.rmtree(self.temp_dir, ignore_errors=True)
+                if self.temp_state is not None:
+                    self.temp_state.remove()
 
 
 def close_task_sessions(session_ids: list[int]) -> None:
@@ -153,7 +152,8 @@ def init(
             stopped at exit (no process is left behind).
         slots: Executors of the embedded cluster (default: the number of CPUs).
         state_dir: Where the embedded cluster keeps its state (default: a temporary
-            directory, removed at shutdown).
+            directory, removed at shutdown; if this process is killed instead, the next
+            embedded cluster started on the machine removes it).
         log_level: Log level of the native side (e.g. ``"info"``, ``"debug"``, or a
             ``RUST_LOG`` filter), for this process and the executors it starts.
         max_payload: The embedded cluster's largest inline task input or result, in bytes
@@ -235,9 +235,12 @@ def _start_embedded(
         raise errors.InvalidArgumentError(
             f"client_lease must be a number of seconds > 0, got {client_lease!r}"
         )
-    temp_dir = None
+    temp = None
     if state_dir is None:
-        state_dir = temp_dir = tempfile.mkdtemp(prefix="flame-")
+        # Directories of embedded clusters whose process was killed go first (see _tempstate).
+        _tempstate.sweep()
+        temp = _tempstate.TempState()
+        state_dir = temp.path
     try:
         cluster = _core.LocalCluster(
             slots or os.cpu_count() or 1,
@@ -247,17 +250,17 @@ def _start_embedded(
             client_lease=None if client_lease is None else float(client_lease),
         )
     except BaseException:
-        if temp_dir is not None:
-            shutil.rmtree(temp_dir, ignore_errors=True)
+        if temp is not None:
+            temp.remove()
         raise
     try:
         conn = Connection(cluster.address, log_to_client=log_to_client)
     except BaseException:
         cluster.stop()
-        if temp_dir is not None:
-            shutil.rmtree(temp_dir, ignore_errors=True)
+        if temp is not None:
+            temp.remove()
         raise
-    return Runtime(conn, None, cluster, temp_dir)
+    return Runtime(conn, None, cluster, temp)
 
 
 def shutdown() -> None:

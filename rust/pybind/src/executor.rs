@@ -121,7 +121,8 @@ impl ServiceHost for PyHost {
     }
 }
 
-/// Run the executor loop until the session manager says stop or the link is lost.
+/// Run the executor loop until the session manager says stop or the link is lost, as the
+/// executor process of a node: it dies with the node (see `flame_core::executor::orphan`).
 #[pyfunction]
 pub fn run_executor(
     py: Python<'_>,
@@ -133,8 +134,10 @@ pub fn run_executor(
         obj: host,
         log: String::new(),
     };
-    py.detach(|| flame_core::executor::run_executor(&address, ExecutorId(executor_id), &mut host))
-        .map_err(err)
+    py.detach(|| {
+        flame_core::executor::run_executor_process(&address, ExecutorId(executor_id), &mut host)
+    })
+    .map_err(err)
 }
 
 /// The running task of this process's executor starts (`True`) or stops (`False`) waiting

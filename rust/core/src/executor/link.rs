@@ -23,6 +23,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Endpoint;
 
 use super::window::Window;
+use super::orphan::{self, HostAlive, Watch};
 use super::MAX_MESSAGE_BYTES;
 use crate::error::{error_chain, FlameError, Result};
 use crate::ids::ExecutorId;
@@ -58,6 +59,8 @@ pub(super) struct Link {
     pub(super) inbound: std_mpsc::Receiver<Inbound>,
     outbound: Option<mpsc::UnboundedSender<Outbound>>,
     broken: Arc<AtomicBool>,
+    /// Dropped when the host is done; see [`orphan`].
+    host_alive: Option<HostAlive>,
     thread: Option<JoinHandle<()>>,
     /// Tasks received and not started; the blocked state (see `window.rs`).
     pub(super) window: Arc<Window>,
@@ -65,7 +68,14 @@ pub(super) struct Link {
 
 impl Link {
     /// Starts the network thread; it connects, registers and then relays until told to stop.
-    pub(super) fn open(address: &str, id: ExecutorId, connect_timeout: Duration) -> Result<Link> {
+    /// With `orphan_grace`, once the stream ends the host has that long to be done before the
+    /// process is stopped ([`orphan`]).
+    pub(super) fn open(
+        address: &str,
+        id: ExecutorId,
+        connect_timeout: Duration,
+        orphan_grace: Option<Duration>,
+    ) -> Result<Link> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -74,7 +84,9 @@ impl Link {
         let (out_tx, out_rx) = mpsc::unbounded_channel();
         let broken = Arc::new(AtomicBool::new(false));
         let window = Window::new(&out_tx);
+        let (host_alive, orphan) = orphan_grace.map(orphan::watch).unzip();
         let net = Network {
+            orphan,
             address: address.to_string(),
             id,
             inbound: in_tx,
@@ -91,6 +103,7 @@ impl Link {
             inbound: in_rx,
             outbound: Some(out_tx),
             broken,
+            host_alive,
             thread: Some(thread),
             window,
         })
@@ -116,6 +129,7 @@ impl Link {
 
     fn shutdown(&mut self) {
         self.outbound = None;
+        self.host_alive = None;
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
@@ -134,6 +148,7 @@ struct Network {
     inbound: std_mpsc::Sender<Inbound>,
     broken: Arc<AtomicBool>,
     window: Arc<Window>,
+    orphan: Option<Watch>,
 }
 
 impl Network {
@@ -184,7 +199,14 @@ impl Network {
 
     fn finish(&self, event: Inbound) {
         self.broken.store(true, Ordering::Release);
+        let why = match &event {
+            Inbound::Lost(e) => format!("lost the session manager: {e}"),
+            _ => "the session manager ended the stream".to_string(),
+        };
         let _ = self.inbound.send(event);
+        if let Some(orphan) = &self.orphan {
+            orphan.wait(&why);
+        }
     }
 
     /// Connects (retrying refused connections: the executor may start before the server

@@ -10,6 +10,7 @@
 //! meanwhile: see [`window`] and [`set_blocked`].
 
 mod link;
+pub mod orphan;
 #[cfg(test)]
 mod tests;
 mod window;
@@ -90,17 +91,36 @@ pub fn run_executor(
     executor_id: ExecutorId,
     host: &mut dyn ServiceHost,
 ) -> Result<()> {
-    run_with_timeout(address, executor_id, host, CONNECT_TIMEOUT)
+    run_with_timeout(address, executor_id, host, CONNECT_TIMEOUT, None)
 }
 
+/// [`run_executor`] for an executor that is a process of its own, started by a node: it dies
+/// with its node and takes what its tasks started along, and it stops (even mid-task) within
+/// [`orphan::ORPHAN_GRACE`] of losing its stream to the session manager. See [`orphan`].
+///
+/// # Errors
+/// As [`run_executor`], and [`FlameError::Internal`] when the parent-death signal cannot be
+/// set up.
+pub fn run_executor_process(
+    address: &str,
+    executor_id: ExecutorId,
+    host: &mut dyn ServiceHost,
+) -> Result<()> {
+    orphan::guard()?;
+    let grace = Some(orphan::ORPHAN_GRACE);
+    run_with_timeout(address, executor_id, host, CONNECT_TIMEOUT, grace)
+}
+
+/// `orphan_grace`: stop the process that long after the stream ends if the host is not done.
 fn run_with_timeout(
     address: &str,
     executor_id: ExecutorId,
     host: &mut dyn ServiceHost,
     connect_timeout: Duration,
+    orphan_grace: Option<Duration>,
 ) -> Result<()> {
     let address = crate::client::normalize_address(address);
-    let link = Link::open(&address, executor_id, connect_timeout)?;
+    let link = Link::open(&address, executor_id, connect_timeout, orphan_grace)?;
     let _installed = link.window.install();
     PROCESS_EXECUTOR.store(executor_id.0, Ordering::Relaxed);
     let mut worker = Worker {

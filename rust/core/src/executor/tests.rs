@@ -438,8 +438,8 @@ async fn unreachable_address_is_reported() {
         log: String::new(),
     };
     let timeout = Duration::from_millis(300);
-    let err =
-        run_with_timeout(&address, ExecutorId(1), &mut host, timeout).expect_err("nothing there");
+    let err = run_with_timeout(&address, ExecutorId(1), &mut host, timeout, None)
+        .expect_err("nothing there");
     assert!(matches!(err, FlameError::Unreachable { .. }), "{err:?}");
     assert!(err.to_string().contains(&address), "{err}");
 }

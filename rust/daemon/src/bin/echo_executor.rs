@@ -2,7 +2,8 @@
 //!
 //! It exists so the daemon (session manager, scheduler, node agent) can be tested and
 //! benchmarked on its own: it speaks the real executor protocol through
-//! `flame_core::executor::run_executor`, and its service simply echoes each task's input.
+//! `flame_core::executor::run_executor_process` (dying with its node like any executor), and
+//! its service simply echoes each task's input.
 //!
 //! Inputs with a meaning:
 //! - `fail:<message>` — the task fails as a user exception with `<message>`;
@@ -18,7 +19,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use flame_core::executor::{run_executor, ServiceHost, SessionContext};
+use flame_core::executor::{run_executor_process, ServiceHost, SessionContext};
 use flame_core::ids::{ExecutorId, SessionId, TaskId};
 use flame_core::model::{ErrorKind, TaskFailure};
 use prost::bytes::Bytes;
@@ -96,7 +97,7 @@ fn main() -> ExitCode {
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .init();
     let args = Args::parse();
-    match run_executor(
+    match run_executor_process(
         &args.address,
         ExecutorId(args.executor_id),
         &mut Echo::default(),

@@ -21,12 +21,13 @@
 //! runs no more executors than fit in its memory at the executor memory limit.
 //!
 //! Layout: [`connection`] (connect + register, backoff), [`pool`] (slots, spawn/kill, memory
-//! limit, shutdown), [`process`] (one child: pipes, signals, exit report), [`system`] (host
-//! facts).
+//! limit, shutdown), [`process`] (one child: pipes, signals, exit report), [`spawner`] (the
+//! thread every executor is forked from), [`system`] (host facts).
 
 mod connection;
 mod pool;
 mod process;
+mod spawner;
 mod system;
 
 use std::path::PathBuf;

@@ -5,10 +5,16 @@
 //! delivers them only while the child is not yet reaped — so a kill can never hit a recycled
 //! pid. Both pipes are read continuously: a chatty child must never block on a full pipe.
 //!
+//! Each child dies with the node: it leads its own process group and has `PR_SET_PDEATHSIG`
+//! set to SIGKILL between fork and exec, forked on the [`spawner`] thread (the signal tracks
+//! the forking thread). A Flame executor then hands the signal on to its process group
+//! (`flame_core::executor::orphan`), so what its tasks started dies too.
+//!
 //! A kill may carry a note (the node's reason, e.g. a memory limit): it opens the exit
 //! report's `stderr_tail`, so whoever reads the failure learns why before the child's own words.
 
 use std::collections::VecDeque;
+use std::io;
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::Stdio;
@@ -21,6 +27,8 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
+
+use super::spawner;
 
 /// Lines of stderr kept for the exit report.
 const TAIL_LINES: usize = 50;
@@ -92,8 +100,30 @@ pub(super) fn spawn(
         // Its own process group, so one signal reaches whatever the service itself started.
         .process_group(0)
         .kill_on_drop(true);
-    let mut child = command
-        .spawn()
+    // SAFETY: getpid is a plain syscall.
+    let node = unsafe { libc::getpid() };
+    // SAFETY: runs in the forked child before exec, and only makes async-signal-safe calls
+    // (prctl, getppid, _exit); nothing is allocated.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            ) != 0
+            {
+                return Err(io::Error::last_os_error());
+            }
+            // The node died between the fork and the prctl: the signal is missed, leave now.
+            if libc::getppid() != node {
+                libc::_exit(1);
+            }
+            Ok(())
+        });
+    }
+    let mut child = spawner::spawn(command)
         .map_err(|e| format!("failed to start executor `{}`: {e}", argv.join(" ")))?;
     let pid = child
         .id()

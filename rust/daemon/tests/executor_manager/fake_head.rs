@@ -22,6 +22,8 @@ use tonic::{Request, Response, Status, Streaming};
 pub const WAIT: Duration = Duration::from_secs(10);
 
 pub type Commands<T> = mpsc::Sender<Result<T, Status>>;
+/// An executor's id, its command sender and its inbound stream.
+pub type ExecutorConn = (u64, Commands<ExecutorCommand>, Streaming<ExecutorMessage>);
 
 struct FakeHead {
     nodes: mpsc::UnboundedSender<(Streaming<NodeMessage>, Commands<NodeCommand>)>,
@@ -188,6 +190,16 @@ impl Harness {
     /// Waits for executor streams to register; returns their ids and command senders.
     pub async fn executors(&mut self, n: usize) -> Vec<(u64, Commands<ExecutorCommand>)> {
         let mut out = Vec::new();
+        for (id, commands, inbound) in self.executor_conns(n).await {
+            out.push((id, commands));
+            self.executor_streams.push(inbound);
+        }
+        out
+    }
+
+    /// As [`Harness::executors`], but the executors' own streams go to the test too.
+    pub async fn executor_conns(&mut self, n: usize) -> Vec<ExecutorConn> {
+        let mut out = Vec::new();
         for _ in 0..n {
             let (mut inbound, commands) = within(self.executors.recv())
                 .await
@@ -195,12 +207,11 @@ impl Harness {
             match within(inbound.message()).await {
                 Ok(Some(ExecutorMessage {
                     msg: Some(executor_message::Msg::Register(r)),
-                })) => out.push((r.executor_id, commands)),
+                })) => out.push((r.executor_id, commands, inbound)),
                 other => panic!("expected executor register, got {other:?}"),
             }
-            self.executor_streams.push(inbound);
         }
-        out.sort_by_key(|(id, _)| *id);
+        out.sort_by_key(|(id, _, _)| *id);
         out
     }
 
