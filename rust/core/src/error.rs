@@ -35,6 +35,9 @@ pub enum FlameError {
     Storage(String),
     #[error("internal error: {0}")]
     Internal(String),
+    /// Too much is asked at once (e.g. introspection reads in flight); retry shortly.
+    #[error("the Flame daemon is busy: {0}")]
+    Busy(String),
 }
 
 impl From<rusqlite::Error> for FlameError {
@@ -59,6 +62,7 @@ impl From<FlameError> for tonic::Status {
             FlameError::ShuttingDown => Code::Unavailable,
             FlameError::Timeout(_) => Code::DeadlineExceeded,
             FlameError::Storage(_) | FlameError::Internal(_) => Code::Internal,
+            FlameError::Busy(_) => Code::ResourceExhausted,
         };
         tonic::Status::new(code, e.to_string())
     }

@@ -45,9 +45,10 @@ pub fn to_py(e: FlameError, about: About) -> PyErr {
             InvalidArgumentError::new_err(msg)
         }
         FlameError::PayloadTooLarge(_) => PayloadTooLargeError::new_err(msg),
-        FlameError::Timeout(_) | FlameError::Storage(_) | FlameError::Internal(_) => {
-            py::FlameError::new_err(msg)
-        }
+        FlameError::Timeout(_)
+        | FlameError::Storage(_)
+        | FlameError::Internal(_)
+        | FlameError::Busy(_) => py::FlameError::new_err(msg),
     }
 }
 
