@@ -18,6 +18,8 @@ mod tests;
 #[cfg(test)]
 mod tests_limits;
 #[cfg(test)]
+mod tests_reader;
+#[cfg(test)]
 mod tests_views;
 
 use std::path::Path;

@@ -94,7 +94,7 @@ impl Reads {
     pub async fn session(&self, id: SessionId) -> Result<proto::SessionInfo> {
         let _admitted = self.pool.admit()?;
         let live = self.live(Some(id)).await?;
-        if let Some(info) = live.open.into_iter().next() {
+        if let Some(info) = live.open.into_iter().next().or(live.closed) {
             return Ok(info);
         }
         self.pool.run(move |r| Ok(closed_info_of(r, id)?.0)).await
@@ -163,7 +163,7 @@ impl Reads {
         let live = self.live(Some(q.session)).await?;
         self.pool
             .run(move |r| {
-                let counts = match live.counts {
+                let counts = match known_counts(&live) {
                     Some(c) => c,
                     None => closed_info_of(r, q.session)?.1,
                 };
@@ -182,7 +182,8 @@ impl Reads {
         let live = self.live(Some(q.session)).await?;
         self.pool
             .run(move |r| {
-                let (session, counts) = match (live.open.first(), live.counts) {
+                let known = live.open.first().or(live.closed.as_ref());
+                let (session, counts) = match (known, known_counts(&live)) {
                     (Some(info), Some(c)) => (info.clone(), c),
                     _ => closed_info_of(r, q.session)?,
                 };
@@ -206,6 +207,20 @@ impl Reads {
 
 fn not_found(k: TaskKey) -> FlameError {
     FlameError::NotFound(format!("session {} has no task {}", k.session, k.task.0))
+}
+
+/// A session's counts when memory knows them: it is open, or it closed recently (then they
+/// are final, and counting them in storage would cost a walk of the session's tasks).
+fn known_counts(live: &LiveView) -> Option<TaskCounts> {
+    live.counts.or_else(|| {
+        live.closed.as_ref().map(|s| TaskCounts {
+            pending: s.pending,
+            running: s.running,
+            succeeded: s.succeeded,
+            failed: s.failed,
+            cancelled: s.cancelled,
+        })
+    })
 }
 
 /// A session that memory does not hold (closed) as storage has it.

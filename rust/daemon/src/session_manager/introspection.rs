@@ -26,6 +26,9 @@ pub struct LiveView {
     pub open: Vec<proto::SessionInfo>,
     /// The named session's task counts, if it is open.
     pub counts: Option<TaskCounts>,
+    /// The named session as it closed, if it is among the last ones closed: its counts
+    /// then need no counting in storage.
+    pub closed: Option<proto::SessionInfo>,
     /// Its tasks sent to an executor (running, as far as a reader can tell), by id.
     pub dispatched: Vec<TaskId>,
     /// What memory knows of those that have started.
@@ -46,6 +49,9 @@ impl Actor {
                     view.counts = Some(s.counts);
                     view.dispatched = self.dispatched_in(s);
                     view.running = self.running_in(id);
+                } else {
+                    let recent = self.closed_recently.iter().find(|s| s.id == id.0);
+                    view.closed = recent.cloned();
                 }
             }
         }
