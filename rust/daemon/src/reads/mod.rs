@@ -81,10 +81,16 @@ impl Reads {
     }
 
     /// Step (1): what memory knows, once the writes queued before this call are committed.
+    /// Bounded by [`MAX_WAIT`]: while storage cannot commit, a read is refused, not held.
     async fn live(&self, session: Option<SessionId>) -> Result<LiveView> {
-        self.manager
-            .call(|reply| Event::LiveView { session, reply })
-            .await
+        let call = self
+            .manager
+            .call(|reply| Event::LiveView { session, reply });
+        tokio::time::timeout(MAX_WAIT, call).await.map_err(|_| {
+            FlameError::Busy(format!(
+                "storage has not caught up within {MAX_WAIT:?}; retry shortly"
+            ))
+        })?
     }
 
     /// A session, open (live counts) or closed (counted in storage).
