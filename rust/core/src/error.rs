@@ -46,6 +46,9 @@ pub enum FlameError {
     /// running daemon. The daemon must stop; retrying cannot help.
     #[error("{0}")]
     StateFileUnusable(String),
+    /// Too much is asked at once (e.g. introspection reads in flight); retry shortly.
+    #[error("the Flame daemon is busy: {0}")]
+    Busy(String),
 }
 
 impl From<rusqlite::Error> for FlameError {
@@ -81,6 +84,7 @@ impl From<FlameError> for tonic::Status {
             }
             FlameError::ClusterStateLost(_) => Code::DataLoss,
             FlameError::AlreadyExists(_) => Code::AlreadyExists,
+            FlameError::Busy(_) => Code::ResourceExhausted,
         };
         tonic::Status::new(code, e.to_string())
     }

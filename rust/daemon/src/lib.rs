@@ -7,7 +7,8 @@
 //!   node in one process (`flame-daemon start`, the embedded cluster of `flame.init()`).
 //! - [`session_manager`] — the actor that owns all scheduling state and applies the
 //!   scheduler's decisions; [`rpc`] — the gRPC handlers that feed it events.
-//! - [`storage_writer`] — the storage thread with group commit.
+//! - [`storage_writer`] — the storage thread with group commit; [`reads`] — introspection
+//!   reads on read-only connections beside it, so they never delay a commit.
 //! - [`executor_manager`] — the node agent: executor processes, heartbeats, exit reports.
 //! - [`shutdown`] — Ctrl-C / SIGTERM; [`state_guard`] — one head per state dir, and the
 //!   stop when the state file is deleted, replaced or damaged under it.
@@ -20,6 +21,7 @@ pub mod executor_manager;
 pub mod http;
 pub mod local;
 pub mod metrics;
+pub mod reads;
 pub mod rpc;
 pub mod server;
 pub mod session_manager;

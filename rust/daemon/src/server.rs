@@ -17,6 +17,7 @@ use flame_core::storage::{ObjectStore, SqliteStorage};
 use flame_core::{FlameError, Result};
 
 use crate::http::{HttpPort, HttpServer};
+use crate::reads::Reads;
 use crate::rpc::{backend::BackendService, frontend::FrontendService};
 use crate::session_manager::{self, ManagerConfig, ManagerHandle};
 use crate::state_guard::{Fatal, StateLock};
@@ -70,9 +71,8 @@ impl Head {
         // Before anything reads the state: a second head must not even open the database.
         let lock = StateLock::acquire(&cfg.state_dir)?;
         let fatal = Fatal::default();
-        let storage = fatal.watch(Box::new(SqliteStorage::open(
-            &cfg.state_dir.join("flame.db"),
-        )?));
+        let db = cfg.state_dir.join("flame.db");
+        let storage = fatal.watch(Box::new(SqliteStorage::open(&db)?));
         let objects = Arc::new(ObjectStore::open(&cfg.state_dir.join("objects"))?);
         let listener = tokio::net::TcpListener::bind((cfg.host.as_str(), cfg.port))
             .await
@@ -87,7 +87,15 @@ impl Head {
             .map_err(|e| FlameError::Internal(e.to_string()))?;
         let (manager, actor, storage_thread) =
             session_manager::start(cfg.manager.clone(), storage, objects)?;
-        let http = match HttpServer::start(&cfg.host, cfg.http, manager.clone()).await {
+        // Introspection reads the file the writer just created, on connections of its own.
+        let reads = match Reads::open(manager.clone(), &db) {
+            Ok(r) => r,
+            Err(e) => {
+                manager.shutdown().await;
+                return Err(e);
+            }
+        };
+        let http = match HttpServer::start(&cfg.host, cfg.http, reads.clone()).await {
             Ok(h) => h,
             Err(e) => {
                 manager.shutdown().await;
@@ -103,7 +111,7 @@ impl Head {
             .max_payload_bytes
             .saturating_add(16 << 20)
             .min(MAX_MESSAGE_BYTES);
-        let frontend = FrontendServer::new(FrontendService::new(manager.clone()))
+        let frontend = FrontendServer::new(FrontendService::new(reads))
             .max_decoding_message_size(decode_limit)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
         let frontend = tonic::service::interceptor::InterceptedService::new(

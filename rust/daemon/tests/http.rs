@@ -14,14 +14,22 @@ use flame_core::proto;
 use flame_daemon::executor_manager::NodeConfig;
 use flame_daemon::http::HttpPort;
 use flame_daemon::local::LocalCluster;
-use flame_daemon::server::HeadConfig;
+use flame_daemon::server::{Head, HeadConfig};
 use flame_daemon::session_manager::ManagerConfig;
 
 /// GET `path`; the status code and the body.
 async fn get(base: &str, path: &str) -> (u16, String) {
+    request(base, "GET", path).await
+}
+
+/// `method` `path` without a body; the status code and the body.
+async fn request(base: &str, method: &str, path: &str) -> (u16, String) {
     let host = base.trim_start_matches("http://").trim_end_matches('/');
     let mut conn = tokio::net::TcpStream::connect(host).await.unwrap();
-    let req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\n\
+         Connection: close\r\n\r\n"
+    );
     conn.write_all(req.as_bytes()).await.unwrap();
     let mut raw = String::new();
     conn.read_to_string(&mut raw).await.unwrap();
@@ -175,4 +183,96 @@ async fn metrics_json_api_and_dashboard_are_served() {
     let (_, js) = get(&base, "/app.js").await;
     assert!(js.contains("/api/overview"));
     cluster.stop().await;
+}
+
+/// Every API error is JSON that names the problem: ids that are not ids (negative, not a
+/// number, past u64::MAX) are 400 naming the parameter; well-formed ids that do not exist
+/// are 404 whatever their value (0 and u64::MAX included); so are unknown pages under /api/;
+/// axum's own rejections (a bad query string, a path that is not UTF-8, a wrong method)
+/// are JSON too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_errors_are_json_and_unknown_ids_are_404() {
+    let dir = tempfile::tempdir().unwrap();
+    let head = Head::start(HeadConfig {
+        host: "127.0.0.1".into(),
+        port: 0,
+        state_dir: dir.path().to_path_buf(),
+        manager: ManagerConfig::default(),
+        http: HttpPort::Exactly(0),
+    })
+    .await
+    .unwrap();
+    let base = head.dashboard_url.clone().expect("HTTP is on");
+    let client = Client::connect(&head.address, Duration::from_secs(5), "test")
+        .await
+        .unwrap();
+    let spec = SessionSpec {
+        application: "echo".into(),
+        app_spec: Bytes::from_static(b"inline"),
+        ..Default::default()
+    };
+    let req = proto::CreateSessionRequest {
+        spec: Some(spec.into()),
+    };
+    let sid = client
+        .frontend()
+        .create_session(req)
+        .await
+        .unwrap()
+        .into_inner()
+        .id;
+
+    let json = |method: &'static str, path: String| {
+        let base = base.clone();
+        async move {
+            let (status, body) = request(&base, method, &path).await;
+            let v: Value = serde_json::from_str(&body).unwrap_or_else(|e| {
+                panic!("{method} {path}: {status} with a non-JSON body ({e}): {body}")
+            });
+            let error = v["error"].as_str().unwrap_or_else(|| panic!("{path}: {v}"));
+            (status, error.to_string())
+        }
+    };
+    let max = u64::MAX;
+    for (path, status, names) in [
+        ("/api/sessions/0".to_string(), 404, "0"),
+        (format!("/api/sessions/{max}"), 404, "18446744073709551615"),
+        (format!("/api/sessions/{sid}/tasks/0"), 404, "0"),
+        (
+            format!("/api/sessions/{sid}/tasks/{max}"),
+            404,
+            "18446744073709551615",
+        ),
+        ("/api/sessions/0/tasks/1".to_string(), 404, "0"),
+        ("/api/nodes/0".to_string(), 404, "node 0"),
+        (
+            "/api/sessions/18446744073709551616".to_string(),
+            400,
+            "session id",
+        ),
+        ("/api/sessions/-1".to_string(), 400, "session id"),
+        ("/api/sessions/abc".to_string(), 400, "session id"),
+        (format!("/api/sessions/{sid}/tasks/x1"), 400, "task id"),
+        (format!("/api/sessions/-{sid}/tasks/1"), 400, "session id"),
+        ("/api/nodes/1.5".to_string(), 400, "node id"),
+        ("/api/sessions/%FF".to_string(), 400, "path"),
+        (format!("/api/sessions/{sid}?limit=abc"), 400, "limit"),
+        (format!("/api/sessions/{sid}?offset=-3"), 400, "offset"),
+        (format!("/api/sessions/{sid}?limit=5000"), 400, "limit"),
+        ("/api/nope".to_string(), 404, "no such page"),
+        ("/api/sessions".to_string(), 404, "no such page"),
+    ] {
+        let (got, error) = json("GET", path.clone()).await;
+        assert_eq!(got, status, "GET {path}: {error}");
+        assert!(
+            error.contains(names),
+            "GET {path}: '{error}' should name {names}"
+        );
+    }
+    let (status, error) = json("POST", "/api/overview".into()).await;
+    assert_eq!(status, 405, "{error}");
+    assert!(error.contains("POST"), "{error}");
+
+    client.close();
+    head.stop().await;
 }

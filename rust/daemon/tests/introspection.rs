@@ -191,6 +191,18 @@ async fn tasks_show_their_state_timings_placement_and_failure() {
         again.message().contains("already finished (cancelled)"),
         "{again:?}"
     );
+    // Read-your-writes: reads (on reader connections) right after the acknowledged cancel
+    // see it, in a filtered page and in the session's counts.
+    let page = list(&client, sid, Some(TaskState::Cancelled), 10).await;
+    let ids: Vec<u64> = page.tasks.iter().map(|t| t.task_id).collect();
+    assert_eq!((ids, page.total), (vec![slow.0], 1));
+    let info = client
+        .frontend()
+        .get_session(proto::SessionRef { session_id: sid.0 })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((info.cancelled, info.running), (1, 0), "{info:?}");
     cluster.stop().await;
 }
 

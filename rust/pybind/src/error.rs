@@ -51,7 +51,8 @@ pub fn to_py(e: FlameError, about: About) -> PyErr {
         FlameError::Timeout(_)
         | FlameError::Storage(_)
         | FlameError::StateFileUnusable(_)
-        | FlameError::Internal(_) => py::FlameError::new_err(msg),
+        | FlameError::Internal(_)
+        | FlameError::Busy(_) => py::FlameError::new_err(msg),
     }
 }
 

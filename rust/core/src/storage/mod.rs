@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use bytes::Bytes;
 
 pub use objects::{ObjectStore, ObjectWriter};
-pub use sqlite::SqliteStorage;
+pub use sqlite::{SqliteReader, SqliteStorage};
 
 use crate::error::Result;
 use crate::ids::{ExecutorId, NodeId, SessionId, TaskId, TaskKey};

@@ -4,11 +4,13 @@
 //! in `sqlite/schema.rs`, the per-op SQL in `sqlite/write.rs`, row decoding in `sqlite/decode.rs`.
 //!
 //! One connection, used by one thread (the session manager's writer), so there is no pool and
-//! no locking here. Every `apply` is one `IMMEDIATE` transaction: it takes the write lock up
+//! no locking here; introspection reads the same file through read-only [`SqliteReader`]s
+//! (`sqlite/reader.rs`), which under WAL never block this connection's commits. Every `apply` is one `IMMEDIATE` transaction: it takes the write lock up
 //! front, so it cannot fail half-way with `SQLITE_BUSY` when an outside reader holds a lock.
 
 mod decode;
 mod file;
+mod reader;
 mod schema;
 mod write;
 
@@ -19,6 +21,8 @@ mod tests_file;
 #[cfg(test)]
 mod tests_limits;
 #[cfg(test)]
+mod tests_reader;
+#[cfg(test)]
 mod tests_views;
 
 use std::path::Path;
@@ -26,6 +30,7 @@ use std::path::Path;
 use rusqlite::{Connection, TransactionBehavior};
 
 use self::file::{explain, StateFile};
+pub use self::reader::SqliteReader;
 use self::schema::unfinished;
 use super::{Snapshot, Storage, WriteOp};
 use crate::error::{FlameError, Result};
@@ -161,61 +166,22 @@ impl Storage for SqliteStorage {
     }
 
     fn get_task_log(&mut self, key: TaskKey) -> Result<Option<String>> {
-        // Driven by `tasks`, so an unknown task (None) differs from a silent one ("").
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT l.log FROM tasks AS t LEFT JOIN task_logs AS l \
-             ON l.session_id = t.session_id AND l.task_id = t.task_id \
-             WHERE t.session_id = ?1 AND t.task_id = ?2",
-        )?;
-        let mut rows = stmt.query([key.session.0 as i64, key.task.0 as i64])?;
-        match rows.next()? {
-            Some(row) => Ok(Some(row.get::<_, Option<String>>(0)?.unwrap_or_default())),
-            None => Ok(None),
-        }
+        reader::task_log(&self.conn, key)
     }
 
     fn get_session(&mut self, id: SessionId) -> Result<Option<(SessionRecord, TaskCounts)>> {
-        let found = sessions_where(&self.conn, "id = ?1", [id.0 as i64])?;
-        match found.into_iter().next() {
-            Some(s) => {
-                let counts = decode::counts(&self.conn, s.id)?;
-                Ok(Some((s, counts)))
-            }
-            None => Ok(None),
-        }
+        reader::session(&self.conn, id)
     }
 
     fn list_sessions(&mut self, limit: usize) -> Result<Vec<(SessionRecord, TaskCounts)>> {
-        // `limit` is small in practice; a usize beyond i64 simply means "all".
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let found = sessions_where(
-            &self.conn,
-            "1 ORDER BY created_ms DESC, id DESC LIMIT ?1",
-            [limit],
-        )?;
-        found
-            .into_iter()
-            .map(|s| {
-                let counts = decode::counts(&self.conn, s.id)?;
-                Ok((s, counts))
-            })
-            .collect()
+        reader::sessions(&self.conn, limit, &Default::default())
     }
 
     fn get_task_view(&mut self, key: TaskKey) -> Result<Option<TaskView>> {
-        let mut stmt = self.conn.prepare_cached(&format!(
-            "SELECT {} FROM tasks WHERE session_id = ?1 AND task_id = ?2",
-            decode::TASK_VIEW_COLS
-        ))?;
-        let mut rows = stmt.query([key.session.0 as i64, key.task.0 as i64])?;
-        match rows.next()? {
-            Some(row) => Ok(Some(decode::task_view(row)?)),
-            None => Ok(None),
-        }
+        reader::task_view(&self.conn, key)
     }
 
-    /// Walks the session's range of the primary key in task-id order (no sort step); a page
-    /// deep into a large session costs O(offset), fine for introspection.
+    /// Walks an index range in task-id order (no sort step); see `sqlite/reader.rs`.
     fn list_task_views(
         &mut self,
         session: SessionId,
@@ -223,29 +189,7 @@ impl Storage for SqliteStorage {
         limit: u32,
         offset: u64,
     ) -> Result<Vec<TaskView>> {
-        // -1 matches no state: the filter is "every state" only when `state` is None.
-        let (any, state) = match state {
-            Some(s) => (0, s.as_i32()),
-            None => (1, -1),
-        };
-        let offset = i64::try_from(offset).unwrap_or(i64::MAX);
-        let mut stmt = self.conn.prepare_cached(&format!(
-            "SELECT {} FROM tasks WHERE session_id = ?1 AND (?2 OR state = ?3) \
-             ORDER BY task_id LIMIT ?4 OFFSET ?5",
-            decode::TASK_VIEW_COLS
-        ))?;
-        let mut rows = stmt.query(rusqlite::params![
-            session.0 as i64,
-            any,
-            state,
-            limit,
-            offset
-        ])?;
-        let mut out = Vec::new();
-        while let Some(row) = rows.next()? {
-            out.push(decode::task_view(row)?);
-        }
-        Ok(out)
+        reader::task_views(&self.conn, session, state, limit, offset)
     }
 }
 

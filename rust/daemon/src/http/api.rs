@@ -1,8 +1,8 @@
-//! The HTTP handlers: `/metrics` and the JSON API the dashboard polls. Each asks the actor
-//! through the same events as the gRPC introspection and turns the answer into JSON here (the
-//! proto types stay at this edge).
+//! The HTTP handlers: `/metrics` and the JSON API the dashboard polls. Each asks through the
+//! same paths as the gRPC introspection (the actor's memory for the overview, [`Reads`] for
+//! stored rows) and turns the answer into JSON here (the proto types stay at this edge).
 
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -15,16 +15,19 @@ use flame_core::proto;
 use flame_core::view::page_size;
 use flame_core::FlameError;
 
+use super::params::{id, ApiPath, ApiQuery};
 use super::ApiError;
 use crate::metrics::{SessionGauge, StateGauges};
-use crate::session_manager::{Event, ManagerHandle, Overview, TaskQuery};
+use crate::reads::{Reads, TaskQuery};
+use crate::session_manager::{Event, Overview};
 
 type ApiResult = Result<Json<Value>, ApiError>;
 
 /// Failed tasks shown with their tracebacks on a session page.
 const FAILURES_SHOWN: u32 = 20;
 
-pub async fn metrics(State(m): State<ManagerHandle>) -> Result<Response, ApiError> {
+pub async fn metrics(State(r): State<Reads>) -> Result<Response, ApiError> {
+    let m = r.manager();
     let o = m.call(|reply| Event::Overview { reply }).await?;
     let mut executors: Vec<(&'static str, u64)> =
         ["starting", "idle", "binding", "bound", "unbinding"]
@@ -56,8 +59,8 @@ pub async fn metrics(State(m): State<ManagerHandle>) -> Result<Response, ApiErro
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
 }
 
-pub async fn overview(State(m): State<ManagerHandle>) -> ApiResult {
-    let o: Overview = m.call(|reply| Event::Overview { reply }).await?;
+pub async fn overview(State(r): State<Reads>) -> ApiResult {
+    let o: Overview = r.manager().call(|reply| Event::Overview { reply }).await?;
     Ok(Json(json!({
         "now_ms": o.now_ms,
         "nodes": o.cluster.nodes.iter().map(node_json).collect::<Vec<_>>(),
@@ -79,14 +82,11 @@ pub struct TaskFilter {
 
 /// A session, a page of its tasks (`?state=&limit=&offset=`), and its latest failures.
 pub async fn session(
-    State(m): State<ManagerHandle>,
-    Path(id): Path<u64>,
-    Query(f): Query<TaskFilter>,
+    State(r): State<Reads>,
+    ApiPath(raw): ApiPath<String>,
+    ApiQuery(f): ApiQuery<TaskFilter>,
 ) -> ApiResult {
-    let session = session_id(id)?;
-    let info = m
-        .call(|reply| Event::GetSession { id: session, reply })
-        .await?;
+    let session = SessionId(id("session id", &raw)?);
     let state = f.state.as_deref().map(TaskState::from_name).transpose()?;
     let query = TaskQuery {
         session,
@@ -94,50 +94,35 @@ pub async fn session(
         limit: page_size(f.limit.unwrap_or(0))?,
         offset: f.offset.unwrap_or(0),
     };
-    let page = m.call(|reply| Event::ListTasks { query, reply }).await?;
-    let failures = TaskQuery {
-        session,
-        state: Some(TaskState::Failed),
-        limit: FAILURES_SHOWN,
-        offset: 0,
-    };
-    let failed = m
-        .call(|reply| Event::ListTasks {
-            query: failures,
-            reply,
-        })
-        .await?;
+    let page = r.session_page(query, FAILURES_SHOWN).await?;
     Ok(Json(json!({
-        "session": session_json(&info),
-        "tasks": page.tasks.iter().map(task_json).collect::<Vec<_>>(),
-        "total": page.total,
-        "failures": failed.tasks.iter().map(task_json).collect::<Vec<_>>(),
+        "session": session_json(&page.session),
+        "tasks": page.tasks.tasks.iter().map(task_json).collect::<Vec<_>>(),
+        "total": page.tasks.total,
+        "failures": page.failures.iter().map(task_json).collect::<Vec<_>>(),
     })))
 }
 
-pub async fn task(State(m): State<ManagerHandle>, Path((sid, tid)): Path<(u64, u64)>) -> ApiResult {
-    if tid == 0 {
-        return Err(FlameError::InvalidArgument("task id 0 does not exist".into()).into());
-    }
+/// A task, with what it printed: "" while it runs (logs arrive with the result) or if it
+/// printed nothing.
+pub async fn task(
+    State(r): State<Reads>,
+    ApiPath((sid, tid)): ApiPath<(String, String)>,
+) -> ApiResult {
     let key = TaskKey {
-        session: session_id(sid)?,
-        task: TaskId(tid),
+        session: SessionId(id("session id", &sid)?),
+        task: TaskId(id("task id", &tid)?),
     };
-    let t = m.call(|reply| Event::GetTask { key, reply }).await?;
-    // What it printed: "" while it runs (logs arrive with the result) or if it printed nothing.
-    let log = match m.call(|reply| Event::GetTaskLog { key, reply }).await {
-        Ok(text) => text,
-        Err(FlameError::NotFound(_)) => String::new(),
-        Err(e) => return Err(e.into()),
-    };
+    let (t, log) = r.task(key).await?;
     let mut v = task_json(&t);
     v["log"] = json!(log);
     Ok(Json(v))
 }
 
 /// A node and its executors.
-pub async fn node(State(m): State<ManagerHandle>, Path(id): Path<u64>) -> ApiResult {
-    let o = m.call(|reply| Event::Overview { reply }).await?;
+pub async fn node(State(r): State<Reads>, ApiPath(raw): ApiPath<String>) -> ApiResult {
+    let id = id("node id", &raw)?;
+    let o = r.manager().call(|reply| Event::Overview { reply }).await?;
     let node = o
         .cluster
         .nodes
@@ -153,15 +138,6 @@ pub async fn node(State(m): State<ManagerHandle>, Path(id): Path<u64>) -> ApiRes
     Ok(Json(
         json!({ "node": node_json(node), "executors": executors }),
     ))
-}
-
-fn session_id(id: u64) -> Result<SessionId, FlameError> {
-    if id == 0 {
-        return Err(FlameError::InvalidArgument(
-            "session id 0 does not exist".into(),
-        ));
-    }
-    Ok(SessionId(id))
 }
 
 fn node_json(n: &proto::NodeInfo) -> Value {

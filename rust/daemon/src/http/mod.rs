@@ -1,9 +1,12 @@
 //! The daemon's HTTP server: Prometheus text at `/metrics`, a small JSON API under `/api/`,
 //! and the dashboard — static HTML/CSS/JS compiled into the binary (no build step), which
-//! polls the JSON API every second. Every answer comes from the session manager's actor
-//! through the same events the gRPC introspection uses; nothing here holds state.
+//! polls the JSON API every second. Every answer comes through the same paths the gRPC
+//! introspection uses — memory from the actor, stored rows from the reader connections
+//! ([`crate::reads`]); nothing here holds state. Every error, axum's own rejections of a bad
+//! path or query string included, is JSON `{"error": "..."}`.
 
 mod api;
+mod params;
 
 use std::net::SocketAddr;
 
@@ -16,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use flame_core::{FlameError, Result};
 
-use crate::session_manager::ManagerHandle;
+use crate::reads::Reads;
 
 /// The dashboard's port when none is configured.
 pub const DEFAULT_PORT: u16 = 8265;
@@ -48,7 +51,7 @@ impl HttpServer {
     ///
     /// # Errors
     /// `InvalidArgument` naming the address when it cannot be bound.
-    pub async fn start(host: &str, port: HttpPort, manager: ManagerHandle) -> Result<Option<Self>> {
+    pub async fn start(host: &str, port: HttpPort, reads: Reads) -> Result<Option<Self>> {
         let (port, fallback) = match port {
             HttpPort::Off => return Ok(None),
             HttpPort::Exactly(p) => (p, false),
@@ -70,7 +73,7 @@ impl HttpServer {
             .map_err(|e| FlameError::Internal(e.to_string()))?;
         let stop = CancellationToken::new();
         let stopped = stop.clone();
-        let app = router(manager);
+        let app = router(reads);
         let task = tokio::spawn(async move {
             let serve =
                 axum::serve(listener, app).with_graceful_shutdown(stopped.cancelled_owned());
@@ -110,7 +113,7 @@ fn bind_error(host: &str, port: u16, e: std::io::Error) -> FlameError {
     FlameError::InvalidArgument(format!("cannot serve HTTP on {host}:{port}: {e}"))
 }
 
-fn router(manager: ManagerHandle) -> Router {
+fn router(reads: Reads) -> Router {
     Router::new()
         .route(
             "/",
@@ -129,8 +132,17 @@ fn router(manager: ManagerHandle) -> Router {
         .route("/api/sessions/{id}", get(api::session))
         .route("/api/sessions/{id}/tasks/{task}", get(api::task))
         .route("/api/nodes/{id}", get(api::node))
-        .fallback(|| async { ApiError(FlameError::NotFound("no such page".into())) })
-        .with_state(manager)
+        .fallback(|uri: axum::http::Uri| async move {
+            ApiError(FlameError::NotFound(format!(
+                "no such page: {}",
+                uri.path()
+            )))
+        })
+        .method_not_allowed_fallback(|method: axum::http::Method| async move {
+            let e = FlameError::InvalidArgument(format!("{method} is not allowed here; use GET"));
+            (StatusCode::METHOD_NOT_ALLOWED, ApiError(e))
+        })
+        .with_state(reads)
 }
 
 fn asset(content_type: &'static str, body: &'static str) -> Response {
@@ -153,7 +165,7 @@ impl IntoResponse for ApiError {
             | FlameError::SessionNotFound(_)
             | FlameError::ApplicationNotFound(_) => StatusCode::NOT_FOUND,
             FlameError::InvalidArgument(_) => StatusCode::BAD_REQUEST,
-            FlameError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            FlameError::ShuttingDown | FlameError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         let body = serde_json::json!({ "error": self.0.to_string() });

@@ -19,17 +19,21 @@ use flame_core::view::page_size;
 use flame_core::FlameError;
 
 use super::objects;
-use crate::session_manager::{Event, ManagerHandle, TaskQuery};
+use crate::reads::{Reads, TaskQuery};
+use crate::session_manager::{Event, ManagerHandle};
 
 pub struct FrontendService {
     handle: ManagerHandle,
+    /// Introspection (sessions, tasks, logs) is read here, never through the actor's storage.
+    reads: Reads,
     next_conn: Arc<AtomicU64>,
 }
 
 impl FrontendService {
-    pub fn new(handle: ManagerHandle) -> Self {
+    pub fn new(reads: Reads) -> Self {
         Self {
-            handle,
+            handle: reads.manager().clone(),
+            reads,
             next_conn: Arc::new(AtomicU64::new(1)),
         }
     }
@@ -190,10 +194,7 @@ impl Frontend for FrontendService {
         req: Request<proto::SessionRef>,
     ) -> Result<Response<proto::SessionInfo>, Status> {
         let id = session_id(req.into_inner().session_id)?;
-        let info = self
-            .handle
-            .call(|reply| Event::GetSession { id, reply })
-            .await?;
+        let info = self.reads.session(id).await?;
         Ok(Response::new(info))
     }
 
@@ -201,10 +202,7 @@ impl Frontend for FrontendService {
         &self,
         _req: Request<proto::Empty>,
     ) -> Result<Response<proto::SessionList>, Status> {
-        let sessions = self
-            .handle
-            .call(|reply| Event::ListSessions { reply })
-            .await?;
+        let sessions = self.reads.sessions().await?;
         Ok(Response::new(proto::SessionList { sessions }))
     }
 
@@ -254,10 +252,7 @@ impl Frontend for FrontendService {
     ) -> Result<Response<proto::TaskLog>, Status> {
         let r = req.into_inner();
         let key = flame_core::model::key(session_id(r.session_id)?, TaskId(r.task_id));
-        let text = self
-            .handle
-            .call(|reply| Event::GetTaskLog { key, reply })
-            .await?;
+        let text = self.reads.task_log(key).await?;
         Ok(Response::new(proto::TaskLog { text }))
     }
 
@@ -266,10 +261,7 @@ impl Frontend for FrontendService {
         req: Request<proto::TaskRef>,
     ) -> Result<Response<proto::TaskInfo>, Status> {
         let key = task_key(req.into_inner())?;
-        let info = self
-            .handle
-            .call(|reply| Event::GetTask { key, reply })
-            .await?;
+        let (info, _log) = self.reads.task(key).await?;
         Ok(Response::new(info))
     }
 
@@ -291,10 +283,7 @@ impl Frontend for FrontendService {
             limit: page_size(r.limit)?,
             offset: u64::from(r.offset),
         };
-        let list = self
-            .handle
-            .call(|reply| Event::ListTasks { query, reply })
-            .await?;
+        let list = self.reads.tasks(query).await?;
         Ok(Response::new(list))
     }
 

@@ -250,7 +250,7 @@ pub(super) fn open_info(s: &Session) -> proto::SessionInfo {
 }
 
 /// Info of a session from storage (closed, or listed).
-pub(super) fn closed_info(rec: &SessionRecord, counts: TaskCounts) -> proto::SessionInfo {
+pub(crate) fn closed_info(rec: &SessionRecord, counts: TaskCounts) -> proto::SessionInfo {
     info(rec.id.0, &rec.spec, rec.state, counts, rec.created_ms, 0)
 }
 

@@ -96,39 +96,6 @@ impl Actor {
                     }));
                 });
             }
-            Event::GetTaskLog { key, reply } => self.store.read(move |st| {
-                let _ = reply.send(st.get_task_log(key).and_then(|log| {
-                    log.ok_or_else(|| {
-                        FlameError::NotFound(format!("{} has no task {}", key.session, key.task))
-                    })
-                }));
-            }),
-            Event::GetSession { id, reply } => match self.sched.session(id) {
-                Some(s) => {
-                    let _ = reply.send(Ok(open_info(s)));
-                }
-                None => self.reply_stored_session(id, reply),
-            },
-            Event::ListSessions { reply } => {
-                // Storage knows every session; memory knows the live counts of open ones.
-                let live: std::collections::HashMap<u64, proto::SessionInfo> = self
-                    .sched
-                    .sessions()
-                    .map(|s| (s.id.0, open_info(s)))
-                    .collect();
-                self.store.read(move |st| {
-                    let r = st.list_sessions(10_000).map(|v| {
-                        v.iter()
-                            .map(|(rec, c)| {
-                                live.get(&rec.id.0)
-                                    .cloned()
-                                    .unwrap_or_else(|| closed_info(rec, *c))
-                            })
-                            .collect()
-                    });
-                    let _ = reply.send(r);
-                });
-            }
             Event::CloseSession { id, reply } => {
                 self.remember_closed(id);
                 if !self.sched.close_session(id) {
@@ -149,13 +116,12 @@ impl Actor {
             Event::ClusterInfo { reply } => {
                 let _ = reply.send(Ok(self.cluster_info()));
             }
-            Event::GetTask { key, reply } => self.get_task(key, reply),
-            Event::ListTasks { query, reply } => self.list_tasks(query, reply),
             Event::ListExecutors { reply } => self.list_executors(reply),
             Event::Overview { reply } => {
                 let _ = reply.send(Ok(self.overview(now)));
             }
             Event::CancelTask { key, reply } => self.cancel_task(key, reply),
+            Event::LiveView { session, reply } => self.live_view(session, reply),
             Event::ClientConnected { conn, client, tx } => {
                 self.clients.insert(conn, tx);
                 if client != 0 {

@@ -1,14 +1,14 @@
-//! Read-only questions about tasks and executors (the `flame` CLI, the dashboard), and the
-//! unary cancel. Finished tasks are read on the storage thread, never on the actor; the actor
-//! only adds what memory alone knows — which tasks run right now, where, since when — and that
-//! is found through the session's executors (a handful), not by walking its task table,
-//! except for a page of pending tasks, which only memory can tell from running ones.
+//! What the actor contributes to introspection, and the unary cancel. Stored rows are read
+//! on reader connections (`crate::reads`), never here nor on the storage writer: the actor
+//! only answers what memory alone knows — an open session's live counts, which tasks run
+//! right now, where, since when — found through the session's executors (a handful), never
+//! by walking its task table.
 
 use std::collections::HashMap;
 use std::time::Instant;
 
 use flame_core::ids::{SessionId, TaskId, TaskKey};
-use flame_core::model::{key, now_ms, TaskCounts, TaskState};
+use flame_core::model::{now_ms, TaskCounts};
 use flame_core::proto;
 use flame_core::scheduler::{CancelOutcome, ExecutorState, Session};
 use flame_core::storage::Storage;
@@ -16,45 +16,70 @@ use flame_core::view::{LiveTask, TaskView};
 use flame_core::FlameError;
 
 use super::actor::Actor;
+use super::apply::open_info;
 use super::Reply;
 
-/// A page request for one session's tasks.
-pub struct TaskQuery {
-    pub session: SessionId,
-    pub state: Option<TaskState>,
-    pub limit: u32,
-    pub offset: u64,
+/// What memory alone knows, for a read made on a reader connection (`crate::reads`).
+#[derive(Debug, Default)]
+pub struct LiveView {
+    /// The named session if it is open, or every open session when none was named.
+    pub open: Vec<proto::SessionInfo>,
+    /// The named session's task counts, if it is open.
+    pub counts: Option<TaskCounts>,
+    /// The named session as it closed, if it is among the last ones closed: its counts
+    /// then need no counting in storage.
+    pub closed: Option<proto::SessionInfo>,
+    /// Its tasks sent to an executor (running, as far as a reader can tell), by id.
+    pub dispatched: Vec<TaskId>,
+    /// What memory knows of those that have started.
+    pub running: HashMap<TaskId, LiveTask>,
 }
 
 impl Actor {
-    pub(super) fn get_task(&self, k: TaskKey, reply: Reply<proto::TaskInfo>) {
-        let live = self.running_in(k.session);
-        self.store.read(move |st| {
-            let _ = reply.send(read_view(st, k, &live).map(Into::into));
+    /// Answer what memory knows of `session` (or of every open session), a few lookups, no
+    /// storage read. The answer waits until every write queued before it is committed: a
+    /// read the caller then makes on a reader connection sees all of them.
+    pub(super) fn live_view(&self, session: Option<SessionId>, reply: Reply<LiveView>) {
+        let mut view = LiveView::default();
+        match session {
+            None => view.open = self.sched.sessions().map(open_info).collect(),
+            Some(id) => {
+                if let Some(s) = self.sched.session(id) {
+                    view.open.push(open_info(s));
+                    view.counts = Some(s.counts);
+                    view.dispatched = self.dispatched_in(s);
+                    view.running = self.running_in(id);
+                } else {
+                    let recent = self.closed_recently.iter().find(|s| s.id == id.0);
+                    view.closed = recent.cloned();
+                }
+            }
+        }
+        // A failed commit is the writer's to report; the reader sees what was committed.
+        self.store.write(Vec::new(), move |_| {
+            let _ = reply.send(Ok(view));
         });
     }
 
-    pub(super) fn list_tasks(&self, q: TaskQuery, reply: Reply<proto::TaskList>) {
-        let live = self.running_in(q.session);
-        let open = self.sched.session(q.session);
-        let counts = open.map(|s| s.counts);
-        if let (Some(s), Some(state @ (TaskState::Pending | TaskState::Running))) = (open, q.state)
-        {
-            // Storage cannot tell running from pending: take the page's ids from memory.
-            let ids = unfinished_page(s, state, &q);
-            let total = s.counts.get(state);
-            self.store.read(move |st| {
-                // Every id is stored: its insert was queued before this read.
-                let tasks: flame_core::Result<Vec<_>> = ids
-                    .into_iter()
-                    .map(|t| read_view(st, key(q.session, t), &live).map(Into::into))
-                    .collect();
-                let _ = reply.send(tasks.map(|tasks| proto::TaskList { tasks, total }));
-            });
-            return;
-        }
+    /// A session's tasks that are on an executor, in task-id order: found through its
+    /// executors' windows (a handful), not by walking its task table.
+    fn dispatched_in(&self, s: &Session) -> Vec<TaskId> {
+        let mut ids: Vec<TaskId> = s
+            .executors
+            .iter()
+            .filter_map(|eid| self.sched.executor(*eid))
+            .flat_map(|e| e.inflight.iter().copied())
+            .filter(|t| s.tasks.get(t).is_some_and(|slot| slot.executor.is_some()))
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
+
+    fn get_task(&self, k: TaskKey, reply: Reply<proto::TaskInfo>) {
+        let live = self.running_in(k.session);
         self.store.read(move |st| {
-            let _ = reply.send(stored_page(st, &q, counts, &live));
+            let _ = reply.send(read_view(st, k, &live).map(Into::into));
         });
     }
 
@@ -167,53 +192,4 @@ fn read_view(
         v.overlay(l);
     }
     Ok(v)
-}
-
-/// The page's task ids among a session's unfinished tasks in `state`, in task-id order.
-fn unfinished_page(s: &Session, state: TaskState, q: &TaskQuery) -> Vec<TaskId> {
-    let running = state == TaskState::Running;
-    let mut ids: Vec<TaskId> = s
-        .tasks
-        .iter()
-        .filter(|(_, slot)| slot.executor.is_some() == running)
-        .map(|(t, _)| *t)
-        .collect();
-    ids.sort_unstable();
-    let offset = usize::try_from(q.offset).unwrap_or(usize::MAX);
-    ids.into_iter()
-        .skip(offset)
-        .take(q.limit as usize)
-        .collect()
-}
-
-/// A page answered from storage, with running tasks overlaid from memory. `counts` are the
-/// open session's live counts; a closed session's come from storage.
-fn stored_page(
-    st: &mut dyn Storage,
-    q: &TaskQuery,
-    counts: Option<TaskCounts>,
-    live: &HashMap<TaskId, LiveTask>,
-) -> flame_core::Result<proto::TaskList> {
-    let counts = match counts {
-        Some(c) => c,
-        None => st
-            .get_session(q.session)?
-            .map(|(_, c)| c)
-            .ok_or(FlameError::SessionNotFound(q.session))?,
-    };
-    let total = match q.state {
-        None => counts.total(),
-        Some(s) => counts.get(s),
-    };
-    let tasks = st
-        .list_task_views(q.session, q.state, q.limit, q.offset)?
-        .into_iter()
-        .map(|mut v| {
-            if let Some(l) = live.get(&v.key.task) {
-                v.overlay(l);
-            }
-            v.into()
-        })
-        .collect();
-    Ok(proto::TaskList { tasks, total })
 }

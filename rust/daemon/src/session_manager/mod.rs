@@ -30,7 +30,8 @@ use flame_core::storage::ObjectStore;
 use flame_core::Result;
 
 pub use actor::start;
-pub use introspection::TaskQuery;
+pub(crate) use apply::closed_info;
+pub use introspection::LiveView;
 pub use overview::Overview;
 
 /// Outbound stream to one client connection.
@@ -109,32 +110,12 @@ pub enum Event {
         spec: SessionSpec,
         reply: Reply<proto::SessionInfo>,
     },
-    GetSession {
-        id: SessionId,
-        reply: Reply<proto::SessionInfo>,
-    },
-    ListSessions {
-        reply: Reply<Vec<proto::SessionInfo>>,
-    },
     CloseSession {
         id: SessionId,
         reply: Reply<proto::SessionInfo>,
     },
     ClusterInfo {
         reply: Reply<proto::ClusterInfo>,
-    },
-    /// What a task printed (answered from storage, after the writes queued before it).
-    GetTaskLog {
-        key: TaskKey,
-        reply: Reply<String>,
-    },
-    GetTask {
-        key: TaskKey,
-        reply: Reply<proto::TaskInfo>,
-    },
-    ListTasks {
-        query: TaskQuery,
-        reply: Reply<proto::TaskList>,
     },
     ListExecutors {
         reply: Reply<Vec<proto::ExecutorInfo>>,
@@ -147,6 +128,12 @@ pub enum Event {
     CancelTask {
         key: TaskKey,
         reply: Reply<proto::TaskInfo>,
+    },
+    /// What memory knows of a session (or of all open ones) for an introspection read,
+    /// answered once the writes queued before it are committed (see `crate::reads`).
+    LiveView {
+        session: Option<SessionId>,
+        reply: Reply<LiveView>,
     },
     ClientConnected {
         conn: u64,
