@@ -30,6 +30,7 @@ __all__ = [
     "SerializationError",
     "SessionEnterError",
     "SessionError",
+    "StorageUnavailableError",
     "TaskError",
     "TaskTimeoutError",
     "error_from_tuple",
@@ -46,6 +47,7 @@ SESSION_CLOSED = 7
 PAYLOAD_TOO_LARGE = 8
 INVALID_ARGUMENT = 9
 INTERNAL = 10
+STORAGE_UNAVAILABLE = 11
 
 
 class FlameError(Exception):
@@ -77,6 +79,12 @@ class NotFoundError(FlameError, LookupError):
 
 class PayloadTooLargeError(FlameError):
     """A task's input or output is larger than the configured message limit."""
+
+
+class StorageUnavailableError(FlameError):
+    """The daemon cannot store its state (its disk is full, say) and refuses new sessions and
+    tasks until it can; work it already accepted completes once storage recovers. The
+    message names the state file and the cause."""
 
 
 class ObjectLostError(FlameError):
@@ -168,6 +176,7 @@ ERROR_CLASSES: dict[int, type[BaseException]] = {
     PAYLOAD_TOO_LARGE: PayloadTooLargeError,
     INVALID_ARGUMENT: InvalidArgumentError,
     INTERNAL: FlameError,
+    STORAGE_UNAVAILABLE: StorageUnavailableError,
 }
 
 

@@ -35,7 +35,15 @@ pub enum FlameError {
     Storage(String),
     #[error("internal error: {0}")]
     Internal(String),
+    /// The daemon cannot store its state (say its disk is full) and refuses new work until
+    /// it can; the message names the state file and the cause. RESOURCE_EXHAUSTED.
+    #[error("{STORAGE_UNAVAILABLE}: {0}")]
+    StorageUnavailable(String),
 }
+
+/// How a `StorageUnavailable` message starts, so that the client tells it apart from a
+/// payload over the limit (both are RESOURCE_EXHAUSTED on the wire).
+pub const STORAGE_UNAVAILABLE: &str = "storage unavailable";
 
 impl From<rusqlite::Error> for FlameError {
     fn from(e: rusqlite::Error) -> Self {
@@ -54,7 +62,9 @@ impl From<FlameError> for tonic::Status {
                 Code::FailedPrecondition
             }
             FlameError::InvalidArgument(_) => Code::InvalidArgument,
-            FlameError::PayloadTooLarge(_) => Code::ResourceExhausted,
+            FlameError::PayloadTooLarge(_) | FlameError::StorageUnavailable(_) => {
+                Code::ResourceExhausted
+            }
             FlameError::Unreachable { .. } | FlameError::ConnectionLost(_) => Code::Unavailable,
             FlameError::ShuttingDown => Code::Unavailable,
             FlameError::Timeout(_) => Code::DeadlineExceeded,
@@ -71,7 +81,12 @@ impl From<tonic::Status> for FlameError {
         match s.code() {
             Code::NotFound => FlameError::NotFound(msg),
             Code::InvalidArgument => FlameError::InvalidArgument(msg),
-            Code::ResourceExhausted => FlameError::PayloadTooLarge(msg),
+            Code::ResourceExhausted => match msg.strip_prefix(STORAGE_UNAVAILABLE) {
+                Some(rest) => {
+                    FlameError::StorageUnavailable(rest.trim_start_matches(": ").to_string())
+                }
+                None => FlameError::PayloadTooLarge(msg),
+            },
             Code::FailedPrecondition => FlameError::FailedPrecondition(msg),
             Code::Unavailable => FlameError::ConnectionLost(msg),
             Code::DeadlineExceeded => FlameError::Timeout(msg),

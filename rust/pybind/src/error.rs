@@ -12,6 +12,7 @@ mod py {
     pyo3::import_exception!(flame.errors, PayloadTooLargeError);
     pyo3::import_exception!(flame.errors, ObjectLostError);
     pyo3::import_exception!(flame.errors, NotFoundError);
+    pyo3::import_exception!(flame.errors, StorageUnavailableError);
 }
 
 pub use py::{
@@ -45,6 +46,7 @@ pub fn to_py(e: FlameError, about: About) -> PyErr {
             InvalidArgumentError::new_err(msg)
         }
         FlameError::PayloadTooLarge(_) => PayloadTooLargeError::new_err(msg),
+        FlameError::StorageUnavailable(_) => py::StorageUnavailableError::new_err(msg),
         FlameError::Timeout(_) | FlameError::Storage(_) | FlameError::Internal(_) => {
             py::FlameError::new_err(msg)
         }

@@ -16,6 +16,8 @@ mod tests;
 #[cfg(test)]
 mod tests_limits;
 #[cfg(test)]
+mod tests_retention;
+#[cfg(test)]
 mod tests_views;
 
 use std::path::Path;
@@ -37,6 +39,8 @@ pub struct SqliteStorage {
     /// The next `tasks.seq` (submission order). Mirrors the `counters` row, which each batch
     /// that inserts tasks rewrites in the same transaction.
     next_seq: i64,
+    /// The database file, for error messages (empty in memory).
+    path: String,
 }
 
 impl SqliteStorage {
@@ -50,10 +54,12 @@ impl SqliteStorage {
             FlameError::Storage(format!("cannot open state file {}: {e}", path.display()))
         })?;
         // SQLite opens lazily: a file that is not a database fails only here, so name it.
-        Self::init(conn).map_err(|e| match e {
+        let mut storage = Self::init(conn).map_err(|e| match e {
             FlameError::Storage(m) => FlameError::Storage(format!("{}: {m}", path.display())),
             other => other,
-        })
+        })?;
+        storage.path = path.display().to_string();
+        Ok(storage)
     }
 
     /// A private in-memory database, gone when dropped. For tests.
@@ -68,7 +74,11 @@ impl SqliteStorage {
         schema::configure(&conn)?;
         schema::migrate(&mut conn)?;
         let next_seq = schema::read_next_seq(&conn)?;
-        Ok(Self { conn, next_seq })
+        Ok(Self {
+            conn,
+            next_seq,
+            path: String::new(),
+        })
     }
 
     /// Apply ops in one transaction; nothing of them on failure.
@@ -82,8 +92,10 @@ impl SqliteStorage {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut seq = self.next_seq;
+        let mut pruned = false;
         for op in ops {
             write::apply_op(&tx, op, &mut seq)?;
+            pruned |= matches!(op, WriteOp::PruneClosed { .. });
         }
         if seq != self.next_seq {
             write::store_next_seq(&tx, seq)?;
@@ -91,11 +103,38 @@ impl SqliteStorage {
         tx.commit()?;
         // Only after the commit, so memory never runs ahead of the file.
         self.next_seq = seq;
+        if pruned {
+            // Give the pages of what was pruned back to the file system (a no-op on files
+            // made without incremental auto-vacuum: there they are reused by later writes).
+            // Failing here loses nothing: the pages stay free for reuse.
+            if let Err(e) = self.reclaim_free_pages() {
+                tracing::warn!(error = %e, "storage: incremental vacuum failed");
+            }
+        }
+        Ok(())
+    }
+}
+
+impl SqliteStorage {
+    /// Truncate the file by its free pages. The pragma frees one page per step, so it is
+    /// stepped to the end (`execute_batch` would step it once).
+    fn reclaim_free_pages(&mut self) -> Result<()> {
+        let mut stmt = self.conn.prepare_cached("PRAGMA incremental_vacuum")?;
+        let mut rows = stmt.query([])?;
+        while rows.next()?.is_some() {}
         Ok(())
     }
 }
 
 impl Storage for SqliteStorage {
+    fn location(&self) -> String {
+        if self.path.is_empty() {
+            "in-memory state".into()
+        } else {
+            format!("state file {}", self.path)
+        }
+    }
+
     /// Also rewrites every `running` row to `pending`: after a restart nothing is running,
     /// and the rows then agree with the snapshot and with later `get_session` counts.
     fn load(&mut self) -> Result<Snapshot> {

@@ -147,11 +147,12 @@ impl Actor {
             .filter_map(|(c, _)| c.watcher)
             .filter_map(|w| self.clients.get(&w).map(|tx| (w, tx.clone())))
             .collect();
-        self.store.write(ops, move |result| {
-            if let Err(e) = result {
-                tracing::error!(error = %e, "finished tasks could not be stored; delivering anyway");
-            }
-            deliver(&clients, done);
+        // Delivered only once stored: a result a restart would lose is never reported. The
+        // writer retries a failing commit until it works; it errs only when the daemon stops
+        // with storage still failing, and then these tasks run again after the restart.
+        self.store.write(ops, move |result| match result {
+            Ok(()) => deliver(&clients, done),
+            Err(e) => tracing::error!(error = %e, tasks = done.len(), "finished tasks were not stored; not reporting them"),
         });
     }
 

@@ -24,7 +24,15 @@ impl Actor {
                 // Only an id this daemon handed out (they are persisted) is taken back; any
                 // other claim gets a fresh id.
                 let id = if previous != 0 && previous < self.next_client {
+                    if self.store.failure().is_some() {
+                        // Nothing new to store: a returning client is answered at once.
+                        let _ = reply.send(Ok(previous));
+                        return;
+                    }
                     previous
+                } else if let Some(e) = self.refusal() {
+                    let _ = reply.send(Err(e));
+                    return;
                 } else {
                     let Some(next) = self.next_client.checked_add(1) else {
                         let _ = reply.send(Err(FlameError::Internal(
@@ -45,6 +53,10 @@ impl Actor {
                 });
             }
             Event::RegisterApplication { app, reply } => {
+                if let Some(e) = self.refusal() {
+                    let _ = reply.send(Err(e));
+                    return;
+                }
                 self.apps.insert(app.name.clone(), app.clone());
                 self.store
                     .write(vec![WriteOp::PutApplication(app)], move |r| {
@@ -61,6 +73,10 @@ impl Actor {
                 let _ = reply.send(Ok(apps));
             }
             Event::CreateSession { mut spec, reply } => {
+                if let Some(e) = self.refusal() {
+                    let _ = reply.send(Err(e));
+                    return;
+                }
                 if spec.app_spec.is_empty() {
                     match self.apps.get(&spec.application) {
                         Some(app) => spec.app_spec = app.spec.clone(),
@@ -131,6 +147,11 @@ impl Actor {
             }
             Event::CloseSession { id, reply } => {
                 self.remember_closed(id);
+                // While storage fails a read would wait for it: answer from memory.
+                let closing = self
+                    .store
+                    .failure()
+                    .and(self.sched.session(id).map(open_info));
                 if !self.sched.close_session(id) {
                     // Closing twice is fine; closing what never existed is not.
                     self.reply_stored_session(id, reply);
@@ -144,7 +165,13 @@ impl Actor {
                     closed_ms: now_ms(),
                 };
                 self.store.write(vec![op], |_| {});
-                self.reply_stored_session(id, reply);
+                match closing {
+                    Some(mut info) => {
+                        info.state = proto::SessionState::SessionClosed as i32;
+                        let _ = reply.send(Ok(info));
+                    }
+                    None => self.reply_stored_session(id, reply),
+                }
             }
             Event::ClusterInfo { reply } => {
                 let _ = reply.send(Ok(self.cluster_info()));
@@ -266,6 +293,11 @@ impl Actor {
     }
 
     fn submit(&mut self, conn: u64, session: SessionId, tasks: Vec<(TaskId, Bytes)>) {
+        if let Some(e) = self.refusal() {
+            let f = TaskFailure::new(ErrorKind::ErrorStorageUnavailable, e.to_string());
+            self.reject(conn, session, tasks.into_iter().map(|(t, _)| t), f);
+            return;
+        }
         let limit = self.cfg.max_payload_bytes;
         let (tasks, too_big): (Vec<_>, Vec<_>) = tasks
             .into_iter()

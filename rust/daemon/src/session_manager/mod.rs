@@ -12,6 +12,8 @@ mod events;
 mod introspection;
 mod nodes;
 mod overview;
+mod refusal;
+mod retention;
 mod workers;
 
 use std::sync::Arc;
@@ -63,6 +65,8 @@ pub struct ManagerConfig {
     pub client_lease: Duration,
     /// On a graceful stop, how long running tasks get to finish before executors are stopped.
     pub drain_grace: Duration,
+    /// How long a closed session's tasks, results and logs are kept before they are deleted.
+    pub result_retention: Duration,
 }
 
 impl Default for ManagerConfig {
@@ -78,6 +82,7 @@ impl Default for ManagerConfig {
             max_startup_failures: 3,
             client_lease: Duration::from_secs(60),
             drain_grace: Duration::from_secs(10),
+            result_retention: Duration::from_secs(3600),
         }
     }
 }
