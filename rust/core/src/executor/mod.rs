@@ -286,6 +286,7 @@ impl Worker<'_> {
                     error: None,
                     log,
                     run_us,
+                    output_in_parts: false,
                 },
                 Err(failure) => proto::TaskResult {
                     session_id: session.0,
@@ -295,6 +296,7 @@ impl Worker<'_> {
                     error: Some(failure.into()),
                     log,
                     run_us,
+                    output_in_parts: false,
                 },
             };
             // Sent per task: the link coalesces whatever has piled up, never waits for more.

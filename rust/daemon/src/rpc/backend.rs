@@ -117,14 +117,26 @@ impl Backend for BackendService {
             .call(|reply| Event::ExecutorConnected { id, tx, reply })
             .await?;
         let handle = self.handle.clone();
+        // Large outputs arrive in parts ahead of their result (see `flame_core::parts`).
+        let mut parts = flame_core::parts::Assembler::new(handle.config.max_payload_bytes);
         tokio::spawn(async move {
             loop {
                 let ev = match inbound.message().await {
                     Ok(Some(m)) => match m.msg {
-                        Some(executor_message::Msg::Results(b)) => Event::Results {
-                            executor: id,
-                            results: b.results,
-                        },
+                        Some(executor_message::Msg::Part(p)) => {
+                            parts.add(p);
+                            continue;
+                        }
+                        Some(executor_message::Msg::Results(mut b)) => {
+                            for r in b.results.iter_mut().filter(|r| r.output_in_parts) {
+                                r.output = parts.take(r.session_id, r.task_id);
+                                r.output_in_parts = false;
+                            }
+                            Event::Results {
+                                executor: id,
+                                results: b.results,
+                            }
+                        }
                         Some(executor_message::Msg::Entered(entered)) => Event::SessionEntered {
                             executor: id,
                             entered,

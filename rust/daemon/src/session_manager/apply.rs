@@ -215,18 +215,37 @@ pub(super) fn deliver(clients: &HashMap<u64, ClientTx>, done: Vec<(Completion, S
             error: c.error.map(Into::into),
             attempts: c.attempts,
             log,
+            output_in_parts: false,
         });
     }
     for (w, items) in batches {
         if let Some(tx) = clients.get(&w) {
-            let msg = proto::ServerMessage {
-                msg: Some(proto::server_message::Msg::Completions(
-                    proto::CompletionBatch { items },
-                )),
-            };
-            let _ = tx.send(Ok(msg));
+            send_completions(tx, items);
         }
     }
+}
+
+/// Send completions to one client stream; large outputs go ahead in parts (see
+/// `flame_core::parts`), so the stream's buffer never grows to an output's size.
+pub(super) fn send_completions(tx: &ClientTx, mut items: Vec<proto::TaskCompletion>) {
+    use proto::server_message::Msg;
+    for c in items.iter_mut() {
+        let parts = flame_core::parts::split(c.session_id, c.task_id, &c.output);
+        if parts.is_empty() {
+            continue;
+        }
+        for p in parts {
+            let _ = tx.send(Ok(proto::ServerMessage {
+                msg: Some(Msg::Part(p)),
+            }));
+        }
+        c.output = bytes::Bytes::new();
+        c.output_in_parts = true;
+    }
+    let msg = proto::ServerMessage {
+        msg: Some(Msg::Completions(proto::CompletionBatch { items })),
+    };
+    let _ = tx.send(Ok(msg));
 }
 
 fn spec_for_info(spec: &flame_core::model::SessionSpec) -> proto::SessionSpec {

@@ -14,7 +14,7 @@ use flame_core::storage::{NewTask, WriteOp};
 use flame_core::FlameError;
 
 use super::actor::Actor;
-use super::apply::{closed_info, deliver, open_info};
+use super::apply::{closed_info, deliver, open_info, send_completions};
 use super::Event;
 
 impl Actor {
@@ -429,12 +429,12 @@ impl Actor {
                         ),
                         attempts: 0,
                         log: String::new(),
+                        output_in_parts: false,
                     }),
                 }
             }
             if !items.is_empty() {
-                let msg = proto::server_message::Msg::Completions(proto::CompletionBatch { items });
-                let _ = tx.send(Ok(proto::ServerMessage { msg: Some(msg) }));
+                send_completions(&tx, items);
             }
             // Never stored (in flight when the daemon stopped): the client submits again,
             // once the actor has noted them as resubmittable. Sent even with none unknown,
