@@ -51,6 +51,9 @@ _repr.maxother = 60
 
 def describe(obj: object) -> str:
     """A short, safe description of an object for error messages."""
+    if isinstance(obj, (bytes, bytearray)) and len(obj) > _repr.maxother:
+        # reprlib has no rule for bytes: it would repr all of them (seconds for a GiB).
+        return f"{type(obj).__qualname__} object of {len(obj)} bytes"
     try:
         text = _repr.repr(obj)
     except Exception:

@@ -149,3 +149,8 @@ def test_max_bytes_counts_out_of_band_buffers_as_they_come() -> None:
     obj = {"a": [1, 2.5, "x", None], "b": (b"bytes", {3, 4})}
     assert _serde.dumps(obj, max_bytes=1 << 20) == _serde.dumps(obj)
     assert _serde.loads(_serde.dumps(lambda x: x * 3, max_bytes=1 << 20))(2) == 6
+
+
+def test_a_large_bytes_result_is_named_without_reprs_of_all_its_bytes() -> None:
+    with pytest.raises(PayloadTooLargeError, match="bytes object of 67108864 bytes"):
+        _serde.dumps(b"x" * (64 << 20), max_bytes=1 << 20)
