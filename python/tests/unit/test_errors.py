@@ -37,7 +37,7 @@ def test_hierarchy() -> None:
 
 
 def test_table_covers_every_kind() -> None:
-    assert sorted(errors.ERROR_CLASSES) == list(range(1, 11))
+    assert sorted(errors.ERROR_CLASSES) == list(range(1, 12))
 
 
 @pytest.mark.parametrize(
@@ -52,6 +52,7 @@ def test_table_covers_every_kind() -> None:
         (errors.PAYLOAD_TOO_LARGE, flame.PayloadTooLargeError),
         (errors.INVALID_ARGUMENT, flame.InvalidArgumentError),
         (errors.INTERNAL, flame.FlameError),
+        (errors.STORAGE_UNAVAILABLE, flame.StorageUnavailableError),
         (999, flame.FlameError),
     ],
 )
