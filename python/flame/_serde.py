@@ -223,8 +223,28 @@ def _too_large(obj: object, what: str | None, max_bytes: int, size: int | None =
     )
 
 
+# Values whose pickle is small for sure: pickled directly, without the counting pickler.
+_SCALARS = frozenset({int, float, bool, complex, type(None)})
+_SHORT = 1 << 12
+
+
+def _surely_small(obj: object) -> bool:
+    """Whether ``obj``'s pickle is certainly far below any limit (a cheap check)."""
+    t = type(obj)
+    if t in _SCALARS:
+        return t is not int or obj.bit_length() <= 64 * 8  # type: ignore[attr-defined]
+    if t is str or t is bytes:
+        return len(obj) <= _SHORT  # type: ignore[arg-type]
+    if t is tuple or t is list:
+        return len(obj) <= 8 and all(type(x) in _SCALARS for x in obj)  # type: ignore[attr-defined]
+    return False
+
+
 def _dumps_limited(obj: object, max_bytes: int, what: str | None) -> bytes:
     """:func:`dumps` with a limit, checked while pickling (never holds more than the limit)."""
+    if max_bytes > 2 * _SHORT and _surely_small(obj):
+        data = _pickle_dumps(obj, PROTOCOL)
+        return _NO_BUFFERS + len(data).to_bytes(8, "little") + data
     limit = max_bytes - _HEADER.size
     try:
         try:
