@@ -56,6 +56,11 @@ try:
 except Exception as e:
     refused.append(f"{type(e).__name__}: {e}")
 
+try:  # a new client
+    flame.connect(os.environ["FLAME_ADDRESS"])
+except Exception as e:
+    refused.append(f"{type(e).__name__}: {e}")
+
 os.remove(filler)  # space returns: the daemon resumes by itself
 after = [f.result(timeout=60)[0] for f in futs]
 json.dump({"before": before, "refused": refused, "after": after}, open(out, "w"))
@@ -137,7 +142,7 @@ def test_no_success_is_reported_before_it_is_stored(small_disk: Path, tmp_path: 
     assert sorted(result["after"]) == list(range(120)) == stored
     assert len(result["before"]) < 120, "the disk never filled up: the test proves nothing"
     # Refused, not accepted and lost; the message names the state file and the cause.
-    assert len(result["refused"]) == 2, result
+    assert len(result["refused"]) == 3, result
     for msg in result["refused"]:
         assert msg.startswith("StorageUnavailableError: "), msg
         assert str(state / "flame.db") in msg and "full" in msg, msg
