@@ -64,6 +64,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time see __getattr_
         SerializationError,
         SessionEnterError,
         SessionError,
+        StorageUnavailableError,
         TaskError,
         TaskTimeoutError,
     )
@@ -114,6 +115,7 @@ _EXPORTS: dict[str, str] = {
     "SerializationError": "flame.errors",
     "SessionEnterError": "flame.errors",
     "SessionError": "flame.errors",
+    "StorageUnavailableError": "flame.errors",
     "TaskError": "flame.errors",
     "TaskTimeoutError": "flame.errors",
     "Future": "flame.futures",
@@ -150,6 +152,7 @@ __all__ = [
     "SessionEnterError",
     "SessionError",
     "SessionInfo",
+    "StorageUnavailableError",
     "TaskContext",
     "TaskError",
     "TaskTimeoutError",

@@ -5,7 +5,8 @@
 #   task states : 1 PENDING, 2 RUNNING, 3 SUCCEEDED, 4 FAILED, 5 CANCELLED
 #   error kinds : 1 USER_EXCEPTION, 2 EXECUTOR_LOST, 3 TIMEOUT, 4 CANCELLED,
 #                 5 SESSION_ENTER_FAILED, 6 SESSION_NOT_FOUND, 7 SESSION_CLOSED,
-#                 8 PAYLOAD_TOO_LARGE, 9 INVALID_ARGUMENT, 10 INTERNAL
+#                 8 PAYLOAD_TOO_LARGE, 9 INVALID_ARGUMENT, 10 INTERNAL,
+#                 11 STORAGE_UNAVAILABLE
 # Errors raised by this module are the classes of `flame.errors` (ConnectionError,
 # SessionError, InvalidArgumentError, PayloadTooLargeError, FlameError).
 
@@ -121,7 +122,12 @@ class LocalCluster:
 
 class ServiceHost(Protocol):
     def enter(
-        self, session_id: int, application: str, app_spec: bytes, common_data: bytes
+        self,
+        session_id: int,
+        application: str,
+        app_spec: bytes,
+        common_data: bytes,
+        max_output_bytes: int,
     ) -> ErrorTuple | None: ...
     def invoke(
         self, task_id: int, input: bytes

@@ -51,6 +51,9 @@ _repr.maxother = 60
 
 def describe(obj: object) -> str:
     """A short, safe description of an object for error messages."""
+    if isinstance(obj, (bytes, bytearray)) and len(obj) > _repr.maxother:
+        # reprlib has no rule for bytes: it would repr all of them (seconds for a GiB).
+        return f"{type(obj).__qualname__} object of {len(obj)} bytes"
     try:
         text = _repr.repr(obj)
     except Exception:
@@ -111,6 +114,11 @@ def frame_parts(obj: object, what: str | None = None) -> tuple[list[Any], int]:
             raise SerializationError(
                 f"cannot serialize {what or describe(obj)}: {type(e).__name__}: {e}"
             ) from e
+    return _assemble(data, buffers)
+
+
+def _assemble(data: bytes, buffers: list[memoryview]) -> tuple[list[Any], int]:
+    """The frame's pieces around a pickle stream and its out-of-band buffers, and its size."""
     header = _HEADER.pack(MAGIC, len(buffers), len(data))
     if not buffers:
         return [header, data], len(header) + len(data)
@@ -129,6 +137,138 @@ def frame_parts(obj: object, what: str | None = None) -> tuple[list[Any], int]:
 Spill = Callable[[list[Any], int], bytes]
 
 
+class _TooLarge(Exception):
+    """Raised from inside the pickler once its output passes the limit: pickling stops
+    there, before the rest of the object is serialized."""
+
+
+class _LimitedSink:
+    """The file a pickler writes to: keeps the pieces and counts them, and stops the
+    pickler (raising :class:`_TooLarge`) as soon as they pass ``limit`` bytes. Out-of-band
+    buffers are counted as the pickler hands them over."""
+
+    __slots__ = ("buffers", "limit", "parts", "size")
+
+    def __init__(self) -> None:
+        self.parts: list[Any] = []
+        self.buffers: list[memoryview] = []
+        self.size = 0
+        self.limit = 0
+
+    def reset(self, limit: int) -> None:
+        self.parts = []
+        self.buffers = []
+        self.size = 0
+        self.limit = limit
+
+    def write(self, data: Any) -> int:
+        n = len(data) if type(data) is bytes else memoryview(data).nbytes
+        self.size += n
+        if self.size > self.limit:
+            raise _TooLarge
+        self.parts.append(data)
+        return n
+
+    def buffer(self, buf: pickle.PickleBuffer) -> bool:
+        try:
+            raw = buf.raw()
+        except BufferError:  # not contiguous: pickled in-band instead (and counted there)
+            return True
+        # A buffer costs its bytes, its length field and at most one alignment pad.
+        self.size += raw.nbytes + _LENGTH.size + _ALIGN
+        if self.size > self.limit:
+            raise _TooLarge
+        self.buffers.append(raw)
+        return False
+
+
+# One stdlib pickler per thread, reused: making a Pickler per call would cost more than
+# pickling a small result. It is dropped after any error (its state is then unknown).
+_local = threading.local()
+
+
+def _pickle_limited(
+    obj: object, limit: int, use_cloudpickle: bool
+) -> tuple[bytes, list[memoryview]]:
+    """Pickle ``obj``, stopping with :class:`_TooLarge` once the frame would pass ``limit``."""
+    if use_cloudpickle:
+        sink = _LimitedSink()
+        sink.reset(limit)
+        cloudpickle.Pickler(sink, protocol=PROTOCOL, buffer_callback=sink.buffer).dump(obj)
+    else:
+        pickler = getattr(_local, "pickler", None)
+        if pickler is None:
+            sink = _LimitedSink()
+            pickler = pickle.Pickler(sink, PROTOCOL, buffer_callback=sink.buffer)
+            _local.pickler, _local.sink = pickler, sink
+        sink = _local.sink
+        sink.reset(limit)
+        try:
+            pickler.clear_memo()
+            pickler.dump(obj)
+        except BaseException:
+            _local.pickler = None
+            raise
+    parts = sink.parts
+    data = parts[0] if len(parts) == 1 and type(parts[0]) is bytes else b"".join(parts)
+    buffers = sink.buffers
+    sink.reset(0)  # no reference to this object's pieces stays behind
+    return data, buffers
+
+
+def _too_large(obj: object, what: str | None, max_bytes: int, size: int | None = None) -> Exception:
+    done = f"{size} bytes" if size is not None else f"more than {max_bytes} bytes"
+    return PayloadTooLargeError(
+        f"{what or describe(obj)} serializes to {done}, over the limit of {max_bytes} bytes"
+    )
+
+
+# Values whose pickle is small for sure: pickled directly, without the counting pickler.
+_SCALARS = frozenset({int, float, bool, complex, type(None)})
+_SHORT = 1 << 12
+
+
+def _surely_small(obj: object) -> bool:
+    """Whether ``obj``'s pickle is certainly far below any limit (a cheap check)."""
+    t = type(obj)
+    if t in _SCALARS:
+        return t is not int or obj.bit_length() <= 64 * 8  # type: ignore[attr-defined]
+    if t is str or t is bytes:
+        return len(obj) <= _SHORT  # type: ignore[arg-type]
+    if t is tuple or t is list:
+        return len(obj) <= 8 and all(type(x) in _SCALARS for x in obj)  # type: ignore[attr-defined]
+    return False
+
+
+def _dumps_limited(obj: object, max_bytes: int, what: str | None) -> bytes:
+    """:func:`dumps` with a limit, checked while pickling (never holds more than the limit)."""
+    if max_bytes > 2 * _SHORT and _surely_small(obj):
+        data = _pickle_dumps(obj, PROTOCOL)
+        return _NO_BUFFERS + len(data).to_bytes(8, "little") + data
+    limit = max_bytes - _HEADER.size
+    try:
+        try:
+            data, buffers = _pickle_limited(obj, limit, use_cloudpickle=False)
+            if _needs_cloudpickle(data):
+                data, buffers = _pickle_limited(obj, limit, use_cloudpickle=True)
+        except _TooLarge:
+            raise
+        except Exception:
+            data, buffers = _pickle_limited(obj, limit, use_cloudpickle=True)
+    except _TooLarge:
+        raise _too_large(obj, what, max_bytes) from None
+    except Exception as e:
+        raise SerializationError(
+            f"cannot serialize {what or describe(obj)}: {type(e).__name__}: {e}"
+        ) from e
+    if not buffers:
+        return _NO_BUFFERS + len(data).to_bytes(8, "little") + data
+    parts, size = _assemble(data, buffers)
+    if size > max_bytes:
+        raise _too_large(obj, what, max_bytes, size)
+    return b"".join(parts)
+
+
 def dumps(
     obj: object,
     *,
@@ -141,7 +281,9 @@ def dumps(
 
     Args:
         obj: Any picklable object; lambdas and local classes are handled by cloudpickle.
-        max_bytes: If given, the largest frame allowed.
+        max_bytes: If given, the largest frame allowed. It is checked while pickling: an
+            object too large fails as soon as its output passes the limit, without
+            serializing (or holding) the rest. Not combined with ``spill``.
         what: How to name ``obj`` in error messages (default: its type and repr).
         spill: If given, a frame over ``spill_over`` bytes is handed to it in pieces
             (see :func:`frame_parts`) and what it returns is used instead: the object
@@ -151,6 +293,8 @@ def dumps(
         SerializationError: ``obj`` cannot be pickled; names it and gives the reason.
         PayloadTooLargeError: the frame is larger than ``max_bytes``.
     """
+    if max_bytes is not None and spill is None:
+        return _dumps_limited(obj, max_bytes, what)
     # Fast path (most task arguments and results): stdlib pickle, no buffers, small.
     buffers: list[pickle.PickleBuffer] = []
     try:
@@ -170,10 +314,7 @@ def dumps(
         return spill(parts, size)
     frame = parts[0] + parts[1] if len(parts) == 2 else b"".join(parts)
     if max_bytes is not None and len(frame) > max_bytes:
-        raise PayloadTooLargeError(
-            f"{what or describe(obj)} serializes to {len(frame)} bytes, "
-            f"over the limit of {max_bytes} bytes"
-        )
+        raise _too_large(obj, what, max_bytes, len(frame))
     return frame
 
 

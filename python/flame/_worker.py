@@ -76,6 +76,7 @@ class Worker:
         self._session_id: int | None = None
         self._name = ""
         self._result_what = ""  # how errors name a task's result (made once per session)
+        self._max_output: int | None = None  # the daemon's limit on a result, in bytes
         self._kind = ""
         self._target: Any = None
         self._retry: Retry = False
@@ -84,9 +85,18 @@ class Worker:
     # -------------------------------------------------------------- ServiceHost
 
     def enter(
-        self, session_id: int, application: str, app_spec: bytes, common_data: bytes
+        self,
+        session_id: int,
+        application: str,
+        app_spec: bytes,
+        common_data: bytes,
+        max_output_bytes: int = 0,
     ) -> EnterResult:
-        """Load the session's service and set it up; an error tuple (kind 5) on failure."""
+        """Load the session's service and set it up; an error tuple (kind 5) on failure.
+
+        A task result larger than ``max_output_bytes`` (0: no limit) fails with
+        :class:`flame.PayloadTooLargeError` as soon as serializing it passes the limit.
+        """
         if self._session_id is not None:
             self.leave()
         if not app_spec:
@@ -125,6 +135,7 @@ class Worker:
         except Exception as e:
             return _failure(errors.SESSION_ENTER_FAILED, e)
         self._session_id = session_id
+        self._max_output = max_output_bytes or None
         self._name = application
         self._result_what = f"the result of {application}"
         self._kind = kind
@@ -175,7 +186,7 @@ class Worker:
         if self._kind == "service":
             return self._service_output(result)
         try:
-            return _serde.dumps(result, what=self._result_what)
+            return _serde.dumps(result, what=self._result_what, max_bytes=self._max_output)
         except errors.FlameError as e:
             return (*_failure(errors.USER_EXCEPTION, e), False)
 

@@ -31,6 +31,7 @@ __all__ = [
     "SerializationError",
     "SessionEnterError",
     "SessionError",
+    "StorageUnavailableError",
     "TaskError",
     "TaskTimeoutError",
     "error_from_tuple",
@@ -48,6 +49,7 @@ PAYLOAD_TOO_LARGE = 8
 INVALID_ARGUMENT = 9
 INTERNAL = 10
 CLUSTER_STATE_LOST = 11
+STORAGE_UNAVAILABLE = 12
 
 
 class FlameError(Exception):
@@ -89,6 +91,12 @@ class NotFoundError(FlameError, LookupError):
 
 class PayloadTooLargeError(FlameError):
     """A task's input or output is larger than the configured message limit."""
+
+
+class StorageUnavailableError(FlameError):
+    """The daemon cannot store its state (its disk is full, say) and refuses new sessions and
+    tasks until it can; work it already accepted completes once storage recovers. The
+    message names the state file and the cause."""
 
 
 class ObjectLostError(FlameError):
@@ -181,6 +189,7 @@ ERROR_CLASSES: dict[int, type[BaseException]] = {
     INVALID_ARGUMENT: InvalidArgumentError,
     INTERNAL: FlameError,
     CLUSTER_STATE_LOST: ClusterStateLostError,
+    STORAGE_UNAVAILABLE: StorageUnavailableError,
 }
 
 

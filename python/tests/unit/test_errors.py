@@ -53,6 +53,7 @@ def test_table_covers_every_kind() -> None:
         (errors.INVALID_ARGUMENT, flame.InvalidArgumentError),
         (errors.INTERNAL, flame.FlameError),
         (errors.CLUSTER_STATE_LOST, flame.ClusterStateLostError),
+        (errors.STORAGE_UNAVAILABLE, flame.StorageUnavailableError),
         (999, flame.FlameError),
     ],
 )

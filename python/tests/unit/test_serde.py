@@ -105,3 +105,52 @@ def test_dumps_function_names_the_culprit() -> None:
 
     with pytest.raises(SerializationError, match="function uses_lock"):
         _serde.dumps_function(uses_lock, what="function uses_lock")
+
+
+class Endless:
+    """A list-like object whose pickle is as long as one likes: its items come from a
+    generator, so pickling it never holds them all (only the pickle's output grows)."""
+
+    def __init__(self, items: int) -> None:
+        self.items = items
+
+    def __reduce__(self) -> tuple:
+        return (list, (), None, (f"item {i:08d}" for i in range(self.items)))
+
+
+def test_max_bytes_stops_serializing_as_soon_as_the_limit_is_passed() -> None:
+    import time
+    import tracemalloc
+
+    # ~17 bytes per item: 30 million items would pickle to ~500 MB.
+    obj = Endless(30_000_000)
+    tracemalloc.start()
+    started = time.monotonic()
+    try:
+        with pytest.raises(PayloadTooLargeError, match="over the limit of 1048576 bytes"):
+            _serde.dumps(obj, max_bytes=1 << 20, what="the result")
+        elapsed = time.monotonic() - started
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 << 20, f"peak {peak} bytes: the whole object was serialized"
+    assert elapsed < 5, f"{elapsed:.1f} s: the limit was checked only after pickling"
+
+
+def test_max_bytes_counts_out_of_band_buffers_as_they_come() -> None:
+    arrays = [np.ones(1 << 18, dtype=np.uint8) for _ in range(8)]  # 8 x 256 KiB
+    with pytest.raises(PayloadTooLargeError):
+        _serde.dumps(arrays, max_bytes=1 << 20)
+    frame = _serde.dumps(arrays, max_bytes=4 << 20)
+    back = _serde.loads(frame)
+    assert all((a == b).all() for a, b in zip(arrays, back))
+    # Within the limit the frame is the same as without one.
+    assert frame == _serde.dumps(arrays)
+    obj = {"a": [1, 2.5, "x", None], "b": (b"bytes", {3, 4})}
+    assert _serde.dumps(obj, max_bytes=1 << 20) == _serde.dumps(obj)
+    assert _serde.loads(_serde.dumps(lambda x: x * 3, max_bytes=1 << 20))(2) == 6
+
+
+def test_a_large_bytes_result_is_named_without_reprs_of_all_its_bytes() -> None:
+    with pytest.raises(PayloadTooLargeError, match="bytes object of 67108864 bytes"):
+        _serde.dumps(b"x" * (64 << 20), max_bytes=1 << 20)

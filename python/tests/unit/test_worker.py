@@ -246,3 +246,23 @@ def test_specs_survive_a_process_boundary_shape(kind: str) -> None:
         "service": {"kind": "service", "cls": Echo},
     }[kind]
     assert Worker().enter(1, kind, _serde.dumps_function(d), b"") is None
+
+
+def test_a_result_over_the_daemons_limit_fails_while_it_is_serialized() -> None:
+    import time
+
+    def huge(n: int) -> bytes:
+        return b"x" * n
+
+    w = Worker()
+    assert w.enter(7, "huge", spec(kind="function", fn=huge), b"", 1 << 20) is None
+    assert len(call(w, 1000)) == 1000
+    started = time.monotonic()
+    out = w.invoke(2, _serde.dumps(((64 << 20,), {})))
+    assert isinstance(out, tuple), "a result over the limit must fail"
+    kind, message, _, payload, retryable = out
+    assert kind == errors.USER_EXCEPTION and not retryable
+    assert isinstance(pickle.loads(payload), errors.PayloadTooLargeError)
+    assert "the result of huge" in message and "1048576 bytes" in message
+    assert time.monotonic() - started < 5
+    w.leave()

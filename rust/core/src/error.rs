@@ -47,9 +47,20 @@ pub enum FlameError {
     #[error("{0}")]
     StateFileUnusable(String),
     /// Too much is asked at once (e.g. introspection reads in flight); retry shortly.
-    #[error("the Flame daemon is busy: {0}")]
+    #[error("{BUSY}: {0}")]
     Busy(String),
+    /// The daemon cannot store its state (say its disk is full) and refuses new work until
+    /// it can; the message names the state file and the cause. RESOURCE_EXHAUSTED.
+    #[error("{STORAGE_UNAVAILABLE}: {0}")]
+    StorageUnavailable(String),
 }
+
+/// How a `StorageUnavailable` message starts, so that the client tells it apart from a
+/// payload over the limit (both are RESOURCE_EXHAUSTED on the wire).
+pub const STORAGE_UNAVAILABLE: &str = "storage unavailable";
+
+/// How a `Busy` message starts, for the same reason.
+pub const BUSY: &str = "the Flame daemon is busy";
 
 impl From<rusqlite::Error> for FlameError {
     fn from(e: rusqlite::Error) -> Self {
@@ -75,7 +86,9 @@ impl From<FlameError> for tonic::Status {
                 Code::FailedPrecondition
             }
             FlameError::InvalidArgument(_) => Code::InvalidArgument,
-            FlameError::PayloadTooLarge(_) => Code::ResourceExhausted,
+            FlameError::PayloadTooLarge(_) | FlameError::StorageUnavailable(_) => {
+                Code::ResourceExhausted
+            }
             FlameError::Unreachable { .. } | FlameError::ConnectionLost(_) => Code::Unavailable,
             FlameError::ShuttingDown => Code::Unavailable,
             FlameError::Timeout(_) => Code::DeadlineExceeded,
@@ -97,7 +110,15 @@ impl From<tonic::Status> for FlameError {
         match s.code() {
             Code::NotFound => FlameError::NotFound(msg),
             Code::InvalidArgument => FlameError::InvalidArgument(msg),
-            Code::ResourceExhausted => FlameError::PayloadTooLarge(msg),
+            Code::ResourceExhausted => match msg.strip_prefix(STORAGE_UNAVAILABLE) {
+                Some(rest) => {
+                    FlameError::StorageUnavailable(rest.trim_start_matches(": ").to_string())
+                }
+                None => match msg.strip_prefix(BUSY) {
+                    Some(rest) => FlameError::Busy(rest.trim_start_matches(": ").to_string()),
+                    None => FlameError::PayloadTooLarge(msg),
+                },
+            },
             Code::FailedPrecondition => FlameError::FailedPrecondition(msg),
             Code::Unavailable => FlameError::ConnectionLost(msg),
             Code::DeadlineExceeded => FlameError::Timeout(msg),
@@ -124,4 +145,26 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::FlameError;
+
+    /// Three errors share RESOURCE_EXHAUSTED on the wire; the client must tell them apart.
+    #[test]
+    fn resource_exhausted_errors_survive_the_wire() {
+        let cases = [
+            FlameError::Busy("512 reads in flight".into()),
+            FlameError::StorageUnavailable("state file x: disk full".into()),
+            FlameError::PayloadTooLarge("input of 9 bytes".into()),
+        ];
+        for e in cases {
+            let text = e.to_string();
+            let kind = std::mem::discriminant(&e);
+            let back = FlameError::from(tonic::Status::from(e));
+            assert!(back.to_string().ends_with(&text), "{back} / {text}");
+            assert_eq!(std::mem::discriminant(&back), kind, "{text}");
+        }
+    }
 }

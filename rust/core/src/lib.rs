@@ -5,6 +5,7 @@
 //! - [`error`] — [`FlameError`], the one error enum of this layer, and its gRPC mapping.
 //! - [`proto`] — generated tonic/prost types for `proto/flame.proto`, plus conversions.
 //! - [`model`] — domain types: task and session records, their states and transitions.
+//! - [`parts`] — large task outputs sent as several small messages, and their reassembly.
 //! - [`scheduler`] — the pure, event-driven scheduling policy (no I/O, virtual time).
 //! - [`storage`] — the `Storage` trait and its SQLite engine.
 //! - [`view`] — what introspection shows of a task (`TaskView`), and page limits.
@@ -16,6 +17,7 @@ pub mod error;
 pub mod executor;
 pub mod ids;
 pub mod model;
+pub mod parts;
 pub mod proto;
 pub mod scheduler;
 pub mod storage;

@@ -386,6 +386,7 @@ impl TaskRecord {
             attempts: self.attempts,
             // Logs live in their own table (`Storage::get_task_log`); the caller adds it.
             log: String::new(),
+            output_in_parts: false,
         }
     }
 }

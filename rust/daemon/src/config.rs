@@ -16,6 +16,7 @@
 //! client_lease_ms = 60000                       # close a vanished client's sessions after this
 //! drain_grace_ms = 10000                        # on SIGTERM, let running tasks finish this long
 //! executor_timeout_ms = 5000                    # an executor silent this long is killed (0: never)
+//! result_retention_ms = 3600000                 # delete a closed session's results after this
 //! http_port = 8265                              # dashboard, /metrics, JSON API (0 = free port)
 //! http = true                                   # false: no HTTP server
 //!
@@ -64,6 +65,8 @@ pub struct FileConfig {
     pub drain_grace_ms: Option<u64>,
     /// An executor that answers no heartbeat for this long is lost and killed; 0: never.
     pub executor_timeout_ms: Option<u64>,
+    /// How long a closed session's results are kept.
+    pub result_retention_ms: Option<u64>,
     /// Dashboard / metrics port (0 = a free one).
     pub http_port: Option<u16>,
     /// `false` turns the HTTP server off.
@@ -147,6 +150,9 @@ impl FileConfig {
             }
             m.executor_timeout = Duration::from_millis(ms);
         }
+        if let Some(ms) = self.result_retention_ms {
+            m.result_retention = Duration::from_millis(ms);
+        }
         if let Some(mb) = self.max_payload_mb {
             // A payload travels inside one gRPC message (limit 1 GiB with framing).
             if mb == 0 || mb > 1000 {
@@ -206,9 +212,10 @@ mod tests {
         assert_eq!(m.warm_delay, Duration::from_millis(50));
         assert_eq!(m.window, 8);
         let f: FileConfig =
-            toml::from_str("client_lease_ms = 500\ndrain_grace_ms = 20\nmax_payload_mb = 1")
+            toml::from_str("client_lease_ms = 500\ndrain_grace_ms = 20\nmax_payload_mb = 1\nresult_retention_ms = 1500")
                 .unwrap();
         let m = f.manager().unwrap();
+        assert_eq!(m.result_retention, Duration::from_millis(1500));
         assert_eq!(m.client_lease, Duration::from_millis(500));
         assert_eq!(m.drain_grace, Duration::from_millis(20));
         assert_eq!(m.max_payload_bytes, 1 << 20);

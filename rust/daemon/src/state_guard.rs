@@ -136,6 +136,9 @@ struct Watched {
 }
 
 impl Storage for Watched {
+    fn location(&self) -> String {
+        self.inner.location()
+    }
     fn load(&mut self) -> Result<Snapshot> {
         self.fatal.check(self.inner.load())
     }

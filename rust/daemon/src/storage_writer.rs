@@ -4,9 +4,18 @@
 //! consecutive writes in ONE transaction, and only then runs their `then` callbacks — so a
 //! completion is sent to a client only after it is durable, and the cost of a commit is shared
 //! by every task in the batch. Reads run in order with the writes (read-your-writes).
+//!
+//! A commit that fails (a full disk, an I/O error) is never dropped: its ops and callbacks are
+//! kept and the commit is retried with backoff until it succeeds. Until then
+//! [`StorageWriter::failure`] says what fails, so the session manager can refuse new work, and
+//! later jobs (reads included) wait in the queue behind the unstored writes. Only when every
+//! handle is gone (the daemon is stopping) does the thread give up, after
+//! [`GIVE_UP_AFTER`]: the callbacks then get the error, and nothing unstored is reported done.
 
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use flame_core::storage::{Storage, WriteOp};
 use flame_core::{FlameError, Result};
@@ -24,15 +33,28 @@ const MAX_JOBS_PER_COMMIT: usize = 4096;
 /// A transaction is committed once it holds this many ops, so that a backlog (storage
 /// behind a burst of completions) is written, and its memory freed, in bounded steps.
 const MAX_OPS_PER_COMMIT: usize = 16_384;
+/// First wait before a failed commit is tried again; it doubles up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(50);
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// Once nobody can queue more (the daemon is stopping), how long a failing commit is still
+/// retried before its writes are given up (their tasks run again after a restart).
+pub const GIVE_UP_AFTER: Duration = Duration::from_secs(5);
+
+/// Whether commits currently fail, and why; written by the storage thread, read by anyone.
+#[derive(Default)]
+struct Health {
+    failing: AtomicBool,
+    cause: Mutex<String>,
+}
 
 /// Handle to the storage thread; cheap to clone. The thread stops when every handle is gone.
 #[derive(Clone)]
 pub struct StorageWriter {
     tx: mpsc::Sender<Job>,
+    health: Arc<Health>,
 }
 
 impl StorageWriter {
-    /// Start the storage thread.
     /// Start the storage thread; `commit_seconds`, if given, times every group commit.
     pub fn start(
         storage: Box<dyn Storage>,
@@ -40,14 +62,40 @@ impl StorageWriter {
     ) -> (Self, JoinHandle<()>) {
         let (tx, rx) = mpsc::channel();
         let timer = commit_seconds.unwrap_or_else(metrics::Histogram::noop);
+        let health = Arc::new(Health::default());
+        let thread = Committer {
+            storage,
+            timer,
+            health: health.clone(),
+            ops: Vec::new(),
+            queued: 0,
+            thens: Vec::new(),
+            gave_up: false,
+        };
         let handle = std::thread::Builder::new()
             .name("flame-storage".into())
-            .spawn(move || run(storage, rx, timer))
+            .spawn(move || thread.run(rx))
             .expect("spawning the storage thread");
-        (Self { tx }, handle)
+        (Self { tx, health }, handle)
     }
 
-    /// Queue writes; `then` runs on the storage thread once they are committed (or failed).
+    /// Why commits fail right now (the state file and the cause), or `None` when they work.
+    /// A relaxed atomic load when healthy: cheap enough to ask for every request.
+    pub fn failure(&self) -> Option<String> {
+        if !self.health.failing.load(Ordering::Acquire) {
+            return None;
+        }
+        let cause = self
+            .health
+            .cause
+            .lock()
+            .map(|c| c.clone())
+            .unwrap_or_default();
+        Some(cause)
+    }
+
+    /// Queue writes; `then` runs on the storage thread once they are committed (or, only
+    /// when the daemon stops with storage still failing, given up).
     pub fn write(&self, ops: Vec<WriteOp>, then: impl FnOnce(Result<()>) + Send + 'static) {
         if let Err(mpsc::SendError(Job::Write(_, Some(then)))) =
             self.tx.send(Job::Write(ops, Some(Box::new(then))))
@@ -79,71 +127,106 @@ impl StorageWriter {
     }
 }
 
-fn run(mut storage: Box<dyn Storage>, rx: mpsc::Receiver<Job>, timer: metrics::Histogram) {
-    // The jobs' own vectors, not one concatenation: no copy, and each is freed on commit.
-    let mut ops: Vec<Vec<WriteOp>> = Vec::new();
-    let mut queued = 0;
-    let mut thens: Vec<Then> = Vec::new();
-    while let Ok(first) = rx.recv() {
-        let mut jobs = vec![first];
-        while jobs.len() < MAX_JOBS_PER_COMMIT {
-            match rx.try_recv() {
-                Ok(j) => jobs.push(j),
-                Err(_) => break,
-            }
-        }
-        for job in jobs {
-            match job {
-                Job::Write(o, then) => {
-                    queued += o.len();
-                    if !o.is_empty() {
-                        ops.push(o);
-                    }
-                    thens.extend(then);
-                    if queued >= MAX_OPS_PER_COMMIT {
-                        commit(storage.as_mut(), &mut ops, &mut thens, &timer);
-                        queued = 0;
-                    }
-                }
-                Job::Read(f) => {
-                    commit(storage.as_mut(), &mut ops, &mut thens, &timer);
-                    queued = 0;
-                    f(storage.as_mut());
-                }
-            }
-        }
-        commit(storage.as_mut(), &mut ops, &mut thens, &timer);
-        queued = 0;
-    }
-    commit(storage.as_mut(), &mut ops, &mut thens, &timer);
+/// The storage thread's state: the batch being assembled and what waits for it.
+struct Committer {
+    storage: Box<dyn Storage>,
+    timer: metrics::Histogram,
+    health: Arc<Health>,
+    /// The jobs' own vectors, not one concatenation: no copy, and each is freed on commit.
+    ops: Vec<Vec<WriteOp>>,
+    queued: usize,
+    thens: Vec<Then>,
+    /// Storage failed through the stop: later batches get one attempt each, no retries.
+    gave_up: bool,
 }
 
-fn commit(
-    storage: &mut dyn Storage,
-    ops: &mut Vec<Vec<WriteOp>>,
-    thens: &mut Vec<Then>,
-    timer: &metrics::Histogram,
-) {
-    if ops.is_empty() && thens.is_empty() {
-        return;
+impl Committer {
+    fn run(mut self, rx: mpsc::Receiver<Job>) {
+        while let Ok(first) = rx.recv() {
+            let mut jobs = vec![first];
+            while jobs.len() < MAX_JOBS_PER_COMMIT {
+                match rx.try_recv() {
+                    Ok(j) => jobs.push(j),
+                    Err(_) => break,
+                }
+            }
+            for job in jobs {
+                match job {
+                    Job::Write(o, then) => {
+                        self.queued += o.len();
+                        if !o.is_empty() {
+                            self.ops.push(o);
+                        }
+                        self.thens.extend(then);
+                        if self.queued >= MAX_OPS_PER_COMMIT {
+                            self.commit();
+                        }
+                    }
+                    Job::Read(f) => {
+                        self.commit();
+                        f(self.storage.as_mut());
+                    }
+                }
+            }
+            self.commit();
+        }
+        self.commit();
     }
-    let result = if ops.is_empty() {
-        Ok(())
-    } else {
-        let started = std::time::Instant::now();
-        let r = storage.apply_all(ops);
-        timer.record(started.elapsed().as_secs_f64());
+
+    /// Commit the batch, retrying until it is stored; then run the callbacks.
+    fn commit(&mut self) {
+        self.queued = 0;
+        if self.ops.is_empty() && self.thens.is_empty() {
+            return;
+        }
+        let mut backoff = FIRST_BACKOFF;
+        // Set once every handle is gone: from then on the retries are bounded.
+        let mut stopping_since: Option<Instant> = None;
+        let result = loop {
+            let r = self.try_commit();
+            let Err(e) = r else { break Ok(()) };
+            let count: usize = self.ops.iter().map(Vec::len).sum();
+            let cause = format!("{}: {e}", self.storage.location());
+            if !self.health.failing.swap(true, Ordering::AcqRel) {
+                tracing::error!(error = %cause, ops = count, "storage commit failed; keeping the writes and retrying (new work is refused meanwhile)");
+            }
+            if let Ok(mut c) = self.health.cause.lock() {
+                *c = cause.clone();
+            }
+            // Only this thread's own reference left: no handle can queue or wait any more.
+            if Arc::strong_count(&self.health) == 1 || self.gave_up {
+                let since = *stopping_since.get_or_insert_with(Instant::now);
+                if self.gave_up || since.elapsed() >= GIVE_UP_AFTER {
+                    tracing::error!(error = %cause, ops = count, "stopping with storage still failing: these writes are lost; their tasks run again after a restart");
+                    self.gave_up = true;
+                    break Err(FlameError::Storage(cause));
+                }
+            }
+            std::thread::sleep(backoff);
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        };
+        if result.is_ok() && self.health.failing.swap(false, Ordering::AcqRel) {
+            tracing::info!("storage commits work again; accepting new work");
+        }
+        self.ops.clear();
+        for then in self.thens.drain(..) {
+            then(match &result {
+                Ok(()) => Ok(()),
+                Err(e) => Err(FlameError::Storage(e.to_string())),
+            });
+        }
+    }
+
+    fn try_commit(&mut self) -> Result<()> {
+        if self.ops.is_empty() {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let r = self.storage.apply_all(&self.ops);
+        self.timer.record(started.elapsed().as_secs_f64());
         r
-    };
-    if let Err(e) = &result {
-        let count: usize = ops.iter().map(Vec::len).sum();
-        tracing::error!(error = %e, ops = count, "storage commit failed");
-    }
-    ops.clear();
-    for then in thens.drain(..) {
-        then(match &result {
-            Ok(()) => Ok(()),
-            Err(e) => Err(FlameError::Storage(e.to_string())),
-        });
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -13,6 +13,7 @@ mod py {
     pyo3::import_exception!(flame.errors, ObjectLostError);
     pyo3::import_exception!(flame.errors, NotFoundError);
     pyo3::import_exception!(flame.errors, ClusterStateLostError);
+    pyo3::import_exception!(flame.errors, StorageUnavailableError);
 }
 
 pub use py::{
@@ -53,6 +54,7 @@ pub fn to_py(e: FlameError, about: About) -> PyErr {
         | FlameError::StateFileUnusable(_)
         | FlameError::Internal(_)
         | FlameError::Busy(_) => py::FlameError::new_err(msg),
+        FlameError::StorageUnavailable(_) => py::StorageUnavailableError::new_err(msg),
     }
 }
 

@@ -59,6 +59,8 @@ impl ServiceHost for PyHost {
                 ctx.application.as_str(),
                 PyBytes::new(py, &ctx.app_spec),
                 PyBytes::new(py, &ctx.common_data),
+                // The result limit, checked while serializing (0 = none).
+                ctx.max_output_bytes,
             );
             match self.obj.bind(py).call_method1("enter", args) {
                 Ok(r) if r.is_none() => Ok(()),

@@ -130,7 +130,11 @@ async fn hello(
     let reply = tokio::time::timeout(timeout, frontend.hello(req))
         .await
         .map_err(|_| unreachable(format!("no hello within {timeout:?}")))?
-        .map_err(|s| unreachable(s.message().to_string()))?
+        .map_err(|s| match s.code() {
+            // The daemon is up but refuses new clients (its storage fails): say that.
+            tonic::Code::ResourceExhausted => FlameError::from(s),
+            _ => unreachable(s.message().to_string()),
+        })?
         .into_inner();
     Ok((channel, reply))
 }

@@ -106,6 +106,8 @@ impl Link {
     }
 
     async fn serve(&self, open: &mut Open, out_rx: &mut mpsc::UnboundedReceiver<Outbound>) -> Stop {
+        // Large outputs arrive in parts ahead of their completion (see `crate::parts`).
+        let mut parts = crate::parts::Assembler::new(usize::MAX);
         loop {
             tokio::select! {
                 _ = self.closed.cancelled() => return Stop::Closed,
@@ -125,7 +127,14 @@ impl Link {
                     }
                 }
                 msg = open.inbound.message() => match msg {
-                    Ok(Some(proto::ServerMessage { msg: Some(server_message::Msg::Completions(b)) })) => {
+                    Ok(Some(proto::ServerMessage { msg: Some(server_message::Msg::Part(p)) })) => {
+                        parts.add(p);
+                    }
+                    Ok(Some(proto::ServerMessage { msg: Some(server_message::Msg::Completions(mut b)) })) => {
+                        for c in b.items.iter_mut().filter(|c| c.output_in_parts) {
+                            c.output = parts.take(c.session_id, c.task_id);
+                            c.output_in_parts = false;
+                        }
                         self.deliver(b.items);
                     }
                     Ok(Some(proto::ServerMessage { msg: Some(server_message::Msg::Unknown(u)) })) => {
@@ -197,6 +206,7 @@ impl Link {
                         .into(),
                     ),
                     attempts: 0,
+                    output_in_parts: false,
                     log: String::new(),
                 })
                 .collect();
@@ -228,6 +238,7 @@ impl Link {
                 error: Some(failure.clone()),
                 attempts: 0,
                 log: String::new(),
+                output_in_parts: false,
             })
             .collect();
         self.deliver(items);

@@ -22,8 +22,8 @@ use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Endpoint;
 
-use super::window::Window;
 use super::orphan::{self, HostAlive, Watch};
+use super::window::Window;
 use super::MAX_MESSAGE_BYTES;
 use crate::error::{error_chain, FlameError, Result};
 use crate::ids::ExecutorId;
@@ -314,7 +314,20 @@ pub(super) fn coalesce(items: impl IntoIterator<Item = Outbound>) -> Vec<proto::
     };
     for item in items {
         match item {
-            Outbound::Result(r) => {
+            Outbound::Result(mut r) => {
+                let parts = crate::parts::split(r.session_id, r.task_id, &r.output);
+                if !parts.is_empty() {
+                    // A large output goes ahead in parts; the result follows without it.
+                    flush(&mut batch, &mut out);
+                    batch_bytes = 0;
+                    out.extend(
+                        parts
+                            .into_iter()
+                            .map(|p| message(executor_message::Msg::Part(p))),
+                    );
+                    r.output = bytes::Bytes::new();
+                    r.output_in_parts = true;
+                }
                 let size = result_bytes(&r);
                 if !batch.is_empty() && batch_bytes + size > BATCH_SOFT_BYTES {
                     flush(&mut batch, &mut out);

@@ -339,6 +339,7 @@ impl Worker<'_> {
                     error: None,
                     log,
                     run_us,
+                    output_in_parts: false,
                 },
                 Err(failure) => proto::TaskResult {
                     session_id: session.0,
@@ -348,6 +349,7 @@ impl Worker<'_> {
                     error: Some(failure.into()),
                     log,
                     run_us,
+                    output_in_parts: false,
                 },
             };
             // Sent per task: the link coalesces whatever has piled up, never waits for more.

@@ -455,6 +455,7 @@ fn coalesce_batches_runs_of_results_and_keeps_order() {
             error: None,
             log: String::new(),
             run_us: 0,
+            output_in_parts: false,
         })
     };
     let left = || {
@@ -647,4 +648,36 @@ async fn a_large_result_is_announced_before_it_is_sent() {
     drop(conn);
     finished(exec).await.expect("clean shutdown");
     server.stop().await;
+}
+
+#[test]
+fn coalesce_sends_a_large_output_ahead_in_parts() {
+    let big = Bytes::from(vec![5u8; 2 * crate::parts::PART_BYTES + 1]);
+    let items = vec![Outbound::Result(proto::TaskResult {
+        session_id: 1,
+        task_id: 9,
+        ok: true,
+        output: big.clone(),
+        error: None,
+        log: String::new(),
+        run_us: 1,
+        output_in_parts: false,
+    })];
+    let msgs = coalesce(items);
+    assert_eq!(msgs.len(), 4, "three parts, then the result");
+    let mut asm = crate::parts::Assembler::new(usize::MAX);
+    for m in &msgs[..3] {
+        match &m.msg {
+            Some(executor_message::Msg::Part(p)) => asm.add(p.clone()),
+            other => panic!("expected a part, got {other:?}"),
+        }
+    }
+    match &msgs[3].msg {
+        Some(executor_message::Msg::Results(b)) => {
+            let r = &b.results[0];
+            assert!(r.output_in_parts && r.output.is_empty());
+            assert_eq!(asm.take(1, 9), big);
+        }
+        other => panic!("expected the result, got {other:?}"),
+    }
 }

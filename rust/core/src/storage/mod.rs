@@ -69,6 +69,9 @@ pub enum WriteOp {
     /// Store what a task printed (replacing an earlier attempt's). Only written for tasks
     /// that printed something, so silent tasks cost no row.
     PutTaskLog { key: TaskKey, log: String },
+    /// Forget the sessions closed before `closed_before_ms`: their tasks (results, errors),
+    /// their logs and the sessions themselves. The space is reclaimed after the commit.
+    PruneClosed { closed_before_ms: i64 },
 }
 
 /// Everything the session manager needs to resume after a restart.
@@ -93,6 +96,11 @@ pub struct Snapshot {
 /// Implementations are used from one thread at a time; `apply` must be atomic: either every
 /// op of the batch is durable, or none is.
 pub trait Storage: Send {
+    /// Where the state lives, for error messages (the database file); empty if nowhere.
+    fn location(&self) -> String {
+        String::new()
+    }
+
     /// Read everything needed to resume (see [`Snapshot`]).
     ///
     /// # Errors

@@ -23,6 +23,8 @@ mod tests_limits;
 #[cfg(test)]
 mod tests_reader;
 #[cfg(test)]
+mod tests_retention;
+#[cfg(test)]
 mod tests_views;
 
 use std::path::Path;
@@ -50,6 +52,8 @@ pub struct SqliteStorage {
     identity: String,
     /// The file, checked before every commit; `None` in memory.
     file: Option<StateFile>,
+    /// The database file, for error messages (empty in memory).
+    path: String,
 }
 
 impl SqliteStorage {
@@ -69,6 +73,7 @@ impl SqliteStorage {
             other => explain(Some(path), other),
         })?;
         db.file = Some(StateFile::new(path)?);
+        db.path = path.display().to_string();
         Ok(db)
     }
 
@@ -90,6 +95,7 @@ impl SqliteStorage {
             next_seq,
             identity,
             file: None,
+            path: String::new(),
         })
     }
 
@@ -123,8 +129,10 @@ impl SqliteStorage {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut seq = self.next_seq;
+        let mut pruned = false;
         for op in ops {
             write::apply_op(&tx, op, &mut seq)?;
+            pruned |= matches!(op, WriteOp::PruneClosed { .. });
         }
         if seq != self.next_seq {
             write::store_next_seq(&tx, seq)?;
@@ -132,11 +140,38 @@ impl SqliteStorage {
         tx.commit()?;
         // Only after the commit, so memory never runs ahead of the file.
         self.next_seq = seq;
+        if pruned {
+            // Give the pages of what was pruned back to the file system (a no-op on files
+            // made without incremental auto-vacuum: there they are reused by later writes).
+            // Failing here loses nothing: the pages stay free for reuse.
+            if let Err(e) = self.reclaim_free_pages() {
+                tracing::warn!(error = %e, "storage: incremental vacuum failed");
+            }
+        }
+        Ok(())
+    }
+}
+
+impl SqliteStorage {
+    /// Truncate the file by its free pages. The pragma frees one page per step, so it is
+    /// stepped to the end (`execute_batch` would step it once).
+    fn reclaim_free_pages(&mut self) -> Result<()> {
+        let mut stmt = self.conn.prepare_cached("PRAGMA incremental_vacuum")?;
+        let mut rows = stmt.query([])?;
+        while rows.next()?.is_some() {}
         Ok(())
     }
 }
 
 impl Storage for SqliteStorage {
+    fn location(&self) -> String {
+        if self.path.is_empty() {
+            "in-memory state".into()
+        } else {
+            format!("state file {}", self.path)
+        }
+    }
+
     /// Also rewrites every `running` row to `pending`: after a restart nothing is running,
     /// and the rows then agree with the snapshot and with later `get_session` counts.
     fn load(&mut self) -> Result<Snapshot> {

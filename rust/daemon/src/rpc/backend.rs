@@ -121,6 +121,8 @@ impl Backend for BackendService {
             .await?;
         let handle = self.handle.clone();
         let timeout = self.handle.config.executor_timeout;
+        // Large outputs arrive in parts ahead of their result (see `flame_core::parts`).
+        let mut parts = flame_core::parts::Assembler::new(handle.config.max_payload_bytes);
         tokio::spawn(async move {
             // Heartbeats are kept here, beside the stream, not by the actor: a ping per
             // executor per period costs it nothing, and a busy actor delays no verdict.
@@ -163,10 +165,20 @@ impl Backend for BackendService {
                     Ok(Some(m)) => match m.msg {
                         // Heard above; nothing for the actor.
                         Some(executor_message::Msg::Pong(_)) => continue,
-                        Some(executor_message::Msg::Results(b)) => Event::Results {
-                            executor: id,
-                            results: b.results,
-                        },
+                        Some(executor_message::Msg::Part(p)) => {
+                            parts.add(p);
+                            continue;
+                        }
+                        Some(executor_message::Msg::Results(mut b)) => {
+                            for r in b.results.iter_mut().filter(|r| r.output_in_parts) {
+                                r.output = parts.take(r.session_id, r.task_id);
+                                r.output_in_parts = false;
+                            }
+                            Event::Results {
+                                executor: id,
+                                results: b.results,
+                            }
+                        }
                         Some(executor_message::Msg::Entered(entered)) => Event::SessionEntered {
                             executor: id,
                             entered,

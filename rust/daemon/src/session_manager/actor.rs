@@ -75,6 +75,8 @@ pub(super) struct Actor {
     /// Run times the executors reported (µs) for results not yet applied: `apply` turns them
     /// into start times and histogram samples, then clears the map (its capacity is reused).
     pub run_times: HashMap<flame_core::ids::TaskKey, u64>,
+    /// When closed sessions are next pruned (see `retention.rs`).
+    pub retention: super::retention::Retention,
 }
 
 const META_SESSION: &str = "next_session_id";
@@ -177,6 +179,7 @@ pub fn start(
         started,
         closed_recently: VecDeque::new(),
         run_times: HashMap::new(),
+        retention: super::retention::Retention::new(cfg.result_retention, started),
     };
     let task = tokio::spawn(actor.run(rx));
     let handle = ManagerHandle {
@@ -223,6 +226,7 @@ impl Actor {
             }
             self.check_heartbeats(now);
             self.check_leases(now);
+            self.check_retention(now);
             self.check_lost_streams(now);
             let pass = Instant::now();
             self.sched.schedule(now);
@@ -331,6 +335,7 @@ impl Actor {
         let drain = self.draining.as_ref().map(|(d, _)| *d);
         let lost = self.lost_streams.values().copied();
         heartbeats
+            .chain(Some(self.retention.next_at))
             .chain(leases)
             .chain(lost)
             .chain(drain)
@@ -362,8 +367,14 @@ impl Actor {
         self.executors.clear();
         self.clients.clear();
         self.nodes.clear();
-        if let Err(e) = self.store.flush().await {
-            tracing::error!(error = %e, "final storage flush failed");
+        // Bounded: with storage failing, the flush would wait for the disk to recover.
+        let flush = self.store.flush();
+        match tokio::time::timeout(crate::storage_writer::GIVE_UP_AFTER, flush).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "final storage flush failed"),
+            Err(_) => tracing::error!(
+                "storage still failing at stop: unstored tasks run again after a restart"
+            ),
         }
         tracing::info!(at_ms = now_ms(), "session manager stopped");
     }

@@ -149,11 +149,12 @@ impl Actor {
             .filter_map(|(c, _)| c.watcher)
             .filter_map(|w| self.clients.get(&w).map(|tx| (w, tx.clone())))
             .collect();
-        self.store.write(ops, move |result| {
-            if let Err(e) = result {
-                tracing::error!(error = %e, "finished tasks could not be stored; delivering anyway");
-            }
-            deliver(&clients, done);
+        // Delivered only once stored: a result a restart would lose is never reported. The
+        // writer retries a failing commit until it works; it errs only when the daemon stops
+        // with storage still failing, and then these tasks run again after the restart.
+        self.store.write(ops, move |result| match result {
+            Ok(()) => deliver(&clients, done),
+            Err(e) => tracing::error!(error = %e, tasks = done.len(), "finished tasks were not stored; not reporting them"),
         });
     }
 
@@ -216,18 +217,37 @@ pub(super) fn deliver(clients: &HashMap<u64, ClientTx>, done: Vec<(Completion, S
             error: c.error.map(Into::into),
             attempts: c.attempts,
             log,
+            output_in_parts: false,
         });
     }
     for (w, items) in batches {
         if let Some(tx) = clients.get(&w) {
-            let msg = proto::ServerMessage {
-                msg: Some(proto::server_message::Msg::Completions(
-                    proto::CompletionBatch { items },
-                )),
-            };
-            let _ = tx.send(Ok(msg));
+            send_completions(tx, items);
         }
     }
+}
+
+/// Send completions to one client stream; large outputs go ahead in parts (see
+/// `flame_core::parts`), so the stream's buffer never grows to an output's size.
+pub(super) fn send_completions(tx: &ClientTx, mut items: Vec<proto::TaskCompletion>) {
+    use proto::server_message::Msg;
+    for c in items.iter_mut() {
+        let parts = flame_core::parts::split(c.session_id, c.task_id, &c.output);
+        if parts.is_empty() {
+            continue;
+        }
+        for p in parts {
+            let _ = tx.send(Ok(proto::ServerMessage {
+                msg: Some(Msg::Part(p)),
+            }));
+        }
+        c.output = bytes::Bytes::new();
+        c.output_in_parts = true;
+    }
+    let msg = proto::ServerMessage {
+        msg: Some(Msg::Completions(proto::CompletionBatch { items })),
+    };
+    let _ = tx.send(Ok(msg));
 }
 
 fn spec_for_info(spec: &flame_core::model::SessionSpec) -> proto::SessionSpec {

@@ -14,7 +14,7 @@ use flame_core::storage::{NewTask, WriteOp};
 use flame_core::FlameError;
 
 use super::actor::Actor;
-use super::apply::{closed_info, deliver, open_info};
+use super::apply::{closed_info, deliver, open_info, send_completions};
 use super::Event;
 
 impl Actor {
@@ -24,7 +24,15 @@ impl Actor {
                 // Only an id this daemon handed out (they are persisted) is taken back; any
                 // other claim gets a fresh id.
                 let id = if previous != 0 && previous < self.next_client {
+                    if self.store.failure().is_some() {
+                        // Nothing new to store: a returning client is answered at once.
+                        let _ = reply.send(Ok(previous));
+                        return;
+                    }
                     previous
+                } else if let Some(e) = self.refusal() {
+                    let _ = reply.send(Err(e));
+                    return;
                 } else {
                     let Some(next) = self.next_client.checked_add(1) else {
                         let _ = reply.send(Err(FlameError::Internal(
@@ -45,6 +53,10 @@ impl Actor {
                 });
             }
             Event::RegisterApplication { app, reply } => {
+                if let Some(e) = self.refusal() {
+                    let _ = reply.send(Err(e));
+                    return;
+                }
                 self.apps.insert(app.name.clone(), app.clone());
                 self.store
                     .write(vec![WriteOp::PutApplication(app)], move |r| {
@@ -61,6 +73,10 @@ impl Actor {
                 let _ = reply.send(Ok(apps));
             }
             Event::CreateSession { mut spec, reply } => {
+                if let Some(e) = self.refusal() {
+                    let _ = reply.send(Err(e));
+                    return;
+                }
                 if spec.app_spec.is_empty() {
                     match self.apps.get(&spec.application) {
                         Some(app) => spec.app_spec = app.spec.clone(),
@@ -98,6 +114,11 @@ impl Actor {
             }
             Event::CloseSession { id, reply } => {
                 self.remember_closed(id);
+                // While storage fails a read would wait for it: answer from memory.
+                let closing = self
+                    .store
+                    .failure()
+                    .and(self.sched.session(id).map(open_info));
                 if !self.sched.close_session(id) {
                     // Closing twice is fine; closing what never existed is not.
                     self.reply_stored_session(id, reply);
@@ -111,7 +132,13 @@ impl Actor {
                     closed_ms: now_ms(),
                 };
                 self.store.write(vec![op], |_| {});
-                self.reply_stored_session(id, reply);
+                match closing {
+                    Some(mut info) => {
+                        info.state = proto::SessionState::SessionClosed as i32;
+                        let _ = reply.send(Ok(info));
+                    }
+                    None => self.reply_stored_session(id, reply),
+                }
             }
             Event::ClusterInfo { reply } => {
                 let _ = reply.send(Ok(self.cluster_info()));
@@ -250,6 +277,11 @@ impl Actor {
             self.reject(conn, session, tasks.into_iter().map(|t| t.0), refused);
             return;
         }
+        if let Some(e) = self.refusal() {
+            let f = TaskFailure::new(ErrorKind::ErrorStorageUnavailable, e.to_string());
+            self.reject(conn, session, tasks.into_iter().map(|(t, _)| t), f);
+            return;
+        }
         let limit = self.cfg.max_payload_bytes;
         let (tasks, too_big): (Vec<_>, Vec<_>) = tasks
             .into_iter()
@@ -381,6 +413,7 @@ impl Actor {
                         error: Some(f.clone().into()),
                         attempts: 0,
                         log: String::new(),
+                        output_in_parts: false,
                     });
                     continue;
                 }
@@ -404,12 +437,12 @@ impl Actor {
                         ),
                         attempts: 0,
                         log: String::new(),
+                        output_in_parts: false,
                     }),
                 }
             }
             if !items.is_empty() {
-                let msg = proto::server_message::Msg::Completions(proto::CompletionBatch { items });
-                let _ = tx.send(Ok(proto::ServerMessage { msg: Some(msg) }));
+                send_completions(&tx, items);
             }
             // Never stored (in flight when the daemon stopped): the client submits again,
             // once the actor has noted them as resubmittable. Sent even with none unknown,

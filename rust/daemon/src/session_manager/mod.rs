@@ -14,6 +14,8 @@ mod nested;
 mod nodes;
 mod overview;
 mod ownership;
+mod refusal;
+mod retention;
 mod workers;
 
 use std::sync::Arc;
@@ -68,6 +70,8 @@ pub struct ManagerConfig {
     pub drain_grace: Duration,
     /// An executor that answers no heartbeat for this long is lost and killed (zero: never).
     pub executor_timeout: Duration,
+    /// How long a closed session's tasks, results and logs are kept before they are deleted.
+    pub result_retention: Duration,
 }
 
 impl Default for ManagerConfig {
@@ -84,6 +88,7 @@ impl Default for ManagerConfig {
             client_lease: Duration::from_secs(60),
             drain_grace: Duration::from_secs(10),
             executor_timeout: Duration::from_secs(5),
+            result_retention: Duration::from_secs(3600),
         }
     }
 }

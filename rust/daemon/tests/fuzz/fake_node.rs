@@ -208,6 +208,7 @@ async fn fake_executor(
         error: None,
         log: "forged output".into(),
         run_us: 0,
+        output_in_parts: false,
     };
     let none = proto::ExecutorMessage { msg: None };
     for m in [

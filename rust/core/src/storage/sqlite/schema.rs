@@ -23,6 +23,9 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// that a 10,000-task batch is assembled in memory before the commit writes it out.
 const CACHE_KIB: i64 = 16 * 1024;
 
+/// Largest WAL file kept after a checkpoint, bytes.
+const WAL_LIMIT_BYTES: i64 = 64 << 20;
+
 /// The unfinished-task condition, spelled exactly as in the `tasks_unfinished` partial index:
 /// SQLite uses a partial index only when the query repeats the index's WHERE term, so every
 /// query that wants the index says `unfinished!()`. 1 and 2 are `TaskState::Pending` and
@@ -150,6 +153,10 @@ PRAGMA user_version = 2;
 /// `FlameError::Storage` when a pragma is rejected.
 pub(super) fn configure(conn: &Connection) -> Result<()> {
     conn.busy_timeout(BUSY_TIMEOUT)?;
+    // Pages freed by pruning go back to the file system (`PRAGMA incremental_vacuum` after a
+    // prune). Takes effect only on a new file (before its first table); an older file keeps
+    // its free pages and reuses them for later writes.
+    conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")?;
     // WAL: a commit is one sequential append and readers never block the writer. SQLite
     // answers with the mode it actually chose: "memory" for an in-memory database, and the old
     // mode when the file system cannot do WAL (some network mounts); both still work.
@@ -166,6 +173,9 @@ pub(super) fn configure(conn: &Connection) -> Result<()> {
     // tasks.session_id references sessions: inserting tasks for an unknown session fails.
     conn.pragma_update(None, "foreign_keys", true)?;
     conn.pragma_update(None, "cache_size", -CACHE_KIB)?;
+    // A checkpoint truncates the WAL back to this size: one large result must not leave a
+    // WAL file of its size behind for good.
+    conn.pragma_update(None, "journal_size_limit", WAL_LIMIT_BYTES)?;
     // apply, load and the getters use about a dozen distinct statements; keep all cached.
     conn.set_prepared_statement_cache_capacity(32);
     Ok(())

@@ -165,6 +165,27 @@ pub(super) fn apply_op(conn: &Connection, op: &WriteOp, seq: &mut i64) -> Result
             )?
             .execute(params![key.session.0 as i64, key.task.0 as i64, log])?;
         }
+        WriteOp::PruneClosed { closed_before_ms } => {
+            // Logs and tasks first: `tasks` references `sessions`. Each DELETE walks the
+            // primary key of one closed session at a time.
+            const CLOSED: &str =
+                "SELECT id FROM sessions WHERE state = 'closed' AND closed_ms < ?1";
+            conn.prepare_cached(&format!(
+                "DELETE FROM task_logs WHERE session_id IN ({CLOSED})"
+            ))?
+            .execute([closed_before_ms])?;
+            conn.prepare_cached(&format!("DELETE FROM tasks WHERE session_id IN ({CLOSED})"))?
+                .execute([closed_before_ms])?;
+            let n = conn
+                .prepare_cached("DELETE FROM sessions WHERE state = 'closed' AND closed_ms < ?1")?
+                .execute([closed_before_ms])?;
+            if n > 0 {
+                tracing::info!(
+                    sessions = n,
+                    "storage: pruned closed sessions past their retention"
+                );
+            }
+        }
         WriteOp::SetMeta { key, value } => {
             conn.prepare_cached(
                 "INSERT INTO meta (key, value) VALUES (?1, ?2) \
