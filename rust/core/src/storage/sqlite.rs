@@ -152,6 +152,18 @@ impl SqliteStorage {
     }
 }
 
+/// On close, fold the WAL into the file and truncate it. SQLite does this itself only when
+/// the last connection closes, and the last may be a read-only introspection reader, which
+/// cannot: the WAL (and pages a prune freed, which shrink the file only at a checkpoint)
+/// would stay behind until the next start.
+impl Drop for SqliteStorage {
+    fn drop(&mut self) {
+        if let Err(e) = self.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);") {
+            tracing::warn!(error = %e, "storage: final checkpoint failed");
+        }
+    }
+}
+
 impl SqliteStorage {
     /// Truncate the file by its free pages. The pragma frees one page per step, so it is
     /// stepped to the end (`execute_batch` would step it once).
