@@ -1,6 +1,8 @@
 //! End-to-end tests of the daemon on loopback: a real head and node, real executor processes
 //! (`flame-echo-executor`, so no Python is needed), and the Rust client.
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
@@ -64,21 +66,7 @@ async fn open(client: &Client, common_data: &'static [u8], retries: u32) -> Sess
         max_retries: retries,
         ..Default::default()
     };
-    create(client, spec).await
-}
-
-/// Open a session with exactly this spec.
-async fn create(client: &Client, spec: SessionSpec) -> SessionId {
-    let req = proto::CreateSessionRequest {
-        spec: Some(spec.into()),
-    };
-    let info = client
-        .frontend()
-        .create_session(req)
-        .await
-        .unwrap()
-        .into_inner();
-    SessionId(info.id)
+    common::create_session(client, spec).await
 }
 
 /// Wait until every task in `ids` has completed; panics after 30 s.
@@ -324,7 +312,7 @@ async fn a_task_over_its_timeout_fails_and_the_executor_is_replaced() {
         timeout_secs: 0.5,
         ..Default::default()
     };
-    let sid = create(&client, spec).await;
+    let sid = common::create_session(&client, spec).await;
     let started = std::time::Instant::now();
     let ids = client
         .submit(
@@ -408,7 +396,7 @@ async fn sessions_of_a_client_that_stays_away_are_closed_after_the_lease() {
         owner: owner.client_id().0,
         ..Default::default()
     };
-    let sid = create(&owner, spec).await.0;
+    let sid = common::create_session(&owner, spec).await.0;
     let ids = owner
         .submit(SessionId(sid), vec![Bytes::from_static(b"sleep:60000")])
         .unwrap();

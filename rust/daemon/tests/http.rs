@@ -2,6 +2,8 @@
 //! executors run a session; `/metrics`, the JSON API and the dashboard's assets are fetched
 //! over a plain TCP connection (HTTP/1.1, `Connection: close`).
 
+mod common;
+
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -9,8 +11,6 @@ use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use flame_core::client::Client;
-use flame_core::model::SessionSpec;
-use flame_core::proto;
 use flame_daemon::executor_manager::NodeConfig;
 use flame_daemon::http::HttpPort;
 use flame_daemon::local::LocalCluster;
@@ -67,21 +67,7 @@ async fn metrics_json_api_and_dashboard_are_served() {
     let client = Client::connect(cluster.address(), Duration::from_secs(5), "test")
         .await
         .unwrap();
-    let spec = SessionSpec {
-        application: "echo".into(),
-        app_spec: Bytes::from_static(b"inline"),
-        ..Default::default()
-    };
-    let req = proto::CreateSessionRequest {
-        spec: Some(spec.into()),
-    };
-    let sid = client
-        .frontend()
-        .create_session(req)
-        .await
-        .unwrap()
-        .into_inner()
-        .id;
+    let sid = common::open_echo_session(&client).await.0;
     let inputs = vec![
         Bytes::from_static(b"a"),
         Bytes::from_static(b"b"),
@@ -206,21 +192,7 @@ async fn api_errors_are_json_and_unknown_ids_are_404() {
     let client = Client::connect(&head.address, Duration::from_secs(5), "test")
         .await
         .unwrap();
-    let spec = SessionSpec {
-        application: "echo".into(),
-        app_spec: Bytes::from_static(b"inline"),
-        ..Default::default()
-    };
-    let req = proto::CreateSessionRequest {
-        spec: Some(spec.into()),
-    };
-    let sid = client
-        .frontend()
-        .create_session(req)
-        .await
-        .unwrap()
-        .into_inner()
-        .id;
+    let sid = common::open_echo_session(&client).await.0;
 
     let json = |method: &'static str, path: String| {
         let base = base.clone();

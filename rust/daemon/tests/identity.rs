@@ -5,6 +5,8 @@
 //! reaches the new state. And a session's tasks are streamed only to the client that opened
 //! it.
 
+mod common;
+
 use std::path::Path;
 use std::time::Duration;
 
@@ -49,11 +51,7 @@ async fn open(client: &Client, application: &str) -> SessionId {
         owner: client.client_id().0,
         ..Default::default()
     };
-    let req = proto::CreateSessionRequest {
-        spec: Some(spec.into()),
-    };
-    let info = client.frontend().create_session(req).await.unwrap();
-    SessionId(info.into_inner().id)
+    common::create_session(client, spec).await
 }
 
 /// The next completions, waiting up to 20 s for the first.

@@ -1,12 +1,14 @@
 //! End-to-end tests of the introspection RPCs (GetTask, ListTasks, ListExecutors, the unary
 //! CancelTask) on a real head and node with echo executors, over loopback gRPC.
 
+mod common;
+
 use std::time::Duration;
 
 use bytes::Bytes;
 use flame_core::client::Client;
 use flame_core::ids::{SessionId, TaskId};
-use flame_core::model::{ErrorKind, SessionSpec, TaskState};
+use flame_core::model::{ErrorKind, TaskState};
 use flame_core::proto;
 use flame_daemon::executor_manager::NodeConfig;
 use flame_daemon::local::LocalCluster;
@@ -28,19 +30,6 @@ async fn start(state_dir: &std::path::Path) -> LocalCluster {
     LocalCluster::start(head, node)
         .await
         .expect("cluster starts")
-}
-
-async fn open(client: &Client) -> SessionId {
-    let spec = SessionSpec {
-        application: "echo".into(),
-        app_spec: Bytes::from_static(b"inline"),
-        ..Default::default()
-    };
-    let req = proto::CreateSessionRequest {
-        spec: Some(spec.into()),
-    };
-    let info = client.frontend().create_session(req).await.unwrap();
-    SessionId(info.into_inner().id)
 }
 
 /// Wait for `n` completions; panics after 30 s.
@@ -96,7 +85,7 @@ async fn tasks_show_their_state_timings_placement_and_failure() {
     let client = Client::connect(cluster.address(), Duration::from_secs(5), "test")
         .await
         .unwrap();
-    let sid = open(&client).await;
+    let sid = common::open_echo_session(&client).await;
     let done = client
         .submit(
             sid,
@@ -213,7 +202,7 @@ async fn bad_introspection_requests_name_the_problem() {
     let client = Client::connect(cluster.address(), Duration::from_secs(5), "test")
         .await
         .unwrap();
-    let sid = open(&client).await;
+    let sid = common::open_echo_session(&client).await;
     let mut fe = client.frontend();
 
     let missing = task(&client, sid, TaskId(77)).await.unwrap_err();

@@ -8,6 +8,8 @@
 //! every read ran on the storage writer, and a hello (which waits for a commit) queued behind
 //! seconds of reads. Figures go to stderr (`--nocapture` shows them).
 
+mod common;
+
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,8 +18,6 @@ use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use flame_core::client::Client;
-use flame_core::ids::SessionId;
-use flame_core::model::SessionSpec;
 use flame_core::proto;
 use flame_daemon::executor_manager::NodeConfig;
 use flame_daemon::http::HttpPort;
@@ -47,19 +47,6 @@ async fn get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
     Ok((status, body.to_string()))
-}
-
-async fn open_session(client: &Client) -> SessionId {
-    let spec = SessionSpec {
-        application: "echo".into(),
-        app_spec: Bytes::from_static(b"inline"),
-        ..Default::default()
-    };
-    let req = proto::CreateSessionRequest {
-        spec: Some(spec.into()),
-    };
-    let info = client.frontend().create_session(req).await.unwrap();
-    SessionId(info.into_inner().id)
 }
 
 /// Wait for `n` completions, at most `within`; how many came.
@@ -115,7 +102,7 @@ async fn reads_of_a_big_session_do_not_delay_hellos_or_tasks() {
     let client = Client::connect(cluster.address(), Duration::from_secs(5), "big")
         .await
         .unwrap();
-    let big = open_session(&client).await;
+    let big = common::open_echo_session(&client).await;
     let inputs: Vec<Bytes> = (0..BIG_SESSION)
         .map(|i| {
             if i % FAIL_EVERY == FAIL_EVERY - 1 {
@@ -209,7 +196,7 @@ async fn reads_of_a_big_session_do_not_delay_hellos_or_tasks() {
         });
     }
     let small_started = Instant::now();
-    let small = open_session(&client).await;
+    let small = common::open_echo_session(&client).await;
     let n = client
         .submit(small, vec![Bytes::from_static(b"y"); 10])
         .unwrap()
