@@ -13,6 +13,8 @@ mod link;
 pub mod orphan;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_link;
 mod window;
 
 pub use window::set_blocked;
