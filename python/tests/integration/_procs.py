@@ -3,6 +3,7 @@ through /proc to check that nothing is left behind."""
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
@@ -97,3 +98,17 @@ def stop_daemon(proc: subprocess.Popen[str]) -> None:
     assert proc.returncode == 0, f"{proc.args} exited with {proc.returncode}"
     left = wait_until_gone(lambda: session_members(proc.pid))
     assert not left, f"{proc.args} left processes behind: {left}"
+
+
+def start_client(script: str, port: int) -> subprocess.Popen[str]:
+    """A Python client process running ``script`` against the daemon on ``port``, with pipes
+    on stdin and stdout for the test to steer it line by line."""
+    env = {k: v for k, v in os.environ.items() if k != "FLAME_ADDRESS"}
+    env["FLAME_ADDRESS"] = f"127.0.0.1:{port}"
+    return subprocess.Popen(
+        [sys.executable, "-c", script],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )

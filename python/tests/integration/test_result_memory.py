@@ -4,13 +4,11 @@ stream buffer keeps the size of the largest message it carried)."""
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-from _procs import free_port, start_daemon, stop_daemon
+from _procs import free_port, start_client, start_daemon, stop_daemon
 
 RESULT_MB = 200
 
@@ -56,15 +54,7 @@ def test_daemon_memory_returns_after_a_large_result(tmp_path: Path) -> None:
         "--state-dir", str(tmp_path / "state"), "--python", sys.executable, "--http-port", "0",
         port=port,
     )  # fmt: skip
-    env = {k: v for k, v in os.environ.items() if k != "FLAME_ADDRESS"}
-    env["FLAME_ADDRESS"] = f"127.0.0.1:{port}"
-    client = subprocess.Popen(
-        [sys.executable, "-c", CLIENT],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
+    client = start_client(CLIENT, port)
     try:
         assert client.stdout is not None and client.stdin is not None
         assert client.stdout.readline().strip() == "1"

@@ -4,14 +4,12 @@ is never touched."""
 
 from __future__ import annotations
 
-import os
 import sqlite3
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-from _procs import free_port, start_daemon, stop_daemon
+from _procs import free_port, start_client, start_daemon, stop_daemon
 
 CLIENT = r"""
 import sys
@@ -61,15 +59,7 @@ def test_closed_sessions_are_pruned_after_the_retention(tmp_path: Path) -> None:
         port=port,
     )  # fmt: skip
     db = state / "flame.db"
-    env = {k: v for k, v in os.environ.items() if k != "FLAME_ADDRESS"}
-    env["FLAME_ADDRESS"] = f"127.0.0.1:{port}"
-    client = subprocess.Popen(
-        [sys.executable, "-c", CLIENT],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
+    client = start_client(CLIENT, port)
     try:
         assert client.stdout is not None and client.stdin is not None
         assert client.stdout.readline().strip() == "ready"
