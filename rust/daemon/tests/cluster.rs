@@ -12,9 +12,7 @@ use flame_core::client::Client;
 use flame_core::ids::{SessionId, TaskId};
 use flame_core::model::{ErrorKind, SessionSpec, TaskState};
 use flame_core::proto::{self, TaskCompletion};
-use flame_daemon::executor_manager::NodeConfig;
 use flame_daemon::local::LocalCluster;
-use flame_daemon::server::HeadConfig;
 use flame_daemon::session_manager::ManagerConfig;
 
 async fn start(state_dir: &Path, slots: u32) -> LocalCluster {
@@ -36,18 +34,9 @@ async fn start_with(
     port: u16,
     manager: ManagerConfig,
 ) -> LocalCluster {
-    let head = HeadConfig {
-        host: "127.0.0.1".into(),
-        port,
-        state_dir: state_dir.to_path_buf(),
-        manager,
-        http: flame_daemon::http::HttpPort::Off,
-    };
-    let mut node = NodeConfig::new("");
-    node.slots = slots;
-    node.executor_command = Some(vec![env!("CARGO_BIN_EXE_flame-echo-executor").into()]);
-    node.work_dir = state_dir.to_path_buf();
-    LocalCluster::start(head, node)
+    let mut head = common::head_config(state_dir, manager);
+    head.port = port;
+    LocalCluster::start(head, common::echo_node(state_dir, slots))
         .await
         .expect("cluster starts")
 }

@@ -3,6 +3,8 @@
 //! finish there, the rest stay pending (no other node here), and the node exits by itself.
 //! Bad requests name the problem.
 
+mod common;
+
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -10,30 +12,19 @@ use flame_core::client::Client;
 use flame_core::ids::SessionId;
 use flame_core::model::{SessionSpec, TaskState};
 use flame_core::proto;
-use flame_daemon::executor_manager::NodeConfig;
 use flame_daemon::local::LocalCluster;
-use flame_daemon::server::HeadConfig;
 use flame_daemon::session_manager::ManagerConfig;
 
 async fn start(state_dir: &std::path::Path) -> LocalCluster {
-    let head = HeadConfig {
-        host: "127.0.0.1".into(),
-        port: 0,
-        state_dir: state_dir.to_path_buf(),
-        // A fixed window of 4, so that exactly four tasks are sent ahead to the executor.
-        manager: ManagerConfig {
-            window: 4,
-            window_max: 4,
-            ..Default::default()
-        },
-        http: flame_daemon::http::HttpPort::Off,
+    // A fixed window of 4, so that exactly four tasks are sent ahead to the executor.
+    let manager = ManagerConfig {
+        window: 4,
+        window_max: 4,
+        ..Default::default()
     };
-    let mut node = NodeConfig::new("");
+    let mut node = common::echo_node(state_dir, 1);
     node.name = "drain-me".into();
-    node.slots = 1;
-    node.executor_command = Some(vec![env!("CARGO_BIN_EXE_flame-echo-executor").into()]);
-    node.work_dir = state_dir.to_path_buf();
-    LocalCluster::start(head, node)
+    LocalCluster::start(common::head_config(state_dir, manager), node)
         .await
         .expect("cluster starts")
 }

@@ -11,7 +11,6 @@ use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use flame_core::client::Client;
-use flame_daemon::executor_manager::NodeConfig;
 use flame_daemon::http::HttpPort;
 use flame_daemon::local::LocalCluster;
 use flame_daemon::server::{Head, HeadConfig};
@@ -49,17 +48,9 @@ async fn get_json(base: &str, path: &str) -> (u16, Value) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_json_api_and_dashboard_are_served() {
     let dir = tempfile::tempdir().unwrap();
-    let head = HeadConfig {
-        host: "127.0.0.1".into(),
-        port: 0,
-        state_dir: dir.path().to_path_buf(),
-        manager: ManagerConfig::default(),
-        http: HttpPort::Exactly(0),
-    };
-    let mut node = NodeConfig::new("");
-    node.slots = 1;
-    node.executor_command = Some(vec![env!("CARGO_BIN_EXE_flame-echo-executor").into()]);
-    node.work_dir = dir.path().to_path_buf();
+    let mut head = common::head_config(dir.path(), ManagerConfig::default());
+    head.http = HttpPort::Exactly(0);
+    let node = common::echo_node(dir.path(), 1);
     let cluster = LocalCluster::start(head, node).await.unwrap();
     let base = cluster.head.dashboard_url.clone().expect("HTTP is on");
     assert!(base.starts_with("http://127.0.0.1:"), "{base}");

@@ -10,26 +10,11 @@ use flame_core::client::Client;
 use flame_core::ids::{SessionId, TaskId};
 use flame_core::model::{ErrorKind, TaskState};
 use flame_core::proto;
-use flame_daemon::executor_manager::NodeConfig;
 use flame_daemon::local::LocalCluster;
-use flame_daemon::server::HeadConfig;
 use flame_daemon::session_manager::ManagerConfig;
 
 async fn start(state_dir: &std::path::Path) -> LocalCluster {
-    let head = HeadConfig {
-        host: "127.0.0.1".into(),
-        port: 0,
-        state_dir: state_dir.to_path_buf(),
-        manager: ManagerConfig::default(),
-        http: flame_daemon::http::HttpPort::Off,
-    };
-    let mut node = NodeConfig::new("");
-    node.slots = 1;
-    node.executor_command = Some(vec![env!("CARGO_BIN_EXE_flame-echo-executor").into()]);
-    node.work_dir = state_dir.to_path_buf();
-    LocalCluster::start(head, node)
-        .await
-        .expect("cluster starts")
+    common::start_echo_cluster(state_dir, 1, ManagerConfig::default()).await
 }
 
 /// Wait for `n` completions; panics after 30 s.

@@ -1,6 +1,8 @@
 //! Scheduling policies end to end: a real head and node with echo executors, the policies
 //! chosen in the manager config as the `[scheduler]` table would.
 
+mod common;
+
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
@@ -10,30 +12,16 @@ use flame_core::ids::SessionId;
 use flame_core::model::{SessionSpec, TaskState};
 use flame_core::proto::{self, TaskCompletion};
 use flame_core::scheduler::Policies;
-use flame_daemon::executor_manager::NodeConfig;
 use flame_daemon::local::LocalCluster;
-use flame_daemon::server::HeadConfig;
 use flame_daemon::session_manager::ManagerConfig;
 
 async fn start(state_dir: &std::path::Path, slots: u32, policies: Policies) -> LocalCluster {
-    let head = HeadConfig {
-        host: "127.0.0.1".into(),
-        port: 0,
-        state_dir: state_dir.to_path_buf(),
-        manager: ManagerConfig {
-            warm_delay: Duration::from_millis(200),
-            policies,
-            ..Default::default()
-        },
-        http: flame_daemon::http::HttpPort::Off,
+    let manager = ManagerConfig {
+        warm_delay: Duration::from_millis(200),
+        policies,
+        ..Default::default()
     };
-    let mut node = NodeConfig::new("");
-    node.slots = slots;
-    node.executor_command = Some(vec![env!("CARGO_BIN_EXE_flame-echo-executor").into()]);
-    node.work_dir = state_dir.to_path_buf();
-    LocalCluster::start(head, node)
-        .await
-        .expect("cluster starts")
+    common::start_echo_cluster(state_dir, slots, manager).await
 }
 
 async fn open(client: &Client, priority: i32) -> SessionId {

@@ -19,10 +19,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use flame_core::client::Client;
 use flame_core::proto;
-use flame_daemon::executor_manager::NodeConfig;
 use flame_daemon::http::HttpPort;
 use flame_daemon::local::LocalCluster;
-use flame_daemon::server::HeadConfig;
 use flame_daemon::session_manager::ManagerConfig;
 
 const BIG_SESSION: usize = 100_000;
@@ -79,17 +77,9 @@ fn ms(d: Duration) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn reads_of_a_big_session_do_not_delay_hellos_or_tasks() {
     let dir = tempfile::tempdir().unwrap();
-    let head = HeadConfig {
-        host: "127.0.0.1".into(),
-        port: 0,
-        state_dir: dir.path().to_path_buf(),
-        manager: ManagerConfig::default(),
-        http: HttpPort::Exactly(0),
-    };
-    let mut node = NodeConfig::new("");
-    node.slots = 2;
-    node.executor_command = Some(vec![env!("CARGO_BIN_EXE_flame-echo-executor").into()]);
-    node.work_dir = dir.path().to_path_buf();
+    let mut head = common::head_config(dir.path(), ManagerConfig::default());
+    head.http = HttpPort::Exactly(0);
+    let node = common::echo_node(dir.path(), 2);
     let cluster = LocalCluster::start(head, node).await.unwrap();
     let base = cluster.head.dashboard_url.clone().expect("HTTP is on");
     let http = base

@@ -243,6 +243,17 @@ mod tests {
         ObjectId(((owner as u64) << 32) | n as u64)
     }
 
+    /// A stored object's bytes as text.
+    fn read_text(store: &ObjectStore, object: ObjectId) -> String {
+        let mut text = String::new();
+        store
+            .open_object(object)
+            .unwrap()
+            .read_to_string(&mut text)
+            .unwrap();
+        text
+    }
+
     #[test]
     fn write_read_delete_round_trip() {
         let dir = tempfile::tempdir().unwrap();
@@ -255,13 +266,7 @@ mod tests {
             "invisible before commit"
         );
         assert_eq!(w.commit().unwrap(), 11);
-        let mut text = String::new();
-        store
-            .open_object(id(3, 1))
-            .unwrap()
-            .read_to_string(&mut text)
-            .unwrap();
-        assert_eq!(text, "hello world");
+        assert_eq!(read_text(&store, id(3, 1)), "hello world");
         assert_eq!(store.delete(&[id(3, 1), id(3, 2)]), 1);
         let err = store.open_object(id(3, 1)).unwrap_err();
         assert!(matches!(err, FlameError::NotFound(_)), "{err}");
@@ -298,13 +303,7 @@ mod tests {
         assert!(matches!(err, FlameError::AlreadyExists(_)), "{err}");
         let err = store.writer(id(3, 1)).err().unwrap();
         assert!(err.to_string().contains("already stored"), "{err}");
-        let mut text = String::new();
-        store
-            .open_object(id(3, 1))
-            .unwrap()
-            .read_to_string(&mut text)
-            .unwrap();
-        assert_eq!(text, "first");
+        assert_eq!(read_text(&store, id(3, 1)), "first");
         assert!(store.owners().iter().all(|c| c.0 == 3));
         assert_eq!(
             dir.path().read_dir().unwrap().count(),

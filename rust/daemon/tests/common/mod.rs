@@ -1,12 +1,52 @@
-//! Helpers shared by the daemon's integration tests: opening sessions on a running head.
+//! Helpers shared by the daemon's integration tests: a head and a node of echo executors on
+//! 127.0.0.1, and opening sessions on them.
 //! Each test crate includes this module and uses its own subset of it.
 #![allow(dead_code)]
+
+use std::path::Path;
 
 use bytes::Bytes;
 use flame_core::client::Client;
 use flame_core::ids::SessionId;
 use flame_core::model::SessionSpec;
 use flame_core::proto;
+use flame_daemon::executor_manager::NodeConfig;
+use flame_daemon::http::HttpPort;
+use flame_daemon::local::LocalCluster;
+use flame_daemon::server::HeadConfig;
+use flame_daemon::session_manager::ManagerConfig;
+
+/// A head on 127.0.0.1 (a free port, no HTTP) with these tunables, its state in `state_dir`.
+pub fn head_config(state_dir: &Path, manager: ManagerConfig) -> HeadConfig {
+    HeadConfig {
+        host: "127.0.0.1".into(),
+        port: 0,
+        state_dir: state_dir.to_path_buf(),
+        manager,
+        http: HttpPort::Off,
+    }
+}
+
+/// A node of `slots` echo executors (`flame-echo-executor`) working in `work_dir`.
+pub fn echo_node(work_dir: &Path, slots: u32) -> NodeConfig {
+    let mut node = NodeConfig::new("");
+    node.slots = slots;
+    node.executor_command = Some(vec![env!("CARGO_BIN_EXE_flame-echo-executor").into()]);
+    node.work_dir = work_dir.to_path_buf();
+    node
+}
+
+/// [`head_config`] and [`echo_node`], started.
+pub async fn start_echo_cluster(
+    state_dir: &Path,
+    slots: u32,
+    manager: ManagerConfig,
+) -> LocalCluster {
+    let node = echo_node(state_dir, slots);
+    LocalCluster::start(head_config(state_dir, manager), node)
+        .await
+        .expect("cluster starts")
+}
 
 /// Open a session with exactly this spec.
 pub async fn create_session(client: &Client, spec: SessionSpec) -> SessionId {
