@@ -50,6 +50,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time see __getattr_
     )
     from flame.decorator import service
     from flame.errors import (
+        AuthenticationError,
         CancelledError,
         ClusterStateLostError,
         ConnectionError,
@@ -60,6 +61,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time see __getattr_
         NotFoundError,
         ObjectLostError,
         PayloadTooLargeError,
+        PermissionDeniedError,
         RemoteTraceback,
         SerializationError,
         SessionEnterError,
@@ -110,6 +112,8 @@ _EXPORTS: dict[str, str] = {
     "InvalidArgumentError": "flame.errors",
     "NotFoundError": "flame.errors",
     "ObjectLostError": "flame.errors",
+    "PermissionDeniedError": "flame.errors",
+    "AuthenticationError": "flame.errors",
     "PayloadTooLargeError": "flame.errors",
     "RemoteTraceback": "flame.errors",
     "SerializationError": "flame.errors",
@@ -147,6 +151,8 @@ __all__ = [
     "RemoteTraceback",
     "SerializationError",
     "ServiceInstance",
+    "PermissionDeniedError",
+    "AuthenticationError",
     "Session",
     "SessionContext",
     "SessionEnterError",

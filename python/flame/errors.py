@@ -17,6 +17,8 @@ import concurrent.futures
 import pickle
 
 __all__ = [
+    "AuthenticationError",
+    "PermissionDeniedError",
     "CancelledError",
     "ClusterStateLostError",
     "ConnectionError",
@@ -75,6 +77,17 @@ class ClusterStateLostError(FlameError):
     the client never re-attaches to a session of the new state. Connect again (or call
     ``flame.shutdown()`` and ``flame.init()``) to start over.
     """
+
+
+class AuthenticationError(FlameError):
+    """The daemon did not accept this client's credentials: no token, or a token that is
+    wrong, expired or revoked (the message says which), or a TLS certificate it does not
+    trust. See README "Security" for where a client finds its token."""
+
+
+class PermissionDeniedError(FlameError, PermissionError):
+    """Authenticated, but not allowed: another user's session, task, log or object, or an
+    admin-only call. The message names what was missing."""
 
 
 class SessionError(FlameError):

@@ -53,6 +53,14 @@ pub enum FlameError {
     /// it can; the message names the state file and the cause. RESOURCE_EXHAUSTED.
     #[error("{STORAGE_UNAVAILABLE}: {0}")]
     StorageUnavailable(String),
+    /// No credentials, or credentials the daemon does not accept (wrong, expired, revoked);
+    /// the message says which. UNAUTHENTICATED.
+    #[error("not authenticated: {0}")]
+    Unauthenticated(String),
+    /// Authenticated, but not allowed to do this; the message names what was missing.
+    /// PERMISSION_DENIED.
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
 }
 
 /// How a `StorageUnavailable` message starts, so that the client tells it apart from a
@@ -98,6 +106,8 @@ impl From<FlameError> for tonic::Status {
             FlameError::ClusterStateLost(_) => Code::DataLoss,
             FlameError::AlreadyExists(_) => Code::AlreadyExists,
             FlameError::Busy(_) => Code::ResourceExhausted,
+            FlameError::Unauthenticated(_) => Code::Unauthenticated,
+            FlameError::PermissionDenied(_) => Code::PermissionDenied,
         };
         tonic::Status::new(code, e.to_string())
     }
@@ -129,6 +139,16 @@ impl From<tonic::Status> for FlameError {
                     .to_string(),
             ),
             Code::AlreadyExists => FlameError::AlreadyExists(msg),
+            Code::Unauthenticated => FlameError::Unauthenticated(
+                msg.strip_prefix("not authenticated: ")
+                    .unwrap_or(&msg)
+                    .to_string(),
+            ),
+            Code::PermissionDenied => FlameError::PermissionDenied(
+                msg.strip_prefix("permission denied: ")
+                    .unwrap_or(&msg)
+                    .to_string(),
+            ),
             _ => FlameError::Internal(format!("{:?}: {msg}", s.code())),
         }
     }

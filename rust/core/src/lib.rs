@@ -1,6 +1,7 @@
 //! Flame core: everything about Flame that is not Python and not a running server.
 //!
 //! # Layout
+//! - [`auth`] — tokens' text, the caller's identity ([`auth::Principal`]), bearer metadata.
 //! - [`ids`] — `SessionId`, `TaskId`, `ExecutorId`, `NodeId`, `ClientId` newtypes.
 //! - [`error`] — [`FlameError`], the one error enum of this layer, and its gRPC mapping.
 //! - [`proto`] — generated tonic/prost types for `proto/flame.proto`, plus conversions.
@@ -12,6 +13,7 @@
 //! - [`client`] — the Rust client used by the Python binding and the CLI.
 //! - [`executor`] — the executor loop: talks to the session manager, runs a `ServiceHost`.
 
+pub mod auth;
 pub mod client;
 pub mod error;
 pub mod executor;

@@ -12,6 +12,7 @@
 //! - [`executor_manager`] — the node agent: executor processes, heartbeats, exit reports.
 //! - [`shutdown`] — Ctrl-C / SIGTERM; [`state_guard`] — one head per state dir, and the
 //!   stop when the state file is deleted, replaced or damaged under it.
+//! - [`security`] — tokens, credentials and who may do what (README "Security").
 //! - [`metrics`] — Prometheus series and the tasks/s history; [`http`] — `/metrics`, the
 //!   JSON API and the embedded dashboard.
 
@@ -23,6 +24,7 @@ pub mod local;
 pub mod metrics;
 pub mod reads;
 pub mod rpc;
+pub mod security;
 pub mod server;
 pub mod session_manager;
 pub mod shutdown;

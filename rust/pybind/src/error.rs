@@ -14,6 +14,8 @@ mod py {
     pyo3::import_exception!(flame.errors, NotFoundError);
     pyo3::import_exception!(flame.errors, ClusterStateLostError);
     pyo3::import_exception!(flame.errors, StorageUnavailableError);
+    pyo3::import_exception!(flame.errors, AuthenticationError);
+    pyo3::import_exception!(flame.errors, PermissionDeniedError);
 }
 
 pub use py::{
@@ -55,6 +57,8 @@ pub fn to_py(e: FlameError, about: About) -> PyErr {
         | FlameError::Internal(_)
         | FlameError::Busy(_) => py::FlameError::new_err(msg),
         FlameError::StorageUnavailable(_) => py::StorageUnavailableError::new_err(msg),
+        FlameError::Unauthenticated(_) => py::AuthenticationError::new_err(msg),
+        FlameError::PermissionDenied(_) => py::PermissionDeniedError::new_err(msg),
     }
 }
 

@@ -18,7 +18,7 @@ use flame_core::proto::{self, client_message, frontend_server::Frontend};
 use flame_core::view::page_size;
 use flame_core::FlameError;
 
-use super::objects;
+use super::{admin, objects};
 use crate::reads::{Reads, TaskQuery};
 use crate::session_manager::{Event, ManagerHandle};
 
@@ -384,6 +384,49 @@ impl Frontend for FrontendService {
         let ids = req.into_inner().object_ids;
         objects::delete(self.handle.objects.clone(), ids).await?;
         Ok(Response::new(proto::Empty {}))
+    }
+
+    // Security calls (#11): implemented in `admin`.
+    async fn discover(
+        &self,
+        req: Request<proto::Empty>,
+    ) -> Result<Response<proto::DiscoverReply>, Status> {
+        admin::discover(req).await
+    }
+
+    async fn join_node(
+        &self,
+        req: Request<proto::JoinRequest>,
+    ) -> Result<Response<proto::JoinReply>, Status> {
+        admin::join_node(req).await
+    }
+
+    async fn create_token(
+        &self,
+        req: Request<proto::TokenSpec>,
+    ) -> Result<Response<proto::TokenCreated>, Status> {
+        admin::create_token(req).await
+    }
+
+    async fn list_tokens(
+        &self,
+        req: Request<proto::Empty>,
+    ) -> Result<Response<proto::TokenList>, Status> {
+        admin::list_tokens(req).await
+    }
+
+    async fn revoke_token(
+        &self,
+        req: Request<proto::TokenRef>,
+    ) -> Result<Response<proto::TokenInfo>, Status> {
+        admin::revoke_token(req).await
+    }
+
+    async fn revoke_node(
+        &self,
+        req: Request<proto::NodeRef>,
+    ) -> Result<Response<proto::RevokedNode>, Status> {
+        admin::revoke_node(req).await
     }
 }
 
