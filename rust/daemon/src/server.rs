@@ -19,6 +19,7 @@ use flame_core::{FlameError, Result};
 use crate::http::{HttpPort, HttpServer};
 use crate::reads::Reads;
 use crate::rpc::{backend::BackendService, frontend::FrontendService};
+use crate::security::Security;
 use crate::session_manager::{self, ManagerConfig, ManagerHandle};
 use crate::state_guard::{Fatal, StateLock};
 
@@ -48,6 +49,8 @@ pub struct Head {
     /// Raised when the head must stop by itself (its state file was deleted, replaced or
     /// damaged); whoever runs the head waits on it beside the shutdown signal.
     pub fatal: Fatal,
+    /// Tokens, the CA and who may do what (README "Security").
+    pub security: Arc<Security>,
     /// Held for the head's whole life: one head per state dir.
     _lock: StateLock,
     http: Option<HttpServer>,
@@ -103,6 +106,10 @@ impl Head {
             }
         };
         let dashboard_url = http.as_ref().map(HttpServer::url);
+        // Until the cluster CA exists, tokens name the state's identity in its place.
+        let security = Arc::new(Security::new(flame_core::auth::fingerprint(
+            manager.state_id.as_bytes(),
+        )));
 
         // A request may carry one task payload plus a batch around it; tonic reserves what a
         // frame declares, so a larger limit would let one request pin that much memory.
@@ -155,6 +162,7 @@ impl Head {
             manager,
             dashboard_url,
             fatal,
+            security,
             _lock: lock,
             http,
             server_stop,
