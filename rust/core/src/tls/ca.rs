@@ -6,9 +6,8 @@
 //! refused rather than used: a leaked key cannot be un-leaked by tightening the mode later.
 
 use std::fs;
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::os::unix::fs::DirBuilderExt;
+use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use rcgen::{
@@ -19,6 +18,7 @@ use rcgen::{
 use rustls_pki_types::{CertificateDer, DnsName};
 use x509_parser::time::ASN1Time;
 
+use super::files::{io_error, read_private_file, write_private_file};
 use super::node::{validate_node_name, NODE_URI_PREFIX};
 use super::Identity;
 use crate::auth::fingerprint;
@@ -83,8 +83,8 @@ impl ClusterCa {
                 let ca = Self::create()?;
                 // The key first: a crash in between leaves a key without certificate, which
                 // the next start refuses (naming the file) instead of minting a second CA.
-                write_private(&key_path, &ca.issuer.key().serialize_pem())?;
-                write_private(&cert_path, &ca.cert_pem)?;
+                write_private_file(&key_path, &ca.issuer.key().serialize_pem())?;
+                write_private_file(&cert_path, &ca.cert_pem)?;
                 Ok(ca)
             }
             (true, false) => Err(FlameError::FailedPrecondition(format!(
@@ -127,21 +127,7 @@ impl ClusterCa {
     }
 
     fn load(cert_path: &Path, key_path: &Path) -> Result<ClusterCa, FlameError> {
-        let mode = fs::metadata(key_path)
-            .map_err(|e| io_error("cannot read", key_path, e))?
-            .permissions()
-            .mode();
-        if mode & 0o077 != 0 {
-            return Err(FlameError::FailedPrecondition(format!(
-                "the CA key {} has mode {:o}: group or others may read it; the key may have \
-                 leaked, so it is not used. Make a new CA (remove ca.pem and ca.key) or, if you \
-                 are sure nobody read it, `chmod 600` it",
-                key_path.display(),
-                mode & 0o777
-            )));
-        }
-        let key_pem =
-            fs::read_to_string(key_path).map_err(|e| io_error("cannot read", key_path, e))?;
+        let key_pem = read_private_file(key_path, "the CA key")?;
         let cert_pem =
             fs::read_to_string(cert_path).map_err(|e| io_error("cannot read", cert_path, e))?;
         let key = KeyPair::from_pem(&key_pem).map_err(|e| {
@@ -295,27 +281,6 @@ fn time_from_now(delta_secs: i64) -> Result<ASN1Time, FlameError> {
 fn time_at(unix_secs: i64) -> Result<ASN1Time, FlameError> {
     ASN1Time::from_timestamp(unix_secs)
         .map_err(|e| FlameError::Internal(format!("bad certificate date {unix_secs}: {e}")))
-}
-
-/// Writes a file readable by its owner only (created 0600, then renamed into place so that
-/// a reader never sees half a key).
-fn write_private(path: &Path, text: &str) -> Result<(), FlameError> {
-    let tmp = PathBuf::from(format!("{}.tmp", path.display()));
-    let _ = fs::remove_file(&tmp);
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(|e| io_error("cannot create", &tmp, e))?;
-    file.write_all(text.as_bytes())
-        .and_then(|()| file.sync_all())
-        .map_err(|e| io_error("cannot write", &tmp, e))?;
-    fs::rename(&tmp, path).map_err(|e| io_error("cannot rename into place", path, e))
-}
-
-fn io_error(what: &str, path: &Path, e: std::io::Error) -> FlameError {
-    FlameError::FailedPrecondition(format!("{what} {}: {e}", path.display()))
 }
 
 fn rcgen_error(e: rcgen::Error) -> FlameError {

@@ -15,11 +15,13 @@
 //! - [`ca`] — the cluster CA: create once, load, issue server and node certificates.
 //! - [`node`] — node keys, CSRs, node names and reading a node's name from a certificate.
 //! - [`names`] — the names a head's certificate must carry (interfaces, host name).
+//! - [`files`] — private key files (0600, refused when others may read them), identities.
 //! - [`config`] — rustls and tonic configurations (server, client, mutual TLS).
 //! - [`pinning`] — the first contact: fetch the head's CA and check it against a fingerprint.
 
 mod ca;
 mod config;
+mod files;
 mod names;
 mod node;
 mod pinning;
@@ -35,8 +37,11 @@ pub use ca::{ClusterCa, SignedNode, CA_CERT_FILE, CA_COMMON_NAME, CA_KEY_FILE};
 pub use config::{
     client_rustls_config, client_tls, server_rustls_config, server_rustls_config_mtls, server_tls,
 };
+pub use files::{read_private_file, write_private_file};
 pub use names::server_names;
-pub use node::{node_name_of, validate_node_name, NodeKey, NODE_URI_PREFIX};
+pub use node::{
+    node_name_of, peer_node_name, validate_node_name, NodeKey, MAX_NODE_NAME_BYTES, NODE_URI_PREFIX,
+};
 pub use pinning::fetch_pinned_ca;
 
 /// A certificate chain and its private key, both PEM.

@@ -116,3 +116,13 @@ pub fn node_name_of(cert_der: &[u8]) -> Option<String> {
         _ => None,
     })
 }
+
+/// The node name of the certificate a gRPC caller presented (the head's check of a node or
+/// executor connection), or `None` without a node certificate. The TLS layer has verified
+/// the certificate against the cluster CA before the request gets here.
+pub fn peer_node_name<T>(request: &tonic::Request<T>) -> Option<String> {
+    request
+        .peer_certs()?
+        .first()
+        .and_then(|cert| node_name_of(cert))
+}

@@ -18,7 +18,7 @@ use crate::proto::backend_client::BackendClient;
 use crate::proto::backend_server::{Backend, BackendServer};
 use crate::proto::{ExecutorCommand, ExecutorMessage, NodeCommand, NodeMessage};
 use crate::tls::{
-    client_rustls_config, client_tls, fetch_pinned_ca, node_name_of, server_rustls_config,
+    client_rustls_config, client_tls, fetch_pinned_ca, peer_node_name, server_rustls_config,
     server_rustls_config_mtls, server_tls, ClusterCa, Identity, NodeKey,
 };
 
@@ -37,9 +37,7 @@ impl Backend for WhoAmI {
         &self,
         req: Request<Streaming<NodeMessage>>,
     ) -> Result<Response<Self::NodeStreamStream>, Status> {
-        let name = req
-            .peer_certs()
-            .and_then(|certs| certs.first().and_then(|c| node_name_of(c)));
+        let name = peer_node_name(&req);
         Err(Status::failed_precondition(format!(
             "node={}",
             name.unwrap_or_else(|| "none".into())

@@ -7,7 +7,8 @@ use x509_parser::extensions::GeneralName;
 use super::{ders, mode, parse};
 use crate::error::FlameError;
 use crate::tls::{
-    node_name_of, server_names, ClusterCa, NodeKey, CA_CERT_FILE, CA_COMMON_NAME, CA_KEY_FILE,
+    node_name_of, server_names, ClusterCa, Identity, NodeKey, CA_CERT_FILE, CA_COMMON_NAME,
+    CA_KEY_FILE,
 };
 
 #[test]
@@ -219,4 +220,33 @@ fn server_names_cover_the_bind_host_or_every_interface_and_loopback() {
     let tmp = tempfile::tempdir().unwrap();
     let ca = ClusterCa::load_or_create(tmp.path()).unwrap();
     ca.issue_server(&all).unwrap();
+}
+
+#[test]
+fn an_identity_is_saved_private_and_loaded_back_only_if_private_and_matching() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = ClusterCa::load_or_create(&tmp.path().join("ca")).unwrap();
+    let key = NodeKey::generate();
+    let signed = ca.sign_node(&key.csr_pem("n"), "n").unwrap();
+    let id = key.identity(&signed.cert_pem);
+    let (cert, keyf) = (tmp.path().join("node.pem"), tmp.path().join("node.key"));
+    id.save(&cert, &keyf).unwrap();
+    assert_eq!((mode(&cert), mode(&keyf)), (0o600, 0o600));
+    assert_eq!(Identity::load(&cert, &keyf).unwrap(), id);
+    assert_eq!(id.not_after_ms().unwrap(), signed.not_after_ms);
+    assert_eq!(
+        NodeKey::from_pem(&id.key_pem).unwrap().key_pem(),
+        key.key_pem()
+    );
+
+    // Another key next to this certificate.
+    let other = NodeKey::generate().identity(&signed.cert_pem);
+    std::fs::write(&keyf, &other.key_pem).unwrap();
+    let msg = Identity::load(&cert, &keyf).unwrap_err().to_string();
+    assert!(msg.contains("does not belong to the key"), "{msg}");
+
+    id.save(&cert, &keyf).unwrap();
+    std::fs::set_permissions(&keyf, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let msg = Identity::load(&cert, &keyf).unwrap_err().to_string();
+    assert!(msg.contains("640") && msg.contains("node.key"), "{msg}");
 }
