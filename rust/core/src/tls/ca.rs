@@ -28,6 +28,8 @@ use crate::error::FlameError;
 pub const CA_CERT_FILE: &str = "ca.pem";
 /// The CA private key's file in the CA dir (0600).
 pub const CA_KEY_FILE: &str = "ca.key";
+/// The common name of every head server certificate (clients check the SANs, not this).
+const SERVER_COMMON_NAME: &str = "flame head";
 /// The common name of every Flame cluster CA.
 pub const CA_COMMON_NAME: &str = "flame cluster CA";
 
@@ -154,7 +156,9 @@ impl ClusterCa {
         let issuer = Issuer::from_ca_cert_der(&cert_der, key)
             .map_err(|e| FlameError::FailedPrecondition(format!("{what} cannot be used: {e}")))?;
         Ok(ClusterCa {
-            cert_pem,
+            // Re-encoded so that the head's chain carries exactly this one certificate,
+            // whatever else the file holds (comments, CRLF line ends).
+            cert_pem: super::cert_der_to_pem(&cert_der),
             cert_der,
             issuer,
         })
@@ -202,7 +206,7 @@ impl ClusterCa {
             });
         }
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(rcgen_error)?;
-        let mut params = leaf_params(&names[0])?.0;
+        let mut params = leaf_params(SERVER_COMMON_NAME)?.0;
         params.subject_alt_names = sans;
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         let cert = params.signed_by(&key, &self.issuer).map_err(rcgen_error)?;

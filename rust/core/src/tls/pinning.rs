@@ -105,16 +105,16 @@ async fn handshake(
         .connect(server_name, tcp)
         .await
         .map_err(|e| format!("TLS handshake failed: {e}"))?;
-    let chain = tls
+    let chain: Vec<CertificateDer<'static>> = tls
         .get_ref()
         .1
         .peer_certificates()
         .map(|certs| certs.iter().map(|c| c.clone().into_owned()).collect())
         .unwrap_or_default();
-    match chain {
-        ref c if Vec::is_empty(c) => Err("the server sent no certificate".into()),
-        c => Ok(c),
+    if chain.is_empty() {
+        return Err("the server sent no certificate".into());
     }
+    Ok(chain)
 }
 
 /// `https://host:port` (or `host:port`) → host (brackets removed) and port.

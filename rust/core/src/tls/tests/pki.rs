@@ -36,6 +36,11 @@ fn ca_is_created_once_with_private_files_and_reloaded_identical() {
     let again = ClusterCa::load_or_create(&dir).unwrap();
     assert_eq!(again.fingerprint(), ca.fingerprint());
     assert_eq!(again.cert_pem(), ca.cert_pem());
+    // A file edited on another system (CRLF) still loads as the same single certificate.
+    let crlf = ca.cert_pem().replace('\n', "\r\n");
+    std::fs::write(dir.join(CA_CERT_FILE), format!("# cluster CA\r\n{crlf}")).unwrap();
+    let edited = ClusterCa::load_or_create(&dir).unwrap();
+    assert_eq!(edited.cert_pem(), ca.cert_pem());
     // The reloaded CA still signs certificates that chain to the same CA.
     let node = NodeKey::generate();
     let signed = again.sign_node(&node.csr_pem("n1"), "n1").unwrap();
