@@ -15,12 +15,11 @@ use rcgen::{
     DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
     PKCS_ECDSA_P256_SHA256,
 };
-use rustls_pki_types::{CertificateDer, DnsName};
+use rustls_pki_types::CertificateDer;
 use x509_parser::time::ASN1Time;
 
 use super::files::{io_error, read_private_file, write_private_file};
 use super::node::{validate_node_name, NODE_URI_PREFIX};
-use super::Identity;
 use crate::auth::fingerprint;
 use crate::error::FlameError;
 
@@ -28,8 +27,6 @@ use crate::error::FlameError;
 pub const CA_CERT_FILE: &str = "ca.pem";
 /// The CA private key's file in the CA dir (0600).
 pub const CA_KEY_FILE: &str = "ca.key";
-/// The common name of every head server certificate (clients check the SANs, not this).
-const SERVER_COMMON_NAME: &str = "flame head";
 /// The common name of every Flame cluster CA.
 pub const CA_COMMON_NAME: &str = "flame cluster CA";
 
@@ -55,7 +52,7 @@ pub struct SignedNode {
 pub struct ClusterCa {
     cert_pem: String,
     cert_der: CertificateDer<'static>,
-    issuer: Issuer<'static, KeyPair>,
+    pub(super) issuer: Issuer<'static, KeyPair>,
 }
 
 impl std::fmt::Debug for ClusterCa {
@@ -179,43 +176,6 @@ impl ClusterCa {
         fingerprint(&self.cert_der)
     }
 
-    /// A server certificate for the head, valid for `names` (each an IP address or a DNS
-    /// name; see [`super::server_names`]), serverAuth only, one year.
-    ///
-    /// The returned `cert_pem` is the chain: the leaf, then the CA certificate (clients that
-    /// pin the CA by fingerprint find it in the handshake).
-    pub fn issue_server(&self, names: &[String]) -> Result<Identity, FlameError> {
-        if names.is_empty() {
-            return Err(FlameError::InvalidArgument(
-                "a server certificate needs at least one host name or IP address".into(),
-            ));
-        }
-        let mut sans = Vec::with_capacity(names.len());
-        for name in names {
-            let name = name.trim_start_matches('[').trim_end_matches(']');
-            sans.push(match name.parse::<std::net::IpAddr>() {
-                Ok(ip) => SanType::IpAddress(ip),
-                Err(_) => {
-                    DnsName::try_from(name).map_err(|_| {
-                        FlameError::InvalidArgument(format!(
-                            "server name {name:?} is neither an IP address nor a DNS name"
-                        ))
-                    })?;
-                    SanType::DnsName(name.try_into().map_err(rcgen_error)?)
-                }
-            });
-        }
-        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(rcgen_error)?;
-        let mut params = leaf_params(SERVER_COMMON_NAME)?.0;
-        params.subject_alt_names = sans;
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        let cert = params.signed_by(&key, &self.issuer).map_err(rcgen_error)?;
-        Ok(Identity {
-            cert_pem: format!("{}{}", cert.pem(), self.cert_pem),
-            key_pem: key.serialize_pem(),
-        })
-    }
-
     /// Signs a node's certificate request: CN = `node_name`, URI SAN `flame-node:<name>`
     /// (the identity the head checks), clientAuth only, one year.
     ///
@@ -243,7 +203,7 @@ impl ClusterCa {
 }
 
 /// Parameters every leaf shares; returns them with the serial and the end of validity (ms).
-fn leaf_params(common_name: &str) -> Result<(CertificateParams, u64, u64), FlameError> {
+pub(super) fn leaf_params(common_name: &str) -> Result<(CertificateParams, u64, u64), FlameError> {
     let mut params = CertificateParams::default();
     params.distinguished_name = DistinguishedName::new();
     params
@@ -287,6 +247,6 @@ fn time_at(unix_secs: i64) -> Result<ASN1Time, FlameError> {
         .map_err(|e| FlameError::Internal(format!("bad certificate date {unix_secs}: {e}")))
 }
 
-fn rcgen_error(e: rcgen::Error) -> FlameError {
+pub(super) fn rcgen_error(e: rcgen::Error) -> FlameError {
     FlameError::Internal(format!("certificate: {e}"))
 }

@@ -14,6 +14,7 @@
 //! # Files
 //! - [`ca`] — the cluster CA: create once, load, issue server and node certificates.
 //! - [`node`] — node keys, CSRs, node names and reading a node's name from a certificate.
+//! - [`head`] — the head's server certificate: issue, keep, reissue when it no longer fits.
 //! - [`names`] — the names a head's certificate must carry (interfaces, host name).
 //! - [`files`] — private key files (0600, refused when others may read them), identities.
 //! - [`config`] — rustls and tonic configurations (server, client, mutual TLS).
@@ -22,6 +23,7 @@
 mod ca;
 mod config;
 mod files;
+mod head;
 mod names;
 mod node;
 mod pinning;
@@ -38,6 +40,7 @@ pub use config::{
     client_rustls_config, client_tls, server_rustls_config, server_rustls_config_mtls, server_tls,
 };
 pub use files::{read_private_file, write_private_file};
+pub use head::{HEAD_CERT_FILE, HEAD_KEY_FILE};
 pub use names::server_names;
 pub use node::{
     node_name_of, peer_node_name, validate_node_name, NodeKey, MAX_NODE_NAME_BYTES, NODE_URI_PREFIX,

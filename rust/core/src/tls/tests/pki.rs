@@ -8,7 +8,7 @@ use super::{ders, mode, parse};
 use crate::error::FlameError;
 use crate::tls::{
     node_name_of, server_names, ClusterCa, Identity, NodeKey, CA_CERT_FILE, CA_COMMON_NAME,
-    CA_KEY_FILE,
+    CA_KEY_FILE, HEAD_CERT_FILE, HEAD_KEY_FILE,
 };
 
 #[test]
@@ -254,4 +254,37 @@ fn an_identity_is_saved_private_and_loaded_back_only_if_private_and_matching() {
     std::fs::set_permissions(&keyf, std::fs::Permissions::from_mode(0o640)).unwrap();
     let msg = Identity::load(&cert, &keyf).unwrap_err().to_string();
     assert!(msg.contains("640") && msg.contains("node.key"), "{msg}");
+}
+
+#[test]
+fn the_head_identity_is_kept_while_it_fits_and_reissued_otherwise() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let ca = ClusterCa::load_or_create(dir).unwrap();
+    let names: Vec<String> = vec!["127.0.0.1".into(), "localhost".into(), "::1".into()];
+    let first = ca.head_identity(dir, &names).unwrap();
+    assert_eq!(mode(&dir.join(HEAD_KEY_FILE)), 0o600);
+    assert_eq!(mode(&dir.join(HEAD_CERT_FILE)), 0o600);
+    // Same names (in another spelling): the kept one.
+    let spelled: Vec<String> = vec!["[::1]".into(), "LOCALHOST".into()];
+    assert_eq!(ca.head_identity(dir, &spelled).unwrap(), first);
+    // A new name: a new certificate, with it.
+    let mut more = names.clone();
+    more.push("head.example".into());
+    let second = ca.head_identity(dir, &more).unwrap();
+    assert_ne!(second, first);
+    assert_eq!(ca.head_identity(dir, &more).unwrap(), second);
+    // Another CA in the same dir (rotated): reissued under it.
+    let other_dir = tempfile::tempdir().unwrap();
+    let other = ClusterCa::load_or_create(other_dir.path()).unwrap();
+    let third = other.head_identity(dir, &more).unwrap();
+    assert_eq!(ders(&third.cert_pem)[1], other.cert_der());
+    // A kept key others may read is refused, not silently replaced.
+    std::fs::set_permissions(
+        dir.join(HEAD_KEY_FILE),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    let msg = other.head_identity(dir, &more).unwrap_err().to_string();
+    assert!(msg.contains(HEAD_KEY_FILE) && msg.contains("644"), "{msg}");
 }
