@@ -43,7 +43,8 @@ pub use files::{read_private_file, write_private_file};
 pub use head::{HEAD_CERT_FILE, HEAD_KEY_FILE};
 pub use names::server_names;
 pub use node::{
-    node_name_of, peer_node_name, validate_node_name, NodeKey, MAX_NODE_NAME_BYTES, NODE_URI_PREFIX,
+    node_cert_of, node_name_of, peer_node, peer_node_name, validate_node_name, NodeCert, NodeKey,
+    MAX_NODE_NAME_BYTES, NODE_URI_PREFIX,
 };
 pub use pinning::fetch_pinned_ca;
 

@@ -117,6 +117,39 @@ pub fn node_name_of(cert_der: &[u8]) -> Option<String> {
     })
 }
 
+/// What the head needs of a node's certificate: who it names, and how to find it among the
+/// certificates it issued (to refuse a revoked one).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeCert {
+    pub name: String,
+    /// SHA-256 of the DER, lowercase hex (= [`super::SignedNode::fingerprint`]).
+    pub fingerprint: String,
+    /// The serial number if it fits in a u64 (= [`super::SignedNode::serial`]).
+    pub serial: Option<u64>,
+}
+
+/// [`NodeCert`] of a certificate the cluster CA issued, or `None` for any other certificate.
+/// Like [`node_name_of`], does not check the signature.
+pub fn node_cert_of(cert_der: &[u8]) -> Option<NodeCert> {
+    let name = node_name_of(cert_der)?;
+    let (_, cert) = x509_parser::parse_x509_certificate(cert_der).ok()?;
+    let serial = u64::try_from(cert.tbs_certificate.serial.clone()).ok();
+    Some(NodeCert {
+        name,
+        fingerprint: crate::auth::fingerprint(cert_der),
+        serial,
+    })
+}
+
+/// The node certificate a gRPC caller presented (verified by the TLS layer against the
+/// cluster CA), or `None` for a caller without one (a user with a bearer token).
+pub fn peer_node<T>(request: &tonic::Request<T>) -> Option<NodeCert> {
+    request
+        .peer_certs()?
+        .first()
+        .and_then(|cert| node_cert_of(cert))
+}
+
 /// The node name of the certificate a gRPC caller presented (the head's check of a node or
 /// executor connection), or `None` without a node certificate. The TLS layer has verified
 /// the certificate against the cluster CA before the request gets here.

@@ -18,8 +18,9 @@ use crate::proto::backend_client::BackendClient;
 use crate::proto::backend_server::{Backend, BackendServer};
 use crate::proto::{ExecutorCommand, ExecutorMessage, NodeCommand, NodeMessage};
 use crate::tls::{
-    client_rustls_config, client_tls, fetch_pinned_ca, peer_node_name, server_rustls_config,
-    server_rustls_config_mtls, server_tls, ClusterCa, Identity, NodeKey,
+    client_rustls_config, client_tls, fetch_pinned_ca, peer_node, peer_node_name,
+    server_rustls_config, server_rustls_config_mtls, server_tls, ClusterCa, Identity, NodeKey,
+    SignedNode,
 };
 
 /// A Backend that answers every NodeStream with the node name of the caller's certificate
@@ -37,11 +38,14 @@ impl Backend for WhoAmI {
         &self,
         req: Request<Streaming<NodeMessage>>,
     ) -> Result<Response<Self::NodeStreamStream>, Status> {
+        // Both helpers see the same certificate.
         let name = peer_node_name(&req);
-        Err(Status::failed_precondition(format!(
-            "node={}",
-            name.unwrap_or_else(|| "none".into())
-        )))
+        let cert = peer_node(&req);
+        assert_eq!(name, cert.as_ref().map(|c| c.name.clone()));
+        Err(Status::failed_precondition(match cert {
+            Some(c) => format!("node={} fingerprint={}", c.name, c.fingerprint),
+            None => "node=none".into(),
+        }))
     }
 
     async fn executor_stream(
@@ -57,6 +61,7 @@ struct Pki {
     ca: ClusterCa,
     server: Identity,
     node: Identity,
+    signed: SignedNode,
 }
 
 fn pki() -> Pki {
@@ -73,6 +78,7 @@ fn pki() -> Pki {
         ca,
         server,
         node,
+        signed,
     }
 }
 
@@ -113,7 +119,8 @@ async fn tonic_mutual_tls_shows_the_head_the_node_name() {
 
     let tls = client_tls(pki.ca.cert_pem(), "127.0.0.1", Some(&pki.node));
     let channel = endpoint(addr).tls_config(tls).unwrap().connect().await;
-    assert_eq!(who_am_i(channel.unwrap()).await.unwrap(), "node=node-7");
+    let expected = format!("node=node-7 fingerprint={}", pki.signed.fingerprint);
+    assert_eq!(who_am_i(channel.unwrap()).await.unwrap(), expected);
 
     // Client certificates are optional: a user (bearer token) connects without one.
     let tls = client_tls(pki.ca.cert_pem(), "localhost", None);

@@ -7,8 +7,8 @@ use x509_parser::extensions::GeneralName;
 use super::{ders, mode, parse};
 use crate::error::FlameError;
 use crate::tls::{
-    node_name_of, server_names, ClusterCa, Identity, NodeKey, CA_CERT_FILE, CA_COMMON_NAME,
-    CA_KEY_FILE, HEAD_CERT_FILE, HEAD_KEY_FILE,
+    node_cert_of, node_name_of, server_names, ClusterCa, Identity, NodeCert, NodeKey, CA_CERT_FILE,
+    CA_COMMON_NAME, CA_KEY_FILE, HEAD_CERT_FILE, HEAD_KEY_FILE,
 };
 
 #[test]
@@ -97,6 +97,14 @@ fn a_signed_csr_names_its_node_with_client_auth_only() {
         .unwrap();
     let der = ders(&signed.cert_pem).remove(0);
     assert_eq!(node_name_of(&der).as_deref(), Some("node-1.rack_2"));
+    assert_eq!(
+        node_cert_of(&der),
+        Some(NodeCert {
+            name: "node-1.rack_2".into(),
+            fingerprint: signed.fingerprint.clone(),
+            serial: Some(signed.serial),
+        })
+    );
     assert_eq!(signed.fingerprint, crate::auth::fingerprint(&der));
 
     let cert = parse(&der);
