@@ -6,7 +6,8 @@
 //! refused rather than used: a leaked key cannot be un-leaked by tightening the mode later.
 
 use std::fs;
-use std::os::unix::fs::DirBuilderExt;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -74,6 +75,9 @@ impl ClusterCa {
             .mode(0o700)
             .create(dir)
             .map_err(|e| io_error("cannot create the CA directory", dir, e))?;
+        // Two processes starting on a fresh dir must not mint two CAs (one would then run
+        // with a CA whose files the other replaced): the check and the creation are one step.
+        let _lock = lock_dir(dir)?;
         let cert_path = dir.join(CA_CERT_FILE);
         let key_path = dir.join(CA_KEY_FILE);
         match (cert_path.exists(), key_path.exists()) {
@@ -245,6 +249,27 @@ fn time_from_now(delta_secs: i64) -> Result<ASN1Time, FlameError> {
 fn time_at(unix_secs: i64) -> Result<ASN1Time, FlameError> {
     ASN1Time::from_timestamp(unix_secs)
         .map_err(|e| FlameError::Internal(format!("bad certificate date {unix_secs}: {e}")))
+}
+
+/// An exclusive lock on `dir/ca.lock`, held until the file is dropped.
+fn lock_dir(dir: &Path) -> Result<fs::File, FlameError> {
+    let path = dir.join("ca.lock");
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|e| io_error("cannot open", &path, e))?;
+    // SAFETY: flock on a descriptor this function owns; released when `file` closes.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
+        return Err(io_error(
+            "cannot lock",
+            &path,
+            std::io::Error::last_os_error(),
+        ));
+    }
+    Ok(file)
 }
 
 pub(super) fn rcgen_error(e: rcgen::Error) -> FlameError {

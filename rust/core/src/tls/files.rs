@@ -14,8 +14,12 @@ use crate::error::FlameError;
 /// Writes `text` to `path` readable by its owner only: created 0600 under a temporary name,
 /// synced, then renamed into place so that no reader ever sees half a key.
 pub fn write_private_file(path: &Path, text: &str) -> Result<(), FlameError> {
-    let tmp = PathBuf::from(format!("{}.tmp", path.display()));
-    let _ = fs::remove_file(&tmp);
+    // A name of its own, so that two writers of the same file never share a temporary one.
+    let tmp = PathBuf::from(format!(
+        "{}.{}.tmp",
+        path.display(),
+        uuid::Uuid::new_v4().simple()
+    ));
     let mut file = fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -24,8 +28,14 @@ pub fn write_private_file(path: &Path, text: &str) -> Result<(), FlameError> {
         .map_err(|e| io_error("cannot create", &tmp, e))?;
     file.write_all(text.as_bytes())
         .and_then(|()| file.sync_all())
-        .map_err(|e| io_error("cannot write", &tmp, e))?;
-    fs::rename(&tmp, path).map_err(|e| io_error("cannot rename into place", path, e))
+        .map_err(|e| {
+            let _ = fs::remove_file(&tmp);
+            io_error("cannot write", &tmp, e)
+        })?;
+    fs::rename(&tmp, path).map_err(|e| {
+        let _ = fs::remove_file(&tmp);
+        io_error("cannot rename into place", path, e)
+    })
 }
 
 /// Reads a private key file, refusing it if group or others may read it; `what` names the

@@ -296,3 +296,20 @@ fn the_head_identity_is_kept_while_it_fits_and_reissued_otherwise() {
     let msg = other.head_identity(dir, &more).unwrap_err().to_string();
     assert!(msg.contains(HEAD_KEY_FILE) && msg.contains("644"), "{msg}");
 }
+
+#[test]
+fn processes_starting_together_share_one_ca() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("tls");
+    let fingerprints: Vec<String> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..4)
+            .map(|_| s.spawn(|| ClusterCa::load_or_create(&dir).unwrap().fingerprint()))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let on_disk = ClusterCa::load_or_create(&dir).unwrap().fingerprint();
+    assert!(
+        fingerprints.iter().all(|f| *f == on_disk),
+        "{fingerprints:?} vs {on_disk}"
+    );
+}
