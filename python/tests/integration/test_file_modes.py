@@ -59,6 +59,7 @@ modes = {name: mode(p) for name, p in paths.items()}
 flame.shutdown()
 flame.init(slots=1)
 modes["temporary state dir"] = mode(api.runtime().temp_dir)
+modes["its owner.lock"] = mode(os.path.join(api.runtime().temp_dir, "owner.lock"))
 modes["its objects"] = mode(api.runtime().conn.objects.dir)
 flame.shutdown()
 print(json.dumps(modes))
