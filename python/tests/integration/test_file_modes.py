@@ -56,6 +56,10 @@ paths = {
     "object": os.path.join(store.dir, f"{ref.id:016x}"),
 }
 modes = {name: mode(p) for name, p in paths.items()}
+# And whatever else the head keeps there (credentials, certificates...): the same.
+for root, dirs, files in os.walk(state):
+    for name in dirs + files:
+        modes[os.path.join(root, name)] = mode(os.path.join(root, name))
 flame.shutdown()
 flame.init(slots=1)
 modes["temporary state dir"] = mode(api.runtime().temp_dir)
@@ -76,6 +80,7 @@ def test_state_and_object_files_are_private_under_umask_0(tmp_path: Path) -> Non
     assert done.returncode == 0, done.stderr
     modes = json.loads(done.stdout.strip().splitlines()[-1])
     dirs = {"state dir", "objects", "temporary state dir", "its objects"}
+    dirs |= {name for name in modes if name.startswith("/") and Path(name).is_dir()}
     expected = {name: "0o700" if name in dirs else "0o600" for name in modes}
     assert modes == expected
     assert oct((tmp_path / "new").stat().st_mode & 0o777) == "0o700"

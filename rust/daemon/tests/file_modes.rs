@@ -139,6 +139,25 @@ fn a_fresh_state_dir_and_its_files_are_private_under_umask_0() {
     for f in files {
         assert_eq!(mode(&f), 0o600, "{}", f.display());
     }
+    // And whatever else the head keeps there (credentials, certificates...): the same.
+    for (path, is_dir) in tree(&dir) {
+        let expected = if is_dir { 0o700 } else { 0o600 };
+        assert_eq!(mode(&path), expected, "{}", path.display());
+    }
+}
+
+/// Every entry under `dir`, recursively, and whether it is a directory.
+fn tree(dir: &Path) -> Vec<(std::path::PathBuf, bool)> {
+    let mut all = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let is_dir = std::fs::symlink_metadata(&path).unwrap().is_dir();
+        if is_dir {
+            all.extend(tree(&path));
+        }
+        all.push((path, is_dir));
+    }
+    all
 }
 
 #[test]
