@@ -114,7 +114,9 @@ class StorageUnavailableError(FlameError):
 
 class ObjectLostError(FlameError):
     """An object a task or ``ObjectRef.get()`` needs no longer exists (its ref was dropped
-    in the process that made it, or that process is gone). The message names the object."""
+    in the process that made it, or that process is gone), or its file cannot be trusted
+    (another OS user owns it or can write it: it is never read). The message names the
+    object, and the file and its owner when it was refused."""
 
 
 class SerializationError(FlameError, TypeError):

@@ -14,6 +14,12 @@ shared-memory store. A process elsewhere uploads and downloads it over gRPC in c
 tells which it is by finding the head's token in ``<object dir>/token``; setting
 ``FLAME_OBJECTS_VIA_RPC=1`` forces the gRPC path.
 
+Files are private: written 0600 in the head's 0700 object directory, and a file (token or
+object) is trusted only if this process's user owns it and nobody else can write it. An
+object file that fails the check is never mapped (its pickle could run anyone's code):
+reading it raises :class:`flame.ObjectLostError` naming the file and its owner; a token
+file that fails it sends this process over gRPC, with a warning.
+
 Lifetime: an object lives while its :class:`ObjectRef` (in the process that made it) is
 referenced, or a task that uses it is unfinished; after that it is deleted. Objects of a
 client that goes away are deleted by the head when the client's lease runs out.
@@ -21,9 +27,11 @@ client that goes away are deleted by the head when the client's lease runs out.
 
 from __future__ import annotations
 
+import errno
 import mmap
 import os
 import threading
+import warnings
 import weakref
 from collections import OrderedDict
 from typing import Any, Callable
@@ -84,14 +92,44 @@ def _rebuild(object_id: int, size: int, directory: str, token: str) -> Any:
     return ObjectRef(object_id, size, store)
 
 
+def _untrusted(path: str, st: os.stat_result) -> str | None:
+    """Why a file must not be read (another user owns it, or others can write it), or None.
+    The same words as the head's check (``flame_core::private_files``)."""
+    euid = os.geteuid()
+    if st.st_uid != euid:
+        return (
+            f"{path} belongs to uid {st.st_uid}, not to uid {euid} (this process); refusing "
+            "to read a file another user could have written"
+        )
+    if st.st_mode & 0o022:
+        mode = st.st_mode & 0o777
+        return f"{path} can be written by other users (mode {mode:o}); refusing to read it"
+    return None
+
+
 def _same_machine(directory: str, token: str) -> bool:
     if os.environ.get("FLAME_OBJECTS_VIA_RPC") == "1" or not directory or not token:
         return False
+    path = os.path.join(directory, "token")
     try:
-        with open(os.path.join(directory, "token"), encoding="ascii") as f:
-            return f.read().strip() == token
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return False  # another machine, or a directory this user cannot read
+    try:
+        problem = _untrusted(path, os.fstat(fd))
+        if problem is not None:
+            warnings.warn(
+                f"not using the object files in {directory} directly: {problem}; objects "
+                "go through the head over gRPC",
+                errors.FlameWarning,
+                stacklevel=3,
+            )
+            return False
+        return os.read(fd, 4096).decode("ascii", "replace").strip() == token
     except OSError:
         return False
+    finally:
+        os.close(fd)
 
 
 class ObjectStore:
@@ -176,7 +214,7 @@ class ObjectStore:
         final = os.path.join(self.dir, f"{object_id:016x}")
         tmp = os.path.join(self.dir, f".{object_id:016x}.{os.getpid()}.part")
         try:
-            fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+            fd = _create_private(tmp)
             try:
                 size = sum(memoryview(p).nbytes for p in parts)
                 os.ftruncate(fd, size)
@@ -258,11 +296,22 @@ class ObjectStore:
     def _map_file(self, object_id: int) -> Any:
         path = os.path.join(self.dir, f"{object_id:016x}")
         try:
-            fd = os.open(path, os.O_RDONLY)
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
         except FileNotFoundError:
             raise errors.ObjectLostError(_lost(object_id)) from None
+        except OSError as e:
+            if e.errno != errno.ELOOP:
+                raise
+            raise errors.ObjectLostError(
+                f"object {object_id:#x} cannot be read: {path} is a symbolic link; refusing "
+                "to follow it"
+            ) from None
         try:
-            if os.fstat(fd).st_size == 0:
+            st = os.fstat(fd)  # the file opened, not whatever the name points to now
+            problem = _untrusted(path, st)
+            if problem is not None:
+                raise errors.ObjectLostError(f"object {object_id:#x} cannot be read: {problem}")
+            if st.st_size == 0:
                 return b""
             return memoryview(mmap.mmap(fd, 0, prot=mmap.PROT_READ))
         finally:
@@ -272,6 +321,8 @@ class ObjectStore:
         try:
             return self._client().get(object_id)
         except errors.ObjectLostError as e:  # NOT_FOUND from the head
+            if "cannot be read:" in str(e):
+                raise  # the head refused its file (another user's): it says which
             raise errors.ObjectLostError(_lost(object_id)) from e
 
     def _client(self) -> Any:
@@ -283,6 +334,18 @@ class ObjectStore:
 # Fetched objects kept per process, so tasks that share an object download it once.
 _CACHE_BYTES = 256 << 20
 _CACHE_ENTRIES = 256
+
+
+def _create_private(path: str) -> int:
+    """A new file, 0600, for this process alone. One left at this name (by a process that
+    died with this pid) is removed first, never truncated: its mode or its second name
+    would survive a truncation."""
+    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+    try:
+        return os.open(path, flags, 0o600)
+    except FileExistsError:
+        os.unlink(path)
+        return os.open(path, flags, 0o600)
 
 
 def _lost(object_id: int) -> str:

@@ -6,6 +6,7 @@
 //! - [`error`] — [`FlameError`], the one error enum of this layer, and its gRPC mapping.
 //! - [`proto`] — generated tonic/prost types for `proto/flame.proto`, plus conversions.
 //! - [`model`] — domain types: task and session records, their states and transitions.
+//! - [`private_files`] — files only their OS user reads: 0700 dirs, 0600 files, owner checks.
 //! - [`parts`] — large task outputs sent as several small messages, and their reassembly.
 //! - [`scheduler`] — the pure, event-driven scheduling policy (no I/O, virtual time).
 //! - [`storage`] — the `Storage` trait and its SQLite engine.
@@ -21,6 +22,7 @@ pub mod executor;
 pub mod ids;
 pub mod model;
 pub mod parts;
+pub mod private_files;
 pub mod proto;
 pub mod scheduler;
 pub mod storage;

@@ -68,7 +68,9 @@ impl Head {
     /// `Storage` or `StateFileUnusable` if the state cannot be opened, `InvalidArgument` if
     /// the address cannot be bound (port in use, bad host).
     pub async fn start(cfg: HeadConfig) -> Result<Head> {
-        std::fs::create_dir_all(&cfg.state_dir).map_err(|e| {
+        // 0700 and ours (tightened with a warning if it was more open): it holds the users'
+        // objects and credentials.
+        flame_core::private_files::private_dir(&cfg.state_dir).map_err(|e| {
             FlameError::InvalidArgument(format!("state dir {}: {e}", cfg.state_dir.display()))
         })?;
         // Before anything reads the state: a second head must not even open the database.

@@ -38,7 +38,7 @@ impl StateLock {
     /// `InvalidArgument` when the lock file cannot be opened.
     pub fn acquire(state_dir: &Path) -> Result<StateLock> {
         let path = state_dir.join(LOCK_FILE);
-        let mut file = std::fs::OpenOptions::new()
+        let mut file = flame_core::private_files::private_options()
             .read(true)
             .write(true)
             .create(true)

@@ -12,6 +12,10 @@
 //! client deletes them, or when its lease runs out (see the session manager). An object is
 //! written once: storing an id that is already stored is refused, whoever asks, and the
 //! stored bytes stay as they were (a reference handed out never changes meaning).
+//!
+//! The directory is 0700 and every file 0600 (see [`crate::private_files`]): objects are the
+//! users' data. An object file is read only if this user owns it and nobody else can write
+//! it, since clients unpickle what it holds.
 
 use std::collections::BTreeSet;
 use std::fs::{self, File};
@@ -22,6 +26,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::error::{FlameError, Result};
 use crate::ids::{ClientId, ObjectId};
+use crate::private_files::{open_trusted, private_dir, private_options, write_private};
 
 const TOKEN_FILE: &str = "token";
 
@@ -56,15 +61,13 @@ impl ObjectStore {
     /// # Errors
     /// `Storage` naming the directory when it cannot be created or its token written.
     pub fn open(dir: &Path) -> Result<ObjectStore> {
-        fs::create_dir_all(dir).map_err(|e| io_error("object dir", dir, e))?;
+        private_dir(dir)?;
         let token_path = dir.join(TOKEN_FILE);
-        let token = match fs::read_to_string(&token_path) {
-            Ok(t) if !t.trim().is_empty() => t.trim().to_string(),
-            _ => {
+        let token = match read_token(&token_path) {
+            Some(t) => t,
+            None => {
                 let token = fresh_token();
-                let tmp = dir.join(format!(".{TOKEN_FILE}.{}", std::process::id()));
-                fs::write(&tmp, &token).map_err(|e| io_error("object token", &tmp, e))?;
-                fs::rename(&tmp, &token_path).map_err(|e| io_error("object token", &tmp, e))?;
+                write_private(&token_path, token.as_bytes())?;
                 token
             }
         };
@@ -109,7 +112,14 @@ impl ObjectStore {
         static UPLOADS: AtomicU64 = AtomicU64::new(0);
         let n = UPLOADS.fetch_add(1, Ordering::Relaxed);
         let tmp = self.dir.join(format!(".{:016x}.{n}.part", id.0));
-        let file = File::create(&tmp).map_err(|e| io_error("object", &tmp, e))?;
+        // Never truncate what is there: after a crash between `commit`'s link and the
+        // unlink it may be a second name of a stored object. Unlink it, then create anew.
+        let _ = fs::remove_file(&tmp);
+        let file = private_options()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .map_err(|e| io_error("object", &tmp, e))?;
         Ok(ObjectWriter {
             file,
             tmp,
@@ -119,19 +129,28 @@ impl ObjectStore {
         })
     }
 
-    /// Open an object for reading.
+    /// Open an object for reading, if its file is one this user wrote.
     ///
     /// # Errors
-    /// `NotFound` naming the object when it does not exist (never stored, or deleted).
+    /// `NotFound` naming the object when it does not exist (never stored, or deleted);
+    /// `FailedPrecondition` naming the object, its file and the file's owner when another
+    /// user owns the file, others can write it, or it is a symbolic link.
     pub fn open_object(&self, id: ObjectId) -> Result<File> {
         let path = self.path(id);
-        File::open(&path).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => FlameError::NotFound(format!(
-                "object {:#x} does not exist (it was deleted, or never stored)",
+        match open_trusted(&path) {
+            Ok(Ok(file)) => Ok(file),
+            Ok(Err(e)) => Err(FlameError::FailedPrecondition(format!(
+                "object {:#x} cannot be read: {e}",
                 id.0
-            )),
-            _ => io_error("object", &path, e),
-        })
+            ))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                Err(FlameError::NotFound(format!(
+                    "object {:#x} does not exist (it was deleted, or never stored)",
+                    id.0
+                )))
+            }
+            Err(e) => Err(io_error("object", &path, e)),
+        }
     }
 
     /// Delete objects; ids that do not exist are skipped. Returns how many were deleted.
@@ -175,6 +194,22 @@ impl ObjectStore {
             .filter(|p| p.file_name().is_some_and(|n| n != TOKEN_FILE))
             .collect()
     }
+}
+
+/// The token in `path`, if the file is ours, untampered and not empty; otherwise a new
+/// one is written (a token planted by another user must not outlive a restart).
+fn read_token(path: &Path) -> Option<String> {
+    let mut file = match open_trusted(path) {
+        Ok(Ok(f)) => f,
+        Ok(Err(e)) => {
+            tracing::warn!(path = %path.display(), "replacing the object token: {e}");
+            return None;
+        }
+        Err(_) => return None,
+    };
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut file, &mut text).ok()?;
+    Some(text.trim().to_string()).filter(|t| !t.is_empty())
 }
 
 /// An object being written; dropped without `commit`, it leaves nothing behind.
@@ -309,6 +344,28 @@ mod tests {
             dir.path().read_dir().unwrap().count(),
             2,
             "token + the object"
+        );
+    }
+
+    #[test]
+    fn files_are_private_and_an_untrusted_object_file_is_refused() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let dir = tempfile::tempdir().unwrap();
+        let objects = dir.path().join("objects");
+        let store = ObjectStore::open(&objects).unwrap();
+        store.writer(id(3, 1)).unwrap().commit().unwrap();
+        let mode = |p: &Path| fs::metadata(p).unwrap().mode() & 0o777;
+        assert_eq!(mode(&objects), 0o700);
+        assert_eq!(mode(&objects.join(TOKEN_FILE)), 0o600);
+        assert_eq!(mode(&store.path(id(3, 1))), 0o600);
+        fs::set_permissions(store.path(id(3, 1)), fs::Permissions::from_mode(0o646)).unwrap();
+        let err = store.open_object(id(3, 1)).unwrap_err();
+        assert!(matches!(err, FlameError::FailedPrecondition(_)), "{err}");
+        let m = err.to_string();
+        assert!(m.contains("object 0x300000001 cannot be read"), "{m}");
+        assert!(
+            m.contains(&store.path(id(3, 1)).display().to_string()),
+            "{m}"
         );
     }
 

@@ -64,6 +64,14 @@ impl SqliteStorage {
     /// from a newer build; `FlameError::StateFileUnusable`, naming the file and what to do,
     /// when it is damaged or not a SQLite database.
     pub fn open(path: &Path) -> Result<Self> {
+        // SQLite would create the file 0644 (its default, whatever the umask); made 0600
+        // here first, it also gives its mode to the -wal and -shm files SQLite creates.
+        crate::private_files::private_file(path)?;
+        for suffix in ["-wal", "-shm"] {
+            let mut side = path.as_os_str().to_owned();
+            side.push(suffix);
+            crate::private_files::tighten_if_exists(Path::new(&side))?;
+        }
         let conn = Connection::open(path).map_err(|e| {
             FlameError::Storage(format!("cannot open state file {}: {e}", path.display()))
         })?;

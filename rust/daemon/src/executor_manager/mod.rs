@@ -30,6 +30,7 @@ mod process;
 mod spawner;
 mod system;
 
+use std::os::unix::fs::DirBuilderExt;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -169,12 +170,17 @@ pub async fn run_node(
         );
         config.slots = fit;
     }
-    std::fs::create_dir_all(&config.work_dir).map_err(|e| {
-        FlameError::InvalidArgument(format!(
-            "executor work dir {}: {e}",
-            config.work_dir.display()
-        ))
-    })?;
+    // Made private if it is new; an existing one (by default the cwd) is the user's to keep.
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(flame_core::private_files::DIR_MODE)
+        .create(&config.work_dir)
+        .map_err(|e| {
+            FlameError::InvalidArgument(format!(
+                "executor work dir {}: {e}",
+                config.work_dir.display()
+            ))
+        })?;
     let mut backoff = Backoff::new();
     let mut node_id = None;
     loop {
