@@ -15,6 +15,7 @@ use crate::config::{default_state_dir, FileConfig};
 use crate::executor_manager::{run_node, NodeConfig};
 use crate::http::HttpPort;
 use crate::local::LocalCluster;
+use crate::security::tls_mode::{TlsMode, TlsSettings};
 use crate::server::{Head, HeadConfig};
 use crate::shutdown::shutdown_signal;
 use crate::state_guard::Fatal;
@@ -76,6 +77,10 @@ pub struct HeadArgs {
     /// Serve no HTTP at all (no dashboard, no /metrics).
     #[arg(long)]
     pub no_http: bool,
+    /// Serve TLS even on a loopback address (same as `tls = "on"` in the config; a head on
+    /// any other address always serves TLS).
+    #[arg(long)]
+    pub tls: bool,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -135,6 +140,11 @@ fn file(path: &Option<PathBuf>) -> Result<FileConfig> {
 
 fn head_config(args: &HeadArgs) -> Result<HeadConfig> {
     let f = file(&args.config)?;
+    let mode = match (&f.tls, args.tls) {
+        (_, true) => TlsMode::On,
+        (Some(text), false) => TlsMode::parse(text)?,
+        (None, false) => TlsMode::Auto,
+    };
     Ok(HeadConfig {
         host: args
             .host
@@ -154,6 +164,10 @@ fn head_config(args: &HeadArgs) -> Result<HeadConfig> {
             args.http_port
                 .or(f.http_port)
                 .map_or(HttpPort::Default, HttpPort::Exactly)
+        },
+        tls: TlsSettings {
+            mode,
+            names: f.tls_names.clone().unwrap_or_default(),
         },
     })
 }
