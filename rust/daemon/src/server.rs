@@ -70,15 +70,15 @@ impl Head {
     /// # Errors
     /// `FailedPrecondition` naming the holder's pid if another head has the state dir,
     /// `Storage` or `StateFileUnusable` if the state cannot be opened, `InvalidArgument` if
-    /// the address cannot be bound (port in use, bad host) or `tls = "off"` is set for a
-    /// non-loopback host.
+    /// the address cannot be bound (port in use, bad host).
     pub async fn start(cfg: HeadConfig) -> Result<Head> {
-        let tls = cfg.tls.mode.enabled_for(&cfg.host)?;
         std::fs::create_dir_all(&cfg.state_dir).map_err(|e| {
             FlameError::InvalidArgument(format!("state dir {}: {e}", cfg.state_dir.display()))
         })?;
         // Before anything reads the state: a second head must not even open the database.
         let lock = StateLock::acquire(&cfg.state_dir)?;
+        // `tls = "off"` on a non-loopback host is refused (InvalidArgument naming it).
+        let tls = cfg.tls.mode.enabled_for(&cfg.host)?;
         // The CA, the head's certificate and auth.db: blocking file work, done once.
         let security = {
             let dir = cfg.state_dir.clone();
