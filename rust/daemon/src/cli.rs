@@ -15,6 +15,7 @@ use crate::config::{default_state_dir, FileConfig};
 use crate::executor_manager::{run_node, NodeConfig};
 use crate::http::HttpPort;
 use crate::local::LocalCluster;
+use crate::security::tls_mode::{TlsMode, TlsSettings};
 use crate::server::{Head, HeadConfig};
 use crate::shutdown::shutdown_signal;
 use crate::state_guard::Fatal;
@@ -43,6 +44,8 @@ pub enum Command {
     Node(NodeArgs),
     /// Drain a node of a running cluster: nothing new goes there, its tasks finish, it exits.
     Drain(DrainArgs),
+    /// Create, list and revoke tokens (users, join tokens for nodes), and revoke nodes.
+    Token(crate::token_cli::TokenArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -76,6 +79,10 @@ pub struct HeadArgs {
     /// Serve no HTTP at all (no dashboard, no /metrics).
     #[arg(long)]
     pub no_http: bool,
+    /// Serve TLS even on a loopback address (same as `tls = "on"` in the config; a head on
+    /// any other address always serves TLS).
+    #[arg(long)]
+    pub tls: bool,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -135,6 +142,11 @@ fn file(path: &Option<PathBuf>) -> Result<FileConfig> {
 
 fn head_config(args: &HeadArgs) -> Result<HeadConfig> {
     let f = file(&args.config)?;
+    let mode = match (&f.tls, args.tls) {
+        (_, true) => TlsMode::On,
+        (Some(text), false) => TlsMode::parse(text)?,
+        (None, false) => TlsMode::Auto,
+    };
     Ok(HeadConfig {
         host: args
             .host
@@ -154,6 +166,10 @@ fn head_config(args: &HeadArgs) -> Result<HeadConfig> {
             args.http_port
                 .or(f.http_port)
                 .map_or(HttpPort::Default, HttpPort::Exactly)
+        },
+        tls: TlsSettings {
+            mode,
+            names: f.tls_names.clone().unwrap_or_default(),
         },
     })
 }
@@ -215,6 +231,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             let head = Head::start(head_config(&args)?).await?;
             let signal = shutdown_signal();
             announce(&head);
+            announce_join(&head)?;
             let fatal = head.fatal.clone();
             let stopped = until_stopped(signal, &fatal).await;
             head.stop().await;
@@ -242,6 +259,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             return result.map_err(|e| FlameError::Internal(format!("node task: {e}")))?;
         }
         Command::Drain(args) => drain(&args).await?,
+        Command::Token(args) => crate::token_cli::run(args).await?,
     }
     Ok(())
 }
@@ -265,6 +283,47 @@ fn announce(head: &Head) {
     }
     let mut out = std::io::stdout().lock();
     let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
+}
+
+/// Print one join token (valid 24 h) as a ready-to-paste node command, after the
+/// listening line (which stays first: scripts read it).
+fn announce_join(head: &Head) -> Result<()> {
+    use std::io::Write;
+    let expiry = crate::token_cli::DEFAULT_JOIN_EXPIRY;
+    let expires_ms =
+        (flame_core::model::now_ms().max(0) as u64).saturating_add(expiry.as_millis() as u64);
+    let token =
+        head.security
+            .try_issue(flame_core::auth::TokenKind::Join, "", false, expires_ms)?;
+    let text = format!(
+        "join a node (this token joins any number of nodes for 24 h; more with \
+         `flame-daemon token create --node`):\n  flame-daemon node --head {} --join-token {token}\n",
+        dialable(&head.address)
+    );
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
+    Ok(())
+}
+
+/// `address` with a wildcard host (0.0.0.0, [::]) replaced by a name other machines can
+/// dial: the first non-loopback name of the head's certificate.
+fn dialable(address: &str) -> String {
+    for wildcard in ["0.0.0.0", "[::]"] {
+        if address.contains(&format!("//{wildcard}:")) {
+            let name = flame_core::tls::server_names(wildcard)
+                .into_iter()
+                .find(|n| !crate::security::tls_mode::is_loopback(n));
+            if let Some(name) = name {
+                let name = if name.contains(':') {
+                    format!("[{name}]")
+                } else {
+                    name
+                };
+                return address.replacen(wildcard, &name, 1);
+            }
+        }
+    }
+    address.to_string()
 }
 
 /// `flame-daemon drain`: ask the head to drain a node and wait until it has left.

@@ -19,6 +19,8 @@
 //! result_retention_ms = 3600000                 # delete a closed session's results after this
 //! http_port = 8265                              # dashboard, /metrics, JSON API (0 = free port)
 //! http = true                                   # false: no HTTP server
+//! tls = "auto"                                  # "on", "off" (loopback only); auto: TLS off loopback
+//! tls_names = ["flame.example.com"]             # extra names for the head's certificate
 //!
 //! [scheduler]
 //! policies = ["priority", "fair_share", "data_aware"]   # any of Policies::NAMES
@@ -71,6 +73,10 @@ pub struct FileConfig {
     pub http_port: Option<u16>,
     /// `false` turns the HTTP server off.
     pub http: Option<bool>,
+    /// `"auto"` (TLS unless the head binds a loopback address), `"on"` or `"off"`.
+    pub tls: Option<String>,
+    /// Extra DNS names or IPs for the head's certificate (e.g. a name in front of it).
+    pub tls_names: Option<Vec<String>>,
     pub scheduler: Option<SchedulerTable>,
 }
 

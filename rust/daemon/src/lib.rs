@@ -12,7 +12,8 @@
 //! - [`executor_manager`] — the node agent: executor processes, heartbeats, exit reports.
 //! - [`shutdown`] — Ctrl-C / SIGTERM; [`state_guard`] — one head per state dir, and the
 //!   stop when the state file is deleted, replaced or damaged under it.
-//! - [`security`] — tokens, credentials and who may do what (README "Security").
+//! - [`security`] — tokens, credentials and who may do what (README "Security");
+//!   [`token_cli`] — `flame-daemon token ...` against a running head.
 //! - [`metrics`] — Prometheus series and the tasks/s history; [`http`] — `/metrics`, the
 //!   JSON API and the embedded dashboard.
 
@@ -30,3 +31,4 @@ pub mod session_manager;
 pub mod shutdown;
 pub mod state_guard;
 pub mod storage_writer;
+pub mod token_cli;

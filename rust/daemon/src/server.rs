@@ -19,6 +19,7 @@ use flame_core::{FlameError, Result};
 use crate::http::{HttpPort, HttpServer};
 use crate::reads::Reads;
 use crate::rpc::{backend::BackendService, frontend::FrontendService};
+use crate::security::tls_mode::TlsSettings;
 use crate::security::Security;
 use crate::session_manager::{self, ManagerConfig, ManagerHandle};
 use crate::state_guard::{Fatal, StateLock};
@@ -36,15 +37,18 @@ pub struct HeadConfig {
     pub manager: ManagerConfig,
     /// The dashboard, `/metrics` and the JSON API, on the same host.
     pub http: HttpPort,
+    /// TLS or not (`tls = "auto" | "on" | "off"`), and extra names for the certificate.
+    pub tls: TlsSettings,
 }
 
 /// A running head. Stop it with [`Head::stop`].
 pub struct Head {
-    /// `http://host:port` — what clients, nodes and executors connect to.
+    /// `http://host:port`, or `https://host:port` with TLS — what clients, nodes and
+    /// executors connect to.
     pub address: String,
     pub local_addr: SocketAddr,
     pub manager: ManagerHandle,
-    /// The dashboard's URL (`http://host:port/`), when HTTP is on.
+    /// The dashboard's URL (`http://host:port/`, https with TLS), when HTTP is on.
     pub dashboard_url: Option<String>,
     /// Raised when the head must stop by itself (its state file was deleted, replaced or
     /// damaged); whoever runs the head waits on it beside the shutdown signal.
@@ -75,6 +79,25 @@ impl Head {
         })?;
         // Before anything reads the state: a second head must not even open the database.
         let lock = StateLock::acquire(&cfg.state_dir)?;
+        // `tls = "off"` on a non-loopback host is refused (InvalidArgument naming it).
+        let tls = cfg.tls.mode.enabled_for(&cfg.host)?;
+        // The CA, the head's certificate and auth.db: blocking file work, done once.
+        let security = {
+            let dir = cfg.state_dir.clone();
+            let names = tls.then(|| {
+                let mut names = flame_core::tls::server_names(&cfg.host);
+                names.extend(cfg.tls.names.iter().cloned());
+                names
+            });
+            tokio::task::spawn_blocking(move || Security::open(&dir, names.as_deref()))
+                .await
+                .map_err(|e| FlameError::Internal(format!("opening the head's security: {e}")))??
+        };
+        let security = Arc::new(security);
+        let http_tls = match &security.identity {
+            Some(id) => Some(flame_core::tls::server_rustls_config(id)?),
+            None => None,
+        };
         let fatal = Fatal::default();
         let db = cfg.state_dir.join("flame.db");
         let storage = fatal.watch(Box::new(SqliteStorage::open(&db)?));
@@ -100,7 +123,7 @@ impl Head {
                 return Err(e);
             }
         };
-        let http = match HttpServer::start(&cfg.host, cfg.http, reads.clone()).await {
+        let http = match HttpServer::start(&cfg.host, cfg.http, reads.clone(), http_tls).await {
             Ok(h) => h,
             Err(e) => {
                 manager.shutdown().await;
@@ -108,11 +131,6 @@ impl Head {
             }
         };
         let dashboard_url = http.as_ref().map(HttpServer::url);
-        // Until the cluster CA exists, tokens name the state's identity in its place.
-        let security = Arc::new(Security::new(flame_core::auth::fingerprint(
-            manager.state_id.as_bytes(),
-        )));
-
         // A request may carry one task payload plus a batch around it; tonic reserves what a
         // frame declares, so a larger limit would let one request pin that much memory.
         let decode_limit = cfg
@@ -120,7 +138,7 @@ impl Head {
             .max_payload_bytes
             .saturating_add(16 << 20)
             .min(MAX_MESSAGE_BYTES);
-        let frontend = FrontendServer::new(FrontendService::new(reads))
+        let frontend = FrontendServer::new(FrontendService::new(reads, security.clone()))
             .max_decoding_message_size(decode_limit)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
         let frontend = tonic::service::interceptor::InterceptedService::new(
@@ -138,10 +156,23 @@ impl Head {
             conn.set_nodelay(true)?;
             Ok::<_, std::io::Error>(conn)
         });
+        let mut builder = tonic::transport::Server::builder();
+        if let (Some(identity), Some(ca_pem)) = (&security.identity, security.ca_pem()) {
+            // Client certificates are optional: users come with tokens, nodes with
+            // certificates the cluster CA signed.
+            let tls_config = flame_core::tls::server_tls(identity, ca_pem);
+            builder = match builder.tls_config(tls_config) {
+                Ok(b) => b,
+                Err(e) => {
+                    manager.shutdown().await;
+                    return Err(FlameError::Internal(format!("the head's TLS: {e}")));
+                }
+            };
+        }
         let server_stop = CancellationToken::new();
         let stop = server_stop.clone();
         let server = tokio::spawn(async move {
-            let result = tonic::transport::Server::builder()
+            let result = builder
                 .tcp_nodelay(true)
                 .http2_keepalive_interval(Some(Duration::from_secs(10)))
                 .add_service(frontend)
@@ -156,7 +187,8 @@ impl Head {
             SocketAddr::V6(a) => format!("[{}]", a.ip()),
             SocketAddr::V4(a) => a.ip().to_string(),
         };
-        let address = format!("http://{host}:{}", local_addr.port());
+        let scheme = if security.tls { "https" } else { "http" };
+        let address = format!("{scheme}://{host}:{}", local_addr.port());
         tracing::info!(%address, state_dir = %cfg.state_dir.display(), dashboard = ?dashboard_url, "session manager listening");
         Ok(Head {
             address,

@@ -176,6 +176,7 @@ async fn api_errors_are_json_and_unknown_ids_are_404() {
         state_dir: dir.path().to_path_buf(),
         manager: ManagerConfig::default(),
         http: HttpPort::Exactly(0),
+        tls: Default::default(),
     })
     .await
     .unwrap();

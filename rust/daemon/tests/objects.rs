@@ -26,6 +26,7 @@ async fn head_on(state_dir: &Path, lease: Duration, port: u16) -> Head {
             ..Default::default()
         },
         http: flame_daemon::http::HttpPort::Off,
+        tls: Default::default(),
     })
     .await
     .expect("head starts")

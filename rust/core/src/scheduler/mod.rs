@@ -33,6 +33,7 @@ mod blocking;
 mod dispatch;
 mod drain;
 mod events;
+mod eviction;
 mod index;
 mod placement;
 mod policy;

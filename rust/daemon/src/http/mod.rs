@@ -7,8 +7,10 @@
 
 mod api;
 mod params;
+mod tls;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -42,16 +44,24 @@ pub enum HttpPort {
 /// A running HTTP server; stop it with [`HttpServer::stop`].
 pub struct HttpServer {
     pub local_addr: SocketAddr,
+    /// Serving HTTPS (the head's TLS identity).
+    pub tls: bool,
     stop: CancellationToken,
     task: JoinHandle<()>,
 }
 
 impl HttpServer {
-    /// Listen on `host` as `port` says and serve until stopped; `None` when it is `Off`.
+    /// Listen on `host` as `port` says and serve until stopped (HTTPS with `tls`); `None`
+    /// when it is `Off`.
     ///
     /// # Errors
     /// `InvalidArgument` naming the address when it cannot be bound.
-    pub async fn start(host: &str, port: HttpPort, reads: Reads) -> Result<Option<Self>> {
+    pub async fn start(
+        host: &str,
+        port: HttpPort,
+        reads: Reads,
+        tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
+    ) -> Result<Option<Self>> {
         let (port, fallback) = match port {
             HttpPort::Off => return Ok(None),
             HttpPort::Exactly(p) => (p, false),
@@ -74,25 +84,41 @@ impl HttpServer {
         let stop = CancellationToken::new();
         let stopped = stop.clone();
         let app = router(reads);
-        let task = tokio::spawn(async move {
-            let serve =
-                axum::serve(listener, app).with_graceful_shutdown(stopped.cancelled_owned());
-            if let Err(e) = serve.await {
-                tracing::error!(error = %e, "HTTP server failed");
+        let https = tls.is_some();
+        let task = match tls {
+            Some(config) => {
+                let listener = tls::TlsListener::new(listener, config)
+                    .map_err(|e| FlameError::Internal(format!("HTTPS listener: {e}")))?;
+                tokio::spawn(async move {
+                    let serve = axum::serve(listener, app)
+                        .with_graceful_shutdown(stopped.cancelled_owned());
+                    if let Err(e) = serve.await {
+                        tracing::error!(error = %e, "HTTPS server failed");
+                    }
+                })
             }
-        });
+            None => tokio::spawn(async move {
+                let serve =
+                    axum::serve(listener, app).with_graceful_shutdown(stopped.cancelled_owned());
+                if let Err(e) = serve.await {
+                    tracing::error!(error = %e, "HTTP server failed");
+                }
+            }),
+        };
         Ok(Some(Self {
             local_addr,
+            tls: https,
             stop,
             task,
         }))
     }
 
-    /// `http://host:port/`, the dashboard's address.
+    /// `http://host:port/` (`https://` with TLS), the dashboard's address.
     pub fn url(&self) -> String {
+        let scheme = if self.tls { "https" } else { "http" };
         match self.local_addr {
-            SocketAddr::V6(a) => format!("http://[{}]:{}/", a.ip(), a.port()),
-            SocketAddr::V4(a) => format!("http://{}:{}/", a.ip(), a.port()),
+            SocketAddr::V6(a) => format!("{scheme}://[{}]:{}/", a.ip(), a.port()),
+            SocketAddr::V4(a) => format!("{scheme}://{}:{}/", a.ip(), a.port()),
         }
     }
 

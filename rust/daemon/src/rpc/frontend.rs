@@ -27,14 +27,17 @@ pub struct FrontendService {
     /// Introspection (sessions, tasks, logs) is read here, never through the actor's storage.
     reads: Reads,
     next_conn: Arc<AtomicU64>,
+    /// Tokens, the CA and revocations (the security calls in `admin.rs`).
+    security: Arc<crate::security::Security>,
 }
 
 impl FrontendService {
-    pub fn new(reads: Reads) -> Self {
+    pub fn new(reads: Reads, security: Arc<crate::security::Security>) -> Self {
         Self {
             handle: reads.manager().clone(),
             reads,
             next_conn: Arc::new(AtomicU64::new(1)),
+            security,
         }
     }
 }
@@ -391,42 +394,42 @@ impl Frontend for FrontendService {
         &self,
         req: Request<proto::Empty>,
     ) -> Result<Response<proto::DiscoverReply>, Status> {
-        admin::discover(req).await
+        admin::discover(&self.security, req).await
     }
 
     async fn join_node(
         &self,
         req: Request<proto::JoinRequest>,
     ) -> Result<Response<proto::JoinReply>, Status> {
-        admin::join_node(req).await
+        admin::join_node(&self.security, req).await
     }
 
     async fn create_token(
         &self,
         req: Request<proto::TokenSpec>,
     ) -> Result<Response<proto::TokenCreated>, Status> {
-        admin::create_token(req).await
+        admin::create_token(&self.security, req).await
     }
 
     async fn list_tokens(
         &self,
         req: Request<proto::Empty>,
     ) -> Result<Response<proto::TokenList>, Status> {
-        admin::list_tokens(req).await
+        admin::list_tokens(&self.security, req).await
     }
 
     async fn revoke_token(
         &self,
         req: Request<proto::TokenRef>,
     ) -> Result<Response<proto::TokenInfo>, Status> {
-        admin::revoke_token(req).await
+        admin::revoke_token(&self.security, req).await
     }
 
     async fn revoke_node(
         &self,
         req: Request<proto::NodeRef>,
     ) -> Result<Response<proto::RevokedNode>, Status> {
-        admin::revoke_node(req).await
+        admin::revoke_node(&self.security, &self.handle, req).await
     }
 }
 

@@ -257,6 +257,13 @@ impl Actor {
             Event::ExecutorUnresponsive { id, silent } => {
                 self.executor_unresponsive(id, silent, now)
             }
+            Event::DropNode {
+                name,
+                reason,
+                reply,
+            } => {
+                let _ = reply.send(Ok(self.drop_node(&name, &reason, now)));
+            }
         }
     }
 

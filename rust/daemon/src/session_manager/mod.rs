@@ -16,6 +16,7 @@ mod overview;
 mod ownership;
 mod refusal;
 mod retention;
+mod revocation;
 mod workers;
 
 use std::sync::Arc;
@@ -242,6 +243,14 @@ pub enum Event {
     ExecutorUnresponsive {
         id: ExecutorId,
         silent: Duration,
+    },
+    // ------------------------------------------------------------ security
+    /// A node's credentials were revoked (`RevokeNode`): drop every connected node of that
+    /// name now, as if lost (`revocation.rs`); answers how many were connected.
+    DropNode {
+        name: String,
+        reason: String,
+        reply: Reply<u32>,
     },
 }
 

@@ -79,6 +79,7 @@ async fn start(state_dir: &Path) -> LocalCluster {
         state_dir: state_dir.clone(),
         manager,
         http: flame_daemon::http::HttpPort::Off,
+        tls: Default::default(),
     };
     let mut node = NodeConfig::new("");
     node.slots = 2;
