@@ -118,16 +118,22 @@ impl Head {
             .max_payload_bytes
             .saturating_add(16 << 20)
             .min(MAX_MESSAGE_BYTES);
-        let frontend = FrontendServer::new(FrontendService::new(reads))
+        let frontend = FrontendServer::new(FrontendService::new(reads, security.clone()))
             .max_decoding_message_size(decode_limit)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
-        let frontend = tonic::service::interceptor::InterceptedService::new(
-            frontend,
-            crate::rpc::state_check::interceptor(manager.state_id.clone()),
-        );
+        // Authentication first (README "Security"), then the state check.
+        let mut auth = crate::security::interceptor::interceptor(security.clone());
+        let mut state = crate::rpc::state_check::interceptor(manager.state_id.clone());
+        let frontend = tonic::service::interceptor::InterceptedService::new(frontend, move |req| {
+            state(auth(req)?)
+        });
         let backend = BackendServer::new(BackendService::new(manager.clone()))
             .max_decoding_message_size(decode_limit)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let backend = tonic::service::interceptor::InterceptedService::new(
+            backend,
+            crate::security::interceptor::interceptor(security.clone()),
+        );
         // `tcp_nodelay` on the builder only reaches sockets tonic accepts itself; these come
         // from our listener. Without it, Nagle's algorithm meets delayed ACKs and every
         // small message waits ~40 ms.

@@ -12,8 +12,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use flame_core::client::Client;
 use flame_daemon::http::HttpPort;
-use flame_daemon::local::LocalCluster;
-use flame_daemon::server::{Head, HeadConfig};
+use flame_daemon::server::HeadConfig;
 use flame_daemon::session_manager::ManagerConfig;
 
 /// GET `path`; the status code and the body.
@@ -51,7 +50,7 @@ async fn metrics_json_api_and_dashboard_are_served() {
     let mut head = common::head_config(dir.path(), ManagerConfig::default());
     head.http = HttpPort::Exactly(0);
     let node = common::echo_node(dir.path(), 1);
-    let cluster = LocalCluster::start(head, node).await.unwrap();
+    let cluster = common::start_cluster(head, node).await.unwrap();
     let base = cluster.head.dashboard_url.clone().expect("HTTP is on");
     assert!(base.starts_with("http://127.0.0.1:"), "{base}");
 
@@ -170,7 +169,7 @@ async fn metrics_json_api_and_dashboard_are_served() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_errors_are_json_and_unknown_ids_are_404() {
     let dir = tempfile::tempdir().unwrap();
-    let head = Head::start(HeadConfig {
+    let head = common::start_head(HeadConfig {
         host: "127.0.0.1".into(),
         port: 0,
         state_dir: dir.path().to_path_buf(),

@@ -3,6 +3,9 @@
 //! [`Principal`] in the request's extensions). The design every part follows is README
 //! "Security".
 
+pub mod authz;
+pub mod interceptor;
+pub mod owners;
 pub mod tokens;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,6 +24,8 @@ pub struct Security {
     /// An admin token for whoever started the head: the embedded cluster's own client, and
     /// `<state_dir>/admin.token` of `flame-daemon head` / `start`.
     pub admin_token: Token,
+    /// Who owns each session and client (for the authorization checks).
+    pub owners: owners::Owners,
     next_id: AtomicU64,
 }
 
@@ -31,6 +36,7 @@ impl Security {
             tokens: TokenRegistry::default(),
             admin_token: Token::generate(TokenKind::User, 1, &ca_fingerprint),
             ca_fingerprint,
+            owners: owners::Owners::default(),
             next_id: AtomicU64::new(2),
         };
         security.register(&security.admin_token, "admin", true, 0);
@@ -46,7 +52,8 @@ impl Security {
         token
     }
 
-    fn register(&self, token: &Token, name: &str, admin: bool, expires_ms: u64) {
+    /// Accept `token` (made elsewhere) as `name`'s, valid until `expires_ms` (0 = never).
+    pub fn register(&self, token: &Token, name: &str, admin: bool, expires_ms: u64) {
         self.tokens.insert(TokenEntry {
             id: token.id,
             kind: token.kind,

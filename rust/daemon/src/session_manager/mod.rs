@@ -243,6 +243,13 @@ pub enum Event {
         id: ExecutorId,
         silent: Duration,
     },
+    // ------------------------------------------------------------ security (#11)
+    /// Where an executor runs and whose session it serves (`None`: no such executor), for
+    /// the authorization of its node's calls.
+    ExecutorPlace {
+        id: ExecutorId,
+        reply: Reply<Option<crate::security::authz::ExecutorPlace>>,
+    },
 }
 
 /// Cheap handle for RPC handlers to reach the actor.

@@ -35,6 +35,8 @@ use flame_daemon::server::HeadConfig;
 use flame_daemon::session_manager::ManagerConfig;
 
 mod backend;
+#[path = "../common/mod.rs"]
+mod common;
 mod fake_node;
 mod findings;
 mod gen;
@@ -84,7 +86,7 @@ async fn start(state_dir: &Path) -> LocalCluster {
     node.slots = 2;
     node.executor_command = Some(vec![env!("CARGO_BIN_EXE_flame-echo-executor").into()]);
     node.work_dir = state_dir;
-    LocalCluster::start(head, node)
+    common::start_cluster(head, node)
         .await
         .expect("cluster starts")
 }
