@@ -155,6 +155,7 @@ fn head_config(args: &HeadArgs) -> Result<HeadConfig> {
                 .or(f.http_port)
                 .map_or(HttpPort::Default, HttpPort::Exactly)
         },
+        metrics_public: f.metrics_public.unwrap_or(false),
     })
 }
 

@@ -19,6 +19,7 @@
 //! result_retention_ms = 3600000                 # delete a closed session's results after this
 //! http_port = 8265                              # dashboard, /metrics, JSON API (0 = free port)
 //! http = true                                   # false: no HTTP server
+//! metrics_public = false                        # true: /metrics without a token
 //!
 //! [scheduler]
 //! policies = ["priority", "fair_share", "data_aware"]   # any of Policies::NAMES
@@ -71,6 +72,8 @@ pub struct FileConfig {
     pub http_port: Option<u16>,
     /// `false` turns the HTTP server off.
     pub http: Option<bool>,
+    /// `true`: `/metrics` answers without a token (for a scraper on a trusted network).
+    pub metrics_public: Option<bool>,
     pub scheduler: Option<SchedulerTable>,
 }
 

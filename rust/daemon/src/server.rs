@@ -36,6 +36,8 @@ pub struct HeadConfig {
     pub manager: ManagerConfig,
     /// The dashboard, `/metrics` and the JSON API, on the same host.
     pub http: HttpPort,
+    /// `/metrics` without a token (config `metrics_public`; README "Security").
+    pub metrics_public: bool,
 }
 
 /// A running head. Stop it with [`Head::stop`].
@@ -98,7 +100,12 @@ impl Head {
                 return Err(e);
             }
         };
-        let http = match HttpServer::start(&cfg.host, cfg.http, reads.clone()).await {
+        // Until the cluster CA exists, tokens name the state's identity in its place.
+        let security = Arc::new(Security::new(flame_core::auth::fingerprint(
+            manager.state_id.as_bytes(),
+        )));
+        let http_auth = crate::http::HttpAuth::new(security.clone(), cfg.metrics_public, false);
+        let http = match HttpServer::start(&cfg.host, cfg.http, reads.clone(), http_auth).await {
             Ok(h) => h,
             Err(e) => {
                 manager.shutdown().await;
@@ -106,10 +113,6 @@ impl Head {
             }
         };
         let dashboard_url = http.as_ref().map(HttpServer::url);
-        // Until the cluster CA exists, tokens name the state's identity in its place.
-        let security = Arc::new(Security::new(flame_core::auth::fingerprint(
-            manager.state_id.as_bytes(),
-        )));
 
         // A request may carry one task payload plus a batch around it; tonic reserves what a
         // frame declares, so a larger limit would let one request pin that much memory.

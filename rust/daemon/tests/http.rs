@@ -20,13 +20,15 @@ async fn get(base: &str, path: &str) -> (u16, String) {
     request(base, "GET", path).await
 }
 
-/// `method` `path` without a body; the status code and the body.
+/// `method` `path` without a body, as the test process's admin (a bearer token); the
+/// status code and the body.
 async fn request(base: &str, method: &str, path: &str) -> (u16, String) {
     let host = base.trim_start_matches("http://").trim_end_matches('/');
     let mut conn = tokio::net::TcpStream::connect(host).await.unwrap();
+    let token = common::test_token();
     let req = format!(
         "{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\n\
-         Connection: close\r\n\r\n"
+         Authorization: Bearer {token}\r\nConnection: close\r\n\r\n"
     );
     conn.write_all(req.as_bytes()).await.unwrap();
     let mut raw = String::new();
@@ -175,6 +177,7 @@ async fn api_errors_are_json_and_unknown_ids_are_404() {
         state_dir: dir.path().to_path_buf(),
         manager: ManagerConfig::default(),
         http: HttpPort::Exactly(0),
+        metrics_public: false,
     })
     .await
     .unwrap();

@@ -27,6 +27,7 @@ async fn head(state_dir: &Path, port: u16) -> Head {
         state_dir: state_dir.to_path_buf(),
         manager: ManagerConfig::default(),
         http: flame_daemon::http::HttpPort::Off,
+        metrics_public: false,
     })
     .await
     .expect("head starts")

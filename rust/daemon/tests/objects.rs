@@ -28,6 +28,7 @@ async fn head_on(state_dir: &Path, lease: Duration, port: u16) -> Head {
             ..Default::default()
         },
         http: flame_daemon::http::HttpPort::Off,
+        metrics_public: false,
     })
     .await
     .expect("head starts")

@@ -78,6 +78,7 @@ impl PyLocalCluster {
             manager,
             // A free port: several embedded clusters (and a daemon) may share a machine.
             http: HttpPort::Exactly(0),
+            metrics_public: false,
         };
         let mut node = NodeConfig::new("");
         node.name = "local".into();

@@ -6,13 +6,14 @@
 //! path or query string included, is JSON `{"error": "..."}`.
 
 mod api;
+pub mod login;
 mod params;
 
 use std::net::SocketAddr;
 
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -20,6 +21,8 @@ use tokio_util::sync::CancellationToken;
 use flame_core::{FlameError, Result};
 
 use crate::reads::Reads;
+
+pub use login::HttpAuth;
 
 /// The dashboard's port when none is configured.
 pub const DEFAULT_PORT: u16 = 8265;
@@ -51,7 +54,12 @@ impl HttpServer {
     ///
     /// # Errors
     /// `InvalidArgument` naming the address when it cannot be bound.
-    pub async fn start(host: &str, port: HttpPort, reads: Reads) -> Result<Option<Self>> {
+    pub async fn start(
+        host: &str,
+        port: HttpPort,
+        reads: Reads,
+        auth: HttpAuth,
+    ) -> Result<Option<Self>> {
         let (port, fallback) = match port {
             HttpPort::Off => return Ok(None),
             HttpPort::Exactly(p) => (p, false),
@@ -73,7 +81,7 @@ impl HttpServer {
             .map_err(|e| FlameError::Internal(e.to_string()))?;
         let stop = CancellationToken::new();
         let stopped = stop.clone();
-        let app = router(reads);
+        let app = router(reads, auth);
         let task = tokio::spawn(async move {
             let serve =
                 axum::serve(listener, app).with_graceful_shutdown(stopped.cancelled_owned());
@@ -113,7 +121,8 @@ fn bind_error(host: &str, port: u16, e: std::io::Error) -> FlameError {
     FlameError::InvalidArgument(format!("cannot serve HTTP on {host}:{port}: {e}"))
 }
 
-fn router(reads: Reads) -> Router {
+fn router(reads: Reads, auth: HttpAuth) -> Router {
+    let login = auth.clone();
     Router::new()
         .route(
             "/",
@@ -126,6 +135,12 @@ fn router(reads: Reads) -> Router {
         .route(
             "/style.css",
             get(|| async { asset("text/css; charset=utf-8", STYLE_CSS) }),
+        )
+        .route(
+            "/login",
+            post(move |headers, body| {
+                login::post_login(axum::extract::State(login), headers, body)
+            }),
         )
         .route("/metrics", get(api::metrics))
         .route("/api/overview", get(api::overview))
@@ -143,6 +158,11 @@ fn router(reads: Reads) -> Router {
             (StatusCode::METHOD_NOT_ALLOWED, ApiError(e))
         })
         .with_state(reads)
+        // Every route, the fallbacks included, behind the login (README "Security").
+        .layer(axum::middleware::from_fn_with_state(
+            auth,
+            login::require_login,
+        ))
 }
 
 fn asset(content_type: &'static str, body: &'static str) -> Response {
@@ -165,6 +185,10 @@ impl IntoResponse for ApiError {
             | FlameError::SessionNotFound(_)
             | FlameError::ApplicationNotFound(_) => StatusCode::NOT_FOUND,
             FlameError::InvalidArgument(_) => StatusCode::BAD_REQUEST,
+            FlameError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            // 403, not 404: the same answer as the RPCs' PERMISSION_DENIED, naming the owner
+            // (session ids are sequential, so hiding that one exists would protect nothing).
+            FlameError::PermissionDenied(_) => StatusCode::FORBIDDEN,
             FlameError::ShuttingDown | FlameError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };

@@ -24,6 +24,7 @@ pub fn head_config(state_dir: &Path, manager: ManagerConfig) -> HeadConfig {
         state_dir: state_dir.to_path_buf(),
         manager,
         http: HttpPort::Off,
+        metrics_public: false,
     }
 }
 

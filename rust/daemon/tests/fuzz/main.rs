@@ -81,6 +81,7 @@ async fn start(state_dir: &Path) -> LocalCluster {
         state_dir: state_dir.clone(),
         manager,
         http: flame_daemon::http::HttpPort::Off,
+        metrics_public: false,
     };
     let mut node = NodeConfig::new("");
     node.slots = 2;
