@@ -1,5 +1,7 @@
 //! The auth interceptor on every Frontend and Backend call (README "Security"): a valid
-//! bearer token puts its [`Principal`] into the request's extensions; an invalid one (wrong,
+//! bearer token puts its [`Principal`] into the request's extensions, and so does a client
+//! certificate of a node (verified against the cluster CA by the TLS layer, named by its
+//! `flame-node:` SAN) when no token is sent; an invalid token (wrong,
 //! expired, revoked, malformed) is refused right here with UNAUTHENTICATED saying which; a
 //! call without credentials passes with no principal, and each service method refuses it
 //! (`security::principal`) — except `Discover` and `JoinNode`, which need none.
@@ -55,11 +57,22 @@ pub fn interceptor(
     security: Arc<Security>,
 ) -> impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone {
     move |mut req: Request<()>| {
-        if let Some(p) = authenticate(&security, req.metadata())? {
+        let principal = match authenticate(&security, req.metadata())? {
+            Some(p) => Some(p),
+            None => node_certificate(&req),
+        };
+        if let Some(p) = principal {
             req.extensions_mut().insert(p);
         }
         Ok(req)
     }
+}
+
+/// The node a verified client certificate names (mutual TLS), if the caller sent one.
+/// (The check of revoked node certificates belongs here too; see the tokens' store.)
+fn node_certificate(req: &Request<()>) -> Option<Principal> {
+    let cert = flame_core::tls::peer_node(req)?;
+    Some(Principal::Node { name: cert.name })
 }
 
 #[cfg(test)]
