@@ -196,7 +196,7 @@ async fn unauthenticated_hostile_input_never_reaches_the_session_manager() {
     }
     let empty = flame_core::proto::Empty {};
     let sessions = fe
-        .list_sessions(req(&admin, empty.clone()))
+        .list_sessions(req(&admin, empty))
         .await
         .unwrap()
         .into_inner();
