@@ -171,6 +171,7 @@ fn head_config(args: &HeadArgs) -> Result<HeadConfig> {
             mode,
             names: f.tls_names.clone().unwrap_or_default(),
         },
+        metrics_public: f.metrics_public.unwrap_or(false),
     })
 }
 

@@ -21,6 +21,7 @@
 //! http = true                                   # false: no HTTP server
 //! tls = "auto"                                  # "on", "off" (loopback only); auto: TLS off loopback
 //! tls_names = ["flame.example.com"]             # extra names for the head's certificate
+//! metrics_public = false                        # true: /metrics without a token
 //!
 //! [scheduler]
 //! policies = ["priority", "fair_share", "data_aware"]   # any of Policies::NAMES
@@ -77,6 +78,8 @@ pub struct FileConfig {
     pub tls: Option<String>,
     /// Extra DNS names or IPs for the head's certificate (e.g. a name in front of it).
     pub tls_names: Option<Vec<String>>,
+    /// `true`: `/metrics` answers without a token (for a scraper on a trusted network).
+    pub metrics_public: Option<bool>,
     pub scheduler: Option<SchedulerTable>,
 }
 

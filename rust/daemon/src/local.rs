@@ -4,6 +4,7 @@
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use flame_core::auth::TokenKind;
 use flame_core::Result;
 
 use crate::executor_manager::{run_node, NodeConfig};
@@ -24,6 +25,9 @@ impl LocalCluster {
     pub async fn start(head: HeadConfig, mut node: NodeConfig) -> Result<Self> {
         let head = Head::start(head).await?;
         node.head = head.address.clone();
+        // The local node authenticates like any other: a node token of its own name (#11).
+        let token = head.security.issue(TokenKind::Node, &node.name, false, 0);
+        node.node_token = Some(token.to_string());
         let node_stop = CancellationToken::new();
         let stop = node_stop.clone();
         let node = tokio::spawn(async move {

@@ -39,6 +39,8 @@ pub struct HeadConfig {
     pub http: HttpPort,
     /// TLS or not (`tls = "auto" | "on" | "off"`), and extra names for the certificate.
     pub tls: TlsSettings,
+    /// `/metrics` without a token (config `metrics_public`; README "Security").
+    pub metrics_public: bool,
 }
 
 /// A running head. Stop it with [`Head::stop`].
@@ -123,7 +125,10 @@ impl Head {
                 return Err(e);
             }
         };
-        let http = match HttpServer::start(&cfg.host, cfg.http, reads.clone(), http_tls).await {
+        let http_auth =
+            crate::http::HttpAuth::new(security.clone(), cfg.metrics_public, http_tls.is_some());
+        let http =
+            match HttpServer::start(&cfg.host, cfg.http, reads.clone(), http_auth, http_tls).await {
             Ok(h) => h,
             Err(e) => {
                 manager.shutdown().await;
@@ -141,13 +146,19 @@ impl Head {
         let frontend = FrontendServer::new(FrontendService::new(reads, security.clone()))
             .max_decoding_message_size(decode_limit)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
-        let frontend = tonic::service::interceptor::InterceptedService::new(
-            frontend,
-            crate::rpc::state_check::interceptor(manager.state_id.clone()),
-        );
+        // Authentication first (README "Security"), then the state check.
+        let mut auth = crate::security::interceptor::interceptor(security.clone());
+        let mut state = crate::rpc::state_check::interceptor(manager.state_id.clone());
+        let frontend = tonic::service::interceptor::InterceptedService::new(frontend, move |req| {
+            state(auth(req)?)
+        });
         let backend = BackendServer::new(BackendService::new(manager.clone()))
             .max_decoding_message_size(decode_limit)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let backend = tonic::service::interceptor::InterceptedService::new(
+            backend,
+            crate::security::interceptor::interceptor(security.clone()),
+        );
         // `tcp_nodelay` on the builder only reaches sockets tonic accepts itself; these come
         // from our listener. Without it, Nagle's algorithm meets delayed ACKs and every
         // small message waits ~40 ms.

@@ -36,7 +36,7 @@ async fn start_with(
 ) -> LocalCluster {
     let mut head = common::head_config(state_dir, manager);
     head.port = port;
-    LocalCluster::start(head, common::echo_node(state_dir, slots))
+    common::start_cluster(head, common::echo_node(state_dir, slots))
         .await
         .expect("cluster starts")
 }

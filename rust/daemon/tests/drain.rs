@@ -24,7 +24,7 @@ async fn start(state_dir: &std::path::Path) -> LocalCluster {
     };
     let mut node = common::echo_node(state_dir, 1);
     node.name = "drain-me".into();
-    LocalCluster::start(common::head_config(state_dir, manager), node)
+    common::start_cluster(common::head_config(state_dir, manager), node)
         .await
         .expect("cluster starts")
 }

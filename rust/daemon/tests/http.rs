@@ -12,8 +12,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use flame_core::client::Client;
 use flame_daemon::http::HttpPort;
-use flame_daemon::local::LocalCluster;
-use flame_daemon::server::{Head, HeadConfig};
+use flame_daemon::server::HeadConfig;
 use flame_daemon::session_manager::ManagerConfig;
 
 /// GET `path`; the status code and the body.
@@ -21,13 +20,15 @@ async fn get(base: &str, path: &str) -> (u16, String) {
     request(base, "GET", path).await
 }
 
-/// `method` `path` without a body; the status code and the body.
+/// `method` `path` without a body, as the test process's admin (a bearer token); the
+/// status code and the body.
 async fn request(base: &str, method: &str, path: &str) -> (u16, String) {
     let host = base.trim_start_matches("http://").trim_end_matches('/');
     let mut conn = tokio::net::TcpStream::connect(host).await.unwrap();
+    let token = common::test_token();
     let req = format!(
         "{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\n\
-         Connection: close\r\n\r\n"
+         Authorization: Bearer {token}\r\nConnection: close\r\n\r\n"
     );
     conn.write_all(req.as_bytes()).await.unwrap();
     let mut raw = String::new();
@@ -51,7 +52,7 @@ async fn metrics_json_api_and_dashboard_are_served() {
     let mut head = common::head_config(dir.path(), ManagerConfig::default());
     head.http = HttpPort::Exactly(0);
     let node = common::echo_node(dir.path(), 1);
-    let cluster = LocalCluster::start(head, node).await.unwrap();
+    let cluster = common::start_cluster(head, node).await.unwrap();
     let base = cluster.head.dashboard_url.clone().expect("HTTP is on");
     assert!(base.starts_with("http://127.0.0.1:"), "{base}");
 
@@ -170,13 +171,14 @@ async fn metrics_json_api_and_dashboard_are_served() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_errors_are_json_and_unknown_ids_are_404() {
     let dir = tempfile::tempdir().unwrap();
-    let head = Head::start(HeadConfig {
+    let head = common::start_head(HeadConfig {
         host: "127.0.0.1".into(),
         port: 0,
         state_dir: dir.path().to_path_buf(),
         manager: ManagerConfig::default(),
         http: HttpPort::Exactly(0),
         tls: Default::default(),
+        metrics_public: false,
     })
     .await
     .unwrap();

@@ -21,13 +21,14 @@ use flame_daemon::session_manager::ManagerConfig;
 
 /// A head without nodes: submitted tasks stay pending, which is all these tests need.
 async fn head(state_dir: &Path, port: u16) -> Head {
-    Head::start(HeadConfig {
+    common::start_head(HeadConfig {
         host: "127.0.0.1".into(),
         port,
         state_dir: state_dir.to_path_buf(),
         manager: ManagerConfig::default(),
         http: flame_daemon::http::HttpPort::Off,
         tls: Default::default(),
+        metrics_public: false,
     })
     .await
     .expect("head starts")

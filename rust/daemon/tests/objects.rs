@@ -2,6 +2,8 @@
 //! the lifetime rules — objects survive a restart of the head, and the objects of a client
 //! that stays away are deleted when its lease runs out.
 
+mod common;
+
 use std::path::Path;
 use std::time::Duration;
 
@@ -17,7 +19,7 @@ async fn head(state_dir: &Path, lease: Duration) -> Head {
 }
 
 async fn head_on(state_dir: &Path, lease: Duration, port: u16) -> Head {
-    Head::start(HeadConfig {
+    common::start_head(HeadConfig {
         host: "127.0.0.1".into(),
         port,
         state_dir: state_dir.to_path_buf(),
@@ -27,6 +29,7 @@ async fn head_on(state_dir: &Path, lease: Duration, port: u16) -> Head {
         },
         http: flame_daemon::http::HttpPort::Off,
         tls: Default::default(),
+        metrics_public: false,
     })
     .await
     .expect("head starts")

@@ -20,7 +20,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use flame_core::client::Client;
 use flame_core::proto;
 use flame_daemon::http::HttpPort;
-use flame_daemon::local::LocalCluster;
 use flame_daemon::session_manager::ManagerConfig;
 
 const BIG_SESSION: usize = 100_000;
@@ -80,7 +79,7 @@ async fn reads_of_a_big_session_do_not_delay_hellos_or_tasks() {
     let mut head = common::head_config(dir.path(), ManagerConfig::default());
     head.http = HttpPort::Exactly(0);
     let node = common::echo_node(dir.path(), 2);
-    let cluster = LocalCluster::start(head, node).await.unwrap();
+    let cluster = common::start_cluster(head, node).await.unwrap();
     let base = cluster.head.dashboard_url.clone().expect("HTTP is on");
     let http = base
         .trim_start_matches("http://")

@@ -1,434 +1,323 @@
-//! The head's credentials (#11) with a real head: Discover, the admin calls and who may
-//! make them, joining nodes with join tokens (TLS and plaintext heads), revoking a node
-//! while it runs a task, TLS on the gRPC and HTTP ports, the `tls` rule, and admin.token.
+//! Authentication and authorization on a real head (#11): calls without valid credentials
+//! are UNAUTHENTICATED before anything is read; a user reaches only its own sessions, tasks,
+//! logs and objects; `user=` cannot claim another user; node tokens use only the Backend,
+//! under their own name. Every call here carries its token explicitly (raw stubs), so which
+//! credential a call had is never in doubt.
 
 mod common;
 
-use std::os::unix::fs::PermissionsExt;
-use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use tokio_util::sync::CancellationToken;
-use tonic::transport::{Channel, Endpoint};
-use tonic::{Code, Request};
-
-use flame_core::auth::{Principal, TokenKind};
-use flame_core::client::Client;
-use flame_core::model::{now_ms, SessionSpec};
-use flame_core::proto::{self, frontend_client::FrontendClient};
-use flame_core::tls::{client_tls, node_name_of, NodeKey};
-use flame_daemon::executor_manager::run_node;
-use flame_daemon::http::HttpPort;
+use flame_core::auth::{TokenKind, AUTHORIZATION_HEADER};
+use flame_core::proto::{self, backend_client::BackendClient, frontend_client::FrontendClient};
 use flame_daemon::local::LocalCluster;
-use flame_daemon::rpc::admin;
-use flame_daemon::security::tls_mode::{TlsMode, TlsSettings};
-use flame_daemon::security::{Security, ADMIN_TOKEN_FILE};
-use flame_daemon::server::{Head, HeadConfig};
 use flame_daemon::session_manager::ManagerConfig;
+use tokio_stream::StreamExt;
+use tonic::transport::Channel;
+use tonic::{Code, Request, Status};
 
-fn config(dir: &std::path::Path, tls: TlsMode) -> HeadConfig {
-    let mut cfg = common::head_config(dir, ManagerConfig::default());
-    cfg.tls = TlsSettings {
-        mode: tls,
-        names: vec![],
-    };
-    cfg
+/// Longest a refusal may take: far below the 10 s a stream waits for its first frame.
+const PROMPT: Duration = Duration::from_secs(3);
+
+async fn cluster(dir: &std::path::Path) -> LocalCluster {
+    let node = common::echo_node(dir, 1);
+    LocalCluster::start(common::head_config(dir, ManagerConfig::default()), node)
+        .await
+        .expect("cluster starts")
 }
 
-async fn plain_client(address: &str) -> FrontendClient<Channel> {
-    let channel = Endpoint::from_shared(address.to_string())
+async fn channel(c: &LocalCluster) -> Channel {
+    Channel::from_shared(c.address().to_string())
         .unwrap()
         .connect()
         .await
-        .expect("connects");
-    FrontendClient::new(channel)
-}
-
-async fn tls_client(head: &Head) -> FrontendClient<Channel> {
-    let ca = head.security.ca_pem().unwrap();
-    let channel = Endpoint::from_shared(head.address.clone())
         .unwrap()
-        .tls_config(client_tls(ca, "127.0.0.1", None))
-        .unwrap()
-        .connect()
-        .await
-        .expect("connects over TLS");
-    FrontendClient::new(channel)
 }
 
-/// A request as the auth interceptor hands it on, from `principal`.
-fn as_principal<T>(msg: T, principal: Principal) -> Request<T> {
-    let mut req = Request::new(msg);
-    req.extensions_mut().insert(principal);
-    req
+/// `msg` with `authorization: <bearer>` (none when `None`).
+fn req<T>(bearer: Option<&str>, msg: T) -> Request<T> {
+    let mut r = Request::new(msg);
+    if let Some(b) = bearer {
+        r.metadata_mut()
+            .insert(AUTHORIZATION_HEADER, b.parse().unwrap());
+    }
+    r
 }
 
-fn bob() -> Principal {
-    Principal::User {
-        name: "bob".into(),
-        admin: false,
+fn refused<T: std::fmt::Debug>(r: Result<T, Status>, code: Code, needle: &str) {
+    let s = r.expect_err("refused");
+    assert_eq!(s.code(), code, "{s:?}");
+    assert!(s.message().contains(needle), "{needle:?} not in {s:?}");
+}
+
+/// A stream that never yields a frame: a refusal that arrives anyway was decided before
+/// reading one.
+fn silent<T: Send + 'static>() -> impl tokio_stream::Stream<Item = T> + Send + 'static {
+    tokio_stream::pending()
+}
+
+fn echo_spec(user: &str) -> proto::CreateSessionRequest {
+    proto::CreateSessionRequest {
+        spec: Some(proto::SessionSpec {
+            application: "echo".into(),
+            app_spec: bytes::Bytes::from_static(b"inline"),
+            user: user.into(),
+            ..Default::default()
+        }),
     }
 }
 
-fn root() -> Principal {
-    Principal::User {
-        name: "admin".into(),
-        admin: true,
-    }
-}
-
-#[tokio::test]
-async fn discover_over_loopback_names_the_state_dir_and_the_ca() {
-    let dir = tempfile::tempdir().unwrap();
-    let head = Head::start(config(dir.path(), TlsMode::Auto))
-        .await
-        .unwrap();
-    assert!(
-        head.address.starts_with("http://"),
-        "loopback auto is plaintext"
-    );
-    let reply = plain_client(&head.address)
-        .await
-        .discover(proto::Empty {})
-        .await
-        .expect("Discover needs no credentials")
-        .into_inner();
-    assert!(!reply.tls);
-    assert_eq!(reply.ca_fingerprint, head.security.ca_fingerprint);
-    assert_eq!(reply.state_dir, dir.path().display().to_string());
-    assert!(!reply.version.is_empty());
-    head.stop().await;
-}
-
-#[tokio::test]
-async fn admin_calls_refuse_non_admins_and_work_for_admins() {
-    let dir = tempfile::tempdir().unwrap();
-    let head = Head::start(config(dir.path(), TlsMode::Auto))
-        .await
-        .unwrap();
-    let s: &Arc<Security> = &head.security;
-    let spec = || proto::TokenSpec {
-        kind: "user".into(),
-        user: "alice".into(),
-        admin: false,
-        expires_in_secs: 0,
-    };
-    let err = admin::create_token(s, as_principal(spec(), bob()))
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::PermissionDenied);
-    assert_eq!(
-        err.message(),
-        "only an admin may create tokens; you are user bob"
-    );
-    let err = admin::list_tokens(s, as_principal(proto::Empty {}, bob()))
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::PermissionDenied, "{err}");
-    let err = admin::revoke_token(s, as_principal(proto::TokenRef { id: 1 }, bob()))
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::PermissionDenied, "{err}");
-    let target = proto::NodeRef {
-        id: 0,
-        name: "n".into(),
-    };
-    let err = admin::revoke_node(s, &head.manager, as_principal(target, bob()))
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::PermissionDenied, "{err}");
-    // Without any principal (nothing authenticated the call) it is UNAUTHENTICATED.
-    let err = admin::list_tokens(s, Request::new(proto::Empty {}))
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::Unauthenticated, "{err}");
-
-    let created = admin::create_token(s, as_principal(spec(), root()))
-        .await
-        .unwrap()
-        .into_inner();
-    let info = created.info.unwrap();
-    assert_eq!((info.kind.as_str(), info.name.as_str()), ("user", "alice"));
-    assert_eq!(s.tokens.check(&created.token).unwrap().name, "alice");
-    let listed = admin::list_tokens(s, as_principal(proto::Empty {}, root()))
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(listed.tokens.iter().any(|t| t.id == info.id));
-    let revoked = admin::revoke_token(s, as_principal(proto::TokenRef { id: info.id }, root()))
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(revoked.revoked_ms > 0);
-    let err = s.tokens.check(&created.token).unwrap_err().to_string();
-    assert!(err.contains("revoked"), "{err}");
-    let bad = proto::TokenSpec {
-        user: "al ice".into(),
-        ..spec()
-    };
-    let err = admin::create_token(s, as_principal(bad, root()))
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::InvalidArgument, "{err}");
-    head.stop().await;
-}
-
-#[tokio::test]
-async fn a_tls_head_signs_a_node_certificate_for_a_good_join_token_only() {
-    let dir = tempfile::tempdir().unwrap();
-    let head = Head::start(config(dir.path(), TlsMode::On)).await.unwrap();
-    assert!(head.address.starts_with("https://"), "{}", head.address);
-    let mut client = tls_client(&head).await;
-    let discovered = client.discover(proto::Empty {}).await.unwrap().into_inner();
-    assert!(discovered.tls);
-
-    let s = &head.security;
-    let join = s.try_issue(TokenKind::Join, "", false, 0).unwrap();
-    let key = NodeKey::generate();
-    let request = |token: String| proto::JoinRequest {
-        join_token: token,
-        node_name: "worker-7".into(),
-        csr_pem: key.csr_pem("worker-7"),
-    };
-    let reply = client
-        .join_node(request(join.to_string()))
-        .await
-        .expect("a good join token joins")
-        .into_inner();
-    assert_eq!(reply.ca_pem, s.ca_pem().unwrap());
-    let der = ::pem::parse(&reply.certificate_pem).unwrap();
-    assert_eq!(node_name_of(der.contents()).as_deref(), Some("worker-7"));
-    // Multi-use until it expires, as kubeadm's.
-    client.join_node(request(join.to_string())).await.unwrap();
-
-    let refused = |r: Result<tonic::Response<proto::JoinReply>, tonic::Status>| {
-        let e = r.unwrap_err();
-        assert_eq!(e.code(), Code::Unauthenticated, "{e}");
-        e.message().to_string()
-    };
-    let forged = flame_core::auth::Token::generate(TokenKind::Join, join.id, &s.ca_fingerprint);
-    let msg = refused(client.join_node(request(forged.to_string())).await);
-    assert!(msg.contains("not valid"), "{msg}");
-    let old = s.try_issue(TokenKind::Join, "", false, 1).unwrap();
-    let msg = refused(client.join_node(request(old.to_string())).await);
-    assert!(msg.contains("expired"), "{msg}");
-    let gone = s.try_issue(TokenKind::Join, "", false, 0).unwrap();
-    s.revoke_token(gone.id).unwrap();
-    let msg = refused(client.join_node(request(gone.to_string())).await);
-    assert!(msg.contains("revoked"), "{msg}");
-    let user = s.try_issue(TokenKind::User, "alice", false, 0).unwrap();
-    let msg = refused(client.join_node(request(user.to_string())).await);
-    assert!(msg.contains("not a join token"), "{msg}");
-
-    // A plaintext client gets no answer from a TLS head.
-    let plain = head.address.replacen("https://", "http://", 1);
-    let answer = async {
-        let channel = Endpoint::from_shared(plain).unwrap().connect().await?;
-        let r = FrontendClient::new(channel).discover(proto::Empty {}).await;
-        Ok::<_, Box<dyn std::error::Error>>(r.is_ok())
-    };
-    let answered = tokio::time::timeout(Duration::from_secs(10), answer).await;
-    assert!(
-        !matches!(answered, Ok(Ok(true))),
-        "a plaintext client was answered by a TLS head"
-    );
-    head.stop().await;
-}
-
-#[tokio::test]
-async fn a_plaintext_head_answers_a_join_with_a_node_token() {
-    let dir = tempfile::tempdir().unwrap();
-    let head = Head::start(config(dir.path(), TlsMode::Off)).await.unwrap();
-    let join = head
-        .security
-        .try_issue(TokenKind::Join, "", false, now_ms() as u64 + 60_000)
-        .unwrap();
-    let reply = plain_client(&head.address)
-        .await
-        .join_node(proto::JoinRequest {
-            join_token: join.to_string(),
-            node_name: "n1".into(),
-            csr_pem: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(reply.certificate_pem.is_empty());
-    let entry = head.security.tokens.check(&reply.node_token).unwrap();
-    assert_eq!(
-        entry.principal(),
-        Some(Principal::Node { name: "n1".into() })
-    );
-    head.stop().await;
-}
-
-#[tokio::test]
-async fn a_non_loopback_head_refuses_tls_off() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut cfg = config(dir.path(), TlsMode::Off);
-    cfg.host = "0.0.0.0".into();
-    let err = Head::start(cfg).await.err().expect("refused").to_string();
-    assert!(
-        err.contains("0.0.0.0 always uses TLS") && err.contains("tls = \"off\""),
-        "{err}"
-    );
-}
-
-#[tokio::test]
-async fn a_tls_head_serves_https_on_its_http_port() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let dir = tempfile::tempdir().unwrap();
-    let mut cfg = config(dir.path(), TlsMode::On);
-    cfg.http = HttpPort::Exactly(0);
-    let head = Head::start(cfg).await.unwrap();
-    let url = head.dashboard_url.clone().unwrap();
-    assert!(url.starts_with("https://127.0.0.1:"), "{url}");
-    let port: u16 = url
-        .trim_end_matches('/')
-        .rsplit(':')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
-    let config =
-        flame_core::tls::client_rustls_config(head.security.ca_pem().unwrap(), None).unwrap();
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .unwrap();
-    let name = tokio_rustls::rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
-    let mut tls = tokio_rustls::TlsConnector::from(config)
-        .connect(name, tcp)
-        .await
-        .expect("the HTTP port speaks TLS with the cluster CA's certificate");
-    tls.write_all(b"GET /app.js HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut answer = Vec::new();
-    tls.read_to_end(&mut answer).await.unwrap();
-    assert!(answer.starts_with(b"HTTP/1.1 "), "no HTTP answer over TLS");
-    head.stop().await;
-}
-
-#[tokio::test]
-async fn admin_token_is_private_and_stable_across_restarts() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join(ADMIN_TOKEN_FILE);
-    let head = Head::start(config(dir.path(), TlsMode::Auto))
-        .await
-        .unwrap();
-    let first = std::fs::read_to_string(&path).unwrap();
-    assert_eq!(first, head.security.admin_token.to_string());
-    let mode = std::fs::metadata(&path).unwrap().permissions().mode();
-    assert_eq!(mode & 0o777, 0o600);
-    head.stop().await;
-    let head = Head::start(config(dir.path(), TlsMode::Auto))
-        .await
-        .unwrap();
-    assert_eq!(std::fs::read_to_string(&path).unwrap(), first);
-    assert!(head.security.tokens.check(&first).unwrap().admin);
-    head.stop().await;
-}
-
-/// RevokeNode while the node runs a task: the node is dropped at once (its executor is
-/// gone when the call returns) and the task runs again on the other node, with no retry
-/// allowed — so it must not be charged an attempt.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn revoking_a_node_drops_it_and_its_task_runs_elsewhere() {
+async fn calls_without_valid_credentials_are_unauthenticated_before_any_frame() {
     let dir = tempfile::tempdir().unwrap();
-    let manager = ManagerConfig {
-        warm_delay: Duration::from_millis(200),
-        ..Default::default()
-    };
-    let mut a = common::echo_node(dir.path(), 1);
-    a.name = "node-a".into();
-    let cluster = LocalCluster::start(common::head_config(dir.path(), manager), a)
-        .await
-        .unwrap();
-    let mut b = common::echo_node(dir.path(), 1);
-    b.name = "node-b".into();
-    b.head = cluster.address().to_string();
-    let stop_b = CancellationToken::new();
-    let node_b = tokio::spawn(run_node(b, stop_b.clone()));
-    let client = Client::connect(cluster.address(), Duration::from_secs(5), "test")
-        .await
-        .unwrap();
-    let spec = SessionSpec {
-        application: "echo".into(),
-        app_spec: Bytes::from_static(b"inline"),
-        max_retries: 0,
-        ..Default::default()
-    };
-    let sid = common::create_session(&client, spec).await;
-    let ids = client
-        .submit(sid, vec![Bytes::from_static(b"sleep:1500")])
-        .unwrap();
-
-    // Wait for the task to run, and find its executor and node.
-    let mut front = client.frontend();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    let (executor, node_id) = loop {
-        assert!(tokio::time::Instant::now() < deadline, "the task never ran");
-        let list = front.list_executors(proto::Empty {}).await.unwrap();
-        let busy = list
-            .into_inner()
-            .executors
-            .into_iter()
-            .find(|e| e.inflight > 0);
-        if let Some(e) = busy {
-            break (e.id, e.node_id);
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    let info = front.get_cluster_info(proto::Empty {}).await.unwrap();
-    let name = info
-        .into_inner()
-        .nodes
-        .into_iter()
-        .find(|n| n.id == node_id)
-        .unwrap()
-        .name;
-
-    let target = proto::NodeRef {
-        id: 0,
-        name: name.clone(),
-    };
-    let security = cluster.head.security.clone();
-    let revoked = admin::revoke_node(
-        &security,
-        &cluster.head.manager,
-        as_principal(target, root()),
-    )
-    .await
-    .expect("an admin revokes a connected node")
-    .into_inner();
-    assert_eq!(revoked.name, name);
-    let list = front.list_executors(proto::Empty {}).await.unwrap();
-    assert!(
-        !list.into_inner().executors.iter().any(|e| e.id == executor),
-        "the revoked node's executor {executor} is still there"
-    );
-
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    let done = loop {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the task never finished"
+    let c = cluster(dir.path()).await;
+    let sec = &c.head.security;
+    let wrong = flame_core::auth::Token::generate(TokenKind::User, 2, &sec.ca_fingerprint);
+    let expired = sec.issue(TokenKind::User, "alice", false, 1);
+    let revoked = sec.issue(TokenKind::User, "alice", false, 0);
+    sec.tokens.revoke(revoked.id);
+    let ch = channel(&c).await;
+    let mut fe = FrontendClient::new(ch.clone());
+    let mut be = BackendClient::new(ch);
+    let cases = [
+        (None, "no credentials"),
+        (Some(wrong.bearer()), "is not valid"),
+        (Some(expired.bearer()), "expired at"),
+        (Some(revoked.bearer()), "revoked at"),
+    ];
+    for (bearer, why) in cases {
+        let b = bearer.as_deref();
+        refused(
+            fe.list_sessions(req(b, proto::Empty {})).await,
+            Code::Unauthenticated,
+            why,
         );
-        let batch = client
-            .next_completions(Duration::from_millis(200))
-            .await
-            .expect("stream open");
-        if let Some(c) = batch.into_iter().next() {
-            break c;
-        }
-    };
-    assert_eq!(done.task_id, ids[0].0);
-    assert!(done.error.is_none(), "the task failed: {:?}", done.error);
-    assert_eq!(&done.output[..], b"sleep:1500");
+        refused(
+            fe.hello(req(b, proto::HelloRequest::default())).await,
+            Code::Unauthenticated,
+            why,
+        );
+        let stream = tokio::time::timeout(PROMPT, fe.stream(req(b, silent())));
+        refused(stream.await.expect("prompt"), Code::Unauthenticated, why);
+        let put = tokio::time::timeout(PROMPT, fe.put_object(req(b, silent())));
+        refused(put.await.expect("prompt"), Code::Unauthenticated, why);
+        let node = tokio::time::timeout(PROMPT, be.node_stream(req(b, silent())));
+        refused(node.await.expect("prompt"), Code::Unauthenticated, why);
+        let exec = tokio::time::timeout(PROMPT, be.executor_stream(req(b, silent())));
+        refused(exec.await.expect("prompt"), Code::Unauthenticated, why);
+    }
+    c.stop().await;
+}
 
-    stop_b.cancel();
-    let _ = node_b.await;
-    drop(client);
-    cluster.stop().await;
+/// Submit one echo task to `session` as `bearer` and wait for its completion.
+async fn run_task(fe: &mut FrontendClient<Channel>, bearer: &str, session: u64) {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tx.send(proto::ClientMessage {
+        msg: Some(proto::client_message::Msg::Submit(proto::SubmitBatch {
+            session_id: session,
+            tasks: vec![proto::TaskSubmission {
+                task_id: 1,
+                input: bytes::Bytes::from_static(b"hi"),
+            }],
+        })),
+    })
+    .unwrap();
+    let rx = tokio_stream::wrappers::UnboundedReceiverStream::new(rx);
+    let mut out = fe.stream(req(Some(bearer), rx)).await.unwrap().into_inner();
+    let done = tokio::time::timeout(Duration::from_secs(30), out.next()).await;
+    let msg = done.expect("a completion").expect("one").expect("ok");
+    assert!(
+        matches!(msg.msg, Some(proto::server_message::Msg::Completions(_))),
+        "{msg:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_reaches_only_its_own_sessions_tasks_logs_and_objects() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = cluster(dir.path()).await;
+    let sec = &c.head.security;
+    let alice = sec.issue(TokenKind::User, "alice", false, 0).bearer();
+    let bob = sec.issue(TokenKind::User, "bob", false, 0).bearer();
+    let admin = sec.admin_token.bearer();
+    let (a, b) = (Some(alice.as_str()), Some(bob.as_str()));
+    let mut fe = FrontendClient::new(channel(&c).await);
+
+    let info = fe.create_session(req(a, echo_spec(""))).await.unwrap();
+    let info = info.into_inner();
+    assert_eq!(
+        info.spec.as_ref().unwrap().user,
+        "alice",
+        "owned by its opener"
+    );
+    let sid = info.id;
+    run_task(&mut fe, &alice, sid).await;
+
+    let sref = || proto::SessionRef { session_id: sid };
+    let tref = || proto::TaskRef {
+        session_id: sid,
+        task_id: 1,
+    };
+    let not_yours = format!("session {sid} belongs to user alice; you are bob");
+    let pd = Code::PermissionDenied;
+    refused(fe.get_session(req(b, sref())).await, pd, &not_yours);
+    refused(fe.get_task(req(b, tref())).await, pd, &not_yours);
+    refused(fe.get_task_log(req(b, tref())).await, pd, &not_yours);
+    refused(fe.cancel_task(req(b, tref())).await, pd, &not_yours);
+    let list = proto::ListTasksRequest {
+        session_id: sid,
+        ..Default::default()
+    };
+    refused(fe.list_tasks(req(b, list)).await, pd, &not_yours);
+    refused(fe.close_session(req(b, sref())).await, pd, &not_yours);
+    let listed = |r: Result<tonic::Response<proto::SessionList>, Status>| {
+        r.unwrap().into_inner().sessions.iter().any(|s| s.id == sid)
+    };
+    assert!(!listed(fe.list_sessions(req(b, proto::Empty {})).await));
+    assert!(listed(fe.list_sessions(req(a, proto::Empty {})).await));
+    assert!(listed(
+        fe.list_sessions(req(Some(&admin), proto::Empty {})).await
+    ));
+    fe.get_task_log(req(a, tref())).await.unwrap();
+    fe.get_session(req(Some(&admin), sref())).await.unwrap();
+
+    // Bob's stream naming alice's session is ended with the refusal.
+    let watch = proto::ClientMessage {
+        msg: Some(proto::client_message::Msg::Watch(proto::Watch {
+            session_id: sid,
+            task_ids: vec![1],
+        })),
+    };
+    let frames = tokio_stream::iter(vec![watch]).chain(silent());
+    let mut out = fe.stream(req(b, frames)).await.unwrap().into_inner();
+    let end = tokio::time::timeout(PROMPT, out.next())
+        .await
+        .expect("prompt");
+    refused(end.expect("an answer"), pd, &not_yours);
+
+    // Objects belong to the user of the client that made them.
+    let hello = proto::HelloRequest::default();
+    let client = fe
+        .hello(req(a, hello))
+        .await
+        .unwrap()
+        .into_inner()
+        .client_id;
+    let oid = (u64::from(client) << 32) | 1;
+    let chunk = proto::ObjectChunk {
+        object_id: oid,
+        data: bytes::Bytes::from_static(b"secret"),
+    };
+    let put = fe.put_object(req(a, tokio_stream::iter(vec![chunk.clone()])));
+    put.await.unwrap();
+    let theirs = format!("object {oid:#x} belongs to user alice; you are bob");
+    let get = fe
+        .get_object(req(b, proto::ObjectRef { object_id: oid }))
+        .await;
+    refused(get, pd, &theirs);
+    let del = proto::ObjectRefs {
+        object_ids: vec![oid],
+    };
+    refused(fe.delete_objects(req(b, del)).await, pd, &theirs);
+    let overwrite = fe.put_object(req(b, tokio_stream::iter(vec![chunk])));
+    refused(overwrite.await, pd, &theirs);
+    let mut mine = fe
+        .get_object(req(a, proto::ObjectRef { object_id: oid }))
+        .await;
+    let first = mine
+        .as_mut()
+        .unwrap()
+        .get_mut()
+        .next()
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&first.data[..], b"secret");
+    // Nor can bob take over alice's client id at a hello.
+    let steal = proto::HelloRequest {
+        previous_client_id: client,
+        ..Default::default()
+    };
+    refused(fe.hello(req(b, steal)).await, pd, "belongs to user alice");
+
+    // Alice may close her own session.
+    fe.close_session(req(a, sref())).await.unwrap();
+    c.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_an_admin_names_another_user_or_drains_a_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = cluster(dir.path()).await;
+    let sec = &c.head.security;
+    let alice = sec.issue(TokenKind::User, "alice", false, 0).bearer();
+    let bob = sec.issue(TokenKind::User, "bob", false, 0).bearer();
+    let admin = sec.admin_token.bearer();
+    let mut fe = FrontendClient::new(channel(&c).await);
+    refused(
+        fe.create_session(req(Some(&alice), echo_spec("bob"))).await,
+        Code::PermissionDenied,
+        "user='bob' names another user; you are alice (only an admin may set user=)",
+    );
+    let info = fe.create_session(req(Some(&admin), echo_spec("bob"))).await;
+    let info = info.unwrap().into_inner();
+    assert_eq!(info.spec.as_ref().unwrap().user, "bob");
+    let sref = proto::SessionRef {
+        session_id: info.id,
+    };
+    fe.get_session(req(Some(&bob), sref)).await.unwrap();
+    let node = proto::NodeRef {
+        name: "anything".into(),
+        ..Default::default()
+    };
+    refused(
+        fe.drain_node(req(Some(&alice), node)).await,
+        Code::PermissionDenied,
+        "only an admin may drain a node",
+    );
+    c.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_tokens_use_only_the_backend_under_their_own_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = cluster(dir.path()).await;
+    let sec = &c.head.security;
+    let n1 = sec.issue(TokenKind::Node, "n1", false, 0).bearer();
+    let alice = sec.issue(TokenKind::User, "alice", false, 0).bearer();
+    let ch = channel(&c).await;
+    let mut fe = FrontendClient::new(ch.clone());
+    let mut be = BackendClient::new(ch);
+    let pd = Code::PermissionDenied;
+    refused(
+        fe.list_sessions(req(Some(&n1), proto::Empty {})).await,
+        pd,
+        "node certificates can use only the Backend",
+    );
+    // With an executor header, only for an executor the head placed on that node.
+    let mut r = req(Some(&n1), proto::Empty {});
+    r.metadata_mut().insert(
+        flame_core::client::EXECUTOR_ID_HEADER,
+        "999".parse().unwrap(),
+    );
+    refused(
+        fe.list_sessions(r).await,
+        pd,
+        "executor 999 does not run on node n1",
+    );
+    let user_on_backend = be.node_stream(req(Some(&alice), silent()));
+    let user_on_backend = tokio::time::timeout(PROMPT, user_on_backend).await.unwrap();
+    refused(user_on_backend, pd, "user alice cannot use it");
+    let register = proto::NodeMessage {
+        msg: Some(proto::node_message::Msg::Register(proto::NodeRegister {
+            name: "n2".into(),
+            slots: 1,
+            ..Default::default()
+        })),
+    };
+    let frames = tokio_stream::iter(vec![register]).chain(silent());
+    let impostor = be.node_stream(req(Some(&n1), frames));
+    let impostor = tokio::time::timeout(PROMPT, impostor).await.unwrap();
+    refused(impostor, pd, "node n1 tried to register as 'n2'");
+    c.stop().await;
 }

@@ -23,7 +23,9 @@ mod stamp;
 mod stream;
 
 pub use objects::ObjectClient;
-pub use stamp::{Frontend, StateStamp, STATE_ID_HEADER};
+pub use stamp::{
+    bearer_value, set_default_token, Frontend, StateStamp, STATE_ID_HEADER, TOKEN_ENV,
+};
 
 pub use nested::{create_session_request, opened_by_executor, EXECUTOR_ID_HEADER};
 pub use stream::CLIENT_ID_HEADER;
@@ -40,7 +42,7 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::error::{error_chain, FlameError, Result};
 use crate::ids::{ClientId, ObjectId, SessionId, TaskId};
-use crate::proto::{self, frontend_client::FrontendClient};
+use crate::proto;
 use stamp::stub;
 
 /// Largest gRPC message the client sends or accepts.
@@ -122,7 +124,7 @@ async fn hello(
         reason,
     };
     let channel = open_channel(address, timeout).await?;
-    let mut frontend = FrontendClient::new(channel.clone());
+    let mut frontend = stub(channel.clone(), StateStamp::default());
     let req = proto::HelloRequest {
         client_name: name.to_string(),
         previous_client_id: previous,
@@ -132,7 +134,10 @@ async fn hello(
         .map_err(|_| unreachable(format!("no hello within {timeout:?}")))?
         .map_err(|s| match s.code() {
             // The daemon is up but refuses new clients (its storage fails): say that.
-            tonic::Code::ResourceExhausted => FlameError::from(s),
+            // ... or refuses these credentials (#11): say which, not "unreachable".
+            tonic::Code::ResourceExhausted
+            | tonic::Code::Unauthenticated
+            | tonic::Code::PermissionDenied => FlameError::from(s),
             _ => unreachable(s.message().to_string()),
         })?
         .into_inner();

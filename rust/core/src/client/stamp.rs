@@ -3,6 +3,12 @@
 //! request; a head that restarted on another state (a deleted or fresh state dir, where ids
 //! start again at 1) refuses the call with DATA_LOSS rather than act on ids that now belong
 //! to someone else. See `rpc/state_check.rs` in the daemon for the other side.
+//!
+//! The stamp also carries the client's token (#11, `authorization: Bearer <token>`): the one
+//! set for the process ([`set_default_token`], e.g. by an embedded cluster), else
+//! `FLAME_TOKEN`. (Interim: the credentials lookup of README "Security" replaces this.)
+
+use std::sync::RwLock;
 
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
@@ -10,7 +16,29 @@ use tonic::service::Interceptor;
 use tonic::transport::Channel;
 use tonic::{Request, Status};
 
+use crate::auth::{AUTHORIZATION_HEADER, BEARER_PREFIX};
 use crate::proto::frontend_client::FrontendClient;
+
+/// The environment variable holding a client's (or an executor's) token.
+pub const TOKEN_ENV: &str = "FLAME_TOKEN";
+
+static DEFAULT_TOKEN: RwLock<Option<String>> = RwLock::new(None);
+
+/// The token every client of this process sends; it wins over `FLAME_TOKEN` (an embedded
+/// cluster's own token is the right one for its clients).
+pub fn set_default_token(token: Option<String>) {
+    *DEFAULT_TOKEN.write().unwrap_or_else(|e| e.into_inner()) = token;
+}
+
+/// The `authorization` value for this process's token, if it has one.
+pub fn bearer_value() -> Option<MetadataValue<Ascii>> {
+    let set = DEFAULT_TOKEN
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    let token = set.or_else(|| std::env::var(TOKEN_ENV).ok())?;
+    format!("{BEARER_PREFIX}{}", token.trim()).parse().ok()
+}
 
 /// Metadata key carrying the state identity the client started with.
 pub const STATE_ID_HEADER: &str = "flame-state-id";
@@ -19,10 +47,17 @@ pub const STATE_ID_HEADER: &str = "flame-state-id";
 pub type Frontend = FrontendClient<InterceptedService<Channel, StateStamp>>;
 
 /// Adds [`STATE_ID_HEADER`] to each request; an empty stamp adds nothing (a caller that
-/// never said hello, or a head too old to have an identity).
-#[derive(Clone, Debug, Default)]
+/// never said hello, or a head too old to have an identity). Adds the token, if any.
+#[derive(Clone, Debug)]
 pub struct StateStamp {
     value: Option<MetadataValue<Ascii>>,
+    bearer: Option<MetadataValue<Ascii>>,
+}
+
+impl Default for StateStamp {
+    fn default() -> Self {
+        StateStamp::new("")
+    }
 }
 
 impl StateStamp {
@@ -30,6 +65,7 @@ impl StateStamp {
     pub fn new(id: &str) -> StateStamp {
         StateStamp {
             value: (!id.is_empty()).then(|| id.parse().ok()).flatten(),
+            bearer: bearer_value(),
         }
     }
 }
@@ -38,6 +74,9 @@ impl Interceptor for StateStamp {
     fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
         if let Some(v) = &self.value {
             req.metadata_mut().insert(STATE_ID_HEADER, v.clone());
+        }
+        if let Some(b) = &self.bearer {
+            req.metadata_mut().insert(AUTHORIZATION_HEADER, b.clone());
         }
         Ok(req)
     }

@@ -149,7 +149,16 @@ async fn register(
         msg: Some(node_message::Msg::Register(register)),
     });
     let mut client = BackendClient::new(channel);
-    let response = client.node_stream(ReceiverStream::new(rx)).await;
+    let mut request = tonic::Request::new(ReceiverStream::new(rx));
+    if let Some(token) = &config.node_token {
+        let bearer = format!("{}{}", flame_core::auth::BEARER_PREFIX, token.trim());
+        let bearer = bearer
+            .parse()
+            .map_err(|_| "the node token is not ASCII".to_string())?;
+        let key = flame_core::auth::AUTHORIZATION_HEADER;
+        request.metadata_mut().insert(key, bearer);
+    }
+    let response = client.node_stream(request).await;
     let mut commands = response
         .map_err(|s| format!("NodeStream refused: {}", s.message()))?
         .into_inner();

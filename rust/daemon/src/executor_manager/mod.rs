@@ -82,6 +82,9 @@ pub struct NodeConfig {
     /// On shutdown, how long to drain first: the head places nothing new here and the
     /// tasks already sent finish; then the node stops. Zero: stop at once.
     pub drain_grace: Duration,
+    /// The node's token toward a plaintext (loopback) head (#11): sent as a bearer on its
+    /// stream, and given to its executors as `FLAME_TOKEN`. `None`: the node sends none.
+    pub node_token: Option<String>,
 }
 
 impl NodeConfig {
@@ -101,6 +104,7 @@ impl NodeConfig {
             memory_bytes: None,
             bind: None,
             drain_grace: Duration::ZERO,
+            node_token: None,
         }
     }
 
@@ -161,6 +165,12 @@ pub async fn run_node(
     shutdown: CancellationToken,
 ) -> Result<(), FlameError> {
     config.validate()?;
+    if let Some(token) = &config.node_token {
+        // Executors authenticate as their node (their streams, and their nested calls).
+        let var = flame_core::client::TOKEN_ENV.to_string();
+        config.env.retain(|(k, _)| *k != var);
+        config.env.push((var, token.clone()));
+    }
     let fit = config.effective_slots(config.memory_total());
     if fit < config.slots {
         tracing::info!(

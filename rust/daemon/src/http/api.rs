@@ -5,7 +5,9 @@
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use axum::Json;
+use flame_core::auth::Principal;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -59,8 +61,50 @@ pub async fn metrics(State(r): State<Reads>) -> Result<Response, ApiError> {
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
 }
 
-pub async fn overview(State(r): State<Reads>) -> ApiResult {
+/// Whether `p` may see sessions of `user` (its own; an admin all).
+fn sees(p: &Principal, user: &str) -> bool {
+    match p {
+        Principal::User { admin: true, .. } => true,
+        Principal::User { name, .. } => name == user,
+        Principal::Node { .. } => false,
+    }
+}
+
+fn owner(s: &proto::SessionInfo) -> &str {
+    s.spec.as_ref().map_or("", |p| p.user.as_str())
+}
+
+/// The overview as `p` may see it: its own sessions, and the executors working for them.
+fn visible(p: &Principal, mut o: Overview) -> Overview {
+    if p.is_admin() {
+        return o;
+    }
+    o.sessions.retain(|s| sees(p, owner(s)));
+    let mine: std::collections::HashSet<u64> = o.sessions.iter().map(|s| s.id).collect();
+    o.executors.retain(|e| mine.contains(&e.session_id));
+    let open = proto::SessionState::SessionOpen as i32;
+    o.cluster.sessions_open = o.sessions.iter().filter(|s| s.state == open).count() as u32;
+    o
+}
+
+/// 403 unless `p` may see `s`.
+fn check_owner(p: &Principal, s: &proto::SessionInfo) -> Result<(), ApiError> {
+    if sees(p, owner(s)) {
+        return Ok(());
+    }
+    let who = match p {
+        Principal::User { name, .. } | Principal::Node { name } => name,
+    };
+    Err(ApiError(FlameError::PermissionDenied(format!(
+        "session {} belongs to user {}; you are {who}",
+        s.id,
+        owner(s)
+    ))))
+}
+
+pub async fn overview(State(r): State<Reads>, Extension(p): Extension<Principal>) -> ApiResult {
     let o: Overview = r.manager().call(|reply| Event::Overview { reply }).await?;
+    let o = visible(&p, o);
     Ok(Json(json!({
         "now_ms": o.now_ms,
         "nodes": o.cluster.nodes.iter().map(node_json).collect::<Vec<_>>(),
@@ -83,6 +127,7 @@ pub struct TaskFilter {
 /// A session, a page of its tasks (`?state=&limit=&offset=`), and its latest failures.
 pub async fn session(
     State(r): State<Reads>,
+    Extension(p): Extension<Principal>,
     ApiPath(raw): ApiPath<String>,
     ApiQuery(f): ApiQuery<TaskFilter>,
 ) -> ApiResult {
@@ -95,6 +140,7 @@ pub async fn session(
         offset: f.offset.unwrap_or(0),
     };
     let page = r.session_page(query, FAILURES_SHOWN).await?;
+    check_owner(&p, &page.session)?;
     Ok(Json(json!({
         "session": session_json(&page.session),
         "tasks": page.tasks.tasks.iter().map(task_json).collect::<Vec<_>>(),
@@ -107,12 +153,14 @@ pub async fn session(
 /// printed nothing.
 pub async fn task(
     State(r): State<Reads>,
+    Extension(p): Extension<Principal>,
     ApiPath((sid, tid)): ApiPath<(String, String)>,
 ) -> ApiResult {
     let key = TaskKey {
         session: SessionId(id("session id", &sid)?),
         task: TaskId(id("task id", &tid)?),
     };
+    check_owner(&p, &r.session(key.session).await?)?;
     let (t, log) = r.task(key).await?;
     let mut v = task_json(&t);
     v["log"] = json!(log);
@@ -120,9 +168,14 @@ pub async fn task(
 }
 
 /// A node and its executors.
-pub async fn node(State(r): State<Reads>, ApiPath(raw): ApiPath<String>) -> ApiResult {
+pub async fn node(
+    State(r): State<Reads>,
+    Extension(p): Extension<Principal>,
+    ApiPath(raw): ApiPath<String>,
+) -> ApiResult {
     let id = id("node id", &raw)?;
     let o = r.manager().call(|reply| Event::Overview { reply }).await?;
+    let o = visible(&p, o);
     let node = o
         .cluster
         .nodes

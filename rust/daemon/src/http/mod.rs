@@ -6,6 +6,7 @@
 //! path or query string included, is JSON `{"error": "..."}`.
 
 mod api;
+pub mod login;
 mod params;
 mod tls;
 
@@ -14,7 +15,7 @@ use std::sync::Arc;
 
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -22,6 +23,8 @@ use tokio_util::sync::CancellationToken;
 use flame_core::{FlameError, Result};
 
 use crate::reads::Reads;
+
+pub use login::HttpAuth;
 
 /// The dashboard's port when none is configured.
 pub const DEFAULT_PORT: u16 = 8265;
@@ -60,6 +63,7 @@ impl HttpServer {
         host: &str,
         port: HttpPort,
         reads: Reads,
+        auth: HttpAuth,
         tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
     ) -> Result<Option<Self>> {
         let (port, fallback) = match port {
@@ -83,7 +87,7 @@ impl HttpServer {
             .map_err(|e| FlameError::Internal(e.to_string()))?;
         let stop = CancellationToken::new();
         let stopped = stop.clone();
-        let app = router(reads);
+        let app = router(reads, auth);
         let https = tls.is_some();
         let task = match tls {
             Some(config) => {
@@ -139,7 +143,8 @@ fn bind_error(host: &str, port: u16, e: std::io::Error) -> FlameError {
     FlameError::InvalidArgument(format!("cannot serve HTTP on {host}:{port}: {e}"))
 }
 
-fn router(reads: Reads) -> Router {
+fn router(reads: Reads, auth: HttpAuth) -> Router {
+    let login = auth.clone();
     Router::new()
         .route(
             "/",
@@ -152,6 +157,12 @@ fn router(reads: Reads) -> Router {
         .route(
             "/style.css",
             get(|| async { asset("text/css; charset=utf-8", STYLE_CSS) }),
+        )
+        .route(
+            "/login",
+            post(move |headers, body| {
+                login::post_login(axum::extract::State(login), headers, body)
+            }),
         )
         .route("/metrics", get(api::metrics))
         .route("/api/overview", get(api::overview))
@@ -169,6 +180,11 @@ fn router(reads: Reads) -> Router {
             (StatusCode::METHOD_NOT_ALLOWED, ApiError(e))
         })
         .with_state(reads)
+        // Every route, the fallbacks included, behind the login (README "Security").
+        .layer(axum::middleware::from_fn_with_state(
+            auth,
+            login::require_login,
+        ))
 }
 
 fn asset(content_type: &'static str, body: &'static str) -> Response {
@@ -191,6 +207,10 @@ impl IntoResponse for ApiError {
             | FlameError::SessionNotFound(_)
             | FlameError::ApplicationNotFound(_) => StatusCode::NOT_FOUND,
             FlameError::InvalidArgument(_) => StatusCode::BAD_REQUEST,
+            FlameError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            // 403, not 404: the same answer as the RPCs' PERMISSION_DENIED, naming the owner
+            // (session ids are sequential, so hiding that one exists would protect nothing).
+            FlameError::PermissionDenied(_) => StatusCode::FORBIDDEN,
             FlameError::ShuttingDown | FlameError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };

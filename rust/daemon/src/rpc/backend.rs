@@ -16,6 +16,7 @@ use flame_core::proto::{self, backend_server::Backend, executor_message, node_me
 
 use super::first_message;
 use super::heartbeat::Liveness;
+use crate::security::{self, authz};
 use crate::session_manager::{Event, ManagerHandle};
 
 pub struct BackendService {
@@ -38,6 +39,9 @@ impl Backend for BackendService {
         &self,
         req: Request<Streaming<proto::NodeMessage>>,
     ) -> Result<Response<Self::NodeStreamStream>, Status> {
+        // Checked before the first frame is read: only nodes, each under its own name.
+        let principal = security::principal(&req)?;
+        let name = authz::backend_node(principal)?.to_string();
         let peer = req.remote_addr().map(|a| a.to_string()).unwrap_or_default();
         let mut inbound = req.into_inner();
         let register = match first_message(&mut inbound, "node").await?.msg {
@@ -48,6 +52,7 @@ impl Backend for BackendService {
                 ))
             }
         };
+        authz::node_register(&name, &register.name)?;
         if register.slots == 0 {
             return Err(Status::invalid_argument("a node needs at least one slot"));
         }
@@ -104,6 +109,8 @@ impl Backend for BackendService {
         &self,
         req: Request<Streaming<proto::ExecutorMessage>>,
     ) -> Result<Response<Self::ExecutorStreamStream>, Status> {
+        let principal = security::principal(&req)?;
+        let node = authz::backend_node(principal)?.to_string();
         let mut inbound = req.into_inner();
         let id = match first_message(&mut inbound, "executor").await?.msg {
             Some(executor_message::Msg::Register(r)) => ExecutorId(r.executor_id),
@@ -113,6 +120,12 @@ impl Backend for BackendService {
                 ))
             }
         };
+        // An executor binds only under its own node's principal.
+        let place = self
+            .handle
+            .call(|reply| Event::ExecutorPlace { id, reply })
+            .await?;
+        authz::executor_bind(&node, id.0, place.as_ref().map(|p| p.node.as_str()))?;
         let (tx, rx) = mpsc::unbounded_channel();
         // Weak: the stream must still end when the actor lets go of it.
         let errors = tx.downgrade();

@@ -18,23 +18,28 @@ use flame_core::proto::{self, client_message, frontend_server::Frontend};
 use flame_core::view::page_size;
 use flame_core::FlameError;
 
+use super::access::{self, Access};
 use super::{admin, objects};
 use crate::reads::{Reads, TaskQuery};
+use crate::security::{authz, Security};
 use crate::session_manager::{Event, ManagerHandle};
 
 pub struct FrontendService {
     handle: ManagerHandle,
     /// Introspection (sessions, tasks, logs) is read here, never through the actor's storage.
     reads: Reads,
+    /// Who may do what (#11): every call but `Discover` and `JoinNode` goes through it.
+    access: Access,
     next_conn: Arc<AtomicU64>,
     /// Tokens, the CA and revocations (the security calls in `admin.rs`).
-    security: Arc<crate::security::Security>,
+    security: Arc<Security>,
 }
 
 impl FrontendService {
-    pub fn new(reads: Reads, security: Arc<crate::security::Security>) -> Self {
+    pub fn new(reads: Reads, security: Arc<Security>) -> Self {
         Self {
             handle: reads.manager().clone(),
+            access: Access::new(security.clone(), reads.clone()),
             reads,
             next_conn: Arc::new(AtomicU64::new(1)),
             security,
@@ -81,11 +86,14 @@ impl Frontend for FrontendService {
         &self,
         req: Request<proto::HelloRequest>,
     ) -> Result<Response<proto::HelloReply>, Status> {
+        let caller = self.access.of(&req).await?;
         let previous = req.into_inner().previous_client_id;
+        self.access.claim_client(&caller, previous)?;
         let id = self
             .handle
             .call(|reply| Event::Hello { previous, reply })
             .await?;
+        self.access.claim_client(&caller, id)?;
         Ok(Response::new(proto::HelloReply {
             client_id: id,
             version: env!("CARGO_PKG_VERSION").into(),
@@ -100,6 +108,7 @@ impl Frontend for FrontendService {
         &self,
         req: Request<proto::Application>,
     ) -> Result<Response<proto::Empty>, Status> {
+        self.access.of(&req).await?;
         let a = req.into_inner();
         if a.name.trim().is_empty() {
             return Err(Status::invalid_argument("an application needs a name"));
@@ -128,6 +137,7 @@ impl Frontend for FrontendService {
         &self,
         req: Request<proto::ApplicationRef>,
     ) -> Result<Response<proto::Application>, Status> {
+        self.access.of(&req).await?;
         let name = req.into_inner().name;
         check_name("the application name", &name)?;
         let a = self
@@ -143,8 +153,9 @@ impl Frontend for FrontendService {
 
     async fn list_applications(
         &self,
-        _req: Request<proto::Empty>,
+        req: Request<proto::Empty>,
     ) -> Result<Response<proto::ApplicationList>, Status> {
+        self.access.of(&req).await?;
         let apps = self
             .handle
             .call(|reply| Event::ListApplications { reply })
@@ -164,13 +175,17 @@ impl Frontend for FrontendService {
         &self,
         req: Request<proto::CreateSessionRequest>,
     ) -> Result<Response<proto::SessionInfo>, Status> {
+        let caller = self.access.of(&req).await?;
         let parent = flame_core::client::opened_by_executor(&req);
-        let spec = req
+        let mut spec = req
             .into_inner()
             .spec
             .ok_or_else(|| Status::invalid_argument("CreateSession needs a spec"))?;
         check_name("the application name", &spec.application)?;
         check_name("the interpreter path", &spec.python)?;
+        // The authenticated user is the session's owner and its tenant.
+        spec.user = authz::session_user(&caller, &spec.user)?;
+        let user = spec.user.clone();
         let spec = SessionSpec::try_from(spec)?;
         let limit = self.handle.config.max_payload_bytes;
         if spec.common_data.len() + spec.app_spec.len() > limit {
@@ -184,6 +199,10 @@ impl Frontend for FrontendService {
             .handle
             .call(|reply| Event::CreateSession { spec, reply })
             .await?;
+        self.access
+            .security
+            .owners
+            .set_session(SessionId(info.id), &user);
         if let Some(executor) = parent {
             // Opened by a task: closed when that executor's process ends.
             let session = SessionId(info.id);
@@ -196,16 +215,22 @@ impl Frontend for FrontendService {
         &self,
         req: Request<proto::SessionRef>,
     ) -> Result<Response<proto::SessionInfo>, Status> {
+        let caller = self.access.of(&req).await?;
         let id = session_id(req.into_inner().session_id)?;
         let info = self.reads.session(id).await?;
+        let owner = info.spec.as_ref().map_or("", |s| s.user.as_str());
+        authz::session_access(&caller, id, owner)?;
         Ok(Response::new(info))
     }
 
     async fn list_sessions(
         &self,
-        _req: Request<proto::Empty>,
+        req: Request<proto::Empty>,
     ) -> Result<Response<proto::SessionList>, Status> {
-        let sessions = self.reads.sessions().await?;
+        let caller = self.access.of(&req).await?;
+        let mut sessions = self.reads.sessions().await?;
+        // A user lists its own sessions; an admin all.
+        sessions.retain(|s| caller.owns(s.spec.as_ref().map_or("", |s| s.user.as_str())));
         Ok(Response::new(proto::SessionList { sessions }))
     }
 
@@ -213,7 +238,9 @@ impl Frontend for FrontendService {
         &self,
         req: Request<proto::SessionRef>,
     ) -> Result<Response<proto::SessionInfo>, Status> {
+        let caller = self.access.of(&req).await?;
         let id = session_id(req.into_inner().session_id)?;
+        self.access.session(&caller, id).await?;
         let info = self
             .handle
             .call(|reply| Event::CloseSession { id, reply })
@@ -223,8 +250,9 @@ impl Frontend for FrontendService {
 
     async fn get_cluster_info(
         &self,
-        _req: Request<proto::Empty>,
+        req: Request<proto::Empty>,
     ) -> Result<Response<proto::ClusterInfo>, Status> {
+        self.access.of(&req).await?;
         let info = self
             .handle
             .call(|reply| Event::ClusterInfo { reply })
@@ -236,6 +264,8 @@ impl Frontend for FrontendService {
         &self,
         req: Request<proto::NodeRef>,
     ) -> Result<Response<proto::NodeInfo>, Status> {
+        let caller = self.access.of(&req).await?;
+        authz::require_admin(&caller, "drain a node")?;
         let target = req.into_inner();
         if target.id == 0 && target.name.is_empty() {
             return Err(Status::invalid_argument(
@@ -253,8 +283,10 @@ impl Frontend for FrontendService {
         &self,
         req: Request<proto::TaskRef>,
     ) -> Result<Response<proto::TaskLog>, Status> {
+        let caller = self.access.of(&req).await?;
         let r = req.into_inner();
         let key = flame_core::model::key(session_id(r.session_id)?, TaskId(r.task_id));
+        self.access.session(&caller, key.session).await?;
         let text = self.reads.task_log(key).await?;
         Ok(Response::new(proto::TaskLog { text }))
     }
@@ -263,7 +295,9 @@ impl Frontend for FrontendService {
         &self,
         req: Request<proto::TaskRef>,
     ) -> Result<Response<proto::TaskInfo>, Status> {
+        let caller = self.access.of(&req).await?;
         let key = task_key(req.into_inner())?;
+        self.access.session(&caller, key.session).await?;
         let (info, _log) = self.reads.task(key).await?;
         Ok(Response::new(info))
     }
@@ -272,6 +306,7 @@ impl Frontend for FrontendService {
         &self,
         req: Request<proto::ListTasksRequest>,
     ) -> Result<Response<proto::TaskList>, Status> {
+        let caller = self.access.of(&req).await?;
         let r = req.into_inner();
         let state =
             match r.state {
@@ -286,18 +321,31 @@ impl Frontend for FrontendService {
             limit: page_size(r.limit)?,
             offset: u64::from(r.offset),
         };
+        self.access.session(&caller, query.session).await?;
         let list = self.reads.tasks(query).await?;
         Ok(Response::new(list))
     }
 
     async fn list_executors(
         &self,
-        _req: Request<proto::Empty>,
+        req: Request<proto::Empty>,
     ) -> Result<Response<proto::ExecutorList>, Status> {
-        let executors = self
+        let caller = self.access.of(&req).await?;
+        let mut executors = self
             .handle
             .call(|reply| Event::ListExecutors { reply })
             .await?;
+        if !caller.admin {
+            // A user sees the executors working for its own sessions.
+            let mut mine = Vec::with_capacity(executors.len());
+            for e in executors {
+                let session = SessionId(e.session_id);
+                if e.session_id != 0 && self.access.session(&caller, session).await.is_ok() {
+                    mine.push(e);
+                }
+            }
+            executors = mine;
+        }
         Ok(Response::new(proto::ExecutorList { executors }))
     }
 
@@ -305,7 +353,9 @@ impl Frontend for FrontendService {
         &self,
         req: Request<proto::TaskRef>,
     ) -> Result<Response<proto::TaskInfo>, Status> {
+        let caller = self.access.of(&req).await?;
         let key = task_key(req.into_inner())?;
+        self.access.session(&caller, key.session).await?;
         let info = self
             .handle
             .call(|reply| Event::CancelTask { key, reply })
@@ -319,6 +369,9 @@ impl Frontend for FrontendService {
         &self,
         req: Request<Streaming<proto::ClientMessage>>,
     ) -> Result<Response<Self::StreamStream>, Status> {
+        // Checked before the first frame is read: nothing unauthenticated reaches the actor.
+        let claim = access::claim(&req)?;
+        let caller = self.access.caller(claim).await?;
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let client = req
             .metadata()
@@ -326,6 +379,7 @@ impl Frontend for FrontendService {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u32>().ok())
             .unwrap_or(0);
+        self.access.claim_client(&caller, client)?;
         let (tx, rx) = mpsc::unbounded_channel();
         // Weak: the stream must still end when the actor lets go of it.
         let errors = tx.downgrade();
@@ -337,11 +391,18 @@ impl Frontend for FrontendService {
         }
         let mut inbound = req.into_inner();
         let handle = self.handle.clone();
+        let mut sessions = access::SessionGate::new(self.access.clone(), caller);
         tokio::spawn(async move {
             loop {
                 match inbound.message().await {
                     Ok(Some(m)) => {
                         if let Some(ev) = client_event(conn, m) {
+                            if let Err(refused) = sessions.check(&ev).await {
+                                if let Some(errors) = errors.upgrade() {
+                                    let _ = errors.send(Err(refused));
+                                }
+                                break;
+                            }
                             if !handle.send(ev) {
                                 break;
                             }
@@ -364,7 +425,11 @@ impl Frontend for FrontendService {
         &self,
         req: Request<Streaming<proto::ObjectChunk>>,
     ) -> Result<Response<proto::ObjectStored>, Status> {
-        let stored = objects::put(self.handle.objects.clone(), req.into_inner()).await?;
+        let claim = access::claim(&req)?;
+        let caller = self.access.caller(claim).await?;
+        let access = self.access.clone();
+        let allowed = move |id: u64| access.object(&caller, id);
+        let stored = objects::put(self.handle.objects.clone(), req.into_inner(), allowed).await?;
         Ok(Response::new(stored))
     }
 
@@ -374,7 +439,9 @@ impl Frontend for FrontendService {
         &self,
         req: Request<proto::ObjectRef>,
     ) -> Result<Response<Self::GetObjectStream>, Status> {
+        let caller = self.access.of(&req).await?;
         let id = req.into_inner().object_id;
+        self.access.object(&caller, id)?;
         Ok(Response::new(
             objects::get(self.handle.objects.clone(), id).await?,
         ))
@@ -384,7 +451,11 @@ impl Frontend for FrontendService {
         &self,
         req: Request<proto::ObjectRefs>,
     ) -> Result<Response<proto::Empty>, Status> {
+        let caller = self.access.of(&req).await?;
         let ids = req.into_inner().object_ids;
+        for id in &ids {
+            self.access.object(&caller, *id)?;
+        }
         objects::delete(self.handle.objects.clone(), ids).await?;
         Ok(Response::new(proto::Empty {}))
     }

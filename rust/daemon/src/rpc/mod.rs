@@ -2,6 +2,7 @@
 //! [`objects`]), [`backend`] for nodes and executors. Handlers validate what came over the wire, turn it into an
 //! [`Event`](crate::session_manager::Event) and hand it to the actor; they own no state.
 
+pub mod access;
 pub mod admin;
 pub mod backend;
 pub mod frontend;

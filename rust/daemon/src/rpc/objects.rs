@@ -40,10 +40,12 @@ fn joined<T>(r: Result<Result<T, FlameError>, tokio::task::JoinError>) -> Result
         .map_err(Status::from)
 }
 
-/// Store the chunks of one object; the first chunk names it.
+/// Store the chunks of one object; the first chunk names it, and `allowed` decides whether
+/// the caller may write that id (#11: only under its own clients' ids).
 pub async fn put(
     store: Arc<ObjectStore>,
     mut chunks: Streaming<proto::ObjectChunk>,
+    allowed: impl FnOnce(u64) -> Result<(), Status>,
 ) -> Result<proto::ObjectStored, Status> {
     let Some(first) = chunks.message().await? else {
         return Err(Status::invalid_argument(
@@ -51,6 +53,7 @@ pub async fn put(
         ));
     };
     let id = object_id(first.object_id)?;
+    allowed(id.0)?;
     let (tx, mut rx) = mpsc::channel::<Bytes>(CHUNKS_IN_FLIGHT);
     let writer = tokio::task::spawn_blocking(move || {
         let mut w = store.writer(id)?;

@@ -6,6 +6,9 @@
 //! [`Security`] is the one handle: [`Security::open`] loads everything from the state dir
 //! at head start; issuing and revoking write through to `auth.db`.
 
+pub mod authz;
+pub mod interceptor;
+pub mod owners;
 pub mod store;
 pub mod tls_mode;
 pub mod tokens;
@@ -48,6 +51,8 @@ pub struct Security {
     store: Option<AuthStore>,
     /// Fingerprints of revoked node certificates ([`Security::cert_revoked`]).
     revoked_certs: RwLock<HashSet<String>>,
+    /// Who owns each session and client (for the authorization checks).
+    pub owners: owners::Owners,
     /// Token ids of an in-memory head (a persisted one takes them from `auth.db`).
     next_id: AtomicU64,
 }
@@ -66,6 +71,7 @@ impl Security {
             state_dir: None,
             store: None,
             revoked_certs: RwLock::default(),
+            owners: owners::Owners::default(),
             next_id: AtomicU64::new(2),
         };
         security.tokens.insert(entry_of(
@@ -117,6 +123,7 @@ impl Security {
             state_dir: Some(state_dir.to_path_buf()),
             store: Some(store),
             revoked_certs: RwLock::new(revoked),
+            owners: owners::Owners::default(),
             next_id: AtomicU64::new(1),
         };
         if kept.is_none() {
@@ -124,6 +131,13 @@ impl Security {
             flame_core::tls::write_private_file(&admin_path, &security.admin_token.to_string())?;
         }
         Ok(security)
+    }
+
+    /// Accept `token` (made elsewhere) as `name`'s, valid until `expires_ms` (0 = never).
+    pub fn register(&self, token: &Token, name: &str, admin: bool, expires_ms: u64) {
+        let now = now_ms().max(0) as u64;
+        self.tokens
+            .insert(entry_of(token, name, admin, expires_ms, now));
     }
 
     /// The cluster CA certificate (PEM), if this head has a CA.

@@ -254,6 +254,9 @@ impl Actor {
                 tracing::error!("Shutdown reached the event handler");
                 let _ = reply.send(());
             }
+            Event::ExecutorPlace { id, reply } => {
+                let _ = reply.send(Ok(self.executor_place(id)));
+            }
             Event::ExecutorUnresponsive { id, silent } => {
                 self.executor_unresponsive(id, silent, now)
             }

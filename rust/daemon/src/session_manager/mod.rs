@@ -252,6 +252,12 @@ pub enum Event {
         reason: String,
         reply: Reply<u32>,
     },
+    /// Where an executor runs and whose session it serves (`None`: no such executor), for
+    /// the authorization of its node's calls.
+    ExecutorPlace {
+        id: ExecutorId,
+        reply: Reply<Option<crate::security::authz::ExecutorPlace>>,
+    },
 }
 
 /// Cheap handle for RPC handlers to reach the actor.

@@ -40,6 +40,23 @@ pub(super) fn refusal(session: SessionId, owner: u32, client: u32) -> Option<Tas
     ))
 }
 
+impl Actor {
+    /// The node an executor runs on and the user of the session it serves (#11: a node's
+    /// Frontend call with an executor's header acts for that user).
+    pub(super) fn executor_place(
+        &self,
+        id: flame_core::ids::ExecutorId,
+    ) -> Option<crate::security::authz::ExecutorPlace> {
+        let e = self.sched.executor(id)?;
+        let node = self.sched.nodes().find(|n| n.id == e.node)?.name.clone();
+        let user = e
+            .session()
+            .and_then(|s| self.sched.session(s))
+            .map(|s| s.spec.user.clone());
+        Some(crate::security::authz::ExecutorPlace { node, user })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -25,6 +25,7 @@ pub fn head_config(state_dir: &Path, manager: ManagerConfig) -> HeadConfig {
         manager,
         http: HttpPort::Off,
         tls: Default::default(),
+        metrics_public: false,
     }
 }
 
@@ -44,7 +45,7 @@ pub async fn start_echo_cluster(
     manager: ManagerConfig,
 ) -> LocalCluster {
     let node = echo_node(state_dir, slots);
-    LocalCluster::start(head_config(state_dir, manager), node)
+    start_cluster(head_config(state_dir, manager), node)
         .await
         .expect("cluster starts")
 }
@@ -66,4 +67,38 @@ pub async fn open_echo_session(client: &Client) -> SessionId {
         ..Default::default()
     };
     create_session(client, spec).await
+}
+
+/// The token every client of a test process sends (#11): one admin token, made once and
+/// trusted by every head the process starts (heads make their own random admin tokens).
+pub fn test_token() -> &'static flame_core::auth::Token {
+    static TOKEN: std::sync::OnceLock<flame_core::auth::Token> = std::sync::OnceLock::new();
+    TOKEN.get_or_init(|| {
+        let t = flame_core::auth::Token::generate(
+            flame_core::auth::TokenKind::User,
+            1 << 40,
+            &"00".repeat(32),
+        );
+        flame_core::client::set_default_token(Some(t.to_string()));
+        t
+    })
+}
+
+/// Make `head` trust [`test_token`] (as the admin user `admin`).
+pub fn trust_test_token(head: &flame_daemon::server::Head) {
+    head.security.register(test_token(), "admin", true, 0);
+}
+
+/// [`flame_daemon::server::Head::start`], trusting [`test_token`].
+pub async fn start_head(cfg: HeadConfig) -> flame_core::Result<flame_daemon::server::Head> {
+    let head = flame_daemon::server::Head::start(cfg).await?;
+    trust_test_token(&head);
+    Ok(head)
+}
+
+/// [`LocalCluster::start`], trusting [`test_token`].
+pub async fn start_cluster(head: HeadConfig, node: NodeConfig) -> flame_core::Result<LocalCluster> {
+    let cluster = LocalCluster::start(head, node).await?;
+    trust_test_token(&cluster.head);
+    Ok(cluster)
 }

@@ -8,13 +8,13 @@ use bytes::Bytes;
 use prost::Message;
 use tonic::client::Grpc;
 use tonic::transport::Channel;
-use tonic::Streaming;
+use tonic::{Code, Streaming};
 
 use flame_core::proto::{self, backend_client::BackendClient, executor_message, node_message};
 
 use crate::findings::{describe_bytes, err, ok_or, Findings, INVALID, UNDECODABLE};
 use crate::gen::Gen;
-use crate::wire::{exchange, hang};
+use crate::wire::{exchange, hang, Authed};
 use crate::{CALL_TIMEOUT, RAW_BACKEND_STREAMS};
 
 fn exec_msg(m: executor_message::Msg) -> proto::ExecutorMessage {
@@ -117,6 +117,10 @@ pub async fn fuzz_raw_backend(g: &mut Gen, f: &mut Findings, grpc: &Grpc<Channel
             let path = "/flame.Backend/NodeStream";
             match &decoded[0] {
                 Err(_) => (path, err(UNDECODABLE)),
+                // A mutated name is not the node token's: refused (#11).
+                Ok(proto::NodeMessage {
+                    msg: Some(node_message::Msg::Register(r)),
+                }) if r.name != "fuzz-node" => (path, err(&[Code::PermissionDenied])),
                 Ok(proto::NodeMessage {
                     msg: Some(node_message::Msg::Register(r)),
                 }) if r.slots > 0 => (path, if later { ok_or(&[]) } else { err(UNDECODABLE) }),
@@ -140,7 +144,7 @@ pub async fn fuzz_raw_backend(g: &mut Gen, f: &mut Findings, grpc: &Grpc<Channel
 
 /// Executor streams from no executor this daemon started, node streams that do not register
 /// properly: each refused with a clear status.
-pub async fn bad_registrations(g: &mut Gen, f: &mut Findings, mut be: BackendClient<Channel>) {
+pub async fn bad_registrations(g: &mut Gen, f: &mut Findings, mut be: BackendClient<Authed>) {
     let junk = g.rng.next();
     let none = proto::ExecutorMessage { msg: None };
     let execs: Vec<(Vec<proto::ExecutorMessage>, String)> = vec![

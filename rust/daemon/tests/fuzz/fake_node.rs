@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
-use tonic::transport::Channel;
 
 use flame_core::client::Client;
 use flame_core::ids::{SessionId, TaskId};
@@ -24,7 +23,7 @@ use crate::findings::{broken, err, short, Findings, INVALID};
 use crate::gen::Gen;
 use crate::normal_session::collect;
 use crate::streams::create_echo;
-use crate::wire::{drain, hang};
+use crate::wire::{drain, hang, Authed};
 use crate::{CALL_TIMEOUT, LIMIT};
 
 /// A node that registers properly, and the executor it is asked to start, lie: forged,
@@ -34,7 +33,7 @@ use crate::{CALL_TIMEOUT, LIMIT};
 pub async fn fake_node(
     g: &mut Gen,
     f: &mut Findings,
-    mut be: BackendClient<Channel>,
+    mut be: BackendClient<Authed>,
     address: &str,
     dir: &Path,
 ) {
@@ -168,7 +167,7 @@ fn live_executors(dir: &Path) -> Vec<u64> {
 async fn fake_executor(
     g: &mut Gen,
     f: &mut Findings,
-    mut be: BackendClient<Channel>,
+    mut be: BackendClient<Authed>,
     eid: u64,
     sid: SessionId,
     never: TaskId,

@@ -6,12 +6,12 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Mutex;
 
 use bytes::Bytes;
-use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 use flame_core::model::{ErrorKind, TaskState};
 use flame_core::proto::{self, frontend_client::FrontendClient};
 
+use crate::wire::Authed;
 use crate::CALL_TIMEOUT;
 
 /// Every panic on any thread of this process, with where it happened in Flame's code.
@@ -187,7 +187,7 @@ pub fn describe_bytes(b: &[u8]) -> String {
 /// showing what was sent just before.
 pub async fn checkpoint(
     phase: &str,
-    ask: Option<&FrontendClient<Channel>>,
+    ask: Option<&FrontendClient<Authed>>,
     f: &Findings,
     recent: &[String],
 ) {

@@ -10,6 +10,10 @@
 //! 3. hostile Backend streams: bad registrations, raw frames, a node and an executor that lie;
 //! 4. a normal session of 500 echo tasks: each must complete once, with its output.
 //!
+//! All of it with valid tokens (#11: an admin user on the Frontend, the node token of
+//! `fuzz-node` on the Backend). A second test sends hostile calls without a valid token
+//! (`unauthenticated.rs`): each is refused and none reaches the session manager.
+//!
 //! Wrong answers are collected, once per kind, and reported together at the end. A panic on
 //! any thread of the process (the daemon runs in it) fails the test at the next checkpoint,
 //! which shows where it happened and the inputs sent just before.
@@ -35,6 +39,8 @@ use flame_daemon::server::HeadConfig;
 use flame_daemon::session_manager::ManagerConfig;
 
 mod backend;
+#[path = "../common/mod.rs"]
+mod common;
 mod fake_node;
 mod findings;
 mod gen;
@@ -42,6 +48,7 @@ mod messages;
 mod normal_session;
 mod streams;
 mod unary;
+mod unauthenticated;
 mod wire;
 
 use backend::{bad_registrations, fuzz_raw_backend};
@@ -80,12 +87,13 @@ async fn start(state_dir: &Path) -> LocalCluster {
         manager,
         http: flame_daemon::http::HttpPort::Off,
         tls: Default::default(),
+        metrics_public: false,
     };
     let mut node = NodeConfig::new("");
     node.slots = 2;
     node.executor_command = Some(vec![env!("CARGO_BIN_EXE_flame-echo-executor").into()]);
     node.work_dir = state_dir;
-    LocalCluster::start(head, node)
+    common::start_cluster(head, node)
         .await
         .expect("cluster starts")
 }
@@ -97,6 +105,13 @@ async fn hostile_input_is_refused_and_the_daemon_keeps_working() {
     eprintln!("fuzz seed {seed} (replay with FLAME_FUZZ_SEED={seed})");
     let dir = tempfile::tempdir().unwrap();
     let cluster = start(dir.path()).await;
+    // The authenticated path: an admin user on the Frontend, a node on the Backend.
+    let node =
+        cluster
+            .head
+            .security
+            .issue(flame_core::auth::TokenKind::Node, "fuzz-node", false, 0);
+    wire::set_tokens(&common::test_token().bearer(), &node.bearer());
     // Several connections, so that calls in flight do not wait behind one another.
     let mut wires = Vec::new();
     for _ in 0..IN_FLIGHT {
@@ -146,6 +161,64 @@ async fn hostile_input_is_refused_and_the_daemon_keeps_working() {
     }
     assert!(stopped.is_ok(), "the cluster did not stop within 20 s");
     assert!(panics().is_empty(), "panics:\n{}", panics().join("\n\n"));
+    let (n, list) = (f.list.len(), f.list.join("\n  "));
+    assert!(
+        f.list.is_empty(),
+        "{n} kinds of wrong answers (seed {seed}):\n  {list}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unauthenticated_hostile_input_never_reaches_the_session_manager() {
+    record_panics();
+    let seed = seed();
+    eprintln!("fuzz seed {seed} (replay with FLAME_FUZZ_SEED={seed})");
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = start(dir.path()).await;
+    let channel = tonic::transport::Endpoint::from_shared(cluster.address().to_string())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut g = Gen {
+        rng: Rng::new(seed),
+        ..Default::default()
+    };
+    let mut f = Findings::default();
+    unauthenticated::fuzz_unauthenticated(&mut g, &mut f, channel.clone(), 600).await;
+    // Nothing reached the manager: as the admin, the state is as the cluster started.
+    let admin = cluster.head.security.admin_token.bearer();
+    let mut fe = flame_core::proto::frontend_client::FrontendClient::new(channel);
+    fn req<T>(bearer: &str, m: T) -> tonic::Request<T> {
+        let mut r = tonic::Request::new(m);
+        r.metadata_mut()
+            .insert("authorization", bearer.parse().unwrap());
+        r
+    }
+    let empty = flame_core::proto::Empty {};
+    let sessions = fe
+        .list_sessions(req(&admin, empty))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(sessions.sessions.is_empty(), "{sessions:?}");
+    let info = fe
+        .get_cluster_info(req(&admin, empty))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(info.nodes.len(), 1, "only the cluster's own node: {info:?}");
+    let hello = fe
+        .hello(req(&admin, Default::default()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(hello.client_id, 1, "no client id was handed out before");
+    cluster.stop().await;
+    assert!(panics().is_empty(), "panics:\n{}", panics().join("\n\n"));
+    for (what, n) in &f.counts {
+        eprintln!("  {n:>6}  {what}");
+    }
     let (n, list) = (f.list.len(), f.list.join("\n  "));
     assert!(
         f.list.is_empty(),

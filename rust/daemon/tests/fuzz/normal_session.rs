@@ -6,7 +6,6 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use bytes::Bytes;
-use tonic::transport::Channel;
 
 use flame_core::client::Client;
 use flame_core::ids::{SessionId, TaskId};
@@ -15,6 +14,7 @@ use flame_core::proto::{self, frontend_client::FrontendClient};
 
 use crate::findings::{broken, short, Findings};
 use crate::streams::create_echo;
+use crate::wire::Authed;
 use crate::FINAL_TASKS;
 
 /// The completions of `ids`, waiting up to 30 s; a task that completes twice, or not at all,
@@ -47,7 +47,7 @@ pub async fn collect(
     done
 }
 
-pub async fn normal_session(f: &mut Findings, address: &str, fe: &FrontendClient<Channel>) {
+pub async fn normal_session(f: &mut Findings, address: &str, fe: &FrontendClient<Authed>) {
     let client = Client::connect(address, Duration::from_secs(5), "fuzz-final").await;
     let client = client.unwrap_or_else(|e| broken("a client connects after the fuzzing", e));
     let sid = create_echo(fe).await;

@@ -21,7 +21,7 @@ use flame_core::proto::{self, client_message, frontend_client::FrontendClient, s
 use crate::findings::{broken, checkpoint, describe_bytes, err, ok_or, Findings, UNDECODABLE};
 use crate::gen::Gen;
 use crate::messages::describe_message;
-use crate::wire::{exchange, hang};
+use crate::wire::{exchange, hang, Authed};
 use crate::{CALL_TIMEOUT, RAW_STREAMS, STREAM_MESSAGES, TASK_STREAMS};
 
 /// One task stream: messages go in through `tx`, completions come out of `completions`.
@@ -33,7 +33,7 @@ struct TaskStream {
 }
 
 impl TaskStream {
-    async fn open(fe: &FrontendClient<Channel>, header: &str, client: u32) -> TaskStream {
+    async fn open(fe: &FrontendClient<Authed>, header: &str, client: u32) -> TaskStream {
         let (tx, rx) = mpsc::unbounded_channel();
         let mut req = tonic::Request::new(UnboundedReceiverStream::new(rx));
         if let Ok(v) = header.parse() {
@@ -99,7 +99,7 @@ where
         .id
 }
 
-pub async fn fuzz_streams(g: &mut Gen, f: &mut Findings, fe: &FrontendClient<Channel>) {
+pub async fn fuzz_streams(g: &mut Gen, f: &mut Findings, fe: &FrontendClient<Authed>) {
     let hello = proto::HelloRequest {
         client_name: "fuzz".into(),
         previous_client_id: 0,
@@ -218,7 +218,7 @@ pub async fn fuzz_streams(g: &mut Gen, f: &mut Findings, fe: &FrontendClient<Cha
 }
 
 /// Wait until the daemon has no unfinished task; how long that took.
-pub async fn wait_idle(f: &mut Findings, fe: &FrontendClient<Channel>) -> Duration {
+pub async fn wait_idle(f: &mut Findings, fe: &FrontendClient<Authed>) -> Duration {
     let start = Instant::now();
     loop {
         let info = fe
@@ -245,7 +245,7 @@ pub async fn wait_idle(f: &mut Findings, fe: &FrontendClient<Channel>) -> Durati
     }
 }
 
-pub async fn close_all(g: &mut Gen, f: &mut Findings, fe: &FrontendClient<Channel>) {
+pub async fn close_all(g: &mut Gen, f: &mut Findings, fe: &FrontendClient<Authed>) {
     for sid in std::mem::take(&mut g.open) {
         let r = fe
             .clone()

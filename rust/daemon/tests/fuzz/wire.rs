@@ -1,12 +1,17 @@
 //! The wire: one connection to the head with typed Frontend and Backend stubs and a raw gRPC
 //! client; a codec passing message bodies through as they are, so any bytes can be sent; raw
 //! unary calls and raw frames on streaming methods, each answer bounded by `CALL_TIMEOUT`.
+//! Every call carries a token (#11): Frontend calls an admin user's, Backend calls the node
+//! token of `fuzz-node` ([`set_tokens`]), so the hostile payloads reach the services.
 
 use bytes::{Buf, BufMut, Bytes};
 use tokio::task::JoinHandle;
 use tonic::client::Grpc;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::codegen::http::uri::PathAndQuery;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
+use tonic::service::Interceptor;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Status, Streaming};
 
@@ -16,11 +21,49 @@ use crate::CALL_TIMEOUT;
 
 const MAX_MESSAGE: usize = 1 << 30;
 
+/// A channel whose calls carry a bearer token.
+pub type Authed = InterceptedService<Channel, Bearer>;
+
+/// Adds `authorization: Bearer <token>` to each call.
+#[derive(Clone)]
+pub struct Bearer(MetadataValue<Ascii>);
+
+impl Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        req.metadata_mut().insert("authorization", self.0.clone());
+        Ok(req)
+    }
+}
+
+static TOKENS: std::sync::OnceLock<(Bearer, Bearer)> = std::sync::OnceLock::new();
+
+/// The bearer values (`Bearer <token>`) of the Frontend's and the Backend's calls.
+pub fn set_tokens(frontend: &str, backend: &str) {
+    let b = |t: &str| Bearer(t.parse().expect("an ASCII token"));
+    let _ = TOKENS.set((b(frontend), b(backend)));
+}
+
+/// The token for a call of `path`.
+fn bearer(path: &str) -> Bearer {
+    let (fe, be) = TOKENS.get().expect("set_tokens first").clone();
+    if path.starts_with("/flame.Backend/") {
+        be
+    } else {
+        fe
+    }
+}
+
+fn with_token<T>(path: &str, msg: T) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(msg);
+    req.metadata_mut().insert("authorization", bearer(path).0);
+    req
+}
+
 /// One connection to the head, with the typed stubs and a raw one.
 #[derive(Clone)]
 pub struct Wire {
-    pub fe: FrontendClient<Channel>,
-    pub be: BackendClient<Channel>,
+    pub fe: FrontendClient<Authed>,
+    pub be: BackendClient<Authed>,
     pub grpc: Grpc<Channel>,
 }
 
@@ -33,10 +76,10 @@ impl Wire {
             .await
             .expect("the head answers");
         Wire {
-            fe: FrontendClient::new(channel.clone())
+            fe: FrontendClient::with_interceptor(channel.clone(), bearer("/flame.Frontend/"))
                 .max_decoding_message_size(MAX_MESSAGE)
                 .max_encoding_message_size(MAX_MESSAGE),
-            be: BackendClient::new(channel.clone())
+            be: BackendClient::with_interceptor(channel.clone(), bearer("/flame.Backend/"))
                 .max_decoding_message_size(MAX_MESSAGE)
                 .max_encoding_message_size(MAX_MESSAGE),
             grpc: Grpc::new(channel)
@@ -48,7 +91,7 @@ impl Wire {
 
 /// A codec that passes message bodies through as they are, so any bytes can be sent.
 #[derive(Clone, Copy)]
-struct RawCodec;
+pub struct RawCodec;
 
 impl Encoder for RawCodec {
     type Item = Bytes;
@@ -89,7 +132,7 @@ pub async fn raw_unary(
         .await
         .map_err(|e| Status::unavailable(e.to_string()))?;
     let r = grpc.unary(
-        tonic::Request::new(body),
+        with_token(path, body),
         PathAndQuery::from_static(path),
         RawCodec,
     );
@@ -108,7 +151,7 @@ pub fn exchange(
         grpc.ready()
             .await
             .map_err(|e| Status::unavailable(e.to_string()))?;
-        let req = tonic::Request::new(tokio_stream::iter(frames));
+        let req = with_token(path, tokio_stream::iter(frames));
         let call = grpc.streaming(req, PathAndQuery::from_static(path), RawCodec);
         let mut s = tokio::time::timeout(CALL_TIMEOUT, call)
             .await
