@@ -12,6 +12,7 @@
 //! - [`view`] — what introspection shows of a task (`TaskView`), and page limits.
 //! - [`client`] — the Rust client used by the Python binding and the CLI.
 //! - [`executor`] — the executor loop: talks to the session manager, runs a `ServiceHost`.
+//! - [`tls`] — the cluster CA, head and node certificates, CA pinning, rustls/tonic TLS configs.
 
 pub mod auth;
 pub mod client;
@@ -23,6 +24,7 @@ pub mod parts;
 pub mod proto;
 pub mod scheduler;
 pub mod storage;
+pub mod tls;
 pub mod view;
 
 pub use error::{FlameError, Result};
