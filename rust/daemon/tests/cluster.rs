@@ -42,7 +42,7 @@ async fn start_with(
 }
 
 async fn connect(cluster: &LocalCluster) -> Client {
-    Client::connect(cluster.address(), Duration::from_secs(5), "test")
+    Client::connect(cluster.address(), &common::admin(&cluster.head), Duration::from_secs(5), "test")
         .await
         .expect("client connects")
 }

@@ -143,7 +143,7 @@ async fn a_node_process_rejoins_a_restarted_head() {
             .env("RUST_LOG", "info")
             .stderr(std::fs::File::create(&log).expect("log file")),
     );
-    let client = flame_core::client::Client::connect(&address, WAIT, "node-test")
+    let client = flame_core::client::Client::connect(&address, &flame_core::client::Credentials::none(), WAIT, "node-test")
         .await
         .expect("client");
     let before = live_nodes(&client).await;
@@ -153,7 +153,7 @@ async fn a_node_process_rejoins_a_restarted_head() {
 
     assert!(head.stop().await.success());
     let mut head = start_head(port, &state);
-    let client = flame_core::client::Client::connect(&address, WAIT, "node-test")
+    let client = flame_core::client::Client::connect(&address, &flame_core::client::Credentials::none(), WAIT, "node-test")
         .await
         .expect("client");
     assert_eq!(

@@ -25,6 +25,7 @@
 //! thread every executor is forked from), [`system`] (host facts).
 
 mod connection;
+mod credentials;
 mod pool;
 mod process;
 mod spawner;
@@ -33,6 +34,7 @@ mod system;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use flame_core::client::Credentials;
 use flame_core::error::{FlameError, Result};
 use flame_core::ids::ExecutorId;
 use flame_core::proto::{
@@ -81,6 +83,9 @@ pub struct NodeConfig {
     /// On shutdown, how long to drain first: the head places nothing new here and the
     /// tasks already sent finish; then the node stops. Zero: stop at once.
     pub drain_grace: Duration,
+    /// What the node shows the head (a node token, or its certificate and the CA); its
+    /// executors get the same through their environment (see [`credentials`]).
+    pub credentials: Credentials,
 }
 
 impl NodeConfig {
@@ -100,6 +105,7 @@ impl NodeConfig {
             memory_bytes: None,
             bind: None,
             drain_grace: Duration::ZERO,
+            credentials: Credentials::none(),
         }
     }
 
@@ -177,11 +183,20 @@ pub async fn run_node(
     })?;
     let mut backoff = Backoff::new();
     let mut node_id = None;
+    let mut transport = None;
+    // Files of the executors' credentials; removed when the node stops.
+    let mut executor_credentials = None;
     loop {
-        let Some(head) = connection::connect(&config, node_id, &mut backoff, &shutdown).await?
-        else {
+        let connected =
+            connection::connect(&config, &mut transport, node_id, &mut backoff, &shutdown);
+        let Some(head) = connected.await? else {
             return Ok(());
         };
+        if let (None, Some(t)) = (&executor_credentials, &transport) {
+            let files = credentials::ExecutorCredentials::write(&config.credentials, t)?;
+            config.env.extend(files.env());
+            executor_credentials = Some(files);
+        }
         let id = head.registered.node_id;
         match node_id {
             Some(previous) => tracing::info!(node = id, previous, "node registered again"),

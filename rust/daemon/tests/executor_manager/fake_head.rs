@@ -132,6 +132,7 @@ impl Harness {
             memory_bytes: None,
             bind: None,
             drain_grace: std::time::Duration::ZERO,
+            credentials: flame_core::client::Credentials::none(),
         }
     }
 
