@@ -31,7 +31,7 @@ pub use credentials::{
 pub use discover::{discover, Discovery};
 pub use objects::ObjectClient;
 pub use transport::Transport;
-pub use stamp::{Frontend, StateStamp, STATE_ID_HEADER};
+pub use stamp::{stub, Frontend, StateStamp, STATE_ID_HEADER};
 
 pub use nested::{create_session_request, opened_by_executor, EXECUTOR_ID_HEADER};
 pub use stream::CLIENT_ID_HEADER;
@@ -49,7 +49,6 @@ use tonic::transport::Channel;
 use crate::error::{FlameError, Result};
 use crate::ids::{ClientId, ObjectId, SessionId, TaskId};
 use crate::proto;
-use stamp::stub;
 
 /// Largest gRPC message the client sends or accepts.
 pub const MAX_MESSAGE_BYTES: usize = 1 << 30;

@@ -22,10 +22,13 @@
 //!
 //! Layout: [`connection`] (connect + register, backoff), [`pool`] (slots, spawn/kill, memory
 //! limit, shutdown), [`process`] (one child: pipes, signals, exit report), [`spawner`] (the
-//! thread every executor is forked from), [`system`] (host facts).
+//! thread every executor is forked from), [`system`] (host facts), [`join`] (a node's
+//! credentials: joining with a join token, kept for restarts), [`credentials`] (handing
+//! them to executors).
 
 mod connection;
 mod credentials;
+pub mod join;
 mod pool;
 mod process;
 mod spawner;
