@@ -23,6 +23,8 @@ mod nested;
 mod objects;
 mod stamp;
 mod stream;
+#[cfg(test)]
+mod tests_auth;
 mod transport;
 
 pub use credentials::{
