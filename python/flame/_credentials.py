@@ -2,7 +2,8 @@
 
 Lookup order (the first that exists):
 
-1. ``token=`` given to :func:`flame.init` / :func:`flame.connect`, or ``$FLAME_TOKEN``;
+1. ``token=`` given to :func:`flame.init` / :func:`flame.connect`; for the embedded cluster
+   this process started, its own token; then ``$FLAME_TOKEN``;
 2. the entry for the address in ``~/.flame/credentials`` (written by ``flame login``);
 3. for a loopback address, ``<state_dir>/admin.token`` of the head, where ``state_dir`` is
    what the head's ``Discover`` tells a caller on its own machine — readable only by the OS
@@ -157,6 +158,17 @@ def _admin_token(address: str, timeout: float) -> Found:
     return Found(token=token or None, source=str(path)) if token else Found()
 
 
+def _embedded_token(address: str) -> str | None:
+    """The token of the embedded cluster this process runs at ``address``, if it does."""
+    from flame import api
+
+    rt = api._runtime
+    cluster = None if rt is None else rt.cluster
+    if cluster is None or canonical(cluster.address) != canonical(address):
+        return None
+    return rt.token if rt is not None else None
+
+
 def lookup(
     address: str,
     token: str | None = None,
@@ -182,6 +194,9 @@ def lookup(
         ca_pem = entry.get("ca_pem") or None
     if token:
         return Found(token.strip(), ca_pem, "token=")
+    own = _embedded_token(address)
+    if own:
+        return Found(own, ca_pem, "this process's embedded cluster")
     env = os.environ.get(TOKEN_ENV, "").strip()
     if env:
         return Found(env, ca_pem, f"${TOKEN_ENV}")
