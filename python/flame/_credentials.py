@@ -27,9 +27,10 @@ from __future__ import annotations
 import json
 import os
 import stat
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
+
+import tomllib
 
 from flame import errors
 

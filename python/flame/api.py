@@ -321,7 +321,6 @@ def dashboard_url() -> str | None:
     return f"{url}?token={urllib.parse.quote(rt.token)}"
 
 
-
 def register_application(name: str, service: type[Any], description: str = "") -> None:
     """Register a :class:`flame.FlameService` subclass under ``name`` on the current cluster,
     so that any client can open sessions of it by name (``conn.create_session(name)``).

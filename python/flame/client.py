@@ -83,8 +83,7 @@ def _open(address: str, timeout: float, name: str, found: _credentials.Found) ->
     except errors.AuthenticationError as e:
         if found.token is None:
             raise errors.AuthenticationError(
-                f"{e} — no token was found for {address}: "
-                f"{_credentials.login_hint(address)}"
+                f"{e} — no token was found for {address}: {_credentials.login_hint(address)}"
             ) from None
         raise errors.AuthenticationError(
             f"{e} — the token came from {found.source}; {_credentials.login_hint(address)}"

@@ -65,7 +65,9 @@ def test_a_connection_without_the_token_is_refused(
     with pytest.raises(flame.AuthenticationError) as e:
         _core.Connection(cluster, 5.0, "intruder")
     with pytest.raises(flame.AuthenticationError) as e:
-        _core.Connection(cluster, 5.0, "intruder", token="flame_user_1_" + "0" * 64 + "_" + "0" * 64)
+        _core.Connection(
+            cluster, 5.0, "intruder", token="flame_user_1_" + "0" * 64 + "_" + "0" * 64
+        )
     assert "flame login" in str(e.value)
 
 
@@ -109,7 +111,14 @@ def test_a_local_daemon_is_found_through_its_admin_token(tmp_path: Path) -> None
     port = free_port()
     state = tmp_path / "state"
     daemon = start_daemon(
-        "start", "--port", str(port), "--state-dir", str(state), "--slots", "1", "--no-http",
+        "start",
+        "--port",
+        str(port),
+        "--state-dir",
+        str(state),
+        "--slots",
+        "1",
+        "--no-http",
         port=port,
     )
     try:
@@ -146,8 +155,18 @@ def test_a_node_joins_a_tls_head_with_a_join_token_and_restarts_without_it(
     port = free_port()
     state = tmp_path / "head"
     head = subprocess.Popen(
-        [*daemon_command(), "head", "--host", "127.0.0.1", "--tls", "--port", str(port),
-         "--state-dir", str(state), "--no-http"],
+        [
+            *daemon_command(),
+            "head",
+            "--host",
+            "127.0.0.1",
+            "--tls",
+            "--port",
+            str(port),
+            "--state-dir",
+            str(state),
+            "--no-http",
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -168,8 +187,21 @@ def test_a_node_joins_a_tls_head_with_a_join_token_and_restarts_without_it(
 
         def start_node(*extra: str) -> subprocess.Popen[str]:
             return subprocess.Popen(
-                [*daemon_command(), "node", "--head", address, "--state-dir", str(node_dir),
-                 "--bind", "127.0.0.2", "--name", "joined", "--slots", "1", *extra],
+                [
+                    *daemon_command(),
+                    "node",
+                    "--head",
+                    address,
+                    "--state-dir",
+                    str(node_dir),
+                    "--bind",
+                    "127.0.0.2",
+                    "--name",
+                    "joined",
+                    "--slots",
+                    "1",
+                    *extra,
+                ],
                 stderr=subprocess.PIPE,
                 text=True,
                 start_new_session=True,
@@ -181,7 +213,9 @@ def test_a_node_joins_a_tls_head_with_a_join_token_and_restarts_without_it(
         with flame.connect(address, token=admin, timeout=10) as conn:
             assert conn._conn.ca_pem and "BEGIN CERTIFICATE" in conn._conn.ca_pem
             deadline = time.monotonic() + 30
-            while not any(n["name"] == "joined" and n["alive"] for n in conn.cluster_info()["nodes"]):
+            while not any(
+                n["name"] == "joined" and n["alive"] for n in conn.cluster_info()["nodes"]
+            ):
                 assert time.monotonic() < deadline, "the node never joined"
                 assert node.poll() is None, node.stderr.read()  # type: ignore[union-attr]
                 time.sleep(0.2)
@@ -195,8 +229,16 @@ def test_a_node_joins_a_tls_head_with_a_join_token_and_restarts_without_it(
         assert node.poll() is None, node.stderr.read()  # type: ignore[union-attr]
         # A wrong join token on a fresh state dir is refused with the head's message.
         fresh = subprocess.run(
-            [*daemon_command(), "node", "--head", address, "--state-dir", str(tmp_path / "n2"),
-             "--join-token", "flame_join_99_" + "1" * 64 + "_" + join.rsplit("_", 1)[1]],
+            [
+                *daemon_command(),
+                "node",
+                "--head",
+                address,
+                "--state-dir",
+                str(tmp_path / "n2"),
+                "--join-token",
+                "flame_join_99_" + "1" * 64 + "_" + join.rsplit("_", 1)[1],
+            ],
             capture_output=True,
             text=True,
             timeout=60,

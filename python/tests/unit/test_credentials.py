@@ -36,7 +36,9 @@ def test_written_file_is_0600_in_a_0700_dir_and_keeps_other_entries(home: Path) 
     assert path == home / ".flame" / "credentials"
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
-    _credentials.write_entry("https://Head.example:9000/", TOKEN_B, "-----BEGIN CERTIFICATE-----\nx\n")
+    _credentials.write_entry(
+        "https://Head.example:9000/", TOKEN_B, "-----BEGIN CERTIFICATE-----\nx\n"
+    )
     _credentials.write_entry("http://127.0.0.1:8080", TOKEN_B, None)  # replaces the first
     entries = _credentials.read_file()
     assert entries == {

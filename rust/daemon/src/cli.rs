@@ -237,7 +237,10 @@ pub async fn run(cli: Cli) -> Result<()> {
                 )
             })?;
             let mut cfg = node_config(head, &args.node, &f);
-            let state_dir = args.state_dir.clone().unwrap_or_else(default_node_state_dir);
+            let state_dir = args
+                .state_dir
+                .clone()
+                .unwrap_or_else(default_node_state_dir);
             let join_token = args
                 .join_token
                 .clone()
@@ -290,7 +293,9 @@ async fn drain(args: &DrainArgs) -> Result<()> {
     let mut creds = Credentials::from_env()?;
     if creds.token.is_none() {
         let path = default_state_dir().join("admin.token");
-        creds.token = std::fs::read_to_string(path).ok().map(|t| t.trim().to_string());
+        creds.token = std::fs::read_to_string(path)
+            .ok()
+            .map(|t| t.trim().to_string());
     }
     let address = normalize_address(&args.head);
     let transport = Transport::resolve(&address, &creds, Duration::from_secs(10)).await?;

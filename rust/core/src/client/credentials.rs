@@ -79,12 +79,15 @@ impl Credentials {
     /// # Errors
     /// As [`Credentials::from_env`].
     pub fn from_lookup(var: impl Fn(&str) -> Option<String>) -> Result<Credentials> {
-        let var = |name: &str| var(name).map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
+        let var = |name: &str| {
+            var(name)
+                .map(|v| v.trim().to_string())
+                .filter(|v| !v.is_empty())
+        };
         let token = match var(TOKEN_ENV) {
             Some(t) => {
-                Token::parse(&t).map_err(|e| {
-                    FlameError::InvalidArgument(format!("{TOKEN_ENV}: {e}"))
-                })?;
+                Token::parse(&t)
+                    .map_err(|e| FlameError::InvalidArgument(format!("{TOKEN_ENV}: {e}")))?;
                 Some(t)
             }
             None => None,
@@ -156,8 +159,10 @@ mod tests {
     use crate::tls::{ClusterCa, NodeKey};
 
     fn lookup(vars: &[(&str, String)]) -> Result<Credentials> {
-        let vars: HashMap<String, String> =
-            vars.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+        let vars: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect();
         Credentials::from_lookup(|name| vars.get(name).cloned())
     }
 
@@ -194,16 +199,25 @@ mod tests {
     #[test]
     fn bad_values_name_the_variable_and_the_file() {
         let m = message(lookup(&[(TOKEN_ENV, "hunter2".into())]));
-        assert!(m.contains("FLAME_TOKEN") && m.contains("not a Flame token"), "{m}");
+        assert!(
+            m.contains("FLAME_TOKEN") && m.contains("not a Flame token"),
+            "{m}"
+        );
 
         let m = message(lookup(&[(CA_FILE_ENV, "/nonexistent/ca.pem".into())]));
-        assert!(m.contains("FLAME_CA_FILE=/nonexistent/ca.pem") && m.contains("cannot read"), "{m}");
+        assert!(
+            m.contains("FLAME_CA_FILE=/nonexistent/ca.pem") && m.contains("cannot read"),
+            "{m}"
+        );
 
         let dir = tempfile::tempdir().unwrap();
         let junk = dir.path().join("junk.pem");
         std::fs::write(&junk, "not a certificate").unwrap();
         let m = message(lookup(&[(CA_FILE_ENV, junk.display().to_string())]));
-        assert!(m.contains("FLAME_CA_FILE=") && m.contains("junk.pem"), "{m}");
+        assert!(
+            m.contains("FLAME_CA_FILE=") && m.contains("junk.pem"),
+            "{m}"
+        );
         assert!(m.contains("no certificate"), "{m}");
 
         let m = message(lookup(&[(CERT_FILE_ENV, "/x/node.pem".into())]));
@@ -222,7 +236,10 @@ mod tests {
             (CERT_FILE_ENV, cert.display().to_string()),
             (KEY_FILE_ENV, keyf.display().to_string()),
         ]));
-        assert!(m.contains("FLAME_KEY_FILE=") && m.contains("node.key"), "{m}");
+        assert!(
+            m.contains("FLAME_KEY_FILE=") && m.contains("node.key"),
+            "{m}"
+        );
         assert!(m.contains("chmod 600"), "{m}");
     }
 }

@@ -32,8 +32,8 @@ pub use credentials::{
 };
 pub use discover::{discover, Discovery};
 pub use objects::ObjectClient;
-pub use transport::Transport;
 pub use stamp::{stub, Frontend, StateStamp, STATE_ID_HEADER};
+pub use transport::Transport;
 
 pub use nested::{create_session_request, opened_by_executor, EXECUTOR_ID_HEADER};
 pub use stream::CLIENT_ID_HEADER;
@@ -131,7 +131,7 @@ async fn hello(
                 | tonic::Code::Unauthenticated
                 | tonic::Code::PermissionDenied => hint_login(FlameError::from(s), transport),
                 _ => transport.explain(s.message()).await,
-            })
+            });
         }
     };
     Ok((channel, reply))

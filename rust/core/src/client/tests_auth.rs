@@ -93,7 +93,9 @@ async fn recording_server(tls: Option<&Identity>, ca: Option<&ClusterCa>) -> (So
     if let (Some(id), Some(ca)) = (tls, ca) {
         builder = builder.tls_config(server_tls(id, ca.cert_pem())).unwrap();
     }
-    let router = builder.layer(layer).add_service(BackendServer::new(Nothing));
+    let router = builder
+        .layer(layer)
+        .add_service(BackendServer::new(Nothing));
     tokio::spawn(router.serve_with_incoming(TcpListenerStream::new(listener)));
     (addr, seen)
 }
@@ -121,7 +123,10 @@ async fn every_call_carries_the_bearer_token_and_a_refusal_says_what_to_do() {
     let msg = unauthenticated(Client::connect(&address, &creds, WAIT, "t").await);
     assert!(msg.contains("recorded"), "{msg}");
     assert!(msg.contains(&format!("flame login {address}")), "{msg}");
-    assert!(msg.contains("FLAME_TOKEN") && msg.contains("token="), "{msg}");
+    assert!(
+        msg.contains("FLAME_TOKEN") && msg.contains("token="),
+        "{msg}"
+    );
     // The object client (no hello) carries it too.
     let objects = ObjectClient::connect(&address, &creds, WAIT).await.unwrap();
     let _ = objects.delete(&[]).await;
@@ -135,7 +140,10 @@ async fn every_call_carries_the_bearer_token_and_a_refusal_says_what_to_do() {
     // A malformed token is refused before anything is sent.
     let n = seen.lock().unwrap().len();
     let bad = Credentials::with_token("flame_user_1_nothex");
-    let err = Client::connect(&address, &bad, WAIT, "t").await.err().unwrap();
+    let err = Client::connect(&address, &bad, WAIT, "t")
+        .await
+        .err()
+        .unwrap();
     assert!(matches!(err, FlameError::InvalidArgument(_)), "{err:?}");
     assert_eq!(seen.lock().unwrap().len(), n);
 }
@@ -182,7 +190,10 @@ async fn tls_mismatches_are_named_with_their_fix() {
     };
     let address = format!("https://{tls_addr}");
     let msg = unauthenticated(Client::connect(&address, &creds, WAIT, "t").await);
-    assert!(msg.contains("TLS certificate") && msg.contains("cluster CA"), "{msg}");
+    assert!(
+        msg.contains("TLS certificate") && msg.contains("cluster CA"),
+        "{msg}"
+    );
     assert!(msg.contains(&format!("flame login {address}")), "{msg}");
 
     // Plaintext to a TLS head.
@@ -193,7 +204,10 @@ async fn tls_mismatches_are_named_with_their_fix() {
         .unwrap();
     let msg = err.to_string();
     assert!(matches!(err, FlameError::Unreachable { .. }), "{msg}");
-    assert!(msg.contains("speaks TLS") && msg.contains(&address), "{msg}");
+    assert!(
+        msg.contains("speaks TLS") && msg.contains(&address),
+        "{msg}"
+    );
 
     // TLS to a plaintext head.
     let creds = Credentials {
@@ -215,7 +229,10 @@ async fn tls_mismatches_are_named_with_their_fix() {
         .unwrap();
     let msg = err.to_string();
     assert!(matches!(err, FlameError::InvalidArgument(_)), "{msg}");
-    assert!(msg.contains("no cluster CA is known") && msg.contains("flame login"), "{msg}");
+    assert!(
+        msg.contains("no cluster CA is known") && msg.contains("flame login"),
+        "{msg}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -35,12 +35,13 @@ impl Transport {
     /// the token's, `Unreachable`, `Timeout`).
     pub async fn resolve(address: &str, creds: &Credentials, timeout: Duration) -> Result<Self> {
         let token = creds.parsed_token()?;
-        let bearer = match &token {
-            Some(t) => Some(t.bearer().parse().map_err(|_| {
-                FlameError::InvalidArgument("the token is not ASCII text".into())
-            })?),
-            None => None,
-        };
+        let bearer =
+            match &token {
+                Some(t) => Some(t.bearer().parse().map_err(|_| {
+                    FlameError::InvalidArgument("the token is not ASCII text".into())
+                })?),
+                None => None,
+            };
         let uri: tonic::transport::Uri = address
             .parse()
             .map_err(|e| FlameError::InvalidArgument(format!("bad address '{address}': {e}")))?;

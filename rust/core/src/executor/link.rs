@@ -17,9 +17,6 @@ use std::sync::{mpsc as std_mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
-use tokio::time::Instant;
-use tokio_stream::wrappers::ReceiverStream;
 use super::orphan::{self, HostAlive, Watch};
 use super::window::Window;
 use super::MAX_MESSAGE_BYTES;
@@ -27,6 +24,9 @@ use crate::client::{Credentials, StateStamp, Transport};
 use crate::error::{error_chain, FlameError, Result};
 use crate::ids::ExecutorId;
 use crate::proto::{self, backend_client::BackendClient, executor_message};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_stream::wrappers::ReceiverStream;
 
 /// Wire messages in flight towards tonic. Kept small on purpose: when the stream is slow the
 /// writer blocks here and results pile up in the outbound queue, where they get coalesced.

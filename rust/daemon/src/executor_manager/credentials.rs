@@ -8,8 +8,8 @@
 
 use std::path::{Path, PathBuf};
 
-use flame_core::client::{Credentials, Transport, CA_FILE_ENV, CERT_FILE_ENV, KEY_FILE_ENV};
 use flame_core::client::TOKEN_ENV;
+use flame_core::client::{Credentials, Transport, CA_FILE_ENV, CERT_FILE_ENV, KEY_FILE_ENV};
 use flame_core::error::{FlameError, Result};
 use flame_core::tls::write_private_file;
 
@@ -51,8 +51,14 @@ impl ExecutorCredentials {
             env.push((CA_FILE_ENV.to_string(), shown(&file("ca.pem", ca)?)));
         }
         if let Some(id) = &creds.identity {
-            env.push((CERT_FILE_ENV.to_string(), shown(&file("node.pem", &id.cert_pem)?)));
-            env.push((KEY_FILE_ENV.to_string(), shown(&file("node.key", &id.key_pem)?)));
+            env.push((
+                CERT_FILE_ENV.to_string(),
+                shown(&file("node.pem", &id.cert_pem)?),
+            ));
+            env.push((
+                KEY_FILE_ENV.to_string(),
+                shown(&file("node.key", &id.key_pem)?),
+            ));
         }
         Ok(ExecutorCredentials {
             env,

@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use flame_core::auth::{Token, TokenKind};
-use flame_core::client::{normalize_address, read_ca_file, stub, Credentials, StateStamp};
 use flame_core::client::Transport;
+use flame_core::client::{normalize_address, read_ca_file, stub, Credentials, StateStamp};
 use flame_core::error::{FlameError, Result};
 use flame_core::proto;
 use flame_core::tls::{read_private_file, write_private_file, Identity, NodeKey};
@@ -53,10 +53,7 @@ pub async fn node_credentials(
         .mode(0o700)
         .create(state_dir)
         .map_err(|e| {
-            FlameError::FailedPrecondition(format!(
-                "node state dir {}: {e}",
-                state_dir.display()
-            ))
+            FlameError::FailedPrecondition(format!("node state dir {}: {e}", state_dir.display()))
         })?;
     if let Some(kept) = kept(state_dir)? {
         tracing::info!(state_dir = %state_dir.display(), "using the node credentials kept from an earlier join");
@@ -170,4 +167,72 @@ async fn join(head: &str, join_token: &str, dir: &Path, name: &str) -> Result<Cr
         "node joined"
     );
     Ok(creds)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use flame_core::tls::ClusterCa;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn kept_credentials_are_used_without_a_token_and_none_without_one_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("node");
+        let err = node_credentials("https://127.0.0.1:1", None, &state, "n1")
+            .await
+            .unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, FlameError::InvalidArgument(_)), "{msg}");
+        assert!(
+            msg.contains("--join-token") && msg.contains("node.pem"),
+            "{msg}"
+        );
+        let mode = fs::metadata(&state).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+
+        // A user token is not a join token; nothing is contacted.
+        let user = Token::generate(TokenKind::User, 5, &"a".repeat(64)).to_string();
+        let err = node_credentials("https://127.0.0.1:1", Some(&user), &state, "n1")
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("a node joins with a join token"),
+            "{err}"
+        );
+
+        // What an earlier join left: used as is.
+        let ca = ClusterCa::load_or_create(&dir.path().join("ca")).unwrap();
+        let key = NodeKey::generate();
+        let signed = ca.sign_node(&key.csr_pem("n1"), "n1").unwrap();
+        let identity = key.identity(&signed.cert_pem);
+        identity
+            .save(&state.join(NODE_CERT_FILE), &state.join(NODE_KEY_FILE))
+            .unwrap();
+        write_private_file(&state.join(NODE_CA_FILE), ca.cert_pem()).unwrap();
+        let creds = node_credentials("https://127.0.0.1:1", None, &state, "n1")
+            .await
+            .unwrap();
+        assert_eq!(creds.identity, Some(identity));
+        assert_eq!(creds.ca_pem.as_deref(), Some(ca.cert_pem()));
+        assert_eq!(creds.token, None);
+
+        // A plaintext head's node token, kept 0600; a readable one is refused.
+        let plain = dir.path().join("plain");
+        let node_token = Token::generate(TokenKind::Node, 6, &"b".repeat(64)).to_string();
+        fs::create_dir_all(&plain).unwrap();
+        write_private_file(&plain.join(NODE_TOKEN_FILE), &node_token).unwrap();
+        let creds = node_credentials("http://127.0.0.1:1", None, &plain, "n1")
+            .await
+            .unwrap();
+        assert_eq!(creds, Credentials::with_token(node_token));
+        let path = plain.join(NODE_TOKEN_FILE);
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        let err = node_credentials("http://127.0.0.1:1", None, &plain, "n1")
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("chmod 600"), "{err}");
+    }
 }
