@@ -14,6 +14,7 @@ import atexit
 import os
 import sys
 import threading
+import urllib.parse
 from typing import Any
 
 from flame import _blocking, _core, _tempstate, errors
@@ -42,8 +43,10 @@ class Runtime:
         address: str | None,
         cluster: _core.LocalCluster | None = None,
         temp_state: _tempstate.TempState | None = None,
+        token: str | None = None,
     ) -> None:
         self.conn = conn
+        self.token = token  # the embedded cluster's admin token (dashboard_url)
         self.address = address  # as asked for: None means "embedded"
         self.cluster = cluster
         self.temp_state = temp_state
@@ -143,13 +146,15 @@ def init(
     max_payload: int | None = None,
     client_lease: float | None = None,
     log_to_client: bool = True,
+    token: str | None = None,
 ) -> None:
     """Connect to a Flame cluster, or start an embedded one.
 
     Args:
         address: ``host:port`` of a running ``flame-daemon``. Default: ``$FLAME_ADDRESS``;
             if that is unset too, an embedded cluster is started in this process and
-            stopped at exit (no process is left behind).
+            stopped at exit (no process is left behind). The embedded cluster needs no
+            token: it makes one that only this process holds.
         slots: Executors of the embedded cluster (default: the number of CPUs).
         state_dir: Where the embedded cluster keeps its state (default: a temporary
             directory, removed at shutdown; if this process is killed instead, the next
@@ -166,6 +171,9 @@ def init(
         log_to_client: Echo what each task prints to this process's stderr, each line
             prefixed with ``(task SESSION/TASK)``. The output is kept by the daemon
             either way (``future.log()``).
+        token: The user token for ``address``. Default: ``$FLAME_TOKEN``, the entry of
+            ``flame login ADDRESS`` in ``~/.flame/credentials``, or, for a daemon on this
+            machine run by this OS user, its ``admin.token``.
 
     ``slots``, ``state_dir``, ``max_payload`` and ``client_lease`` configure the embedded
     cluster; they are ignored when connecting to a daemon, which has its own settings
@@ -175,6 +183,7 @@ def init(
         flame.InvalidArgumentError: already initialized with a different address, or an
             option is out of range.
         flame.ConnectionError: the daemon at ``address`` cannot be reached.
+        flame.AuthenticationError: the daemon refuses the token (or there is none).
     """
     global _runtime, _atexit_registered
     address = address or os.environ.get("FLAME_ADDRESS") or None
@@ -190,7 +199,8 @@ def init(
         if log_level:
             _set_log_level(log_level)
         if address is not None:
-            _runtime = Runtime(Connection(address, log_to_client=log_to_client), address)
+            conn = Connection(address, log_to_client=log_to_client, token=token)
+            _runtime = Runtime(conn, address)
         else:
             _runtime = _start_embedded(slots, state_dir, max_payload, client_lease, log_to_client)
         if not _atexit_registered:
@@ -253,14 +263,17 @@ def _start_embedded(
         if temp is not None:
             temp.remove()
         raise
+    # The head's admin token exists only in this process's memory: other local users
+    # cannot connect (the executors get a node token, not this one).
+    token = getattr(cluster, "token", None)
     try:
-        conn = Connection(cluster.address, log_to_client=log_to_client)
+        conn = Connection(cluster.address, log_to_client=log_to_client, token=token)
     except BaseException:
         cluster.stop()
         if temp is not None:
             temp.remove()
         raise
-    return Runtime(conn, None, cluster, temp)
+    return Runtime(conn, None, cluster, temp, token)
 
 
 def shutdown() -> None:
@@ -297,11 +310,15 @@ def cluster_info() -> dict[str, Any]:
 
 
 def dashboard_url() -> str | None:
-    """The embedded cluster's dashboard (``http://127.0.0.1:PORT/``; ``/metrics`` and the
-    JSON API live there too). ``None`` when connected to a daemon: ``flame-daemon`` prints
-    its own dashboard address when it starts (``--http-port``, default 8265)."""
-    cluster = runtime().cluster
-    return None if cluster is None else getattr(cluster, "dashboard_url", None)
+    """The embedded cluster's dashboard, ``http://127.0.0.1:PORT/?token=...``: opening it
+    once logs the browser in (a cookie), as Jupyter does; ``/metrics`` and the JSON API live
+    there too. ``None`` when connected to a daemon: ``flame-daemon`` prints its own dashboard
+    address when it starts (``--http-port``, default 8265)."""
+    rt = runtime()
+    url = None if rt.cluster is None else getattr(rt.cluster, "dashboard_url", None)
+    if url is None or not rt.token:
+        return url
+    return f"{url}?token={urllib.parse.quote(rt.token)}"
 
 
 def register_application(name: str, service: type[Any], description: str = "") -> None:

@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from types import TracebackType
 from typing import Any, Callable
 
-from flame import _core, _serde, errors
+from flame import _core, _credentials, _serde, errors
 from flame._scheduling import Scheduling
 from flame.application import FlameService, SessionContext, TaskContext
 from flame.futures import CompletionPump, Decoder, Future
@@ -39,23 +39,55 @@ SessionInfo = _core.SessionInfo
 
 
 def connect(
-    address: str, *, timeout: float = 5.0, client_name: str = "", log_to_client: bool = True
+    address: str,
+    *,
+    timeout: float = 5.0,
+    client_name: str = "",
+    log_to_client: bool = True,
+    token: str | None = None,
+    ca: str | None = None,
 ) -> Connection:
     """Connect to a Flame daemon.
 
     Args:
-        address: ``host:port`` of the daemon's session manager.
+        address: ``host:port`` (or ``http://`` / ``https://host:port``) of the daemon.
         timeout: Seconds to wait for the daemon to answer.
         client_name: A label shown in the daemon's logs.
         log_to_client: Echo what each task printed to this process's stderr, every line
             prefixed with ``(task SESSION/TASK)``.
+        token: The user token to authenticate with. Default: ``$FLAME_TOKEN``, then the
+            entry of ``flame login`` in ``~/.flame/credentials``, then (for a daemon on
+            this machine run by this OS user) its ``admin.token``.
+        ca: The cluster CA of an ``https://`` daemon (PEM text or a file). Default:
+            ``$FLAME_CA_FILE``, the credentials entry, or pinned by the token's fingerprint.
 
     Raises:
         flame.ConnectionError: the daemon cannot be reached (the message names the address).
+        flame.AuthenticationError: the daemon refuses the credentials (or there are none).
     """
     return Connection(
-        address, timeout=timeout, client_name=client_name, log_to_client=log_to_client
+        address,
+        timeout=timeout,
+        client_name=client_name,
+        log_to_client=log_to_client,
+        token=token,
+        ca=ca,
     )
+
+
+def _open(address: str, timeout: float, name: str, found: _credentials.Found) -> _core.Connection:
+    """The native connection, with a refusal that says where the token came from and what
+    to do."""
+    try:
+        return _core.Connection(address, timeout, name, token=found.token, ca_pem=found.ca_pem)
+    except errors.AuthenticationError as e:
+        if found.token is None:
+            raise errors.AuthenticationError(
+                f"{e} — no token was found for {address}: {_credentials.login_hint(address)}"
+            ) from None
+        raise errors.AuthenticationError(
+            f"{e} — the token came from {found.source}; {_credentials.login_hint(address)}"
+        ) from None
 
 
 def _close_native(conn: _core.Connection, pump: CompletionPump) -> None:
@@ -79,8 +111,11 @@ class Connection:
         timeout: float = 5.0,
         client_name: str = "",
         log_to_client: bool = True,
+        token: str | None = None,
+        ca: str | None = None,
     ) -> None:
-        self._conn = _core.Connection(address, timeout, client_name or _default_name())
+        found = _credentials.lookup(address, token, ca, timeout=timeout)
+        self._conn = _open(address, timeout, client_name or _default_name(), found)
         self._pump = CompletionPump(self._conn, echo_logs=log_to_client)
         self._finalizer = weakref.finalize(self, _close_native, self._conn, self._pump)
         # 0 (or an older native module without the attribute) means "no limit known".

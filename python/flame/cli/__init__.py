@@ -6,6 +6,7 @@
     1  not found, or the daemon refused (unknown task or session, task already finished)
     2  usage error (bad command line, malformed id)
     3  the daemon cannot be reached
+    4  the daemon refused the credentials (no token, or a wrong, expired or revoked one)
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import argparse
 import os
 import sys
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_UNAUTHENTICATED = 0, 1, 2, 3, 4
 DEFAULT_ADDRESS = "http://127.0.0.1:8080"
 
 
@@ -37,10 +38,17 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument(
         "--json", action="store_true", default=argparse.SUPPRESS, help="print JSON instead of text"
     )
+    common.add_argument(
+        "--token",
+        default=argparse.SUPPRESS,
+        help="user token (default $FLAME_TOKEN, the `flame login` entry, or the local "
+        "daemon's admin.token)",
+    )
     p = argparse.ArgumentParser(
         prog="flame",
         description="Look at and steer a running Flame cluster.",
-        epilog="exit codes: 0 ok, 1 not found or refused, 2 usage, 3 daemon unreachable",
+        epilog="exit codes: 0 ok, 1 not found or refused, 2 usage, 3 daemon unreachable, "
+        "4 not authenticated",
         parents=[common],
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -60,6 +68,12 @@ def _parser() -> argparse.ArgumentParser:
     cl.add_argument("id", metavar="SESSION")
     lg = sub.add_parser("logs", parents=[common], help="a task's captured output")
     lg.add_argument("id", metavar="SESSION/TASK")
+    li = sub.add_parser(
+        "login",
+        parents=[common],
+        help="check a token against a daemon and keep it in ~/.flame/credentials",
+    )
+    li.add_argument("login_address", metavar="ADDRESS", help="e.g. https://head:8080")
     return p
 
 
@@ -72,6 +86,11 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)  # exits 2 on a bad command line
     args.json = getattr(args, "json", False)
     address = getattr(args, "address", None) or os.environ.get("FLAME_ADDRESS") or DEFAULT_ADDRESS
+    token = getattr(args, "token", None)
+    if args.command == "login":
+        from flame.cli import login
+
+        return login.run(args.login_address, token)
     run = {
         "status": commands.status,
         "list": commands.list_,
@@ -83,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     conn = None
     try:
         commands.validate(args)  # a malformed command line never waits on the network
-        conn = Connection(address, timeout=5.0, client_name="flame-cli")
+        conn = Connection(address, timeout=5.0, client_name="flame-cli", token=token)
         return run(args, conn)
     except commands.UsageError as e:
         print(f"flame: {e}", file=sys.stderr)
@@ -91,6 +110,9 @@ def main(argv: list[str] | None = None) -> int:
     except errors.ConnectionError as e:
         print(f"flame: {e}", file=sys.stderr)
         return EXIT_UNREACHABLE
+    except errors.AuthenticationError as e:
+        print(f"flame: {e}", file=sys.stderr)
+        return EXIT_UNAUTHENTICATED
     except errors.FlameError as e:
         print(f"flame: {e}", file=sys.stderr)
         return EXIT_FAILED

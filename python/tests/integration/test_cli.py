@@ -4,6 +4,7 @@ lists, views, cancel, close, ``--json``, 100-column tables, and the documented e
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -12,13 +13,16 @@ import pytest
 from _procs import free_port
 
 import flame
+from flame import api
 
 
 def flame_cli(address: str | None, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "flame.cli", *args]
     if address is not None:
         command += ["--address", address]
-    return subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+    # The embedded cluster's token exists only in this process: hand it to the CLI.
+    env = dict(os.environ, FLAME_TOKEN=api.runtime().token or "")
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
 
 
 @flame.service(max_retries=0)

@@ -6,12 +6,14 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use flame_core::proto::{self, frontend_client::FrontendClient};
+use flame_core::client::{normalize_address, stub, Credentials, StateStamp, Transport};
+use flame_core::proto;
 use tokio_util::sync::CancellationToken;
 
 use flame_core::{FlameError, Result};
 
 use crate::config::{default_state_dir, FileConfig};
+use crate::executor_manager::join::{default_node_state_dir, node_credentials};
 use crate::executor_manager::{run_node, NodeConfig};
 use crate::http::HttpPort;
 use crate::local::LocalCluster;
@@ -128,9 +130,16 @@ pub struct NodeArgs {
     /// TOML config file; flags override it.
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// Address of the head, e.g. http://head:8080.
+    /// Address of the head, e.g. https://head:8080.
     #[arg(long)]
     pub head: Option<String>,
+    /// Join token (printed by `flame-daemon head`, or `flame-daemon token create --node`);
+    /// needed only the first time: the node keeps its credentials in --state-dir.
+    #[arg(long)]
+    pub join_token: Option<String>,
+    /// Where the node keeps its certificate, key and CA (default ~/.flame/node, mode 0700).
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
     #[command(flatten)]
     pub node: NodeOpts,
 }
@@ -246,6 +255,16 @@ pub async fn run(cli: Cli) -> Result<()> {
                 )
             })?;
             let mut cfg = node_config(head, &args.node, &f);
+            let state_dir = args
+                .state_dir
+                .clone()
+                .unwrap_or_else(default_node_state_dir);
+            let join_token = args
+                .join_token
+                .clone()
+                .or_else(|| std::env::var("FLAME_JOIN_TOKEN").ok());
+            cfg.credentials =
+                node_credentials(&cfg.head, join_token.as_deref(), &state_dir, &cfg.name).await?;
             // A node stopped by a signal drains first (see README, "Running a cluster").
             cfg.drain_grace = Duration::from_millis(f.drain_grace_ms.unwrap_or(10_000));
             let stop = CancellationToken::new();
@@ -328,16 +347,23 @@ fn dialable(address: &str) -> String {
 }
 
 /// `flame-daemon drain`: ask the head to drain a node and wait until it has left.
+/// It uses an admin's credentials: `FLAME_TOKEN` (and `FLAME_CA_FILE`), else the `admin.token` of
+/// the default state dir (a head on this machine run by this OS user).
 async fn drain(args: &DrainArgs) -> Result<()> {
-    let channel = tonic::transport::Endpoint::from_shared(args.head.clone())
-        .map_err(|e| FlameError::InvalidArgument(format!("head address '{}': {e}", args.head)))?
-        .connect()
-        .await
-        .map_err(|e| FlameError::Unreachable {
-            address: args.head.clone(),
-            reason: flame_core::error::error_chain(&e),
-        })?;
-    let mut head = FrontendClient::new(channel);
+    let mut creds = Credentials::from_env()?;
+    if creds.token.is_none() {
+        let path = default_state_dir().join("admin.token");
+        creds.token = std::fs::read_to_string(path)
+            .ok()
+            .map(|t| t.trim().to_string());
+    }
+    let address = normalize_address(&args.head);
+    let transport = Transport::resolve(&address, &creds, Duration::from_secs(10)).await?;
+    let channel = transport.channel(Duration::from_secs(10)).await?;
+    let mut head = stub(
+        channel,
+        StateStamp::default().with_bearer(transport.bearer().cloned()),
+    );
     let target = proto::NodeRef {
         id: 0,
         name: args.node.clone(),

@@ -5,6 +5,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use flame_core::auth::TokenKind;
+use flame_core::client::Credentials;
 use flame_core::Result;
 
 use crate::executor_manager::{run_node, NodeConfig};
@@ -18,16 +19,19 @@ pub struct LocalCluster {
 }
 
 impl LocalCluster {
-    /// Start the head, then a node that connects to it. `node.head` is filled in.
+    /// Start the head, then a node that connects to it. `node.head` is filled in, and so are
+    /// `node.credentials` when empty: a node token the head issues for this node (its
+    /// executors get it too, never the admin token).
     ///
     /// # Errors
     /// Whatever [`Head::start`] reports.
     pub async fn start(head: HeadConfig, mut node: NodeConfig) -> Result<Self> {
         let head = Head::start(head).await?;
         node.head = head.address.clone();
-        // The local node authenticates like any other: a node token of its own name (#11).
-        let token = head.security.issue(TokenKind::Node, &node.name, false, 0);
-        node.node_token = Some(token.to_string());
+        if node.credentials.is_empty() {
+            let token = head.security.issue(TokenKind::Node, &node.name, false, 0);
+            node.credentials = Credentials::with_token(token.to_string());
+        }
         let node_stop = CancellationToken::new();
         let stop = node_stop.clone();
         let node = tokio::spawn(async move {

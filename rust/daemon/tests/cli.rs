@@ -48,9 +48,14 @@ fn start_serves_and_stops_cleanly_on_sigterm() {
         .to_string();
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let client = Client::connect(&address, Duration::from_secs(5), "cli-test")
-            .await
-            .unwrap();
+        let client = Client::connect(
+            &address,
+            &flame_core::client::Credentials::none(),
+            Duration::from_secs(5),
+            "cli-test",
+        )
+        .await
+        .unwrap();
         let info = client
             .frontend()
             .get_cluster_info(flame_core::proto::Empty {})

@@ -42,9 +42,14 @@ async fn start_with(
 }
 
 async fn connect(cluster: &LocalCluster) -> Client {
-    Client::connect(cluster.address(), Duration::from_secs(5), "test")
-        .await
-        .expect("client connects")
+    Client::connect(
+        cluster.address(),
+        &common::admin(&cluster.head),
+        Duration::from_secs(5),
+        "test",
+    )
+    .await
+    .expect("client connects")
 }
 
 async fn open(client: &Client, common_data: &'static [u8], retries: u32) -> SessionId {

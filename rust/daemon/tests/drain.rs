@@ -50,9 +50,14 @@ where
 async fn a_drained_node_finishes_what_it_was_sent_and_leaves() {
     let dir = tempfile::tempdir().unwrap();
     let cluster = start(dir.path()).await;
-    let client = Client::connect(cluster.address(), Duration::from_secs(5), "test")
-        .await
-        .unwrap();
+    let client = Client::connect(
+        cluster.address(),
+        &common::admin(&cluster.head),
+        Duration::from_secs(5),
+        "test",
+    )
+    .await
+    .unwrap();
     wait_until("the node joins", || async {
         !cluster_info(&client).await.nodes.is_empty()
     })

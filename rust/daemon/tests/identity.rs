@@ -37,6 +37,7 @@ async fn head(state_dir: &Path, port: u16) -> Head {
 async fn client(head: &Head, name: &str) -> Client {
     Client::connect_with(
         &head.address,
+        &common::admin(head),
         Duration::from_secs(5),
         name,
         Duration::from_secs(30),

@@ -143,9 +143,14 @@ async fn a_node_process_rejoins_a_restarted_head() {
             .env("RUST_LOG", "info")
             .stderr(std::fs::File::create(&log).expect("log file")),
     );
-    let client = flame_core::client::Client::connect(&address, WAIT, "node-test")
-        .await
-        .expect("client");
+    let client = flame_core::client::Client::connect(
+        &address,
+        &flame_core::client::Credentials::none(),
+        WAIT,
+        "node-test",
+    )
+    .await
+    .expect("client");
     let before = live_nodes(&client).await;
     assert_eq!(before.len(), 1);
     assert_eq!(before[0].1, "rejoin");
@@ -153,9 +158,14 @@ async fn a_node_process_rejoins_a_restarted_head() {
 
     assert!(head.stop().await.success());
     let mut head = start_head(port, &state);
-    let client = flame_core::client::Client::connect(&address, WAIT, "node-test")
-        .await
-        .expect("client");
+    let client = flame_core::client::Client::connect(
+        &address,
+        &flame_core::client::Credentials::none(),
+        WAIT,
+        "node-test",
+    )
+    .await
+    .expect("client");
     assert_eq!(
         live_nodes(&client).await,
         before,

@@ -36,9 +36,14 @@ async fn head_on(state_dir: &Path, lease: Duration, port: u16) -> Head {
 }
 
 async fn client(head: &Head) -> Client {
-    Client::connect(&head.address, Duration::from_secs(5), "objects-test")
-        .await
-        .expect("client connects")
+    Client::connect(
+        &head.address,
+        &flame_core::client::Credentials::with_token(head.security.admin_token.to_string()),
+        Duration::from_secs(5),
+        "objects-test",
+    )
+    .await
+    .expect("client connects")
 }
 
 /// 3.5 MiB of a recognisable pattern: several chunks, the last one partial.
@@ -67,9 +72,13 @@ async fn objects_round_trip_in_chunks_and_bad_ids_are_refused() {
     assert_eq!(objects.get(id).await.unwrap(), data);
 
     // An executor elsewhere connects without a hello.
-    let remote = ObjectClient::connect(&head.address, Duration::from_secs(5))
-        .await
-        .unwrap();
+    let remote = ObjectClient::connect(
+        &head.address,
+        &flame_core::client::Credentials::with_token(head.security.admin_token.to_string()),
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
     assert_eq!(remote.get(id).await.unwrap().len(), data.len());
 
     let empty = client.next_object_id().unwrap();
@@ -142,9 +151,13 @@ async fn a_stored_object_id_cannot_be_overwritten_by_anyone() {
         .await
         .unwrap();
     // The owner itself, and a caller without a hello, both get ALREADY_EXISTS.
-    let remote = ObjectClient::connect(&head.address, Duration::from_secs(5))
-        .await
-        .unwrap();
+    let remote = ObjectClient::connect(
+        &head.address,
+        &flame_core::client::Credentials::with_token(head.security.admin_token.to_string()),
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
     for objects in [owner.objects(), remote] {
         let err = objects
             .put(id, vec![Bytes::from_static(b"replacement")])

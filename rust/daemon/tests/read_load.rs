@@ -88,9 +88,14 @@ async fn reads_of_a_big_session_do_not_delay_hellos_or_tasks() {
 
     // The big session: run and closed, so that reading it needs storage for everything.
     let started = Instant::now();
-    let client = Client::connect(cluster.address(), Duration::from_secs(5), "big")
-        .await
-        .unwrap();
+    let client = Client::connect(
+        cluster.address(),
+        &common::admin(&cluster.head),
+        Duration::from_secs(5),
+        "big",
+    )
+    .await
+    .unwrap();
     let big = common::open_echo_session(&client).await;
     let inputs: Vec<Bytes> = (0..BIG_SESSION)
         .map(|i| {
@@ -173,7 +178,13 @@ async fn reads_of_a_big_session_do_not_delay_hellos_or_tasks() {
     let mut hellos = Vec::new();
     for i in 0..HELLOS {
         let t = Instant::now();
-        let c = Client::connect(cluster.address(), Duration::from_secs(5), &format!("h{i}")).await;
+        let c = Client::connect(
+            cluster.address(),
+            &common::admin(&cluster.head),
+            Duration::from_secs(5),
+            &format!("h{i}"),
+        )
+        .await;
         // A hello that fails (`no hello within 5s`) counts as the full timeout or more.
         hellos.push(match c {
             Ok(c) => {

@@ -20,6 +20,9 @@ use crate::runtime::{runtime, wait};
 pub struct PyLocalCluster {
     address: String,
     dashboard_url: Option<String>,
+    /// The head's admin token: only this process (and nobody it does not hand it to) holds
+    /// it, so other local users cannot use the embedded cluster.
+    token: String,
     inner: Mutex<Option<LocalCluster>>,
 }
 
@@ -95,6 +98,7 @@ impl PyLocalCluster {
         Ok(Self {
             address: cluster.address().to_string(),
             dashboard_url: cluster.head.dashboard_url.clone(),
+            token: cluster.head.security.admin_token.to_string(),
             inner: Mutex::new(Some(cluster)),
         })
     }
@@ -102,6 +106,12 @@ impl PyLocalCluster {
     #[getter]
     fn address(&self) -> &str {
         &self.address
+    }
+
+    /// The admin token this process connects with (its executors get a node token).
+    #[getter]
+    fn token(&self) -> &str {
+        &self.token
     }
 
     /// `http://127.0.0.1:PORT/`: the dashboard, `/metrics` and the JSON API.
@@ -126,6 +136,7 @@ impl PyLocalCluster {
     }
 
     fn __repr__(&self) -> String {
+        // Never the token: reprs end up in logs.
         format!("LocalCluster(address={:?})", self.address)
     }
 }

@@ -117,13 +117,22 @@ impl PyConnection {
 
 #[pymethods]
 impl PyConnection {
+    /// Connect with `token` and `ca_pem` (the cluster CA, PEM) if given, else those of the
+    /// environment (`FLAME_TOKEN`, `FLAME_CA_FILE`, `FLAME_CERT_FILE` + `FLAME_KEY_FILE`).
     #[new]
-    #[pyo3(signature = (address, timeout = 5.0, client_name = ""))]
-    fn new(py: Python<'_>, address: &str, timeout: f64, client_name: &str) -> PyResult<Self> {
-        let timeout = Duration::try_from_secs_f64(timeout).map_err(|_| {
-            crate::error::InvalidArgumentError::new_err(format!("bad timeout {timeout}"))
-        })?;
-        let client = wait(py, Client::connect(address, timeout, client_name))?.map_err(err)?;
+    #[pyo3(signature = (address, timeout = 5.0, client_name = "", token = None, ca_pem = None))]
+    fn new(
+        py: Python<'_>,
+        address: &str,
+        timeout: f64,
+        client_name: &str,
+        token: Option<String>,
+        ca_pem: Option<String>,
+    ) -> PyResult<Self> {
+        let timeout = crate::credentials::seconds(timeout)?;
+        let creds = crate::credentials::credentials(token, ca_pem)?;
+        let connect = Client::connect(address, &creds, timeout, client_name);
+        let client = wait(py, connect)?.map_err(err)?;
         Ok(Self {
             client: Arc::new(client),
         })
@@ -132,6 +141,13 @@ impl PyConnection {
     #[getter]
     fn address(&self) -> &str {
         self.client.address()
+    }
+
+    /// The cluster CA this connection trusts (PEM; `None` for a plaintext head): given, or
+    /// pinned by the token's fingerprint on connecting. `flame login` keeps it.
+    #[getter]
+    fn ca_pem(&self) -> Option<String> {
+        self.client.ca_pem().map(str::to_string)
     }
 
     #[getter]

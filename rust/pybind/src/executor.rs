@@ -136,8 +136,15 @@ pub fn run_executor(
         obj: host,
         log: String::new(),
     };
+    // The node's credentials, handed down through the environment.
+    let creds = flame_core::client::Credentials::from_env().map_err(err)?;
     py.detach(|| {
-        flame_core::executor::run_executor_process(&address, ExecutorId(executor_id), &mut host)
+        flame_core::executor::run_executor_process(
+            &address,
+            &creds,
+            ExecutorId(executor_id),
+            &mut host,
+        )
     })
     .map_err(err)
 }

@@ -5,6 +5,7 @@
 //! - [`runtime`] — the one tokio runtime of the process and the GIL-releasing wait helper.
 //! - [`error`] — `FlameError` → the exception classes of `flame.errors`, in one table.
 //! - [`connection`] — `Connection` (client) and `SessionInfo`.
+//! - [`credentials`] — credentials from Python and the environment; `discover`.
 //! - [`introspection`] — task and executor views as dicts, for the `flame` CLI.
 //! - [`objects`] — `ObjectClient`: objects over gRPC for code not on the head's machine.
 //! - [`cluster`] — `LocalCluster`, the embedded head + node of `flame.init()`.
@@ -13,6 +14,7 @@
 
 mod cluster;
 mod connection;
+mod credentials;
 mod error;
 mod executor;
 mod introspection;
@@ -45,6 +47,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<objects::PyObjectClient>()?;
     m.add_function(wrap_pyfunction!(executor::run_executor, m)?)?;
     m.add_function(wrap_pyfunction!(executor::executor_blocked, m)?)?;
+    m.add_function(wrap_pyfunction!(credentials::discover, m)?)?;
     m.add_function(wrap_pyfunction!(daemon_main, m)?)?;
     m.add_function(wrap_pyfunction!(init_logging, m)?)?;
     Ok(())

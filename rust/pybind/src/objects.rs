@@ -27,14 +27,23 @@ impl PyObjectClient {
 
 #[pymethods]
 impl PyObjectClient {
-    /// A channel to the head at `address` (no client id needed: executors use this).
+    /// A channel to the head at `address` (no client id needed: executors use this), with
+    /// `token` / `ca_pem` if given, else the environment's credentials.
     #[new]
-    #[pyo3(signature = (address, timeout = 5.0))]
-    fn new(py: Python<'_>, address: &str, timeout: f64) -> PyResult<Self> {
+    #[pyo3(signature = (address, timeout = 5.0, token = None, ca_pem = None))]
+    fn new(
+        py: Python<'_>,
+        address: &str,
+        timeout: f64,
+        token: Option<String>,
+        ca_pem: Option<String>,
+    ) -> PyResult<Self> {
         let timeout = Duration::try_from_secs_f64(timeout)
             .map_err(|_| InvalidArgumentError::new_err(format!("bad timeout {timeout}")))?;
         let address = normalize_address(address);
-        let inner = wait(py, ObjectClient::connect(&address, timeout))?.map_err(err)?;
+        let creds = crate::credentials::credentials(token, ca_pem)?;
+        let connect = ObjectClient::connect(&address, &creds, timeout);
+        let inner = wait(py, connect)?.map_err(err)?;
         Ok(Self { inner })
     }
 

@@ -17,15 +17,23 @@
 //! task fails with `ClusterStateLost` and the client sends nothing more: it never re-attaches
 //! to whatever session now has its old ids.
 
+mod credentials;
+mod discover;
 mod nested;
 mod objects;
 mod stamp;
 mod stream;
+#[cfg(test)]
+mod tests_auth;
+mod transport;
 
-pub use objects::ObjectClient;
-pub use stamp::{
-    bearer_value, set_default_token, Frontend, StateStamp, STATE_ID_HEADER, TOKEN_ENV,
+pub use credentials::{
+    read_ca_file, Credentials, CA_FILE_ENV, CERT_FILE_ENV, KEY_FILE_ENV, TOKEN_ENV,
 };
+pub use discover::{discover, Discovery};
+pub use objects::ObjectClient;
+pub use stamp::{stub, Frontend, StateStamp, STATE_ID_HEADER};
+pub use transport::Transport;
 
 pub use nested::{create_session_request, opened_by_executor, EXECUTOR_ID_HEADER};
 pub use stream::CLIENT_ID_HEADER;
@@ -38,12 +46,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
-use crate::error::{error_chain, FlameError, Result};
+use crate::error::{FlameError, Result};
 use crate::ids::{ClientId, ObjectId, SessionId, TaskId};
 use crate::proto;
-use stamp::stub;
 
 /// Largest gRPC message the client sends or accepts.
 pub const MAX_MESSAGE_BYTES: usize = 1 << 30;
@@ -67,6 +74,7 @@ type Lost = Arc<OnceLock<String>>;
 /// A connection to a session manager.
 pub struct Client {
     address: String,
+    transport: Transport,
     client_id: ClientId,
     max_payload: u64,
     frontend: Frontend,
@@ -92,82 +100,89 @@ pub fn normalize_address(address: &str) -> String {
     }
 }
 
-/// A new channel to `address`, or `Unreachable` within `timeout`.
-async fn open_channel(address: &str, timeout: Duration) -> Result<Channel> {
-    let unreachable = |reason: String| FlameError::Unreachable {
-        address: address.to_string(),
-        reason,
-    };
-    let endpoint = Endpoint::from_shared(address.to_string())
-        .map_err(|e| FlameError::InvalidArgument(format!("bad address '{address}': {e}")))?
-        .connect_timeout(timeout)
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(10))
-        .keep_alive_while_idle(true);
-    let channel = tokio::time::timeout(timeout, endpoint.connect())
-        .await
-        .map_err(|_| unreachable(format!("no answer within {timeout:?}")))?
-        .map_err(|e| unreachable(error_chain(&e)))?;
-    Ok(channel)
-}
-
 /// Open a channel and say hello (keeping `previous` as the client id if non-zero). The hello
-/// itself carries no state stamp: its answer is how the client learns the state.
+/// itself carries no state stamp (its answer is how the client learns the state), but it
+/// carries the credentials.
 async fn hello(
-    address: &str,
+    transport: &Transport,
     timeout: Duration,
     name: &str,
     previous: u32,
 ) -> Result<(Channel, proto::HelloReply)> {
     let unreachable = |reason: String| FlameError::Unreachable {
-        address: address.to_string(),
+        address: transport.address().to_string(),
         reason,
     };
-    let channel = open_channel(address, timeout).await?;
-    let mut frontend = stub(channel.clone(), StateStamp::default());
+    let channel = transport.channel(timeout).await?;
+    let stamp = StateStamp::default().with_bearer(transport.bearer().cloned());
+    let mut frontend = stub(channel.clone(), stamp);
     let req = proto::HelloRequest {
         client_name: name.to_string(),
         previous_client_id: previous,
     };
-    let reply = tokio::time::timeout(timeout, frontend.hello(req))
-        .await
-        .map_err(|_| unreachable(format!("no hello within {timeout:?}")))?
-        .map_err(|s| match s.code() {
-            // The daemon is up but refuses new clients (its storage fails): say that.
-            // ... or refuses these credentials (#11): say which, not "unreachable".
-            tonic::Code::ResourceExhausted
-            | tonic::Code::Unauthenticated
-            | tonic::Code::PermissionDenied => FlameError::from(s),
-            _ => unreachable(s.message().to_string()),
-        })?
-        .into_inner();
+    let reply = match tokio::time::timeout(timeout, frontend.hello(req)).await {
+        Err(_) => return Err(unreachable(format!("no hello within {timeout:?}"))),
+        Ok(Ok(reply)) => reply.into_inner(),
+        Ok(Err(s)) => {
+            return Err(match s.code() {
+                // The daemon is up but refuses new clients (its storage fails), or refuses
+                // these credentials: say that.
+                tonic::Code::ResourceExhausted
+                | tonic::Code::Unauthenticated
+                | tonic::Code::PermissionDenied => hint_login(FlameError::from(s), transport),
+                _ => transport.explain(s.message()).await,
+            });
+        }
+    };
     Ok((channel, reply))
 }
 
+/// An UNAUTHENTICATED refusal, with what the user can do about it.
+fn hint_login(e: FlameError, transport: &Transport) -> FlameError {
+    match e {
+        FlameError::Unauthenticated(m) => FlameError::Unauthenticated(format!(
+            "{m} (the head at {a} wants a token: run `flame login {a}`, set FLAME_TOKEN, or \
+             pass token=)",
+            a = transport.address()
+        )),
+        other => other,
+    }
+}
+
 impl Client {
-    /// Connect, say hello, and open the task stream. After a break, the stream reconnects
-    /// for up to [`DEFAULT_RECONNECT_FOR`].
+    /// Connect with `creds`, say hello, and open the task stream. After a break, the stream
+    /// reconnects for up to [`DEFAULT_RECONNECT_FOR`].
     ///
     /// # Errors
-    /// `Unreachable` naming the address when nothing answers within `timeout`.
-    pub async fn connect(address: &str, timeout: Duration, name: &str) -> Result<Client> {
-        Self::connect_with(address, timeout, name, DEFAULT_RECONNECT_FOR).await
+    /// `Unreachable` naming the address when nothing answers within `timeout` (or a TLS
+    /// mismatch, naming TLS and the fix); `Unauthenticated` when the head refuses the
+    /// credentials or its certificate does not chain to the CA; `InvalidArgument` for a bad
+    /// token or address.
+    pub async fn connect(
+        address: &str,
+        creds: &Credentials,
+        timeout: Duration,
+        name: &str,
+    ) -> Result<Client> {
+        Self::connect_with(address, creds, timeout, name, DEFAULT_RECONNECT_FOR).await
     }
 
     /// [`Client::connect`] with an explicit reconnection budget.
     ///
     /// # Errors
-    /// `Unreachable` naming the address when nothing answers within `timeout`.
+    /// As [`Client::connect`].
     pub async fn connect_with(
         address: &str,
+        creds: &Credentials,
         timeout: Duration,
         name: &str,
         reconnect_for: Duration,
     ) -> Result<Client> {
         let address = normalize_address(address);
-        let (channel, reply) = hello(&address, timeout, name, 0).await?;
+        let transport = Transport::resolve(&address, creds, timeout).await?;
+        let (channel, reply) = hello(&transport, timeout, name, 0).await?;
         let client_id = ClientId(reply.client_id);
-        let stamp = StateStamp::new(&reply.state_id);
+        let stamp = StateStamp::new(&reply.state_id).with_bearer(transport.bearer().cloned());
         let frontend = stub(channel, stamp.clone());
         let lost = Lost::default();
         let outstanding: Outstanding = Arc::default();
@@ -176,6 +191,7 @@ impl Client {
         let closed = CancellationToken::new();
         let link = stream::Link {
             address: address.clone(),
+            transport: transport.clone(),
             name: name.to_string(),
             client_id,
             timeout,
@@ -191,6 +207,7 @@ impl Client {
         tokio::spawn(link.run(first, out_rx));
         Ok(Client {
             address,
+            transport,
             client_id,
             max_payload: reply.max_message_bytes,
             frontend,
@@ -207,6 +224,17 @@ impl Client {
 
     pub fn address(&self) -> &str {
         &self.address
+    }
+
+    /// The CA this client trusts for an `https://` head (given, or pinned by the token's
+    /// fingerprint on connecting): what `flame login` keeps.
+    pub fn ca_pem(&self) -> Option<&str> {
+        self.transport.ca_pem()
+    }
+
+    /// How this client reaches its head (for more channels with the same credentials).
+    pub fn transport(&self) -> &Transport {
+        &self.transport
     }
 
     pub fn client_id(&self) -> ClientId {

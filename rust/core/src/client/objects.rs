@@ -25,13 +25,22 @@ impl ObjectClient {
         Self { frontend }
     }
 
-    /// Open a channel to the head at `address` (no hello: objects need no client id).
+    /// Open a channel to the head at `address` with `creds` (no hello: objects need no
+    /// client id).
     ///
     /// # Errors
-    /// `Unreachable` naming the address when nothing answers within `timeout`.
-    pub async fn connect(address: &str, timeout: Duration) -> Result<Self> {
-        let channel = super::open_channel(address, timeout).await?;
-        Ok(Self::new(stub(channel, StateStamp::default())))
+    /// `Unreachable` naming the address when nothing answers within `timeout`; what
+    /// resolving the credentials reports (see [`super::Transport::resolve`]).
+    pub async fn connect(
+        address: &str,
+        creds: &super::Credentials,
+        timeout: Duration,
+    ) -> Result<Self> {
+        let address = super::normalize_address(address);
+        let transport = super::Transport::resolve(&address, creds, timeout).await?;
+        let channel = transport.channel(timeout).await?;
+        let stamp = StateStamp::default().with_bearer(transport.bearer().cloned());
+        Ok(Self::new(stub(channel, stamp)))
     }
 
     /// Upload an object made of `parts` (written one after the other).

@@ -4,11 +4,9 @@
 //! start again at 1) refuses the call with DATA_LOSS rather than act on ids that now belong
 //! to someone else. See `rpc/state_check.rs` in the daemon for the other side.
 //!
-//! The stamp also carries the client's token (#11, `authorization: Bearer <token>`): the one
-//! set for the process ([`set_default_token`], e.g. by an embedded cluster), else
-//! `FLAME_TOKEN`. (Interim: the credentials lookup of README "Security" replaces this.)
-
-use std::sync::RwLock;
+//! The same interceptor carries the caller's credentials (#11): `authorization: Bearer
+//! <token>` on every call and stream, and, inside an executor process, the executor's id
+//! (a node credential acts only for the executors of its node).
 
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
@@ -47,17 +45,13 @@ pub const STATE_ID_HEADER: &str = "flame-state-id";
 pub type Frontend = FrontendClient<InterceptedService<Channel, StateStamp>>;
 
 /// Adds [`STATE_ID_HEADER`] to each request; an empty stamp adds nothing (a caller that
-/// never said hello, or a head too old to have an identity). Adds the token, if any.
-#[derive(Clone, Debug)]
+/// never said hello, or a head too old to have an identity). With a bearer it adds the
+/// `authorization` header too. Inside an executor process every call also names the
+/// executor ([`super::EXECUTOR_ID_HEADER`]).
+#[derive(Clone, Debug, Default)]
 pub struct StateStamp {
     value: Option<MetadataValue<Ascii>>,
     bearer: Option<MetadataValue<Ascii>>,
-}
-
-impl Default for StateStamp {
-    fn default() -> Self {
-        StateStamp::new("")
-    }
 }
 
 impl StateStamp {
@@ -65,8 +59,14 @@ impl StateStamp {
     pub fn new(id: &str) -> StateStamp {
         StateStamp {
             value: (!id.is_empty()).then(|| id.parse().ok()).flatten(),
-            bearer: bearer_value(),
+            bearer: None,
         }
+    }
+
+    /// This stamp, also sending `bearer` (the whole `Bearer <token>` value) on every call.
+    pub fn with_bearer(mut self, bearer: Option<MetadataValue<Ascii>>) -> StateStamp {
+        self.bearer = bearer;
+        self
     }
 }
 
@@ -76,7 +76,12 @@ impl Interceptor for StateStamp {
             req.metadata_mut().insert(STATE_ID_HEADER, v.clone());
         }
         if let Some(b) = &self.bearer {
-            req.metadata_mut().insert(AUTHORIZATION_HEADER, b.clone());
+            req.metadata_mut()
+                .insert(crate::auth::AUTHORIZATION_HEADER, b.clone());
+        }
+        if let Some(id) = crate::executor::process_executor() {
+            req.metadata_mut()
+                .insert(super::EXECUTOR_ID_HEADER, id.0.into());
         }
         Ok(req)
     }

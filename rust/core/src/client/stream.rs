@@ -36,6 +36,7 @@ pub(super) struct Open {
 /// Everything the background task needs to keep a stream up.
 pub(super) struct Link {
     pub address: String,
+    pub transport: super::Transport,
     pub name: String,
     pub client_id: ClientId,
     pub timeout: Duration,
@@ -270,7 +271,7 @@ impl Link {
             }
             let attempt = async {
                 let (channel, reply) =
-                    hello(&self.address, self.timeout, &self.name, self.client_id.0).await?;
+                    hello(&self.transport, self.timeout, &self.name, self.client_id.0).await?;
                 // Checked before the stream opens: nothing is watched or resubmitted into
                 // another state, whose ids may name other clients' sessions.
                 if let Err(reason) = self.same_state(&reply) {
@@ -285,6 +286,12 @@ impl Link {
                     return Reconnect::Open(Box::new(open));
                 }
                 Err(FlameError::ClusterStateLost(reason)) => return Reconnect::StateLost(reason),
+                // The head no longer accepts these credentials (revoked, expired): retrying
+                // cannot help.
+                Err(e @ (FlameError::Unauthenticated(_) | FlameError::PermissionDenied(_))) => {
+                    tracing::error!(address = %self.address, error = %e, "the head refuses this client's credentials");
+                    return Reconnect::GaveUp;
+                }
                 Err(e) if Instant::now() >= deadline => {
                     tracing::error!(address = %self.address, error = %e, "giving up reconnecting");
                     return Reconnect::GaveUp;

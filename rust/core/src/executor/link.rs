@@ -17,17 +17,16 @@ use std::sync::{mpsc as std_mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
-use tokio::time::Instant;
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Endpoint;
-
 use super::orphan::{self, HostAlive, Watch};
 use super::window::Window;
 use super::MAX_MESSAGE_BYTES;
+use crate::client::{Credentials, StateStamp, Transport};
 use crate::error::{error_chain, FlameError, Result};
 use crate::ids::ExecutorId;
 use crate::proto::{self, backend_client::BackendClient, executor_message};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_stream::wrappers::ReceiverStream;
 
 /// Wire messages in flight towards tonic. Kept small on purpose: when the stream is slow the
 /// writer blocks here and results pile up in the outbound queue, where they get coalesced.
@@ -72,6 +71,7 @@ impl Link {
     /// process is stopped ([`orphan`]).
     pub(super) fn open(
         address: &str,
+        creds: &Credentials,
         id: ExecutorId,
         connect_timeout: Duration,
         orphan_grace: Option<Duration>,
@@ -88,6 +88,7 @@ impl Link {
         let net = Network {
             orphan,
             address: address.to_string(),
+            creds: creds.clone(),
             id,
             inbound: in_tx,
             broken: broken.clone(),
@@ -144,6 +145,8 @@ impl Drop for Link {
 
 struct Network {
     address: String,
+    /// The node's credentials, handed down through the environment.
+    creds: Credentials,
     id: ExecutorId,
     inbound: std_mpsc::Sender<Inbound>,
     broken: Arc<AtomicBool>,
@@ -220,8 +223,9 @@ impl Network {
             address: self.address.clone(),
             reason,
         };
-        let endpoint = Endpoint::from_shared(self.address.clone())
-            .map_err(|e| unreachable(format!("invalid address: {}", error_chain(&e))))?
+        let transport = Transport::resolve(&self.address, &self.creds, timeout).await?;
+        let endpoint = transport
+            .endpoint()?
             .connect_timeout(timeout)
             .tcp_nodelay(true)
             // Keepalive notices a session manager whose host vanished without closing TCP.
@@ -238,11 +242,12 @@ impl Network {
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(1));
                 }
-                Ok(Err(e)) => return Err(unreachable(error_chain(&e))),
+                Ok(Err(e)) => return Err(transport.explain(&error_chain(&e)).await),
                 Err(_) => return Err(unreachable(format!("no connection within {timeout:?}"))),
             }
         };
-        let mut client = BackendClient::new(channel)
+        let stamp = StateStamp::default().with_bearer(transport.bearer().cloned());
+        let mut client = BackendClient::with_interceptor(channel, stamp)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
         let mut request = tonic::Request::new(ReceiverStream::new(wire_rx));
@@ -254,10 +259,12 @@ impl Network {
         let call = client.executor_stream(request);
         match tokio::time::timeout_at(deadline, call).await {
             Ok(Ok(response)) => Ok(response.into_inner()),
-            Ok(Err(status)) => Err(unreachable(format!(
-                "ExecutorStream refused: {}",
-                status.message()
-            ))),
+            Ok(Err(status)) => Err(match status.code() {
+                tonic::Code::Unauthenticated | tonic::Code::PermissionDenied => {
+                    FlameError::from(status)
+                }
+                _ => unreachable(format!("ExecutorStream refused: {}", status.message())),
+            }),
             Err(_) => Err(unreachable(format!("no ExecutorStream within {timeout:?}"))),
         }
     }

@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+use crate::client::Credentials;
 use crate::error::{FlameError, Result};
 use crate::ids::{ExecutorId, SessionId, TaskId};
 use crate::model::{ErrorKind, TaskFailure};
@@ -83,17 +84,21 @@ pub trait ServiceHost {
 
 /// Serves the session manager's Backend at `address` (e.g. `"http://127.0.0.1:4567"`) as
 /// executor `executor_id` until it is told to shut down or the stream ends. Blocking: the
-/// host runs on the calling thread, network I/O on a private background runtime.
+/// host runs on the calling thread, network I/O on a private background runtime. `creds`
+/// are the node's (bearer node token, or its certificate and the CA: see
+/// [`Credentials::from_env`]).
 ///
 /// # Errors
+/// [`FlameError::Unauthenticated`] if the head refuses the credentials;
 /// [`FlameError::Unreachable`] if the stream cannot be opened within ~10 s, and
 /// [`FlameError::ConnectionLost`] if it breaks; both name the address.
 pub fn run_executor(
     address: &str,
+    creds: &Credentials,
     executor_id: ExecutorId,
     host: &mut dyn ServiceHost,
 ) -> Result<()> {
-    run_with_timeout(address, executor_id, host, CONNECT_TIMEOUT, None)
+    run_with_timeout(address, creds, executor_id, host, CONNECT_TIMEOUT, None)
 }
 
 /// [`run_executor`] for an executor that is a process of its own, started by a node: it dies
@@ -105,24 +110,26 @@ pub fn run_executor(
 /// set up.
 pub fn run_executor_process(
     address: &str,
+    creds: &Credentials,
     executor_id: ExecutorId,
     host: &mut dyn ServiceHost,
 ) -> Result<()> {
     orphan::guard()?;
     let grace = Some(orphan::ORPHAN_GRACE);
-    run_with_timeout(address, executor_id, host, CONNECT_TIMEOUT, grace)
+    run_with_timeout(address, creds, executor_id, host, CONNECT_TIMEOUT, grace)
 }
 
 /// `orphan_grace`: stop the process that long after the stream ends if the host is not done.
 fn run_with_timeout(
     address: &str,
+    creds: &Credentials,
     executor_id: ExecutorId,
     host: &mut dyn ServiceHost,
     connect_timeout: Duration,
     orphan_grace: Option<Duration>,
 ) -> Result<()> {
     let address = crate::client::normalize_address(address);
-    let link = Link::open(&address, executor_id, connect_timeout, orphan_grace)?;
+    let link = Link::open(&address, creds, executor_id, connect_timeout, orphan_grace)?;
     let _installed = link.window.install();
     PROCESS_EXECUTOR.store(executor_id.0, Ordering::Relaxed);
     let mut worker = Worker {

@@ -212,8 +212,9 @@ pub(super) fn start_executor(
         log: String::new(),
     };
     let address = address.to_string();
-    let handle =
-        tokio::task::spawn_blocking(move || run_executor(&address, ExecutorId(7), &mut host));
+    let handle = tokio::task::spawn_blocking(move || {
+        run_executor(&address, &Credentials::none(), ExecutorId(7), &mut host)
+    });
     (calls, handle)
 }
 
@@ -438,8 +439,15 @@ async fn unreachable_address_is_reported() {
         log: String::new(),
     };
     let timeout = Duration::from_millis(300);
-    let err = run_with_timeout(&address, ExecutorId(1), &mut host, timeout, None)
-        .expect_err("nothing there");
+    let err = run_with_timeout(
+        &address,
+        &Credentials::none(),
+        ExecutorId(1),
+        &mut host,
+        timeout,
+        None,
+    )
+    .expect_err("nothing there");
     assert!(matches!(err, FlameError::Unreachable { .. }), "{err:?}");
     assert!(err.to_string().contains(&address), "{err}");
 }

@@ -19,6 +19,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
+use flame_core::client::Credentials;
 use flame_core::executor::{run_executor_process, ServiceHost, SessionContext};
 use flame_core::ids::{ExecutorId, SessionId, TaskId};
 use flame_core::model::{ErrorKind, TaskFailure};
@@ -97,11 +98,16 @@ fn main() -> ExitCode {
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .init();
     let args = Args::parse();
-    match run_executor_process(
-        &args.address,
-        ExecutorId(args.executor_id),
-        &mut Echo::default(),
-    ) {
+    // The node's credentials, handed down through the environment.
+    let run = Credentials::from_env().and_then(|creds| {
+        run_executor_process(
+            &args.address,
+            &creds,
+            ExecutorId(args.executor_id),
+            &mut Echo::default(),
+        )
+    });
+    match run {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("flame-echo-executor {}: {e}", args.executor_id);

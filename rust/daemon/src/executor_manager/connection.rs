@@ -5,9 +5,14 @@
 //! likely a wrong address, and saying so beats waiting forever. Once the node has been
 //! registered, the head going away is an outage to wait out (it is restarting, or its machine
 //! is), so reconnecting never gives up — only shutdown ends it.
+//!
+//! The exception is a head that refuses the node's credentials (UNAUTHENTICATED or
+//! PERMISSION_DENIED: a wrong node token, a revoked certificate): asking again cannot help,
+//! so the node stops at once with the head's message.
 
 use std::time::Duration;
 
+use flame_core::client::{StateStamp, Transport};
 use flame_core::error::{error_chain, FlameError, Result};
 use flame_core::proto::{backend_client::BackendClient, node_command, node_message};
 use flame_core::proto::{NodeCommand, NodeMessage, NodeRegister, NodeRegistered};
@@ -15,7 +20,6 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Endpoint;
 
 use super::system::{cpu_count, memory_available_bytes};
 use super::NodeConfig;
@@ -70,27 +74,21 @@ impl Backoff {
 
 /// Connects and registers, retrying with `backoff`. `previous` is the id the node had before
 /// it lost the session manager (`None` the first time), asked for again on registering.
-/// `Ok(None)` when shut down meanwhile.
+/// `transport` is resolved on the first attempt that reaches the head (pinning the CA by the
+/// token's fingerprint when no CA was given) and kept. `Ok(None)` when shut down meanwhile.
 ///
 /// # Errors
-/// Only for a node never registered: [`FlameError::Unreachable`] after [`GIVE_UP_AFTER`],
-/// naming the address and the last failure. [`FlameError::InvalidArgument`] for a malformed
-/// address.
+/// For a node never registered: [`FlameError::Unreachable`] after [`GIVE_UP_AFTER`], naming
+/// the address and the last failure. [`FlameError::InvalidArgument`] for a malformed
+/// address or token. Always: `Unauthenticated` / `PermissionDenied` when the head refuses the
+/// node's credentials.
 pub(super) async fn connect(
     config: &NodeConfig,
+    transport: &mut Option<Transport>,
     previous: Option<u64>,
     backoff: &mut Backoff,
     shutdown: &CancellationToken,
 ) -> Result<Option<HeadStream>> {
-    let endpoint = Endpoint::from_shared(config.head.clone())
-        .map_err(|e| FlameError::InvalidArgument(format!("head address '{}': {e}", config.head)))?
-        .connect_timeout(Duration::from_secs(5))
-        .tcp_nodelay(true)
-        // Keepalive notices a head whose machine vanished without closing TCP.
-        .http2_keep_alive_interval(Duration::from_secs(10))
-        .keep_alive_timeout(Duration::from_secs(20))
-        .keep_alive_while_idle(true)
-        .local_address(config.bind);
     let give_up = previous.is_none().then(|| Instant::now() + GIVE_UP_AFTER);
     // Reconnecting, the loss has just been logged: a head back within seconds is not worth a
     // warning.
@@ -98,14 +96,20 @@ pub(super) async fn connect(
     loop {
         let attempt_deadline = Instant::now() + ATTEMPT;
         let attempt_deadline = give_up.map_or(attempt_deadline, |g| g.min(attempt_deadline));
-        let attempt = register(&endpoint, config, previous.unwrap_or(0));
+        let attempt = attempt(config, transport, previous.unwrap_or(0));
         let attempt = tokio::select! {
             _ = shutdown.cancelled() => return Ok(None),
             attempt = tokio::time::timeout_at(attempt_deadline, attempt) => attempt,
         };
         let reason = match attempt {
             Ok(Ok(head)) => return Ok(Some(head)),
-            Ok(Err(reason)) => reason,
+            Ok(Err(
+                e @ (FlameError::Unauthenticated(_)
+                | FlameError::PermissionDenied(_)
+                | FlameError::InvalidArgument(_)),
+            )) => return Err(e),
+            Ok(Err(FlameError::Unreachable { reason, .. })) => reason,
+            Ok(Err(e)) => e.to_string(),
             Err(_) => "registration did not complete in time".to_string(),
         };
         if let Some(give_up) = give_up {
@@ -128,13 +132,47 @@ pub(super) async fn connect(
     }
 }
 
-/// One attempt: open the stream, send `NodeRegister`, wait for `NodeRegistered`.
+/// One attempt: resolve the transport if not done yet, then [`register`].
+async fn attempt(
+    config: &NodeConfig,
+    transport: &mut Option<Transport>,
+    previous_node_id: u64,
+) -> Result<HeadStream> {
+    let resolved = match transport.take() {
+        Some(t) => t,
+        None => {
+            let head = flame_core::client::normalize_address(&config.head);
+            Transport::resolve(&head, &config.credentials, ATTEMPT).await?
+        }
+    };
+    let result = register(&resolved, config, previous_node_id).await;
+    *transport = Some(resolved);
+    result
+}
+
+/// Open the stream, send `NodeRegister`, wait for `NodeRegistered`.
 async fn register(
-    endpoint: &Endpoint,
+    transport: &Transport,
     config: &NodeConfig,
     previous_node_id: u64,
-) -> Result<HeadStream, String> {
-    let channel = endpoint.connect().await.map_err(|e| error_chain(&e))?;
+) -> Result<HeadStream> {
+    let endpoint = transport
+        .endpoint()?
+        .connect_timeout(Duration::from_secs(5))
+        .tcp_nodelay(true)
+        // Keepalive notices a head whose machine vanished without closing TCP.
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(20))
+        .keep_alive_while_idle(true)
+        .local_address(config.bind);
+    let channel = match endpoint.connect().await {
+        Ok(c) => c,
+        Err(e) => return Err(transport.explain(&error_chain(&e)).await),
+    };
+    let unreachable = |reason: String| FlameError::Unreachable {
+        address: config.head.clone(),
+        reason,
+    };
     let (outbox, rx) = mpsc::channel(OUTBOX);
     let register = NodeRegister {
         name: config.name.clone(),
@@ -148,20 +186,10 @@ async fn register(
     let _ = outbox.try_send(NodeMessage {
         msg: Some(node_message::Msg::Register(register)),
     });
-    let mut client = BackendClient::new(channel);
-    let mut request = tonic::Request::new(ReceiverStream::new(rx));
-    if let Some(token) = &config.node_token {
-        let bearer = format!("{}{}", flame_core::auth::BEARER_PREFIX, token.trim());
-        let bearer = bearer
-            .parse()
-            .map_err(|_| "the node token is not ASCII".to_string())?;
-        let key = flame_core::auth::AUTHORIZATION_HEADER;
-        request.metadata_mut().insert(key, bearer);
-    }
-    let response = client.node_stream(request).await;
-    let mut commands = response
-        .map_err(|s| format!("NodeStream refused: {}", s.message()))?
-        .into_inner();
+    let stamp = StateStamp::default().with_bearer(transport.bearer().cloned());
+    let mut client = BackendClient::with_interceptor(channel, stamp);
+    let response = client.node_stream(ReceiverStream::new(rx)).await;
+    let mut commands = response.map_err(refused)?.into_inner();
     match commands.message().await {
         Ok(Some(NodeCommand {
             msg: Some(node_command::Msg::Registered(registered)),
@@ -170,12 +198,28 @@ async fn register(
             commands,
             registered,
         }),
-        Ok(Some(other)) => Err(format!("expected NodeRegistered first, got {other:?}")),
-        Ok(None) => Err("stream ended before NodeRegistered".into()),
-        Err(status) => Err(format!(
-            "stream failed before NodeRegistered: {}",
-            status.message()
-        )),
+        Ok(Some(other)) => Err(unreachable(format!(
+            "expected NodeRegistered first, got {other:?}"
+        ))),
+        Ok(None) => Err(unreachable("stream ended before NodeRegistered".into())),
+        Err(status) => Err(match refused(status) {
+            FlameError::Unreachable { reason, .. } => {
+                unreachable(format!("stream failed before NodeRegistered: {reason}"))
+            }
+            fatal => fatal,
+        }),
+    }
+}
+
+/// A NodeStream refusal: the head's own words for credentials it does not accept, else
+/// something to retry.
+fn refused(status: tonic::Status) -> FlameError {
+    match status.code() {
+        tonic::Code::Unauthenticated | tonic::Code::PermissionDenied => FlameError::from(status),
+        _ => FlameError::Unreachable {
+            address: String::new(),
+            reason: format!("NodeStream refused: {}", status.message()),
+        },
     }
 }
 

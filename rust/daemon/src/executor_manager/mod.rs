@@ -22,9 +22,13 @@
 //!
 //! Layout: [`connection`] (connect + register, backoff), [`pool`] (slots, spawn/kill, memory
 //! limit, shutdown), [`process`] (one child: pipes, signals, exit report), [`spawner`] (the
-//! thread every executor is forked from), [`system`] (host facts).
+//! thread every executor is forked from), [`system`] (host facts), [`join`] (a node's
+//! credentials: joining with a join token, kept for restarts), [`credentials`] (handing
+//! them to executors).
 
 mod connection;
+mod credentials;
+pub mod join;
 mod pool;
 mod process;
 mod spawner;
@@ -34,6 +38,7 @@ use std::os::unix::fs::DirBuilderExt;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use flame_core::client::Credentials;
 use flame_core::error::{FlameError, Result};
 use flame_core::ids::ExecutorId;
 use flame_core::proto::{
@@ -82,9 +87,9 @@ pub struct NodeConfig {
     /// On shutdown, how long to drain first: the head places nothing new here and the
     /// tasks already sent finish; then the node stops. Zero: stop at once.
     pub drain_grace: Duration,
-    /// The node's token toward a plaintext (loopback) head (#11): sent as a bearer on its
-    /// stream, and given to its executors as `FLAME_TOKEN`. `None`: the node sends none.
-    pub node_token: Option<String>,
+    /// What the node shows the head (a node token, or its certificate and the CA); its
+    /// executors get the same through their environment (see [`credentials`]).
+    pub credentials: Credentials,
 }
 
 impl NodeConfig {
@@ -104,7 +109,7 @@ impl NodeConfig {
             memory_bytes: None,
             bind: None,
             drain_grace: Duration::ZERO,
-            node_token: None,
+            credentials: Credentials::none(),
         }
     }
 
@@ -193,11 +198,20 @@ pub async fn run_node(
         })?;
     let mut backoff = Backoff::new();
     let mut node_id = None;
+    let mut transport = None;
+    // Files of the executors' credentials; removed when the node stops.
+    let mut executor_credentials = None;
     loop {
-        let Some(head) = connection::connect(&config, node_id, &mut backoff, &shutdown).await?
-        else {
+        let connected =
+            connection::connect(&config, &mut transport, node_id, &mut backoff, &shutdown);
+        let Some(head) = connected.await? else {
             return Ok(());
         };
+        if let (None, Some(t)) = (&executor_credentials, &transport) {
+            let files = credentials::ExecutorCredentials::write(&config.credentials, t)?;
+            config.env.extend(files.env());
+            executor_credentials = Some(files);
+        }
         let id = head.registered.node_id;
         match node_id {
             Some(previous) => tracing::info!(node = id, previous, "node registered again"),

@@ -6,14 +6,14 @@
 use std::path::Path;
 
 use bytes::Bytes;
-use flame_core::client::Client;
+use flame_core::client::{Client, Credentials};
 use flame_core::ids::SessionId;
 use flame_core::model::SessionSpec;
 use flame_core::proto;
 use flame_daemon::executor_manager::NodeConfig;
 use flame_daemon::http::HttpPort;
 use flame_daemon::local::LocalCluster;
-use flame_daemon::server::HeadConfig;
+use flame_daemon::server::{Head, HeadConfig};
 use flame_daemon::session_manager::ManagerConfig;
 
 /// A head on 127.0.0.1 (a free port, no HTTP) with these tunables, its state in `state_dir`.
@@ -27,6 +27,11 @@ pub fn head_config(state_dir: &Path, manager: ManagerConfig) -> HeadConfig {
         tls: Default::default(),
         metrics_public: false,
     }
+}
+
+/// The credentials of the head's admin (what `flame.init()` uses for its embedded head).
+pub fn admin(head: &Head) -> Credentials {
+    Credentials::with_token(head.security.admin_token.to_string())
 }
 
 /// A node of `slots` echo executors (`flame-echo-executor`) working in `work_dir`.

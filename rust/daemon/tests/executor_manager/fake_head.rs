@@ -132,7 +132,7 @@ impl Harness {
             memory_bytes: None,
             bind: None,
             drain_grace: std::time::Duration::ZERO,
-            node_token: None,
+            credentials: flame_core::client::Credentials::none(),
         }
     }
 

@@ -51,7 +51,13 @@ pub async fn fake_node(
             format!("{other:?}"),
         ),
     }
-    let client = Client::connect(address, Duration::from_secs(5), "fuzz-hostile").await;
+    let client = Client::connect(
+        address,
+        &flame_core::client::Credentials::none(),
+        Duration::from_secs(5),
+        "fuzz-hostile",
+    )
+    .await;
     let client = client.unwrap_or_else(|e| broken("a client connects", e));
     let sid = SessionId(create_echo(&client.frontend()).await);
     let inputs: Vec<Bytes> = (0..16)

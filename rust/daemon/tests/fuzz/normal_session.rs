@@ -48,7 +48,13 @@ pub async fn collect(
 }
 
 pub async fn normal_session(f: &mut Findings, address: &str, fe: &FrontendClient<Authed>) {
-    let client = Client::connect(address, Duration::from_secs(5), "fuzz-final").await;
+    let client = Client::connect(
+        address,
+        &flame_core::client::Credentials::with_token(crate::common::test_token().to_string()),
+        Duration::from_secs(5),
+        "fuzz-final",
+    )
+    .await;
     let client = client.unwrap_or_else(|e| broken("a client connects after the fuzzing", e));
     let sid = create_echo(fe).await;
     let inputs: Vec<Bytes> = (0..FINAL_TASKS)

@@ -1,0 +1,191 @@
+//! How to reach a head with given [`Credentials`]: plaintext for `http://`, TLS for
+//! `https://` (trusting only the cluster CA, presenting the node's certificate if any), and
+//! the bearer token every call carries. Resolved once per client: pinning the CA by the
+//! token's fingerprint is a handshake, done at first contact and never again on reconnects.
+//!
+//! Connection failures are turned into errors that say what to do: a plaintext client at a
+//! TLS head, a TLS client at a plaintext head, and a head whose certificate does not chain to
+//! the CA each get their own message naming TLS and the fix.
+
+use std::time::Duration;
+
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+
+use super::credentials::Credentials;
+use crate::error::{error_chain, FlameError, Result};
+
+/// A resolved way to a head: address, TLS configuration and bearer header value.
+#[derive(Clone, Debug)]
+pub struct Transport {
+    address: String,
+    tls: Option<ClientTlsConfig>,
+    /// The CA trusted for `https://` (given, or pinned on first contact).
+    ca_pem: Option<String>,
+    bearer: Option<MetadataValue<Ascii>>,
+}
+
+impl Transport {
+    /// Resolve `address` (already normalized, `http://` or `https://`) with `creds`. For an
+    /// `https://` head with no CA given, the token's fingerprint pins it (one handshake).
+    ///
+    /// # Errors
+    /// `InvalidArgument` for a malformed token or address, or an `https://` head with
+    /// neither a CA nor a token; what pinning reports (`Unauthenticated` for a CA that is not
+    /// the token's, `Unreachable`, `Timeout`).
+    pub async fn resolve(address: &str, creds: &Credentials, timeout: Duration) -> Result<Self> {
+        let token = creds.parsed_token()?;
+        let bearer =
+            match &token {
+                Some(t) => Some(t.bearer().parse().map_err(|_| {
+                    FlameError::InvalidArgument("the token is not ASCII text".into())
+                })?),
+                None => None,
+            };
+        let uri: tonic::transport::Uri = address
+            .parse()
+            .map_err(|e| FlameError::InvalidArgument(format!("bad address '{address}': {e}")))?;
+        let host = uri.host().unwrap_or_default().to_string();
+        let (tls, ca_pem) = match uri.scheme_str() {
+            Some("https") => {
+                let ca_pem = match (&creds.ca_pem, &token) {
+                    (Some(ca), _) => ca.clone(),
+                    (None, Some(t)) => {
+                        crate::tls::fetch_pinned_ca(address, &t.ca_fingerprint, timeout).await?
+                    }
+                    (None, None) => {
+                        return Err(FlameError::InvalidArgument(format!(
+                            "{address} uses TLS and no cluster CA is known: give a token \
+                             (its CA fingerprint pins the head's CA), FLAME_CA_FILE, or run \
+                             `flame login {address}`"
+                        )))
+                    }
+                };
+                let tls = crate::tls::client_tls(&ca_pem, &host, creds.identity.as_ref());
+                (Some(tls), Some(ca_pem))
+            }
+            Some("http") => (None, None),
+            other => {
+                return Err(FlameError::InvalidArgument(format!(
+                    "bad address '{address}': the scheme must be http:// or https://, got {}",
+                    other.unwrap_or("none")
+                )))
+            }
+        };
+        Ok(Transport {
+            address: address.to_string(),
+            tls,
+            ca_pem,
+            bearer,
+        })
+    }
+
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
+    /// Whether this is a TLS (`https://`) head.
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// The CA this transport trusts (PEM), for `https://` heads.
+    pub fn ca_pem(&self) -> Option<&str> {
+        self.ca_pem.as_deref()
+    }
+
+    /// The `authorization` value every call carries, if there is a token.
+    pub fn bearer(&self) -> Option<&MetadataValue<Ascii>> {
+        self.bearer.as_ref()
+    }
+
+    /// An endpoint for the head with TLS set up; callers add their own timeouts.
+    ///
+    /// # Errors
+    /// `InvalidArgument` for a malformed address or TLS configuration.
+    pub fn endpoint(&self) -> Result<Endpoint> {
+        let endpoint = Endpoint::from_shared(self.address.clone()).map_err(|e| {
+            FlameError::InvalidArgument(format!("bad address '{}': {e}", self.address))
+        })?;
+        match &self.tls {
+            Some(tls) => endpoint.tls_config(tls.clone()).map_err(|e| {
+                FlameError::InvalidArgument(format!(
+                    "TLS for {}: {}",
+                    self.address,
+                    error_chain(&e)
+                ))
+            }),
+            None => Ok(endpoint),
+        }
+    }
+
+    /// A new channel with the client's options, or an error saying why not within
+    /// `timeout` (see [`Transport::explain`]).
+    ///
+    /// # Errors
+    /// As [`Transport::explain`].
+    pub async fn channel(&self, timeout: Duration) -> Result<Channel> {
+        let endpoint = self
+            .endpoint()?
+            .connect_timeout(timeout)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_while_idle(true);
+        match tokio::time::timeout(timeout, endpoint.connect()).await {
+            Err(_) => Err(FlameError::Unreachable {
+                address: self.address.clone(),
+                reason: format!("no answer within {timeout:?}"),
+            }),
+            Ok(Err(e)) => Err(self.explain(&error_chain(&e)).await),
+            Ok(Ok(channel)) => Ok(channel),
+        }
+    }
+
+    /// The error for a connection or first call that failed with `reason`: TLS problems
+    /// get a message naming TLS and the fix; everything else is `Unreachable`.
+    pub async fn explain(&self, reason: &str) -> FlameError {
+        let address = &self.address;
+        let unreachable = |reason: String| FlameError::Unreachable {
+            address: address.clone(),
+            reason,
+        };
+        if self.tls.is_some() {
+            let r = reason.to_ascii_lowercase();
+            if r.contains("invalid peer certificate")
+                || r.contains("unknownissuer")
+                || r.contains("badsignature")
+                || r.contains("notvalidforname")
+            {
+                return FlameError::Unauthenticated(format!(
+                    "the TLS certificate of the head at {address} does not verify against the \
+                     cluster CA this client trusts ({reason}): the CA file (FLAME_CA_FILE, \
+                     ca=, or the ~/.flame/credentials entry) belongs to another cluster, or \
+                     the head's CA was rotated — run `flame login {address}` again with a \
+                     token of this cluster"
+                ));
+            }
+            if r.contains("invalidcontenttype")
+                || r.contains("corrupt message")
+                || r.contains("wrong version number")
+            {
+                let plain = address.replacen("https://", "http://", 1);
+                return unreachable(format!(
+                    "the head does not speak TLS ({reason}); connect with {plain}"
+                ));
+            }
+            return unreachable(reason.to_string());
+        }
+        // A plaintext client at a TLS head sees only a closed connection; a TLS handshake
+        // with a fingerprint nobody has tells whether the head speaks TLS.
+        let tls_address = address.replacen("http://", "https://", 1);
+        let nobody = "0".repeat(64);
+        let probe = crate::tls::fetch_pinned_ca(&tls_address, &nobody, Duration::from_secs(2));
+        if let Err(FlameError::Unauthenticated(_)) = probe.await {
+            return unreachable(format!(
+                "the head speaks TLS and this client connected in plaintext ({reason}); \
+                 connect with {tls_address}"
+            ));
+        }
+        unreachable(reason.to_string())
+    }
+}
