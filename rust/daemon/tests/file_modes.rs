@@ -119,7 +119,9 @@ fn a_fresh_state_dir_and_its_files_are_private_under_umask_0() {
     let address = address_of(&mut daemon).expect("head starts");
     let rt = tokio::runtime::Runtime::new().unwrap();
     let object = rt.block_on(async {
-        let client = Client::connect(&address, Duration::from_secs(5), "modes-test")
+        let token = std::fs::read_to_string(dir.join("admin.token")).expect("admin.token");
+        let creds = flame_core::client::Credentials::with_token(token.trim().to_string());
+        let client = Client::connect(&address, &creds, Duration::from_secs(5), "modes-test")
             .await
             .unwrap();
         put_object(&client).await
@@ -196,7 +198,8 @@ async fn get_object_refuses_a_file_another_user_owns_or_others_can_write() {
     let dir = tempfile::tempdir().unwrap();
     let config = common::head_config(dir.path(), Default::default());
     let head = flame_daemon::server::Head::start(config).await.unwrap();
-    let client = Client::connect(&head.address, Duration::from_secs(5), "modes-test")
+    let creds = common::admin(&head);
+    let client = Client::connect(&head.address, &creds, Duration::from_secs(5), "modes-test")
         .await
         .unwrap();
     let objects = Path::new(client.object_dir().0).to_path_buf();

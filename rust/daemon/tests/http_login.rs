@@ -55,6 +55,7 @@ async fn head(dir: &Path, metrics_public: bool) -> Head {
         manager: ManagerConfig::default(),
         http: HttpPort::Exactly(0),
         metrics_public,
+        tls: Default::default(),
     })
     .await
     .unwrap()

@@ -91,10 +91,6 @@ impl PyLocalCluster {
         node.work_dir = std::env::current_dir().unwrap_or(state_dir);
         let _guard = runtime().enter();
         let cluster = wait(py, LocalCluster::start(head, node))?.map_err(err)?;
-        // The clients of this process use the cluster's own admin token (#11; interim until
-        // the client's credentials lookup).
-        let admin = cluster.head.security.admin_token.to_string();
-        flame_core::client::set_default_token(Some(admin));
         Ok(Self {
             address: cluster.address().to_string(),
             dashboard_url: cluster.head.dashboard_url.clone(),

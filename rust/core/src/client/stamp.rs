@@ -14,29 +14,7 @@ use tonic::service::Interceptor;
 use tonic::transport::Channel;
 use tonic::{Request, Status};
 
-use crate::auth::{AUTHORIZATION_HEADER, BEARER_PREFIX};
 use crate::proto::frontend_client::FrontendClient;
-
-/// The environment variable holding a client's (or an executor's) token.
-pub const TOKEN_ENV: &str = "FLAME_TOKEN";
-
-static DEFAULT_TOKEN: RwLock<Option<String>> = RwLock::new(None);
-
-/// The token every client of this process sends; it wins over `FLAME_TOKEN` (an embedded
-/// cluster's own token is the right one for its clients).
-pub fn set_default_token(token: Option<String>) {
-    *DEFAULT_TOKEN.write().unwrap_or_else(|e| e.into_inner()) = token;
-}
-
-/// The `authorization` value for this process's token, if it has one.
-pub fn bearer_value() -> Option<MetadataValue<Ascii>> {
-    let set = DEFAULT_TOKEN
-        .read()
-        .unwrap_or_else(|e| e.into_inner())
-        .clone();
-    let token = set.or_else(|| std::env::var(TOKEN_ENV).ok())?;
-    format!("{BEARER_PREFIX}{}", token.trim()).parse().ok()
-}
 
 /// Metadata key carrying the state identity the client started with.
 pub const STATE_ID_HEADER: &str = "flame-state-id";

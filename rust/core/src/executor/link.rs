@@ -250,13 +250,7 @@ impl Network {
         let mut client = BackendClient::with_interceptor(channel, stamp)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
-        let mut request = tonic::Request::new(ReceiverStream::new(wire_rx));
-        // The node's token (`FLAME_TOKEN`), #11.
-        if let Some(bearer) = crate::client::bearer_value() {
-            let key = crate::auth::AUTHORIZATION_HEADER;
-            request.metadata_mut().insert(key, bearer);
-        }
-        let call = client.executor_stream(request);
+        let call = client.executor_stream(ReceiverStream::new(wire_rx));
         match tokio::time::timeout_at(deadline, call).await {
             Ok(Ok(response)) => Ok(response.into_inner()),
             Ok(Err(status)) => Err(match status.code() {

@@ -170,12 +170,6 @@ pub async fn run_node(
     shutdown: CancellationToken,
 ) -> Result<(), FlameError> {
     config.validate()?;
-    if let Some(token) = &config.node_token {
-        // Executors authenticate as their node (their streams, and their nested calls).
-        let var = flame_core::client::TOKEN_ENV.to_string();
-        config.env.retain(|(k, _)| *k != var);
-        config.env.push((var, token.clone()));
-    }
     let fit = config.effective_slots(config.memory_total());
     if fit < config.slots {
         tracing::info!(

@@ -84,7 +84,6 @@ pub fn test_token() -> &'static flame_core::auth::Token {
             1 << 40,
             &"00".repeat(32),
         );
-        flame_core::client::set_default_token(Some(t.to_string()));
         t
     })
 }
