@@ -153,7 +153,8 @@ impl Security {
             Ok(t) => t,
             Err(e) => {
                 tracing::error!(error = %e, "a token could not be stored; it lasts until the head stops");
-                let id = self.next_id.fetch_add(1, Ordering::Relaxed) + (1 << 40);
+                // Far above the ids auth.db hands out (and the 1 << 40 of the tests' token).
+                let id = self.next_id.fetch_add(1, Ordering::Relaxed) + (1 << 48);
                 let token = Token::generate(kind, id, &self.ca_fingerprint);
                 let now = now_ms().max(0) as u64;
                 self.tokens
@@ -198,6 +199,15 @@ impl Security {
         })?;
         self.tokens.insert(entry);
         token.ok_or_else(|| FlameError::Internal("the store made no token".into()))
+    }
+
+    /// Accept `token`, made elsewhere (a test's fixed token, the embedded cluster's random
+    /// one), as `name`'s until `expires_ms` (0 = never). In memory only: it is not stored
+    /// in `auth.db` and ends with the head.
+    pub fn register(&self, token: &Token, name: &str, admin: bool, expires_ms: u64) {
+        let now = now_ms().max(0) as u64;
+        self.tokens
+            .insert(entry_of(token, name, admin, expires_ms, now));
     }
 
     /// Revoke token `id` (in memory at once, then in `auth.db`).
