@@ -348,9 +348,15 @@ async fn revoking_a_node_drops_it_and_its_task_runs_elsewhere() {
     let mut b = common::echo_node(dir.path(), 1);
     b.name = "node-b".into();
     b.head = cluster.address().to_string();
+    let node_b_token = cluster
+        .head
+        .security
+        .issue(TokenKind::Node, "node-b", false, 0);
+    b.credentials = flame_core::client::Credentials::with_token(node_b_token.to_string());
     let stop_b = CancellationToken::new();
     let node_b = tokio::spawn(run_node(b, stop_b.clone()));
-    let client = Client::connect(cluster.address(), Duration::from_secs(5), "test")
+    let creds = common::admin(&cluster.head);
+    let client = Client::connect(cluster.address(), &creds, Duration::from_secs(5), "test")
         .await
         .unwrap();
     let spec = SessionSpec {

@@ -133,13 +133,6 @@ impl Security {
         Ok(security)
     }
 
-    /// Accept `token` (made elsewhere) as `name`'s, valid until `expires_ms` (0 = never).
-    pub fn register(&self, token: &Token, name: &str, admin: bool, expires_ms: u64) {
-        let now = now_ms().max(0) as u64;
-        self.tokens
-            .insert(entry_of(token, name, admin, expires_ms, now));
-    }
-
     /// The cluster CA certificate (PEM), if this head has a CA.
     pub fn ca_pem(&self) -> Option<&str> {
         self.ca.as_ref().map(ClusterCa::cert_pem)
