@@ -33,7 +33,11 @@ const HELLO_P99_LIMIT: Duration = Duration::from_secs(1);
 /// GET `path` on `addr` (HTTP/1.1, `Connection: close`); the status code and the body.
 async fn get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
     let mut conn = tokio::net::TcpStream::connect(addr).await?;
-    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let token = common::test_token();
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\
+         Connection: close\r\n\r\n"
+    );
     conn.write_all(req.as_bytes()).await?;
     let mut raw = String::new();
     conn.read_to_string(&mut raw).await?;

@@ -6,12 +6,14 @@
 //! call without credentials passes with no principal, and each service method refuses it
 //! (`security::principal`) — except `Discover` and `JoinNode`, which need none.
 //!
-//! Cost: one metadata lookup, the token's parse, one SHA-256 of its 64-byte secret and a
-//! hash-map read under a read lock — well under a microsecond (see the bench test below), and
-//! only once per call or stream, never per task. No cache: revocation and expiry take effect
-//! on the next call with nothing to invalidate.
+//! Cost: once per call or stream, never per task. A token seen before is found in a cache
+//! by its text and re-checked against the registry (known, same secret hash, not revoked, not
+//! expired: one map lookup under a read lock), so revocation and expiry still take effect on
+//! the next call; a new token is parsed and its secret hashed (SHA-256) once. See the
+//! `cost_of_one_check` test for the figures.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
 
 use flame_core::auth::{Principal, AUTHORIZATION_HEADER, BEARER_PREFIX};
 use flame_core::FlameError;
@@ -20,12 +22,22 @@ use tonic::{Request, Status};
 
 use super::Security;
 
+/// Tokens accepted before, by text: their id, secret hash and principal.
+#[derive(Default)]
+pub struct Accepted {
+    map: RwLock<HashMap<String, (u64, String, Principal)>>,
+}
+
+/// Most token texts remembered (the cache starts over beyond it).
+const ACCEPTED_MAX: usize = 10_000;
+
 /// The principal of a call's credentials: `Ok(None)` without any.
 ///
 /// # Errors
 /// `UNAUTHENTICATED` for a header that is not `Bearer <token>` or a token the head refuses.
 pub fn authenticate(
     security: &Security,
+    accepted: &Accepted,
     metadata: &MetadataMap,
 ) -> Result<Option<Principal>, Status> {
     let Some(value) = metadata.get(AUTHORIZATION_HEADER) else {
@@ -40,7 +52,22 @@ pub fn authenticate(
                 "the {AUTHORIZATION_HEADER} header must read '{BEARER_PREFIX}<token>'"
             ))
         })?;
+    {
+        let map = accepted.map.read().unwrap_or_else(|e| e.into_inner());
+        if let Some((id, hash, p)) = map.get(text) {
+            if security.tokens.still_valid(*id, hash) {
+                return Ok(Some(p.clone()));
+            }
+        }
+    }
     let entry = security.tokens.check(text).map_err(Status::from)?;
+    if let Some(p) = entry.principal() {
+        let mut map = accepted.map.write().unwrap_or_else(|e| e.into_inner());
+        if map.len() >= ACCEPTED_MAX {
+            map.clear();
+        }
+        map.insert(text.to_string(), (entry.id, entry.secret_hash.clone(), p));
+    }
     entry.principal().map(Some).ok_or_else(|| {
         FlameError::Unauthenticated(format!(
             "the {} token {} only joins a node (flame-daemon node --join-token); it is not \
@@ -56,8 +83,9 @@ pub fn authenticate(
 pub fn interceptor(
     security: Arc<Security>,
 ) -> impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone {
+    let accepted = Arc::new(Accepted::default());
     move |mut req: Request<()>| {
-        let principal = match authenticate(&security, req.metadata())? {
+        let principal = match authenticate(&security, &accepted, req.metadata())? {
             Some(p) => Some(p),
             None => node_certificate(&req),
         };
@@ -79,6 +107,7 @@ fn node_certificate(req: &Request<()>) -> Option<Principal> {
 mod tests {
     use super::*;
     use flame_core::auth::TokenKind;
+    use flame_core::model::now_ms;
     use tonic::Code;
 
     fn call(security: &Arc<Security>, bearer: Option<&str>) -> Result<Request<()>, Status> {
@@ -120,6 +149,31 @@ mod tests {
         assert!(refused(&alice.bearer()).contains("revoked"));
     }
 
+    #[test]
+    fn a_cached_token_is_refused_once_revoked_or_expired() {
+        let security = Arc::new(Security::new("ab".repeat(32)));
+        let accepted = Accepted::default();
+        let alice = security.issue(TokenKind::User, "alice", false, 0);
+        let soon = security.issue(TokenKind::User, "bob", false, (now_ms() + 300) as u64);
+        let md = |t: &flame_core::auth::Token| {
+            let mut md = MetadataMap::new();
+            md.insert(AUTHORIZATION_HEADER, t.bearer().parse().unwrap());
+            md
+        };
+        assert!(authenticate(&security, &accepted, &md(&alice))
+            .unwrap()
+            .is_some());
+        assert!(authenticate(&security, &accepted, &md(&soon))
+            .unwrap()
+            .is_some());
+        security.tokens.revoke(alice.id);
+        let s = authenticate(&security, &accepted, &md(&alice)).unwrap_err();
+        assert!(s.message().contains("revoked"), "{s:?}");
+        std::thread::sleep(std::time::Duration::from_millis(400));
+        let s = authenticate(&security, &accepted, &md(&soon)).unwrap_err();
+        assert!(s.message().contains("expired"), "{s:?}");
+    }
+
     /// Not a pass/fail check: prints what one check costs (`--nocapture`), for the report.
     #[test]
     fn cost_of_one_check() {
@@ -131,11 +185,18 @@ mod tests {
         let mut md = MetadataMap::new();
         md.insert(AUTHORIZATION_HEADER, alice.bearer().parse().unwrap());
         let n = 20_000;
-        let start = std::time::Instant::now();
+        let cold = std::time::Instant::now();
         for _ in 0..n {
-            assert!(authenticate(&security, &md).unwrap().is_some());
+            let fresh = Accepted::default();
+            assert!(authenticate(&security, &fresh, &md).unwrap().is_some());
         }
-        let per = start.elapsed().as_nanos() / n;
-        println!("auth check: {per} ns per call");
+        let cold = cold.elapsed().as_nanos() / n;
+        let accepted = Accepted::default();
+        let warm = std::time::Instant::now();
+        for _ in 0..n {
+            assert!(authenticate(&security, &accepted, &md).unwrap().is_some());
+        }
+        let warm = warm.elapsed().as_nanos() / n;
+        println!("auth check: {cold} ns per call uncached, {warm} ns cached");
     }
 }

@@ -92,6 +92,17 @@ impl TokenRegistry {
         Ok(entry.clone())
     }
 
+    /// Whether the token `id` with this secret hash is still usable (known, not revoked, not
+    /// expired): the cheap re-check of a token accepted before (no parsing, no hashing).
+    pub fn still_valid(&self, id: u64, secret_hash: &str) -> bool {
+        let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
+        entries.get(&id).is_some_and(|e| {
+            e.secret_hash == secret_hash
+                && e.revoked_ms == 0
+                && (e.expires_ms == 0 || now_ms() < e.expires_ms as i64)
+        })
+    }
+
     /// Mark a token revoked now; `None` if there is no such id.
     pub fn revoke(&self, id: u64) -> Option<TokenEntry> {
         let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
