@@ -87,7 +87,7 @@ pub fn interceptor(
     move |mut req: Request<()>| {
         let principal = match authenticate(&security, &accepted, req.metadata())? {
             Some(p) => Some(p),
-            None => node_certificate(&req),
+            None => node_certificate(&security, &req)?,
         };
         if let Some(p) = principal {
             req.extensions_mut().insert(p);
@@ -96,11 +96,20 @@ pub fn interceptor(
     }
 }
 
-/// The node a verified client certificate names (mutual TLS), if the caller sent one.
-/// (The check of revoked node certificates belongs here too; see the tokens' store.)
-fn node_certificate(req: &Request<()>) -> Option<Principal> {
-    let cert = flame_core::tls::peer_node(req)?;
-    Some(Principal::Node { name: cert.name })
+/// The node a verified client certificate names (mutual TLS), if the caller sent one;
+/// UNAUTHENTICATED for a certificate that was revoked (`RevokeNode`).
+fn node_certificate(security: &Security, req: &Request<()>) -> Result<Option<Principal>, Status> {
+    let Some(cert) = flame_core::tls::peer_node(req) else {
+        return Ok(None);
+    };
+    if security.cert_revoked(&cert.fingerprint) {
+        return Err(Status::unauthenticated(format!(
+            "the certificate of node {} (fingerprint {}) was revoked; join the node again \
+             with a new join token (flame-daemon token create --node)",
+            cert.name, cert.fingerprint
+        )));
+    }
+    Ok(Some(Principal::Node { name: cert.name }))
 }
 
 #[cfg(test)]
