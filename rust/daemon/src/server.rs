@@ -127,8 +127,9 @@ impl Head {
         };
         let http_auth =
             crate::http::HttpAuth::new(security.clone(), cfg.metrics_public, http_tls.is_some());
-        let http =
-            match HttpServer::start(&cfg.host, cfg.http, reads.clone(), http_auth, http_tls).await {
+        let http = match HttpServer::start(&cfg.host, cfg.http, reads.clone(), http_auth, http_tls)
+            .await
+        {
             Ok(h) => h,
             Err(e) => {
                 manager.shutdown().await;

@@ -46,11 +46,14 @@ fn start_serves_and_stops_cleanly_on_sigterm() {
         .strip_prefix("flame-daemon listening on ")
         .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
         .to_string();
+    // `start` leaves an admin token for the OS user who ran it (README "Security").
+    let admin = std::fs::read_to_string(dir.path().join("admin.token")).unwrap();
+    let admin = admin.trim().to_string();
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let client = Client::connect(
             &address,
-            &flame_core::client::Credentials::none(),
+            &flame_core::client::Credentials::with_token(admin.clone()),
             Duration::from_secs(5),
             "cli-test",
         )
@@ -65,11 +68,11 @@ fn start_serves_and_stops_cleanly_on_sigterm() {
         assert!(info.nodes.len() <= 1);
     });
     let mut http = std::net::TcpStream::connect(&dashboard).unwrap();
-    std::io::Write::write_all(
-        &mut http,
-        b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-    )
-    .unwrap();
+    let request = format!(
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {admin}\r\n\
+         Connection: close\r\n\r\n"
+    );
+    std::io::Write::write_all(&mut http, request.as_bytes()).unwrap();
     let mut metrics = String::new();
     std::io::Read::read_to_string(&mut http, &mut metrics).unwrap();
     assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");

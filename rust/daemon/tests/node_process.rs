@@ -131,11 +131,39 @@ async fn a_node_process_rejoins_a_restarted_head() {
     std::fs::write(&config, toml).expect("config file");
     let log = dir.path().join("node.log");
     let mut head = start_head(port, &state);
+    // The head's own admin token (README "Security"), and a join token made with it.
+    let admin = std::fs::read_to_string(state.join("admin.token")).expect("admin.token");
+    let admin = flame_core::client::Credentials::with_token(admin.trim().to_string());
+    let client = flame_core::client::Client::connect(&address, &admin, WAIT, "node-test")
+        .await
+        .expect("client");
+    let join = client
+        .frontend()
+        .create_token(flame_core::proto::TokenSpec {
+            kind: "join".into(),
+            expires_in_secs: 600,
+            ..Default::default()
+        })
+        .await
+        .expect("a join token")
+        .into_inner()
+        .token;
+    drop(client);
     let mut node = Daemon::spawn(
         std::process::Command::new(env!("CARGO_BIN_EXE_flame-daemon"))
             .args([
-                "node", "--head", &address, "--slots", "1", "--name", "rejoin",
+                "node",
+                "--head",
+                &address,
+                "--slots",
+                "1",
+                "--name",
+                "rejoin",
+                "--join-token",
+                &join,
             ])
+            .arg("--state-dir")
+            .arg(dir.path().join("node-state"))
             .args(["--executor-command", ECHO, "--config"])
             .arg(&config)
             .arg("--work-dir")
@@ -143,14 +171,9 @@ async fn a_node_process_rejoins_a_restarted_head() {
             .env("RUST_LOG", "info")
             .stderr(std::fs::File::create(&log).expect("log file")),
     );
-    let client = flame_core::client::Client::connect(
-        &address,
-        &flame_core::client::Credentials::none(),
-        WAIT,
-        "node-test",
-    )
-    .await
-    .expect("client");
+    let client = flame_core::client::Client::connect(&address, &admin, WAIT, "node-test")
+        .await
+        .expect("client");
     let before = live_nodes(&client).await;
     assert_eq!(before.len(), 1);
     assert_eq!(before[0].1, "rejoin");
@@ -158,14 +181,9 @@ async fn a_node_process_rejoins_a_restarted_head() {
 
     assert!(head.stop().await.success());
     let mut head = start_head(port, &state);
-    let client = flame_core::client::Client::connect(
-        &address,
-        &flame_core::client::Credentials::none(),
-        WAIT,
-        "node-test",
-    )
-    .await
-    .expect("client");
+    let client = flame_core::client::Client::connect(&address, &admin, WAIT, "node-test")
+        .await
+        .expect("client");
     assert_eq!(
         live_nodes(&client).await,
         before,

@@ -116,13 +116,10 @@ fn a_state_db_deleted_under_the_daemon_stops_it_naming_the_file() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         // Anything that commits finds the file gone; the session is never confirmed.
-        let client = Client::connect(
-            &address,
-            &flame_core::client::Credentials::none(),
-            Duration::from_secs(5),
-            "state-dir-test",
-        )
-        .await;
+        let admin = std::fs::read_to_string(dir.path().join("admin.token")).unwrap();
+        let admin = flame_core::client::Credentials::with_token(admin.trim().to_string());
+        let client =
+            Client::connect(&address, &admin, Duration::from_secs(5), "state-dir-test").await;
         if let Ok(client) = client {
             let spec = SessionSpec {
                 application: "echo".into(),

@@ -53,7 +53,7 @@ pub async fn fake_node(
     }
     let client = Client::connect(
         address,
-        &flame_core::client::Credentials::none(),
+        &flame_core::client::Credentials::with_token(crate::common::test_token().to_string()),
         Duration::from_secs(5),
         "fuzz-hostile",
     )
