@@ -88,6 +88,22 @@ def start_daemon(*args: str, port: int | None = None) -> subprocess.Popen[str]:
     return proc
 
 
+def join_token(address: str, state_dir: str | Path) -> str:
+    """A join token for the head at ``address`` whose state is in ``state_dir``, made as its
+    admin would (``flame-daemon token create --node``, with the head's ``admin.token``)."""
+    args = ["token", "create", "--node", "--head", address, "--state-dir", str(state_dir)]
+    out = subprocess.run(
+        [*daemon_command(), *args], capture_output=True, text=True, timeout=30, check=True
+    ).stdout
+    return out.split("--join-token", 1)[1].split()[0]
+
+
+def join_args(address: str, state_dir: str | Path, node_dir: str | Path) -> list[str]:
+    """What a ``flame-daemon node`` needs to join that head: a join token, and a state dir
+    of its own for the credentials it gets (never the user's ``~/.flame/node``)."""
+    return ["--join-token", join_token(address, state_dir), "--state-dir", str(node_dir)]
+
+
 def stop_daemon(proc: subprocess.Popen[str]) -> None:
     """SIGTERM; it must exit 0 and leave no process of its session behind."""
     proc.send_signal(signal.SIGTERM)

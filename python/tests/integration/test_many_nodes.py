@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _procs import daemon_command, free_port, start_daemon, stop_daemon
+from _procs import daemon_command, free_port, join_args, start_daemon, stop_daemon
 
 import flame
 
@@ -60,6 +60,7 @@ class Cluster:
         self.nodes[name] = start_daemon(
             "node", "--head", self.address, "--slots", str(slots), "--name", name,
             "--bind", bind, "--python", sys.executable, "--work-dir", str(self.tmp / name),
+            *join_args(self.address, self.tmp / "state", self.tmp / f"{name}-node"),
         )  # fmt: skip
 
     def stop(self) -> None:

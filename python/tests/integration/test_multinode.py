@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from _procs import free_port, start_daemon, stop_daemon
+from _procs import free_port, join_args, start_daemon, stop_daemon
 
 import flame
 
@@ -25,6 +25,7 @@ def head_and_two_nodes(tmp_path: Path) -> Iterator[str]:
         start_daemon(
             "node", "--head", address, "--slots", "1", "--name", name,
             "--python", sys.executable, "--work-dir", str(tmp_path / name),
+            *join_args(address, state, tmp_path / f"{name}-node"),
         )
         for name in ("n1", "n2")
     ]  # fmt: skip

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from _procs import free_port, session_members, start_daemon, stop_daemon, wait_until_gone
+from _procs import free_port, join_args, session_members, start_daemon, stop_daemon, wait_until_gone
 
 import flame
 
@@ -41,6 +41,7 @@ def head_and_nodes(
         name: start_daemon(
             "node", "--head", address, "--slots", "1", "--name", name,
             "--python", sys.executable, "--work-dir", str(tmp_path / name),
+            *join_args(address, state, tmp_path / f"{name}-node"),
         )
         for name in names
     }  # fmt: skip

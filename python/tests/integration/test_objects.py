@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _procs import free_port, start_daemon, stop_daemon
+from _procs import free_port, join_args, start_daemon, stop_daemon
 
 import flame
 from flame import api, objects
@@ -116,7 +116,7 @@ def rpc_cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str
     address = f"http://127.0.0.1:{port}"
     node = start_daemon(
         "node", "--head", address, "--slots", "2", "--python", sys.executable,
-        "--work-dir", str(tmp_path / "node"),
+        "--work-dir", str(tmp_path / "node"), *join_args(address, state, tmp_path / "node-state"),
     )  # fmt: skip
     try:
         yield address

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from _procs import free_port, session_members, start_daemon, stop_daemon
+from _procs import free_port, join_args, session_members, start_daemon, stop_daemon
 
 import flame
 from flame import api
@@ -163,7 +163,16 @@ def test_a_killed_node_takes_its_executors_and_their_children(
         started, port,
     )  # fmt: skip
     node = start(
-        ["node", "--head", f"http://127.0.0.1:{port}", "--slots", "1", "--python", sys.executable],
+        [
+            "node",
+            "--head",
+            f"http://127.0.0.1:{port}",
+            "--slots",
+            "1",
+            "--python",
+            sys.executable,
+            *join_args(f"http://127.0.0.1:{port}", tmp_path / "state", tmp_path / "node-state"),
+        ],
         started,
     )
     executor, child = hold_in(f"127.0.0.1:{port}", markers, started)
