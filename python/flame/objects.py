@@ -173,7 +173,7 @@ class ObjectStore:
             return store
 
         def connect() -> Any:
-            from flame import _core
+            from flame import _core, _credentials
 
             address = os.environ.get("FLAME_ADDRESS")
             if not address:
@@ -181,7 +181,8 @@ class ObjectStore:
                     f"cannot fetch objects from the head at {directory}: this process is "
                     "not on the head's machine and FLAME_ADDRESS is not set"
                 )
-            return _core.ObjectClient(address)
+            found = _credentials.lookup(address)
+            return _core.ObjectClient(address, token=found.token, ca_pem=found.ca_pem)
 
         return cls(directory, token, connect)
 

@@ -70,8 +70,9 @@ def square_or_fail(x: int) -> int:
 
 
 def test_dashboard_shows_the_session_its_counts_and_failures(cluster: str, tmp_path: Path) -> None:
-    url = flame.dashboard_url()
-    assert url is not None and url.startswith("http://127.0.0.1:"), url
+    login = flame.dashboard_url()
+    assert login is not None and login.startswith("http://127.0.0.1:"), login
+    url = login.split("?")[0]  # the pages; the URL itself carries the login token (#11)
     # Three waves a second apart, so the tasks/s chart has a shape.
     futs: list[flame.Future] = []
     for wave in range(3):

@@ -103,6 +103,13 @@ pub(super) async fn connect(
         };
         let reason = match attempt {
             Ok(Ok(head)) => return Ok(Some(head)),
+            Ok(Err(FlameError::Unauthenticated(m))) if config.credentials.is_empty() => {
+                return Err(FlameError::Unauthenticated(format!(
+                    "{m} (this node has no credentials: join with `flame-daemon node --head \
+                     {} --join-token T`)",
+                    config.head
+                )))
+            }
             Ok(Err(
                 e @ (FlameError::Unauthenticated(_)
                 | FlameError::PermissionDenied(_)

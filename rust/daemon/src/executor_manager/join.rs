@@ -37,9 +37,12 @@ pub fn default_node_state_dir() -> PathBuf {
 /// The credentials of node `name` toward `head`: those kept in `state_dir`, else the result
 /// of joining with `join_token` (then kept there).
 ///
+/// No kept credentials and no join token: none (logged; a head that wants credentials
+/// refuses the node with its reason). Kept credentials of another cluster than the join
+/// token's: joins anew.
+///
 /// # Errors
-/// `InvalidArgument` when the node has no credentials and no join token (or a token that is
-/// not a join token); `Unauthenticated` with the head's words when it refuses the token
+/// `InvalidArgument` for a token that is not a join token; `Unauthenticated` with the head's words when it refuses the token
 /// (wrong, expired, revoked) or its CA is not the one the token names; `Unreachable`;
 /// `FailedPrecondition` when the state dir or its files cannot be used.
 pub async fn node_credentials(
@@ -55,19 +58,46 @@ pub async fn node_credentials(
         .map_err(|e| {
             FlameError::FailedPrecondition(format!("node state dir {}: {e}", state_dir.display()))
         })?;
-    if let Some(kept) = kept(state_dir)? {
-        tracing::info!(state_dir = %state_dir.display(), "using the node credentials kept from an earlier join");
-        return Ok(kept);
+    let kept = kept(state_dir)?;
+    let token_fp = join_token
+        .and_then(|t| Token::parse(t).ok())
+        .map(|t| t.ca_fingerprint);
+    match (kept, token_fp) {
+        // A join token of another cluster than the kept credentials': join that one.
+        (Some(kept), Some(fp)) if kept_fingerprint(&kept).is_some_and(|k| k != fp) => {
+            tracing::info!(state_dir = %state_dir.display(), "the join token names another cluster than the kept credentials; joining it");
+        }
+        (Some(kept), _) => {
+            tracing::info!(state_dir = %state_dir.display(), "using the node credentials kept from an earlier join");
+            return Ok(kept);
+        }
+        (None, _) => {}
     }
     let Some(join_token) = join_token else {
-        return Err(FlameError::InvalidArgument(format!(
-            "this node has not joined a head yet ({} holds no {NODE_CERT_FILE} or \
-             {NODE_TOKEN_FILE}): pass --join-token T (printed by `flame-daemon head`, or made \
-             by `flame-daemon token create --node`)",
+        // The head decides: one that wants credentials refuses the node with its reason
+        // (and the node adds how to join, see `connection.rs`).
+        tracing::warn!(
+            "this node has not joined a head ({} holds no {NODE_CERT_FILE} or \
+             {NODE_TOKEN_FILE}) and has no --join-token; connecting without credentials",
             state_dir.display()
-        )));
+        );
+        return Ok(Credentials::none());
     };
     join(&normalize_address(head), join_token, state_dir, name).await
+}
+
+/// The CA fingerprint of kept credentials (their CA file's, or their node token's).
+fn kept_fingerprint(kept: &Credentials) -> Option<String> {
+    if let Some(ca) = &kept.ca_pem {
+        let as_chain = Identity {
+            cert_pem: ca.clone(),
+            key_pem: String::new(),
+        };
+        let der = as_chain.cert_chain().ok()?.into_iter().next()?;
+        return Some(flame_core::auth::fingerprint(&der));
+    }
+    let token = Token::parse(kept.token.as_deref()?).ok()?;
+    Some(token.ca_fingerprint)
 }
 
 /// Credentials kept in `state_dir` by an earlier join, if any.
@@ -178,18 +208,11 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn kept_credentials_are_used_without_a_token_and_none_without_one_is_an_error() {
+    async fn kept_credentials_are_used_without_a_token_and_a_token_of_another_cluster_rejoins() {
         let dir = tempfile::tempdir().unwrap();
         let state = dir.path().join("node");
-        let err = node_credentials("https://127.0.0.1:1", None, &state, "n1")
-            .await
-            .unwrap_err();
-        let msg = err.to_string();
-        assert!(matches!(err, FlameError::InvalidArgument(_)), "{msg}");
-        assert!(
-            msg.contains("--join-token") && msg.contains("node.pem"),
-            "{msg}"
-        );
+        let none = node_credentials("https://127.0.0.1:1", None, &state, "n1").await;
+        assert_eq!(none.unwrap(), Credentials::none());
         let mode = fs::metadata(&state).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o700);
 
@@ -218,6 +241,16 @@ mod tests {
         assert_eq!(creds.identity, Some(identity));
         assert_eq!(creds.ca_pem.as_deref(), Some(ca.cert_pem()));
         assert_eq!(creds.token, None);
+        // A join token of the same cluster: still the kept ones (no contact).
+        let same = Token::generate(TokenKind::Join, 8, &ca.fingerprint()).to_string();
+        let again = node_credentials("https://127.0.0.1:1", Some(&same), &state, "n1").await;
+        assert_eq!(again.unwrap(), creds);
+        // Another cluster's join token: a new join (nothing listens there, so it fails).
+        let other = Token::generate(TokenKind::Join, 8, &"c".repeat(64)).to_string();
+        let err = node_credentials("https://127.0.0.1:1", Some(&other), &state, "n1")
+            .await
+            .unwrap_err();
+        assert!(matches!(err, FlameError::Unreachable { .. }), "{err:?}");
 
         // A plaintext head's node token, kept 0600; a readable one is refused.
         let plain = dir.path().join("plain");
