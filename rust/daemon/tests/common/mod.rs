@@ -74,17 +74,17 @@ pub async fn open_echo_session(client: &Client) -> SessionId {
     create_session(client, spec).await
 }
 
-/// The token every client of a test process sends (#11): one admin token, made once and
-/// trusted by every head the process starts (heads make their own random admin tokens).
+/// One admin token per test process (#11), trusted by every head started through
+/// [`start_head`] / [`start_cluster`] (each head also has its own random admin token), for
+/// tests whose clients outlive one head.
 pub fn test_token() -> &'static flame_core::auth::Token {
     static TOKEN: std::sync::OnceLock<flame_core::auth::Token> = std::sync::OnceLock::new();
     TOKEN.get_or_init(|| {
-        let t = flame_core::auth::Token::generate(
+        flame_core::auth::Token::generate(
             flame_core::auth::TokenKind::User,
             1 << 40,
             &"00".repeat(32),
-        );
-        t
+        )
     })
 }
 
