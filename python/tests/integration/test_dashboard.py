@@ -72,7 +72,9 @@ def square_or_fail(x: int) -> int:
 def test_dashboard_shows_the_session_its_counts_and_failures(cluster: str, tmp_path: Path) -> None:
     login = flame.dashboard_url()
     assert login is not None and login.startswith("http://127.0.0.1:"), login
-    url = login.split("?")[0]  # the pages; the URL itself carries the login token (#11)
+    # The URL logs in once (?token=, #11): the dashboard sets its cookie and redirects to the
+    # page without the token, keeping the #fragment. Every browse below is a new browser.
+    url, token = login.split("?token=")
     # Three waves a second apart, so the tasks/s chart has a shape.
     futs: list[flame.Future] = []
     for wave in range(3):
@@ -83,31 +85,34 @@ def test_dashboard_shows_the_session_its_counts_and_failures(cluster: str, tmp_p
     failed = sum(1 for f in futs if f.exception() is not None)
     assert failed == 12
 
-    with urllib.request.urlopen(f"{url}api/overview", timeout=10) as r:
+    request = urllib.request.Request(
+        f"{url}api/overview", headers={"Authorization": f"Bearer {token}"}
+    )
+    with urllib.request.urlopen(request, timeout=10) as r:
         listed = {s["id"]: s for s in json.load(r)["sessions"]}
     assert (listed[sid]["succeeded"], listed[sid]["failed"]) == (108, 12)
 
-    page = text_of(browse(url, "--dump-dom").stdout)
+    page = text_of(browse(login, "--dump-dom").stdout)
     row = re.search(rf"\b{sid} square_or_fail open (\d+) (\d+) (\d+) (\d+) (\d+)", page)
     assert row, f"session {sid} not rendered: {page[:3000]}"
     pending, running, succeeded, failed_shown, _cancelled = map(int, row.groups())
     assert (pending, running, succeeded, failed_shown) == (0, 0, 108, 12), page[:3000]
     assert "tasks/s" in page and "cannot load" not in page
 
-    detail = text_of(browse(f"{url}#/session/{sid}", "--dump-dom").stdout)
+    detail = text_of(browse(f"{login}#/session/{sid}", "--dump-dom").stdout)
     assert f"Session {sid}" in detail, detail[:3000]
     assert "ArithmeticError: refusing 7" in detail, detail[:3000]
     assert "Traceback" in detail
 
     failed_task = next(f for f in futs if f.exception() is not None)
-    task = text_of(browse(f"{url}#/task/{sid}/{failed_task.task_id}", "--dump-dom").stdout)
+    task = text_of(browse(f"{login}#/task/{sid}/{failed_task.task_id}", "--dump-dom").stdout)
     assert f"Task {failed_task.task_id} of session {sid}" in task, task[:3000]
     assert "squaring 7" in task and "ArithmeticError: refusing 7" in task, task[:3000]
 
-    only_failed = text_of(browse(f"{url}#/session/{sid}/failed", "--dump-dom").stdout)
+    only_failed = text_of(browse(f"{login}#/session/{sid}/failed", "--dump-dom").stdout)
     assert "failed tasks (12 of 12)" in only_failed, only_failed[:3000]
 
     shot = SCREENSHOT if os.environ.get("FLAME_UPDATE_SCREENSHOT") == "1" else tmp_path / "d.png"
     shot.parent.mkdir(exist_ok=True)
-    browse(url, "--hide-scrollbars", "--window-size=1280,960", f"--screenshot={shot}")
+    browse(login, "--hide-scrollbars", "--window-size=1280,960", f"--screenshot={shot}")
     assert shot.stat().st_size > 10_000
