@@ -101,10 +101,21 @@ def test_flame_login_refuses_a_wrong_token(cluster: str, tmp_path: Path) -> None
     assert done.returncode == 4, (done.returncode, done.stdout, done.stderr)
     assert "refused the token" in done.stderr
     assert not (tmp_path / ".flame" / "credentials").exists()
-    # And a CLI command without any token says what to do.
-    done = _flame(tmp_path, "status", "--address", cluster)
-    assert done.returncode == 4, done.stderr
-    assert "flame login" in done.stderr and "FLAME_TOKEN" in done.stderr
+
+
+def test_a_cli_command_without_a_token_says_what_to_do(tmp_path: Path) -> None:
+    """No token anywhere: not given, no FLAME_TOKEN, no credentials file, and no admin.token
+    this user can read (removed here, as for another OS user, who cannot read it)."""
+    port = free_port()
+    state = tmp_path / "state"
+    daemon = start_daemon("head", "--port", str(port), "--state-dir", str(state), port=port)
+    try:
+        (state / "admin.token").unlink()
+        done = _flame(tmp_path, "status", "--address", f"http://127.0.0.1:{port}")
+        assert done.returncode == 4, (done.returncode, done.stdout, done.stderr)
+        assert "flame login" in done.stderr and "FLAME_TOKEN" in done.stderr, done.stderr
+    finally:
+        stop_daemon(daemon)
 
 
 def test_a_local_daemon_is_found_through_its_admin_token(tmp_path: Path) -> None:  # server_side

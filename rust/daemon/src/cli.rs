@@ -350,14 +350,21 @@ fn dialable(address: &str) -> String {
 /// It uses an admin's credentials: `FLAME_TOKEN` (and `FLAME_CA_FILE`), else the `admin.token` of
 /// the default state dir (a head on this machine run by this OS user).
 async fn drain(args: &DrainArgs) -> Result<()> {
+    let address = normalize_address(&args.head);
     let mut creds = Credentials::from_env()?;
     if creds.token.is_none() {
-        let path = default_state_dir().join("admin.token");
-        creds.token = std::fs::read_to_string(path)
+        // On the head's machine, as its OS user: the head's own admin token. Discover names
+        // the head's state dir to a loopback caller; else the default state dir's.
+        let found = flame_core::client::discover(&address, &creds, Duration::from_secs(5))
+            .await
+            .ok()
+            .map(|d| d.state_dir)
+            .filter(|d| !d.is_empty());
+        let dir = found.map_or_else(default_state_dir, std::path::PathBuf::from);
+        creds.token = std::fs::read_to_string(dir.join("admin.token"))
             .ok()
             .map(|t| t.trim().to_string());
     }
-    let address = normalize_address(&args.head);
     let transport = Transport::resolve(&address, &creds, Duration::from_secs(10)).await?;
     let channel = transport.channel(Duration::from_secs(10)).await?;
     let mut head = stub(

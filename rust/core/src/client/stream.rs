@@ -257,6 +257,29 @@ impl Link {
         ))
     }
 
+    /// Why the head now answering at this address is another cluster than the one this
+    /// client's token is for (its CA differs from the token's fingerprint), if it is.
+    async fn another_cluster(&self) -> Option<String> {
+        let bearer = self.transport.bearer()?.to_str().ok()?;
+        let token = crate::auth::Token::parse(bearer.strip_prefix(crate::auth::BEARER_PREFIX)?);
+        let ours = token.ok()?.ca_fingerprint;
+        let channel = self.transport.channel(self.timeout).await.ok()?;
+        let mut frontend = stub(channel, StateStamp::default());
+        let call = frontend.discover(proto::Empty {});
+        let theirs = tokio::time::timeout(self.timeout, call).await.ok()?.ok()?;
+        let theirs = theirs.into_inner().ca_fingerprint;
+        (!theirs.is_empty() && theirs != ours).then(|| {
+            format!(
+                "the daemon at {} came back as another cluster (its CA is {}..., this client's \
+                 token is for {}...): its state dir was deleted or replaced, so this client's \
+                 sessions and tasks are gone; connect again with a token of the new cluster",
+                self.address,
+                &theirs[..theirs.len().min(16)],
+                &ours[..ours.len().min(16)]
+            )
+        })
+    }
+
     /// Reconnect with backoff until it works, the client closes, `reconnect_for` passes, or
     /// the daemon turns out to be on another state.
     async fn reconnect(&self) -> Reconnect {
@@ -289,6 +312,11 @@ impl Link {
                 // The head no longer accepts these credentials (revoked, expired): retrying
                 // cannot help.
                 Err(e @ (FlameError::Unauthenticated(_) | FlameError::PermissionDenied(_))) => {
+                    // A head with another CA than the token names is another cluster state
+                    // (its state dir was deleted or replaced): say that, as for a new state id.
+                    if let Some(reason) = self.another_cluster().await {
+                        return Reconnect::StateLost(reason);
+                    }
                     tracing::error!(address = %self.address, error = %e, "the head refuses this client's credentials");
                     return Reconnect::GaveUp;
                 }
