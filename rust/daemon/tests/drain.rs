@@ -50,14 +50,7 @@ where
 async fn a_drained_node_finishes_what_it_was_sent_and_leaves() {
     let dir = tempfile::tempdir().unwrap();
     let cluster = start(dir.path()).await;
-    let client = Client::connect(
-        cluster.address(),
-        &common::admin(&cluster.head),
-        Duration::from_secs(5),
-        "test",
-    )
-    .await
-    .unwrap();
+    let client = common::admin_client(&cluster.head, "test").await;
     wait_until("the node joins", || async {
         !cluster_info(&client).await.nodes.is_empty()
     })

@@ -10,7 +10,6 @@ use bytes::Bytes;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use flame_core::client::Client;
 use flame_daemon::http::HttpPort;
 use flame_daemon::server::HeadConfig;
 use flame_daemon::session_manager::ManagerConfig;
@@ -56,14 +55,7 @@ async fn metrics_json_api_and_dashboard_are_served() {
     let base = cluster.head.dashboard_url.clone().expect("HTTP is on");
     assert!(base.starts_with("http://127.0.0.1:"), "{base}");
 
-    let client = Client::connect(
-        cluster.address(),
-        &common::admin(&cluster.head),
-        Duration::from_secs(5),
-        "test",
-    )
-    .await
-    .unwrap();
+    let client = common::admin_client(&cluster.head, "test").await;
     let sid = common::open_echo_session(&client).await.0;
     let inputs = vec![
         Bytes::from_static(b"a"),
@@ -188,14 +180,7 @@ async fn api_errors_are_json_and_unknown_ids_are_404() {
     .await
     .unwrap();
     let base = head.dashboard_url.clone().expect("HTTP is on");
-    let client = Client::connect(
-        &head.address,
-        &common::admin(&head),
-        Duration::from_secs(5),
-        "test",
-    )
-    .await
-    .unwrap();
+    let client = common::admin_client(&head, "test").await;
     let sid = common::open_echo_session(&client).await.0;
 
     let json = |method: &'static str, path: String| {

@@ -67,14 +67,7 @@ async fn list(
 async fn tasks_show_their_state_timings_placement_and_failure() {
     let dir = tempfile::tempdir().unwrap();
     let cluster = start(dir.path()).await;
-    let client = Client::connect(
-        cluster.address(),
-        &common::admin(&cluster.head),
-        Duration::from_secs(5),
-        "test",
-    )
-    .await
-    .unwrap();
+    let client = common::admin_client(&cluster.head, "test").await;
     let sid = common::open_echo_session(&client).await;
     let done = client
         .submit(
@@ -189,14 +182,7 @@ async fn tasks_show_their_state_timings_placement_and_failure() {
 async fn bad_introspection_requests_name_the_problem() {
     let dir = tempfile::tempdir().unwrap();
     let cluster = start(dir.path()).await;
-    let client = Client::connect(
-        cluster.address(),
-        &common::admin(&cluster.head),
-        Duration::from_secs(5),
-        "test",
-    )
-    .await
-    .unwrap();
+    let client = common::admin_client(&cluster.head, "test").await;
     let sid = common::open_echo_session(&client).await;
     let mut fe = client.frontend();
 

@@ -72,14 +72,7 @@ async fn preemption_kills_a_lower_priority_task_and_reruns_it_without_charging_a
     let dir = tempfile::tempdir().unwrap();
     let policies = Policies::from_names(&["priority", "fair_share", "preemption"]).unwrap();
     let cluster = start(dir.path(), 1, policies).await;
-    let client = Client::connect(
-        cluster.address(),
-        &common::admin(&cluster.head),
-        Duration::from_secs(5),
-        "test",
-    )
-    .await
-    .unwrap();
+    let client = common::admin_client(&cluster.head, "test").await;
     let low = open(&client, 0).await;
     let low_ids = client
         .submit(low, vec![Bytes::from_static(b"sleep:4000")])

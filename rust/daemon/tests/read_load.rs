@@ -92,14 +92,7 @@ async fn reads_of_a_big_session_do_not_delay_hellos_or_tasks() {
 
     // The big session: run and closed, so that reading it needs storage for everything.
     let started = Instant::now();
-    let client = Client::connect(
-        cluster.address(),
-        &common::admin(&cluster.head),
-        Duration::from_secs(5),
-        "big",
-    )
-    .await
-    .unwrap();
+    let client = common::admin_client(&cluster.head, "big").await;
     let big = common::open_echo_session(&client).await;
     let inputs: Vec<Bytes> = (0..BIG_SESSION)
         .map(|i| {

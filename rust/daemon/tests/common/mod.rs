@@ -34,6 +34,18 @@ pub fn admin(head: &Head) -> Credentials {
     Credentials::with_token(head.security.admin_token.to_string())
 }
 
+/// A client of `head` with its admin token, named `name`.
+pub async fn admin_client(head: &Head, name: &str) -> Client {
+    Client::connect(
+        &head.address,
+        &admin(head),
+        std::time::Duration::from_secs(5),
+        name,
+    )
+    .await
+    .expect("client connects")
+}
+
 /// A node of `slots` echo executors (`flame-echo-executor`) working in `work_dir`.
 pub fn echo_node(work_dir: &Path, slots: u32) -> NodeConfig {
     let mut node = NodeConfig::new("");
