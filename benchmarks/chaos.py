@@ -253,6 +253,7 @@ class Cluster:
         self.nodes: dict[str, tuple[Process, int]] = {}  # live nodes: name → (process, slots)
         self.killed: list[Process] = []
         self._names = 0
+        self._join: str | None = None  # a join token, made with the head's admin.token
 
     def launch(self, timeout: float = 30.0) -> None:
         """Start the head and the nodes; wait until every node has registered.
@@ -280,13 +281,26 @@ class Cluster:
         """Start a node with a new name; returns the name (it registers in the background)."""
         self._names += 1
         name = f"node-{self._names}"
+        if self._join is None:
+            self._join = self.join_token()
         args = ["node", "--head", f"http://{self.address}", "--slots", str(slots)]
+        args += ["--join-token", self._join, "--state-dir", str(self.root / "nodes" / name)]
         args += ["--name", name, "--python", sys.executable]
         args += ["--work-dir", str(self.root / "work" / name)]
         node = Process(args, self.root / f"{name}.log")
         node.start()
         self.nodes[name] = (node, slots)
         return name
+
+    def join_token(self) -> str:
+        """A join token for any number of nodes, made as the head's admin would."""
+        exe = shutil.which("flame-daemon") or "flame-daemon"
+        args = ["token", "create", "--node", "--head", f"http://{self.address}"]
+        args += ["--state-dir", str(self.root / "state")]
+        out = subprocess.run([exe, *args], capture_output=True, text=True, timeout=60)
+        if out.returncode != 0 or "--join-token" not in out.stdout:
+            raise RuntimeError(f"no join token: {out.stderr}")
+        return out.stdout.split("--join-token", 1)[1].split()[0]
 
     def kill_node(self, rng: random.Random) -> tuple[str, int]:
         """SIGKILL a random live node (its process group); its name and slots."""
