@@ -314,7 +314,7 @@ fn announce_join(head: &Head) -> Result<()> {
         (flame_core::model::now_ms().max(0) as u64).saturating_add(expiry.as_millis() as u64);
     let token =
         head.security
-            .try_issue(flame_core::auth::TokenKind::Join, "", false, expires_ms)?;
+            .issue_stored(flame_core::auth::TokenKind::Join, "", false, expires_ms)?;
     let text = format!(
         "join a node (this token joins any number of nodes for 24 h; more with \
          `flame-daemon token create --node`):\n  flame-daemon node --head {} --join-token {token}\n",

@@ -184,7 +184,7 @@ async fn a_tls_head_signs_a_node_certificate_for_a_good_join_token_only() {
     assert!(discovered.tls);
 
     let s = &head.security;
-    let join = s.try_issue(TokenKind::Join, "", false, 0).unwrap();
+    let join = s.issue_stored(TokenKind::Join, "", false, 0).unwrap();
     let key = NodeKey::generate();
     let request = |token: String| proto::JoinRequest {
         join_token: token,
@@ -210,14 +210,14 @@ async fn a_tls_head_signs_a_node_certificate_for_a_good_join_token_only() {
     let forged = flame_core::auth::Token::generate(TokenKind::Join, join.id, &s.ca_fingerprint);
     let msg = refused(client.join_node(request(forged.to_string())).await);
     assert!(msg.contains("not valid"), "{msg}");
-    let old = s.try_issue(TokenKind::Join, "", false, 1).unwrap();
+    let old = s.issue_stored(TokenKind::Join, "", false, 1).unwrap();
     let msg = refused(client.join_node(request(old.to_string())).await);
     assert!(msg.contains("expired"), "{msg}");
-    let gone = s.try_issue(TokenKind::Join, "", false, 0).unwrap();
+    let gone = s.issue_stored(TokenKind::Join, "", false, 0).unwrap();
     s.revoke_token(gone.id).unwrap();
     let msg = refused(client.join_node(request(gone.to_string())).await);
     assert!(msg.contains("revoked"), "{msg}");
-    let user = s.try_issue(TokenKind::User, "alice", false, 0).unwrap();
+    let user = s.issue_stored(TokenKind::User, "alice", false, 0).unwrap();
     let msg = refused(client.join_node(request(user.to_string())).await);
     assert!(msg.contains("not a join token"), "{msg}");
 
@@ -242,7 +242,7 @@ async fn a_plaintext_head_answers_a_join_with_a_node_token() {
     let head = Head::start(config(dir.path(), TlsMode::Off)).await.unwrap();
     let join = head
         .security
-        .try_issue(TokenKind::Join, "", false, now_ms() as u64 + 60_000)
+        .issue_stored(TokenKind::Join, "", false, now_ms() as u64 + 60_000)
         .unwrap();
     let reply = plain_client(&head.address)
         .await

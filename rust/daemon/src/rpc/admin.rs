@@ -94,7 +94,7 @@ pub async fn join_node(
     let ca_pem = security.ca_pem().unwrap_or_default().to_string();
     if !security.tls {
         let token = blocking(security, move |s| {
-            s.try_issue(TokenKind::Node, &name, false, 0)
+            s.issue_stored(TokenKind::Node, &name, false, 0)
         })
         .await?;
         return Ok(Response::new(proto::JoinReply {
@@ -159,7 +159,7 @@ pub async fn create_token(
     };
     let admin = spec.admin;
     let token = blocking(security, move |s| {
-        s.try_issue(kind, &name, admin, expires_ms)
+        s.issue_stored(kind, &name, admin, expires_ms)
     })
     .await?;
     let info = security

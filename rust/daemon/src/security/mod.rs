@@ -127,7 +127,7 @@ impl Security {
             next_id: AtomicU64::new(1),
         };
         if kept.is_none() {
-            security.admin_token = security.try_issue(TokenKind::User, "admin", true, 0)?;
+            security.admin_token = security.issue_stored(TokenKind::User, "admin", true, 0)?;
             flame_core::tls::write_private_file(&admin_path, &security.admin_token.to_string())?;
         }
         Ok(security)
@@ -138,30 +138,24 @@ impl Security {
         self.ca.as_ref().map(ClusterCa::cert_pem)
     }
 
-    /// A new token of `kind` for `name` (a user or node name), valid until `expires_ms`
-    /// (0 = never). If it cannot be stored, it is logged and works until the head stops;
-    /// callers that can report an error use [`Security::try_issue`].
+    /// A new token of `kind` for `name` that lasts as long as this head process (never
+    /// stored in `auth.db`): the in-process node's of `flame-daemon start` and the embedded
+    /// cluster, whose holder dies with the head, so a stored copy would only outlive it as a
+    /// credential nobody holds. Valid until `expires_ms` (0 = never).
     pub fn issue(&self, kind: TokenKind, name: &str, admin: bool, expires_ms: u64) -> Token {
-        match self.try_issue(kind, name, admin, expires_ms) {
-            Ok(t) => t,
-            Err(e) => {
-                tracing::error!(error = %e, "a token could not be stored; it lasts until the head stops");
-                // Far above the ids auth.db hands out (and the 1 << 40 of the tests' token).
-                let id = self.next_id.fetch_add(1, Ordering::Relaxed) + (1 << 48);
-                let token = Token::generate(kind, id, &self.ca_fingerprint);
-                let now = now_ms().max(0) as u64;
-                self.tokens
-                    .insert(entry_of(&token, name, admin, expires_ms, now));
-                token
-            }
-        }
+        // Far above the ids auth.db hands out (and the 1 << 40 of the tests' token).
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed) + (1 << 48);
+        let token = Token::generate(kind, id, &self.ca_fingerprint);
+        self.register(&token, name, admin, expires_ms);
+        token
     }
 
-    /// [`Security::issue`], failing if the token cannot be stored in `auth.db`.
+    /// A new token stored in `auth.db` (in memory only for [`Security::new`]): what the
+    /// token commands and the join token printed at start make.
     ///
     /// # Errors
     /// `Storage` naming `auth.db`.
-    pub fn try_issue(
+    pub fn issue_stored(
         &self,
         kind: TokenKind,
         name: &str,

@@ -12,14 +12,14 @@ fn a_reopened_head_keeps_its_tokens_revocations_ca_and_admin_token() {
     let dir = tempfile::tempdir().unwrap();
     let (alice, bob, admin, fp, cert_fp) = {
         let s = Security::open(dir.path(), None).unwrap();
-        let alice = s.try_issue(TokenKind::User, "alice", false, 0).unwrap();
-        let bob = s.try_issue(TokenKind::User, "bob", false, 0).unwrap();
+        let alice = s.issue_stored(TokenKind::User, "alice", false, 0).unwrap();
+        let bob = s.issue_stored(TokenKind::User, "bob", false, 0).unwrap();
         s.revoke_token(bob.id).unwrap();
         let key = NodeKey::generate();
         let ca = s.ca.as_ref().unwrap();
         let signed = ca.sign_node(&key.csr_pem("n1"), "n1").unwrap();
         s.record_node_cert("n1", &signed).unwrap();
-        s.try_issue(TokenKind::Node, "n1", false, 0).unwrap();
+        s.issue_stored(TokenKind::Node, "n1", false, 0).unwrap();
         assert_eq!(
             s.revoke_node("n1").unwrap(),
             2,
@@ -49,7 +49,7 @@ fn a_reopened_head_keeps_its_tokens_revocations_ca_and_admin_token() {
         "a revoked certificate stays revoked"
     );
     assert!(!s.cert_revoked("00"));
-    let next = s.try_issue(TokenKind::Join, "", false, 0).unwrap();
+    let next = s.issue_stored(TokenKind::Join, "", false, 0).unwrap();
     assert!(next.id > alice.id.max(bob.id), "ids go on after a restart");
 
     // A deleted admin.token is replaced by a new one on the next start.
