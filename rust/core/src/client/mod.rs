@@ -320,6 +320,7 @@ impl Client {
             .map(|(id, input)| proto::TaskSubmission {
                 task_id: id.0,
                 input,
+                reads: Vec::new(),
             })
             .collect();
         guard

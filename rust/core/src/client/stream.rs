@@ -181,6 +181,7 @@ impl Link {
                     Some(Some(input)) => again.push(proto::TaskSubmission {
                         task_id: t,
                         input: input.clone(),
+                        reads: Vec::new(),
                     }),
                     Some(None) => missing.push(t),
                     None => {}
@@ -428,6 +429,7 @@ mod tests {
                 .map(|t| proto::TaskSubmission {
                     task_id: *t,
                     input: Bytes::from(vec![0u8; bytes]),
+                    reads: Vec::new(),
                 })
                 .collect(),
         )

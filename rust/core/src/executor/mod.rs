@@ -349,6 +349,7 @@ impl Worker<'_> {
                     log,
                     run_us,
                     output_in_parts: false,
+                    output_object: None,
                 },
                 Err(failure) => proto::TaskResult {
                     session_id: session.0,
@@ -359,6 +360,7 @@ impl Worker<'_> {
                     log,
                     run_us,
                     output_in_parts: false,
+                    output_object: None,
                 },
             };
             // Sent per task: the link coalesces whatever has piled up, never waits for more.

@@ -464,6 +464,7 @@ fn coalesce_batches_runs_of_results_and_keeps_order() {
             log: String::new(),
             run_us: 0,
             output_in_parts: false,
+            output_object: None,
         })
     };
     let left = || {

@@ -188,6 +188,7 @@ async fn register(
         previous_node_id,
         cpus: cpu_count(),
         memory_available: memory_available_bytes(),
+        object_address: String::new(),
     };
     // The queue is empty and its receiver alive, so this cannot fail.
     let _ = outbox.try_send(NodeMessage {

@@ -337,7 +337,7 @@ impl Node {
                     Err(status) => return End::Lost(format!("{address}: {}", status.message())),
                 },
                 _ = heartbeat.tick() => {
-                    let beat = Heartbeat { memory_available: system::memory_available_bytes() };
+                    let beat = Heartbeat { memory_available: system::memory_available_bytes(), objects: None };
                     self.send(NodeMessage { msg: Some(node_message::Msg::Heartbeat(beat)) }).await;
                 }
             }
@@ -358,6 +358,12 @@ impl Node {
             }
             Some(node_command::Msg::Kill(kill)) => {
                 self.pool.kill(ExecutorId(kill.executor_id), &kill.reason)
+            }
+            Some(node_command::Msg::DeleteObjects(refs)) => {
+                tracing::warn!(
+                    count = refs.object_ids.len(),
+                    "DeleteObjects before #12's node store; ignored"
+                );
             }
             Some(node_command::Msg::Registered(_)) => {
                 tracing::warn!("NodeRegistered after registration; ignored");

@@ -101,6 +101,8 @@ impl Frontend for FrontendService {
             object_dir: self.handle.objects.dir().to_string_lossy().into_owned(),
             object_token: self.handle.objects.token().to_string(),
             state_id: self.handle.state_id.to_string(),
+            local_node_id: 0,
+            node_socket: String::new(),
         }))
     }
 
@@ -458,6 +460,39 @@ impl Frontend for FrontendService {
         }
         objects::delete(self.handle.objects.clone(), ids).await?;
         Ok(Response::new(proto::Empty {}))
+    }
+
+    // #12 (objects on nodes): being built; each answers UNIMPLEMENTED until it lands.
+    async fn locate_objects(
+        &self,
+        _req: Request<proto::ObjectRefs>,
+    ) -> Result<Response<proto::ObjectLocations>, Status> {
+        Err(Status::unimplemented(
+            "LocateObjects is not built yet (#12)",
+        ))
+    }
+
+    async fn place_object(
+        &self,
+        _req: Request<proto::ObjectStored>,
+    ) -> Result<Response<proto::ObjectHolder>, Status> {
+        Err(Status::unimplemented("PlaceObject is not built yet (#12)"))
+    }
+
+    async fn list_objects(
+        &self,
+        _req: Request<proto::ListObjectsRequest>,
+    ) -> Result<Response<proto::ObjectList>, Status> {
+        Err(Status::unimplemented("ListObjects is not built yet (#12)"))
+    }
+
+    async fn authorize_objects(
+        &self,
+        _req: Request<proto::ObjectAccess>,
+    ) -> Result<Response<proto::ObjectAccessReply>, Status> {
+        Err(Status::unimplemented(
+            "AuthorizeObjects is not built yet (#12)",
+        ))
     }
 
     // Security calls (#11): implemented in `admin`.

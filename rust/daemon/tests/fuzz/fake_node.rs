@@ -214,6 +214,7 @@ async fn fake_executor(
         log: "forged output".into(),
         run_us: 0,
         output_in_parts: false,
+        output_object: None,
     };
     let none = proto::ExecutorMessage { msg: None };
     for m in [

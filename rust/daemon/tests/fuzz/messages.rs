@@ -83,7 +83,11 @@ impl Gen {
                     };
                     let input = self.input();
                     self.remember(session_id, task_id, &input);
-                    tasks.push(proto::TaskSubmission { task_id, input });
+                    tasks.push(proto::TaskSubmission {
+                        task_id,
+                        input,
+                        reads: Vec::new(),
+                    });
                 }
                 Some(client_message::Msg::Submit(proto::SubmitBatch {
                     session_id,
@@ -114,6 +118,9 @@ impl Gen {
 pub fn describe_message(m: &proto::ClientMessage) -> String {
     match &m.msg {
         None => "ClientMessage { msg: None }".into(),
+        Some(client_message::Msg::Created(c)) => {
+            format!("Created node {} {} objects", c.node_id, c.objects.len())
+        }
         Some(client_message::Msg::Submit(b)) => {
             let tasks = b
                 .tasks

@@ -144,6 +144,7 @@ pub async fn fuzz_streams(g: &mut Gen, f: &mut Findings, fe: &FrontendClient<Aut
             Some(client_message::Msg::Submit(_)) => "stream: submits",
             Some(client_message::Msg::Watch(_)) => "stream: watches",
             Some(client_message::Msg::Cancel(_)) => "stream: cancels",
+            Some(client_message::Msg::Created(_)) => "stream: objects created",
             None => "stream: empty messages",
         });
         recent.push(format!("stream {k}: {}", describe_message(&m)));
@@ -175,7 +176,11 @@ pub async fn fuzz_streams(g: &mut Gen, f: &mut Findings, fe: &FrontendClient<Aut
         let task_id = ((9000 + k as u64) << 32) | 1;
         let input = Bytes::from(format!("probe-{k}"));
         g.remember(probe, task_id, &input);
-        let tasks = vec![proto::TaskSubmission { task_id, input }];
+        let tasks = vec![proto::TaskSubmission {
+            task_id,
+            input,
+            reads: Vec::new(),
+        }];
         let submit = client_message::Msg::Submit(proto::SubmitBatch {
             session_id: probe,
             tasks,
