@@ -21,6 +21,7 @@ pub mod error;
 pub mod executor;
 pub mod ids;
 pub mod model;
+pub mod objects;
 pub mod parts;
 pub mod private_files;
 pub mod proto;

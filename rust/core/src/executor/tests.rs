@@ -232,6 +232,7 @@ pub(super) fn bind(session: u64, common_data: &'static [u8]) -> executor_command
         app_spec: Bytes::new(),
         common_data: Bytes::from_static(common_data),
         max_output_bytes: MAX_OUTPUT,
+        result_object_bytes: 0,
     })
 }
 
