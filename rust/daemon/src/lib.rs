@@ -4,7 +4,8 @@
 //! # Layout
 //! - [`cli`] — the command line (`start`, `head`, `node`) and [`config`] (flags + TOML).
 //! - [`server`] — the head: actor + storage + gRPC server as one unit; [`local`] — head and
-//!   node in one process (`flame-daemon start`, the embedded cluster of `flame.init()`).
+//!   node in one process (`flame-daemon start`, the embedded cluster of `flame.init()`),
+//!   whose executors reach the head over [`local_socket`].
 //! - [`session_manager`] — the actor that owns all scheduling state and applies the
 //!   scheduler's decisions; [`rpc`] — the gRPC handlers that feed it events.
 //! - [`storage_writer`] — the storage thread with group commit; [`reads`] — introspection
@@ -22,6 +23,7 @@ pub mod config;
 pub mod executor_manager;
 pub mod http;
 pub mod local;
+pub mod local_socket;
 pub mod metrics;
 pub mod reads;
 pub mod rpc;

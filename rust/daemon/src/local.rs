@@ -5,7 +5,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use flame_core::auth::TokenKind;
-use flame_core::client::Credentials;
+use flame_core::client::{Credentials, HEAD_SOCKET_ENV};
 use flame_core::Result;
 
 use crate::executor_manager::{run_node, NodeConfig};
@@ -31,6 +31,13 @@ impl LocalCluster {
         if node.credentials.is_empty() {
             let token = head.security.issue(TokenKind::Node, &node.name, false, 0);
             node.credentials = Credentials::with_token(token.to_string());
+        }
+        // The executors reach the head over its Unix socket (no TLS, no TCP per task; see
+        // `local_socket`), authenticated by the node's token as on the TCP port. A node that
+        // only has a certificate keeps TCP + mutual TLS: a socket carries no certificate.
+        if let (Some(path), Some(_)) = (&head.local_socket, &node.credentials.token) {
+            node.env
+                .push((HEAD_SOCKET_ENV.to_string(), path.display().to_string()));
         }
         let node_stop = CancellationToken::new();
         let stop = node_stop.clone();

@@ -57,11 +57,15 @@ pub struct Head {
     pub fatal: Fatal,
     /// Tokens, the CA and who may do what (README "Security").
     pub security: Arc<Security>,
+    /// `state_dir/head.sock`, served beside the TCP port for the executors of this
+    /// machine's local node (see [`crate::local_socket`]); `None` when it could not be made.
+    pub local_socket: Option<PathBuf>,
     /// Held for the head's whole life: one head per state dir.
     _lock: StateLock,
     http: Option<HttpServer>,
     server_stop: CancellationToken,
     server: JoinHandle<()>,
+    local_server: Option<JoinHandle<()>>,
     actor: JoinHandle<()>,
     storage_thread: std::thread::JoinHandle<()>,
 }
@@ -182,6 +186,24 @@ impl Head {
             };
         }
         let server_stop = CancellationToken::new();
+        // The same services, interceptors included, on the state dir's Unix socket.
+        let local = crate::local_socket::LocalSocket::bind(&cfg.state_dir);
+        let local_socket = local.as_ref().map(|l| l.path.clone());
+        let local_server = local.map(|socket| {
+            let stop = server_stop.clone();
+            let (frontend, backend) = (frontend.clone(), backend.clone());
+            tokio::spawn(async move {
+                let result = tonic::transport::Server::builder()
+                    .http2_keepalive_interval(Some(Duration::from_secs(10)))
+                    .add_service(frontend)
+                    .add_service(backend)
+                    .serve_with_incoming_shutdown(socket.incoming(), stop.cancelled())
+                    .await;
+                if let Err(e) = result {
+                    tracing::error!(error = %e, "gRPC server on the local socket failed");
+                }
+            })
+        });
         let stop = server_stop.clone();
         let server = tokio::spawn(async move {
             let result = builder
@@ -209,10 +231,12 @@ impl Head {
             dashboard_url,
             fatal,
             security,
+            local_socket,
             _lock: lock,
             http,
             server_stop,
             server,
+            local_server,
             actor,
             storage_thread,
         })
@@ -227,12 +251,17 @@ impl Head {
         self.server_stop.cancel();
         // The actor has stopped and ended every stream; idle client connections would keep a
         // graceful shutdown waiting for as long as the clients live, so bound it.
-        let mut server = self.server;
-        if tokio::time::timeout(Duration::from_millis(500), &mut server)
-            .await
-            .is_err()
-        {
-            server.abort();
+        let servers = std::iter::once(self.server).chain(self.local_server);
+        for mut server in servers {
+            if tokio::time::timeout(Duration::from_millis(500), &mut server)
+                .await
+                .is_err()
+            {
+                server.abort();
+            }
+        }
+        if let Some(path) = &self.local_socket {
+            let _ = std::fs::remove_file(path);
         }
         let _ = self.actor.await;
         drop(self.manager);

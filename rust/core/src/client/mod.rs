@@ -33,7 +33,7 @@ pub use credentials::{
 pub use discover::{discover, Discovery};
 pub use objects::ObjectClient;
 pub use stamp::{stub, Frontend, StateStamp, STATE_ID_HEADER};
-pub use transport::Transport;
+pub use transport::{Transport, HEAD_SOCKET_ENV};
 
 pub use nested::{create_session_request, opened_by_executor, EXECUTOR_ID_HEADER};
 pub use stream::CLIENT_ID_HEADER;

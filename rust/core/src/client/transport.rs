@@ -1,6 +1,7 @@
 //! How to reach a head with given [`Credentials`]: plaintext for `http://`, TLS for
 //! `https://` (trusting only the cluster CA, presenting the node's certificate if any), and
-//! the bearer token every call carries. Resolved once per client: pinning the CA by the
+//! the bearer token every call carries; and the head's Unix socket for a local node's
+//! executors ([`HEAD_SOCKET_ENV`]). Resolved once per client: pinning the CA by the
 //! token's fingerprint is a handshake, done at first contact and never again on reconnects.
 //!
 //! Connection failures are turned into errors that say what to do: a plaintext client at a
@@ -14,6 +15,11 @@ use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 use super::credentials::Credentials;
 use crate::error::{error_chain, FlameError, Result};
+
+/// Set by a node for its executors when the head is in the same process tree and serves a
+/// Unix socket in its private state dir (`flame-daemon start`, `flame.init()`): the path the
+/// executors connect to instead of the address's TCP port, with the same bearer token.
+pub const HEAD_SOCKET_ENV: &str = "FLAME_HEAD_SOCKET";
 
 /// A resolved way to a head: address, TLS configuration and bearer header value.
 #[derive(Clone, Debug)]
@@ -117,6 +123,16 @@ impl Transport {
             }),
             None => Ok(endpoint),
         }
+    }
+
+    /// An endpoint on the head's Unix socket at `path` (see [`HEAD_SOCKET_ENV`]). No TLS:
+    /// only the head's OS user can reach the socket, and the head checks that too.
+    ///
+    /// # Errors
+    /// `InvalidArgument` for a path that is not a valid socket address.
+    pub fn socket_endpoint(path: &str) -> Result<Endpoint> {
+        Endpoint::from_shared(format!("unix://{path}"))
+            .map_err(|e| FlameError::InvalidArgument(format!("bad head socket path '{path}': {e}")))
     }
 
     /// A new channel with the client's options, or an error saying why not within

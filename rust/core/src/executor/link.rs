@@ -20,7 +20,7 @@ use std::time::Duration;
 use super::orphan::{self, HostAlive, Watch};
 use super::window::Window;
 use super::MAX_MESSAGE_BYTES;
-use crate::client::{Credentials, StateStamp, Transport};
+use crate::client::{Credentials, StateStamp, Transport, HEAD_SOCKET_ENV};
 use crate::error::{error_chain, FlameError, Result};
 use crate::ids::ExecutorId;
 use crate::proto::{self, backend_client::BackendClient, executor_message};
@@ -37,6 +37,8 @@ const BATCH_SOFT_BYTES: usize = 4 * 1024 * 1024;
 /// After the host is done, how long to wait for the session manager to close its side, which
 /// is how we know our last messages were delivered.
 const LINGER: Duration = Duration::from_secs(1);
+/// How long the head's Unix socket may take to accept before the TCP port is used instead.
+const SOCKET_TIMEOUT: Duration = Duration::from_secs(2);
 /// A result batch at least this large is announced (`ExecutorPong::sending_bytes`) first.
 const ANNOUNCE_BYTES: usize = 1 << 20;
 
@@ -224,6 +226,33 @@ impl Network {
             reason,
         };
         let transport = Transport::resolve(&self.address, &self.creds, timeout).await?;
+        let deadline = Instant::now() + timeout;
+        // The head's Unix socket when the node gave one (same machine, same OS user): no TLS
+        // or TCP per task. If it cannot be reached, the address's TCP port as always.
+        let socket = std::env::var(HEAD_SOCKET_ENV)
+            .ok()
+            .filter(|p| !p.is_empty());
+        if let Some(path) = socket {
+            let endpoint = Transport::socket_endpoint(&path)?
+                .connect_timeout(SOCKET_TIMEOUT)
+                .http2_keep_alive_interval(Duration::from_secs(10))
+                .keep_alive_timeout(Duration::from_secs(20))
+                .keep_alive_while_idle(true);
+            match tokio::time::timeout(SOCKET_TIMEOUT, endpoint.connect()).await {
+                Ok(Ok(channel)) => {
+                    return self.stream(channel, &transport, deadline, wire_rx).await
+                }
+                Ok(Err(e)) => tracing::warn!(
+                    "the head's socket {path}: {}; using {}",
+                    error_chain(&e),
+                    self.address
+                ),
+                Err(_) => tracing::warn!(
+                    "the head's socket {path} did not answer; using {}",
+                    self.address
+                ),
+            }
+        }
         let endpoint = transport
             .endpoint()?
             .connect_timeout(timeout)
@@ -232,7 +261,6 @@ impl Network {
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_timeout(Duration::from_secs(20))
             .keep_alive_while_idle(true);
-        let deadline = Instant::now() + timeout;
         let mut backoff = Duration::from_millis(50);
         let channel = loop {
             match tokio::time::timeout_at(deadline, endpoint.connect()).await {
@@ -246,6 +274,22 @@ impl Network {
                 Err(_) => return Err(unreachable(format!("no connection within {timeout:?}"))),
             }
         };
+        self.stream(channel, &transport, deadline, wire_rx).await
+    }
+
+    /// Opens the `ExecutorStream` on `channel` by `deadline`, with the bearer token.
+    async fn stream(
+        &self,
+        channel: tonic::transport::Channel,
+        transport: &Transport,
+        deadline: Instant,
+        wire_rx: mpsc::Receiver<proto::ExecutorMessage>,
+    ) -> Result<tonic::Streaming<proto::ExecutorCommand>> {
+        let unreachable = |reason: String| FlameError::Unreachable {
+            address: self.address.clone(),
+            reason,
+        };
+        let timeout = deadline.saturating_duration_since(Instant::now());
         let stamp = StateStamp::default().with_bearer(transport.bearer().cloned());
         let mut client = BackendClient::with_interceptor(channel, stamp)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
