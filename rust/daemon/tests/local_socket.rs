@@ -9,9 +9,10 @@ use std::path::Path;
 use std::time::Duration;
 
 use bytes::Bytes;
-use flame_core::client::{Client, Transport};
+use flame_core::client::{Client, Transport, HEAD_SOCKET_ENV};
 use flame_core::model::SessionSpec;
 use flame_core::proto::{self, frontend_client::FrontendClient};
+use flame_daemon::local::LocalCluster;
 use flame_daemon::local_socket::SOCKET_FILE;
 use flame_daemon::security::tls_mode::{TlsMode, TlsSettings};
 use flame_daemon::session_manager::ManagerConfig;
@@ -80,17 +81,8 @@ fn tls_head(dir: &Path) -> flame_daemon::server::HeadConfig {
     cfg
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_local_nodes_executors_stream_over_the_socket_not_tcp() {
-    let dir = tempfile::tempdir().unwrap();
-    let cluster = common::start_cluster(tls_head(dir.path()), common::echo_node(dir.path(), 1))
-        .await
-        .expect("cluster starts");
-    assert!(
-        cluster.address().starts_with("https://"),
-        "{}",
-        cluster.address()
-    );
+/// Connect with the admin token (TLS), run one echo task and check its output.
+async fn run_one_task(cluster: &LocalCluster) -> Client {
     let client = Client::connect(
         cluster.address(),
         &common::admin(&cluster.head),
@@ -119,6 +111,21 @@ async fn the_local_nodes_executors_stream_over_the_socket_not_tcp() {
     };
     assert_eq!(done.task_id, ids[0].0);
     assert_eq!(done.output, Bytes::from_static(b"hi"));
+    client
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_local_nodes_executors_stream_over_the_socket_not_tcp() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = common::start_cluster(tls_head(dir.path()), common::echo_node(dir.path(), 1))
+        .await
+        .expect("cluster starts");
+    assert!(
+        cluster.address().starts_with("https://"),
+        "{}",
+        cluster.address()
+    );
+    let client = run_one_task(&cluster).await;
 
     // The executor that ran it is connected, and over a Unix socket only.
     let executors = children("flame-echo");
@@ -181,4 +188,22 @@ async fn the_socket_is_private_authenticated_and_removed_at_stop() {
 
     head.stop().await;
     assert!(!path.exists(), "head.sock is left behind");
+}
+
+/// No socket (a state dir path too long for one) and an executor told of a socket that is
+/// not there: the head runs without it, the executor uses the TCP port, the task runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_usable_socket_executors_use_the_tcp_port() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("s".repeat(120));
+    let mut node = common::echo_node(dir.path(), 1);
+    let missing = dir.path().join("missing.sock").display().to_string();
+    node.env.push((HEAD_SOCKET_ENV.to_string(), missing));
+    let cluster = common::start_cluster(tls_head(&state), node)
+        .await
+        .expect("cluster starts");
+    assert_eq!(cluster.head.local_socket, None);
+    let client = run_one_task(&cluster).await;
+    client.close();
+    cluster.stop().await;
 }
