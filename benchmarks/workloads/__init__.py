@@ -27,6 +27,7 @@ NAMES = [
     "pi",
     "matrix",
     "large_arg",
+    "broadcast",
     "memory",
     "many_sessions",
     "fairness",
