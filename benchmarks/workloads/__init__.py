@@ -28,6 +28,7 @@ NAMES = [
     "matrix",
     "large_arg",
     "broadcast",
+    "shuffle",
     "memory",
     "many_sessions",
     "fairness",
