@@ -46,7 +46,9 @@ MB = 1024 * 1024
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     order = [args.system] + ([args.compare] if args.compare else [])
-    missing = [s for s in order if s != "flame" and importlib.util.find_spec(s) is None]
+    missing = [
+        s for s in order if not s.startswith("flame") and importlib.util.find_spec(s) is None
+    ]
     if missing or importlib.util.find_spec("flame") is None:
         print(
             f"run.py: {', '.join(missing) or 'flame'} cannot be imported by {sys.executable}; "

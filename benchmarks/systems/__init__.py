@@ -17,7 +17,7 @@ from typing import Any, Callable, Protocol
 __all__ = ["NAMES", "System", "load"]
 
 # name on the command line → module in this package
-NAMES = {"flame": "flame", "ray": "ray_", "dask": "dask_"}
+NAMES = {"flame": "flame", "flame3": "flame_nodes", "ray": "ray_", "dask": "dask_"}
 WORKERS = 2  # worker processes, one thread each, for every system
 
 

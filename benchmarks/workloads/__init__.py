@@ -27,6 +27,8 @@ NAMES = [
     "pi",
     "matrix",
     "large_arg",
+    "broadcast",
+    "shuffle",
     "memory",
     "many_sessions",
     "fairness",
