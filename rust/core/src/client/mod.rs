@@ -20,6 +20,7 @@
 mod credentials;
 mod discover;
 mod nested;
+pub mod node_objects;
 mod objects;
 mod stamp;
 mod stream;
