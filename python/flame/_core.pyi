@@ -91,6 +91,9 @@ class Connection:
     @property
     def object_dir(self) -> tuple[str, str]:
         """(directory, token) of the head's object store."""
+    @property
+    def local_node(self) -> tuple[int, str] | None:
+        """(node id, object socket) of the head's own node, for a client on its machine."""
     def next_object_id(self) -> int: ...
     def objects(self) -> ObjectClient: ...
 

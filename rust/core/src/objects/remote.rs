@@ -11,7 +11,7 @@ use crate::objects::store::ObjectStore;
 
 /// Brings objects from other nodes into this node's store.
 #[tonic::async_trait]
-pub trait RemoteFetch: Send + Sync + 'static {
+pub trait RemoteFetch: Send + Sync + std::fmt::Debug + 'static {
     /// Makes object `id` local: finds a node that holds it, fetches its bytes and stores
     /// them in `store` as a cached copy (`store.writer_sized(id, size)?`, `write`,
     /// `commit_copy()`, which also announces the copy to the head); its size.
