@@ -20,6 +20,8 @@ use super::NodeConfig;
 
 /// Share of the node's memory the store may hold when `object_store_mb` is not given.
 const DEFAULT_SHARE_PERCENT: u64 = 30;
+/// How long calls in flight on the socket may take to finish when the node stops.
+const SERVER_STOP: std::time::Duration = std::time::Duration::from_secs(3);
 /// Budget when the node's memory is unknown.
 const FALLBACK_BUDGET: u64 = 1 << 30;
 
@@ -118,7 +120,13 @@ impl LocalObjects {
     /// Stops serving the socket and removes the store's dirs.
     pub(super) async fn stop(self) {
         self.stop.cancel();
-        let _ = self.server.await;
+        // Open connections finish their calls first; a pull stuck on another node must
+        // not hold the node's exit.
+        let server = self.server;
+        let abort = server.abort_handle();
+        if tokio::time::timeout(SERVER_STOP, server).await.is_err() {
+            abort.abort();
+        }
         self.store.close();
     }
 }
