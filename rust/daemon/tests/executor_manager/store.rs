@@ -70,13 +70,17 @@ fn write_here(dir: &Path, id: ObjectId, data: &[u8]) {
     std::fs::write(dir.join(format!("{:016x}", id.0)), bytes).expect("write");
 }
 
-/// The next message `pick` accepts, skipping the others (heartbeats...).
+/// The next message `pick` accepts, skipping the others (heartbeats...); fails after
+/// [`super::fake_head::WAIT`] in all.
 async fn until<T>(node: &mut NodeConn, mut pick: impl FnMut(node_message::Msg) -> Option<T>) -> T {
-    loop {
-        if let Some(found) = node.next().await.and_then(&mut pick) {
-            return found;
+    let wait = async {
+        loop {
+            if let Some(found) = node.next().await.and_then(&mut pick) {
+                return found;
+            }
         }
-    }
+    };
+    within(wait).await
 }
 
 /// The first heartbeat whose store figures satisfy `ok`.
