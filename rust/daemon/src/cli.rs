@@ -111,6 +111,10 @@ pub struct NodeOpts {
     /// Local address the node connects to its head from (e.g. 127.0.0.2).
     #[arg(long)]
     pub bind: Option<std::net::IpAddr>,
+    /// MiB of objects this node's store keeps in memory before evicting cached copies and
+    /// spilling to disk (default: 30 % of the node's memory).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub object_store_mb: Option<u64>,
     /// Command that starts an executor instead of `{python} -m flame._executor`, split on
     /// whitespace (e.g. `flame-echo-executor`); `--address A --executor-id N` are appended.
     #[arg(long)]
@@ -203,6 +207,9 @@ fn node_config(head: String, opts: &NodeOpts, f: &FileConfig) -> NodeConfig {
     }
     if let Some(mb) = opts.memory_mb.or(f.memory_mb) {
         n.memory_bytes = Some(mb.saturating_mul(1 << 20));
+    }
+    if let Some(mb) = opts.object_store_mb.or(f.object_store_mb) {
+        n.object_store_bytes = Some(mb.saturating_mul(1 << 20));
     }
     n.bind = opts.bind.or(f.bind);
     let command = opts.executor_command.as_ref();

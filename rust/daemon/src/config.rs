@@ -8,6 +8,7 @@
 //! slots = 8
 //! python = "/opt/venv/bin/python"
 //! executor_memory_mb = 4096                    # kill an executor resident over this
+//! object_store_mb = 4096                       # node object store in memory (default 30 %)
 //! executor_command = ["flame-echo-executor"]   # instead of `{python} -m flame._executor`
 //! warm_delay_ms = 2000
 //! window = 2                                   # tasks sent ahead to one executor, at least
@@ -55,6 +56,8 @@ pub struct FileConfig {
     pub executor_memory_mb: Option<u64>,
     /// Memory a node offers, MiB (default: the machine's).
     pub memory_mb: Option<u64>,
+    /// MiB of objects a node's store keeps in memory (default: 30 % of its memory).
+    pub object_store_mb: Option<u64>,
     /// Local address of a node's connection to its head.
     pub bind: Option<std::net::IpAddr>,
     pub executor_command: Option<Vec<String>>,

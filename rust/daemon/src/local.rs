@@ -6,7 +6,10 @@ use tokio_util::sync::CancellationToken;
 
 use flame_core::auth::TokenKind;
 use flame_core::client::{Credentials, HEAD_SOCKET_ENV};
-use flame_core::Result;
+use flame_core::{FlameError, Result};
+
+/// How long `start` waits for its node to register before going on without it.
+const REGISTER_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 use crate::executor_manager::{run_node, NodeConfig};
 use crate::server::{Head, HeadConfig};
@@ -39,15 +42,34 @@ impl LocalCluster {
             node.env
                 .push((HEAD_SOCKET_ENV.to_string(), path.display().to_string()));
         }
+        node.local_report = Some(head.local_node.clone());
+        let mut registered = head.local_node.subscribe();
         let node_stop = CancellationToken::new();
         let stop = node_stop.clone();
-        let node = tokio::spawn(async move {
+        let mut node = tokio::spawn(async move {
             let r = run_node(node, stop).await;
             if let Err(e) = &r {
                 tracing::error!(error = %e, "local node stopped with an error");
             }
             r
         });
+        // Clients of this cluster use the node's object store (`HelloReply.node_socket`):
+        // it is there before the first client says hello.
+        tokio::select! {
+            // The `Ref` the wait gives is not `Send`: drop it inside.
+            _ = async { registered.wait_for(Option::is_some).await.map(|_| ()) } => {}
+            ended = &mut node => {
+                head.stop().await;
+                return Err(match ended {
+                    Ok(Err(e)) => e,
+                    Ok(Ok(())) => FlameError::Internal("the local node stopped at once".into()),
+                    Err(e) => FlameError::Internal(format!("the local node failed: {e}")),
+                });
+            }
+            _ = tokio::time::sleep(REGISTER_WAIT) => {
+                tracing::warn!("the local node has not registered within {REGISTER_WAIT:?}");
+            }
+        }
         Ok(Self {
             head,
             node_stop,

@@ -16,6 +16,7 @@ use flame_core::proto::{backend_server::BackendServer, frontend_server::Frontend
 use flame_core::storage::{ObjectStore, SqliteStorage};
 use flame_core::{FlameError, Result};
 
+use crate::executor_manager::LocalNodeReport;
 use crate::http::{HttpPort, HttpServer};
 use crate::reads::Reads;
 use crate::rpc::{backend::BackendService, frontend::FrontendService};
@@ -60,6 +61,10 @@ pub struct Head {
     /// `state_dir/head.sock`, served beside the TCP port for the executors of this
     /// machine's local node (see [`crate::local_socket`]); `None` when it could not be made.
     pub local_socket: Option<PathBuf>,
+    /// The object store of the head's own node (#12), once that node has registered:
+    /// `flame-daemon start` and the embedded cluster give it to their node to fill in, and
+    /// `Hello` hands it to clients (a head with no node of its own keeps `None`).
+    pub local_node: LocalNodeReport,
     /// Held for the head's whole life: one head per state dir.
     _lock: StateLock,
     http: Option<HttpServer>,
@@ -148,7 +153,10 @@ impl Head {
             .max_payload_bytes
             .saturating_add(16 << 20)
             .min(MAX_MESSAGE_BYTES);
-        let frontend = FrontendServer::new(FrontendService::new(reads, security.clone()))
+        let local_node: LocalNodeReport = Arc::new(tokio::sync::watch::channel(None).0);
+        let frontend =
+            FrontendService::new(reads, security.clone()).with_local_node(local_node.clone());
+        let frontend = FrontendServer::new(frontend)
             .max_decoding_message_size(decode_limit)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
         // Authentication first (README "Security"), then the state check.
@@ -232,6 +240,7 @@ impl Head {
             fatal,
             security,
             local_socket,
+            local_node,
             _lock: lock,
             http,
             server_stop,

@@ -167,6 +167,13 @@ impl PyConnection {
         (dir.to_string(), token.to_string())
     }
 
+    /// (node id, object socket) of the head's own node when this client is on its machine
+    /// (`flame-daemon start`, the embedded cluster); else None.
+    #[getter]
+    fn local_node(&self) -> Option<(u64, String)> {
+        self.client.local_node().map(|(id, s)| (id, s.to_string()))
+    }
+
     /// A fresh id for an object this client makes.
     fn next_object_id(&self) -> PyResult<u64> {
         self.client.next_object_id().map(|id| id.0).map_err(err)

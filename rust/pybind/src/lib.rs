@@ -8,6 +8,7 @@
 //! - [`credentials`] — credentials from Python and the environment; `discover`.
 //! - [`introspection`] — task and executor views as dicts, for the `flame` CLI.
 //! - [`objects`] — `ObjectClient`: objects over gRPC for code not on the head's machine.
+//! - [`node_objects`] — `NodeObjects`: seal and pull through the local node's Unix socket.
 //! - [`cluster`] — `LocalCluster`, the embedded head + node of `flame.init()`.
 //! - [`executor`] — `run_executor`: the executor loop calling a Python service host.
 //! - `daemon_main` — the `flame-daemon` console script.
@@ -18,6 +19,7 @@ mod credentials;
 mod error;
 mod executor;
 mod introspection;
+mod node_objects;
 mod objects;
 mod runtime;
 
@@ -45,6 +47,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<connection::PySessionInfo>()?;
     m.add_class::<cluster::PyLocalCluster>()?;
     m.add_class::<objects::PyObjectClient>()?;
+    m.add_class::<node_objects::PyNodeObjects>()?;
     m.add_function(wrap_pyfunction!(executor::run_executor, m)?)?;
     m.add_function(wrap_pyfunction!(executor::executor_blocked, m)?)?;
     m.add_function(wrap_pyfunction!(credentials::discover, m)?)?;

@@ -20,6 +20,7 @@
 mod credentials;
 mod discover;
 mod nested;
+pub mod node_objects;
 mod objects;
 mod stamp;
 mod stream;
@@ -88,6 +89,8 @@ pub struct Client {
     object_dir: String,
     object_token: String,
     next_object: AtomicU32,
+    /// The head's own node (#12): its id and object socket, for a client on its machine.
+    local_node: Option<(u64, String)>,
 }
 
 /// `host:port` → `http://host:port`; an explicit scheme is kept.
@@ -219,6 +222,8 @@ impl Client {
             object_dir: reply.object_dir,
             object_token: reply.object_token,
             next_object: AtomicU32::new(1),
+            local_node: (reply.local_node_id != 0 && !reply.node_socket.is_empty())
+                .then(|| (reply.local_node_id, reply.node_socket.clone())),
         })
     }
 
@@ -250,6 +255,13 @@ impl Client {
     /// its `token` file (both empty for a head without an object store).
     pub fn object_dir(&self) -> (&str, &str) {
         (&self.object_dir, &self.object_token)
+    }
+
+    /// The node of the head's own machine (`flame-daemon start`, the embedded cluster): its
+    /// id and the Unix socket of its object store; `None` for a head without one, or when
+    /// this client is not on the head's machine.
+    pub fn local_node(&self) -> Option<(u64, &str)> {
+        self.local_node.as_ref().map(|(id, s)| (*id, s.as_str()))
     }
 
     /// A fresh id for an object this client makes (it owns it).

@@ -1,4 +1,7 @@
-//! Objects on nodes (#12): the file format every process shares. The node's store, the
-//! head's directory of locations and transfers between nodes build on it.
+//! Objects on nodes (#12): the file format every process shares, each node's store, and
+//! the seam through which a node fetches objects from others. The head's directory of
+//! locations and transfers between nodes build on them.
 
 pub mod format;
+pub mod remote;
+pub mod store;

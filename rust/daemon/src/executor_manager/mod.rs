@@ -20,15 +20,22 @@
 //! It reports its CPUs and memory on registering and `MemAvailable` with every heartbeat, and
 //! runs no more executors than fit in its memory at the executor memory limit.
 //!
+//! Every node owns an object store (#12, [`local_objects`]): it is made when the node starts,
+//! served to local processes on a Unix socket ([`object_socket`]), reported to the head
+//! (everything held on each registration, copies and removals as they happen, figures with
+//! each heartbeat) and removed with its dirs when the node stops.
+//!
 //! Layout: [`connection`] (connect + register, backoff), [`pool`] (slots, spawn/kill, memory
 //! limit, shutdown), [`process`] (one child: pipes, signals, exit report), [`spawner`] (the
 //! thread every executor is forked from), [`system`] (host facts), [`join`] (a node's
 //! credentials: joining with a join token, kept for restarts), [`credentials`] (handing
-//! them to executors).
+//! them to executors), [`local_objects`] and [`object_socket`] (the object store).
 
 mod connection;
 mod credentials;
 pub mod join;
+mod local_objects;
+mod object_socket;
 mod pool;
 mod process;
 mod spawner;
@@ -36,11 +43,13 @@ mod system;
 
 use std::os::unix::fs::DirBuilderExt;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use flame_core::client::Credentials;
 use flame_core::error::{FlameError, Result};
 use flame_core::ids::ExecutorId;
+use flame_core::objects::remote::RemoteFetch;
 use flame_core::proto::{
     node_command, node_message, ExecutorExited, Heartbeat, NodeCommand, NodeDrain, NodeMessage,
 };
@@ -48,6 +57,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
 use connection::{Backoff, HeadStream};
+use local_objects::LocalObjects;
 use pool::Pool;
 pub use system::default_node_name;
 
@@ -90,7 +100,30 @@ pub struct NodeConfig {
     /// What the node shows the head (a node token, or its certificate and the CA); its
     /// executors get the same through their environment (see [`credentials`]).
     pub credentials: Credentials,
+    /// Bytes of objects the node's store keeps in memory (`object_store_mb`); `None`: 30 %
+    /// of [`NodeConfig::memory_total`].
+    pub object_store_bytes: Option<u64>,
+    /// Where a tmpfs for the store's memory dir is looked for (`/dev/shm`); `None`, or no
+    /// tmpfs there: the work dir.
+    pub object_shm_root: Option<PathBuf>,
+    /// Told the node's id and object socket whenever it registers (`None` when it stops):
+    /// the head of `flame-daemon start` hands them to its clients (`HelloReply`).
+    pub local_report: Option<LocalNodeReport>,
+    /// How the node brings objects it lacks from other nodes when a local process pulls
+    /// them; `None`: such a pull is NOT_FOUND.
+    pub remote_fetch: Option<Arc<dyn RemoteFetch>>,
 }
+
+/// Where a node's object store is reached, for processes of its machine.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LocalNode {
+    pub node_id: u64,
+    /// The node's `NodeObjects` Unix socket.
+    pub socket: PathBuf,
+}
+
+/// Where a node publishes its [`LocalNode`] (a head's own node: to the head).
+pub type LocalNodeReport = Arc<tokio::sync::watch::Sender<Option<LocalNode>>>;
 
 impl NodeConfig {
     /// Defaults for a node of this machine: host name, one slot per CPU, `python3`, the
@@ -110,6 +143,10 @@ impl NodeConfig {
             bind: None,
             drain_grace: Duration::ZERO,
             credentials: Credentials::none(),
+            object_store_bytes: None,
+            object_shm_root: Some(PathBuf::from(flame_core::objects::store::SHM_ROOT)),
+            local_report: None,
+            remote_fetch: None,
         }
     }
 
@@ -148,6 +185,9 @@ impl NodeConfig {
         }
         if self.memory_bytes == Some(0) {
             return invalid("the node memory must be more than 0");
+        }
+        if self.object_store_bytes == Some(0) {
+            return invalid("the object store budget (object_store_mb) must be more than 0");
         }
         Ok(())
     }
@@ -190,6 +230,27 @@ pub async fn run_node(
                 config.work_dir.display()
             ))
         })?;
+    let mut objects = LocalObjects::start(&config)?;
+    config.env.extend(objects.env());
+    if let Some(fetch) = &config.remote_fetch {
+        objects.set_fetch(fetch.clone());
+    }
+    let result = run_registrations(&mut config, &mut objects, &shutdown).await;
+    if let Some(report) = &config.local_report {
+        report.send_replace(None);
+    }
+    // Executors are gone by now (every registration reaps its own): nothing maps the
+    // store's files any more, and its dirs go.
+    objects.stop().await;
+    result
+}
+
+/// Registers again and again until shutdown (see [`run_node`]).
+async fn run_registrations(
+    config: &mut NodeConfig,
+    objects: &mut LocalObjects,
+    shutdown: &CancellationToken,
+) -> Result<(), FlameError> {
     let mut backoff = Backoff::new();
     let mut node_id = None;
     let mut transport = None;
@@ -197,7 +258,7 @@ pub async fn run_node(
     let mut executor_credentials = None;
     loop {
         let connected =
-            connection::connect(&config, &mut transport, node_id, &mut backoff, &shutdown);
+            connection::connect(config, &mut transport, node_id, &mut backoff, shutdown);
         let Some(head) = connected.await? else {
             return Ok(());
         };
@@ -218,8 +279,14 @@ pub async fn run_node(
             ),
         }
         node_id = Some(id);
+        if let Some(report) = &config.local_report {
+            report.send_replace(Some(LocalNode {
+                node_id: id,
+                socket: objects.store.socket_path(),
+            }));
+        }
         let since = Instant::now();
-        let end = serve(&config, head, &shutdown).await;
+        let end = serve(config, head, objects, shutdown).await;
         if shutdown.is_cancelled() || matches!(end, End::Drained) {
             return Ok(());
         }
@@ -236,19 +303,35 @@ pub async fn run_node(
         if since.elapsed() >= STABLE {
             backoff.reset();
         }
-        if !backoff.wait(&shutdown).await {
+        if !backoff.wait(shutdown).await {
             return Ok(());
         }
     }
 }
 
 /// Serves one registration until shutdown or the stream's end, then stops every executor.
-async fn serve(config: &NodeConfig, head: HeadStream, shutdown: &CancellationToken) -> End {
+async fn serve(
+    config: &NodeConfig,
+    head: HeadStream,
+    objects: &mut LocalObjects,
+    shutdown: &CancellationToken,
+) -> End {
+    // Executors learn the node's id (known now) beside its socket and memory dir.
+    let mut pool_config = config.clone();
+    pool_config.env.push((
+        flame_core::client::node_objects::NODE_ID_ENV.into(),
+        head.registered.node_id.to_string(),
+    ));
     let mut node = Node {
-        pool: Pool::new(config.clone()),
+        pool: Pool::new(pool_config),
         head,
         grace: config.drain_grace,
+        objects,
     };
+    // A restarted head rebuilds its directory of objects from these.
+    if let Some(held) = node.objects.announce_all() {
+        node.send(held).await;
+    }
     let end = node.serve(&config.head, shutdown).await;
     // Exit reports still go out if the stream is up: the session manager can then requeue at
     // once instead of waiting for the node to be declared dead.
@@ -290,13 +373,14 @@ impl std::fmt::Display for End {
     }
 }
 
-struct Node {
+struct Node<'a> {
     pool: Pool,
     head: HeadStream,
     grace: Duration,
+    objects: &'a mut LocalObjects,
 }
 
-impl Node {
+impl Node<'_> {
     async fn serve(&mut self, address: &str, shutdown: &CancellationToken) -> End {
         // 0 would mean "no heartbeats", which no session manager wants; take one a second.
         let period = match self.head.registered.heartbeat_ms {
@@ -328,6 +412,7 @@ impl Node {
                     return End::Shutdown;
                 }
                 exit = self.pool.next_exit() => self.send(exited(exit)).await,
+                report = self.objects.next_report() => self.send(report).await,
                 command = self.head.commands.message() => match command {
                     Ok(Some(NodeCommand { msg: Some(node_command::Msg::Drained(_)) })) => {
                         return End::Drained;
@@ -337,7 +422,10 @@ impl Node {
                     Err(status) => return End::Lost(format!("{address}: {}", status.message())),
                 },
                 _ = heartbeat.tick() => {
-                    let beat = Heartbeat { memory_available: system::memory_available_bytes(), objects: None };
+                    let beat = Heartbeat {
+                        memory_available: system::memory_available_bytes(),
+                        objects: Some(self.objects.stats()),
+                    };
                     self.send(NodeMessage { msg: Some(node_message::Msg::Heartbeat(beat)) }).await;
                 }
             }
@@ -360,10 +448,7 @@ impl Node {
                 self.pool.kill(ExecutorId(kill.executor_id), &kill.reason)
             }
             Some(node_command::Msg::DeleteObjects(refs)) => {
-                tracing::warn!(
-                    count = refs.object_ids.len(),
-                    "DeleteObjects before #12's node store; ignored"
-                );
+                self.objects.delete(refs.object_ids).await;
             }
             Some(node_command::Msg::Registered(_)) => {
                 tracing::warn!("NodeRegistered after registration; ignored");

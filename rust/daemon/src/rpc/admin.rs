@@ -66,7 +66,7 @@ pub async fn discover(
     }))
 }
 
-fn is_loopback_peer(ip: IpAddr) -> bool {
+pub(super) fn is_loopback_peer(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V6(v6) => v6
             .to_ipv4_mapped()

@@ -20,6 +20,7 @@ use flame_core::FlameError;
 
 use super::access::{self, Access};
 use super::{admin, objects};
+use crate::executor_manager::LocalNodeReport;
 use crate::reads::{Reads, TaskQuery};
 use crate::security::{authz, Security};
 use crate::session_manager::{Event, ManagerHandle};
@@ -33,6 +34,8 @@ pub struct FrontendService {
     next_conn: Arc<AtomicU64>,
     /// Tokens, the CA and revocations (the security calls in `admin.rs`).
     security: Arc<Security>,
+    /// The head's own node's object store, when it has one (#12; `HelloReply`).
+    local_node: Option<LocalNodeReport>,
 }
 
 impl FrontendService {
@@ -43,7 +46,14 @@ impl FrontendService {
             reads,
             next_conn: Arc::new(AtomicU64::new(1)),
             security,
+            local_node: None,
         }
+    }
+
+    /// Hands clients the object store of the head's own node once it has registered.
+    pub fn with_local_node(mut self, report: LocalNodeReport) -> Self {
+        self.local_node = Some(report);
+        self
     }
 }
 
@@ -87,6 +97,10 @@ impl Frontend for FrontendService {
         req: Request<proto::HelloRequest>,
     ) -> Result<Response<proto::HelloReply>, Status> {
         let caller = self.access.of(&req).await?;
+        // A node's socket is a path on this machine: only a caller here can use it.
+        let here = req
+            .remote_addr()
+            .is_some_and(|a| admin::is_loopback_peer(a.ip()));
         let previous = req.into_inner().previous_client_id;
         self.access.claim_client(&caller, previous)?;
         let id = self
@@ -94,6 +108,11 @@ impl Frontend for FrontendService {
             .call(|reply| Event::Hello { previous, reply })
             .await?;
         self.access.claim_client(&caller, id)?;
+        let local = self
+            .local_node
+            .as_ref()
+            .filter(|_| here)
+            .and_then(|r| r.borrow().clone());
         Ok(Response::new(proto::HelloReply {
             client_id: id,
             version: env!("CARGO_PKG_VERSION").into(),
@@ -101,8 +120,8 @@ impl Frontend for FrontendService {
             object_dir: self.handle.objects.dir().to_string_lossy().into_owned(),
             object_token: self.handle.objects.token().to_string(),
             state_id: self.handle.state_id.to_string(),
-            local_node_id: 0,
-            node_socket: String::new(),
+            local_node_id: local.as_ref().map_or(0, |n| n.node_id),
+            node_socket: local.map_or_else(String::new, |n| n.socket.display().to_string()),
         }))
     }
 

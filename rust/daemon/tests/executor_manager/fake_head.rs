@@ -133,6 +133,10 @@ impl Harness {
             bind: None,
             drain_grace: std::time::Duration::ZERO,
             credentials: flame_core::client::Credentials::none(),
+            object_store_bytes: Some(1 << 20),
+            object_shm_root: None,
+            local_report: None,
+            remote_fetch: None,
         }
     }
 

@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 mod fake_head;
 mod orphans;
 mod resources;
+mod store;
 
 use fake_head::{within, Harness};
 

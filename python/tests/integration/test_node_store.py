@@ -1,0 +1,54 @@
+"""The object store of the embedded cluster's node, reached the way processes of a node
+reach it (#12): the client learns its socket from the head, writes an object file into the
+node's memory dir, seals it over the socket and pulls it; executors are told where it is."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+import flame
+from flame import _core, _object_file, api
+from flame.errors import ObjectLostError
+
+
+@flame.service
+def node_env() -> tuple[str, str, str]:
+    get = os.environ.get
+    return get("FLAME_NODE_SOCKET", ""), get("FLAME_NODE_OBJECTS", ""), get("FLAME_NODE_ID", "")
+
+
+def _local_node() -> tuple[int, str]:
+    local = api.runtime().conn._conn.local_node
+    assert local is not None, "the embedded cluster names its node"
+    return local
+
+
+def test_a_written_file_is_sealed_pulled_and_mapped() -> None:
+    node_id, socket = _local_node()
+    memory = os.path.dirname(socket)
+    store = _core.NodeObjects(socket)
+    assert store.socket_path == socket
+    object_id = (api.runtime().conn.client_id << 32) | 0x7FFF_0001
+    size = _object_file.write_object(memory, object_id, [b"abc", b"defg"])
+    store.seal(object_id, size)
+    assert store.pull([object_id]) == [(object_id, 7)]
+    assert bytes(_object_file.map_object(memory, object_id)) == b"abcdefg"
+    with pytest.raises(ObjectLostError, match="0x1234"):
+        store.pull([0x1234])
+    # A damaged file is refused with the format's words and removed.
+    damaged = object_id + 1
+    _object_file.write_object(memory, damaged, [b"xyz"])
+    path = os.path.join(memory, f"{damaged:016x}")
+    with open(path, "r+b") as f:
+        f.truncate(_object_file.HEADER_BYTES + 2)
+    with pytest.raises(ObjectLostError, match="is damaged"):
+        store.seal(damaged, 3)
+    assert not os.path.exists(path)
+
+
+def test_executors_are_told_where_their_node_store_is() -> None:
+    node_id, socket = _local_node()
+    got = node_env().result(timeout=60)
+    assert got == (socket, os.path.dirname(socket), str(node_id))
