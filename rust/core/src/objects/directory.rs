@@ -125,6 +125,30 @@ impl Directory {
         node: NodeId,
         producer: Option<TaskKey>,
     ) -> Added {
+        self.insert(id, size, node, producer, false)
+    }
+
+    /// [`Directory::add`] from the object's creator (a client's announcement, a task's
+    /// result): `node` holds the primary copy, even if a node announced a copy first (the
+    /// two announcements travel on different streams).
+    pub fn add_primary(
+        &mut self,
+        id: ObjectId,
+        size: u64,
+        node: NodeId,
+        producer: Option<TaskKey>,
+    ) -> Added {
+        self.insert(id, size, node, producer, true)
+    }
+
+    fn insert(
+        &mut self,
+        id: ObjectId,
+        size: u64,
+        node: NodeId,
+        producer: Option<TaskKey>,
+        primary: bool,
+    ) -> Added {
         if self.deleted.contains(&id) {
             return Added::Deleted;
         }
@@ -136,14 +160,21 @@ impl Directory {
             producer: None,
             rebuilding: false,
         });
-        if entry.holders.contains(&node) {
-            return Added::Known;
-        }
         if entry.producer.is_none() {
             entry.producer = producer;
         }
+        if let Some(at) = entry.holders.iter().position(|n| *n == node) {
+            if primary && at > 0 {
+                entry.holders[..=at].rotate_right(1);
+            }
+            return Added::Known;
+        }
         entry.rebuilding = false;
-        entry.holders.push(node);
+        if primary {
+            entry.holders.insert(0, node);
+        } else {
+            entry.holders.push(node);
+        }
         let size = entry.size;
         let first = entry.holders.len() == 1;
         let h = self.nodes.entry(node).or_default();

@@ -40,6 +40,31 @@ fn the_first_holder_is_the_primary_and_copies_follow() {
 }
 
 #[test]
+fn the_creator_names_the_primary_even_after_a_copy_was_announced() {
+    let mut d = Directory::new();
+    let (x, y) = (obj(1, 1), obj(1, 2));
+    assert_eq!(d.add(x, 100, B, None), Added::Primary);
+    assert_eq!(d.add_primary(x, 100, A, None), Added::Copy);
+    assert_eq!(
+        d.locate(x),
+        Location::Held {
+            size: 100,
+            holders: &[A, B]
+        }
+    );
+    d.add(y, 5, B, None);
+    d.add(y, 5, A, None);
+    assert_eq!(d.add_primary(y, 5, A, None), Added::Known);
+    assert_eq!(
+        d.locate(y),
+        Location::Held {
+            size: 5,
+            holders: &[A, B]
+        }
+    );
+}
+
+#[test]
 fn bytes_on_counts_only_what_the_node_holds() {
     let mut d = Directory::new();
     let (x, y, z) = (obj(1, 1), obj(1, 2), obj(1, 3));
