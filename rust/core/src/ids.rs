@@ -65,7 +65,8 @@ impl ObjectId {
     /// The task whose result this object is, if it is one ([`ObjectId::result_of`]
     /// inverted): what lineage runs again when the object is lost.
     pub fn producer(self) -> Option<TaskId> {
-        (self.0 & RESULT_BIT != 0).then(|| TaskId((self.0 & !0xffff_ffff) | (self.0 & 0x7fff_ffff)))
+        let task = TaskId((self.0 & !0xffff_ffff) | (self.0 & 0x7fff_ffff));
+        (self.0 & RESULT_BIT != 0).then_some(task)
     }
 }
 
