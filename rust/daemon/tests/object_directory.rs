@@ -567,15 +567,25 @@ async fn place_picks_the_freest_node_and_metrics_show_the_stores() {
         text.contains("flame_object_spilled_bytes_total 7"),
         "{text}"
     );
+    // The dashboard's overview: objects per node.
+    let overview: serde_json::Value =
+        serde_json::from_str(&http_get(&base, "/api/overview").await).unwrap();
+    let stores = overview["objects"].as_array().expect("objects per node");
+    let n1_store = stores.iter().find(|s| s["name"] == "n1").expect("n1");
+    assert_eq!(n1_store["memory_bytes"], 900, "{overview}");
     drop(n1);
     head.stop().await;
 }
 
-/// GET `path` over plain HTTP (`/metrics` is public here).
+/// GET `path` over plain HTTP, as the test process's admin.
 async fn http_get(base: &str, path: &str) -> String {
     let host = base.trim_start_matches("http://").trim_end_matches('/');
     let mut conn = tokio::net::TcpStream::connect(host).await.unwrap();
-    let req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    let token = common::test_token();
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\n\
+         Connection: close\r\n\r\n"
+    );
     conn.write_all(req.as_bytes()).await.unwrap();
     let mut raw = String::new();
     conn.read_to_string(&mut raw).await.unwrap();
