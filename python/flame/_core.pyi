@@ -74,6 +74,8 @@ class Connection:
         self, session_id: int, state: str | None = None, limit: int = 100, offset: int = 0
     ) -> dict[str, Any]:
         """A page of tasks in task-id order: {"tasks": [task dicts], "total": n}; limit <= 1000."""
+    def list_objects(self, node_id: int = 0, limit: int = 100, offset: int = 0) -> dict[str, Any]:
+        """A page of objects on nodes: {"objects": [object dicts], "total": n}; limit <= 1000."""
     def list_executors(self) -> list[dict[str, Any]]:
         """Executors: id, node_id, state, session_id (None if unbound), inflight."""
     def cancel_task(self, session_id: int, task_id: int) -> dict[str, Any]:

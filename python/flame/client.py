@@ -314,6 +314,21 @@ class Connection:
         """
         return dict(self._conn.list_tasks(session_id, state, limit, offset))
 
+    def list_objects(
+        self, *, node_id: int = 0, limit: int = 100, offset: int = 0
+    ) -> dict[str, Any]:
+        """A page of the objects stored on nodes, in id order: ``{"objects": [...], "total": n}``.
+
+        Each object: object_id, size, primary_node and copy_nodes (node ids; primary_node is
+        None once no node holds it), session_id and task_id of the task whose result it is
+        (None for a put). ``node_id`` (0: every node) keeps only what that node holds;
+        ``limit`` is at most 1000. A user sees its own objects, an admin all.
+
+        Raises:
+            flame.InvalidArgumentError: a limit above 1000.
+        """
+        return dict(self._conn.list_objects(node_id, limit, offset))
+
     def list_executors(self) -> list[dict[str, Any]]:
         """Every executor: id, node_id, state, session_id (None if unbound), inflight."""
         return [dict(e) for e in self._conn.list_executors()]

@@ -54,11 +54,14 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     sub.add_parser("status", parents=[common], help="cluster summary")
     ls = sub.add_parser("list", parents=[common], help="list sessions, tasks, executors, ...")
-    ls.add_argument("what", choices=["sessions", "tasks", "executors", "nodes", "apps"])
+    ls.add_argument("what", choices=["sessions", "tasks", "executors", "nodes", "apps", "objects"])
     ls.add_argument("--state", help="only this state (e.g. open, failed, bound)")
     ls.add_argument("--session", type=int, help="only this session (required for tasks)")
-    ls.add_argument("--limit", type=int, default=100, help="tasks per page (at most 1000)")
-    ls.add_argument("--offset", type=int, default=0, help="tasks to skip")
+    ls.add_argument("--node", type=int, help="objects: only those this node (id) holds")
+    ls.add_argument(
+        "--limit", type=int, default=100, help="tasks or objects per page (at most 1000)"
+    )
+    ls.add_argument("--offset", type=int, default=0, help="tasks or objects to skip")
     v = sub.add_parser("view", parents=[common], help="one session or task in detail")
     v.add_argument("kind", choices=["session", "task"])
     v.add_argument("id", help="SESSION for a session, SESSION/TASK for a task")

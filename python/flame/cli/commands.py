@@ -42,6 +42,7 @@ LIST_STATES = {
     "executors": ("starting", "idle", "binding", "bound", "unbinding"),
     "nodes": (),
     "apps": (),
+    "objects": (),
 }
 
 
@@ -57,9 +58,15 @@ def validate(args: argparse.Namespace) -> None:
 
 def validate_list(args: argparse.Namespace) -> None:
     what = args.what
-    if what == "tasks":
-        if args.session is None:
+    if getattr(args, "node", None) is not None and what != "objects":
+        raise UsageError(f"--node does not apply to flame list {what}")
+    if what in ("tasks", "objects"):
+        if what == "tasks" and args.session is None:
             raise UsageError("flame list tasks needs --session ID")
+        if what == "objects" and (args.session is not None or args.state is not None):
+            raise UsageError("--session and --state do not apply to flame list objects")
+        if getattr(args, "node", None) is not None and args.node <= 0:
+            raise UsageError(f"--node must be a node id (a positive integer), got {args.node}")
         if not 1 <= args.limit <= 1000:
             raise UsageError(f"--limit must be between 1 and 1000, got {args.limit}")
         if args.offset < 0:
@@ -139,6 +146,20 @@ def task_rows(tasks: list[dict[str, Any]]) -> str:
     return fmt.table(("TASK", "STATE", "TRIES", "DURATION", "EXECUTOR", "NODE", "ERROR"), rows)
 
 
+def object_rows(objects: list[dict[str, Any]]) -> str:
+    rows = [
+        (
+            f"{o['object_id']:#x}",
+            o["size"],
+            o["primary_node"] if o["primary_node"] is not None else "lost",
+            ",".join(str(n) for n in o["copy_nodes"]) or "-",
+            f"{o['session_id']}/{o['task_id']}" if o["task_id"] is not None else "put",
+        )
+        for o in objects
+    ]
+    return fmt.table(("OBJECT", "BYTES", "PRIMARY", "COPIES", "MADE BY"), rows)
+
+
 def status(args: argparse.Namespace, conn: Connection) -> int:
     info = conn.cluster_info()
     executors = conn.list_executors()
@@ -181,6 +202,14 @@ def list_(args: argparse.Namespace, conn: Connection) -> int:
             return task_rows(page["tasks"]) + f"\n({shown})"
 
         return emit(args, page, text)
+    if what == "objects":
+        page = conn.list_objects(node_id=args.node or 0, limit=args.limit, offset=args.offset)
+
+        def objects_text() -> str:
+            shown = f"{len(page['objects'])} of {page['total']} objects"
+            return object_rows(page["objects"]) + f"\n({shown})"
+
+        return emit(args, page, objects_text)
     if what == "executors":
         execs = conn.list_executors()
         if args.state:

@@ -146,6 +146,25 @@ def test_cancel_a_running_task_and_close_a_session(cluster: str) -> None:
     assert json.loads(r.stdout)["state"] == "closed"
 
 
+def test_objects_list(cluster: str) -> None:
+    # What the directory knows of objects on nodes (#12), as a page with a total.
+    r = flame_cli(cluster, "list", "objects", "--json")
+    assert r.returncode == 0, r.stderr
+    page = json.loads(r.stdout)
+    assert page["total"] == len(page["objects"]) or page["total"] > 100, page
+    r = flame_cli(cluster, "list", "objects", "--node", "1", "--limit", "5")
+    assert r.returncode == 0 and "objects)" in r.stdout, (r.stdout, r.stderr)
+    usages = [
+        (["list", "objects", "--limit", "5000"], "--limit"),
+        (["list", "objects", "--node", "0"], "--node"),
+        (["list", "objects", "--session", "1"], "do not apply"),
+        (["list", "sessions", "--node", "1"], "does not apply"),
+    ]
+    for usage, says in usages:
+        r = flame_cli(cluster, *usage)
+        assert r.returncode == 2 and says in r.stderr, (usage, r.stderr)
+
+
 def test_exit_codes_and_messages(cluster: str, finished: tuple[int, list]) -> None:
     sid, _ = finished
     r = flame_cli(cluster, "view", "task", f"{sid}/999")

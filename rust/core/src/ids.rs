@@ -55,7 +55,23 @@ impl ObjectId {
     pub fn owner(self) -> ClientId {
         ClientId((self.0 >> 32) as u32)
     }
+
+    /// The object holding `task`'s large result (#12): its client's id, bit 31 set, and the
+    /// low 31 bits of the task's counter (puts use counters below 2^31, so never collide).
+    pub fn result_of(task: TaskId) -> Self {
+        Self((task.0 & !0xffff_ffff) | RESULT_BIT | (task.0 & 0x7fff_ffff))
+    }
+
+    /// The task whose result this object is, if it is one ([`ObjectId::result_of`]
+    /// inverted): what lineage runs again when the object is lost.
+    pub fn producer(self) -> Option<TaskId> {
+        let task = TaskId((self.0 & !0xffff_ffff) | (self.0 & 0x7fff_ffff));
+        (self.0 & RESULT_BIT != 0).then_some(task)
+    }
 }
+
+/// Marks a task's result among a client's object ids.
+const RESULT_BIT: u64 = 1 << 31;
 
 impl TaskId {
     /// Compose a task id from the submitting client and that client's counter.
@@ -92,5 +108,14 @@ mod tests {
         assert_eq!(id.client(), ClientId(7));
         assert_eq!(id.0 & 0xffff_ffff, 42);
         assert_eq!(id.to_string(), format!("task-{}", (7u64 << 32) | 42));
+    }
+
+    #[test]
+    fn a_result_object_names_its_task_and_a_put_names_none() {
+        let task = TaskId::compose(ClientId(7), 42);
+        let obj = ObjectId::result_of(task);
+        assert_eq!(obj.owner(), ClientId(7));
+        assert_eq!(obj.producer(), Some(task));
+        assert_eq!(ObjectId((7u64 << 32) | 42).producer(), None);
     }
 }

@@ -34,6 +34,12 @@ pub struct Metrics {
     pub schedule: Histogram,
     /// One group commit of the storage thread, seconds.
     pub storage_commit: Histogram,
+    /// Objects on nodes (#12): the nodes' counters summed (each node's heartbeat adds what
+    /// its own counter grew by), and the head's lineage re-runs.
+    pub object_transfers: Counter,
+    pub object_transferred_bytes: Counter,
+    pub object_spilled_bytes: Counter,
+    pub object_reconstructions: Counter,
 }
 
 const RUN_BUCKETS: &[f64] = &[
@@ -82,6 +88,22 @@ impl Metrics {
             ),
             schedule: histogram("flame_scheduler_decision_seconds", "One scheduling pass"),
             storage_commit: histogram("flame_storage_commit_seconds", "One storage group commit"),
+            object_transfers: counter(
+                "flame_object_transfers_total",
+                "Objects fetched by a node from another node",
+            ),
+            object_transferred_bytes: counter(
+                "flame_object_transferred_bytes_total",
+                "Bytes of objects fetched by nodes from other nodes",
+            ),
+            object_spilled_bytes: counter(
+                "flame_object_spilled_bytes_total",
+                "Bytes of objects spilled to disk by nodes over budget",
+            ),
+            object_reconstructions: counter(
+                "flame_object_reconstructions_total",
+                "Tasks run again to rebuild a result object lost with its node",
+            ),
         })
     }
 
@@ -123,6 +145,16 @@ impl Metrics {
             "Running tasks per open session",
             &per(|s| s.running),
         );
+        let stores: Vec<_> = snap
+            .object_stores
+            .iter()
+            .map(|(node, bytes)| (format!("{{node=\"{node}\"}}"), *bytes))
+            .collect();
+        gauge(
+            "flame_object_store_bytes",
+            "Bytes of objects in each node's store (memory and spilled), as last reported",
+            &stores,
+        );
         out
     }
 }
@@ -135,6 +167,8 @@ pub struct StateGauges {
     /// (state, count) for starting, idle, binding, bound, unbinding.
     pub executors: Vec<(&'static str, u64)>,
     pub sessions: Vec<SessionGauge>,
+    /// (node name, bytes in its object store).
+    pub object_stores: Vec<(String, u64)>,
 }
 
 #[derive(Clone, Debug)]
@@ -228,6 +262,7 @@ mod tests {
                 pending: 10,
                 running: 2,
             }],
+            object_stores: vec![("n1".into(), 4096)],
         };
         let text = m.render(&snap);
         assert!(text.contains("flame_tasks_submitted_total 3"), "{text}");
@@ -241,6 +276,10 @@ mod tests {
         );
         assert!(
             text.contains("flame_session_queue_depth{session=\"7\"} 10"),
+            "{text}"
+        );
+        assert!(
+            text.contains("flame_object_store_bytes{node=\"n1\"} 4096"),
             "{text}"
         );
         // A second daemon's metrics are its own.

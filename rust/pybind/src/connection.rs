@@ -381,6 +381,47 @@ impl PyConnection {
         Ok(d)
     }
 
+    /// A page of the objects on nodes (#12), in id order: `{"objects": [...], "total": n}`;
+    /// each object: object_id, size, primary_node and copy_nodes (node ids; primary_node
+    /// None when none is left), session_id and task_id of the task that made it (None: a put).
+    #[pyo3(signature = (node_id = 0, limit = 100, offset = 0))]
+    fn list_objects<'py>(
+        &self,
+        py: Python<'py>,
+        node_id: u64,
+        limit: u32,
+        offset: u32,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let req = proto::ListObjectsRequest {
+            node_id,
+            limit,
+            offset,
+        };
+        let mut fe = self.frontend()?;
+        let list = wait(py, fe.list_objects(req))?
+            .map_err(|s| err(s.into()))?
+            .into_inner();
+        let nonzero = |v: u64| (v != 0).then_some(v);
+        let objects = list
+            .objects
+            .into_iter()
+            .map(|o| {
+                let d = PyDict::new(py);
+                d.set_item("object_id", o.object_id)?;
+                d.set_item("size", o.size)?;
+                d.set_item("primary_node", nonzero(o.primary_node))?;
+                d.set_item("copy_nodes", o.copy_nodes)?;
+                d.set_item("session_id", nonzero(o.session_id))?;
+                d.set_item("task_id", nonzero(o.task_id))?;
+                Ok(d)
+            })
+            .collect::<PyResult<Vec<_>>>()?;
+        let d = PyDict::new(py);
+        d.set_item("objects", objects)?;
+        d.set_item("total", list.total)?;
+        Ok(d)
+    }
+
     fn list_executors<'py>(&self, py: Python<'py>) -> PyResult<Vec<Bound<'py, PyDict>>> {
         let mut fe = self.frontend()?;
         let list = wait(py, fe.list_executors(proto::Empty {}))?

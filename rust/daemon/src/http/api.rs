@@ -56,6 +56,11 @@ pub async fn metrics(State(r): State<Reads>) -> Result<Response, ApiError> {
                 running: s.running,
             })
             .collect(),
+        object_stores: o
+            .objects
+            .iter()
+            .map(|n| (n.name.clone(), n.stats.memory_bytes + n.stats.spilled_bytes))
+            .collect(),
     };
     let text = m.metrics.render(&snap);
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
@@ -114,6 +119,7 @@ pub async fn overview(State(r): State<Reads>, Extension(p): Extension<Principal>
         "executors": o.executors.iter().map(executor_json).collect::<Vec<_>>(),
         "sessions": o.sessions.iter().map(session_json).collect::<Vec<_>>(),
         "tasks_per_second": o.tasks_per_second,
+        "objects": o.objects.iter().map(objects_json).collect::<Vec<_>>(),
     })))
 }
 
@@ -197,6 +203,15 @@ fn node_json(n: &proto::NodeInfo) -> Value {
     json!({
         "id": n.id, "name": n.name, "slots": n.slots, "executors": n.executors,
         "busy": n.busy, "alive": n.alive,
+    })
+}
+
+/// A node's object store (#12): what the directory says it holds, and its last heartbeat.
+fn objects_json(n: &crate::session_manager::NodeObjects) -> Value {
+    json!({
+        "node_id": n.node.0, "name": n.name, "objects": n.objects, "bytes": n.bytes,
+        "memory_bytes": n.stats.memory_bytes, "spilled_bytes": n.stats.spilled_bytes,
+        "budget_bytes": n.stats.budget_bytes,
     })
 }
 

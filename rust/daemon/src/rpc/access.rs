@@ -21,6 +21,14 @@ pub struct Claim {
     executor: Option<ExecutorId>,
 }
 
+impl Claim {
+    /// A node calling for itself (its credentials, no executor named): a peer locating the
+    /// objects it fetches (#12).
+    pub fn is_node_itself(&self) -> bool {
+        matches!(self.principal, Principal::Node { .. }) && self.executor.is_none()
+    }
+}
+
 /// The claim of `req`.
 ///
 /// # Errors

@@ -11,13 +11,13 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
-use flame_core::ids::{ExecutorId, SessionId, TaskId};
+use flame_core::ids::{ExecutorId, ObjectId, SessionId, TaskId};
 use flame_core::proto::{self, backend_server::Backend, executor_message, node_message};
 
 use super::first_message;
 use super::heartbeat::Liveness;
 use crate::security::{self, authz};
-use crate::session_manager::{Event, ManagerHandle};
+use crate::session_manager::{Event, ManagerHandle, ObjectEvent, StoreStats};
 
 pub struct BackendService {
     handle: ManagerHandle,
@@ -74,10 +74,35 @@ impl Backend for BackendService {
             loop {
                 let ev = match inbound.message().await {
                     Ok(Some(m)) => match m.msg {
-                        Some(node_message::Msg::Heartbeat(h)) => Event::NodeHeartbeat {
-                            node,
-                            memory_available: h.memory_available,
-                        },
+                        Some(node_message::Msg::Heartbeat(h)) => {
+                            if let Some(stats) = h.objects {
+                                let stats = StoreStats::from(stats);
+                                let ev = ObjectEvent::NodeStats { node, stats };
+                                handle.send(Event::Objects(ev));
+                            }
+                            Event::NodeHeartbeat {
+                                node,
+                                memory_available: h.memory_available,
+                            }
+                        }
+                        // #12: copies it stored, objects it removed.
+                        Some(node_message::Msg::ObjectsAdded(a)) => {
+                            Event::Objects(ObjectEvent::NodeAdded {
+                                node,
+                                objects: a
+                                    .objects
+                                    .into_iter()
+                                    .map(|o| (ObjectId(o.object_id), o.size))
+                                    .filter(|(id, _)| id.owner().0 != 0)
+                                    .collect(),
+                            })
+                        }
+                        Some(node_message::Msg::ObjectsRemoved(r)) => {
+                            Event::Objects(ObjectEvent::NodeRemoved {
+                                node,
+                                ids: r.object_ids.into_iter().map(ObjectId).collect(),
+                            })
+                        }
                         Some(node_message::Msg::Drain(_)) => Event::NodeDraining { node },
                         Some(node_message::Msg::Exited(exited)) => {
                             Event::ExecutorExited { node, exited }

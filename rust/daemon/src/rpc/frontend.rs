@@ -12,18 +12,18 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
 use flame_core::client::CLIENT_ID_HEADER;
-use flame_core::ids::{SessionId, TaskId, TaskKey};
+use flame_core::ids::{NodeId, ObjectId, SessionId, TaskId, TaskKey};
 use flame_core::model::{now_ms, ApplicationRecord, SessionSpec, TaskState};
 use flame_core::proto::{self, client_message, frontend_server::Frontend};
 use flame_core::view::page_size;
 use flame_core::FlameError;
 
 use super::access::{self, Access};
-use super::{admin, objects};
+use super::{admin, directory, objects};
 use crate::executor_manager::LocalNodeReport;
 use crate::reads::{Reads, TaskQuery};
 use crate::security::{authz, Security};
-use crate::session_manager::{Event, ManagerHandle};
+use crate::session_manager::{Event, ManagerHandle, ObjectEvent};
 
 pub struct FrontendService {
     handle: ManagerHandle,
@@ -474,35 +474,36 @@ impl Frontend for FrontendService {
     ) -> Result<Response<proto::Empty>, Status> {
         let caller = self.access.of(&req).await?;
         let ids = req.into_inner().object_ids;
+        let checked = directory::object_ids(&ids)?;
         for id in &ids {
             self.access.object(&caller, *id)?;
         }
         objects::delete(self.handle.objects.clone(), ids).await?;
+        // Objects on nodes (#12): forgotten, and deleted by every node holding them.
+        directory::delete(&self.handle, checked).await?;
         Ok(Response::new(proto::Empty {}))
     }
 
-    // #12 (objects on nodes): being built; each answers UNIMPLEMENTED until it lands.
+    // #12 (objects on nodes): the directory calls are in `directory.rs`.
     async fn locate_objects(
         &self,
-        _req: Request<proto::ObjectRefs>,
+        req: Request<proto::ObjectRefs>,
     ) -> Result<Response<proto::ObjectLocations>, Status> {
-        Err(Status::unimplemented(
-            "LocateObjects is not built yet (#12)",
-        ))
+        directory::locate(&self.access, &self.handle, req).await
     }
 
     async fn place_object(
         &self,
-        _req: Request<proto::ObjectStored>,
+        req: Request<proto::ObjectStored>,
     ) -> Result<Response<proto::ObjectHolder>, Status> {
-        Err(Status::unimplemented("PlaceObject is not built yet (#12)"))
+        directory::place(&self.access, &self.handle, req).await
     }
 
     async fn list_objects(
         &self,
-        _req: Request<proto::ListObjectsRequest>,
+        req: Request<proto::ListObjectsRequest>,
     ) -> Result<Response<proto::ObjectList>, Status> {
-        Err(Status::unimplemented("ListObjects is not built yet (#12)"))
+        directory::list(&self.access, &self.handle, req).await
     }
 
     async fn authorize_objects(
@@ -583,8 +584,20 @@ fn client_event(conn: u64, m: proto::ClientMessage) -> Option<Event> {
             session: SessionId(c.session_id),
             task: TaskId(c.task_id),
         },
+        // #12: objects this client stored on a node (the actor checks they are its own).
+        Some(client_message::Msg::Created(c)) if c.node_id != 0 => {
+            Event::Objects(ObjectEvent::Created {
+                conn,
+                node: NodeId(c.node_id),
+                objects: c
+                    .objects
+                    .into_iter()
+                    .map(|o| (ObjectId(o.object_id), o.size))
+                    .collect(),
+            })
+        }
         other => {
-            tracing::warn!(conn, message = ?other.map(|_| "with session_id 0"), "malformed client message dropped");
+            tracing::warn!(conn, message = ?other.map(|_| "with session_id (or node_id) 0"), "malformed client message dropped");
             return None;
         }
     };

@@ -5,6 +5,7 @@
 pub mod access;
 pub mod admin;
 pub mod backend;
+pub mod directory;
 pub mod frontend;
 mod heartbeat;
 pub mod objects;

@@ -77,6 +77,8 @@ pub(super) struct Actor {
     pub run_times: HashMap<flame_core::ids::TaskKey, u64>,
     /// When closed sessions are next pruned (see `retention.rs`).
     pub retention: super::retention::Retention,
+    /// Where objects are on the nodes (#12; `objects.rs`).
+    pub object_dir: super::objects::Objects,
 }
 
 const META_SESSION: &str = "next_session_id";
@@ -180,6 +182,7 @@ pub fn start(
         closed_recently: VecDeque::new(),
         run_times: HashMap::new(),
         retention: super::retention::Retention::new(cfg.result_retention, started),
+        object_dir: Default::default(),
     };
     let task = tokio::spawn(actor.run(rx));
     let handle = ManagerHandle {
@@ -307,6 +310,7 @@ impl Actor {
                     closed_ms: now_ms(),
                 }]);
             }
+            self.delete_client_objects(ClientId(client));
             let objects = self.objects.clone();
             tokio::task::spawn_blocking(move || {
                 let deleted = objects.delete_owner(ClientId(client));

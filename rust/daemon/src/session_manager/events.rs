@@ -267,6 +267,7 @@ impl Actor {
             } => {
                 let _ = reply.send(Ok(self.drop_node(&name, &reason, now)));
             }
+            Event::Objects(ev) => self.handle_objects(ev),
         }
     }
 

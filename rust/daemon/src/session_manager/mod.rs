@@ -12,6 +12,7 @@ mod events;
 mod introspection;
 mod nested;
 mod nodes;
+mod objects;
 mod overview;
 mod ownership;
 mod refusal;
@@ -35,6 +36,7 @@ use flame_core::Result;
 pub use actor::start;
 pub(crate) use apply::closed_info;
 pub use introspection::LiveView;
+pub use objects::{NodeObjects, ObjectEvent, StoreStats};
 pub use overview::Overview;
 
 /// Outbound stream to one client connection.
@@ -258,6 +260,9 @@ pub enum Event {
         id: ExecutorId,
         reply: Reply<Option<crate::security::authz::ExecutorPlace>>,
     },
+    // ------------------------------------------------------------ objects (#12)
+    /// Objects on nodes: announcements, node reports, directory questions (`objects.rs`).
+    Objects(ObjectEvent),
 }
 
 /// Cheap handle for RPC handlers to reach the actor.

@@ -23,6 +23,8 @@ pub struct Overview {
     /// Tasks finished in each of the last 300 whole seconds, oldest first.
     pub tasks_per_second: Vec<u32>,
     pub now_ms: i64,
+    /// Objects and bytes per connected node (#12).
+    pub objects: Vec<super::NodeObjects>,
 }
 
 impl Actor {
@@ -38,6 +40,7 @@ impl Actor {
             sessions,
             tasks_per_second: self.throughput.history(elapsed),
             now_ms: now_ms(),
+            objects: self.node_objects(),
         }
     }
 

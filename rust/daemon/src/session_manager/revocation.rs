@@ -44,6 +44,7 @@ impl Actor {
                 }
             }
             self.sched.evict_node(*id, now);
+            self.object_node_lost(*id);
         }
         ids.len() as u32
     }

@@ -50,6 +50,7 @@ impl Actor {
         let _ = tx.send(Ok(registered));
         self.sched
             .add_node(id, register.name.clone(), register.slots);
+        self.object_node_joined(id, &register.name, &register.object_address);
         self.nodes.insert(
             id,
             NodeLink {
@@ -133,6 +134,7 @@ impl Actor {
         if let Some(link) = self.nodes.remove(&node) {
             tracing::warn!(node = %node, name = %link.name, "node left");
         }
+        self.object_node_lost(node);
         // A node killed outright leaves its executors running and connected: tell them to
         // stop, and stop listening to them, so their work is only done once — elsewhere.
         let orphans: Vec<ExecutorId> = self
@@ -198,6 +200,7 @@ impl Actor {
         results: Vec<proto::TaskResult>,
         now: Instant,
     ) {
+        self.result_objects(executor, &results);
         let limit = self.cfg.max_payload_bytes;
         let items = results
             .into_iter()

@@ -21,6 +21,14 @@ function duration(a, b) {
   return ms < 1000 ? `${ms} ms` : `${(ms / 1000).toFixed(ms < 60000 ? 2 : 0)} s`;
 }
 
+function bytes(n) {
+  if (n == null) return "-";
+  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+  let i = 0;
+  while (n >= 1024 && i < units.length - 1) { n /= 1024; i++; }
+  return `${i ? n.toFixed(1) : n} ${units[i]}`;
+}
+
 function progress(s) {
   const total = STATES.reduce((n, k) => n + s[k], 0) || 1;
   const parts = STATES.map(
@@ -86,10 +94,16 @@ async function overviewPage() {
   const busy = o.executors.filter((e) => e.inflight > 0).length;
   const recent = o.tasks_per_second.slice(-10);
   const rate = recent.reduce((a, b) => a + b, 0) / recent.length;
-  const nodes = o.nodes.map((n) => [
-    `<td><a href="#/node/${n.id}">${esc(n.id)}</a></td>`, td(n.name), td(n.alive ? "alive" : "lost"),
-    td(n.slots), td(n.executors), td(n.busy),
-  ]);
+  // Objects on nodes (#12): what the directory says each node holds, and its store's size.
+  const stores = new Map((o.objects || []).map((s) => [s.node_id, s]));
+  const nodes = o.nodes.map((n) => {
+    const s = stores.get(n.id);
+    return [
+      `<td><a href="#/node/${n.id}">${esc(n.id)}</a></td>`, td(n.name), td(n.alive ? "alive" : "lost"),
+      td(n.slots), td(n.executors), td(n.busy), td(s ? s.objects : "-"),
+      td(s ? bytes(s.memory_bytes + s.spilled_bytes) : "-"),
+    ];
+  });
   view.innerHTML = `
     <div class="cards">
       ${card(o.nodes.filter((n) => n.alive).length, "nodes")}
@@ -107,7 +121,7 @@ async function overviewPage() {
     ${table(["id", "application", "state", "progress", "pending", "running", "succeeded",
              "failed", "cancelled", "executors"], o.sessions.map(sessionRow))}
     <h2>Nodes</h2>
-    ${table(["id", "name", "state", "slots", "executors", "busy"], nodes)}`;
+    ${table(["id", "name", "state", "slots", "executors", "busy", "objects", "object bytes"], nodes)}`;
   // The daemon keeps 5 minutes; the last 2 are what a glance needs.
   drawChart(document.getElementById("chart"), o.tasks_per_second.slice(-120));
 }

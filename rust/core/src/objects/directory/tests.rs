@@ -1,0 +1,220 @@
+//! Unit tests of the object directory: holders, node loss (lost vs rebuilt), deletes and
+//! owner sweeps, placement bytes, listing.
+
+use super::*;
+use crate::ids::{SessionId, TaskId};
+
+const A: NodeId = NodeId(1);
+const B: NodeId = NodeId(2);
+const C: NodeId = NodeId(3);
+
+fn obj(client: u32, n: u64) -> ObjectId {
+    ObjectId(((client as u64) << 32) | n)
+}
+
+fn task(client: u32, n: u32) -> TaskKey {
+    TaskKey {
+        session: SessionId(9),
+        task: TaskId::compose(ClientId(client), n),
+    }
+}
+
+#[test]
+fn the_first_holder_is_the_primary_and_copies_follow() {
+    let mut d = Directory::new();
+    let x = obj(1, 1);
+    assert_eq!(d.add(x, 100, A, None), Added::Primary);
+    assert_eq!(d.add(x, 100, B, None), Added::Copy);
+    assert_eq!(d.add(x, 100, B, None), Added::Known);
+    assert_eq!(
+        d.locate(x),
+        Location::Held {
+            size: 100,
+            holders: &[A, B]
+        }
+    );
+    assert_eq!(d.holdings(A), (1, 100));
+    assert_eq!(d.holdings(B), (1, 100));
+    assert_eq!(d.holdings(C), (0, 0));
+    assert_eq!(d.locate(obj(1, 2)), Location::Unknown);
+}
+
+#[test]
+fn the_creator_names_the_primary_even_after_a_copy_was_announced() {
+    let mut d = Directory::new();
+    let (x, y) = (obj(1, 1), obj(1, 2));
+    assert_eq!(d.add(x, 100, B, None), Added::Primary);
+    assert_eq!(d.add_primary(x, 100, A, None), Added::Copy);
+    assert_eq!(
+        d.locate(x),
+        Location::Held {
+            size: 100,
+            holders: &[A, B]
+        }
+    );
+    d.add(y, 5, B, None);
+    d.add(y, 5, A, None);
+    assert_eq!(d.add_primary(y, 5, A, None), Added::Known);
+    assert_eq!(
+        d.locate(y),
+        Location::Held {
+            size: 5,
+            holders: &[A, B]
+        }
+    );
+}
+
+#[test]
+fn bytes_on_counts_only_what_the_node_holds() {
+    let mut d = Directory::new();
+    let (x, y, z) = (obj(1, 1), obj(1, 2), obj(1, 3));
+    d.add(x, 100, A, None);
+    d.add(y, 50, A, None);
+    d.add(y, 50, B, None);
+    d.add(z, 7, B, None);
+    let reads = [x, y, z, obj(1, 99)];
+    assert_eq!(d.bytes_on(A, &reads), 150);
+    assert_eq!(d.bytes_on(B, &reads), 57);
+    assert_eq!(d.bytes_on(C, &reads), 0);
+}
+
+#[test]
+fn a_lost_node_takes_its_only_copies_and_its_results_are_rebuilt() {
+    let mut d = Directory::new();
+    let shared = obj(1, 1);
+    let only = obj(1, 2);
+    let t = task(1, 5);
+    let result = ObjectId::result_of(t.task);
+    d.add(shared, 10, A, None);
+    d.add(shared, 10, B, None);
+    d.add(only, 20, A, None);
+    d.add(result, 30, A, Some(t));
+
+    let loss = d.node_lost(A, "n1");
+    assert_eq!(loss.lost, vec![only]);
+    assert_eq!(loss.rebuild, vec![(result, t)]);
+    // The copy on B is now the primary.
+    assert_eq!(
+        d.locate(shared),
+        Location::Held {
+            size: 10,
+            holders: &[B]
+        }
+    );
+    match d.locate(only) {
+        Location::Lost { size: 20, reason } => {
+            assert!(
+                reason.contains("n1") && reason.contains(&only.to_string()),
+                "{reason}"
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(d.locate(result), Location::Rebuilding { size: 30 });
+    assert!(d.is_rebuilding(result));
+    assert_eq!(d.holdings(A), (0, 0));
+    // A second loss of the same node changes nothing (no second re-run).
+    assert_eq!(d.node_lost(A, "n1"), NodeLoss::default());
+
+    // The re-run's result is announced from another node: held again.
+    assert_eq!(d.add(result, 30, C, Some(t)), Added::Primary);
+    assert_eq!(
+        d.locate(result),
+        Location::Held {
+            size: 30,
+            holders: &[C]
+        }
+    );
+    // Lost again: rebuilt again (once per loss).
+    assert_eq!(d.node_lost(C, "n3").rebuild, vec![(result, t)]);
+    d.rebuild_failed(result, "its session is closed".into());
+    assert_eq!(
+        d.locate(result),
+        Location::Lost {
+            size: 30,
+            reason: "its session is closed"
+        }
+    );
+}
+
+#[test]
+fn a_node_that_comes_back_with_a_lost_object_makes_it_held_again() {
+    let mut d = Directory::new();
+    let x = obj(1, 1);
+    d.add(x, 10, A, None);
+    d.node_lost(A, "n1");
+    assert!(matches!(d.locate(x), Location::Lost { .. }));
+    assert_eq!(d.add(x, 10, A, None), Added::Primary);
+    assert_eq!(d.holdings(A), (1, 10));
+}
+
+#[test]
+fn removing_the_last_holder_loses_the_object() {
+    let mut d = Directory::new();
+    let x = obj(1, 1);
+    d.add(x, 10, A, None);
+    d.add(x, 10, B, None);
+    assert!(!d.remove(x, A, "n1"));
+    assert_eq!(d.holdings(A), (0, 0));
+    assert!(!d.remove(x, A, "n1"), "not held there any more");
+    assert!(d.remove(x, B, "n2"));
+    match d.locate(x) {
+        Location::Lost { reason, .. } => assert!(reason.contains("n2"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn delete_tells_every_holder_and_a_late_copy_is_deleted_too() {
+    let mut d = Directory::new();
+    let (x, y) = (obj(1, 1), obj(1, 2));
+    d.add(x, 10, A, None);
+    d.add(x, 10, B, None);
+    d.add(y, 5, B, None);
+    let tell = d.delete(&[x, y, obj(1, 3)]);
+    assert_eq!(tell.get(&A), Some(&vec![x]));
+    assert_eq!(tell.get(&B), Some(&vec![x, y]));
+    assert_eq!(tell.len(), 2);
+    assert_eq!(d.locate(x), Location::Unknown);
+    assert_eq!(d.holdings(B), (0, 0));
+    assert!(d.is_empty());
+    // A copy fetched while the delete was on its way.
+    assert_eq!(d.add(x, 10, C, None), Added::Deleted);
+    assert_eq!(d.locate(x), Location::Unknown);
+    // Deleting twice is fine.
+    assert!(d.delete(&[x]).is_empty());
+}
+
+#[test]
+fn an_owner_sweep_deletes_only_that_clients_objects_lost_ones_included() {
+    let mut d = Directory::new();
+    let (mine, lost, theirs) = (obj(7, 1), obj(7, 2), obj(8, 1));
+    d.add(mine, 1, A, None);
+    d.add(lost, 2, B, None);
+    d.add(theirs, 3, A, None);
+    d.node_lost(B, "n2");
+    assert_eq!(d.owned_by(ClientId(7)), vec![mine, lost]);
+    let tell = d.delete_owner(ClientId(7));
+    assert_eq!(tell.get(&A), Some(&vec![mine]));
+    assert_eq!(d.locate(lost), Location::Unknown);
+    assert_eq!(d.owned_by(ClientId(7)), Vec::<ObjectId>::new());
+    assert_eq!(d.holdings(A), (1, 3));
+}
+
+#[test]
+fn list_pages_in_id_order_and_filters_by_node() {
+    let mut d = Directory::new();
+    for n in (1..=5).rev() {
+        d.add(obj(1, n), n, A, None);
+    }
+    d.add(obj(1, 3), 3, B, None);
+    let (page, total) = d.list(None, 1, 2);
+    assert_eq!(total, 5);
+    let ids: Vec<ObjectId> = page.iter().map(|v| v.id).collect();
+    assert_eq!(ids, vec![obj(1, 2), obj(1, 3)]);
+    assert_eq!(page[1].holders, vec![A, B]);
+    let (page, total) = d.list(Some(B), 0, 10);
+    assert_eq!(total, 1);
+    assert_eq!(page[0].id, obj(1, 3));
+    assert_eq!(d.list(Some(C), 0, 10), (Vec::new(), 0));
+}

@@ -1,0 +1,494 @@
+//! The session manager's side of objects on nodes (#12): it keeps the directory of where
+//! objects are (`flame_core::objects::directory`), fed by what clients announce on their
+//! task streams (`created`), what executors report of their results (`output_object`) and
+//! what nodes report (copies added and removed, store statistics at each heartbeat). It
+//! answers `LocateObjects`, `PlaceObject` and `ListObjects`, turns deletes (a creator's, a
+//! lease running out) into `delete_objects` commands to every holder, and handles a node's
+//! loss: objects only it held are lost, task results among them are rebuilt by running
+//! their task again (lineage), once per loss.
+//!
+//! Everything here runs on the actor, like the rest of its state; the directory itself is
+//! pure and unit-tested in the core.
+
+use std::collections::{HashMap, HashSet};
+
+use bytes::Bytes;
+
+use flame_core::ids::{ClientId, ExecutorId, NodeId, ObjectId, SessionId, TaskId, TaskKey};
+use flame_core::objects::directory::{Added, Directory, Location, ObjectView};
+use flame_core::proto::{self, node_command};
+use flame_core::FlameError;
+
+use super::actor::Actor;
+use super::{Event, Reply};
+
+/// A node's object store as its heartbeats describe it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Bytes of objects in memory (primary and cached copies).
+    pub memory_bytes: u64,
+    /// Bytes of primary copies spilled to the node's disk.
+    pub spilled_bytes: u64,
+    /// The node's budget (`object_store_mb`); 0 = not reported.
+    pub budget_bytes: u64,
+    pub objects: u64,
+    /// Counters since the node started: bytes ever spilled, objects and bytes fetched.
+    pub spilled_total_bytes: u64,
+    pub transfers_total: u64,
+    pub transferred_bytes: u64,
+}
+
+impl From<proto::ObjectStoreStats> for StoreStats {
+    fn from(s: proto::ObjectStoreStats) -> Self {
+        Self {
+            memory_bytes: s.memory_bytes,
+            spilled_bytes: s.spilled_bytes,
+            budget_bytes: s.budget_bytes,
+            objects: s.objects,
+            spilled_total_bytes: s.spilled_total_bytes,
+            transfers_total: s.transfers_total,
+            transferred_bytes: s.transferred_bytes,
+        }
+    }
+}
+
+/// What the session manager hears about objects, and the questions it answers.
+pub enum ObjectEvent {
+    /// A client stored these objects (id, size) on `node` (its task stream `conn`).
+    Created {
+        conn: u64,
+        node: NodeId,
+        objects: Vec<(ObjectId, u64)>,
+    },
+    /// A node stored copies (or, re-registering, announces all it holds).
+    NodeAdded {
+        node: NodeId,
+        objects: Vec<(ObjectId, u64)>,
+    },
+    /// A node removed objects (evicted copies, deleted ones).
+    NodeRemoved { node: NodeId, ids: Vec<ObjectId> },
+    /// A node's store at a heartbeat.
+    NodeStats { node: NodeId, stats: StoreStats },
+    Locate {
+        ids: Vec<ObjectId>,
+        reply: Reply<Vec<proto::ObjectLocation>>,
+    },
+    /// Where an off-node client uploads a new object of `size` bytes.
+    Place {
+        size: u64,
+        reply: Reply<proto::ObjectHolder>,
+    },
+    /// Every object (held or rebuilding) on `node` (or anywhere), in id order.
+    List {
+        node: Option<NodeId>,
+        reply: Reply<Vec<proto::ObjectInfo>>,
+    },
+    /// Delete these objects everywhere (authorized by the caller).
+    Delete {
+        ids: Vec<ObjectId>,
+        reply: Reply<()>,
+    },
+    /// Internal: storage's answer for the task that must run again to rebuild `object`
+    /// (its input and attempts; `None`: not stored).
+    Rerun {
+        key: TaskKey,
+        object: ObjectId,
+        found: Result<Option<(Bytes, u32)>, String>,
+    },
+}
+
+/// A connected node's object server and store.
+#[derive(Clone, Debug, Default)]
+pub(super) struct NodeStore {
+    pub name: String,
+    /// "http(s)://ip:port"; empty = the node serves no objects.
+    pub address: String,
+    pub stats: StoreStats,
+}
+
+/// The actor's part for objects.
+#[derive(Default)]
+pub(super) struct Objects {
+    pub dir: Directory,
+    pub nodes: HashMap<NodeId, NodeStore>,
+    /// Lost results whose task's input is being read back from storage.
+    reruns: HashSet<ObjectId>,
+}
+
+/// One object store's row of the dashboard and `/metrics`.
+#[derive(Clone, Debug)]
+pub struct NodeObjects {
+    pub node: NodeId,
+    pub name: String,
+    /// Objects the directory says it holds, and their bytes.
+    pub objects: u64,
+    pub bytes: u64,
+    /// As its last heartbeat said.
+    pub stats: StoreStats,
+}
+
+impl Actor {
+    pub(super) fn handle_objects(&mut self, ev: ObjectEvent) {
+        match ev {
+            ObjectEvent::Created {
+                conn,
+                node,
+                objects,
+            } => self.objects_created(conn, node, objects),
+            ObjectEvent::NodeAdded { node, objects } => {
+                for (id, size) in objects {
+                    self.object_added(id, size, node, None, false);
+                }
+            }
+            ObjectEvent::NodeRemoved { node, ids } => {
+                let name = self.node_name(node);
+                for id in ids {
+                    if self.object_dir.dir.remove(id, node, &name) {
+                        tracing::warn!(object = %id, node = %name, "object lost: its last holder removed it");
+                    }
+                }
+            }
+            ObjectEvent::NodeStats { node, stats } => self.node_store_stats(node, stats),
+            ObjectEvent::Locate { ids, reply } => {
+                let located = ids.into_iter().map(|id| self.locate(id)).collect();
+                let _ = reply.send(Ok(located));
+            }
+            ObjectEvent::Place { size, reply } => {
+                let _ = reply.send(self.place(size));
+            }
+            ObjectEvent::List { node, reply } => {
+                let (page, _) = self.object_dir.dir.list(node, 0, usize::MAX);
+                let _ = reply.send(Ok(page.into_iter().map(object_info).collect()));
+            }
+            ObjectEvent::Delete { ids, reply } => {
+                self.delete_objects(&ids);
+                let _ = reply.send(Ok(()));
+            }
+            ObjectEvent::Rerun { key, object, found } => self.rerun(key, object, found),
+        }
+    }
+
+    /// A node joined: remember where its object server is.
+    pub(super) fn object_node_joined(&mut self, node: NodeId, name: &str, address: &str) {
+        self.object_dir.nodes.insert(
+            node,
+            NodeStore {
+                name: name.to_string(),
+                address: address.to_string(),
+                stats: StoreStats::default(),
+            },
+        );
+    }
+
+    /// A node is gone for good (its stream ended, it was revoked or missed its heartbeats):
+    /// what it held goes with it. Objects left without a holder are lost, naming the node;
+    /// task results among them are rebuilt by running their task again.
+    pub(super) fn object_node_lost(&mut self, node: NodeId) {
+        let name = self.node_name(node);
+        self.object_dir.nodes.remove(&node);
+        let loss = self.object_dir.dir.node_lost(node, &name);
+        if !loss.lost.is_empty() {
+            tracing::warn!(node = %name, lost = loss.lost.len(), "objects lost with their node");
+        }
+        for (object, key) in loss.rebuild {
+            self.rebuild(object, key, &name);
+        }
+    }
+
+    /// Delete every object `client` made (its lease ran out).
+    pub(super) fn delete_client_objects(&mut self, client: ClientId) {
+        let tell = self.object_dir.dir.delete_owner(client);
+        let n: usize = tell.values().map(Vec::len).sum();
+        if n > 0 {
+            tracing::info!(%client, copies = n, "deleting the objects of a client that is gone");
+        }
+        self.tell_delete(tell);
+    }
+
+    /// Record the result objects in `results` (a task's large result stays on its
+    /// executor's node), and settle the rebuilds that ran without making theirs.
+    pub(super) fn result_objects(&mut self, executor: ExecutorId, results: &[proto::TaskResult]) {
+        let node = self.sched.executor(executor).map(|e| e.node);
+        for r in results {
+            let key = TaskKey {
+                session: SessionId(r.session_id),
+                task: TaskId(r.task_id),
+            };
+            let expected = ObjectId::result_of(key.task);
+            match (&r.output_object, node) {
+                (Some(o), Some(node)) if r.ok => {
+                    if o.object_id != expected.0 {
+                        tracing::warn!(%executor, task = %key, object = o.object_id,
+                            "a result object not named after its task ignored");
+                        continue;
+                    }
+                    self.object_added(expected, o.size, node, Some(key), true);
+                }
+                _ if self.object_dir.dir.is_rebuilding(expected) => {
+                    let why = match &r.error {
+                        Some(e) if !r.ok => format!("its task failed: {}", e.message),
+                        _ => "its task ran again without storing it".to_string(),
+                    };
+                    self.object_dir.dir.rebuild_failed(
+                        expected,
+                        format!("object {expected} was lost and could not be rebuilt: {why}"),
+                    );
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Store statistics, and their counters into the daemon's.
+    fn node_store_stats(&mut self, node: NodeId, stats: StoreStats) {
+        let Some(n) = self.object_dir.nodes.get_mut(&node) else {
+            return;
+        };
+        let before = n.stats;
+        n.stats = stats;
+        // A node's counters start again at 0 when it restarts.
+        let delta = |new: u64, old: u64| if new >= old { new - old } else { new };
+        let m = &self.metrics;
+        m.object_transfers
+            .increment(delta(stats.transfers_total, before.transfers_total));
+        m.object_transferred_bytes
+            .increment(delta(stats.transferred_bytes, before.transferred_bytes));
+        m.object_spilled_bytes
+            .increment(delta(stats.spilled_total_bytes, before.spilled_total_bytes));
+    }
+
+    fn objects_created(&mut self, conn: u64, node: NodeId, objects: Vec<(ObjectId, u64)>) {
+        let client = self.conn_client.get(&conn).copied().unwrap_or(0);
+        for (id, size) in objects {
+            // A client announces only its own objects (their ids carry its client id).
+            if id.owner().0 != client || client == 0 {
+                tracing::warn!(conn, client, object = %id, "an announced object of another client ignored");
+                continue;
+            }
+            if !self.object_dir.nodes.contains_key(&node) {
+                tracing::warn!(conn, object = %id, %node, "an object announced on a node that is not connected ignored");
+                continue;
+            }
+            self.object_added(id, size, node, None, true);
+        }
+    }
+
+    /// Record a holder; `primary` when its creator announces it.
+    fn object_added(
+        &mut self,
+        id: ObjectId,
+        size: u64,
+        node: NodeId,
+        producer: Option<TaskKey>,
+        primary: bool,
+    ) {
+        let dir = &mut self.object_dir.dir;
+        let added = if primary {
+            dir.add_primary(id, size, node, producer)
+        } else {
+            dir.add(id, size, node, producer)
+        };
+        if added == Added::Deleted {
+            // Stored while its delete was on its way: delete this copy too.
+            let mut tell = std::collections::BTreeMap::new();
+            tell.insert(node, vec![id]);
+            self.tell_delete(tell);
+        }
+    }
+
+    fn delete_objects(&mut self, ids: &[ObjectId]) {
+        for id in ids {
+            self.object_dir.reruns.remove(id);
+        }
+        let tell = self.object_dir.dir.delete(ids);
+        self.tell_delete(tell);
+    }
+
+    fn tell_delete(&mut self, tell: std::collections::BTreeMap<NodeId, Vec<ObjectId>>) {
+        for (node, ids) in tell {
+            let cmd = node_command::Msg::DeleteObjects(proto::ObjectRefs {
+                object_ids: ids.into_iter().map(|i| i.0).collect(),
+            });
+            if let Some(link) = self.nodes.get(&node) {
+                let _ = link.tx.send(Ok(proto::NodeCommand { msg: Some(cmd) }));
+            }
+        }
+    }
+
+    /// Run `key` again to rebuild its lost result `object`: its input is read back from
+    /// storage first (the scheduler forgets finished tasks), then it is queued (`rerun`).
+    fn rebuild(&mut self, object: ObjectId, key: TaskKey, node: &str) {
+        if self.sched.session(key.session).is_none() {
+            self.object_dir.dir.rebuild_failed(
+                object,
+                format!(
+                    "object {object} was lost with node {node}, and its task {key} cannot run \
+                     again: its session is closed"
+                ),
+            );
+            return;
+        }
+        tracing::warn!(%object, task = %key, %node, "a task's result was lost with its node; running the task again");
+        self.object_dir.reruns.insert(object);
+        let me = self.self_tx.clone();
+        self.store.read(move |st| {
+            let found = st
+                .get_task(key)
+                .map(|r| r.map(|r| (r.input, r.attempts)))
+                .map_err(|e| e.to_string());
+            let _ = me.send(Event::Objects(ObjectEvent::Rerun { key, object, found }));
+        });
+    }
+
+    fn rerun(
+        &mut self,
+        key: TaskKey,
+        object: ObjectId,
+        found: Result<Option<(Bytes, u32)>, String>,
+    ) {
+        if !self.object_dir.reruns.remove(&object) || !self.object_dir.dir.is_rebuilding(object) {
+            return; // deleted, or held again (its node came back) meanwhile
+        }
+        let queued = self
+            .sched
+            .session(key.session)
+            .map(|s| s.tasks.contains_key(&key.task));
+        let why = match (found, queued) {
+            (_, None) => "its session is closed".to_string(),
+            // Already queued or running (submitted again meanwhile): it rebuilds the object.
+            (_, Some(true)) => return,
+            (Err(e), _) => format!("its task could not be read back: {e}"),
+            (Ok(None), _) => format!("its task {key} is no longer stored"),
+            (Ok(Some((input, attempts))), Some(false)) => {
+                self.metrics.object_reconstructions.increment(1);
+                self.sched
+                    .enqueue(key.session, vec![(key.task, input, attempts)], None);
+                return;
+            }
+        };
+        self.object_dir.dir.rebuild_failed(
+            object,
+            format!("object {object} was lost and cannot be rebuilt: {why}"),
+        );
+    }
+
+    fn locate(&mut self, id: ObjectId) -> proto::ObjectLocation {
+        // A rebuild whose task is no longer anywhere (its session closed, the task failed
+        // or was cancelled) will never finish: lost.
+        if let Some(key) = self.stalled_rebuild(id) {
+            self.object_dir.dir.rebuild_failed(
+                id,
+                format!("object {id} was lost and its task {key} did not rebuild it"),
+            );
+        }
+        let mut loc = proto::ObjectLocation {
+            object_id: id.0,
+            ..Default::default()
+        };
+        match self.object_dir.dir.locate(id) {
+            Location::Held { size, holders } => {
+                loc.size = size;
+                loc.holders = holders
+                    .iter()
+                    .map(|n| {
+                        let s = self.object_dir.nodes.get(n);
+                        proto::ObjectHolder {
+                            node_id: n.0,
+                            node_name: s.map(|s| s.name.clone()).unwrap_or_default(),
+                            address: s.map(|s| s.address.clone()).unwrap_or_default(),
+                        }
+                    })
+                    .collect();
+            }
+            Location::Rebuilding { size } => {
+                loc.size = size;
+                loc.rebuilding = true;
+            }
+            Location::Lost { size, reason } => {
+                loc.size = size;
+                loc.lost = reason.to_string();
+            }
+            Location::Unknown => {
+                loc.lost = format!("object {id} is not known (never stored, or deleted)");
+            }
+        }
+        loc
+    }
+
+    fn stalled_rebuild(&self, id: ObjectId) -> Option<TaskKey> {
+        if !self.object_dir.dir.is_rebuilding(id) || self.object_dir.reruns.contains(&id) {
+            return None;
+        }
+        let key = self.object_dir.dir.producer(id)?;
+        let alive = self
+            .sched
+            .session(key.session)
+            .is_some_and(|s| s.tasks.contains_key(&key.task));
+        (!alive).then_some(key)
+    }
+
+    /// The live, non-draining node with an object server and the most free budget.
+    fn place(&self, size: u64) -> Result<proto::ObjectHolder, FlameError> {
+        let free = |s: &NodeStore| s.stats.budget_bytes.saturating_sub(s.stats.memory_bytes);
+        let best = self
+            .object_dir
+            .nodes
+            .iter()
+            .filter(|(id, s)| {
+                !s.address.is_empty() && self.nodes.get(id).is_some_and(|l| !l.draining)
+            })
+            .max_by_key(|(id, s)| (free(s), std::cmp::Reverse(**id)));
+        let Some((id, s)) = best else {
+            return Err(FlameError::FailedPrecondition(format!(
+                "no live node with an object server to store an object of {size} bytes on"
+            )));
+        };
+        Ok(proto::ObjectHolder {
+            node_id: id.0,
+            node_name: s.name.clone(),
+            address: s.address.clone(),
+        })
+    }
+
+    fn node_name(&self, node: NodeId) -> String {
+        self.object_dir
+            .nodes
+            .get(&node)
+            .map(|s| s.name.clone())
+            .or_else(|| self.nodes.get(&node).map(|l| l.name.clone()))
+            .unwrap_or_else(|| node.to_string())
+    }
+
+    /// Objects and bytes per connected node, for the dashboard and `/metrics`.
+    pub(super) fn node_objects(&self) -> Vec<NodeObjects> {
+        let mut rows: Vec<NodeObjects> = self
+            .object_dir
+            .nodes
+            .iter()
+            .map(|(id, s)| {
+                let (objects, bytes) = self.object_dir.dir.holdings(*id);
+                NodeObjects {
+                    node: *id,
+                    name: s.name.clone(),
+                    objects: objects as u64,
+                    bytes,
+                    stats: s.stats,
+                }
+            })
+            .collect();
+        rows.sort_unstable_by_key(|r| r.node);
+        rows
+    }
+}
+
+fn object_info(v: ObjectView) -> proto::ObjectInfo {
+    let mut holders = v.holders.into_iter();
+    proto::ObjectInfo {
+        object_id: v.id.0,
+        size: v.size,
+        primary_node: holders.next().map_or(0, |n| n.0),
+        copy_nodes: holders.map(|n| n.0).collect(),
+        session_id: v.producer.map_or(0, |k| k.session.0),
+        task_id: v.producer.map_or(0, |k| k.task.0),
+    }
+}
