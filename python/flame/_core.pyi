@@ -147,6 +147,7 @@ class ServiceHost(Protocol):
 def executor_blocked(blocked: bool) -> bool: ...
 def result_object_id(task_id: int) -> int:
     """The id of the object a task's large result is stored as (``ObjectId::result_of``)."""
+
 def run_executor(address: str, executor_id: int, host: ServiceHost) -> None:
     """Run the executor loop until the session manager says stop or the link is lost, as a
     node's executor process: it dies (with its process group) when its node dies, and within
