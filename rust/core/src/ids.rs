@@ -68,7 +68,7 @@ impl ObjectId {
     /// The task whose result this object is (lineage: re-run it to rebuild a lost copy);
     /// `None` for a put. Inverts [`ObjectId::result_of`] for task counters below 2^31.
     pub fn producer(self) -> Option<TaskId> {
-        (self.0 & Self::RESULT_BIT != 0).then(|| TaskId(self.0 & !Self::RESULT_BIT))
+        (self.0 & Self::RESULT_BIT != 0).then_some(TaskId(self.0 & !Self::RESULT_BIT))
     }
 }
 

@@ -331,7 +331,7 @@ async fn a_result_stored_as_an_object_is_reported_with_its_task_only() {
     ));
     let (results, _) = conn.results(2).await;
     assert!(results[0].ok && results[0].output.as_ref() == b"REF");
-    let stored = results[0].output_object.clone().expect("output object");
+    let stored = results[0].output_object.expect("output object");
     assert_eq!(
         (stored.object_id, stored.size),
         (ObjectId::result_of(TaskId(5)).0, 5 << 20)
