@@ -234,6 +234,9 @@ mod tests {
         assert_eq!(m.client_lease, Duration::from_millis(500));
         assert_eq!(m.drain_grace, Duration::from_millis(20));
         assert_eq!(m.max_payload_bytes, 1 << 20);
+        assert_eq!(m.result_object_bytes, 1 << 20); // the default
+        let f: FileConfig = toml::from_str("result_object_mb = 4").unwrap();
+        assert_eq!(f.manager().unwrap().result_object_bytes, 4 << 20);
         let huge: FileConfig = toml::from_str("max_payload_mb = 5000").unwrap();
         assert!(huge
             .manager()
