@@ -80,8 +80,17 @@ class Connection:
         """Executors: id, node_id, state, session_id (None if unbound), inflight."""
     def cancel_task(self, session_id: int, task_id: int) -> dict[str, Any]:
         """Cancel a task and answer it; a finished task raises InvalidArgumentError."""
-    def submit(self, session_id: int, inputs: list[bytes]) -> list[int]:
-        """Queue tasks for sending (batched in the background); returns their task ids."""
+    def submit(
+        self,
+        session_id: int,
+        inputs: list[bytes],
+        reads: list[list[tuple[int, int]]] | None = None,
+    ) -> list[int]:
+        """Queue tasks for sending (batched in the background); returns their task ids.
+        ``reads[i]``: (id, size) of the objects task ``i`` reads."""
+    def announce_objects(self, node_id: int, objects: list[tuple[int, int]]) -> None:
+        """Tell the head (on the task stream, ahead of later tasks) that this client stored
+        these (id, size) objects on node ``node_id``."""
     def cancel(self, session_id: int, task_id: int) -> None: ...
     def watch(self, session_id: int, task_ids: list[int]) -> None:
         """Route completions of these tasks to this connection (finished ones come at once)."""
@@ -149,6 +158,9 @@ class ServiceHost(Protocol):
     def leave(self) -> None: ...
 
 def executor_blocked(blocked: bool) -> bool: ...
+def result_object_id(task_id: int) -> int:
+    """The id of the object a task's large result is stored as (``ObjectId::result_of``)."""
+
 def run_executor(address: str, executor_id: int, host: ServiceHost) -> None:
     """Run the executor loop until the session manager says stop or the link is lost, as a
     node's executor process: it dies (with its process group) when its node dies, and within

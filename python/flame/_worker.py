@@ -6,8 +6,12 @@ when the executor binds to a session, :meth:`Worker.invoke` for each task and
 back as error tuples ``(kind, message, traceback, payload)``, where ``payload`` is the
 pickled exception (or ``b""`` when it cannot be pickled and rebuilt); a failed task's tuple
 has a fifth element, ``retryable``, which asks the daemon to run the task again while it
-has attempts left. A task that printed something (see :mod:`flame._capture`) returns the
-pair ``(output_or_error_tuple, log_text)`` instead.
+has attempts left. A result that serializes to more than the session's
+``result_object_bytes`` stays in this node's object store as the task's result object
+(``ObjectId::result_of``): the task's output is then a small frame holding a
+:class:`flame.objects.ResultMarker`, and :meth:`Worker.invoke` returns the triple
+``(frame, object_id, size)`` so the loop can tell the head. A task that printed something
+(see :mod:`flame._capture`) returns the pair ``(outcome, log_text)`` instead.
 
 App specs are cloudpickled dicts:
   ``{"kind": "function", "fn": f, "retry": r}``      task input ``(args, kwargs)``
@@ -30,7 +34,9 @@ import cloudpickle
 
 from flame import _blocking, _serde, errors
 from flame._capture import OutputCapture
+from flame._node_objects import NodeObjects
 from flame.application import FlameService, SessionContext, TaskContext
+from flame.objects import resolve_common_data
 
 __all__ = ["Worker"]
 
@@ -38,7 +44,10 @@ ErrorTuple = tuple[int, str, str, bytes]
 # (kind, message, traceback, payload, retryable)
 TaskErrorTuple = tuple[int, str, str, bytes, bool]
 EnterResult = Optional[ErrorTuple]
-InvokeResult = Union[bytes, TaskErrorTuple, tuple[Union[bytes, TaskErrorTuple], str]]
+# A result stored in the node's object store: (marker frame, object id, size).
+StoredResult = tuple[bytes, int, int]
+Outcome = Union[bytes, StoredResult, TaskErrorTuple]
+InvokeResult = Union[Outcome, tuple[Outcome, str]]
 Retry = Union[bool, tuple[type[BaseException], ...]]
 
 
@@ -77,6 +86,11 @@ class Worker:
         self._name = ""
         self._result_what = ""  # how errors name a task's result (made once per session)
         self._max_output: int | None = None  # the daemon's limit on a result, in bytes
+        # Results over this many bytes stay in the node's object store (None: inline).
+        self._result_over: int | None = None
+        self._node: NodeObjects | None | bool = False  # False: not looked up yet
+        self._task_id = 0
+        self._stored: tuple[int, int] | None = None  # (id, size) of the last stored result
         self._kind = ""
         self._target: Any = None
         self._retry: Retry = False
@@ -91,11 +105,14 @@ class Worker:
         app_spec: bytes,
         common_data: bytes,
         max_output_bytes: int = 0,
+        result_object_bytes: int = 0,
     ) -> EnterResult:
         """Load the session's service and set it up; an error tuple (kind 5) on failure.
 
         A task result larger than ``max_output_bytes`` (0: no limit) fails with
-        :class:`flame.PayloadTooLargeError` as soon as serializing it passes the limit.
+        :class:`flame.PayloadTooLargeError` as soon as serializing it passes the limit;
+        one larger than ``result_object_bytes`` (0: never) stays in this node's object
+        store instead, when this process runs on a node that has one.
         """
         if self._session_id is not None:
             self.leave()
@@ -124,18 +141,22 @@ class Worker:
                 if not callable(target):
                     raise TypeError(f"the service function is not callable: {target!r}")
             elif kind == "class":
-                target = spec["cls"](*spec.get("args", ()), **spec.get("kwargs", {}))
+                # Large constructor arguments come as an object, already resolved here.
+                args, kwargs = spec.get("call") or (spec.get("args", ()), spec.get("kwargs", {}))
+                target = spec["cls"](*args, **kwargs)
             elif kind == "service":
                 target = spec["cls"]()
                 if not isinstance(target, FlameService):
                     raise TypeError(f"{spec['cls']!r} is not a FlameService subclass")
-                target.on_session_enter(SessionContext(session_id, application, common_data))
+                common = resolve_common_data(common_data)  # stored as an object if large
+                target.on_session_enter(SessionContext(session_id, application, common))
             else:
                 raise ValueError(f"unknown service kind {kind!r}")
         except Exception as e:
             return _failure(errors.SESSION_ENTER_FAILED, e)
         self._session_id = session_id
         self._max_output = max_output_bytes or None
+        self._result_over = result_object_bytes or None
         self._name = application
         self._result_what = f"the result of {application}"
         self._kind = kind
@@ -163,7 +184,7 @@ class Worker:
             return (result, capture.take())
         return result
 
-    def _invoke_scoped(self, task_id: int, input: bytes) -> bytes | TaskErrorTuple:
+    def _invoke_scoped(self, task_id: int, input: bytes) -> Outcome:
         """Run one task; the sessions it opened are closed before its result goes out."""
         _blocking.task_begin()
         try:
@@ -175,7 +196,7 @@ class Worker:
 
                 api.close_task_sessions(opened)
 
-    def _invoke(self, task_id: int, input: bytes) -> bytes | TaskErrorTuple:
+    def _invoke(self, task_id: int, input: bytes) -> Outcome:
         if self._session_id is None:
             msg = "a task arrived before any session was entered"
             return (errors.INTERNAL, msg, "", b"", False)
@@ -186,9 +207,42 @@ class Worker:
         if self._kind == "service":
             return self._service_output(result)
         try:
+            if self._result_over is not None and self._result_node() is not None:
+                return self._by_reference(task_id, result)
             return _serde.dumps(result, what=self._result_what, max_bytes=self._max_output)
         except errors.FlameError as e:
             return (*_failure(errors.USER_EXCEPTION, e), False)
+
+    def _result_node(self) -> NodeObjects | None:
+        node = self._node
+        if node is False:
+            node = self._node = NodeObjects.from_env()
+        return node  # type: ignore[return-value]
+
+    def _by_reference(self, task_id: int, result: object) -> bytes | StoredResult:
+        """Serialize a result; one over the threshold goes into the node's store."""
+        self._task_id, self._stored = task_id, None
+        frame = _serde.dumps(
+            result, what=self._result_what, spill=self._store_result, spill_over=self._result_over
+        )
+        stored, self._stored = self._stored, None
+        return frame if stored is None else (frame, *stored)
+
+    def _store_result(self, parts: list[Any], size: int) -> bytes:
+        from flame import _core
+        from flame.objects import ResultMarker
+
+        node = self._result_node()
+        assert node is not None
+        object_id = _core.result_object_id(self._task_id)
+        try:
+            size = node.write(object_id, parts)
+        except errors.InvalidArgumentError:
+            # An earlier attempt of this task on this node stored it, then its executor
+            # died before it could say so: the same task, the same result.
+            node.seal(object_id, size)
+        self._stored = (object_id, size)
+        return _serde.dumps(ResultMarker(object_id, size))
 
     def leave(self) -> None:
         """Tear the session down (``on_session_leave`` for services); never raises."""

@@ -20,10 +20,11 @@ from types import TracebackType
 from typing import Any, Callable
 
 from flame import _core, _credentials, _serde, errors
+from flame._node_objects import NodeObjects
 from flame._scheduling import Scheduling
 from flame.application import FlameService, SessionContext, TaskContext
 from flame.futures import CompletionPump, Decoder, Future
-from flame.objects import SPILL_BYTES, ObjectRef, ObjectStore
+from flame.objects import SPILL_BYTES, ObjectRef, ObjectStore, common_data_ref, reads_of
 
 __all__ = [
     "Connection",
@@ -122,12 +123,19 @@ class Connection:
         self._max_bytes: int | None = getattr(self._conn, "max_payload", 0) or None
         directory, token = self._conn.object_dir
         self.objects = ObjectStore(
-            directory, token, self._conn.objects, next_id=self._conn.next_object_id
+            directory,
+            token,
+            self._conn.objects,
+            next_id=self._conn.next_object_id,
+            node=_local_node(self._conn),
+            announce=self._conn.announce_objects,
         )
         # Task inputs too large to travel inline are stored as objects (see flame.objects),
         # so a decorated call's arguments are never refused for their size.
         self._spill = self.objects.spill
         self._spill_over = min(SPILL_BYTES, self._max_bytes or SPILL_BYTES)
+        # Large common data of sessions opened here, stored as objects (see create_session).
+        self._session_objects: dict[int, ObjectRef] = {}
 
     def __repr__(self) -> str:
         return f"<flame.Connection {self.address} client={self.client_id}>"
@@ -242,6 +250,13 @@ class Connection:
         Raises:
             flame.InvalidArgumentError: unknown application or bad option.
         """
+        data = bytes(common_data)
+        stored = None
+        if len(data) > SPILL_BYTES:
+            # Stored once, as an object: each node fetches it once and its executors map
+            # it, instead of every bind carrying it through the head.
+            stored = self.objects.store_parts([data], len(data))
+            data = common_data_ref(stored)
         scheduling = Scheduling.of(
             slots=slots,
             max_executors=max_executors,
@@ -253,12 +268,14 @@ class Connection:
         info = self._conn.create_session(
             application,
             app_spec=app_spec,
-            common_data=bytes(common_data),
+            common_data=data,
             max_retries=max_retries,
             timeout=float(timeout or 0.0),
             python=sys.executable if python is None else python,
             **scheduling.session_kwargs(),
         )
+        if stored is not None:
+            self._session_objects[info.id] = stored  # until the session is closed here
         return Session(self, info)
 
     def get_session(self, session_id: int) -> Session:
@@ -275,7 +292,9 @@ class Connection:
 
     def close_session(self, session_id: int) -> SessionInfo:
         """Close a session; its unfinished tasks are cancelled."""
-        return self._conn.close_session(session_id)
+        info = self._conn.close_session(session_id)
+        self._session_objects.pop(session_id, None)
+        return info
 
     def cluster_info(self) -> dict[str, Any]:
         """Nodes, executors and queue lengths of the cluster."""
@@ -370,8 +389,24 @@ class Connection:
                         f"task input #{i} is {len(data)} bytes, over the daemon's limit of "
                         f"{self._max_bytes} bytes (nothing was submitted)"
                     )
-        task_ids = self._conn.submit(session_id, inputs)
+        # The objects each task reads (refs in its input): the head keeps them while it
+        # runs, and data-aware placement looks at them.
+        reads = [reads_of(f._keep) for f in futures]
+        if any(reads):
+            task_ids = self._conn.submit(session_id, inputs, reads)
+        else:
+            task_ids = self._conn.submit(session_id, inputs)
         self._pump.register(session_id, task_ids, futures)
+
+
+def _local_node(conn: _core.Connection) -> NodeObjects | None:
+    """The node store this process uses: its executor's node (from the environment), else
+    the head's own node when the head says it runs one on this machine."""
+    node = NodeObjects.from_env()
+    if node is not None:
+        return node
+    local = getattr(conn, "local_node", None)  # (id, socket); None: the head runs no node
+    return NodeObjects.at(*local) if local else None
 
 
 def _default_name() -> str:

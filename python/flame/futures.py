@@ -21,6 +21,7 @@ from collections.abc import Generator
 from typing import Any, Callable, Optional, Protocol
 
 from flame import _blocking, errors
+from flame.objects import ObjectStore, ResultMarker
 
 __all__ = ["CompletionPump", "Future"]
 
@@ -32,6 +33,8 @@ _DONE_STATES = (
     concurrent.futures._base.CANCELLED_AND_NOTIFIED,
     _FINISHED,
 )
+# The result of a future whose result is an object: loaded from its `_ref` when asked.
+_BY_REF = object()
 # Guards the creation of futures' conditions (see Future._condition).
 _cond_lock = threading.Lock()
 
@@ -81,6 +84,7 @@ class Future(concurrent.futures.Future):  # type: ignore[type-arg]
         "_decoder",
         "_exception",
         "_keep",
+        "_ref",
         "_result",
         "_source",
         "_state",
@@ -107,6 +111,9 @@ class Future(concurrent.futures.Future):  # type: ignore[type-arg]
         self._decoder = decoder
         # Objects the task reads (``flame.put`` refs, a spilled input): kept until it ends.
         self._keep: list[Any] | None = None
+        # A result stored by reference (see flame.objects.ResultMarker): the ref this
+        # future owns (the object is deleted when the future goes), loaded on `result()`.
+        self._ref: Any = None
         self._source: CompletionSource | None = None
 
     def __repr__(self) -> str:
@@ -191,16 +198,25 @@ class Future(concurrent.futures.Future):  # type: ignore[type-arg]
                 remote traceback as its ``__cause__``).
         """
         if self._state == _FINISHED and self._exception is None:
-            return self._result  # done: no lock needed (fields are set before the state)
+            value = self._result  # done: no lock needed (fields are set before the state)
+            return value if value is not _BY_REF else self._load()
         try:
             if self.done():
-                return super().result(timeout)
-            with _blocking.waiting():  # inside an executor's task: the slot is free meanwhile
-                return super().result(timeout)
+                value = super().result(timeout)
+            else:
+                with _blocking.waiting():  # inside an executor's task: the slot is free
+                    value = super().result(timeout)
         except concurrent.futures.TimeoutError as e:
             if isinstance(e, TimeoutError):
                 raise
-            raise errors.WaitTimeoutError() from None  # Python < 3.11
+            raise errors.WaitTimeoutError() from None
+        return value if value is not _BY_REF else self._load()
+
+    def _load(self) -> Any:
+        """The value of a result stored by reference, read once (zero-copy on its node)."""
+        value = self._ref.get()
+        self._result = value  # later calls return it at once; the ref stays (for passing on)
+        return value  # Python < 3.11
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
         """The task's exception, or ``None`` if it succeeded (waits like :meth:`result`)."""
@@ -296,6 +312,9 @@ class Future(concurrent.futures.Future):  # type: ignore[type-arg]
         if state == SUCCEEDED:
             try:
                 value = self._decoder(output) if self._decoder is not None else output
+                if value.__class__ is ResultMarker:  # the result stayed on its node
+                    self._ref = ObjectStore.current().owned(value.id, value.size)
+                    value = _BY_REF
             except BaseException as e:  # delivered to the waiter instead
                 self._set_exception_safe(e)
                 return

@@ -1,28 +1,38 @@
 """Objects: values stored once in the cluster and passed to tasks by reference.
 
-``flame.put(value)`` serializes ``value`` once into the head's object store and returns an
-:class:`ObjectRef`. A task that receives a ref as an argument (anywhere in its arguments)
-gets the value; numpy arrays and other buffers come back as zero-copy, **read-only** views
-of the stored bytes. Task arguments that serialize to more than :data:`SPILL_BYTES` are
-stored the same way automatically, so a large array never travels through the task queue,
-the database or the scheduler.
+``flame.put(value)`` serializes ``value`` once into the cluster's object store and returns
+an :class:`ObjectRef`. A task that receives a ref as an argument (anywhere in its
+arguments) gets the value; numpy arrays and other buffers come back as zero-copy,
+**read-only** views of the stored bytes. Task arguments that serialize to more than
+:data:`SPILL_BYTES` are stored the same way automatically, and so are large task results
+(see :class:`ResultMarker`), so a large array never travels through the task queue, the
+database or the scheduler.
 
-Where the bytes go: the head keeps each object as a file in its object directory. A
-process on the head's machine (the client of an embedded cluster, its executors) writes
-the file itself and maps it into memory to read it — one copy in all, as with a
-shared-memory store. A process elsewhere uploads and downloads it over gRPC in chunks. It
-tells which it is by finding the head's token in ``<object dir>/token``; setting
-``FLAME_OBJECTS_VIA_RPC=1`` forces the gRPC path.
+Where the bytes go: every node of a cluster owns an object store. A process running on a
+node (its executors; the client of ``flame-daemon start`` or of an embedded cluster)
+writes objects as files into its node's store and maps them to read them — one copy in all
+(see :mod:`flame._node_objects`); an object stored on another node is pulled onto this one
+first. A ref pickles as its id and size only: wherever it is read, the reader's own node
+finds the bytes. Creators announce what they stored to the head on their task stream, so
+the head knows an object before any task that refers to it.
 
-Files are private: written 0600 in the head's 0700 object directory, and a file (token or
-object) is trusted only if this process's user owns it and nobody else can write it. An
-object file that fails the check is never mapped (its pickle could run anyone's code):
-reading it raises :class:`flame.ObjectLostError` naming the file and its owner; a token
-file that fails it sends this process over gRPC, with a warning.
+A process on no node of the cluster (a client on another machine) uses ``ObjectClient``:
+it stores an object on the node the head picks and reads objects from the nodes that hold
+them. While the head still keeps an object directory of its own (``Connection.object_dir``;
+older heads), puts go there instead, over gRPC, or as files by a process on the head's
+machine. Such a process tells which it is by finding the head's token in ``<object
+dir>/token``; setting ``FLAME_OBJECTS_VIA_RPC=1`` forces the gRPC path.
+
+Files are private: written 0600 in 0700 directories, and a file (token or object) is
+trusted only if this process's user owns it and nobody else can write it. An object file
+that fails the check, or whose header does not match its bytes, is never unpickled (its
+pickle could run anyone's code): reading it raises :class:`flame.ObjectLostError` naming
+the object.
 
 Lifetime: an object lives while its :class:`ObjectRef` (in the process that made it) is
-referenced, or a task that uses it is unfinished; after that it is deleted. Objects of a
-client that goes away are deleted by the head when the client's lease runs out.
+referenced, or a task that uses it is unfinished; after that it is deleted (through the
+head, from every node that holds it). Objects of a client that goes away are deleted by the
+head when the client's lease runs out.
 """
 
 from __future__ import annotations
@@ -30,18 +40,24 @@ from __future__ import annotations
 import errno
 import mmap
 import os
+import struct
 import threading
 import warnings
 import weakref
 from collections import OrderedDict
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 from flame import _serde, errors
+from flame._node_objects import NodeObjects
 
-__all__ = ["SPILL_BYTES", "ObjectRef", "ObjectStore"]
+__all__ = ["SPILL_BYTES", "ObjectRef", "ObjectStore", "ResultMarker"]
 
 SPILL_BYTES = 1 << 20
 """Task arguments serializing to more than this many bytes are stored as an object."""
+
+# Ids of puts keep bit 31 clear: ids with it set are task results (ObjectId::result_of).
+_RESULT_BIT = 1 << 31
+_MAX_PUT_COUNTER = _RESULT_BIT - 1
 
 # Set in executor processes: refs in task arguments are replaced by their values there.
 RESOLVE_REFS = False
@@ -52,6 +68,13 @@ _noted = threading.local()
 def take_noted() -> list[ObjectRef] | None:
     """The refs serialized on this thread since the last call (their tasks keep them)."""
     return _noted.__dict__.pop("refs", None)
+
+
+def reads_of(refs: list[ObjectRef] | None) -> list[tuple[int, int]]:
+    """``(id, size)`` of each distinct object among ``refs``: what a task reads."""
+    if not refs:
+        return []
+    return list({r.id: (r.id, r.size) for r in refs}.values())
 
 
 class ObjectRef:
@@ -67,7 +90,7 @@ class ObjectRef:
 
     __slots__ = ("__weakref__", "_store", "id", "size")
 
-    def __init__(self, object_id: int, size: int, store: ObjectStore) -> None:
+    def __init__(self, object_id: int, size: int, store: ObjectStore | None = None) -> None:
         self.id = object_id
         self.size = size
         self._store = store
@@ -78,33 +101,59 @@ class ObjectRef:
     def __reduce__(self) -> tuple[Any, ...]:
         # The task that carries this ref keeps it (and so the object) alive until it ends.
         _noted.__dict__.setdefault("refs", []).append(self)
-        return (_rebuild, (self.id, self.size, self._store.dir, self._store.token))
+        store = self._store
+        location = store.location if store is not None else ()
+        return (_rebuild, (self.id, self.size, *location))
 
     def get(self) -> Any:
-        """Read the value (zero-copy for buffers when on the head's machine)."""
-        return self._store.load(self.id)
+        """Read the value (zero-copy for buffers when this process is on a node)."""
+        store = self._store if self._store is not None else ObjectStore.current()
+        return store.load(self.id)
 
 
-def _rebuild(object_id: int, size: int, directory: str, token: str) -> Any:
-    store = ObjectStore.for_location(directory, token)
+def _rebuild(object_id: int, size: int, *location: str) -> Any:
+    # A ref to the head's object directory names it; a ref to a node store names nothing:
+    # the reading process's own node (or its head) finds the bytes.
+    store = ObjectStore.for_location(*location) if location else ObjectStore.current()
     if RESOLVE_REFS:
         return store.load(object_id)
     return ObjectRef(object_id, size, store)
 
 
+class ResultMarker(NamedTuple):
+    """What a task returns in place of a result too large to travel inline: its result
+    stays in the store of the executor's node as object ``id`` (``size`` bytes), and the
+    client's future loads it when asked. Pickles by value, never resolved on the way."""
+
+    id: int
+    size: int
+
+
+# Session common data stored as an object travels as this prefix, then the object's id and
+# size (two little-endian u64): see `common_data_ref`.
+_COMMON_DATA_MARK = b"\x00flame:common-data-object\x00"
+_COMMON_DATA_REF = struct.Struct("<QQ")
+
+
+def common_data_ref(ref: ObjectRef) -> bytes:
+    """The common data a session is opened with when its real common data is ``ref``."""
+    return _COMMON_DATA_MARK + _COMMON_DATA_REF.pack(ref.id, ref.size)
+
+
+def resolve_common_data(data: bytes) -> bytes:
+    """A session's common data as its service sees it: read from its object (through this
+    node's store: fetched once per node) when it was stored as one."""
+    mark = len(_COMMON_DATA_MARK)
+    if len(data) != mark + _COMMON_DATA_REF.size or not data.startswith(_COMMON_DATA_MARK):
+        return data
+    object_id, _ = _COMMON_DATA_REF.unpack_from(data, mark)
+    return bytes(ObjectStore.current()._bytes(object_id))
+
+
 def _untrusted(path: str, st: os.stat_result) -> str | None:
-    """Why a file must not be read (another user owns it, or others can write it), or None.
-    The same words as the head's check (``flame_core::private_files``)."""
-    euid = os.geteuid()
-    if st.st_uid != euid:
-        return (
-            f"{path} belongs to uid {st.st_uid}, not to uid {euid} (this process); refusing "
-            "to read a file another user could have written"
-        )
-    if st.st_mode & 0o022:
-        mode = st.st_mode & 0o777
-        return f"{path} can be written by other users (mode {mode:o}); refusing to read it"
-    return None
+    from flame._object_file import untrusted
+
+    return untrusted(path, st)
 
 
 def _same_machine(directory: str, token: str) -> bool:
@@ -133,15 +182,19 @@ def _same_machine(directory: str, token: str) -> bool:
 
 
 class ObjectStore:
-    """One head's object store as seen from this process: files or gRPC.
+    """The cluster's objects as seen from this process: its node's store, else the head.
 
     Args:
-        directory, token: what the head announced (``Connection.object_dir``).
+        directory, token: the head's object directory (``Connection.object_dir``).
         rpc: a ``flame._core.ObjectClient``, or a callable making one on first use.
         next_id: makes fresh object ids (only in a process that puts objects).
+        node: this process's node store, when it runs on a node of the cluster.
+        announce: tells the head about objects stored on ``node`` (``(node_id, [(id,
+            size)])``, on the task stream, before any task that uses them).
     """
 
     _by_location: dict[tuple[str, str], ObjectStore] = {}
+    _current: ObjectStore | None = None
     _registry_lock = threading.Lock()
 
     def __init__(
@@ -150,41 +203,58 @@ class ObjectStore:
         token: str,
         rpc: Callable[[], Any],
         next_id: Callable[[], int] | None = None,
+        *,
+        node: NodeObjects | None = None,
+        announce: Callable[[int, list[tuple[int, int]]], None] | None = None,
     ) -> None:
-        self.dir = directory
+        self.node = node
+        self.dir = node.dir if node is not None else directory
         self.token = token
-        self.local = _same_machine(directory, token)
+        self.local = node is None and _same_machine(directory, token)
         self._make_rpc = rpc
         self._rpc: Any = None
         self._next_id = next_id
+        self._announce = announce
         self._lock = threading.Lock()
         self._cache: OrderedDict[int, bytes] = OrderedDict()  # id -> fetched bytes
         self._cached_bytes = 0
-        self._doomed: list[int] = []  # owned objects to delete over gRPC
+        self._doomed: list[int] = []  # owned objects to delete through the head
+        self._deleter: _Deleter | None = None
         with ObjectStore._registry_lock:
-            ObjectStore._by_location[(directory, token)] = self
+            if node is None:
+                ObjectStore._by_location[(directory, token)] = self
+            if next_id is not None or node is not None:
+                ObjectStore._current = self  # a connection's store, or an executor's node
+
+    @property
+    def location(self) -> tuple[str, ...]:
+        """What a ref pickles besides its id and size: the head's object directory when the
+        objects are there; nothing for objects on nodes (readers find them by id)."""
+        return () if self.node is not None else (self.dir, self.token)
+
+    @classmethod
+    def current(cls) -> ObjectStore:
+        """This process's store: the last one a connection made, else its node's (an
+        executor's, from its environment), else the head at ``FLAME_ADDRESS``."""
+        with cls._registry_lock:
+            store = cls._current
+        if store is not None:
+            return store
+        store = cls("", "", _connect_env, node=NodeObjects.from_env())
+        with cls._registry_lock:
+            if cls._current is None:
+                cls._current = store
+            return cls._current
 
     @classmethod
     def for_location(cls, directory: str, token: str) -> ObjectStore:
-        """The store a ref points to; in an executor, reached at ``FLAME_ADDRESS``."""
+        """The store a ref to the head's object directory points to; in an executor,
+        reached at ``FLAME_ADDRESS``."""
         with cls._registry_lock:
             store = cls._by_location.get((directory, token))
         if store is not None:
             return store
-
-        def connect() -> Any:
-            from flame import _core, _credentials
-
-            address = os.environ.get("FLAME_ADDRESS")
-            if not address:
-                raise errors.ObjectLostError(
-                    f"cannot fetch objects from the head at {directory}: this process is "
-                    "not on the head's machine and FLAME_ADDRESS is not set"
-                )
-            found = _credentials.lookup(address)
-            return _core.ObjectClient(address, token=found.token, ca_pem=found.ca_pem)
-
-        return cls(directory, token, connect)
+        return cls(directory, token, _connect_env)
 
     # -------------------------------------------------------------- writing
 
@@ -198,11 +268,30 @@ class ObjectStore:
         if self._next_id is None:
             raise errors.FlameError("this process cannot create objects (no connection)")
         object_id = self._next_id()
-        if self.local:
+        if object_id & 0xFFFF_FFFF > _MAX_PUT_COUNTER:
+            raise errors.InvalidArgumentError(
+                f"this client ran out of object ids ({_MAX_PUT_COUNTER} puts); connect again"
+            )
+        if self.node is not None:
+            size = self.node.write(object_id, parts)
+            if self._announce is not None:
+                self._announce(self.node.node_id, [(object_id, size)])
+        elif self.local:
             self._write_file(object_id, parts)
         else:
             self._flush_deletes()
-            self._client().put(object_id, [bytes(p) for p in parts])
+            client = self._client()
+            if self.dir or not hasattr(client, "place_and_put"):
+                client.put(object_id, [bytes(p) for p in parts])  # the head's object dir
+            else:
+                # A process on no node: stored on the node the head picks, then announced.
+                placed = client.place_and_put(object_id, [bytes(p) for p in parts])
+                if self._announce is not None:
+                    self._announce(placed.node_id, [(object_id, placed.size)])
+        return self.owned(object_id, size)
+
+    def owned(self, object_id: int, size: int) -> ObjectRef:
+        """A ref to an object this process owns: the object is deleted when the ref goes."""
         ref = ObjectRef(object_id, size, self)
         weakref.finalize(ref, self._delete, object_id)
         return ref
@@ -250,11 +339,20 @@ class ObjectStore:
                 os.unlink(os.path.join(self.dir, f"{object_id:016x}"))
             except OSError:
                 pass
-        else:
-            self._doomed.append(object_id)
+            return
+        self._doomed.append(object_id)
+        if self.node is not None:
+            # Objects on nodes are deleted by the head, from every node that holds them:
+            # asked from a thread, so that dropping a ref never waits on the network.
+            deleter = self._deleter
+            if deleter is None:
+                deleter = self._deleter = _Deleter(self)
+            deleter.wake()
 
     def _flush_deletes(self) -> None:
-        doomed, self._doomed = self._doomed, []
+        doomed = []
+        while self._doomed:  # pops, not a swap: finalizers may append meanwhile
+            doomed.append(self._doomed.pop())
         if doomed:
             try:
                 self._client().delete(doomed)
@@ -265,9 +363,14 @@ class ObjectStore:
         """Delete what is queued for deletion and drop cached objects."""
         if not self.local:
             self._flush_deletes()
+        if self._deleter is not None:
+            self._deleter.stop()
         with self._lock:
             self._cache.clear()
             self._cached_bytes = 0
+        with ObjectStore._registry_lock:
+            if ObjectStore._current is self:
+                ObjectStore._current = None
 
     # -------------------------------------------------------------- reading
 
@@ -276,8 +379,10 @@ class ObjectStore:
         return _serde.loads(self._bytes(object_id))
 
     def _bytes(self, object_id: int) -> Any:
+        if self.node is not None:
+            return self.node.view(object_id)  # mapped: the page cache is the cache
         if self.local:
-            return self._map_file(object_id)  # the page cache is the cache
+            return self._map_file(object_id)
         with self._lock:
             data = self._cache.get(object_id)
             if data is not None:
@@ -319,8 +424,12 @@ class ObjectStore:
             os.close(fd)
 
     def _fetch(self, object_id: int) -> bytes:
+        client = self._client()
+        on_nodes = object_id & _RESULT_BIT or not self.dir  # results are always on nodes
+        if on_nodes and hasattr(client, "locate_and_fetch"):
+            return client.locate_and_fetch(object_id)  # from a node that holds it
         try:
-            return self._client().get(object_id)
+            return client.get(object_id)
         except errors.ObjectLostError as e:  # NOT_FOUND from the head
             if "cannot be read:" in str(e):
                 raise  # the head refused its file (another user's): it says which
@@ -330,6 +439,44 @@ class ObjectStore:
         if self._rpc is None:
             self._rpc = self._make_rpc()
         return self._rpc
+
+
+class _Deleter:
+    """Asks the head to delete dropped objects, in batches, from a daemon thread."""
+
+    def __init__(self, store: ObjectStore) -> None:
+        self._store = store
+        self._event = threading.Event()
+        self._stopped = False
+        self._thread = threading.Thread(target=self._run, name="flame-object-deletes", daemon=True)
+        self._thread.start()
+
+    def wake(self) -> None:
+        self._event.set()
+
+    def stop(self) -> None:
+        self._stopped = True
+        self._event.set()
+
+    def _run(self) -> None:
+        while not self._stopped:
+            self._event.wait()
+            self._event.clear()
+            self._store._flush_deletes()
+
+
+def _connect_env() -> Any:
+    """An ``ObjectClient`` to the head at ``FLAME_ADDRESS`` (an executor's head)."""
+    from flame import _core, _credentials
+
+    address = os.environ.get("FLAME_ADDRESS")
+    if not address:
+        raise errors.ObjectLostError(
+            "cannot reach the cluster's objects: this process runs on no node of it and "
+            "FLAME_ADDRESS is not set"
+        )
+    found = _credentials.lookup(address)
+    return _core.ObjectClient(address, token=found.token, ca_pem=found.ca_pem)
 
 
 # Fetched objects kept per process, so tasks that share an object download it once.

@@ -1,7 +1,10 @@
 """Calls of a decorated function as Flame tasks: the session a function opens lazily on its
 first call (shipping the function, cloudpickled once per session), one task per call, and
 arguments that are futures resolved first — without blocking the caller: the task is
-submitted when the last of them is done, and fails with the first failure among them.
+submitted when the last of them is done, and fails with the first failure among them. A
+future whose result is stored by reference (a large result, see
+:class:`flame.objects.ResultMarker`) is passed on as its ``ObjectRef``: the task reads the
+object on its own node, and the bytes never come through this process.
 
 The decorator itself is in :mod:`flame.decorator`; decorated classes in
 :mod:`flame.remote_class`.
@@ -135,6 +138,14 @@ def _has_futures(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
     return False
 
 
+def passed(future: AnyFuture) -> Any:
+    """What a done future passes to the task it feeds: its ref when its result stayed on
+    its node (the bytes go from that node to the task's, never through this process),
+    else its value."""
+    ref = getattr(future, "_ref", None)
+    return ref if ref is not None else future.result()
+
+
 def _substitute(
     args: tuple[Any, ...], kwargs: dict[str, Any], value: Callable[[AnyFuture], Any]
 ) -> tuple[tuple[Any, ...], dict[str, Any]]:
@@ -239,7 +250,7 @@ class _Dependent:
         if future.done():  # cancelled by the caller meanwhile
             return
         try:
-            args, kwargs = _substitute(self._args, self._kwargs, lambda f: f.result())
+            args, kwargs = _substitute(self._args, self._kwargs, passed)
             conn, session_id = self._target._session()
             payload = self._target._payload(args, kwargs)
             data = _encode(self._target.name, payload, args, kwargs, conn)

@@ -12,7 +12,8 @@ from typing import Any, Generic, TypeVar
 from flame import _serde, api, errors
 from flame.client import Connection
 from flame.futures import Future
-from flame.remote import Options, _Callable, _has_futures, _labelled, _substitute
+from flame.objects import SPILL_BYTES, ObjectRef, take_noted
+from flame.remote import Options, _Callable, _has_futures, _labelled, _substitute, passed
 
 __all__ = ["RemoteClass", "RemoteMethod", "ServiceInstance"]
 
@@ -69,16 +70,23 @@ class RemoteClass(Generic[C]):
 
 
 def _class_spec(
-    owner: RemoteClass[Any], name: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+    owner: RemoteClass[Any],
+    name: str,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    call: ObjectRef | None = None,
 ) -> bytes:
-    """The app spec of a class session; on failure name the argument at fault."""
-    spec = {
+    """The app spec of a class session; on failure name the argument at fault. With
+    ``call``, the constructor's ``(args, kwargs)`` are that object."""
+    spec: dict[str, Any] = {
         "kind": "class",
         "cls": owner._cls,
         "args": args,
         "kwargs": kwargs,
         "retry": owner._options.retry_exceptions,
     }
+    if call is not None:
+        spec["call"] = call
     try:
         return _serde.dumps_function(spec, what=f"class {name}")
     except errors.SerializationError:
@@ -87,8 +95,11 @@ def _class_spec(
         raise
 
 
-def _close_when_idle(rt: api.Runtime, session_id: int, pending: set[Future]) -> None:
-    """Close a dropped instance's session once its unfinished calls are done."""
+def _close_when_idle(
+    rt: api.Runtime, session_id: int, pending: set[Future], keep: ObjectRef | None = None
+) -> None:
+    """Close a dropped instance's session once its unfinished calls are done (``keep``, its
+    stored constructor arguments, lives until then: this call holds it)."""
     left = [f for f in list(pending) if not f.done()]
     if not left:
         rt.close_session(session_id)
@@ -121,15 +132,22 @@ class ServiceInstance:
         self._methods = frozenset(owner.methods)
         name = owner.__qualname__
         if _has_futures(args, kwargs):
-            args, kwargs = _substitute(args, kwargs, lambda f: f.result())
-        spec = _class_spec(owner, name, args, kwargs)
+            args, kwargs = _substitute(args, kwargs, passed)
         rt = api.runtime()
+        spec = _class_spec(owner, name, args, kwargs)
+        # Large constructor arguments are stored once, as an object: every executor's bind
+        # then carries a ref, and each node fetches the bytes once (its executors map them).
+        self._args_ref: ObjectRef | None = None
+        if len(spec) > SPILL_BYTES:
+            self._args_ref = rt.conn.put((args, kwargs))
+            spec = _class_spec(owner, name, (), {}, call=self._args_ref)
+            take_noted()  # the session keeps the ref, not a task
         self._runtime = rt
         self._conn = rt.conn
         self._session_id = owner._options.open(rt, name, spec)
         self._pending: set[Future] = set()
         self._finalizer = weakref.finalize(
-            self, _close_when_idle, rt, self._session_id, self._pending
+            self, _close_when_idle, rt, self._session_id, self._pending, self._args_ref
         )
         self._finalizer.atexit = False  # shutdown closes every session anyway
 

@@ -37,7 +37,8 @@ def nested(d: dict[str, list[np.ndarray]]) -> float:
 
 
 def _object_files(directory: str) -> list[str]:
-    return sorted(n for n in os.listdir(directory) if n != "token")
+    # Object files only: a node's memory dir also holds its socket and `spill_dir`.
+    return sorted(n for n in os.listdir(directory) if len(n) == 16 and not n.startswith("."))
 
 
 def _until(check: object, timeout: float = 10.0) -> bool:

@@ -51,27 +51,26 @@ id_type!(
 );
 
 impl ObjectId {
+    /// The bit that marks a task's result object (ids of puts keep it clear: n < 2^31).
+    pub const RESULT_BIT: u64 = 1 << 31;
+
     /// The client that made this object; its objects go when its lease runs out.
     pub fn owner(self) -> ClientId {
         ClientId((self.0 >> 32) as u32)
     }
 
-    /// The object holding `task`'s large result (#12): its client's id, bit 31 set, and the
-    /// low 31 bits of the task's counter (puts use counters below 2^31, so never collide).
+    /// The object a task's large result is stored as: owned by the task's client (so it goes
+    /// with that client's lease), bit 31 set, then the task's counter (low 31 bits).
     pub fn result_of(task: TaskId) -> Self {
-        Self((task.0 & !0xffff_ffff) | RESULT_BIT | (task.0 & 0x7fff_ffff))
+        Self((task.0 & !0xffff_ffff) | Self::RESULT_BIT | (task.0 & 0x7fff_ffff))
     }
 
-    /// The task whose result this object is, if it is one ([`ObjectId::result_of`]
-    /// inverted): what lineage runs again when the object is lost.
+    /// The task whose result this object is (lineage: re-run it to rebuild a lost copy);
+    /// `None` for a put. Inverts [`ObjectId::result_of`] for task counters below 2^31.
     pub fn producer(self) -> Option<TaskId> {
-        let task = TaskId((self.0 & !0xffff_ffff) | (self.0 & 0x7fff_ffff));
-        (self.0 & RESULT_BIT != 0).then_some(task)
+        (self.0 & Self::RESULT_BIT != 0).then_some(TaskId(self.0 & !Self::RESULT_BIT))
     }
 }
-
-/// Marks a task's result among a client's object ids.
-const RESULT_BIT: u64 = 1 << 31;
 
 impl TaskId {
     /// Compose a task id from the submitting client and that client's counter.
@@ -103,19 +102,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_result_object_names_its_task_and_its_owner() {
+        let task = TaskId::compose(ClientId(7), 42);
+        let object = ObjectId::result_of(task);
+        assert_eq!(object.owner(), ClientId(7));
+        assert_eq!(object.producer(), Some(task));
+        assert_eq!(object.0 & 0xffff_ffff, (1 << 31) | 42);
+        // Puts keep bit 31 clear: they have no producer.
+        assert_eq!(ObjectId((7u64 << 32) | 42).producer(), None);
+        assert_eq!(ObjectId((7u64 << 32) | 0x7fff_ffff).producer(), None);
+        // A result never collides with a put of the same client.
+        assert_ne!(object, ObjectId((7u64 << 32) | 42));
+    }
+
+    #[test]
     fn task_id_round_trips_client() {
         let id = TaskId::compose(ClientId(7), 42);
         assert_eq!(id.client(), ClientId(7));
         assert_eq!(id.0 & 0xffff_ffff, 42);
         assert_eq!(id.to_string(), format!("task-{}", (7u64 << 32) | 42));
-    }
-
-    #[test]
-    fn a_result_object_names_its_task_and_a_put_names_none() {
-        let task = TaskId::compose(ClientId(7), 42);
-        let obj = ObjectId::result_of(task);
-        assert_eq!(obj.owner(), ClientId(7));
-        assert_eq!(obj.producer(), Some(task));
-        assert_eq!(ObjectId((7u64 << 32) | 42).producer(), None);
     }
 }

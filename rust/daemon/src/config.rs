@@ -18,6 +18,7 @@
 //! drain_grace_ms = 10000                        # on SIGTERM, let running tasks finish this long
 //! executor_timeout_ms = 5000                    # an executor silent this long is killed (0: never)
 //! result_retention_ms = 3600000                 # delete a closed session's results after this
+//! result_object_mb = 1                          # larger results stay on their node (0: never)
 //! http_port = 8265                              # dashboard, /metrics, JSON API (0 = free port)
 //! http = true                                   # false: no HTTP server
 //! tls = "auto"                                  # "on", "off" (loopback only); auto: TLS off loopback
@@ -73,6 +74,8 @@ pub struct FileConfig {
     pub executor_timeout_ms: Option<u64>,
     /// How long a closed session's results are kept.
     pub result_retention_ms: Option<u64>,
+    /// Results larger than this (MiB) stay in their node's object store; 0: never.
+    pub result_object_mb: Option<u64>,
     /// Dashboard / metrics port (0 = a free one).
     pub http_port: Option<u16>,
     /// `false` turns the HTTP server off.
@@ -165,6 +168,9 @@ impl FileConfig {
         if let Some(ms) = self.result_retention_ms {
             m.result_retention = Duration::from_millis(ms);
         }
+        if let Some(mb) = self.result_object_mb {
+            m.result_object_bytes = mb.saturating_mul(1 << 20);
+        }
         if let Some(mb) = self.max_payload_mb {
             // A payload travels inside one gRPC message (limit 1 GiB with framing).
             if mb == 0 || mb > 1000 {
@@ -231,6 +237,9 @@ mod tests {
         assert_eq!(m.client_lease, Duration::from_millis(500));
         assert_eq!(m.drain_grace, Duration::from_millis(20));
         assert_eq!(m.max_payload_bytes, 1 << 20);
+        assert_eq!(m.result_object_bytes, 1 << 20); // the default
+        let f: FileConfig = toml::from_str("result_object_mb = 4").unwrap();
+        assert_eq!(f.manager().unwrap().result_object_bytes, 4 << 20);
         let huge: FileConfig = toml::from_str("max_payload_mb = 5000").unwrap();
         assert!(huge
             .manager()

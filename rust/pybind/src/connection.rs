@@ -9,7 +9,7 @@ use pyo3::pybacked::PyBackedBytes;
 use pyo3::types::{PyBytes, PyDict};
 
 use flame_core::client::Client;
-use flame_core::ids::{SessionId, TaskId};
+use flame_core::ids::{NodeId, ObjectId, SessionId, TaskId};
 use flame_core::model::SessionSpec;
 use flame_core::proto;
 
@@ -452,13 +452,41 @@ impl PyConnection {
     }
 
     /// Queue tasks (sent in batches in the background); returns their task ids.
-    fn submit(&self, session_id: u64, inputs: Vec<PyBackedBytes>) -> PyResult<Vec<u64>> {
+    /// Queue tasks; `reads[i]` lists the objects ((id, size) pairs) task `i` reads.
+    #[pyo3(signature = (session_id, inputs, reads = None))]
+    fn submit(
+        &self,
+        session_id: u64,
+        inputs: Vec<PyBackedBytes>,
+        reads: Option<Vec<Vec<(u64, u64)>>>,
+    ) -> PyResult<Vec<u64>> {
         let inputs = inputs.into_iter().map(to_bytes).collect();
+        let reads = reads
+            .unwrap_or_default()
+            .into_iter()
+            .map(|r| {
+                r.into_iter()
+                    .map(|(id, size)| (ObjectId(id), size))
+                    .collect()
+            })
+            .collect();
         let ids = self
             .client
-            .submit(SessionId(session_id), inputs)
+            .submit_reading(SessionId(session_id), inputs, reads)
             .map_err(err)?;
         Ok(ids.into_iter().map(|t| t.0).collect())
+    }
+
+    /// Tell the head that this client stored `objects` ((id, size) pairs) on node
+    /// `node_id`; queued on the task stream ahead of later submissions.
+    fn announce_objects(&self, node_id: u64, objects: Vec<(u64, u64)>) -> PyResult<()> {
+        let objects: Vec<(ObjectId, u64)> = objects
+            .into_iter()
+            .map(|(id, size)| (ObjectId(id), size))
+            .collect();
+        self.client
+            .announce_objects(NodeId(node_id), &objects)
+            .map_err(err)
     }
 
     fn cancel(&self, session_id: u64, task_id: u64) -> PyResult<()> {

@@ -7,7 +7,7 @@ use pyo3::pybacked::PyBackedBytes;
 use pyo3::types::{PyBytes, PyTuple};
 
 use flame_core::executor::{ServiceHost, SessionContext};
-use flame_core::ids::{ExecutorId, SessionId, TaskId};
+use flame_core::ids::{ExecutorId, ObjectId, SessionId, TaskId};
 use flame_core::model::{ErrorKind, TaskFailure};
 
 use crate::connection::to_bytes;
@@ -18,6 +18,8 @@ struct PyHost {
     obj: Py<PyAny>,
     /// What the last task printed, until the loop takes it.
     log: String,
+    /// The object the last task's result was stored as (id, size), until the loop takes it.
+    output_object: Option<(ObjectId, u64)>,
 }
 
 /// `(kind, message, traceback, payload[, retryable])` from the host → a classified failure.
@@ -61,6 +63,8 @@ impl ServiceHost for PyHost {
                 PyBytes::new(py, &ctx.common_data),
                 // The result limit, checked while serializing (0 = none).
                 ctx.max_output_bytes,
+                // Larger results stay in the node's object store (0 = never).
+                ctx.result_object_bytes,
             );
             match self.obj.bind(py).call_method1("enter", args) {
                 Ok(r) if r.is_none() => Ok(()),
@@ -99,7 +103,16 @@ impl ServiceHost for PyHost {
                 }
                 _ => r,
             };
-            if r.is_instance_of::<PyTuple>() {
+            if let Ok(t) = r.cast::<PyTuple>() {
+                // (frame, object id, size): the result stayed in the node's store.
+                if t.len() == 3 {
+                    let (frame, id, size): (PyBackedBytes, u64, u64) = match t.extract() {
+                        Ok(stored) => stored,
+                        Err(e) => return Err(host_error(py, e, "reading a stored result")),
+                    };
+                    self.output_object = Some((ObjectId(id), size));
+                    return Ok(to_bytes(frame));
+                }
                 return Err(failure_from(&r));
             }
             match r.extract::<PyBackedBytes>() {
@@ -111,6 +124,10 @@ impl ServiceHost for PyHost {
 
     fn take_log(&mut self) -> String {
         std::mem::take(&mut self.log)
+    }
+
+    fn take_output_object(&mut self) -> Option<(ObjectId, u64)> {
+        self.output_object.take()
     }
 
     fn leave(&mut self) {
@@ -135,6 +152,7 @@ pub fn run_executor(
     let mut host = PyHost {
         obj: host,
         log: String::new(),
+        output_object: None,
     };
     // The node's credentials, handed down through the environment.
     let creds = flame_core::client::Credentials::from_env().map_err(err)?;

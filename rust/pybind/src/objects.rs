@@ -14,6 +14,12 @@ use crate::connection::to_bytes;
 use crate::error::{err, to_py, About, InvalidArgumentError};
 use crate::runtime::wait;
 
+/// The id of the object a task's large result is stored as (`ObjectId::result_of`).
+#[pyfunction]
+pub fn result_object_id(task_id: u64) -> u64 {
+    ObjectId::result_of(flame_core::ids::TaskId(task_id)).0
+}
+
 #[pyclass(name = "ObjectClient", module = "flame._core", frozen)]
 pub struct PyObjectClient {
     inner: ObjectClient,

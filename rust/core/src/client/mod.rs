@@ -50,7 +50,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
 use crate::error::{FlameError, Result};
-use crate::ids::{ClientId, ObjectId, SessionId, TaskId};
+use crate::ids::{ClientId, NodeId, ObjectId, SessionId, TaskId};
 use crate::proto;
 
 /// Largest gRPC message the client sends or accepts.
@@ -62,7 +62,17 @@ enum Outbound {
     Submit(SessionId, Vec<proto::TaskSubmission>),
     Cancel(SessionId, TaskId),
     Watch(SessionId, Vec<TaskId>),
+    /// Objects this client stored on a node: sent in queue order, so the head knows them
+    /// before any task submitted after.
+    Created(NodeId, Vec<proto::ObjectStored>),
 }
+
+/// The objects one task reads: `(id, size)` of each.
+pub type Reads = Vec<(ObjectId, u64)>;
+
+/// Ids of puts keep bit 31 clear: those with it set are task results
+/// ([`ObjectId::result_of`]).
+const MAX_PUT_COUNTER: u32 = (1 << 31) - 1;
 
 /// Tasks submitted (or watched) and not completed yet, with the inputs of submitted ones
 /// (kept to resubmit them if the daemon restarts before storing them; shared `Bytes`, not
@@ -272,10 +282,14 @@ impl Client {
     pub fn next_object_id(&self) -> Result<ObjectId> {
         self.check_state()?;
         let n = self.next_object.fetch_add(1, Ordering::Relaxed);
-        if n == 0 {
-            return Err(FlameError::InvalidArgument(
-                "this client ran out of object ids".into(),
-            ));
+        // Puts use 2^31 - 1 ids: those with bit 31 set are task results (`result_of`).
+        if n == 0 || n > MAX_PUT_COUNTER {
+            self.next_object
+                .store(MAX_PUT_COUNTER + 1, Ordering::Relaxed); // never wraps
+            return Err(FlameError::InvalidArgument(format!(
+                "this client ran out of object ids ({MAX_PUT_COUNTER} puts); connect again \
+                 for more"
+            )));
         }
         Ok(ObjectId(((self.client_id.0 as u64) << 32) | n as u64))
     }
@@ -283,6 +297,32 @@ impl Client {
     /// Object calls on this connection.
     pub fn objects(&self) -> ObjectClient {
         ObjectClient::new(self.frontend.clone())
+    }
+
+    /// Tell the head that this client stored `objects` (id, size) on node `node`. Queued
+    /// on the task stream like submissions, so the head knows them before any task
+    /// submitted after this call. Never blocks on the network.
+    ///
+    /// # Errors
+    /// `ClusterStateLost` once the daemon was found on another state; `ConnectionLost` if
+    /// the connection is closed.
+    pub fn announce_objects(&self, node: NodeId, objects: &[(ObjectId, u64)]) -> Result<()> {
+        self.check_state()?;
+        if objects.is_empty() {
+            return Ok(());
+        }
+        let stored = objects
+            .iter()
+            .map(|(id, size)| proto::ObjectStored {
+                object_id: id.0,
+                size: *size,
+            })
+            .collect();
+        let guard = self.outbound.lock().map_err(|_| poisoned())?;
+        guard
+            .1
+            .send(Outbound::Created(node, stored))
+            .map_err(|_| self.lost())
     }
 
     /// A clone of the unary stub (cheap; shares the connection, which reconnects by itself).
@@ -299,7 +339,29 @@ impl Client {
     /// `ClusterStateLost` once the daemon was found on another state; `ConnectionLost` if
     /// the connection is closed.
     pub fn submit(&self, session: SessionId, inputs: Vec<Bytes>) -> Result<Vec<TaskId>> {
+        self.submit_reading(session, inputs, Vec::new())
+    }
+
+    /// [`Client::submit`], with the objects each task reads (`reads[i]` for `inputs[i]`;
+    /// missing entries read nothing): the head keeps them while the task is unfinished, and
+    /// data-aware placement prefers a node that holds them.
+    ///
+    /// # Errors
+    /// As [`Client::submit`]; `InvalidArgument` when there are more `reads` than inputs.
+    pub fn submit_reading(
+        &self,
+        session: SessionId,
+        inputs: Vec<Bytes>,
+        reads: Vec<Reads>,
+    ) -> Result<Vec<TaskId>> {
         self.check_state()?;
+        if reads.len() > inputs.len() {
+            return Err(FlameError::InvalidArgument(format!(
+                "{} lists of objects read for {} tasks",
+                reads.len(),
+                inputs.len()
+            )));
+        }
         if let Some((i, big)) = inputs
             .iter()
             .enumerate()
@@ -326,13 +388,22 @@ impl Client {
                 outstanding.insert((session, *id), Some(input.clone()));
             }
         }
+        let mut reads = reads.into_iter();
         let tasks = ids
             .iter()
             .zip(inputs)
             .map(|(id, input)| proto::TaskSubmission {
                 task_id: id.0,
                 input,
-                reads: Vec::new(),
+                reads: reads
+                    .next()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(object, size)| proto::ObjectStored {
+                        object_id: object.0,
+                        size,
+                    })
+                    .collect(),
             })
             .collect();
         guard

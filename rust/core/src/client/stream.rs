@@ -403,6 +403,15 @@ fn encode(pending: Vec<Outbound>) -> Vec<proto::ClientMessage> {
                     })),
                 });
             }
+            Outbound::Created(node, objects) => {
+                flush(&mut current, &mut out);
+                out.push(proto::ClientMessage {
+                    msg: Some(client_message::Msg::Created(proto::ObjectsCreated {
+                        node_id: node.0,
+                        objects,
+                    })),
+                });
+            }
             Outbound::Watch(s, ts) => {
                 flush(&mut current, &mut out);
                 out.push(proto::ClientMessage {
@@ -444,6 +453,14 @@ mod tests {
             Outbound::Cancel(SessionId(2), TaskId(4)),
             sub(2, &[5], BATCH_BYTES),
             sub(2, &[6], 1),
+            Outbound::Created(
+                crate::ids::NodeId(9),
+                vec![proto::ObjectStored {
+                    object_id: 3,
+                    size: 10,
+                }],
+            ),
+            sub(2, &[7], 1),
         ]);
         let shape: Vec<String> = out
             .iter()
@@ -454,9 +471,24 @@ mod tests {
                     b.tasks.iter().map(|t| t.task_id).collect::<Vec<_>>()
                 ),
                 Some(client_message::Msg::Cancel(c)) => format!("c{}", c.task_id),
+                Some(client_message::Msg::Created(c)) => {
+                    format!("n{}:{}", c.node_id, c.objects.len())
+                }
                 _ => "?".into(),
             })
             .collect();
-        assert_eq!(shape, ["s1:[1, 2, 3]", "s2:[4]", "c4", "s2:[5]", "s2:[6]"]);
+        // An announcement of objects is never merged past: a task after it comes after it.
+        assert_eq!(
+            shape,
+            [
+                "s1:[1, 2, 3]",
+                "s2:[4]",
+                "c4",
+                "s2:[5]",
+                "s2:[6]",
+                "n9:1",
+                "s2:[7]"
+            ]
+        );
     }
 }

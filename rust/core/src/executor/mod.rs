@@ -26,7 +26,7 @@ use bytes::Bytes;
 
 use crate::client::Credentials;
 use crate::error::{FlameError, Result};
-use crate::ids::{ExecutorId, SessionId, TaskId};
+use crate::ids::{ExecutorId, ObjectId, SessionId, TaskId};
 use crate::model::{ErrorKind, TaskFailure};
 use crate::proto::{self, executor_command, executor_message};
 use link::{Inbound, Link, Outbound};
@@ -59,6 +59,9 @@ pub struct SessionContext {
     pub common_data: Bytes,
     /// A larger task result fails with `PayloadTooLarge` here, before it is sent; 0 = none.
     pub max_output_bytes: u64,
+    /// A result whose frame is larger than this stays in the node's object store and
+    /// travels by reference (see [`ServiceHost::take_output_object`]); 0 = always inline.
+    pub result_object_bytes: u64,
 }
 
 /// The service an executor runs. Implemented by the Python binding (and by native test
@@ -79,6 +82,12 @@ pub trait ServiceHost {
     /// every task; a host that captures no output keeps this default, which costs nothing.
     fn take_log(&mut self) -> String {
         String::new()
+    }
+    /// The object the last `invoke` stored its result as, with its size, handed over once:
+    /// its output was then the small frame that refers to it. A host that never stores
+    /// results keeps this default.
+    fn take_output_object(&mut self) -> Option<(ObjectId, u64)> {
+        None
     }
 }
 
@@ -167,6 +176,7 @@ impl TryFrom<proto::ExecutorCommand> for Command {
                 app_spec: b.app_spec,
                 common_data: b.common_data,
                 max_output_bytes: b.max_output_bytes,
+                result_object_bytes: b.result_object_bytes,
             }),
             Some(executor_command::Msg::Tasks(t)) => Command::Tasks {
                 session: SessionId(t.session_id),
@@ -320,6 +330,13 @@ impl Worker<'_> {
                 self.link.window.set_blocked(false);
             }
             let log = self.host.take_log();
+            let output_object =
+                self.host
+                    .take_output_object()
+                    .map(|(id, size)| proto::ObjectStored {
+                        object_id: id.0,
+                        size,
+                    });
             // At least 1: 0 on the wire means "not measured".
             let run_us = u64::try_from(started.elapsed().as_micros())
                 .unwrap_or(u64::MAX)
@@ -349,7 +366,7 @@ impl Worker<'_> {
                     log,
                     run_us,
                     output_in_parts: false,
-                    output_object: None,
+                    output_object,
                 },
                 Err(failure) => proto::TaskResult {
                     session_id: session.0,

@@ -145,6 +145,8 @@ struct TestHost {
     calls: Arc<Mutex<Vec<String>>>,
     gate: Option<std_mpsc::Receiver<()>>,
     log: String,
+    /// Set by a `store:*` input: the task "stored" its result as its result object.
+    stored: Option<(ObjectId, u64)>,
 }
 
 impl ServiceHost for TestHost {
@@ -187,11 +189,19 @@ impl ServiceHost for TestHost {
         if let Some(said) = input.strip_prefix(b"say:") {
             self.log = String::from_utf8_lossy(said).into_owned();
         }
+        if input.starts_with(b"store:") {
+            self.stored = Some((ObjectId::result_of(task), 5 << 20));
+            return Ok(Bytes::from_static(b"REF"));
+        }
         Ok(Bytes::from(input.to_ascii_uppercase()))
     }
 
     fn take_log(&mut self) -> String {
         std::mem::take(&mut self.log)
+    }
+
+    fn take_output_object(&mut self) -> Option<(ObjectId, u64)> {
+        self.stored.take()
     }
 
     fn leave(&mut self) {
@@ -210,6 +220,7 @@ pub(super) fn start_executor(
         calls: calls.clone(),
         gate,
         log: String::new(),
+        stored: None,
     };
     let address = address.to_string();
     let handle = tokio::task::spawn_blocking(move || {
@@ -303,6 +314,35 @@ async fn serves_queued_commands_in_order_and_shuts_down() {
     finished(exec).await.expect("clean shutdown");
     let expected = ["enter app", "invoke 10", "invoke 11", "invoke 12", "leave"];
     assert_eq!(*calls.lock().unwrap(), expected);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_result_stored_as_an_object_is_reported_with_its_task_only() {
+    let mut server = Server::start().await;
+    let (_, exec) = start_executor(&server.address, None);
+    let mut conn = server.accept(7).await;
+    conn.send(bind(1, b"")).await;
+    conn.send(tasks(1, &[(5, "store:big"), (6, "plain")])).await;
+    conn.send(shutdown()).await;
+    assert!(matches!(
+        conn.next().await,
+        Some(executor_message::Msg::Entered(_))
+    ));
+    let (results, _) = conn.results(2).await;
+    assert!(results[0].ok && results[0].output.as_ref() == b"REF");
+    let stored = results[0].output_object.expect("output object");
+    assert_eq!(
+        (stored.object_id, stored.size),
+        (ObjectId::result_of(TaskId(5)).0, 5 << 20)
+    );
+    // Reported once: the next task's result is inline again.
+    assert_eq!(
+        (results[1].output.as_ref(), &results[1].output_object),
+        (&b"PLAIN"[..], &None)
+    );
+    drop(conn);
+    finished(exec).await.expect("clean shutdown");
     server.stop().await;
 }
 
@@ -438,6 +478,7 @@ async fn unreachable_address_is_reported() {
         calls,
         gate: None,
         log: String::new(),
+        stored: None,
     };
     let timeout = Duration::from_millis(300);
     let err = run_with_timeout(

@@ -57,7 +57,7 @@ impl Actor {
                         app_spec: s.spec.app_spec.clone(),
                         common_data: s.spec.common_data.clone(),
                         max_output_bytes: self.cfg.max_payload_bytes as u64,
-                        result_object_bytes: 0,
+                        result_object_bytes: self.cfg.result_object_bytes,
                     });
                     self.send_to_executor(executor, cmd);
                 }

@@ -75,6 +75,9 @@ pub struct ManagerConfig {
     pub executor_timeout: Duration,
     /// How long a closed session's tasks, results and logs are kept before they are deleted.
     pub result_retention: Duration,
+    /// A task result larger than this stays in its executor's node store and travels by
+    /// reference (#12); 0 = always inline.
+    pub result_object_bytes: u64,
 }
 
 impl Default for ManagerConfig {
@@ -92,6 +95,7 @@ impl Default for ManagerConfig {
             drain_grace: Duration::from_secs(10),
             executor_timeout: Duration::from_secs(5),
             result_retention: Duration::from_secs(3600),
+            result_object_bytes: 1 << 20,
         }
     }
 }
