@@ -77,6 +77,8 @@ pub(super) struct Actor {
     pub run_times: HashMap<flame_core::ids::TaskKey, u64>,
     /// When closed sessions are next pruned (see `retention.rs`).
     pub retention: super::retention::Retention,
+    /// Which nodes hold which objects, for data-aware placement (`locality.rs`).
+    pub holdings: flame_core::scheduler::LocalityMap,
 }
 
 const META_SESSION: &str = "next_session_id";
@@ -113,6 +115,7 @@ pub fn start(
         warm_delay: cfg.warm_delay,
         first_executor_id: executor_base,
         policies: cfg.policies,
+        data_wait: cfg.data_wait,
         ..SchedulerConfig::default()
     });
     for s in &snapshot.sessions {
@@ -180,6 +183,7 @@ pub fn start(
         closed_recently: VecDeque::new(),
         run_times: HashMap::new(),
         retention: super::retention::Retention::new(cfg.result_retention, started),
+        holdings: Default::default(),
     };
     let task = tokio::spawn(actor.run(rx));
     let handle = ManagerHandle {

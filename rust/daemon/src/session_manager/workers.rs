@@ -147,6 +147,7 @@ impl Actor {
             }
         }
         self.sched.remove_node(node, now);
+        self.forget_holdings(node);
     }
 
     pub(super) fn executor_exited(
