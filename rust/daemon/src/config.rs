@@ -28,6 +28,7 @@
 //! [scheduler]
 //! policies = ["priority", "fair_share", "data_aware"]   # any of Policies::NAMES
 //! release_delay_ms = 2000                       # idle executors stay bound this long
+//! data_wait_ms = 100                            # data_aware: a task waits this long for its data's node
 //! ```
 //!
 //! The top-level `warm_delay_ms` is the older name of `scheduler.release_delay_ms`.
@@ -41,6 +42,9 @@ use flame_core::scheduler::Policies;
 use flame_core::{FlameError, Result};
 
 use crate::session_manager::ManagerConfig;
+
+/// The longest `scheduler.data_wait_ms` accepted.
+const MAX_DATA_WAIT_MS: u64 = 3_600_000;
 
 /// Settings a config file may hold; every field is optional.
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -97,6 +101,9 @@ pub struct SchedulerTable {
     pub policies: Option<Vec<String>>,
     /// How long an idle executor stays bound to its session.
     pub release_delay_ms: Option<u64>,
+    /// Data-aware policy: how long a task that reads objects waits for an executor on a node
+    /// holding them before it goes anywhere.
+    pub data_wait_ms: Option<u64>,
 }
 
 impl FileConfig {
@@ -131,6 +138,15 @@ impl FileConfig {
         }
         if let Some(names) = &table.policies {
             m.policies = Policies::from_names(names)?;
+        }
+        if let Some(ms) = table.data_wait_ms {
+            if ms > MAX_DATA_WAIT_MS {
+                return Err(FlameError::InvalidArgument(format!(
+                    "scheduler.data_wait_ms ({ms}) is over {MAX_DATA_WAIT_MS} (one hour): a task \
+                     would wait that long for its data's node"
+                )));
+            }
+            m.data_wait = Duration::from_millis(ms);
         }
         if let Some(w) = self.window {
             if w == 0 {
@@ -301,5 +317,21 @@ mod tests {
         assert!(f.manager().unwrap_err().to_string().contains("same"));
         let err = toml::from_str::<FileConfig>("[scheduler]\npreemtion = true").unwrap_err();
         assert!(err.to_string().contains("preemtion"), "{err}");
+    }
+
+    #[test]
+    fn data_wait_is_set_in_the_scheduler_table_and_bounded() {
+        assert_eq!(
+            FileConfig::default().manager().unwrap().data_wait,
+            Duration::from_millis(100)
+        );
+        let f: FileConfig = toml::from_str("[scheduler]\ndata_wait_ms = 250").unwrap();
+        assert_eq!(f.manager().unwrap().data_wait, Duration::from_millis(250));
+        let f: FileConfig = toml::from_str("[scheduler]\ndata_wait_ms = 3600001").unwrap();
+        let err = f.manager().unwrap_err().to_string();
+        assert!(
+            err.contains("data_wait_ms") && err.contains("3600001"),
+            "{err}"
+        );
     }
 }

@@ -387,3 +387,13 @@ impl Directory {
 
 #[cfg(test)]
 mod tests;
+
+/// Data-aware placement reads the directory: the nodes that hold an object now (none while
+/// it is lost or being rebuilt).
+impl crate::scheduler::Locality for Directory {
+    fn holders(&self, object: ObjectId, f: &mut dyn FnMut(NodeId)) {
+        if let Location::Held { holders, .. } = self.locate(object) {
+            holders.iter().for_each(|n| f(*n));
+        }
+    }
+}

@@ -126,6 +126,8 @@ impl Scheduler {
 
     /// Send pending tasks of `sid` to its executors with room in their window (or only to
     /// `only`), one task per executor per round so a short queue spreads across executors.
+    /// An executor takes the tasks waiting for its node first (data-aware), then the common
+    /// queue; tasks waiting for other nodes are not its to take.
     /// O(E_s + tasks sent) for a whole session, O(window) for one executor: a result feeds
     /// just the executor that sent it.
     ///
@@ -138,7 +140,7 @@ impl Scheduler {
         let Some(session) = self.sessions.get_mut(&sid) else {
             return;
         };
-        if self.draining || session.pending.is_empty() {
+        if self.draining || !session.queued() {
             return;
         }
         let window = session.window(
@@ -161,6 +163,10 @@ impl Scheduler {
         ready.sort_unstable_by_key(|e| (self.executors.get(e).map_or(0, |x| x.inflight.len()), *e));
         let mut batches: HashMap<ExecutorId, Vec<(TaskId, Bytes, u32)>> = HashMap::new();
         let mut started = Vec::new();
+        // Data-aware: executors left with nothing while tasks wait for other nodes, and
+        // executors whose such wait ends because they got work.
+        let mut passed = Vec::new();
+        let mut served = Vec::new();
         'rounds: while !ready.is_empty() {
             let mut next = Vec::with_capacity(ready.len());
             for eid in ready {
@@ -171,9 +177,31 @@ impl Scheduler {
                     // The rest waits for the executors that are coming (or a result here).
                     break 'rounds;
                 }
-                let Some(tid) = pop_pending(session) else {
-                    break 'rounds;
+                // A task waiting for this executor's node first, then the common queue, then
+                // (once it waited long enough) tasks waiting for other nodes.
+                let tid = match session.pop_local(exec.node) {
+                    Some(tid) => {
+                        exec.steals = false;
+                        Some(tid)
+                    }
+                    None => pop_pending(session)
+                        .or_else(|| exec.steals.then(|| session.pop_waiting()).flatten()),
                 };
+                let Some(tid) = tid else {
+                    exec.steals = false;
+                    if !session.queued() {
+                        break 'rounds;
+                    }
+                    // The rest waits for executors on other nodes; an empty executor waits
+                    // for one of its own at most `data_wait` (see `locality.rs`).
+                    if exec.inflight.is_empty() && exec.passed_over.is_none() {
+                        passed.push(eid);
+                    }
+                    continue;
+                };
+                if exec.passed_over.is_some() {
+                    served.push(eid);
+                }
                 let Some(slot) = session.tasks.get_mut(&tid) else {
                     continue;
                 };
@@ -194,6 +222,12 @@ impl Scheduler {
                 }
             }
             ready = next;
+        }
+        for eid in served {
+            self.set_passed_over(eid, None);
+        }
+        for eid in passed {
+            self.set_passed_over(eid, Some(now));
         }
         for eid in started {
             self.set_head_since(eid, Some(now));
@@ -270,8 +304,10 @@ impl Scheduler {
         self.set_idle_since(eid, None);
         self.set_releasing(eid, false);
         self.set_head_since(eid, None);
+        self.set_passed_over(eid, None);
         let exec = self.executors.get_mut(&eid).expect("checked above");
         exec.state = ExecutorState::Unbinding(sid);
+        exec.steals = false;
         exec.reserved_for = reserve_for;
         if reserve_for.is_none() {
             self.leaving.insert(eid);

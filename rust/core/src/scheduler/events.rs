@@ -324,7 +324,7 @@ impl Scheduler {
         let warm = self
             .sessions
             .get(&sid)
-            .is_none_or(|s| s.pending.is_empty() && s.kept() > s.reserved());
+            .is_none_or(|s| !s.queued() && s.kept() > s.reserved());
         if warm && self.node_over_slots(self.executors[&eid].node) {
             // Its node runs over its slots (after a nested wait): no warm period there.
             self.unbind(eid, None);

@@ -10,13 +10,16 @@
 //! gives one back, is decided by the [`Policies`] that are on (priority classes, weighted fair
 //! share, a per-tenant level, preemption, data-aware placement; see `policy.rs`). An idle
 //! executor stays bound ("warm") for `warm_delay` — the release delay — unless another
-//! session is waiting for one. Nothing is killed for fairness unless preemption is on.
+//! session is waiting for one. Nothing is killed for fairness unless preemption is on. A task
+//! that reads objects goes to an executor of its session on a node holding them, if one is
+//! free within a bounded wait (`locality.rs`).
 //!
 //! Layout: `state.rs` (the entities), `index.rs` (ordered indexes), `events.rs` (what
 //! happens), `submission.rs` (sessions and tasks), `dispatch.rs` (sending tasks, warm and
 //! timeout bookkeeping), `placement.rs` (hand-out), `reclaim.rs` (taking executors back),
 //! `policy.rs` (which policies are on), `drain.rs` (emptying a node that is leaving),
-//! `blocking.rs` (executors blocked in nested waits give up their slots).
+//! `blocking.rs` (executors blocked in nested waits give up their slots), `locality.rs` (the
+//! objects tasks read and the nodes they wait for).
 //!
 //! Cost, with S sessions that want executors, I idle executors, N nodes, E_s the executors
 //! of one session: an event touches only what it names and marks those sessions dirty; one
@@ -27,7 +30,9 @@
 //! per-service and per-interpreter sets, a node from a set ordered by free slots, a warm
 //! executor from a set ordered by idle time. A reclaim adds the choice of which executor of
 //! the victim to take back, O(E_victim). Expiring warm executors and timeouts pops ordered
-//! sets, O(log E) per expiry; [`Scheduler::next_deadline`] is O(log E).
+//! sets, O(log E) per expiry; [`Scheduler::next_deadline`] is O(log E). A task that reads
+//! objects adds O(reads × holders) when queued and O(1) amortized when sent; an executor
+//! passed over adds O(log E) (see `locality.rs`); a task that reads none costs nothing more.
 
 mod blocking;
 mod dispatch;
@@ -35,6 +40,7 @@ mod drain;
 mod events;
 mod eviction;
 mod index;
+mod locality;
 mod placement;
 mod policy;
 mod reclaim;
@@ -44,6 +50,8 @@ mod submission;
 mod tests;
 #[cfg(test)]
 mod tests_blocking;
+#[cfg(test)]
+mod tests_data;
 #[cfg(test)]
 mod tests_dispatch;
 #[cfg(test)]
@@ -58,6 +66,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+pub use locality::{Locality, LocalityMap, NoLocality, ObjectRead, TaskReads};
 pub use policy::Policies;
 pub use state::{Executor, ExecutorState, Node, Session, TaskSlot};
 pub use submission::CancelOutcome;
@@ -81,6 +90,12 @@ pub struct SchedulerConfig {
     pub first_executor_id: u64,
     /// Which policies decide who gets executors.
     pub policies: Policies,
+    /// Data-aware: how long an executor with nothing to do waits for a task of its session
+    /// that reads data on its node, while others wait for other nodes; then it takes those.
+    pub data_wait: Duration,
+    /// Data-aware: a task prefers nodes only if they hold at least this many of its bytes
+    /// (moving less costs less than waiting for them).
+    pub data_min_bytes: u64,
 }
 
 impl Default for SchedulerConfig {
@@ -92,6 +107,8 @@ impl Default for SchedulerConfig {
             warm_delay: Duration::from_secs(2),
             first_executor_id: 1,
             policies: Policies::default(),
+            data_wait: Duration::from_millis(100),
+            data_min_bytes: 1 << 20,
         }
     }
 }
@@ -157,6 +174,8 @@ pub struct Scheduler {
     idle_by_python: HashMap<String, BTreeSet<ExecutorId>>,
     idle_by_session: HashMap<SessionId, BTreeSet<ExecutorId>>,
     idle_by_app: HashMap<u64, BTreeSet<ExecutorId>>,
+    /// The same by node (data-aware placement: an idle executor where a task's data is).
+    idle_by_node: HashMap<NodeId, BTreeSet<ExecutorId>>,
     /// Nodes with free slots, most free first.
     free_nodes: BTreeSet<(std::cmp::Reverse<usize>, NodeId)>,
     /// Free slots over all nodes in `free_nodes` (the sum of their keys), kept in step.
@@ -168,6 +187,9 @@ pub struct Scheduler {
     leaving: BTreeSet<ExecutorId>,
     /// Running head tasks by when they time out (`Executor::deadline`).
     deadlines: BTreeSet<(Instant, ExecutorId)>,
+    /// Executors with nothing to do while tasks of their session wait for other nodes, by
+    /// since when (`Executor::passed_over`; they take those tasks after `data_wait`).
+    data_waits: BTreeSet<(Instant, ExecutorId)>,
     /// Open sessions.
     sessions: HashMap<SessionId, Session>,
     index: index::Index,
@@ -196,11 +218,13 @@ impl Scheduler {
             idle_by_python: HashMap::new(),
             idle_by_session: HashMap::new(),
             idle_by_app: HashMap::new(),
+            idle_by_node: HashMap::new(),
             free_nodes: BTreeSet::new(),
             free_slots_total: 0,
             warm: BTreeSet::new(),
             leaving: BTreeSet::new(),
             deadlines: BTreeSet::new(),
+            data_waits: BTreeSet::new(),
             sessions: HashMap::new(),
             index: index::Index::default(),
             dirty: BTreeSet::new(),
@@ -253,12 +277,15 @@ impl Scheduler {
         })
     }
 
-    /// When the next warm executor expires or the next running task times out, if ever:
-    /// the session manager wakes up then. O(log E).
+    /// When the next warm executor expires, the next running task times out or the next
+    /// passed-over executor may take tasks waiting for other nodes, if ever: the session
+    /// manager wakes up then. O(log E).
     pub fn next_deadline(&self) -> Option<Instant> {
         let warm = self.warm.first().map(|(t, _)| *t + self.config.warm_delay);
         let timeout = self.deadlines.first().map(|(t, _)| *t);
-        warm.into_iter().chain(timeout).min()
+        let data = self.data_waits.first();
+        let data = data.and_then(|(t, _)| t.checked_add(self.config.data_wait));
+        warm.into_iter().chain(timeout).chain(data).min()
     }
 
     /// Remember that a session changed: the next pass re-indexes it.
@@ -299,8 +326,11 @@ impl Scheduler {
     pub fn schedule(&mut self, now: Instant) {
         if self.draining {
             self.expire_timeouts(now);
+            // Nothing is fed, but waits that ended must leave the index (next_deadline).
+            self.expire_data_waits(now);
             return;
         }
+        self.expire_data_waits(now);
         for sid in std::mem::take(&mut self.to_feed) {
             self.feed(sid, None, now);
         }
@@ -329,6 +359,9 @@ impl Scheduler {
         } else {
             TaskState::Pending
         };
+        if slot.waits.is_some() {
+            session.stop_waiting();
+        }
         session.counts.remove(was, 1);
         session.counts.add(state, 1);
         self.touch(key.session);

@@ -1,4 +1,6 @@
-//! Where executors come from when a session wants more, in order: an idle one (data-aware:
+//! Where executors come from when a session wants more, in order: with the data-aware policy
+//! and tasks waiting for the nodes holding their data, an idle one on such a node, else a new
+//! one there; then an idle one (data-aware:
 //! last used by the same session, then the same service, then any of the same interpreter),
 //! a new process (data-aware: on the session's last node, else the one with most free slots), an idle one of another interpreter
 //! replaced, a warm one nobody is using, or one taken back from another session
@@ -9,6 +11,9 @@ use std::cmp::Reverse;
 use std::time::Instant;
 
 use super::{Action, Executor, ExecutorState, Scheduler};
+
+/// Nodes a session's waiting tasks wait for that one placement looks at, at most.
+pub(super) const NEAR_DATA_SCAN: usize = 32;
 use crate::ids::{ExecutorId, NodeId, SessionId};
 
 impl Scheduler {
@@ -38,6 +43,9 @@ impl Scheduler {
     /// Try to get one more executor for `sid`. Returns whether anything was done (the
     /// session then holds one more, on its way or bound).
     fn acquire_one(&mut self, sid: SessionId, now: Instant) -> bool {
+        if self.acquire_near_data(sid, now) {
+            return true;
+        }
         if let Some(eid) = self.pick_idle(sid) {
             self.bind(eid, sid, now);
             return true;
@@ -66,6 +74,69 @@ impl Scheduler {
         self.reclaim(sid)
     }
 
+    /// With the data-aware policy, an executor for `sid` on a node its waiting tasks wait for:
+    /// an idle one there, else a new one if a slot is free. The nodes take turns (a cursor
+    /// per session), so a session's executors spread over the nodes holding its data instead
+    /// of piling onto one; each call looks at [`NEAR_DATA_SCAN`] nodes at most, from the
+    /// cursor on. `false` if none of them has room (the session then gets an executor
+    /// wherever it can; see `locality.rs`). O(log K + NEAR_DATA_SCAN) for K nodes waited for.
+    fn acquire_near_data(&mut self, sid: SessionId, now: Instant) -> bool {
+        use std::ops::Bound::{Excluded, Unbounded};
+        if !self.config.policies.data_aware {
+            return false;
+        }
+        let Some(session) = self.sessions.get_mut(&sid).filter(|s| s.waiting > 0) else {
+            return false;
+        };
+        let after = session.local_turn;
+        let mut wanted: Vec<NodeId> = session
+            .local
+            .range((Excluded(after), Unbounded))
+            .chain(session.local.range(..=after))
+            .map(|(n, _)| *n)
+            .take(NEAR_DATA_SCAN)
+            .collect();
+        wanted.retain(|n| session.waits_for(*n));
+        let python = &session.spec.python;
+        let idle = wanted.iter().find_map(|n| {
+            let e = self
+                .idle_by_node
+                .get(n)?
+                .iter()
+                .copied()
+                .find(|e| self.executors.get(e).is_some_and(|x| &x.python == python))?;
+            Some((*n, e))
+        });
+        let free = || {
+            wanted
+                .iter()
+                .copied()
+                .find(|n| self.nodes.get(n).is_some_and(|x| x.has_free_slot()))
+        };
+        let (node, got) = match idle {
+            Some((n, e)) => (n, Some(e)),
+            None => match free() {
+                Some(n) => (n, None),
+                None => {
+                    // The next call looks at the nodes after these.
+                    if let Some(last) = wanted.last() {
+                        session.local_turn = *last;
+                    }
+                    return false;
+                }
+            },
+        };
+        session.local_turn = node;
+        match got {
+            Some(eid) => self.bind(eid, sid, now),
+            None => {
+                let python = python.clone();
+                self.spawn(node, python, sid);
+            }
+        }
+        true
+    }
+
     /// An idle executor for `sid`'s interpreter; with the data-aware policy, one that last
     /// served this session, else this service, if there is one. O(log I).
     fn pick_idle(&self, sid: SessionId) -> Option<ExecutorId> {
@@ -74,8 +145,6 @@ impl Scheduler {
             set.and_then(|x| x.first().copied())
         };
         if self.config.policies.data_aware {
-            // Object locality would go here too: tasks carry no object references yet, so
-            // there is no node holding a task's data to prefer.
             if let Some(e) = first(self.idle_by_session.get(&sid)) {
                 return Some(e);
             }
@@ -91,7 +160,6 @@ impl Scheduler {
     /// files cached); else the node with most free slots. O(log N).
     fn node_for_spawn(&self, sid: SessionId) -> Option<NodeId> {
         if self.config.policies.data_aware {
-            // Object locality would also go here: a node holding the data a task reads.
             let last = self.sessions[&sid].last_node;
             if let Some(n) = last.filter(|n| self.nodes.get(n).is_some_and(|n| n.has_free_slot())) {
                 return Some(n);
@@ -111,7 +179,7 @@ impl Scheduler {
             });
             let spare = match owner.and_then(|o| self.sessions.get(&o)) {
                 Some(o) if o.id == sid => false,
-                Some(o) => o.pending.is_empty() && o.kept() > o.reserved(),
+                Some(o) => !o.queued() && o.kept() > o.reserved(),
                 None => owner.is_some(),
             };
             if spare {
@@ -151,6 +219,8 @@ impl Scheduler {
                 last_app: None,
                 deadline: None,
                 blocked: false,
+                passed_over: None,
+                steals: false,
             },
         );
         if let Some(s) = self.sessions.get_mut(&for_session) {
@@ -194,6 +264,7 @@ impl Scheduler {
         exec.idle_since = None;
         exec.last_session = Some(sid);
         exec.last_app = app;
+        exec.steals = false;
         let node = exec.node;
         if let Some(s) = self.sessions.get_mut(&sid) {
             s.executors.insert(eid);
@@ -246,6 +317,7 @@ impl Scheduler {
             return;
         };
         self.idle.insert(eid);
+        self.idle_by_node.entry(e.node).or_default().insert(eid);
         self.idle_by_python
             .entry(e.python.clone())
             .or_default()
@@ -278,6 +350,7 @@ impl Scheduler {
             }
         }
         drop_from(&mut self.idle_by_python, &e.python, eid);
+        drop_from(&mut self.idle_by_node, &e.node, eid);
         if let Some(sid) = e.last_session {
             drop_from(&mut self.idle_by_session, &sid, eid);
         }
@@ -299,6 +372,7 @@ impl Scheduler {
         self.set_idle_since(eid, None);
         self.set_releasing(eid, false);
         self.set_blocked(eid, false);
+        self.set_passed_over(eid, None);
         let exec = self.executors.remove(&eid)?;
         // `head_since` stays on the returned executor: `lose` tells from it whether the head
         // task had started.

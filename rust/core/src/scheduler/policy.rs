@@ -20,7 +20,10 @@ pub struct Policies {
     /// A higher-priority session does not wait: it kills a lower-priority running task,
     /// which goes back to its queue without being charged an attempt.
     pub preemption: bool,
-    /// Prefer an idle executor that last served the same session, then the same service.
+    /// Prefer an idle executor that last served the same session, then the same service;
+    /// and for a task that reads objects, an executor of its session on a node holding most
+    /// of its bytes — waiting for one at most `SchedulerConfig::data_wait`, then anywhere —
+    /// with new executors started (or idle ones taken) on those nodes first.
     pub data_aware: bool,
 }
 

@@ -21,7 +21,7 @@ impl Scheduler {
         let Some((victim, preempt)) = self.pick_victim(sid) else {
             return false;
         };
-        let Some(eid) = self.executor_to_release(victim) else {
+        let Some(eid) = self.executor_to_release(victim, sid) else {
             return false;
         };
         let busy = !self.executors[&eid].inflight.is_empty();
@@ -82,8 +82,10 @@ impl Scheduler {
         None
     }
 
-    /// Which of the victim's executors to take: an idle one, else the one with least queued.
-    fn executor_to_release(&self, victim: SessionId) -> Option<ExecutorId> {
+    /// Which of the victim's executors to take for `taker`: an idle one, else the one with
+    /// least queued; among those, one on a node the taker's tasks wait for (data-aware).
+    fn executor_to_release(&self, victim: SessionId, taker: SessionId) -> Option<ExecutorId> {
+        let wanted = self.sessions.get(&taker).map(|s| &s.local);
         self.sessions
             .get(&victim)?
             .executors
@@ -91,7 +93,10 @@ impl Scheduler {
             .copied()
             .filter_map(|e| self.executors.get(&e))
             .filter(|e| !e.releasing && !e.blocked)
-            .min_by_key(|e| (e.inflight.len(), e.id))
+            .min_by_key(|e| {
+                let far = !wanted.is_some_and(|w| w.contains_key(&e.node));
+                (e.inflight.len(), far, e.id)
+            })
             .map(|e| e.id)
     }
 

@@ -2,11 +2,12 @@
 //! are not finished yet. Finished tasks leave memory (they live on in storage). The ordered
 //! indexes over them live in `index.rs`.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::time::Instant;
 
 use bytes::Bytes;
 
+use super::locality::TaskReads;
 use crate::ids::{ClientId, ExecutorId, NodeId, SessionId, TaskId};
 use crate::model::{SessionSpec, TaskCounts, TaskFailure};
 
@@ -91,6 +92,12 @@ pub struct Executor {
     pub(super) deadline: Option<Instant>,
     /// Its running task waits on other tasks: it holds no slot and gets no tasks meanwhile.
     pub blocked: bool,
+    /// Data-aware: since when it has had nothing to do while tasks of its session wait for
+    /// other nodes, as entered in the index of such waits.
+    pub(super) passed_over: Option<Instant>,
+    /// Data-aware: it waited `data_wait` for a task for its node and now takes tasks that
+    /// wait for other nodes, until it runs out of work.
+    pub steals: bool,
 }
 
 impl Executor {
@@ -117,6 +124,11 @@ pub struct TaskSlot {
     pub ran_on: Option<(ExecutorId, NodeId)>,
     /// Opaque token of the client stream to notify when it finishes.
     pub watcher: Option<u64>,
+    /// The objects it reads (none for most tasks; then nothing is allocated).
+    pub reads: TaskReads,
+    /// While pending and waiting for an executor on a node that holds its data: which
+    /// nodes (see `locality.rs`).
+    pub waits: Option<Box<[NodeId]>>,
 }
 
 #[derive(Debug)]
@@ -124,7 +136,20 @@ pub struct Session {
     pub id: SessionId,
     pub spec: SessionSpec,
     pub created_ms: i64,
+    /// Tasks any of its executors may take, in order.
     pub pending: VecDeque<TaskId>,
+    /// Tasks waiting for an executor on a node holding their data, per node (a task is in
+    /// the queue of each node it waits for; entries of tasks taken elsewhere are skipped).
+    pub local: BTreeMap<NodeId, VecDeque<TaskId>>,
+    /// The same tasks in queue order (oldest first, entries of tasks taken are skipped):
+    /// what an executor that waited long enough takes.
+    pub waiting_order: VecDeque<TaskId>,
+    /// How many of its pending tasks wait so (exact; `local` and `waiting_order` are
+    /// cleared when it is 0).
+    pub waiting: u32,
+    /// The node of its last executor placed near its data: the next one goes to a node
+    /// after it (they take turns).
+    pub(super) local_turn: NodeId,
     pub tasks: HashMap<TaskId, TaskSlot>,
     /// Executors bound or binding to this session.
     pub executors: HashSet<ExecutorId>,
@@ -189,6 +214,10 @@ impl Session {
             spec,
             created_ms,
             pending: VecDeque::new(),
+            local: BTreeMap::new(),
+            waiting_order: VecDeque::new(),
+            waiting: 0,
+            local_turn: NodeId(0),
             tasks: HashMap::new(),
             executors: HashSet::new(),
             starting: 0,
@@ -240,7 +269,7 @@ impl Session {
     /// Wants another executor now: below its minimum, or with queued work and room to grow.
     pub fn hungry(&self) -> bool {
         let held = self.held();
-        held < self.reserved() || (!self.pending.is_empty() && held < self.target())
+        held < self.reserved() || (self.queued() && held < self.target())
     }
 
     /// Executors held or on their way (blocked ones hold nothing while they wait).

@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
+use super::locality::{Locality, TaskReads};
 use super::{Action, Scheduler, Session, TaskSlot};
 use crate::error::{FlameError, Result};
 use crate::ids::{SessionId, TaskId};
@@ -197,9 +198,38 @@ impl Scheduler {
         tasks: Vec<(TaskId, Bytes, u32)>,
         watcher: Option<u64>,
     ) {
+        self.enqueue_tasks(sid, tasks, Vec::new(), watcher, None);
+    }
+
+    /// [`Scheduler::enqueue`] for tasks some of which read objects: `reads` lists those
+    /// (the others read nothing). With the data-aware policy such a task waits for an
+    /// executor of its session on a node that `locality` says holds most of its bytes, or
+    /// for one with nothing else to do for `data_wait` (see `locality.rs`).
+    pub fn enqueue_reading(
+        &mut self,
+        sid: SessionId,
+        tasks: Vec<(TaskId, Bytes, u32)>,
+        reads: Vec<(TaskId, TaskReads)>,
+        watcher: Option<u64>,
+        locality: &dyn Locality,
+    ) {
+        self.enqueue_tasks(sid, tasks, reads, watcher, Some(locality));
+    }
+
+    fn enqueue_tasks(
+        &mut self,
+        sid: SessionId,
+        tasks: Vec<(TaskId, Bytes, u32)>,
+        reads: Vec<(TaskId, TaskReads)>,
+        watcher: Option<u64>,
+        placing: Option<&dyn Locality>,
+    ) {
+        // Only batches with reads pay for placing them (most have none: no allocation).
+        let placing = placing.filter(|_| self.config.policies.data_aware && !reads.is_empty());
         let Some(session) = self.sessions.get_mut(&sid) else {
             return;
         };
+        let mut reads: HashMap<TaskId, TaskReads> = reads.into_iter().collect();
         let mut tids = Vec::with_capacity(tasks.len());
         for (tid, input, attempts) in tasks {
             let slot = TaskSlot {
@@ -209,10 +239,23 @@ impl Scheduler {
                 started: None,
                 ran_on: None,
                 watcher,
+                reads: if reads.is_empty() {
+                    TaskReads::default()
+                } else {
+                    reads.remove(&tid).unwrap_or_default()
+                },
+                waits: None,
             };
-            if session.tasks.insert(tid, slot).is_none() {
-                session.counts.add(TaskState::Pending, 1);
-                tids.push(tid);
+            match session.tasks.insert(tid, slot) {
+                None => {
+                    session.counts.add(TaskState::Pending, 1);
+                    tids.push(tid);
+                }
+                Some(old) => {
+                    if old.waits.is_some() {
+                        session.stop_waiting();
+                    }
+                }
             }
             let counter = (tid.0 & 0xffff_ffff) as u32;
             let last = session.last_counter.entry(tid.client()).or_insert(0);
@@ -220,9 +263,14 @@ impl Scheduler {
         }
         self.dirty.insert(sid);
         self.to_feed.insert(sid);
-        match session.enter_failed.clone() {
-            None => session.pending.extend(tids),
-            Some(f) => {
+        match (session.enter_failed.clone(), placing) {
+            (None, None) => session.pending.extend(tids),
+            (None, Some(locality)) => {
+                for tid in tids {
+                    self.queue_task(sid, tid, locality);
+                }
+            }
+            (Some(f), _) => {
                 for tid in tids {
                     self.finish(
                         key(sid, tid),

@@ -15,6 +15,7 @@ use flame_core::client::CLIENT_ID_HEADER;
 use flame_core::ids::{NodeId, ObjectId, SessionId, TaskId, TaskKey};
 use flame_core::model::{now_ms, ApplicationRecord, SessionSpec, TaskState};
 use flame_core::proto::{self, client_message, frontend_server::Frontend};
+use flame_core::scheduler::{ObjectRead, TaskReads};
 use flame_core::view::page_size;
 use flame_core::FlameError;
 
@@ -564,16 +565,27 @@ impl Frontend for FrontendService {
 fn client_event(conn: u64, m: proto::ClientMessage) -> Option<Event> {
     let ev = match m.msg {
         // A submit to session 0 still goes on: its tasks are answered as failed.
-        Some(client_message::Msg::Submit(b)) => Event::Submit {
-            conn,
-            session: SessionId(b.session_id),
-            tasks: b
+        Some(client_message::Msg::Submit(b)) => {
+            // Reads go aside, for the few tasks that have any (no allocation otherwise).
+            let mut reads = Vec::new();
+            let tasks = b
                 .tasks
                 .into_iter()
                 .filter(|t| t.task_id != 0)
-                .map(|t| (TaskId(t.task_id), t.input))
-                .collect(),
-        },
+                .map(|t| {
+                    if !t.reads.is_empty() {
+                        reads.push((TaskId(t.task_id), object_reads(&t.reads)));
+                    }
+                    (TaskId(t.task_id), t.input)
+                })
+                .collect();
+            Event::Submit {
+                conn,
+                session: SessionId(b.session_id),
+                tasks,
+                reads,
+            }
+        }
         Some(client_message::Msg::Watch(w)) if w.session_id != 0 => Event::Watch {
             conn,
             session: SessionId(w.session_id),
@@ -602,4 +614,16 @@ fn client_event(conn: u64, m: proto::ClientMessage) -> Option<Event> {
         }
     };
     Some(ev)
+}
+
+/// Objects named on the wire, with their sizes; id 0 names none and is left out.
+fn object_reads(objects: &[proto::ObjectStored]) -> TaskReads {
+    objects
+        .iter()
+        .filter(|o| o.object_id != 0)
+        .map(|o| ObjectRead {
+            id: ObjectId(o.object_id),
+            size: o.size,
+        })
+        .collect()
 }

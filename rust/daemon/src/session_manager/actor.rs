@@ -115,6 +115,7 @@ pub fn start(
         warm_delay: cfg.warm_delay,
         first_executor_id: executor_base,
         policies: cfg.policies,
+        data_wait: cfg.data_wait,
         ..SchedulerConfig::default()
     });
     for s in &snapshot.sessions {

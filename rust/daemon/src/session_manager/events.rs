@@ -9,7 +9,7 @@ use bytes::Bytes;
 use flame_core::ids::{SessionId, TaskId};
 use flame_core::model::{key, now_ms, ErrorKind, SessionRecord, SessionState, TaskFailure};
 use flame_core::proto;
-use flame_core::scheduler::Completion;
+use flame_core::scheduler::{Completion, Locality, TaskReads};
 use flame_core::storage::{NewTask, WriteOp};
 use flame_core::FlameError;
 
@@ -172,7 +172,8 @@ impl Actor {
                 conn,
                 session,
                 tasks,
-            } => self.submit(conn, session, tasks),
+                reads,
+            } => self.submit(conn, session, tasks, reads),
             Event::Watch {
                 conn,
                 session,
@@ -283,7 +284,13 @@ impl Actor {
         });
     }
 
-    fn submit(&mut self, conn: u64, session: SessionId, tasks: Vec<(TaskId, Bytes)>) {
+    fn submit(
+        &mut self,
+        conn: u64,
+        session: SessionId,
+        tasks: Vec<(TaskId, Bytes)>,
+        reads: Vec<(TaskId, TaskReads)>,
+    ) {
         if let Some(refused) = self.not_owner(conn, session) {
             self.reject(conn, session, tasks.into_iter().map(|t| t.0), refused);
             return;
@@ -354,7 +361,13 @@ impl Actor {
         self.store.write_only(vec![op]);
         self.metrics.submitted.increment(accepted.len() as u64);
         let tasks = accepted.into_iter().map(|(t, i)| (t, i, 0)).collect();
-        self.sched.enqueue(session, tasks, Some(conn));
+        if reads.is_empty() {
+            self.sched.enqueue(session, tasks, Some(conn));
+        } else {
+            let locality: &dyn Locality = &self.object_dir.dir;
+            self.sched
+                .enqueue_reading(session, tasks, reads, Some(conn), locality);
+        }
     }
 
     /// Fail submissions that were never accepted; nothing is stored for them.

@@ -59,6 +59,9 @@ pub struct ManagerConfig {
     pub warm_delay: Duration,
     /// Which scheduling policies are on.
     pub policies: flame_core::scheduler::Policies,
+    /// Data-aware policy: how long a task that reads objects waits for an executor on a
+    /// node holding them before it goes anywhere.
+    pub data_wait: Duration,
     /// Interval at which nodes send heartbeats.
     pub heartbeat: Duration,
     /// A node silent for this long is declared lost.
@@ -87,6 +90,7 @@ impl Default for ManagerConfig {
             window_max: 64,
             warm_delay: Duration::from_secs(2),
             policies: Default::default(),
+            data_wait: Duration::from_millis(100),
             heartbeat: Duration::from_millis(1000),
             node_timeout: Duration::from_secs(5),
             max_payload_bytes: 256 << 20,
@@ -160,6 +164,8 @@ pub enum Event {
         conn: u64,
         session: SessionId,
         tasks: Vec<(TaskId, Bytes)>,
+        /// The objects some of these tasks read (#12; most tasks read none).
+        reads: Vec<(TaskId, flame_core::scheduler::TaskReads)>,
     },
     Watch {
         conn: u64,
