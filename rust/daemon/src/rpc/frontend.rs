@@ -19,8 +19,9 @@ use flame_core::view::page_size;
 use flame_core::FlameError;
 
 use super::access::{self, Access};
-use super::{admin, objects};
+use super::{admin, authorize, objects};
 use crate::reads::{Reads, TaskQuery};
+use crate::security::interceptor::Accepted;
 use crate::security::{authz, Security};
 use crate::session_manager::{Event, ManagerHandle};
 
@@ -33,6 +34,8 @@ pub struct FrontendService {
     next_conn: Arc<AtomicU64>,
     /// Tokens, the CA and revocations (the security calls in `admin.rs`).
     security: Arc<Security>,
+    /// Tokens nodes asked about (`AuthorizeObjects`), checked before.
+    asked_tokens: Arc<Accepted>,
 }
 
 impl FrontendService {
@@ -43,6 +46,7 @@ impl FrontendService {
             reads,
             next_conn: Arc::new(AtomicU64::new(1)),
             security,
+            asked_tokens: Arc::default(),
         }
     }
 }
@@ -488,11 +492,9 @@ impl Frontend for FrontendService {
 
     async fn authorize_objects(
         &self,
-        _req: Request<proto::ObjectAccess>,
+        req: Request<proto::ObjectAccess>,
     ) -> Result<Response<proto::ObjectAccessReply>, Status> {
-        Err(Status::unimplemented(
-            "AuthorizeObjects is not built yet (#12)",
-        ))
+        authorize::authorize_objects(&self.access, &self.asked_tokens, req)
     }
 
     // Security calls (#11): implemented in `admin`.
