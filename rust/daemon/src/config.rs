@@ -8,6 +8,7 @@
 //! slots = 8
 //! python = "/opt/venv/bin/python"
 //! executor_memory_mb = 4096                    # kill an executor resident over this
+//! object_port = 0                              # a node's object server (0 = any free port)
 //! executor_command = ["flame-echo-executor"]   # instead of `{python} -m flame._executor`
 //! warm_delay_ms = 2000
 //! window = 2                                   # tasks sent ahead to one executor, at least
@@ -57,6 +58,8 @@ pub struct FileConfig {
     pub memory_mb: Option<u64>,
     /// Local address of a node's connection to its head.
     pub bind: Option<std::net::IpAddr>,
+    /// Port of a node's object server (0 = any free one).
+    pub object_port: Option<u16>,
     pub executor_command: Option<Vec<String>>,
     pub warm_delay_ms: Option<u64>,
     pub window: Option<usize>,

@@ -90,6 +90,11 @@ pub struct NodeConfig {
     /// What the node shows the head (a node token, or its certificate and the CA); its
     /// executors get the same through their environment (see [`credentials`]).
     pub credentials: Credentials,
+    /// Port of the node's object server (#12, [`crate::node_objects`]); 0: any free one.
+    pub object_port: u16,
+    /// The object server's address as reported to the head: set by [`run_node`] once it
+    /// listens (a value given here is replaced).
+    pub object_address: String,
 }
 
 impl NodeConfig {
@@ -110,6 +115,8 @@ impl NodeConfig {
             bind: None,
             drain_grace: Duration::ZERO,
             credentials: Credentials::none(),
+            object_port: 0,
+            object_address: String::new(),
         }
     }
 
@@ -190,6 +197,21 @@ pub async fn run_node(
                 config.work_dir.display()
             ))
         })?;
+    // #12: the object server listens before the node registers (its address goes into
+    // NodeRegister). Until the node store of #12 lands, objects live in a private dir of
+    // the work dir, removed when the node stops.
+    let store_dir = tempfile::Builder::new()
+        .prefix("flame-objects-")
+        .tempdir_in(&config.work_dir)
+        .map_err(|e| {
+            FlameError::InvalidArgument(format!(
+                "object store in {}: {e}",
+                config.work_dir.display()
+            ))
+        })?;
+    let store = std::sync::Arc::new(flame_core::storage::ObjectStore::open(store_dir.path())?);
+    let objects = crate::node_objects::ObjectPlane::start(&config, store).await?;
+    config.object_address = objects.address.clone();
     let mut backoff = Backoff::new();
     let mut node_id = None;
     let mut transport = None;
@@ -218,6 +240,9 @@ pub async fn run_node(
             ),
         }
         node_id = Some(id);
+        if let Some(t) = &transport {
+            objects.registered(t, id);
+        }
         let since = Instant::now();
         let end = serve(&config, head, &shutdown).await;
         if shutdown.is_cancelled() || matches!(end, End::Drained) {

@@ -120,20 +120,13 @@ impl Harness {
     }
 
     pub fn config(&self, slots: u32, command: &[&str]) -> NodeConfig {
-        NodeConfig {
-            head: self.head_address.clone(),
-            name: "test-node".into(),
-            slots,
-            python: "python3".into(),
-            executor_command: Some(command.iter().map(|s| s.to_string()).collect()),
-            work_dir: self._work_dir.path().join("executors"),
-            env: vec![("FLAME_TEST_TAG".into(), self.tag.clone())],
-            executor_memory_bytes: None,
-            memory_bytes: None,
-            bind: None,
-            drain_grace: std::time::Duration::ZERO,
-            credentials: flame_core::client::Credentials::none(),
-        }
+        let mut config = NodeConfig::new(self.head_address.clone());
+        config.name = "test-node".into();
+        config.slots = slots;
+        config.executor_command = Some(command.iter().map(|s| s.to_string()).collect());
+        config.work_dir = self._work_dir.path().join("executors");
+        config.env = vec![("FLAME_TEST_TAG".into(), self.tag.clone())];
+        config
     }
 
     /// Starts a node; returns its task, its shutdown token, and its registered stream.
