@@ -53,6 +53,14 @@ pub struct Fetcher<S> {
     inner: Arc<Inner<S>>,
 }
 
+impl<S> std::fmt::Debug for Fetcher<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fetcher")
+            .field("stats", &self.inner.stats)
+            .finish_non_exhaustive()
+    }
+}
+
 impl<S> Clone for Fetcher<S> {
     fn clone(&self) -> Self {
         Self {

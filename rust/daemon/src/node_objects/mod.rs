@@ -69,7 +69,12 @@ pub trait ObjectFiles: Send + Sync + 'static {
     ///
     /// # Errors
     /// `AlreadyExists` for an id the store holds; `Storage`.
-    fn create(&self, id: ObjectId, size: Option<u64>, copy: bool) -> Result<Self::Writer>;
+    fn create(
+        self: &Arc<Self>,
+        id: ObjectId,
+        size: Option<u64>,
+        copy: bool,
+    ) -> Result<Self::Writer>;
 }
 
 /// A new object being written (blocking I/O).

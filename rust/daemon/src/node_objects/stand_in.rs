@@ -4,6 +4,7 @@
 //! (that store implements [`ObjectFiles`] the same way; the node agent then passes it).
 
 use std::fs::File;
+use std::sync::Arc;
 
 use flame_core::error::{FlameError, Result};
 use flame_core::ids::ObjectId;
@@ -23,7 +24,12 @@ impl ObjectFiles for ObjectStore {
         Ok((file, len))
     }
 
-    fn create(&self, id: ObjectId, _size: Option<u64>, _copy: bool) -> Result<ObjectWriter> {
+    fn create(
+        self: &Arc<Self>,
+        id: ObjectId,
+        _size: Option<u64>,
+        _copy: bool,
+    ) -> Result<ObjectWriter> {
         self.writer(id)
     }
 }
