@@ -114,6 +114,16 @@ class ObjectClient:
     def put(self, object_id: int, parts: list[bytes]) -> int: ...
     def get(self, object_id: int) -> bytes: ...
     def delete(self, object_ids: list[int]) -> None: ...
+    # #12: a process on no node: store on the node the head picks / read from the holders.
+    def place_and_put(self, object_id: int, parts: list[bytes]) -> PlacedObject: ...
+    def locate_and_fetch(self, object_id: int, rebuild_wait: float = 60.0) -> bytes: ...
+
+class PlacedObject:
+    """Where ObjectClient.place_and_put stored an object."""
+
+    node_id: int
+    node_name: str
+    size: int
 
 class NodeObjects:
     """The local node's object store, over its Unix socket (``FLAME_NODE_SOCKET``)."""

@@ -108,13 +108,18 @@ pub struct NodeOpts {
     /// --executor-memory-mb, no more executors start than fit in it.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub memory_mb: Option<u64>,
-    /// Local address the node connects to its head from (e.g. 127.0.0.2).
+    /// Local address the node connects to its head from (e.g. 127.0.0.2); its object
+    /// server listens there too.
     #[arg(long)]
     pub bind: Option<std::net::IpAddr>,
     /// MiB of objects this node's store keeps in memory before evicting cached copies and
     /// spilling to disk (default: 30 % of the node's memory).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub object_store_mb: Option<u64>,
+    /// Port of the node's object server, where other nodes and off-node clients fetch and
+    /// put objects (default: any free port; the node tells the head).
+    #[arg(long)]
+    pub object_port: Option<u16>,
     /// Command that starts an executor instead of `{python} -m flame._executor`, split on
     /// whitespace (e.g. `flame-echo-executor`); `--address A --executor-id N` are appended.
     #[arg(long)]
@@ -212,6 +217,7 @@ fn node_config(head: String, opts: &NodeOpts, f: &FileConfig) -> NodeConfig {
         n.object_store_bytes = Some(mb.saturating_mul(1 << 20));
     }
     n.bind = opts.bind.or(f.bind);
+    n.object_port = opts.object_port.or(f.object_port).unwrap_or(0);
     let command = opts.executor_command.as_ref();
     let command = command.map(|c| c.split_whitespace().map(String::from).collect());
     if let Some(c) = command.or(f.executor_command.clone()) {

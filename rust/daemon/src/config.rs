@@ -9,6 +9,7 @@
 //! python = "/opt/venv/bin/python"
 //! executor_memory_mb = 4096                    # kill an executor resident over this
 //! object_store_mb = 4096                       # node object store in memory (default 30 %)
+//! object_port = 0                              # a node's object server (0 = any free port)
 //! executor_command = ["flame-echo-executor"]   # instead of `{python} -m flame._executor`
 //! warm_delay_ms = 2000
 //! window = 2                                   # tasks sent ahead to one executor, at least
@@ -65,6 +66,8 @@ pub struct FileConfig {
     pub object_store_mb: Option<u64>,
     /// Local address of a node's connection to its head.
     pub bind: Option<std::net::IpAddr>,
+    /// Port of a node's object server (0 = any free one).
+    pub object_port: Option<u16>,
     pub executor_command: Option<Vec<String>>,
     pub warm_delay_ms: Option<u64>,
     pub window: Option<usize>,

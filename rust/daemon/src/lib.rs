@@ -10,7 +10,8 @@
 //!   scheduler's decisions; [`rpc`] — the gRPC handlers that feed it events.
 //! - [`storage_writer`] — the storage thread with group commit; [`reads`] — introspection
 //!   reads on read-only connections beside it, so they never delay a commit.
-//! - [`executor_manager`] — the node agent: executor processes, heartbeats, exit reports.
+//! - [`executor_manager`] — the node agent: executor processes, heartbeats, exit reports;
+//!   [`node_objects`] — its object server over TCP and its transfers from other nodes.
 //! - [`shutdown`] — Ctrl-C / SIGTERM; [`state_guard`] — one head per state dir, and the
 //!   stop when the state file is deleted, replaced or damaged under it.
 //! - [`security`] — tokens, credentials and who may do what (README "Security");
@@ -25,6 +26,7 @@ pub mod http;
 pub mod local;
 pub mod local_socket;
 pub mod metrics;
+pub mod node_objects;
 pub mod reads;
 pub mod rpc;
 pub mod security;

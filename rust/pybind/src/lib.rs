@@ -48,6 +48,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<cluster::PyLocalCluster>()?;
     m.add_class::<objects::PyObjectClient>()?;
     m.add_class::<node_objects::PyNodeObjects>()?;
+    m.add_class::<objects::PyPlacedObject>()?;
     m.add_function(wrap_pyfunction!(executor::run_executor, m)?)?;
     m.add_function(wrap_pyfunction!(executor::executor_blocked, m)?)?;
     m.add_function(wrap_pyfunction!(credentials::discover, m)?)?;

@@ -1,5 +1,6 @@
-//! `ObjectClient`: object upload, download and delete over gRPC, for Python code that is not
-//! on the head's machine (`flame.objects` uses the object files directly when it is).
+//! `ObjectClient`: objects for Python code that runs on no node of the cluster — stored on
+//! the node the head picks and read from the nodes that hold them (#12) — and the head's
+//! own object calls (upload, download, delete) while the head still keeps objects.
 
 use std::time::Duration;
 
@@ -78,4 +79,54 @@ impl PyObjectClient {
         let client = self.inner.clone();
         wait(py, async move { client.delete(&ids).await })?.map_err(err)
     }
+    /// Store a new object on a node the head chooses (a process that runs on no node):
+    /// `PlaceObject`, then the bytes go straight to that node. Announce it afterwards
+    /// (`created` on the task stream) with the returned node.
+    fn place_and_put(
+        &self,
+        py: Python<'_>,
+        object_id: u64,
+        parts: Vec<PyBackedBytes>,
+    ) -> PyResult<PyPlacedObject> {
+        let parts = parts.into_iter().map(to_bytes).collect();
+        let client = self.inner.clone();
+        let placed = wait(py, async move {
+            client.place_and_put(ObjectId(object_id), parts).await
+        })?
+        .map_err(err)?;
+        Ok(PyPlacedObject {
+            node_id: placed.node_id,
+            node_name: placed.node_name,
+            size: placed.size,
+        })
+    }
+
+    /// Read an object from the nodes that hold it (a process that runs on no node):
+    /// `LocateObjects`, then a resumable fetch from the first holder that answers. An
+    /// object being rebuilt is waited for up to `rebuild_wait` seconds.
+    #[pyo3(signature = (object_id, rebuild_wait = 60.0))]
+    fn locate_and_fetch<'py>(
+        &self,
+        py: Python<'py>,
+        object_id: u64,
+        rebuild_wait: f64,
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        let wait_for = Duration::try_from_secs_f64(rebuild_wait).map_err(|_| {
+            InvalidArgumentError::new_err(format!("bad rebuild_wait {rebuild_wait}"))
+        })?;
+        let client = self.inner.clone();
+        let data = wait(py, async move {
+            client.locate_and_fetch(ObjectId(object_id), wait_for).await
+        })?
+        .map_err(|e| to_py(e, About::Object))?;
+        Ok(PyBytes::new(py, &data))
+    }
+}
+
+/// Where `place_and_put` stored an object.
+#[pyclass(name = "PlacedObject", module = "flame._core", frozen, get_all)]
+pub struct PyPlacedObject {
+    pub node_id: u64,
+    pub node_name: String,
+    pub size: u64,
 }

@@ -32,7 +32,7 @@ pub use credentials::{
     read_ca_file, Credentials, CA_FILE_ENV, CERT_FILE_ENV, KEY_FILE_ENV, TOKEN_ENV,
 };
 pub use discover::{discover, Discovery};
-pub use objects::ObjectClient;
+pub use objects::{ObjectClient, PlacedObject};
 pub use stamp::{stub, Frontend, StateStamp, STATE_ID_HEADER};
 pub use transport::{Transport, HEAD_SOCKET_ENV};
 
@@ -296,7 +296,7 @@ impl Client {
 
     /// Object calls on this connection.
     pub fn objects(&self) -> ObjectClient {
-        ObjectClient::new(self.frontend.clone())
+        ObjectClient::new(self.frontend.clone()).with_nodes(&self.transport, None)
     }
 
     /// Tell the head that this client stored `objects` (id, size) on node `node`. Queued

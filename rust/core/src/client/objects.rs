@@ -1,28 +1,61 @@
-//! Moving objects to and from the head over gRPC, for clients and executors that are not on
-//! the head's machine (those that are read and write the object files directly — see
-//! [`crate::storage::ObjectStore`]). Uploads and downloads go in 1 MiB chunks; slicing a
-//! `Bytes` is zero-copy, so an upload copies the object only into the HTTP/2 frames.
+//! Objects for a process that runs on no node of the cluster (#12): [`ObjectClient::
+//! place_and_put`] stores a new object on the node the head picks, and [`ObjectClient::
+//! locate_and_fetch`] reads one from the nodes that hold it (resuming a broken stream,
+//! trying the next holder) — the bytes never pass through the head
+//! ([`crate::objects::transfer`]). The head's own object calls (`put`, `get`, `delete`)
+//! remain until the head keeps no objects. Transfers go in 1 MiB chunks; slicing a `Bytes`
+//! is zero-copy, so an upload copies the object only into the HTTP/2 frames.
 
 use std::time::Duration;
 
 use bytes::Bytes;
 
 use super::stamp::{stub, Frontend, StateStamp};
-use crate::error::Result;
+use crate::error::{FlameError, Result};
 use crate::ids::ObjectId;
+use crate::objects::transfer::{self, Dialer};
 use crate::proto;
 
 const CHUNK_BYTES: usize = 1 << 20;
+/// How often an object being rebuilt is looked up again.
+const REBUILD_POLL: Duration = Duration::from_millis(200);
+/// How long dialing a node's object server may take.
+const DIAL: Duration = Duration::from_secs(10);
 
 /// Object calls on one channel (cheap to clone).
 #[derive(Clone)]
 pub struct ObjectClient {
     frontend: Frontend,
+    /// Nodes' object servers, with this client's credentials (`None`: head calls only).
+    dialer: Option<Dialer>,
+}
+
+/// Where [`ObjectClient::place_and_put`] stored an object.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlacedObject {
+    pub node_id: u64,
+    pub node_name: String,
+    pub size: u64,
 }
 
 impl ObjectClient {
+    /// Head calls only (`put`, `get`, `delete`); see [`ObjectClient::with_nodes`].
     pub fn new(frontend: Frontend) -> Self {
-        Self { frontend }
+        Self {
+            frontend,
+            dialer: None,
+        }
+    }
+
+    /// This client, also reaching nodes' object servers with the credentials of
+    /// `transport` (and `identity`, a node certificate, if given).
+    pub fn with_nodes(
+        mut self,
+        transport: &super::Transport,
+        identity: Option<crate::tls::Identity>,
+    ) -> Self {
+        self.dialer = Some(Dialer::for_transport(transport, identity, DIAL));
+        self
     }
 
     /// Open a channel to the head at `address` with `creds` (no hello: objects need no
@@ -40,7 +73,7 @@ impl ObjectClient {
         let transport = super::Transport::resolve(&address, creds, timeout).await?;
         let channel = transport.channel(timeout).await?;
         let stamp = StateStamp::default().with_bearer(transport.bearer().cloned());
-        Ok(Self::new(stub(channel, stamp)))
+        Ok(Self::new(stub(channel, stamp)).with_nodes(&transport, creds.identity.clone()))
     }
 
     /// Upload an object made of `parts` (written one after the other).
@@ -105,5 +138,100 @@ impl ObjectClient {
         };
         self.frontend.clone().delete_objects(req).await?;
         Ok(())
+    }
+
+    /// Store a new object made of `parts` on a node of the cluster, for a client that runs
+    /// on no node: the head chooses the node (`PlaceObject`), then the bytes go straight to
+    /// it (`NodeObjects.Put`). The caller then announces the object on its task stream
+    /// (`ClientMessage.created` with the returned node).
+    ///
+    /// # Errors
+    /// What the head answers (no node can take it: `Unavailable`); what the node answers
+    /// (`PermissionDenied` naming the object, a full store); `Unreachable`.
+    pub async fn place_and_put(&self, id: ObjectId, parts: Vec<Bytes>) -> Result<PlacedObject> {
+        let dialer = self.dialer()?;
+        let size: u64 = parts.iter().map(|p| p.len() as u64).sum();
+        let req = proto::ObjectStored {
+            object_id: id.0,
+            size,
+        };
+        let holder = self.frontend.clone().place_object(req).await?.into_inner();
+        if holder.address.is_empty() {
+            return Err(FlameError::Unreachable {
+                address: format!("node {}", holder.node_name),
+                reason: format!("the node chosen for object {:#x} serves no objects", id.0),
+            });
+        }
+        let size = transfer::put(dialer, &holder, id, parts).await?;
+        Ok(PlacedObject {
+            node_id: holder.node_id,
+            node_name: holder.node_name,
+            size,
+        })
+    }
+
+    /// Read an object from the nodes that hold it, for a client that runs on no node: ask
+    /// the head where it is (`LocateObjects`), then fetch it from the first holder, resuming
+    /// a broken stream and trying the next holder on failure. An object being rebuilt (its
+    /// node was lost and its task runs again) is waited for, up to `rebuild_wait`.
+    ///
+    /// # Errors
+    /// `NotFound` naming the object and why when no node holds it; `ConnectionLost` when no
+    /// holder could send it; `Unauthenticated` / `PermissionDenied` from the holders.
+    pub async fn locate_and_fetch(&self, id: ObjectId, rebuild_wait: Duration) -> Result<Vec<u8>> {
+        let dialer = self.dialer()?;
+        let until = tokio::time::Instant::now() + rebuild_wait;
+        let location = loop {
+            let req = proto::ObjectRefs {
+                object_ids: vec![id.0],
+            };
+            let found = self
+                .frontend
+                .clone()
+                .locate_objects(req)
+                .await?
+                .into_inner();
+            let location = found
+                .objects
+                .into_iter()
+                .find(|l| l.object_id == id.0)
+                .ok_or_else(|| {
+                    FlameError::Internal(format!(
+                        "the head did not say where object {:#x} is",
+                        id.0
+                    ))
+                })?;
+            if !location.holders.is_empty() {
+                break location;
+            }
+            if !location.rebuilding {
+                return Err(FlameError::NotFound(if location.lost.is_empty() {
+                    format!("object {:#x} is held by no node", id.0)
+                } else {
+                    location.lost
+                }));
+            }
+            if tokio::time::Instant::now() >= until {
+                return Err(FlameError::Timeout(format!(
+                    "object {:#x} is still being rebuilt after {rebuild_wait:?}",
+                    id.0
+                )));
+            }
+            tokio::time::sleep(REBUILD_POLL).await;
+        };
+        let capacity = usize::try_from(location.size).unwrap_or(0).min(1 << 30);
+        let mut data = Vec::with_capacity(capacity);
+        transfer::fetch(dialer, id, location.size, &location.holders, &mut data).await?;
+        Ok(data)
+    }
+
+    fn dialer(&self) -> Result<&Dialer> {
+        self.dialer.as_ref().ok_or_else(|| {
+            FlameError::InvalidArgument(
+                "this object client was made without credentials for nodes (ObjectClient::new); \
+                 use ObjectClient::connect or Client::objects"
+                    .into(),
+            )
+        })
     }
 }

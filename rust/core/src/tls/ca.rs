@@ -20,7 +20,7 @@ use rustls_pki_types::CertificateDer;
 use x509_parser::time::ASN1Time;
 
 use super::files::{io_error, read_private_file, write_private_file};
-use super::node::{validate_node_name, NODE_URI_PREFIX};
+use super::node::{node_server_name, validate_node_name, NODE_URI_PREFIX};
 use crate::auth::fingerprint;
 use crate::error::FlameError;
 
@@ -181,7 +181,9 @@ impl ClusterCa {
     }
 
     /// Signs a node's certificate request: CN = `node_name`, URI SAN `flame-node:<name>`
-    /// (the identity the head checks), clientAuth only, one year.
+    /// (the identity the head checks), DNS SAN `<name>.node.flame` (the name its object
+    /// server is dialed by, #12; left out for a name too long to be a DNS name), clientAuth
+    /// and serverAuth, one year.
     ///
     /// Only the CSR's public key is used (after its signature is checked): whatever names or
     /// usages the CSR asks for are ignored, the head decides them.
@@ -193,7 +195,16 @@ impl ClusterCa {
         let (mut params, serial, not_after_ms) = leaf_params(node_name)?;
         let uri = format!("{NODE_URI_PREFIX}{node_name}");
         params.subject_alt_names = vec![SanType::URI(uri.try_into().map_err(rcgen_error)?)];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let dns = node_server_name(node_name);
+        if rustls_pki_types::DnsName::try_from(dns.as_str()).is_ok() {
+            params
+                .subject_alt_names
+                .push(SanType::DnsName(dns.try_into().map_err(rcgen_error)?));
+        }
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ClientAuth,
+            ExtendedKeyUsagePurpose::ServerAuth,
+        ];
         let cert = params
             .signed_by(&csr.public_key, &self.issuer)
             .map_err(rcgen_error)?;

@@ -38,6 +38,13 @@ impl ClusterCa {
             sans.push(match name.parse::<std::net::IpAddr>() {
                 Ok(ip) => SanType::IpAddress(ip),
                 Err(_) => {
+                    if name.to_ascii_lowercase().ends_with(super::NODE_DNS_SUFFIX) {
+                        return Err(FlameError::InvalidArgument(format!(
+                            "server name {name:?} is under {}, the names of nodes' object \
+                             servers; a head cannot carry one",
+                            super::NODE_DNS_SUFFIX
+                        )));
+                    }
                     DnsName::try_from(name).map_err(|_| {
                         FlameError::InvalidArgument(format!(
                             "server name {name:?} is neither an IP address nor a DNS name"

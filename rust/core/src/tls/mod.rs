@@ -8,8 +8,9 @@
 //!   issue_server`]) and sends the chain `[leaf, CA]` so that a client holding only the
 //!   fingerprint can find the CA in the handshake ([`fetch_pinned_ca`]).
 //! - A node makes its own key ([`NodeKey`]) and sends a CSR; the head signs it
-//!   ([`ClusterCa::sign_node`]) into a clientAuth certificate whose identity is the URI SAN
-//!   `flame-node:<name>` ([`node_name_of`]). The node's private key never leaves the node.
+//!   ([`ClusterCa::sign_node`]) into a certificate whose identity is the URI SAN
+//!   `flame-node:<name>` ([`node_name_of`]); it also serves the node's object server as
+//!   `<name>.node.flame` ([`node_server_name`]). The node's private key never leaves the node.
 //!
 //! # Files
 //! - [`ca`] — the cluster CA: create once, load, issue server and node certificates.
@@ -43,8 +44,8 @@ pub use files::{read_private_file, write_private_file};
 pub use head::{HEAD_CERT_FILE, HEAD_KEY_FILE};
 pub use names::server_names;
 pub use node::{
-    node_cert_of, node_name_of, peer_node, peer_node_name, validate_node_name, NodeCert, NodeKey,
-    MAX_NODE_NAME_BYTES, NODE_URI_PREFIX,
+    node_cert_of, node_name_of, node_server_name, peer_node, peer_node_name, serves_node_name,
+    validate_node_name, NodeCert, NodeKey, MAX_NODE_NAME_BYTES, NODE_DNS_SUFFIX, NODE_URI_PREFIX,
 };
 pub use pinning::fetch_pinned_ca;
 

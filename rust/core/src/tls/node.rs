@@ -3,7 +3,10 @@
 //!
 //! A node's identity is the URI SAN `flame-node:<name>` (the CN says the same, for humans and
 //! tools that show only the subject). A URI SAN cannot be confused with a DNS name, so a
-//! node certificate can never pass for the head's server certificate, nor the other way.
+//! head's server certificate never passes for a node. A node certificate also serves the
+//! node's object server (#12) under the DNS name `<name>.node.flame`, which clients dial by
+//! that name; a head never carries a name under `.node.flame` (its certificate refuses
+//! one), so a node certificate never passes for the head's either.
 
 use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair, PKCS_ECDSA_P256_SHA256};
 use x509_parser::extensions::GeneralName;
@@ -13,6 +16,33 @@ use crate::error::FlameError;
 
 /// How a node certificate's URI SAN starts; the node's name follows.
 pub const NODE_URI_PREFIX: &str = "flame-node:";
+/// The DNS suffix of the name a node's object server is dialed by.
+pub const NODE_DNS_SUFFIX: &str = ".node.flame";
+
+/// The name a node's certificate carries for its object server: `<name>.node.flame`.
+pub fn node_server_name(node_name: &str) -> String {
+    format!("{node_name}{NODE_DNS_SUFFIX}")
+}
+
+/// Whether the node certificate `cert_pem` carries `<node_name>.node.flame`, so it can serve
+/// objects (certificates signed before #12 do not: the node must join again).
+pub fn serves_node_name(cert_pem: &str, node_name: &str) -> bool {
+    let want = node_server_name(node_name).to_ascii_lowercase();
+    let Ok(der) = super::certs_from_pem(cert_pem, "the node certificate") else {
+        return false;
+    };
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(&der[0]) else {
+        return false;
+    };
+    let Ok(Some(san)) = cert.subject_alternative_name() else {
+        return false;
+    };
+    san.value
+        .general_names
+        .iter()
+        .any(|n| matches!(n, GeneralName::DNSName(d) if d.to_ascii_lowercase() == want))
+}
+
 /// The longest node name (that of a DNS name).
 pub const MAX_NODE_NAME_BYTES: usize = 253;
 

@@ -188,7 +188,7 @@ async fn register(
         previous_node_id,
         cpus: cpu_count(),
         memory_available: memory_available_bytes(),
-        object_address: String::new(),
+        object_address: config.object_address.clone(),
     };
     // The queue is empty and its receiver alive, so this cannot fail.
     let _ = outbox.try_send(NodeMessage {

@@ -112,6 +112,11 @@ pub struct NodeConfig {
     /// How the node brings objects it lacks from other nodes when a local process pulls
     /// them; `None`: such a pull is NOT_FOUND.
     pub remote_fetch: Option<Arc<dyn RemoteFetch>>,
+    /// Port of the node's object server (#12, [`crate::node_objects`]); 0: any free one.
+    pub object_port: u16,
+    /// The object server's address as reported to the head: set by [`run_node`] once it
+    /// listens (a value given here is replaced).
+    pub object_address: String,
 }
 
 /// Where a node's object store is reached, for processes of its machine.
@@ -147,6 +152,8 @@ impl NodeConfig {
             object_shm_root: Some(PathBuf::from(flame_core::objects::store::SHM_ROOT)),
             local_report: None,
             remote_fetch: None,
+            object_port: 0,
+            object_address: String::new(),
         }
     }
 
@@ -232,10 +239,15 @@ pub async fn run_node(
         })?;
     let mut objects = LocalObjects::start(&config)?;
     config.env.extend(objects.env());
-    if let Some(fetch) = &config.remote_fetch {
-        objects.set_fetch(fetch.clone());
+    // The object server listens before the node registers (its address goes into
+    // NodeRegister); its fetcher brings objects from other nodes unless one is configured.
+    let plane = crate::node_objects::ObjectPlane::start(&config, objects.store.clone()).await?;
+    config.object_address = plane.address.clone();
+    match &config.remote_fetch {
+        Some(fetch) => objects.set_fetch(fetch.clone()),
+        None => objects.set_fetch(Arc::new(plane.fetcher().clone())),
     }
-    let result = run_registrations(&mut config, &mut objects, &shutdown).await;
+    let result = run_registrations(&mut config, &mut objects, &plane, &shutdown).await;
     if let Some(report) = &config.local_report {
         report.send_replace(None);
     }
@@ -249,6 +261,7 @@ pub async fn run_node(
 async fn run_registrations(
     config: &mut NodeConfig,
     objects: &mut LocalObjects,
+    plane: &crate::node_objects::ObjectPlane<flame_core::objects::store::ObjectStore>,
     shutdown: &CancellationToken,
 ) -> Result<(), FlameError> {
     let mut backoff = Backoff::new();
@@ -284,6 +297,9 @@ async fn run_registrations(
                 node_id: id,
                 socket: objects.store.socket_path(),
             }));
+        }
+        if let Some(t) = &transport {
+            plane.registered(t, id);
         }
         let since = Instant::now();
         let end = serve(config, head, objects, shutdown).await;

@@ -20,9 +20,10 @@ use flame_core::view::page_size;
 use flame_core::FlameError;
 
 use super::access::{self, Access};
-use super::{admin, directory, objects};
+use super::{admin, authorize, directory, objects};
 use crate::executor_manager::LocalNodeReport;
 use crate::reads::{Reads, TaskQuery};
+use crate::security::interceptor::Accepted;
 use crate::security::{authz, Security};
 use crate::session_manager::{Event, ManagerHandle, ObjectEvent};
 
@@ -37,6 +38,8 @@ pub struct FrontendService {
     security: Arc<Security>,
     /// The head's own node's object store, when it has one (#12; `HelloReply`).
     local_node: Option<LocalNodeReport>,
+    /// Tokens nodes asked about (`AuthorizeObjects`), checked before.
+    asked_tokens: Arc<Accepted>,
 }
 
 impl FrontendService {
@@ -48,6 +51,7 @@ impl FrontendService {
             next_conn: Arc::new(AtomicU64::new(1)),
             security,
             local_node: None,
+            asked_tokens: Arc::default(),
         }
     }
 
@@ -509,11 +513,9 @@ impl Frontend for FrontendService {
 
     async fn authorize_objects(
         &self,
-        _req: Request<proto::ObjectAccess>,
+        req: Request<proto::ObjectAccess>,
     ) -> Result<Response<proto::ObjectAccessReply>, Status> {
-        Err(Status::unimplemented(
-            "AuthorizeObjects is not built yet (#12)",
-        ))
+        authorize::authorize_objects(&self.access, &self.asked_tokens, req)
     }
 
     // Security calls (#11): implemented in `admin`.

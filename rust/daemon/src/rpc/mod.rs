@@ -4,6 +4,7 @@
 
 pub mod access;
 pub mod admin;
+pub mod authorize;
 pub mod backend;
 pub mod directory;
 pub mod frontend;

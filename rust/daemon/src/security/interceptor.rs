@@ -52,11 +52,25 @@ pub fn authenticate(
                 "the {AUTHORIZATION_HEADER} header must read '{BEARER_PREFIX}<token>'"
             ))
         })?;
+    check_token(security, accepted, text).map(Some)
+}
+
+/// The principal of the token `text` (a bearer token, or one a node's object server asks
+/// about, `AuthorizeObjects`), through the `accepted` cache.
+///
+/// # Errors
+/// `UNAUTHENTICATED` saying why the head refuses the token (wrong, expired, revoked,
+/// malformed, or a join token).
+pub fn check_token(
+    security: &Security,
+    accepted: &Accepted,
+    text: &str,
+) -> Result<Principal, Status> {
     {
         let map = accepted.map.read().unwrap_or_else(|e| e.into_inner());
         if let Some((id, hash, p)) = map.get(text) {
             if security.tokens.still_valid(*id, hash) {
-                return Ok(Some(p.clone()));
+                return Ok(p.clone());
             }
         }
     }
@@ -68,7 +82,7 @@ pub fn authenticate(
         }
         map.insert(text.to_string(), (entry.id, entry.secret_hash.clone(), p));
     }
-    entry.principal().map(Some).ok_or_else(|| {
+    entry.principal().ok_or_else(|| {
         FlameError::Unauthenticated(format!(
             "the {} token {} only joins a node (flame-daemon node --join-token); it is not \
              a credential for calls",

@@ -137,6 +137,8 @@ impl Harness {
             object_shm_root: None,
             local_report: None,
             remote_fetch: None,
+            object_port: 0,
+            object_address: String::new(),
         }
     }
 

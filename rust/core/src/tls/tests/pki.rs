@@ -87,7 +87,7 @@ fn a_certificate_of_another_ca_or_a_missing_file_is_refused() {
 }
 
 #[test]
-fn a_signed_csr_names_its_node_with_client_auth_only() {
+fn a_signed_csr_names_its_node_and_serves_its_object_server_name() {
     let tmp = tempfile::tempdir().unwrap();
     let ca = ClusterCa::load_or_create(tmp.path()).unwrap();
     let key = NodeKey::generate();
@@ -115,7 +115,29 @@ fn a_signed_csr_names_its_node_with_client_auth_only() {
         s.to_string()
     });
     let eku = cert.extended_key_usage().unwrap().unwrap().value;
-    assert!(eku.client_auth && !eku.server_auth && !eku.any);
+    assert!(eku.client_auth && eku.server_auth && !eku.any);
+    // #12: the node's object server is dialed as <name>.node.flame.
+    let dns: Vec<String> = cert
+        .subject_alternative_name()
+        .unwrap()
+        .unwrap()
+        .value
+        .general_names
+        .iter()
+        .filter_map(|n| match n {
+            x509_parser::extensions::GeneralName::DNSName(d) => Some(d.to_string()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(dns, ["node-1.rack_2.node.flame"]);
+    assert!(crate::tls::serves_node_name(
+        &signed.cert_pem,
+        "node-1.rack_2"
+    ));
+    assert!(!crate::tls::serves_node_name(&signed.cert_pem, "node-2"));
+    // A head never carries a node's object server name.
+    let err = ca.issue_server(&["n1.node.flame".into()]).unwrap_err();
+    assert!(err.to_string().contains(".node.flame"), "{err}");
     assert!(!cert.is_ca());
     let not_after_ms = cert.validity().not_after.timestamp() as u64 * 1000;
     assert_eq!(not_after_ms, signed.not_after_ms);
