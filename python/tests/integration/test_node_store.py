@@ -5,12 +5,13 @@ node's memory dir, seals it over the socket and pulls it; executors are told whe
 from __future__ import annotations
 
 import os
+import time
 
 import pytest
 
 import flame
 from flame import _core, _object_file, api
-from flame.errors import ObjectLostError
+from flame.errors import InvalidArgumentError, ObjectLostError
 
 
 @flame.service
@@ -35,7 +36,11 @@ def test_a_written_file_is_sealed_pulled_and_mapped() -> None:
     store.seal(object_id, size)
     assert store.pull([object_id]) == [(object_id, 7)]
     assert bytes(_object_file.map_object(memory, object_id)) == b"abcdefg"
-    with pytest.raises(ObjectLostError, match="0x1234"):
+    unknown = (api.runtime().conn.client_id << 32) | 0x1234
+    with pytest.raises(ObjectLostError, match=f"{unknown:#x} is not known"):
+        store.pull([unknown])
+    # A forged id (no owner) is refused as such, once (not once per hop).
+    with pytest.raises(InvalidArgumentError, match=r"^invalid argument: object id 0x1234 is not"):
         store.pull([0x1234])
     # A damaged file is refused with the format's words and removed.
     damaged = object_id + 1
@@ -46,6 +51,16 @@ def test_a_written_file_is_sealed_pulled_and_mapped() -> None:
     with pytest.raises(ObjectLostError, match="is damaged"):
         store.seal(damaged, 3)
     assert not os.path.exists(path)
+    # Announced and owned like a put, the object goes from the node when its ref does.
+    conn = api.runtime().conn
+    conn._conn.announce_objects(node_id, [(object_id, size)])
+    ref = conn.objects.owned(object_id, size)
+    del ref
+    kept = os.path.join(memory, f"{object_id:016x}")
+    deadline = time.monotonic() + 30
+    while os.path.exists(kept):
+        assert time.monotonic() < deadline, "the node deletes the object"
+        time.sleep(0.05)
 
 
 def test_executors_are_told_where_their_node_store_is() -> None:

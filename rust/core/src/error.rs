@@ -119,7 +119,13 @@ impl From<tonic::Status> for FlameError {
         let msg = s.message().to_string();
         match s.code() {
             Code::NotFound => FlameError::NotFound(msg),
-            Code::InvalidArgument => FlameError::InvalidArgument(msg),
+            // A status made from a FlameError carries its Display, prefix included: keep the
+            // prefix once when it crosses several hops (client -> node -> head).
+            Code::InvalidArgument => FlameError::InvalidArgument(
+                msg.strip_prefix("invalid argument: ")
+                    .unwrap_or(&msg)
+                    .to_string(),
+            ),
             Code::ResourceExhausted => match msg.strip_prefix(STORAGE_UNAVAILABLE) {
                 Some(rest) => {
                     FlameError::StorageUnavailable(rest.trim_start_matches(": ").to_string())

@@ -44,11 +44,23 @@ id_type!(
     ClientId(u32), "client-"
 );
 
-id_type!(
-    /// A stored object (`flame.put`, a spilled task input). High 32 bits: the client that
-    /// made it (its owner); low 32 bits: that client's object counter.
-    ObjectId(u64), "obj-"
-);
+/// A stored object (`flame.put`, a spilled task input, a large result). High 32 bits: the
+/// client that made it (its owner); low 32 bits: that client's object counter. Shown in hex
+/// (`0x300000001`), as every message about objects, Rust or Python, names them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct ObjectId(pub u64);
+
+impl fmt::Display for ObjectId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:#x}", self.0)
+    }
+}
+
+impl From<u64> for ObjectId {
+    fn from(v: u64) -> Self {
+        Self(v)
+    }
+}
 
 impl ObjectId {
     /// The bit that marks a task's result object (ids of puts keep it clear: n < 2^31).
