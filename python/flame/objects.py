@@ -102,7 +102,10 @@ class ObjectRef:
         # The task that carries this ref keeps it (and so the object) alive until it ends.
         _noted.__dict__.setdefault("refs", []).append(self)
         store = self._store
-        location = store.location if store is not None else ()
+        # A task's result is on a node whatever store this process uses: readers find it
+        # by id through their own node (or the head's directory of locations).
+        on_node = store is None or self.id & _RESULT_BIT
+        location = () if on_node else store.location
         return (_rebuild, (self.id, self.size, *location))
 
     def get(self) -> Any:
@@ -381,7 +384,7 @@ class ObjectStore:
     def _bytes(self, object_id: int) -> Any:
         if self.node is not None:
             return self.node.view(object_id)  # mapped: the page cache is the cache
-        if self.local:
+        if self.local and not object_id & _RESULT_BIT:  # results are on nodes, never here
             return self._map_file(object_id)
         with self._lock:
             data = self._cache.get(object_id)

@@ -63,6 +63,9 @@ pub enum WriteOp {
         started_ms: Option<i64>,
         /// The executor (and its node) of the last attempt.
         ran_on: Option<(ExecutorId, NodeId)>,
+        /// Keep the input although the task is finished: its result is an object on a node,
+        /// and losing that node runs the task again (lineage, #12).
+        keep_input: bool,
     },
     /// Set a named counter (next session id, next executor id, next client id, ...).
     SetMeta { key: String, value: u64 },

@@ -5,7 +5,7 @@
 use std::fs::File;
 use std::sync::Arc;
 
-use flame_core::error::Result;
+use flame_core::error::{FlameError, Result};
 use flame_core::ids::ObjectId;
 use flame_core::objects::remote::RemoteFetch;
 use flame_core::objects::store::{ObjectStore, ObjectWriter};
@@ -65,6 +65,12 @@ impl ObjectFileWriter for StoreWriter {
 #[tonic::async_trait]
 impl RemoteFetch for Fetcher<ObjectStore> {
     async fn fetch(&self, _store: Arc<ObjectStore>, id: ObjectId) -> Result<u64> {
-        Fetcher::fetch(self, id).await
+        Fetcher::fetch(self, id).await.map_err(|e| match e {
+            // The head's answer names the object and why nobody has it.
+            FlameError::NotFound(m) => FlameError::NotFound(m),
+            other => FlameError::FailedPrecondition(format!(
+                "object {id} is not on this node and could not be fetched from another: {other}"
+            )),
+        })
     }
 }

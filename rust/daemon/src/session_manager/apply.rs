@@ -110,6 +110,11 @@ impl Actor {
                         finished_ms: wall,
                         started_ms,
                         ran_on: c.ran_on,
+                        keep_input: self
+                            .object_dir
+                            .dir
+                            .producer(flame_core::ids::ObjectId::result_of(c.key.task))
+                            .is_some(),
                     });
                     // The emptiness test keeps tasks that print nothing off the hash map.
                     let log = if self.task_logs.is_empty() {

@@ -60,6 +60,7 @@ pub(super) fn finish(s: u64, t: u64, state: TaskState, error: Option<TaskFailure
         finished_ms: 200,
         started_ms: Some(150),
         ran_on: Some((ExecutorId(7), NodeId(3))),
+        keep_input: false,
     }
 }
 

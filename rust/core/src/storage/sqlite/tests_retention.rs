@@ -22,6 +22,7 @@ fn big_results(s: u64, tasks: std::ops::Range<u64>) -> Vec<WriteOp> {
             finished_ms: 200,
             started_ms: None,
             ran_on: None,
+            keep_input: false,
         })
         .collect()
 }

@@ -128,6 +128,7 @@ pub(super) fn apply_op(conn: &Connection, op: &WriteOp, seq: &mut i64) -> Result
             finished_ms,
             started_ms,
             ran_on,
+            keep_input,
         } => {
             // The input is dropped only with a final state: a task "finished" into a
             // non-final state (a caller bug) must still be runnable after a restart.
@@ -151,7 +152,7 @@ pub(super) fn apply_op(conn: &Connection, op: &WriteOp, seq: &mut i64) -> Result
                     error.as_ref().map(|e| &e.payload[..]),
                     attempts,
                     finished_ms,
-                    state.is_final(),
+                    state.is_final() && !keep_input,
                     started_ms,
                     ran_on.map(|(e, _)| e.0 as i64),
                     ran_on.map(|(_, n)| n.0 as i64),
