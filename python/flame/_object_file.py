@@ -75,7 +75,7 @@ def untrusted(path: str, st: os.stat_result) -> str | None:
     return None
 
 
-def _create_private(path: str) -> int:
+def create_private(path: str) -> int:
     """A new file, 0600, for this process alone. One left at this name (by a process that
     died with this pid) is removed first, never truncated: its mode or its second name
     would survive a truncation."""
@@ -94,7 +94,7 @@ def write_object(directory: str, object_id: int, parts: list[Any]) -> int:
     final = os.path.join(directory, f"{object_id:016x}")
     tmp = os.path.join(directory, f".{object_id:016x}.{os.getpid()}.part")
     length = sum(memoryview(p).nbytes for p in parts)
-    fd = _create_private(tmp)
+    fd = create_private(tmp)
     try:
         try:
             os.ftruncate(fd, HEADER_BYTES + length)

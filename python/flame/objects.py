@@ -47,7 +47,7 @@ import weakref
 from collections import OrderedDict
 from typing import Any, Callable, NamedTuple
 
-from flame import _serde, errors
+from flame import _object_file, _serde, errors
 from flame._node_objects import NodeObjects
 
 __all__ = ["SPILL_BYTES", "ObjectRef", "ObjectStore", "ResultMarker"]
@@ -153,10 +153,7 @@ def resolve_common_data(data: bytes) -> bytes:
     return bytes(ObjectStore.current()._bytes(object_id))
 
 
-def _untrusted(path: str, st: os.stat_result) -> str | None:
-    from flame._object_file import untrusted
-
-    return untrusted(path, st)
+_untrusted = _object_file.untrusted
 
 
 def _same_machine(directory: str, token: str) -> bool:
@@ -307,7 +304,7 @@ class ObjectStore:
         final = os.path.join(self.dir, f"{object_id:016x}")
         tmp = os.path.join(self.dir, f".{object_id:016x}.{os.getpid()}.part")
         try:
-            fd = _create_private(tmp)
+            fd = _object_file.create_private(tmp)
             try:
                 size = sum(memoryview(p).nbytes for p in parts)
                 os.ftruncate(fd, size)
@@ -485,18 +482,6 @@ def _connect_env() -> Any:
 # Fetched objects kept per process, so tasks that share an object download it once.
 _CACHE_BYTES = 256 << 20
 _CACHE_ENTRIES = 256
-
-
-def _create_private(path: str) -> int:
-    """A new file, 0600, for this process alone. One left at this name (by a process that
-    died with this pid) is removed first, never truncated: its mode or its second name
-    would survive a truncation."""
-    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-    try:
-        return os.open(path, flags, 0o600)
-    except FileExistsError:
-        os.unlink(path)
-        return os.open(path, flags, 0o600)
 
 
 def _lost(object_id: int) -> str:

@@ -45,7 +45,7 @@ def mode(p):
 state = sys.argv[1]
 flame.init(slots=1, state_dir=state)
 store = api.runtime().conn.objects
-assert store.local, "the client is on the head's machine"
+assert store.node is not None, "the client uses its node's object store"
 ref = flame.put(list(range(100)))
 paths = {
     "state dir": state,
@@ -54,7 +54,7 @@ paths = {
     "flame.db-shm": os.path.join(state, "flame.db-shm"),
     "flame.lock": os.path.join(state, "flame.lock"),
     "objects": store.dir,
-    "token": os.path.join(store.dir, "token"),
+    "spill dir": store.node._spill_dir(),
     "object": os.path.join(store.dir, f"{ref.id:016x}"),
 }
 modes = {name: mode(p) for name, p in paths.items()}
@@ -81,7 +81,7 @@ def test_state_and_object_files_are_private_under_umask_0(tmp_path: Path) -> Non
     )
     assert done.returncode == 0, done.stderr
     modes = json.loads(done.stdout.strip().splitlines()[-1])
-    dirs = {"state dir", "objects", "temporary state dir", "its objects"}
+    dirs = {"state dir", "objects", "spill dir", "temporary state dir", "its objects"}
     dirs |= {name for name in modes if name.startswith("/") and Path(name).is_dir()}
     expected = {name: "0o700" if name in dirs else "0o600" for name in modes}
     assert modes == expected
@@ -104,7 +104,7 @@ def _deleted(path: str) -> None:
 
 @needs_root
 def test_an_object_file_another_user_owns_is_never_mapped() -> None:
-    assert api.runtime().conn.objects.local
+    assert api.runtime().conn.objects.node is not None, "the client uses its node's store"
     ref = flame.put(list(range(10)))
     path = _object_file(ref)
     os.chown(path, NOBODY, -1)
