@@ -19,7 +19,7 @@ import pytest
 from _procs import free_port, join_args, start_daemon, stop_daemon
 
 import flame
-from flame import api
+from flame import api, objects
 
 NODES = {"n1": "127.0.0.2", "n2": "127.0.0.3", "n3": "127.0.0.4"}
 
@@ -59,6 +59,10 @@ class Cluster:
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    # This test's client talks to its own head: the session-wide embedded cluster steps
+    # aside (as test_faults swaps runtimes) and comes back after.
+    saved, saved_store = api._runtime, objects.ObjectStore._current
+    api._runtime = None
     c = Cluster(tmp_path)
     try:
         flame.init(c.address)
@@ -69,6 +73,7 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
         yield c
     finally:
         flame.shutdown()
+        api._runtime, objects.ObjectStore._current = saved, saved_store
         c.stop()
 
 

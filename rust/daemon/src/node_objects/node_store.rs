@@ -68,6 +68,7 @@ impl RemoteFetch for Fetcher<ObjectStore> {
         Fetcher::fetch(self, id).await.map_err(|e| match e {
             // The head's answer names the object and why nobody has it.
             FlameError::NotFound(m) => FlameError::NotFound(m),
+            FlameError::InvalidArgument(m) => FlameError::InvalidArgument(m),
             other => FlameError::FailedPrecondition(format!(
                 "object {id} is not on this node and could not be fetched from another: {other}"
             )),
