@@ -163,9 +163,10 @@ def init(
             ``RUST_LOG`` filter), for this process and the executors it starts.
         max_payload: The embedded cluster's largest inline task input or result, in bytes
             (default 256 MiB). Decorated calls with bigger arguments send them as an
-            object instead (see :func:`put`); a bigger result fails its task with
-            :class:`flame.PayloadTooLargeError`, and so does a bigger raw input of the
-            low-level API, at call time.
+            object instead (see :func:`put`), and a result over ``result_object_mb`` (1 MiB)
+            stays on its node as an object; with results inline (``result_object_mb = 0``)
+            a bigger result fails its task with :class:`flame.PayloadTooLargeError`, and so
+            does a bigger raw input of the low-level API, at call time.
         client_lease: Seconds the embedded cluster keeps a client's sessions open after
             losing it (default 60), so that a client that reconnects finds them.
         log_to_client: Echo what each task prints to this process's stderr, each line
