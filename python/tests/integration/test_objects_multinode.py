@@ -61,7 +61,7 @@ class Cluster:
 def cluster(tmp_path: Path) -> Iterator[Cluster]:
     # This test's client talks to its own head: the session-wide embedded cluster steps
     # aside (as test_faults swaps runtimes) and comes back after.
-    saved, saved_store = api._runtime, objects.ObjectStore._current
+    saved = api._runtime
     api._runtime = None
     c = Cluster(tmp_path)
     try:
@@ -73,7 +73,9 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
         yield c
     finally:
         flame.shutdown()
-        api._runtime, objects.ObjectStore._current = saved, saved_store
+        api._runtime = saved
+        # Refs this process makes from now on belong to the session's cluster again.
+        objects.ObjectStore._current = saved.conn.objects if saved is not None else None
         c.stop()
 
 
