@@ -25,7 +25,7 @@ const CHUNKS_IN_FLIGHT: usize = 4;
 
 pub type ObjectStream = Pin<Box<dyn Stream<Item = Result<proto::ObjectChunk, Status>> + Send>>;
 
-fn object_id(raw: u64) -> Result<ObjectId, Status> {
+pub(crate) fn object_id(raw: u64) -> Result<ObjectId, Status> {
     let id = ObjectId(raw);
     if id.owner().0 == 0 {
         return Err(Status::invalid_argument(format!(
@@ -35,7 +35,9 @@ fn object_id(raw: u64) -> Result<ObjectId, Status> {
     Ok(id)
 }
 
-fn joined<T>(r: Result<Result<T, FlameError>, tokio::task::JoinError>) -> Result<T, Status> {
+pub(crate) fn joined<T>(
+    r: Result<Result<T, FlameError>, tokio::task::JoinError>,
+) -> Result<T, Status> {
     r.map_err(|e| Status::internal(format!("object I/O thread failed: {e}")))?
         .map_err(Status::from)
 }

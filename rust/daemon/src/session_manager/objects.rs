@@ -22,35 +22,8 @@ use flame_core::FlameError;
 use super::actor::Actor;
 use super::{Event, Reply};
 
-/// A node's object store as its heartbeats describe it.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct StoreStats {
-    /// Bytes of objects in memory (primary and cached copies).
-    pub memory_bytes: u64,
-    /// Bytes of primary copies spilled to the node's disk.
-    pub spilled_bytes: u64,
-    /// The node's budget (`object_store_mb`); 0 = not reported.
-    pub budget_bytes: u64,
-    pub objects: u64,
-    /// Counters since the node started: bytes ever spilled, objects and bytes fetched.
-    pub spilled_total_bytes: u64,
-    pub transfers_total: u64,
-    pub transferred_bytes: u64,
-}
-
-impl From<proto::ObjectStoreStats> for StoreStats {
-    fn from(s: proto::ObjectStoreStats) -> Self {
-        Self {
-            memory_bytes: s.memory_bytes,
-            spilled_bytes: s.spilled_bytes,
-            budget_bytes: s.budget_bytes,
-            objects: s.objects,
-            spilled_total_bytes: s.spilled_total_bytes,
-            transfers_total: s.transfers_total,
-            transferred_bytes: s.transferred_bytes,
-        }
-    }
-}
+/// A node's object store as its heartbeats describe it (the node's own figures).
+pub use flame_core::objects::store::ObjectStoreStats as StoreStats;
 
 /// What the session manager hears about objects, and the questions it answers.
 pub enum ObjectEvent {

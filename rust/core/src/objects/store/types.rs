@@ -56,6 +56,20 @@ impl From<ObjectStoreStats> for crate::proto::ObjectStoreStats {
     }
 }
 
+impl From<crate::proto::ObjectStoreStats> for ObjectStoreStats {
+    fn from(s: crate::proto::ObjectStoreStats) -> Self {
+        ObjectStoreStats {
+            memory_bytes: s.memory_bytes,
+            spilled_bytes: s.spilled_bytes,
+            budget_bytes: s.budget_bytes,
+            objects: s.objects,
+            spilled_total_bytes: s.spilled_total_bytes,
+            transfers_total: s.transfers_total,
+            transferred_bytes: s.transferred_bytes,
+        }
+    }
+}
+
 /// What the node tells the head about its store, as it happens.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StoreEvent {
