@@ -153,9 +153,14 @@ impl Head {
             .max_payload_bytes
             .saturating_add(16 << 20)
             .min(MAX_MESSAGE_BYTES);
+        // The state dir's Unix socket: the head's own node's executors and same-user clients
+        // on this machine reach the same services there (see `local_socket`).
+        let local = crate::local_socket::LocalSocket::bind(&cfg.state_dir);
+        let local_socket = local.as_ref().map(|l| l.path.clone());
         let local_node: LocalNodeReport = Arc::new(tokio::sync::watch::channel(None).0);
-        let frontend =
-            FrontendService::new(reads, security.clone()).with_local_node(local_node.clone());
+        let frontend = FrontendService::new(reads, security.clone())
+            .with_local_node(local_node.clone())
+            .with_head_socket(local_socket.clone());
         let frontend = FrontendServer::new(frontend)
             .max_decoding_message_size(decode_limit)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
@@ -195,8 +200,6 @@ impl Head {
         }
         let server_stop = CancellationToken::new();
         // The same services, interceptors included, on the state dir's Unix socket.
-        let local = crate::local_socket::LocalSocket::bind(&cfg.state_dir);
-        let local_socket = local.as_ref().map(|l| l.path.clone());
         let local_server = local.map(|socket| {
             let stop = server_stop.clone();
             let (frontend, backend) = (frontend.clone(), backend.clone());

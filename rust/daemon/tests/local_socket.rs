@@ -207,3 +207,72 @@ async fn without_a_usable_socket_executors_use_the_tcp_port() {
     client.close();
     cluster.stop().await;
 }
+
+/// A client of the head's user on its machine moves its task stream to `head.sock` after
+/// its hello over TLS, and tasks run over it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_same_user_client_of_a_tls_head_moves_to_its_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = common::start_cluster(tls_head(dir.path()), common::echo_node(dir.path(), 1))
+        .await
+        .expect("cluster starts");
+    let client = run_one_task(&cluster).await;
+    let path = dir.path().join(SOCKET_FILE).display().to_string();
+    assert_eq!(client.task_stream_socket(), Some(path.as_str()));
+    assert!(
+        client.transport().is_tls(),
+        "unary calls stay on the TLS address"
+    );
+    client.close();
+    cluster.stop().await;
+}
+
+/// The hello over TCP of `head`, as its admin.
+async fn tcp_hello(head: &flame_daemon::server::Head) -> (Transport, proto::HelloReply) {
+    let transport = Transport::resolve(&head.address, &common::admin(head), Duration::from_secs(5))
+        .await
+        .unwrap();
+    let channel = transport.channel(Duration::from_secs(5)).await.unwrap();
+    let mut req = Request::new(proto::HelloRequest {
+        client_name: "probe".into(),
+        previous_client_id: 0,
+    });
+    req.metadata_mut()
+        .insert("authorization", transport.bearer().unwrap().clone());
+    let reply = FrontendClient::new(channel).hello(req).await.unwrap();
+    (transport, reply.into_inner())
+}
+
+/// A socket that leads to another head (another state), or that is not a socket of this
+/// user in a private directory, is not used: the client stays on TCP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_socket_of_another_head_or_a_planted_path_is_not_used() {
+    let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = common::start_head(tls_head(a_dir.path())).await.unwrap();
+    let b = common::start_head(tls_head(b_dir.path())).await.unwrap();
+    let (transport, reply) = tcp_hello(&a).await;
+    let own = reply.head_socket.clone();
+    assert_eq!(own, a_dir.path().join(SOCKET_FILE).display().to_string());
+    let adopted = flame_core::client::local_socket::adopt(&transport, &reply, "probe").await;
+    assert!(adopted.is_some(), "head A's own socket is used");
+
+    let mut other = reply.clone();
+    other.head_socket = b_dir.path().join(SOCKET_FILE).display().to_string();
+    let adopted = flame_core::client::local_socket::adopt(&transport, &other, "probe").await;
+    assert!(adopted.is_none(), "head B's socket was taken for head A");
+
+    // A link to A's socket in a directory anyone may write: not a socket, not private.
+    let open = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(open.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let link = open.path().join("head.sock");
+    std::os::unix::fs::symlink(&own, &link).unwrap();
+    let mut planted = reply.clone();
+    planted.head_socket = link.display().to_string();
+    let adopted = flame_core::client::local_socket::adopt(&transport, &planted, "probe").await;
+    assert!(
+        adopted.is_none(),
+        "a symlink in a world-writable dir was used"
+    );
+    a.stop().await;
+    b.stop().await;
+}

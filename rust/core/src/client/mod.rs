@@ -19,6 +19,7 @@
 
 mod credentials;
 mod discover;
+pub mod local_socket;
 mod nested;
 pub mod node_objects;
 mod objects;
@@ -34,7 +35,7 @@ pub use credentials::{
 pub use discover::{discover, Discovery};
 pub use objects::{ObjectClient, PlacedObject};
 pub use stamp::{stub, Frontend, StateStamp, STATE_ID_HEADER};
-pub use transport::{Transport, HEAD_SOCKET_ENV};
+pub use transport::{Transport, HEAD_SOCKET_ENV, SOCKET_TIMEOUT};
 
 pub use nested::{create_session_request, opened_by_executor, EXECUTOR_ID_HEADER};
 pub use stream::CLIENT_ID_HEADER;
@@ -101,6 +102,8 @@ pub struct Client {
     next_object: AtomicU32,
     /// The head's own node (#12): its id and object socket, for a client on its machine.
     local_node: Option<(u64, String)>,
+    /// The head's Unix socket the task stream prefers (see `local_socket`), if any.
+    stream_socket: Option<String>,
 }
 
 /// `host:port` → `http://host:port`; an explicit scheme is kept.
@@ -197,6 +200,15 @@ impl Client {
         let client_id = ClientId(reply.client_id);
         let stamp = StateStamp::new(&reply.state_id).with_bearer(transport.bearer().cloned());
         let frontend = stub(channel, stamp.clone());
+        // The task stream (every submission and completion) goes over the head's own Unix
+        // socket when this client is on its machine, as its user. Unary calls stay on the
+        // address: their channel reconnects by itself, to wherever the address leads.
+        let (stream_transport, stream_frontend) =
+            match local_socket::adopt(&transport, &reply, name).await {
+                Some((t, channel)) => (t, stub(channel, stamp.clone())),
+                None => (transport.clone(), frontend.clone()),
+            };
+        let stream_socket = stream_transport.local_socket().map(str::to_string);
         let lost = Lost::default();
         let outstanding: Outstanding = Arc::default();
         let (out_tx, out_rx) = mpsc::unbounded_channel();
@@ -204,7 +216,7 @@ impl Client {
         let closed = CancellationToken::new();
         let link = stream::Link {
             address: address.clone(),
-            transport: transport.clone(),
+            transport: stream_transport,
             name: name.to_string(),
             client_id,
             timeout,
@@ -216,7 +228,7 @@ impl Client {
             stamp,
             lost: lost.clone(),
         };
-        let first = link.open(frontend.clone()).await?;
+        let first = link.open(stream_frontend).await?;
         tokio::spawn(link.run(first, out_rx));
         Ok(Client {
             address,
@@ -234,11 +246,18 @@ impl Client {
             next_object: AtomicU32::new(1),
             local_node: (reply.local_node_id != 0 && !reply.node_socket.is_empty())
                 .then(|| (reply.local_node_id, reply.node_socket.clone())),
+            stream_socket,
         })
     }
 
     pub fn address(&self) -> &str {
         &self.address
+    }
+
+    /// The head's Unix socket this client's task stream uses instead of the address (a
+    /// client of the head's OS user on its machine), if any.
+    pub fn task_stream_socket(&self) -> Option<&str> {
+        self.stream_socket.as_deref()
     }
 
     /// The CA this client trusts for an `https://` head (given, or pinned by the token's

@@ -29,7 +29,13 @@ pub struct Transport {
     /// The CA trusted for `https://` (given, or pinned on first contact).
     ca_pem: Option<String>,
     bearer: Option<MetadataValue<Ascii>>,
+    /// The head's Unix socket, tried before the address on every new channel (see
+    /// [`Transport::with_local_socket`]).
+    local_socket: Option<String>,
 }
+
+/// How long the head's Unix socket may take to accept before the TCP address is used.
+pub const SOCKET_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl Transport {
     /// Resolve `address` (already normalized, `http://` or `https://`) with `creds`. For an
@@ -83,7 +89,23 @@ impl Transport {
             tls,
             ca_pem,
             bearer,
+            local_socket: None,
         })
+    }
+
+    /// This transport, trying the head's Unix socket at `path` first on every new channel
+    /// (reconnects included) and the address when the socket does not answer.
+    #[must_use]
+    pub fn with_local_socket(&self, path: &str) -> Transport {
+        Transport {
+            local_socket: Some(path.to_string()),
+            ..self.clone()
+        }
+    }
+
+    /// The head's Unix socket this transport tries first, if any.
+    pub fn local_socket(&self) -> Option<&str> {
+        self.local_socket.as_deref()
     }
 
     pub fn address(&self) -> &str {
@@ -135,12 +157,39 @@ impl Transport {
             .map_err(|e| FlameError::InvalidArgument(format!("bad head socket path '{path}': {e}")))
     }
 
+    /// A channel on the head's Unix socket at `path`, within [`SOCKET_TIMEOUT`].
+    ///
+    /// # Errors
+    /// `Unreachable` when nothing accepts there in time.
+    pub async fn socket_channel(path: &str) -> Result<Channel> {
+        let endpoint = Self::socket_endpoint(path)?
+            .connect_timeout(SOCKET_TIMEOUT)
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(20))
+            .keep_alive_while_idle(true);
+        let unreachable = |reason: String| FlameError::Unreachable {
+            address: format!("unix://{path}"),
+            reason,
+        };
+        match tokio::time::timeout(SOCKET_TIMEOUT, endpoint.connect()).await {
+            Ok(Ok(channel)) => Ok(channel),
+            Ok(Err(e)) => Err(unreachable(error_chain(&e))),
+            Err(_) => Err(unreachable(format!("no answer within {SOCKET_TIMEOUT:?}"))),
+        }
+    }
+
     /// A new channel with the client's options, or an error saying why not within
     /// `timeout` (see [`Transport::explain`]).
     ///
     /// # Errors
     /// As [`Transport::explain`].
     pub async fn channel(&self, timeout: Duration) -> Result<Channel> {
+        if let Some(path) = &self.local_socket {
+            match Self::socket_channel(path).await {
+                Ok(channel) => return Ok(channel),
+                Err(e) => tracing::debug!("the head's socket {path}: {e}; using {}", self.address),
+            }
+        }
         let endpoint = self
             .endpoint()?
             .connect_timeout(timeout)

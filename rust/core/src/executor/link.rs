@@ -37,8 +37,6 @@ const BATCH_SOFT_BYTES: usize = 4 * 1024 * 1024;
 /// After the host is done, how long to wait for the session manager to close its side, which
 /// is how we know our last messages were delivered.
 const LINGER: Duration = Duration::from_secs(1);
-/// How long the head's Unix socket may take to accept before the TCP port is used instead.
-const SOCKET_TIMEOUT: Duration = Duration::from_secs(2);
 /// A result batch at least this large is announced (`ExecutorPong::sending_bytes`) first.
 const ANNOUNCE_BYTES: usize = 1 << 20;
 
@@ -233,24 +231,9 @@ impl Network {
             .ok()
             .filter(|p| !p.is_empty());
         if let Some(path) = socket {
-            let endpoint = Transport::socket_endpoint(&path)?
-                .connect_timeout(SOCKET_TIMEOUT)
-                .http2_keep_alive_interval(Duration::from_secs(10))
-                .keep_alive_timeout(Duration::from_secs(20))
-                .keep_alive_while_idle(true);
-            match tokio::time::timeout(SOCKET_TIMEOUT, endpoint.connect()).await {
-                Ok(Ok(channel)) => {
-                    return self.stream(channel, &transport, deadline, wire_rx).await
-                }
-                Ok(Err(e)) => tracing::warn!(
-                    "the head's socket {path}: {}; using {}",
-                    error_chain(&e),
-                    self.address
-                ),
-                Err(_) => tracing::warn!(
-                    "the head's socket {path} did not answer; using {}",
-                    self.address
-                ),
+            match Transport::socket_channel(&path).await {
+                Ok(channel) => return self.stream(channel, &transport, deadline, wire_rx).await,
+                Err(e) => tracing::warn!("the head's socket: {e}; using {}", self.address),
             }
         }
         let endpoint = transport

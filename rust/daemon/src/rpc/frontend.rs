@@ -2,6 +2,7 @@
 //! executors, the unary cancel), and the per-client stream that carries task submissions in
 //! and completions out.
 
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -9,6 +10,7 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_stream::Stream;
+use tonic::transport::server::UdsConnectInfo;
 use tonic::{Request, Response, Status, Streaming};
 
 use flame_core::client::CLIENT_ID_HEADER;
@@ -40,6 +42,8 @@ pub struct FrontendService {
     local_node: Option<LocalNodeReport>,
     /// Tokens nodes asked about (`AuthorizeObjects`), checked before.
     asked_tokens: Arc<Accepted>,
+    /// The head's Unix socket (`local_socket`), offered to callers on this machine.
+    head_socket: Option<PathBuf>,
 }
 
 impl FrontendService {
@@ -52,7 +56,14 @@ impl FrontendService {
             security,
             local_node: None,
             asked_tokens: Arc::default(),
+            head_socket: None,
         }
+    }
+
+    /// Offers callers on this machine the head's Unix socket at `path`.
+    pub fn with_head_socket(mut self, path: Option<PathBuf>) -> Self {
+        self.head_socket = path;
+        self
     }
 
     /// Hands clients the object store of the head's own node once it has registered.
@@ -102,10 +113,12 @@ impl Frontend for FrontendService {
         req: Request<proto::HelloRequest>,
     ) -> Result<Response<proto::HelloReply>, Status> {
         let caller = self.access.of(&req).await?;
-        // A node's socket is a path on this machine: only a caller here can use it.
-        let here = req
-            .remote_addr()
-            .is_some_and(|a| admin::is_loopback_peer(a.ip()));
+        // A node's socket is a path on this machine: only a caller here can use it (over
+        // loopback TCP, or already on the head's own socket).
+        let here = match req.remote_addr() {
+            Some(a) => admin::is_loopback_peer(a.ip()),
+            None => req.extensions().get::<UdsConnectInfo>().is_some(),
+        };
         let previous = req.into_inner().previous_client_id;
         self.access.claim_client(&caller, previous)?;
         let id = self
@@ -127,6 +140,10 @@ impl Frontend for FrontendService {
             state_id: self.handle.state_id.to_string(),
             local_node_id: local.as_ref().map_or(0, |n| n.node_id),
             node_socket: local.map_or_else(String::new, |n| n.socket.display().to_string()),
+            head_socket: match (&self.head_socket, here) {
+                (Some(path), true) => path.display().to_string(),
+                _ => String::new(),
+            },
         }))
     }
 
