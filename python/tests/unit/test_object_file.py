@@ -63,3 +63,47 @@ def test_files_others_could_write_are_refused(tmp_path) -> None:
     os.symlink(tmp_path / "0000000300000001", tmp_path / "0000000300000005")
     with pytest.raises(PermissionError, match="symbolic link"):
         f.map_object(d, 0x300000005)
+
+
+def test_many_parts_are_written_in_order(tmp_path) -> None:
+    # More buffers than one pwritev call takes (1024), some empty.
+    parts = [bytes([i % 251]) * (i % 3) for i in range(3000)]
+    assert f.write_object(str(tmp_path), 0x300000003, parts) == sum(map(len, parts))
+    assert bytes(f.map_object(str(tmp_path), 0x300000003)) == b"".join(parts)
+
+
+_FULL_TMPFS = """
+import errno, sys
+from flame import _object_file as f
+try:
+    f.write_object(sys.argv[1], 0x300000004, [bytes(2 << 20)])
+except OSError as e:
+    sys.exit(0 if e.errno == errno.ENOSPC else 3)
+sys.exit(4)
+"""
+
+
+def test_a_full_memory_dir_is_an_error_not_a_crash(tmp_path) -> None:
+    # A tmpfs of 1 MiB (in a private mount namespace) and a 2 MiB object: an OSError
+    # (ENOSPC) the caller turns into FlameError, not SIGBUS on a page of a mapping.
+    import shutil
+    import subprocess
+    import sys
+
+    if shutil.which("unshare") is None:
+        pytest.skip("no unshare(1) to mount a small tmpfs")
+    script = tmp_path / "write.py"
+    script.write_text(_FULL_TMPFS)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    cmd = f'mount -t tmpfs -o size=1m tmpfs "{mnt}" && exec "{sys.executable}" "{script}" "{mnt}"'
+    probe = subprocess.run(
+        ["unshare", "-rm", "sh", "-c", f'mount -t tmpfs -o size=1m tmpfs "{mnt}"'],
+        capture_output=True,
+        timeout=30,
+    )
+    if probe.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {probe.stderr.decode().strip()}")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    done = subprocess.run(["unshare", "-rm", "sh", "-c", cmd], env=env, timeout=60)
+    assert done.returncode == 0, f"exit status {done.returncode} (-7 is SIGBUS)"
