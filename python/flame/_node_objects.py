@@ -16,6 +16,9 @@ from the head's hello (``Connection.local_node``).
 from __future__ import annotations
 
 import os
+import threading
+import time
+from collections import OrderedDict
 from typing import Any
 
 from flame import _object_file, errors
@@ -27,6 +30,12 @@ NODE_SOCKET_ENV = "FLAME_NODE_SOCKET"
 NODE_OBJECTS_ENV = "FLAME_NODE_OBJECTS"
 # In the memory dir: the path of the node's spill dir.
 SPILL_DIR_FILE = "spill_dir"
+# Mappings kept per process, so that the tasks of one executor reading one object fault its
+# pages in once, not once per task (broadcast: 30 tasks on 2 executors). At most this many;
+# one whose file is gone (deleted, spilled) is dropped when seen, and all are checked at
+# most every _SWEEP_S seconds, so a deleted object's memory is not held for long.
+_MAPPED_MAX = 32
+_SWEEP_S = 0.5
 
 
 def _socket_client(socket: str) -> Any:
@@ -53,6 +62,10 @@ class NodeObjects:
         self.dir = directory
         self._client = client
         self._spill: str | None = None  # read on first need
+        # id -> (path, (st_dev, st_ino), view): a mapping valid while that file is there.
+        self._mapped: OrderedDict[int, tuple[str, tuple[int, int], memoryview]] = OrderedDict()
+        self._mapped_lock = threading.Lock()
+        self._swept = time.monotonic()
 
     @classmethod
     def from_env(cls) -> NodeObjects | None:
@@ -135,11 +148,16 @@ class NodeObjects:
         return found
 
     def _find(self, object_id: int) -> memoryview | None:
+        cached = self._cached(object_id)
+        if cached is not None:
+            return cached
         for directory in (self.dir, self._spill_dir()):
             if not directory:
                 continue
             try:
-                return _object_file.map_object(directory, object_id)
+                view = _object_file.map_object(directory, object_id)
+                self._keep(object_id, os.path.join(directory, f"{object_id:016x}"), view)
+                return view
             except FileNotFoundError:
                 continue
             except _object_file.DamagedObjectError as e:
@@ -147,6 +165,33 @@ class NodeObjects:
             except PermissionError as e:
                 raise errors.ObjectLostError(f"object {object_id:#x} cannot be read: {e}") from None
         return None
+
+    def _cached(self, object_id: int) -> memoryview | None:
+        """The mapping kept of ``object_id`` if its file is still the one mapped."""
+        now = time.monotonic()
+        with self._mapped_lock:
+            if now - self._swept > _SWEEP_S:
+                self._swept = now
+                for old in [i for i, (p, key, _) in self._mapped.items() if _file_key(p) != key]:
+                    del self._mapped[old]
+            entry = self._mapped.get(object_id)
+            if entry is None:
+                return None
+            path, key, view = entry
+            if _file_key(path) != key:
+                del self._mapped[object_id]  # deleted or spilled: map what is there now
+                return None
+            self._mapped.move_to_end(object_id)
+            return view
+
+    def _keep(self, object_id: int, path: str, view: memoryview) -> None:
+        key = _file_key(path)
+        if key is None or not view.nbytes:
+            return
+        with self._mapped_lock:
+            self._mapped[object_id] = (path, key, view)
+            while len(self._mapped) > _MAPPED_MAX:
+                self._mapped.popitem(last=False)
 
     def _spill_dir(self) -> str:
         """The node's spill dir (named in ``<memory dir>/spill_dir``); "" if none."""
@@ -159,3 +204,12 @@ class NodeObjects:
                 spill = ""
             self._spill = spill
         return spill
+
+
+def _file_key(path: str) -> tuple[int, int] | None:
+    """Which file ``path`` names now (device, inode); ``None`` when there is none."""
+    try:
+        st = os.stat(path, follow_symlinks=False)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino

@@ -11,6 +11,7 @@ import pytest
 
 import flame
 from flame import _core, _object_file, api
+from flame._node_objects import NodeObjects
 from flame.errors import InvalidArgumentError, ObjectLostError
 
 
@@ -67,3 +68,28 @@ def test_executors_are_told_where_their_node_store_is() -> None:
     node_id, socket = _local_node()
     got = node_env().result(timeout=60)
     assert got == (socket, os.path.dirname(socket), str(node_id))
+
+
+def test_a_process_maps_an_object_once_until_its_file_goes() -> None:
+    # Tasks of one executor reading one object share a mapping (its pages are faulted in
+    # once, not per task); once the object is deleted the mapping is not handed out again.
+    node_id, socket = _local_node()
+    node = NodeObjects.at(node_id, socket)
+    assert node is not None
+    conn = api.runtime().conn
+    object_id = (conn.client_id << 32) | 0x7FFF_0101
+    size = node.write(object_id, [b"x" * 4096, b"yz"])
+    first, second = node.view(object_id), node.view(object_id)
+    assert bytes(first) == b"x" * 4096 + b"yz"
+    assert second.obj is first.obj, "the second read reuses the first one's mapping"
+    conn._conn.announce_objects(node_id, [(object_id, size)])
+    ref = conn.objects.owned(object_id, size)
+    del ref
+    path = os.path.join(node.dir, f"{object_id:016x}")
+    deadline = time.monotonic() + 30
+    while os.path.exists(path):
+        assert time.monotonic() < deadline, "the node deletes the object"
+        time.sleep(0.05)
+    with pytest.raises(ObjectLostError):
+        node.view(object_id)
+    assert object_id not in node._mapped
