@@ -29,6 +29,7 @@ NAMES = [
     "large_arg",
     "broadcast",
     "shuffle",
+    "transfer",
     "memory",
     "many_sessions",
     "fairness",

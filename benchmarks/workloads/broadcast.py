@@ -29,11 +29,17 @@ def run(system: Any, sizes: dict[str, Any], emit: Callable[..., None]) -> None:
     # Warm-up, untimed: every worker imports numpy.
     assert system.get(system.map(fn, [np.ones(1024)] * 32)) == [2.0] * 32
 
+    head_cpu = getattr(system, "head_cpu_seconds", None)  # flame3: the head's CPU, from /proc
+    cpu0 = head_cpu() if head_cpu else 0.0
     t0 = time.perf_counter()
     ref = system.put(arr)
     if ref is None:
         emit("put_then_read", None, "s", mb=mb, tasks=tasks)
         return
     results = system.get(system.map(fn, [ref] * tasks))
-    emit("put_then_read", time.perf_counter() - t0, "s", mb=mb, tasks=tasks)
+    took = time.perf_counter() - t0
+    emit("put_then_read", took, "s", mb=mb, tasks=tasks)
+    if head_cpu:
+        # Of one core, over the timed run.
+        emit("head_cpu", 100 * (head_cpu() - cpu0) / took, "%", mb=mb, tasks=tasks)
     assert results == [expected] * tasks, results[:3]
