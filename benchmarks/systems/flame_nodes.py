@@ -73,18 +73,12 @@ class Adapter(LocalAdapter):
         self._tmp.cleanup()
 
     def head_cpu_seconds(self) -> float:
-        """CPU time the head process has used so far: the sum of its threads' run times in
-        /proc (nanoseconds, where /proc/<pid>/stat counts 10 ms ticks: too coarse for a run
-        of a quarter second). A thread that ended meanwhile is not counted."""
-        task_dir = f"/proc/{self._procs[0].pid}/task"
-        total = 0
-        for tid in os.listdir(task_dir):
-            try:
-                with open(f"{task_dir}/{tid}/schedstat", encoding="ascii") as f:
-                    total += int(f.read().split()[0])
-            except OSError:
-                continue  # the thread ended
-        return total / 1e9
+        """CPU time the head process has used so far (see :func:`_cpu_seconds`)."""
+        return _cpu_seconds(self._procs[0].pid)
+
+    def node_cpu_seconds(self) -> float:
+        """CPU time the three node daemons have used so far (not their executors)."""
+        return sum(_cpu_seconds(p.pid) for p in self._procs[1:])
 
     def _spawn(self, *args: str) -> subprocess.Popen[bytes]:
         return subprocess.Popen(
@@ -112,3 +106,18 @@ class Adapter(LocalAdapter):
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"flame-daemon head did not listen on {port}") from None
                 time.sleep(0.05)
+
+
+def _cpu_seconds(pid: int) -> float:
+    """CPU time process ``pid`` has used so far: the sum of its threads' run times in /proc
+    (nanoseconds, where /proc/<pid>/stat counts 10 ms ticks: too coarse for a run of a
+    quarter second). A thread that ended meanwhile is not counted."""
+    task_dir = f"/proc/{pid}/task"
+    total = 0
+    for tid in os.listdir(task_dir):
+        try:
+            with open(f"{task_dir}/{tid}/schedstat", encoding="ascii") as f:
+                total += int(f.read().split()[0])
+        except OSError:
+            continue  # the thread ended
+    return total / 1e9
