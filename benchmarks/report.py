@@ -22,7 +22,7 @@ from typing import Any
 
 __all__ = ["machine", "table", "versions"]
 
-HIGHER_IS_BETTER = {"tasks/s", "x"}
+HIGHER_IS_BETTER = {"tasks/s", "x", "GB/s"}
 
 
 def machine() -> str:
