@@ -412,9 +412,20 @@ impl Actor {
             })
             .max_by_key(|(id, s)| (free(s), std::cmp::Reverse(**id)));
         let Some((id, s)) = best else {
-            return Err(FlameError::FailedPrecondition(format!(
-                "no live node with an object server to store an object of {size} bytes on"
-            )));
+            // The head keeps no objects itself: a bare head needs a node to put them on.
+            return Err(FlameError::FailedPrecondition(
+                if self.object_dir.nodes.is_empty() {
+                    format!(
+                        "cannot store an object of {size} bytes: no node with an object store has \
+                     joined this cluster (start one with `flame-daemon node --head <address>`)"
+                    )
+                } else {
+                    format!(
+                    "cannot store an object of {size} bytes: no live, non-draining node serves \
+                     objects over the network"
+                )
+                },
+            ));
         };
         Ok(proto::ObjectHolder {
             node_id: id.0,
