@@ -7,9 +7,12 @@
 //! with their node tokens, which the head answers for the same way.
 //!
 //! Cost: one head round trip per token and owner a minute; a transfer of any size is one
-//! check.
+//! check. A revocation at the head reaches every node (`NodeCommand.access_revoked`), which
+//! forgets every answer at once ([`Gate::forget_answers`]): a revoked token stops working
+//! on the nodes when the head stops accepting it, not up to [`REMEMBER`] later.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -70,6 +73,8 @@ pub struct Gate {
     /// The head's Frontend with the node's own credentials (`None`: not connected yet).
     head: HeadWatch,
     answers: Mutex<HashMap<(String, u32), (Instant, Answer)>>,
+    /// Bumped by every revocation: an answer asked for before it is not kept.
+    revocations: AtomicU64,
 }
 
 impl Gate {
@@ -77,7 +82,16 @@ impl Gate {
         Self {
             head,
             answers: Mutex::default(),
+            revocations: AtomicU64::new(0),
         }
+    }
+
+    /// Credentials were revoked at the head: every remembered answer goes, and answers to
+    /// questions asked before now are not kept either.
+    pub fn forget_answers(&self) {
+        let mut answers = self.answers.lock().unwrap_or_else(|e| e.into_inner());
+        self.revocations.fetch_add(1, Ordering::SeqCst);
+        answers.clear();
     }
 
     /// `credential` may read (or, with `write`, store) `ids`.
@@ -147,6 +161,7 @@ impl Gate {
             write,
         };
         let first = req.object_ids.first().copied().unwrap_or_default();
+        let asked_at = self.revocations.load(Ordering::SeqCst);
         let answer = match head.authorize_objects(req).await {
             Ok(_) => Ok(()),
             Err(s) if matches!(s.code(), Code::Unauthenticated | Code::PermissionDenied) => {
@@ -160,6 +175,9 @@ impl Gate {
             }
         };
         let mut answers = self.answers.lock().unwrap_or_else(|e| e.into_inner());
+        if self.revocations.load(Ordering::SeqCst) != asked_at {
+            return Ok(answer); // a revocation came meanwhile: used once, not kept
+        }
         if answers.len() >= MAX_ANSWERS {
             answers.clear();
         }

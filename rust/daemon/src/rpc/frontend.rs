@@ -522,7 +522,7 @@ impl Frontend for FrontendService {
         &self,
         req: Request<proto::TokenRef>,
     ) -> Result<Response<proto::TokenInfo>, Status> {
-        admin::revoke_token(&self.security, req).await
+        admin::revoke_token(&self.security, &self.handle, req).await
     }
 
     async fn revoke_node(

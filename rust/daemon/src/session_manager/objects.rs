@@ -61,6 +61,8 @@ pub enum ObjectEvent {
         ids: Vec<ObjectId>,
         reply: Reply<()>,
     },
+    /// Credentials were revoked: every node forgets its cached token answers.
+    AccessRevoked,
     /// Internal: storage's answer for the task that must run again to rebuild `object`
     /// (its input and attempts; `None`: not stored).
     Rerun {
@@ -138,6 +140,12 @@ impl Actor {
                 let _ = reply.send(Ok(()));
             }
             ObjectEvent::Rerun { key, object, found } => self.rerun(key, object, found),
+            ObjectEvent::AccessRevoked => {
+                for link in self.nodes.values() {
+                    let cmd = node_command::Msg::AccessRevoked(proto::AccessRevoked {});
+                    let _ = link.tx.send(Ok(proto::NodeCommand { msg: Some(cmd) }));
+                }
+            }
         }
     }
 
