@@ -125,6 +125,11 @@ impl Head {
             .map_err(|e| FlameError::Internal(e.to_string()))?;
         let (manager, actor, storage_thread) =
             session_manager::start(cfg.manager.clone(), storage)?;
+        // Node certificates revoked before this start: nodes refuse them (#12).
+        let fingerprints = security.revoked_cert_fingerprints();
+        manager.send(session_manager::Event::Objects(
+            session_manager::ObjectEvent::AccessRevoked { fingerprints },
+        ));
         // Introspection reads the file the writer just created, on connections of its own.
         let reads = match Reads::open(manager.clone(), &db) {
             Ok(r) => r,

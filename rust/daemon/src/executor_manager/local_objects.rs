@@ -111,10 +111,11 @@ impl LocalObjects {
         self.gate = gate;
     }
 
-    /// `NodeCommand.access_revoked`: cached token answers go.
-    pub(super) fn access_revoked(&self) {
+    /// `NodeCommand.access_revoked`: cached token answers go; these certificates are
+    /// refused.
+    pub(super) fn access_revoked(&self, cert_fingerprints: Vec<String>) {
         if let Some(gate) = &self.gate {
-            gate.forget_answers();
+            gate.revoked(cert_fingerprints);
         }
     }
 

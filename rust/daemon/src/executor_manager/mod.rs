@@ -467,7 +467,9 @@ impl Node<'_> {
             Some(node_command::Msg::DeleteObjects(refs)) => {
                 self.objects.delete(refs.object_ids).await;
             }
-            Some(node_command::Msg::AccessRevoked(_)) => self.objects.access_revoked(),
+            Some(node_command::Msg::AccessRevoked(r)) => {
+                self.objects.access_revoked(r.cert_fingerprints)
+            }
             Some(node_command::Msg::Registered(_)) => {
                 tracing::warn!("NodeRegistered after registration; ignored");
             }

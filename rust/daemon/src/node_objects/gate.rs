@@ -7,11 +7,12 @@
 //! with their node tokens, which the head answers for the same way.
 //!
 //! Cost: one head round trip per token and owner a minute; a transfer of any size is one
-//! check. A revocation at the head reaches every node (`NodeCommand.access_revoked`), which
-//! forgets every answer at once ([`Gate::forget_answers`]): a revoked token stops working
-//! on the nodes when the head stops accepting it, not up to [`REMEMBER`] later.
+//! check. A revocation at the head reaches every node (`NodeCommand.access_revoked`, also
+//! sent when a node registers), which forgets every answer at once and refuses the revoked
+//! node certificates ([`Gate::revoked`]): revoked credentials stop working on the nodes
+//! when the head stops accepting them, not up to [`REMEMBER`] later or until a restart.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -31,8 +32,8 @@ const MAX_ANSWERS: usize = 10_000;
 /// What a caller presented, taken out of its request before the request is consumed.
 #[derive(Clone, Debug)]
 pub enum Credential {
-    /// A node certificate the TLS layer verified: this node's name.
-    Peer(String),
+    /// A node certificate the TLS layer verified: its node's name and fingerprint.
+    Peer { name: String, fingerprint: String },
     /// A bearer token, to be checked by the head.
     Bearer(String),
 }
@@ -44,7 +45,10 @@ pub enum Credential {
 /// `Bearer <token>`.
 pub fn credential<T>(req: &Request<T>) -> Result<Credential, Status> {
     if let Some(cert) = flame_core::tls::peer_node(req) {
-        return Ok(Credential::Peer(cert.name));
+        return Ok(Credential::Peer {
+            name: cert.name,
+            fingerprint: cert.fingerprint,
+        });
     }
     let Some(value) = req.metadata().get(AUTHORIZATION_HEADER) else {
         return Err(Status::unauthenticated(
@@ -75,6 +79,8 @@ pub struct Gate {
     answers: Mutex<HashMap<(String, u32), (Instant, Answer)>>,
     /// Bumped by every revocation: an answer asked for before it is not kept.
     revocations: AtomicU64,
+    /// Fingerprints of revoked node certificates.
+    revoked_certs: Mutex<HashSet<String>>,
 }
 
 impl Gate {
@@ -83,7 +89,16 @@ impl Gate {
             head,
             answers: Mutex::default(),
             revocations: AtomicU64::new(0),
+            revoked_certs: Mutex::default(),
         }
+    }
+
+    /// Credentials were revoked at the head: `cert_fingerprints` (every revoked node
+    /// certificate) are refused from now on, and every remembered answer goes.
+    pub fn revoked(&self, cert_fingerprints: Vec<String>) {
+        *self.revoked_certs.lock().unwrap_or_else(|e| e.into_inner()) =
+            cert_fingerprints.into_iter().collect();
+        self.forget_answers();
     }
 
     /// Credentials were revoked at the head: every remembered answer goes, and answers to
@@ -106,7 +121,15 @@ impl Gate {
         write: bool,
     ) -> Result<(), Status> {
         let token = match credential {
-            Credential::Peer(_) => return Ok(()),
+            Credential::Peer { name, fingerprint } => {
+                let revoked = self.revoked_certs.lock().unwrap_or_else(|e| e.into_inner());
+                if revoked.contains(fingerprint) {
+                    return Err(Status::unauthenticated(format!(
+                        "the certificate of node {name} was revoked"
+                    )));
+                }
+                return Ok(());
+            }
             Credential::Bearer(t) => t,
         };
         let mut owners: Vec<u32> = ids.iter().map(|id| id.owner().0).collect();

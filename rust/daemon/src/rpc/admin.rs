@@ -194,7 +194,8 @@ pub async fn revoke_token(
     let id = req.into_inner().id;
     let entry = blocking(security, move |s| s.revoke_token(id)).await?;
     // Nodes forget what they were told about tokens (they may have said yes to this one).
-    manager.send(Event::Objects(ObjectEvent::AccessRevoked));
+    let fingerprints = security.revoked_cert_fingerprints();
+    manager.send(Event::Objects(ObjectEvent::AccessRevoked { fingerprints }));
     tracing::info!(id, "token revoked");
     Ok(Response::new(info_of(entry)))
 }
@@ -223,8 +224,10 @@ pub async fn revoke_node(
         })
         .await
         .map_err(Status::from)?;
-    // Its node tokens may be cached as good on other nodes' object servers.
-    manager.send(Event::Objects(ObjectEvent::AccessRevoked));
+    // Other nodes' object servers refuse its certificates from now on, and forget its node
+    // tokens if they had cached them as good.
+    let fingerprints = security.revoked_cert_fingerprints();
+    manager.send(Event::Objects(ObjectEvent::AccessRevoked { fingerprints }));
     if credentials == 0 && dropped == 0 {
         return Err(Status::not_found(format!(
             "no node named {name:?} holds credentials of this head or is connected"

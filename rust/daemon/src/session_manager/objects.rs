@@ -61,8 +61,9 @@ pub enum ObjectEvent {
         ids: Vec<ObjectId>,
         reply: Reply<()>,
     },
-    /// Credentials were revoked: every node forgets its cached token answers.
-    AccessRevoked,
+    /// Credentials were revoked (and at start: what was revoked before): every node forgets
+    /// its cached token answers and refuses these node certificates (all revoked ones).
+    AccessRevoked { fingerprints: Vec<String> },
     /// Internal: storage's answer for the task that must run again to rebuild `object`
     /// (its input and attempts; `None`: not stored).
     Rerun {
@@ -88,6 +89,8 @@ pub(super) struct Objects {
     pub nodes: HashMap<NodeId, NodeStore>,
     /// Lost results whose task's input is being read back from storage.
     reruns: HashSet<ObjectId>,
+    /// Fingerprints of the revoked node certificates (from the head's security).
+    revoked_certs: Vec<String>,
 }
 
 /// One object store's row of the dashboard and `/metrics`.
@@ -140,17 +143,35 @@ impl Actor {
                 let _ = reply.send(Ok(()));
             }
             ObjectEvent::Rerun { key, object, found } => self.rerun(key, object, found),
-            ObjectEvent::AccessRevoked => {
+            ObjectEvent::AccessRevoked { fingerprints } => {
+                self.object_dir.revoked_certs = fingerprints;
                 for link in self.nodes.values() {
-                    let cmd = node_command::Msg::AccessRevoked(proto::AccessRevoked {});
-                    let _ = link.tx.send(Ok(proto::NodeCommand { msg: Some(cmd) }));
+                    let _ = link.tx.send(Ok(self.access_revoked()));
                 }
             }
         }
     }
 
-    /// A node joined: remember where its object server is.
-    pub(super) fn object_node_joined(&mut self, node: NodeId, name: &str, address: &str) {
+    fn access_revoked(&self) -> proto::NodeCommand {
+        let cert_fingerprints = self.object_dir.revoked_certs.clone();
+        let revoked = proto::AccessRevoked { cert_fingerprints };
+        proto::NodeCommand {
+            msg: Some(node_command::Msg::AccessRevoked(revoked)),
+        }
+    }
+
+    /// A node joined (its NodeRegistered sent on `tx`): remember where its object server
+    /// is, and tell it which node certificates are revoked (a node starts knowing none).
+    pub(super) fn object_node_joined(
+        &mut self,
+        node: NodeId,
+        name: &str,
+        address: &str,
+        tx: &super::NodeTx,
+    ) {
+        if !self.object_dir.revoked_certs.is_empty() {
+            let _ = tx.send(Ok(self.access_revoked()));
+        }
         self.object_dir.nodes.insert(
             node,
             NodeStore {
