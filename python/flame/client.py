@@ -121,10 +121,7 @@ class Connection:
         self._finalizer = weakref.finalize(self, _close_native, self._conn, self._pump)
         # 0 (or an older native module without the attribute) means "no limit known".
         self._max_bytes: int | None = getattr(self._conn, "max_payload", 0) or None
-        directory, token = self._conn.object_dir
         self.objects = ObjectStore(
-            directory,
-            token,
             self._conn.objects,
             next_id=self._conn.next_object_id,
             node=_local_node(self._conn),

@@ -16,18 +16,15 @@ first. A ref pickles as its id and size only: wherever it is read, the reader's 
 finds the bytes. Creators announce what they stored to the head on their task stream, so
 the head knows an object before any task that refers to it.
 
-A process on no node of the cluster (a client on another machine) uses ``ObjectClient``:
-it stores an object on the node the head picks and reads objects from the nodes that hold
-them. While the head still keeps an object directory of its own (``Connection.object_dir``;
-older heads), puts go there instead, over gRPC, or as files by a process on the head's
-machine. Such a process tells which it is by finding the head's token in ``<object
-dir>/token``; setting ``FLAME_OBJECTS_VIA_RPC=1`` forces the gRPC path.
+A process on no node of the cluster (a client of a bare ``flame-daemon head``, or on
+another machine) uses ``ObjectClient``: it uploads an object once, to the node the head
+picks, and reads objects it lacks from the nodes that hold them. The head itself stores no
+objects, only where they are.
 
-Files are private: written 0600 in 0700 directories, and a file (token or object) is
-trusted only if this process's user owns it and nobody else can write it. An object file
-that fails the check, or whose header does not match its bytes, is never unpickled (its
-pickle could run anyone's code): reading it raises :class:`flame.ObjectLostError` naming
-the object.
+Files are private: written 0600 in 0700 directories, and an object file is trusted only if
+this process's user owns it and nobody else can write it. An object file that fails the
+check, or whose header does not match its bytes, is never unpickled (its pickle could run
+anyone's code): reading it raises :class:`flame.ObjectLostError` naming the object.
 
 Lifetime: an object lives while its :class:`ObjectRef` (in the process that made it) is
 referenced, or a task that uses it is unfinished; after that it is deleted (through the
@@ -37,17 +34,14 @@ head when the client's lease runs out.
 
 from __future__ import annotations
 
-import errno
-import mmap
 import os
 import struct
 import threading
-import warnings
 import weakref
 from collections import OrderedDict
 from typing import Any, Callable, NamedTuple
 
-from flame import _object_file, _serde, errors
+from flame import _serde, errors
 from flame._node_objects import NodeObjects
 
 __all__ = ["SPILL_BYTES", "ObjectRef", "ObjectStore", "ResultMarker"]
@@ -101,12 +95,9 @@ class ObjectRef:
     def __reduce__(self) -> tuple[Any, ...]:
         # The task that carries this ref keeps it (and so the object) alive until it ends.
         _noted.__dict__.setdefault("refs", []).append(self)
-        store = self._store
-        # A task's result is on a node whatever store this process uses: readers find it
-        # by id through their own node (or the head's directory of locations).
-        on_node = store is None or self.id & _RESULT_BIT
-        location = () if on_node else store.location
-        return (_rebuild, (self.id, self.size, *location))
+        # Objects are on nodes: readers find them by id, through their own node or the
+        # head's directory of locations.
+        return (_rebuild, (self.id, self.size))
 
     def get(self) -> Any:
         """Read the value (zero-copy for buffers when this process is on a node)."""
@@ -114,10 +105,8 @@ class ObjectRef:
         return store.load(self.id)
 
 
-def _rebuild(object_id: int, size: int, *location: str) -> Any:
-    # A ref to the head's object directory names it; a ref to a node store names nothing:
-    # the reading process's own node (or its head) finds the bytes.
-    store = ObjectStore.for_location(*location) if location else ObjectStore.current()
+def _rebuild(object_id: int, size: int) -> Any:
+    store = ObjectStore.current()
     if RESOLVE_REFS:
         return store.load(object_id)
     return ObjectRef(object_id, size, store)
@@ -153,54 +142,23 @@ def resolve_common_data(data: bytes) -> bytes:
     return bytes(ObjectStore.current()._bytes(object_id))
 
 
-_untrusted = _object_file.untrusted
-
-
-def _same_machine(directory: str, token: str) -> bool:
-    if os.environ.get("FLAME_OBJECTS_VIA_RPC") == "1" or not directory or not token:
-        return False
-    path = os.path.join(directory, "token")
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    except OSError:
-        return False  # another machine, or a directory this user cannot read
-    try:
-        problem = _untrusted(path, os.fstat(fd))
-        if problem is not None:
-            warnings.warn(
-                f"not using the object files in {directory} directly: {problem}; objects "
-                "go through the head over gRPC",
-                errors.FlameWarning,
-                stacklevel=3,
-            )
-            return False
-        return os.read(fd, 4096).decode("ascii", "replace").strip() == token
-    except OSError:
-        return False
-    finally:
-        os.close(fd)
-
-
 class ObjectStore:
-    """The cluster's objects as seen from this process: its node's store, else the head.
+    """The cluster's objects as seen from this process: its node's store, else the nodes
+    reached through the head (an upload to the node it picks, a fetch from the holders).
 
     Args:
-        directory, token: the head's object directory (``Connection.object_dir``).
         rpc: a ``flame._core.ObjectClient``, or a callable making one on first use.
         next_id: makes fresh object ids (only in a process that puts objects).
         node: this process's node store, when it runs on a node of the cluster.
-        announce: tells the head about objects stored on ``node`` (``(node_id, [(id,
+        announce: tells the head about objects this process stored (``(node_id, [(id,
             size)])``, on the task stream, before any task that uses them).
     """
 
-    _by_location: dict[tuple[str, str], ObjectStore] = {}
     _current: ObjectStore | None = None
     _registry_lock = threading.Lock()
 
     def __init__(
         self,
-        directory: str,
-        token: str,
         rpc: Callable[[], Any],
         next_id: Callable[[], int] | None = None,
         *,
@@ -208,9 +166,6 @@ class ObjectStore:
         announce: Callable[[int, list[tuple[int, int]]], None] | None = None,
     ) -> None:
         self.node = node
-        self.dir = node.dir if node is not None else directory
-        self.token = token
-        self.local = node is None and _same_machine(directory, token)
         self._make_rpc = rpc
         self._rpc: Any = None
         self._next_id = next_id
@@ -220,17 +175,9 @@ class ObjectStore:
         self._cached_bytes = 0
         self._doomed: list[int] = []  # owned objects to delete through the head
         self._deleter: _Deleter | None = None
-        with ObjectStore._registry_lock:
-            if node is None:
-                ObjectStore._by_location[(directory, token)] = self
-            if next_id is not None or node is not None:
+        if next_id is not None or node is not None:
+            with ObjectStore._registry_lock:
                 ObjectStore._current = self  # a connection's store, or an executor's node
-
-    @property
-    def location(self) -> tuple[str, ...]:
-        """What a ref pickles besides its id and size: the head's object directory when the
-        objects are there; nothing for objects on nodes (readers find them by id)."""
-        return () if self.node is not None else (self.dir, self.token)
 
     @classmethod
     def current(cls) -> ObjectStore:
@@ -240,21 +187,11 @@ class ObjectStore:
             store = cls._current
         if store is not None:
             return store
-        store = cls("", "", _connect_env, node=NodeObjects.from_env())
+        store = cls(_connect_env, node=NodeObjects.from_env())
         with cls._registry_lock:
             if cls._current is None:
                 cls._current = store
             return cls._current
-
-    @classmethod
-    def for_location(cls, directory: str, token: str) -> ObjectStore:
-        """The store a ref to the head's object directory points to; in an executor,
-        reached at ``FLAME_ADDRESS``."""
-        with cls._registry_lock:
-            store = cls._by_location.get((directory, token))
-        if store is not None:
-            return store
-        return cls(directory, token, _connect_env)
 
     # -------------------------------------------------------------- writing
 
@@ -273,21 +210,14 @@ class ObjectStore:
                 f"this client ran out of object ids ({_MAX_PUT_COUNTER} puts); connect again"
             )
         if self.node is not None:
-            size = self.node.write(object_id, parts)
-            if self._announce is not None:
-                self._announce(self.node.node_id, [(object_id, size)])
-        elif self.local:
-            self._write_file(object_id, parts)
+            node_id, size = self.node.node_id, self.node.write(object_id, parts)
         else:
+            # A process on no node: uploaded once, to the node the head picks.
             self._flush_deletes()
-            client = self._client()
-            if self.dir or not hasattr(client, "place_and_put"):
-                client.put(object_id, [bytes(p) for p in parts])  # the head's object dir
-            else:
-                # A process on no node: stored on the node the head picks, then announced.
-                placed = client.place_and_put(object_id, [bytes(p) for p in parts])
-                if self._announce is not None:
-                    self._announce(placed.node_id, [(object_id, placed.size)])
+            placed = self._client().place_and_put(object_id, [bytes(p) for p in parts])
+            node_id, size = placed.node_id, placed.size
+        if self._announce is not None:
+            self._announce(node_id, [(object_id, size)])
         return self.owned(object_id, size)
 
     def owned(self, object_id: int, size: int) -> ObjectRef:
@@ -300,54 +230,15 @@ class ObjectStore:
         """Store a task input as an object; the small frame to send in its place."""
         return _serde.dumps(self.store_parts(parts, size))
 
-    def _write_file(self, object_id: int, parts: list[Any]) -> None:
-        final = os.path.join(self.dir, f"{object_id:016x}")
-        tmp = os.path.join(self.dir, f".{object_id:016x}.{os.getpid()}.part")
-        try:
-            fd = _object_file.create_private(tmp)
-            try:
-                size = sum(memoryview(p).nbytes for p in parts)
-                os.ftruncate(fd, size)
-                if size:
-                    # Copied into a mapping rather than written: on a fresh file write() was
-                    # several times slower (page cache allocation on the write path).
-                    with mmap.mmap(fd, size) as m:
-                        at = 0
-                        for p in parts:
-                            view = memoryview(p).cast("B")
-                            m[at : at + view.nbytes] = view
-                            at += view.nbytes
-            finally:
-                os.close(fd)
-            # A link, not a rename: an id already stored is never replaced (as on the head).
-            try:
-                os.link(tmp, final)
-            finally:
-                os.unlink(tmp)
-        except FileExistsError as e:
-            raise errors.InvalidArgumentError(
-                f"object {object_id:#x} is already stored; an object is written once and never "
-                "replaced"
-            ) from e
-        except OSError as e:
-            raise errors.FlameError(f"cannot store object {object_id:#x} in {self.dir}: {e}") from e
-
     def _delete(self, object_id: int) -> None:
         # Runs from a finalizer, possibly at interpreter exit: never raise, never block.
-        if self.local:
-            try:
-                os.unlink(os.path.join(self.dir, f"{object_id:016x}"))
-            except OSError:
-                pass
-            return
         self._doomed.append(object_id)
-        if self.node is not None:
-            # Objects on nodes are deleted by the head, from every node that holds them:
-            # asked from a thread, so that dropping a ref never waits on the network.
-            deleter = self._deleter
-            if deleter is None:
-                deleter = self._deleter = _Deleter(self)
-            deleter.wake()
+        # Objects are deleted by the head, from every node that holds them: asked from a
+        # thread, so that dropping a ref never waits on the network.
+        deleter = self._deleter
+        if deleter is None:
+            deleter = self._deleter = _Deleter(self)
+        deleter.wake()
 
     def _flush_deletes(self) -> None:
         doomed = []
@@ -361,8 +252,7 @@ class ObjectStore:
 
     def close(self) -> None:
         """Delete what is queued for deletion and drop cached objects."""
-        if not self.local:
-            self._flush_deletes()
+        self._flush_deletes()
         if self._deleter is not None:
             self._deleter.stop()
         with self._lock:
@@ -381,8 +271,6 @@ class ObjectStore:
     def _bytes(self, object_id: int) -> Any:
         if self.node is not None:
             return self.node.view(object_id)  # mapped: the page cache is the cache
-        if self.local and not object_id & _RESULT_BIT:  # results are on nodes, never here
-            return self._map_file(object_id)
         with self._lock:
             data = self._cache.get(object_id)
             if data is not None:
@@ -399,41 +287,13 @@ class ObjectStore:
                 self._cached_bytes -= len(old)
         return data
 
-    def _map_file(self, object_id: int) -> Any:
-        path = os.path.join(self.dir, f"{object_id:016x}")
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-        except FileNotFoundError:
-            raise errors.ObjectLostError(_lost(object_id)) from None
-        except OSError as e:
-            if e.errno != errno.ELOOP:
-                raise
-            raise errors.ObjectLostError(
-                f"object {object_id:#x} cannot be read: {path} is a symbolic link; refusing "
-                "to follow it"
-            ) from None
-        try:
-            st = os.fstat(fd)  # the file opened, not whatever the name points to now
-            problem = _untrusted(path, st)
-            if problem is not None:
-                raise errors.ObjectLostError(f"object {object_id:#x} cannot be read: {problem}")
-            if st.st_size == 0:
-                return b""
-            return memoryview(mmap.mmap(fd, 0, prot=mmap.PROT_READ))
-        finally:
-            os.close(fd)
-
     def _fetch(self, object_id: int) -> bytes:
-        client = self._client()
-        on_nodes = object_id & _RESULT_BIT or not self.dir  # results are always on nodes
-        if on_nodes and hasattr(client, "locate_and_fetch"):
-            return client.locate_and_fetch(object_id)  # from a node that holds it
         try:
-            return client.get(object_id)
-        except errors.ObjectLostError as e:  # NOT_FOUND from the head
-            if "cannot be read:" in str(e):
-                raise  # the head refused its file (another user's): it says which
-            raise errors.ObjectLostError(_lost(object_id)) from e
+            return self._client().locate_and_fetch(object_id)  # from a node that holds it
+        except errors.ObjectLostError as e:  # no node holds it
+            if object_id & _RESULT_BIT:
+                raise  # a result: the head says why (its node was lost, ...)
+            raise errors.ObjectLostError(f"{_lost(object_id)} ({e})") from e
 
     def _client(self) -> Any:
         if self._rpc is None:

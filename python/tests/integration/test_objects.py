@@ -1,20 +1,15 @@
-"""Objects: ``flame.put`` refs and large task arguments stored by reference — on the head's
-machine through the object files, elsewhere over gRPC — and deleted when nothing needs
-them any more."""
+"""Objects: ``flame.put`` refs and large task arguments stored by reference in the embedded
+cluster's node store, and deleted when nothing needs them any more. (A client on no node:
+test_objects_multinode.py.)"""
 
 from __future__ import annotations
 
 import gc
 import os
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import pytest
-from _procs import free_port, join_args, start_daemon, stop_daemon
 
 import flame
 from flame import api, objects
@@ -66,7 +61,7 @@ def test_the_same_ref_feeds_many_tasks() -> None:
 
 
 def test_a_large_argument_travels_as_an_object_and_is_deleted_after() -> None:
-    directory = api.runtime().conn.objects.dir
+    directory = api.runtime().conn.objects.node.dir
     arr = np.ones(objects.SPILL_BYTES // 8 * 3)
     fut = total(arr)
     assert fut.result(timeout=60) == arr.size
@@ -77,7 +72,7 @@ def test_a_large_argument_travels_as_an_object_and_is_deleted_after() -> None:
 
 
 def test_an_object_lives_while_its_ref_does() -> None:
-    directory = api.runtime().conn.objects.dir
+    directory = api.runtime().conn.objects.node.dir
     ref = flame.put(np.ones(1000))
     name = f"{ref.id:016x}"
     fut = total(ref)
@@ -101,65 +96,3 @@ def test_an_unpicklable_value_is_refused_at_put() -> None:
 
     with pytest.raises(flame.SerializationError, match="lock"):
         flame.put(threading.Lock())
-
-
-# ---------------------------------------------------------------- over gRPC
-
-
-@pytest.fixture
-def rpc_cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """A head and a node in their own processes that (like the client) move objects over
-    gRPC, as they would from other machines."""
-    monkeypatch.setenv("FLAME_OBJECTS_VIA_RPC", "1")
-    port = free_port()
-    state = str(tmp_path / "state")
-    head = start_daemon("head", "--port", str(port), "--state-dir", state, port=port)
-    address = f"http://127.0.0.1:{port}"
-    node = start_daemon(
-        "node", "--head", address, "--slots", "2", "--python", sys.executable,
-        "--work-dir", str(tmp_path / "node"), *join_args(address, state, tmp_path / "node-state"),
-    )  # fmt: skip
-    try:
-        yield address
-    finally:
-        stop_daemon(node)
-        stop_daemon(head)
-
-
-_RPC_CLIENT = """
-import gc, os, sys
-import numpy as np
-import flame
-from flame import objects
-
-flame.init(sys.argv[1])
-
-@flame.service
-def total(a):
-    return float(a.sum())
-
-store = flame.api.runtime().conn.objects
-assert not store.local
-ref = flame.put(np.arange(3_000_000, dtype=np.int64))  # 24 MB: many chunks
-assert os.path.exists(os.path.join(store.dir, f"{ref.id:016x}"))
-assert int(ref.get().sum()) == sum(range(3_000_000))
-assert total(ref).result(timeout=60) == sum(range(3_000_000))
-big = np.ones(objects.SPILL_BYTES // 8 * 2)
-assert total(big).result(timeout=60) == big.size
-del ref
-gc.collect()
-flame.shutdown()  # deletes over gRPC what was dropped
-left = sorted(os.listdir(store.dir))
-assert left == ["token"], left
-print("ok")
-"""
-
-
-def test_objects_move_over_grpc_when_not_on_the_heads_machine(rpc_cluster: str) -> None:
-    done = subprocess.run(
-        [sys.executable, "-c", _RPC_CLIENT, rpc_cluster],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr

@@ -6,6 +6,7 @@ results rebuilt by running their tasks again; and nothing is left in the stores 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -25,7 +26,7 @@ NODES = {"n1": "127.0.0.2", "n2": "127.0.0.3", "n3": "127.0.0.4"}
 
 
 class Cluster:
-    def __init__(self, tmp_path: Path) -> None:
+    def __init__(self, tmp_path: Path, nodes: dict[str, str]) -> None:
         self.port, self.http = free_port(), free_port()
         self.state = tmp_path / "state"
         self.head = start_daemon(
@@ -34,7 +35,7 @@ class Cluster:
         )  # fmt: skip
         self.address = f"http://127.0.0.1:{self.port}"
         self.nodes = {}
-        for name, ip in NODES.items():
+        for name, ip in nodes.items():
             self.nodes[name] = start_daemon(
                 "node", "--head", self.address, "--bind", ip, "--slots", "1", "--name", name,
                 "--python", sys.executable, "--work-dir", str(tmp_path / name),
@@ -57,18 +58,20 @@ class Cluster:
                 stop_daemon(proc)
 
 
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[Cluster]:
+@contextlib.contextmanager
+def running(tmp_path: Path, nodes: dict[str, str]) -> Iterator[Cluster]:
+    """A bare head and ``nodes`` (name: address), with this process as their client: on
+    no node of theirs."""
     # This test's client talks to its own head: the session-wide embedded cluster steps
     # aside (as test_faults swaps runtimes) and comes back after.
     saved = api._runtime
     api._runtime = None
-    c = Cluster(tmp_path)
+    c = Cluster(tmp_path, nodes)
     try:
         flame.init(c.address)
         deadline = time.monotonic() + 30
-        while len([n for n in flame.cluster_info()["nodes"] if n["alive"]]) < len(NODES):
-            assert time.monotonic() < deadline, "the three nodes register"
+        while len([n for n in flame.cluster_info()["nodes"] if n["alive"]]) < len(nodes):
+            assert time.monotonic() < deadline, f"the {len(nodes)} nodes register"
             time.sleep(0.1)
         yield c
     finally:
@@ -77,6 +80,12 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
         # Refs this process makes from now on belong to the session's cluster again.
         objects.ObjectStore._current = saved.conn.objects if saved is not None else None
         c.stop()
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    with running(tmp_path, NODES) as c:
+        yield c
 
 
 def _node_ids() -> dict[int, str]:

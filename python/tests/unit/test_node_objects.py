@@ -43,7 +43,10 @@ def test_a_damaged_object_is_reported_naming_it(tmp_path: Path) -> None:
 
 
 def test_a_ref_to_a_node_object_pickles_as_its_id_and_size(tmp_path: Path) -> None:
-    store = ObjectStore("", "", rpc=lambda: None, node=_node(tmp_path))
+    # A store with a node becomes the process's current one: the one before comes back
+    # after (when the whole suite runs in one process, the embedded cluster's).
+    before = ObjectStore._current
+    store = ObjectStore(rpc=lambda: None, node=_node(tmp_path))
     try:
         ref = ObjectRef(0x5, 42, store)
         _, args = ref.__reduce__()
@@ -51,6 +54,7 @@ def test_a_ref_to_a_node_object_pickles_as_its_id_and_size(tmp_path: Path) -> No
         assert len(pickle.dumps(ref)) < 120
     finally:
         store.close()
+        ObjectStore._current = before
 
 
 def test_common_data_passes_through_unless_it_is_a_reference() -> None:

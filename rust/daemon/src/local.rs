@@ -14,6 +14,20 @@ const REGISTER_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 use crate::executor_manager::{run_node, NodeConfig};
 use crate::server::{Head, HeadConfig};
 
+/// A node certificate of `head`'s CA for `node` (TLS heads only), recorded so that it can
+/// be revoked like a joined node's.
+fn certify(head: &Head, node: &mut NodeConfig) -> Result<()> {
+    let Some(ca) = head.security.ca.as_ref().filter(|_| head.security.tls) else {
+        return Ok(());
+    };
+    let key = flame_core::tls::NodeKey::generate();
+    let signed = ca.sign_node(&key.csr_pem(&node.name), &node.name)?;
+    head.security.record_node_cert(&node.name, &signed)?;
+    node.credentials.identity = Some(key.identity(&signed.cert_pem));
+    node.credentials.ca_pem = Some(ca.cert_pem().to_string());
+    Ok(())
+}
+
 /// A running head plus its local node.
 pub struct LocalCluster {
     pub head: Head,
@@ -34,6 +48,12 @@ impl LocalCluster {
         if node.credentials.is_empty() {
             let token = head.security.issue(TokenKind::Node, &node.name, false, 0);
             node.credentials = Credentials::with_token(token.to_string());
+            // On a TLS head it also gets a certificate, as a joined node does: without one
+            // it could serve no objects over TCP (to clients on no node, to other nodes).
+            if let Err(e) = certify(&head, &mut node) {
+                head.stop().await;
+                return Err(e);
+            }
         }
         // The executors reach the head over its Unix socket (no TLS, no TCP per task; see
         // `local_socket`), authenticated by the node's token as on the TCP port. A node that

@@ -13,7 +13,7 @@ use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use flame_core::proto::{backend_server::BackendServer, frontend_server::FrontendServer};
-use flame_core::storage::{ObjectStore, SqliteStorage};
+use flame_core::storage::SqliteStorage;
 use flame_core::{FlameError, Result};
 
 use crate::executor_manager::LocalNodeReport;
@@ -84,7 +84,7 @@ impl Head {
     /// the address cannot be bound (port in use, bad host).
     pub async fn start(cfg: HeadConfig) -> Result<Head> {
         // 0700 and ours (tightened with a warning if it was more open): it holds the users'
-        // objects and credentials.
+        // credentials.
         flame_core::private_files::private_dir(&cfg.state_dir).map_err(|e| {
             FlameError::InvalidArgument(format!("state dir {}: {e}", cfg.state_dir.display()))
         })?;
@@ -112,7 +112,6 @@ impl Head {
         let fatal = Fatal::default();
         let db = cfg.state_dir.join("flame.db");
         let storage = fatal.watch(Box::new(SqliteStorage::open(&db)?));
-        let objects = Arc::new(ObjectStore::open(&cfg.state_dir.join("objects"))?);
         let listener = tokio::net::TcpListener::bind((cfg.host.as_str(), cfg.port))
             .await
             .map_err(|e| {
@@ -125,7 +124,12 @@ impl Head {
             .local_addr()
             .map_err(|e| FlameError::Internal(e.to_string()))?;
         let (manager, actor, storage_thread) =
-            session_manager::start(cfg.manager.clone(), storage, objects)?;
+            session_manager::start(cfg.manager.clone(), storage)?;
+        // Node certificates revoked before this start: nodes refuse them (#12).
+        let fingerprints = security.revoked_cert_fingerprints();
+        manager.send(session_manager::Event::Objects(
+            session_manager::ObjectEvent::AccessRevoked { fingerprints },
+        ));
         // Introspection reads the file the writer just created, on connections of its own.
         let reads = match Reads::open(manager.clone(), &db) {
             Ok(r) => r,

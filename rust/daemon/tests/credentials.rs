@@ -126,9 +126,13 @@ async fn admin_calls_refuse_non_admins_and_work_for_admins() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied, "{err}");
-    let err = admin::revoke_token(s, as_principal(proto::TokenRef { id: 1 }, bob()))
-        .await
-        .unwrap_err();
+    let err = admin::revoke_token(
+        s,
+        &head.manager,
+        as_principal(proto::TokenRef { id: 1 }, bob()),
+    )
+    .await
+    .unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied, "{err}");
     let target = proto::NodeRef {
         id: 0,
@@ -156,10 +160,14 @@ async fn admin_calls_refuse_non_admins_and_work_for_admins() {
         .unwrap()
         .into_inner();
     assert!(listed.tokens.iter().any(|t| t.id == info.id));
-    let revoked = admin::revoke_token(s, as_principal(proto::TokenRef { id: info.id }, root()))
-        .await
-        .unwrap()
-        .into_inner();
+    let revoked = admin::revoke_token(
+        s,
+        &head.manager,
+        as_principal(proto::TokenRef { id: info.id }, root()),
+    )
+    .await
+    .unwrap()
+    .into_inner();
     assert!(revoked.revoked_ms > 0);
     let err = s.tokens.check(&created.token).unwrap_err().to_string();
     assert!(err.contains("revoked"), "{err}");

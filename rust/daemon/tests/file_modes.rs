@@ -1,8 +1,9 @@
 //! File modes of the head's state with a real `flame-daemon` started under umask 0: the state
-//! dir and objects dir are 0700, every file in them 0600 (the database with its -wal and
-//! -shm, the lock, the object token, objects); an existing state dir that is too open is
-//! tightened with a warning naming it, one owned by another user is refused naming its
-//! owner; and `GetObject` refuses an object file another user owns or others can write.
+//! dir is 0700, every file in it 0600 (the database with its -wal and -shm, the lock,
+//! credentials), and it holds no objects (they live on the nodes; a node's refusal of an
+//! unsafe object file is in `object_transfer.rs`); an existing state dir that is too open
+//! is tightened with a warning naming it, one owned by another user is refused naming its
+//! owner.
 //!
 //! The umask is set in the daemon's process only (`pre_exec`): it is process-wide, and the
 //! test harness runs tests on threads of one process.
@@ -14,9 +15,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use flame_core::client::Client;
-use flame_core::FlameError;
 
 mod common;
 
@@ -103,14 +102,6 @@ fn mode(path: &Path) -> u32 {
         & 0o777
 }
 
-/// Put one object through the head's object RPC; its id.
-async fn put_object(client: &Client) -> flame_core::ids::ObjectId {
-    let id = client.next_object_id().unwrap();
-    let data = vec![Bytes::from_static(b"the users' data")];
-    client.objects().put(id, data).await.unwrap();
-    id
-}
-
 #[test]
 fn a_fresh_state_dir_and_its_files_are_private_under_umask_0() {
     let parent = tempfile::tempdir().unwrap();
@@ -118,25 +109,26 @@ fn a_fresh_state_dir_and_its_files_are_private_under_umask_0() {
     let mut daemon = spawn_head(&dir);
     let address = address_of(&mut daemon).expect("head starts");
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let object = rt.block_on(async {
+    rt.block_on(async {
         let token = std::fs::read_to_string(dir.join("admin.token")).expect("admin.token");
         let creds = flame_core::client::Credentials::with_token(token.trim().to_string());
-        let client = Client::connect(&address, &creds, Duration::from_secs(5), "modes-test")
+        Client::connect(&address, &creds, Duration::from_secs(5), "modes-test")
             .await
             .unwrap();
-        put_object(&client).await
     });
-    let objects = dir.join("objects");
-    for d in [parent.path().join("new"), dir.clone(), objects.clone()] {
+    for d in [parent.path().join("new"), dir.clone()] {
         assert_eq!(mode(&d), 0o700, "{}", d.display());
     }
+    // The head stores no objects of its own (#12).
+    assert!(
+        !dir.join("objects").exists(),
+        "the head made an objects dir"
+    );
     let files = [
         dir.join("flame.db"),
         dir.join("flame.db-wal"),
         dir.join("flame.db-shm"),
         dir.join("flame.lock"),
-        objects.join("token"),
-        objects.join(format!("{:016x}", object.0)),
     ];
     for f in files {
         assert_eq!(mode(&f), 0o600, "{}", f.display());
@@ -191,62 +183,4 @@ fn an_open_state_dir_is_tightened_with_a_warning_and_a_foreign_one_refused() {
         std::fs::read_dir(foreign.path()).unwrap().next().is_none(),
         "nothing written"
     );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn get_object_refuses_a_file_another_user_owns_or_others_can_write() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = common::head_config(dir.path(), Default::default());
-    let head = flame_daemon::server::Head::start(config).await.unwrap();
-    let creds = common::admin(&head);
-    let client = Client::connect(&head.address, &creds, Duration::from_secs(5), "modes-test")
-        .await
-        .unwrap();
-    let objects = Path::new(client.object_dir().0).to_path_buf();
-    let file_of = |id: flame_core::ids::ObjectId| objects.join(format!("{:016x}", id.0));
-    let ours = flame_core::private_files::euid();
-
-    // Writable by others: whoever could write it may have changed the pickle in it.
-    let writable = put_object(&client).await;
-    std::fs::set_permissions(file_of(writable), std::fs::Permissions::from_mode(0o666)).unwrap();
-    let err = client.objects().get(writable).await.unwrap_err();
-    assert!(matches!(err, FlameError::FailedPrecondition(_)), "{err}");
-    let m = err.to_string();
-    assert!(m.contains(&format!("{:#x}", writable.0)), "{m}");
-    assert!(m.contains(&file_of(writable).display().to_string()), "{m}");
-    assert!(
-        m.contains("can be written by other users (mode 666)"),
-        "{m}"
-    );
-
-    // A symbolic link in the object's place is not followed.
-    let linked = put_object(&client).await;
-    let target = dir.path().join("elsewhere");
-    std::fs::rename(file_of(linked), &target).unwrap();
-    std::os::unix::fs::symlink(&target, file_of(linked)).unwrap();
-    let m = client.objects().get(linked).await.unwrap_err().to_string();
-    assert!(m.contains("is a symbolic link"), "{m}");
-
-    if running_as_root() {
-        let foreign = put_object(&client).await;
-        std::os::unix::fs::chown(file_of(foreign), Some(NOBODY), None).unwrap();
-        let err = client.objects().get(foreign).await.unwrap_err();
-        assert!(matches!(err, FlameError::FailedPrecondition(_)), "{err}");
-        let m = err.to_string();
-        assert!(m.contains(&file_of(foreign).display().to_string()), "{m}");
-        assert!(
-            m.contains(&format!("belongs to uid {NOBODY}, not to uid {ours}")),
-            "{m}"
-        );
-    } else {
-        eprintln!("not root: cannot chown to another user, the foreign-owner case is skipped");
-    }
-
-    // Ours and private: still read.
-    let fine = put_object(&client).await;
-    assert_eq!(
-        client.objects().get(fine).await.unwrap(),
-        b"the users' data"
-    );
-    head.stop().await;
 }

@@ -41,6 +41,7 @@ struct Cluster {
     head: Head,
     stop: CancellationToken,
     a: proto::ObjectHolder,
+    a_store: Arc<ObjectStore>,
     b: Fetcher<ObjectStore>,
     b_store: Arc<ObjectStore>,
     alice: Credentials,
@@ -83,7 +84,7 @@ async fn cluster(tls: bool) -> Cluster {
         (Some(i), Some(c)) if tls => Some((i, c.as_str())),
         _ => None,
     };
-    node_objects::serve(listener, a_store, gate, tls_of_a, stop.clone()).unwrap();
+    node_objects::serve(listener, a_store.clone(), gate, tls_of_a, stop.clone()).unwrap();
 
     let b_creds = node_credentials(&head, "node-b");
     let b_link = link(&head, &b_creds, 2, "127.0.0.3").await;
@@ -94,6 +95,7 @@ async fn cluster(tls: bool) -> Cluster {
         head,
         stop,
         a,
+        a_store,
         b,
         b_store,
         alice,
@@ -416,4 +418,63 @@ async fn a_stream_cut_mid_object_resumes_tls() {
 #[tokio::test]
 async fn a_stream_cut_mid_object_resumes_plaintext() {
     a_cut_stream_resumes(false).await;
+}
+
+/// A node's object server never serves a file it cannot trust (what the head's own object
+/// store refused before objects moved to the nodes): one others can write, a symbolic link
+/// in an object's place, one another user owns (as root) — each refused naming the file;
+/// one of ours, private, is served.
+#[tokio::test]
+async fn a_node_refuses_to_serve_an_object_file_it_cannot_trust() {
+    use std::os::unix::fs::PermissionsExt;
+    let c = cluster(false).await;
+    let alice = c.dialer(&c.alice).await;
+    let data = b"the users' data";
+    let put = || async {
+        let id = c.alice_object().await;
+        let parts = vec![Bytes::from_static(data)];
+        transfer::put(&alice, &c.a, id, parts).await.unwrap();
+        id
+    };
+    let file_of = |id: ObjectId| c.a_store.memory_dir().join(format!("{:016x}", id.0));
+    let fetch = |id: ObjectId| {
+        let alice = alice.clone();
+        let a = c.a.clone();
+        async move {
+            let mut got = Vec::new();
+            let len = data.len() as u64;
+            transfer::fetch(&alice, id, len, std::slice::from_ref(&a), &mut got)
+                .await
+                .map(|_| got)
+        }
+    };
+
+    let writable = put().await;
+    std::fs::set_permissions(file_of(writable), std::fs::Permissions::from_mode(0o666)).unwrap();
+    let m = fetch(writable).await.unwrap_err().to_string();
+    assert!(m.contains(&file_of(writable).display().to_string()), "{m}");
+    assert!(
+        m.contains("can be written by other users (mode 666)"),
+        "{m}"
+    );
+
+    let linked = put().await;
+    let target = c.dir.path().join("elsewhere"); // another device than /dev/shm
+    std::fs::copy(file_of(linked), &target).unwrap();
+    std::fs::remove_file(file_of(linked)).unwrap();
+    std::os::unix::fs::symlink(&target, file_of(linked)).unwrap();
+    let m = fetch(linked).await.unwrap_err().to_string();
+    assert!(m.contains("symbolic link"), "{m}");
+
+    if flame_core::private_files::euid() == 0 {
+        let foreign = put().await;
+        std::os::unix::fs::chown(file_of(foreign), Some(65534), None).unwrap();
+        let m = fetch(foreign).await.unwrap_err().to_string();
+        assert!(m.contains(&file_of(foreign).display().to_string()), "{m}");
+        assert!(m.contains("belongs to uid 65534, not to uid 0"), "{m}");
+    }
+
+    let fine = put().await;
+    assert_eq!(fetch(fine).await.unwrap(), data);
+    c.stop().await;
 }

@@ -160,13 +160,6 @@ impl PyConnection {
         self.client.max_payload()
     }
 
-    /// (directory, token) of the head's object store.
-    #[getter]
-    fn object_dir(&self) -> (String, String) {
-        let (dir, token) = self.client.object_dir();
-        (dir.to_string(), token.to_string())
-    }
-
     /// (node id, object socket) of the head's own node when this client is on its machine
     /// (`flame-daemon start`, the embedded cluster); else None.
     #[getter]

@@ -1,6 +1,6 @@
 //! `ObjectClient`: objects for Python code that runs on no node of the cluster — stored on
-//! the node the head picks and read from the nodes that hold them (#12) — and the head's
-//! own object calls (upload, download, delete) while the head still keeps objects.
+//! the node the head picks and read from the nodes that hold them (#12) — and deleting
+//! them through the head.
 
 use std::time::Duration;
 
@@ -54,31 +54,13 @@ impl PyObjectClient {
         Ok(Self { inner })
     }
 
-    /// Upload an object made of `parts`, in order; returns its size.
-    fn put(&self, py: Python<'_>, object_id: u64, parts: Vec<PyBackedBytes>) -> PyResult<u64> {
-        let parts = parts.into_iter().map(to_bytes).collect();
-        let client = self.inner.clone();
-        wait(
-            py,
-            async move { client.put(ObjectId(object_id), parts).await },
-        )?
-        .map_err(err)
-    }
-
-    /// Download an object whole.
-    fn get<'py>(&self, py: Python<'py>, object_id: u64) -> PyResult<Bound<'py, PyBytes>> {
-        let client = self.inner.clone();
-        let data = wait(py, async move { client.get(ObjectId(object_id)).await })?
-            .map_err(|e| to_py(e, About::Object))?;
-        Ok(PyBytes::new(py, &data))
-    }
-
-    /// Delete objects; ids the head does not have are ignored.
+    /// Delete objects from every node holding them; unknown ids are ignored.
     fn delete(&self, py: Python<'_>, object_ids: Vec<u64>) -> PyResult<()> {
         let ids: Vec<ObjectId> = object_ids.into_iter().map(ObjectId).collect();
         let client = self.inner.clone();
         wait(py, async move { client.delete(&ids).await })?.map_err(err)
     }
+
     /// Store a new object on a node the head chooses (a process that runs on no node):
     /// `PlaceObject`, then the bytes go straight to that node. Announce it afterwards
     /// (`created` on the task stream) with the returned node.

@@ -96,9 +96,6 @@ pub struct Client {
     outstanding: Outstanding,
     completions: tokio::sync::Mutex<mpsc::UnboundedReceiver<Vec<proto::TaskCompletion>>>,
     closed: CancellationToken,
-    /// The head's object directory and its token (see [`ObjectClient`]).
-    object_dir: String,
-    object_token: String,
     next_object: AtomicU32,
     /// The head's own node (#12): its id and object socket, for a client on its machine.
     local_node: Option<(u64, String)>,
@@ -241,8 +238,6 @@ impl Client {
             outstanding,
             completions: tokio::sync::Mutex::new(done_rx),
             closed,
-            object_dir: reply.object_dir,
-            object_token: reply.object_token,
             next_object: AtomicU32::new(1),
             local_node: (reply.local_node_id != 0 && !reply.node_socket.is_empty())
                 .then(|| (reply.local_node_id, reply.node_socket.clone())),
@@ -278,12 +273,6 @@ impl Client {
     /// Largest task input or output the daemon accepts.
     pub fn max_payload(&self) -> u64 {
         self.max_payload
-    }
-
-    /// The head's object directory, and the token a client on the same machine finds in
-    /// its `token` file (both empty for a head without an object store).
-    pub fn object_dir(&self) -> (&str, &str) {
-        (&self.object_dir, &self.object_token)
     }
 
     /// The node of the head's own machine (`flame-daemon start`, the embedded cluster): its

@@ -2,9 +2,8 @@
 //! place_and_put`] stores a new object on the node the head picks, and [`ObjectClient::
 //! locate_and_fetch`] reads one from the nodes that hold it (resuming a broken stream,
 //! trying the next holder) — the bytes never pass through the head
-//! ([`crate::objects::transfer`]). The head's own object calls (`put`, `get`, `delete`)
-//! remain until the head keeps no objects. Transfers go in 1 MiB chunks; slicing a `Bytes`
-//! is zero-copy, so an upload copies the object only into the HTTP/2 frames.
+//! ([`crate::objects::transfer`]); [`ObjectClient::delete`] asks the head to delete objects
+//! from every node holding them.
 
 use std::time::Duration;
 
@@ -16,7 +15,6 @@ use crate::ids::ObjectId;
 use crate::objects::transfer::{self, Dialer};
 use crate::proto;
 
-const CHUNK_BYTES: usize = 1 << 20;
 /// How often an object being rebuilt is looked up again.
 const REBUILD_POLL: Duration = Duration::from_millis(200);
 /// How long dialing a node's object server may take.
@@ -39,7 +37,7 @@ pub struct PlacedObject {
 }
 
 impl ObjectClient {
-    /// Head calls only (`put`, `get`, `delete`); see [`ObjectClient::with_nodes`].
+    /// Head calls only (`delete`); see [`ObjectClient::with_nodes`].
     pub fn new(frontend: Frontend) -> Self {
         Self {
             frontend,
@@ -76,59 +74,7 @@ impl ObjectClient {
         Ok(Self::new(stub(channel, stamp)).with_nodes(&transport, creds.identity.clone()))
     }
 
-    /// Upload an object made of `parts` (written one after the other).
-    ///
-    /// # Errors
-    /// What the head answered (`InvalidArgument` for a bad id, `Storage` when it cannot
-    /// write), or `ConnectionLost`.
-    pub async fn put(&self, id: ObjectId, parts: Vec<Bytes>) -> Result<u64> {
-        let mut chunks = Vec::new();
-        for part in parts {
-            let mut at = 0;
-            while at < part.len() {
-                let end = (at + CHUNK_BYTES).min(part.len());
-                chunks.push(part.slice(at..end));
-                at = end;
-            }
-        }
-        if chunks.is_empty() {
-            chunks.push(Bytes::new());
-        }
-        let messages = chunks
-            .into_iter()
-            .enumerate()
-            .map(move |(i, data)| proto::ObjectChunk {
-                object_id: if i == 0 { id.0 } else { 0 },
-                data,
-            });
-        let stored = self
-            .frontend
-            .clone()
-            .put_object(tokio_stream::iter(messages))
-            .await?
-            .into_inner();
-        Ok(stored.size)
-    }
-
-    /// Download an object whole.
-    ///
-    /// # Errors
-    /// `NotFound` naming the object if the head does not have it; `ConnectionLost`.
-    pub async fn get(&self, id: ObjectId) -> Result<Vec<u8>> {
-        let mut stream = self
-            .frontend
-            .clone()
-            .get_object(proto::ObjectRef { object_id: id.0 })
-            .await?
-            .into_inner();
-        let mut data = Vec::new();
-        while let Some(chunk) = stream.message().await? {
-            data.extend_from_slice(&chunk.data);
-        }
-        Ok(data)
-    }
-
-    /// Delete objects (ids the head does not have are ignored).
+    /// Delete objects from every node that holds them (unknown ids are ignored).
     ///
     /// # Errors
     /// `InvalidArgument` for a malformed id; `ConnectionLost`.

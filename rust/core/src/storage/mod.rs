@@ -1,5 +1,5 @@
-//! Durable state: the [`Storage`] trait and its SQLite engine ([`SqliteStorage`]); large
-//! objects live beside it as files ([`ObjectStore`]).
+//! Durable state: the [`Storage`] trait and its SQLite engine ([`SqliteStorage`]). Objects
+//! are not here: they live in the nodes' stores ([`crate::objects`]).
 //!
 //! The session manager owns one `Storage` on a dedicated writer thread. Every change is a
 //! [`WriteOp`]; the writer drains whatever ops are queued and applies them in **one**
@@ -8,14 +8,12 @@
 //! its in-memory state: open sessions stay open, pending tasks stay pending, and tasks that
 //! were running go back to pending (their attempt counts are kept).
 
-mod objects;
 mod sqlite;
 
 use std::collections::HashMap;
 
 use bytes::Bytes;
 
-pub use objects::{ObjectStore, ObjectWriter};
 pub use sqlite::{SqliteReader, SqliteStorage};
 
 use crate::error::Result;

@@ -32,6 +32,8 @@ pub(super) struct LocalObjects {
     events: mpsc::UnboundedReceiver<StoreEvent>,
     stop: CancellationToken,
     server: JoinHandle<()>,
+    /// The object server's gate (`None`: no object server, or not set yet).
+    gate: Option<Arc<crate::node_objects::Gate>>,
 }
 
 impl LocalObjects {
@@ -66,6 +68,7 @@ impl LocalObjects {
             events,
             stop,
             server,
+            gate: None,
         })
     }
 
@@ -100,6 +103,19 @@ impl LocalObjects {
             },
             // The store keeps its sender while it lives; this never ends first.
             None => std::future::pending().await,
+        }
+    }
+
+    /// The object server's gate, told of revocations (`NodeCommand.access_revoked`).
+    pub(super) fn set_gate(&mut self, gate: Option<Arc<crate::node_objects::Gate>>) {
+        self.gate = gate;
+    }
+
+    /// `NodeCommand.access_revoked`: cached token answers go; these certificates are
+    /// refused.
+    pub(super) fn access_revoked(&self, cert_fingerprints: Vec<String>) {
+        if let Some(gate) = &self.gate {
+            gate.revoked(cert_fingerprints);
         }
     }
 

@@ -243,6 +243,7 @@ pub async fn run_node(
     // NodeRegister); its fetcher brings objects from other nodes unless one is configured.
     let plane = crate::node_objects::ObjectPlane::start(&config, objects.store.clone()).await?;
     config.object_address = plane.address.clone();
+    objects.set_gate(plane.gate());
     match &config.remote_fetch {
         Some(fetch) => objects.set_fetch(fetch.clone()),
         None => objects.set_fetch(Arc::new(plane.fetcher().clone())),
@@ -465,6 +466,9 @@ impl Node<'_> {
             }
             Some(node_command::Msg::DeleteObjects(refs)) => {
                 self.objects.delete(refs.object_ids).await;
+            }
+            Some(node_command::Msg::AccessRevoked(r)) => {
+                self.objects.access_revoked(r.cert_fingerprints)
             }
             Some(node_command::Msg::Registered(_)) => {
                 tracing::warn!("NodeRegistered after registration; ignored");

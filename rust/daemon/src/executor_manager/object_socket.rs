@@ -8,7 +8,6 @@
 //! credentials. Store calls touch files (a seal may spill), so they run on the blocking
 //! pool, not on the runtime's threads.
 
-use std::pin::Pin;
 use std::sync::{Arc, RwLock};
 
 use flame_core::error::FlameError;
@@ -21,9 +20,10 @@ use flame_core::proto::{
 };
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::UnixListenerStream;
-use tokio_stream::Stream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
+
+use crate::node_objects::server::ChunkStream;
 
 /// Where the node's [`RemoteFetch`] is plugged in (set once the node can reach others).
 pub(super) type FetchSlot = Arc<RwLock<Option<Arc<dyn RemoteFetch>>>>;
@@ -55,8 +55,6 @@ pub(super) fn serve(
         }
     }))
 }
-
-type ChunkStream = Pin<Box<dyn Stream<Item = Result<ObjectChunk, Status>> + Send>>;
 
 fn object_id(raw: u64) -> Result<ObjectId, Status> {
     if raw == 0 {

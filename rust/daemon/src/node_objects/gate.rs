@@ -7,9 +7,13 @@
 //! with their node tokens, which the head answers for the same way.
 //!
 //! Cost: one head round trip per token and owner a minute; a transfer of any size is one
-//! check.
+//! check. A revocation at the head reaches every node (`NodeCommand.access_revoked`, also
+//! sent when a node registers), which forgets every answer at once and refuses the revoked
+//! node certificates ([`Gate::revoked`]): revoked credentials stop working on the nodes
+//! when the head stops accepting them, not up to [`REMEMBER`] later or until a restart.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -28,8 +32,8 @@ const MAX_ANSWERS: usize = 10_000;
 /// What a caller presented, taken out of its request before the request is consumed.
 #[derive(Clone, Debug)]
 pub enum Credential {
-    /// A node certificate the TLS layer verified: this node's name.
-    Peer(String),
+    /// A node certificate the TLS layer verified: its node's name and fingerprint.
+    Peer { name: String, fingerprint: String },
     /// A bearer token, to be checked by the head.
     Bearer(String),
 }
@@ -41,7 +45,10 @@ pub enum Credential {
 /// `Bearer <token>`.
 pub fn credential<T>(req: &Request<T>) -> Result<Credential, Status> {
     if let Some(cert) = flame_core::tls::peer_node(req) {
-        return Ok(Credential::Peer(cert.name));
+        return Ok(Credential::Peer {
+            name: cert.name,
+            fingerprint: cert.fingerprint,
+        });
     }
     let Some(value) = req.metadata().get(AUTHORIZATION_HEADER) else {
         return Err(Status::unauthenticated(
@@ -70,6 +77,10 @@ pub struct Gate {
     /// The head's Frontend with the node's own credentials (`None`: not connected yet).
     head: HeadWatch,
     answers: Mutex<HashMap<(String, u32), (Instant, Answer)>>,
+    /// Bumped by every revocation: an answer asked for before it is not kept.
+    revocations: AtomicU64,
+    /// Fingerprints of revoked node certificates.
+    revoked_certs: Mutex<HashSet<String>>,
 }
 
 impl Gate {
@@ -77,7 +88,25 @@ impl Gate {
         Self {
             head,
             answers: Mutex::default(),
+            revocations: AtomicU64::new(0),
+            revoked_certs: Mutex::default(),
         }
+    }
+
+    /// Credentials were revoked at the head: `cert_fingerprints` (every revoked node
+    /// certificate) are refused from now on, and every remembered answer goes.
+    pub fn revoked(&self, cert_fingerprints: Vec<String>) {
+        *self.revoked_certs.lock().unwrap_or_else(|e| e.into_inner()) =
+            cert_fingerprints.into_iter().collect();
+        self.forget_answers();
+    }
+
+    /// Credentials were revoked at the head: every remembered answer goes, and answers to
+    /// questions asked before now are not kept either.
+    pub fn forget_answers(&self) {
+        let mut answers = self.answers.lock().unwrap_or_else(|e| e.into_inner());
+        self.revocations.fetch_add(1, Ordering::SeqCst);
+        answers.clear();
     }
 
     /// `credential` may read (or, with `write`, store) `ids`.
@@ -92,7 +121,15 @@ impl Gate {
         write: bool,
     ) -> Result<(), Status> {
         let token = match credential {
-            Credential::Peer(_) => return Ok(()),
+            Credential::Peer { name, fingerprint } => {
+                let revoked = self.revoked_certs.lock().unwrap_or_else(|e| e.into_inner());
+                if revoked.contains(fingerprint) {
+                    return Err(Status::unauthenticated(format!(
+                        "the certificate of node {name} was revoked"
+                    )));
+                }
+                return Ok(());
+            }
             Credential::Bearer(t) => t,
         };
         let mut owners: Vec<u32> = ids.iter().map(|id| id.owner().0).collect();
@@ -147,6 +184,7 @@ impl Gate {
             write,
         };
         let first = req.object_ids.first().copied().unwrap_or_default();
+        let asked_at = self.revocations.load(Ordering::SeqCst);
         let answer = match head.authorize_objects(req).await {
             Ok(_) => Ok(()),
             Err(s) if matches!(s.code(), Code::Unauthenticated | Code::PermissionDenied) => {
@@ -160,6 +198,9 @@ impl Gate {
             }
         };
         let mut answers = self.answers.lock().unwrap_or_else(|e| e.into_inner());
+        if self.revocations.load(Ordering::SeqCst) != asked_at {
+            return Ok(answer); // a revocation came meanwhile: used once, not kept
+        }
         if answers.len() >= MAX_ANSWERS {
             answers.clear();
         }

@@ -33,6 +33,8 @@ pub struct ObjectPlane<S> {
     identity: Option<flame_core::tls::Identity>,
     bind: Option<std::net::IpAddr>,
     stop: CancellationToken,
+    /// The object server's authorization (`None`: no object server).
+    gate: Option<Arc<Gate>>,
 }
 
 impl<S: ObjectFiles> ObjectPlane<S> {
@@ -54,6 +56,7 @@ impl<S: ObjectFiles> ObjectPlane<S> {
             identity: creds.identity.clone(),
             bind: config.bind,
             stop: stop.clone(),
+            gate: None,
         };
         let server_tls = match (tls, &creds.identity, &creds.ca_pem) {
             (false, _, _) => None,
@@ -73,6 +76,7 @@ impl<S: ObjectFiles> ObjectPlane<S> {
         let listener = ObjectListener::bind(&head, config.bind, config.object_port, tls).await?;
         plane.address = listener.address.clone();
         let gate = Arc::new(Gate::new(watch));
+        plane.gate = Some(gate.clone());
         serve(listener, store, gate, server_tls, stop)?;
         tracing::info!(node = %config.name, address = %plane.address, "object server listening");
         Ok(plane)
@@ -99,6 +103,12 @@ impl<S: ObjectFiles> ObjectPlane<S> {
             dialer,
             node_id,
         }));
+    }
+
+    /// The object server's authorization, for revocations from the head (`None`: this
+    /// node serves no objects).
+    pub fn gate(&self) -> Option<Arc<Gate>> {
+        self.gate.clone()
     }
 
     /// Fetches objects of other nodes into this node's store.

@@ -7,15 +7,19 @@
 //! a slow disk never stalls the runtime and an object is never held in memory whole.
 
 use std::io::{Read, Seek, SeekFrom};
+use std::pin::Pin;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
+use flame_core::ids::ObjectId;
 use flame_core::objects::transfer::CHUNK_BYTES;
 use flame_core::proto::{self, node_objects_server::NodeObjects};
+use flame_core::FlameError;
 
 use super::gate::{credential, Gate};
 use super::{ObjectFileWriter, ObjectFiles};
@@ -23,9 +27,28 @@ use super::{ObjectFileWriter, ObjectFiles};
 /// Chunks in flight between the network and a disk thread.
 const CHUNKS_IN_FLIGHT: usize = 4;
 
-/// The same stream type as the head's `GetObject`.
-pub use crate::rpc::objects::ObjectStream as ChunkStream;
-use crate::rpc::objects::{joined, object_id};
+/// The stream `NodeObjects.Fetch` answers with, on TCP and on the node's Unix socket.
+pub type ChunkStream = Pin<Box<dyn Stream<Item = Result<proto::ObjectChunk, Status>> + Send>>;
+
+/// An object id from the wire: a put's id names its owning client in its high 32 bits (a
+/// result's, its session), so an id without them is refused before any lookup.
+pub(crate) fn object_id(raw: u64) -> Result<ObjectId, Status> {
+    let id = ObjectId(raw);
+    if id.owner().0 == 0 {
+        return Err(Status::invalid_argument(format!(
+            "object id {raw:#x} is not valid: its high 32 bits must be the owning client's id"
+        )));
+    }
+    Ok(id)
+}
+
+/// The result of a blocking store call, as the caller's status.
+pub(crate) fn joined<T>(
+    r: Result<Result<T, FlameError>, tokio::task::JoinError>,
+) -> Result<T, Status> {
+    r.map_err(|e| Status::internal(format!("object I/O thread failed: {e}")))?
+        .map_err(Status::from)
+}
 
 /// The service: the node's store behind the gate.
 pub struct ObjectService<S> {

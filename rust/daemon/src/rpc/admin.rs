@@ -18,7 +18,7 @@ use flame_core::FlameError;
 
 use crate::security::tokens::TokenEntry;
 use crate::security::{principal, Security};
-use crate::session_manager::{Event, ManagerHandle};
+use crate::session_manager::{Event, ManagerHandle, ObjectEvent};
 
 /// Longest user name accepted.
 const MAX_USER_NAME: usize = 64;
@@ -187,11 +187,15 @@ pub async fn list_tokens(
 
 pub async fn revoke_token(
     security: &Arc<Security>,
+    manager: &ManagerHandle,
     req: Request<proto::TokenRef>,
 ) -> Result<Response<proto::TokenInfo>, Status> {
     require_admin(&req, "revoke tokens")?;
     let id = req.into_inner().id;
     let entry = blocking(security, move |s| s.revoke_token(id)).await?;
+    // Nodes forget what they were told about tokens (they may have said yes to this one).
+    let fingerprints = security.revoked_cert_fingerprints();
+    manager.send(Event::Objects(ObjectEvent::AccessRevoked { fingerprints }));
     tracing::info!(id, "token revoked");
     Ok(Response::new(info_of(entry)))
 }
@@ -220,6 +224,10 @@ pub async fn revoke_node(
         })
         .await
         .map_err(Status::from)?;
+    // Other nodes' object servers refuse its certificates from now on, and forget its node
+    // tokens if they had cached them as good.
+    let fingerprints = security.revoked_cert_fingerprints();
+    manager.send(Event::Objects(ObjectEvent::AccessRevoked { fingerprints }));
     if credentials == 0 && dropped == 0 {
         return Err(Status::not_found(format!(
             "no node named {name:?} holds credentials of this head or is connected"

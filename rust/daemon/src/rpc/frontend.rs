@@ -22,7 +22,7 @@ use flame_core::view::page_size;
 use flame_core::FlameError;
 
 use super::access::{self, Access};
-use super::{admin, authorize, directory, objects};
+use super::{admin, authorize, directory};
 use crate::executor_manager::LocalNodeReport;
 use crate::reads::{Reads, TaskQuery};
 use crate::security::interceptor::Accepted;
@@ -135,8 +135,6 @@ impl Frontend for FrontendService {
             client_id: id,
             version: env!("CARGO_PKG_VERSION").into(),
             max_message_bytes: self.handle.config.max_payload_bytes as u64,
-            object_dir: self.handle.objects.dir().to_string_lossy().into_owned(),
-            object_token: self.handle.objects.token().to_string(),
             state_id: self.handle.state_id.to_string(),
             local_node_id: local.as_ref().map_or(0, |n| n.node_id),
             node_socket: local.map_or_else(String::new, |n| n.socket.display().to_string()),
@@ -464,32 +462,6 @@ impl Frontend for FrontendService {
         Ok(Response::new(Box::pin(UnboundedReceiverStream::new(rx))))
     }
 
-    async fn put_object(
-        &self,
-        req: Request<Streaming<proto::ObjectChunk>>,
-    ) -> Result<Response<proto::ObjectStored>, Status> {
-        let claim = access::claim(&req)?;
-        let caller = self.access.caller(claim).await?;
-        let access = self.access.clone();
-        let allowed = move |id: u64| access.object(&caller, id);
-        let stored = objects::put(self.handle.objects.clone(), req.into_inner(), allowed).await?;
-        Ok(Response::new(stored))
-    }
-
-    type GetObjectStream = objects::ObjectStream;
-
-    async fn get_object(
-        &self,
-        req: Request<proto::ObjectRef>,
-    ) -> Result<Response<Self::GetObjectStream>, Status> {
-        let caller = self.access.of(&req).await?;
-        let id = req.into_inner().object_id;
-        self.access.object(&caller, id)?;
-        Ok(Response::new(
-            objects::get(self.handle.objects.clone(), id).await?,
-        ))
-    }
-
     async fn delete_objects(
         &self,
         req: Request<proto::ObjectRefs>,
@@ -500,8 +472,7 @@ impl Frontend for FrontendService {
         for id in &ids {
             self.access.object(&caller, *id)?;
         }
-        objects::delete(self.handle.objects.clone(), ids).await?;
-        // Objects on nodes (#12): forgotten, and deleted by every node holding them.
+        // Forgotten, and deleted by every node holding them.
         directory::delete(&self.handle, checked).await?;
         Ok(Response::new(proto::Empty {}))
     }
@@ -568,7 +539,7 @@ impl Frontend for FrontendService {
         &self,
         req: Request<proto::TokenRef>,
     ) -> Result<Response<proto::TokenInfo>, Status> {
-        admin::revoke_token(&self.security, req).await
+        admin::revoke_token(&self.security, &self.handle, req).await
     }
 
     async fn revoke_node(

@@ -1,5 +1,5 @@
-//! gRPC services of the session manager: [`frontend`] for clients (its object calls in
-//! [`objects`]), [`backend`] for nodes and executors. Handlers validate what came over the wire, turn it into an
+//! gRPC services of the session manager: [`frontend`] for clients (its object directory
+//! calls in [`directory`]), [`backend`] for nodes and executors. Handlers validate what came over the wire, turn it into an
 //! [`Event`](crate::session_manager::Event) and hand it to the actor; they own no state.
 
 pub mod access;
@@ -9,7 +9,6 @@ pub mod backend;
 pub mod directory;
 pub mod frontend;
 mod heartbeat;
-pub mod objects;
 pub mod state_check;
 
 use std::time::Duration;

@@ -259,6 +259,12 @@ impl Security {
         Ok(n as u32)
     }
 
+    /// The fingerprints of every revoked node certificate (what nodes refuse, #12).
+    pub fn revoked_cert_fingerprints(&self) -> Vec<String> {
+        let revoked = self.revoked_certs.read().unwrap_or_else(|e| e.into_inner());
+        revoked.iter().cloned().collect()
+    }
+
     /// Whether the node certificate with this fingerprint (SHA-256 of its DER, lowercase
     /// hex, as `flame_core::tls::NodeCert::fingerprint`) was revoked. The auth interceptor
     /// refuses such a certificate; a set lookup, so cheap enough for every connection.

@@ -10,7 +10,7 @@ use tokio::task::JoinHandle;
 use flame_core::ids::{ClientId, ExecutorId, NodeId, SessionId, TaskKey};
 use flame_core::model::{now_ms, ApplicationRecord};
 use flame_core::scheduler::{Scheduler, SchedulerConfig};
-use flame_core::storage::{ObjectStore, Storage, WriteOp};
+use flame_core::storage::{Storage, WriteOp};
 use flame_core::Result;
 
 use super::{ClientTx, Event, ExecutorTx, ManagerConfig, ManagerHandle, NodeTx};
@@ -36,7 +36,6 @@ pub(super) struct Actor {
     pub cfg: ManagerConfig,
     pub sched: Scheduler,
     pub store: StorageWriter,
-    pub objects: Arc<ObjectStore>,
     pub apps: HashMap<String, ApplicationRecord>,
     pub clients: HashMap<u64, ClientTx>,
     pub executors: HashMap<ExecutorId, ExecutorTx>,
@@ -95,7 +94,6 @@ const EXECUTOR_IDS_PER_START: u64 = 1 << 32;
 pub fn start(
     cfg: ManagerConfig,
     mut storage: Box<dyn Storage>,
-    objects: Arc<ObjectStore>,
 ) -> Result<(ManagerHandle, JoinHandle<()>, std::thread::JoinHandle<()>)> {
     let snapshot = storage.load()?;
     let state_id: Arc<str> = snapshot.identity.as_str().into();
@@ -139,15 +137,13 @@ pub fn start(
         "session manager state loaded"
     );
 
-    // Owners of restored sessions and of stored objects have no stream yet: their lease
-    // starts now (objects of a client that never comes back are deleted when it runs out).
+    // Owners of restored sessions have no stream yet: their lease starts now.
     let started = Instant::now();
     let client_gone = snapshot
         .sessions
         .iter()
         .filter(|s| s.spec.owner != 0)
         .map(|s| s.spec.owner)
-        .chain(objects.owners().into_iter().map(|c| c.0))
         .map(|owner| (owner, started))
         .collect();
     let (tx, rx) = mpsc::unbounded_channel();
@@ -155,7 +151,6 @@ pub fn start(
         cfg: cfg.clone(),
         sched,
         store,
-        objects: objects.clone(),
         apps: snapshot
             .applications
             .into_iter()
@@ -190,7 +185,6 @@ pub fn start(
         tx,
         config: cfg,
         metrics,
-        objects,
         state_id,
     };
     Ok((handle, task, storage_thread))
@@ -312,17 +306,6 @@ impl Actor {
                 }]);
             }
             self.delete_client_objects(ClientId(client));
-            let objects = self.objects.clone();
-            tokio::task::spawn_blocking(move || {
-                let deleted = objects.delete_owner(ClientId(client));
-                if deleted > 0 {
-                    tracing::info!(
-                        client,
-                        deleted,
-                        "deleted the objects of a client that is gone"
-                    );
-                }
-            });
         }
     }
 

@@ -30,7 +30,6 @@ use tonic::Status;
 use flame_core::ids::{ExecutorId, NodeId, SessionId, TaskId, TaskKey};
 use flame_core::model::{ApplicationRecord, SessionSpec};
 use flame_core::proto;
-use flame_core::storage::ObjectStore;
 use flame_core::Result;
 
 pub use actor::start;
@@ -280,8 +279,6 @@ pub enum Event {
 pub struct ManagerHandle {
     tx: mpsc::UnboundedSender<Event>,
     pub config: ManagerConfig,
-    /// Object files are read and written by the RPC handlers directly, not by the actor.
-    pub objects: Arc<ObjectStore>,
     /// This daemon's metrics (its own recorder; see `crate::metrics`).
     pub metrics: std::sync::Arc<crate::metrics::Metrics>,
     /// The identity of the state this head serves (made with its database): clients learn

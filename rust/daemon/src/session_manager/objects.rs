@@ -61,6 +61,9 @@ pub enum ObjectEvent {
         ids: Vec<ObjectId>,
         reply: Reply<()>,
     },
+    /// Credentials were revoked (and at start: what was revoked before): every node forgets
+    /// its cached token answers and refuses these node certificates (all revoked ones).
+    AccessRevoked { fingerprints: Vec<String> },
     /// Internal: storage's answer for the task that must run again to rebuild `object`
     /// (its input and attempts; `None`: not stored).
     Rerun {
@@ -86,6 +89,8 @@ pub(super) struct Objects {
     pub nodes: HashMap<NodeId, NodeStore>,
     /// Lost results whose task's input is being read back from storage.
     reruns: HashSet<ObjectId>,
+    /// Fingerprints of the revoked node certificates (from the head's security).
+    revoked_certs: Vec<String>,
 }
 
 /// One object store's row of the dashboard and `/metrics`.
@@ -138,11 +143,35 @@ impl Actor {
                 let _ = reply.send(Ok(()));
             }
             ObjectEvent::Rerun { key, object, found } => self.rerun(key, object, found),
+            ObjectEvent::AccessRevoked { fingerprints } => {
+                self.object_dir.revoked_certs = fingerprints;
+                for link in self.nodes.values() {
+                    let _ = link.tx.send(Ok(self.access_revoked()));
+                }
+            }
         }
     }
 
-    /// A node joined: remember where its object server is.
-    pub(super) fn object_node_joined(&mut self, node: NodeId, name: &str, address: &str) {
+    fn access_revoked(&self) -> proto::NodeCommand {
+        let cert_fingerprints = self.object_dir.revoked_certs.clone();
+        let revoked = proto::AccessRevoked { cert_fingerprints };
+        proto::NodeCommand {
+            msg: Some(node_command::Msg::AccessRevoked(revoked)),
+        }
+    }
+
+    /// A node joined (its NodeRegistered sent on `tx`): remember where its object server
+    /// is, and tell it which node certificates are revoked (a node starts knowing none).
+    pub(super) fn object_node_joined(
+        &mut self,
+        node: NodeId,
+        name: &str,
+        address: &str,
+        tx: &super::NodeTx,
+    ) {
+        if !self.object_dir.revoked_certs.is_empty() {
+            let _ = tx.send(Ok(self.access_revoked()));
+        }
         self.object_dir.nodes.insert(
             node,
             NodeStore {
@@ -412,9 +441,20 @@ impl Actor {
             })
             .max_by_key(|(id, s)| (free(s), std::cmp::Reverse(**id)));
         let Some((id, s)) = best else {
-            return Err(FlameError::FailedPrecondition(format!(
-                "no live node with an object server to store an object of {size} bytes on"
-            )));
+            // The head keeps no objects itself: a bare head needs a node to put them on.
+            return Err(FlameError::FailedPrecondition(
+                if self.object_dir.nodes.is_empty() {
+                    format!(
+                        "cannot store an object of {size} bytes: no node with an object store has \
+                     joined this cluster (start one with `flame-daemon node --head <address>`)"
+                    )
+                } else {
+                    format!(
+                    "cannot store an object of {size} bytes: no live, non-draining node serves \
+                     objects over the network"
+                )
+                },
+            ));
         };
         Ok(proto::ObjectHolder {
             node_id: id.0,

@@ -50,7 +50,7 @@ impl Actor {
         let _ = tx.send(Ok(registered));
         self.sched
             .add_node(id, register.name.clone(), register.slots);
-        self.object_node_joined(id, &register.name, &register.object_address);
+        self.object_node_joined(id, &register.name, &register.object_address, &tx);
         self.nodes.insert(
             id,
             NodeLink {

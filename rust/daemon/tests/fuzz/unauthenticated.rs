@@ -40,7 +40,6 @@ const UNARY: &[&str] = &[
 ];
 const STREAMS: &[&str] = &[
     "/flame.Frontend/Stream",
-    "/flame.Frontend/PutObject",
     "/flame.Backend/NodeStream",
     "/flame.Backend/ExecutorStream",
 ];
@@ -117,25 +116,6 @@ pub async fn fuzz_unauthenticated(g: &mut Gen, f: &mut Findings, channel: Channe
                 tokio_stream::StreamExt::chain(tokio_stream::iter(frames), tokio_stream::pending());
             let call = grpc.streaming(
                 request(auth, frames),
-                PathAndQuery::from_static(path),
-                RawCodec,
-            );
-            let r = tokio::time::timeout(CALL_TIMEOUT, call).await;
-            judge(
-                f,
-                path,
-                token,
-                r.unwrap_or_else(|_| Err(Status::deadline_exceeded("hang")))
-                    .map(drop),
-            );
-        }
-        let path = "/flame.Frontend/GetObject";
-        if i % 7 == 0 {
-            grpc.ready().await.expect("the head answers");
-            let auth = credentials(g);
-            let token = auth.is_some();
-            let call = grpc.server_streaming(
-                request(auth, hostile(g)),
                 PathAndQuery::from_static(path),
                 RawCodec,
             );
