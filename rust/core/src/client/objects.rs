@@ -119,56 +119,72 @@ impl ObjectClient {
     /// Read an object from the nodes that hold it, for a client that runs on no node: ask
     /// the head where it is (`LocateObjects`), then fetch it from the first holder, resuming
     /// a broken stream and trying the next holder on failure. An object being rebuilt (its
-    /// node was lost and its task runs again) is waited for, up to `rebuild_wait`.
+    /// node was lost and its task runs again) is waited for, up to `rebuild_wait`; so are
+    /// holders that no longer answer (a node that just died and that the head has not yet
+    /// declared lost): the head is asked again until it names other holders or a rebuild.
     ///
     /// # Errors
     /// `NotFound` naming the object and why when no node holds it; `ConnectionLost` when no
-    /// holder could send it; `Unauthenticated` / `PermissionDenied` from the holders.
+    /// holder could send it within `rebuild_wait`; `Unauthenticated` / `PermissionDenied`
+    /// from the holders.
     pub async fn locate_and_fetch(&self, id: ObjectId, rebuild_wait: Duration) -> Result<Vec<u8>> {
         let dialer = self.dialer()?;
         let until = tokio::time::Instant::now() + rebuild_wait;
-        let location = loop {
-            let req = proto::ObjectRefs {
-                object_ids: vec![id.0],
-            };
-            let found = self
-                .frontend
-                .clone()
-                .locate_objects(req)
-                .await?
-                .into_inner();
-            let location = found
-                .objects
-                .into_iter()
-                .find(|l| l.object_id == id.0)
-                .ok_or_else(|| {
-                    FlameError::Internal(format!(
-                        "the head did not say where object {:#x} is",
+        loop {
+            let location = self.locate(id).await?;
+            if location.holders.is_empty() {
+                if !location.rebuilding {
+                    return Err(FlameError::NotFound(if location.lost.is_empty() {
+                        format!("object {:#x} is held by no node", id.0)
+                    } else {
+                        location.lost
+                    }));
+                }
+                if tokio::time::Instant::now() >= until {
+                    return Err(FlameError::Timeout(format!(
+                        "object {:#x} is still being rebuilt after {rebuild_wait:?}",
                         id.0
-                    ))
-                })?;
-            if !location.holders.is_empty() {
-                break location;
+                    )));
+                }
+                tokio::time::sleep(REBUILD_POLL).await;
+                continue;
             }
-            if !location.rebuilding {
-                return Err(FlameError::NotFound(if location.lost.is_empty() {
-                    format!("object {:#x} is held by no node", id.0)
-                } else {
-                    location.lost
-                }));
+            let capacity = usize::try_from(location.size).unwrap_or(0).min(1 << 30);
+            let mut data = Vec::with_capacity(capacity);
+            match transfer::fetch(dialer, id, location.size, &location.holders, &mut data).await {
+                Ok(_) => return Ok(data),
+                Err(e @ FlameError::ConnectionLost(_))
+                    if tokio::time::Instant::now() + REBUILD_POLL < until =>
+                {
+                    tracing::debug!(
+                        object = id.0,
+                        "no holder answered; asking the head again: {e}"
+                    );
+                    tokio::time::sleep(REBUILD_POLL).await;
+                }
+                Err(e) => return Err(e),
             }
-            if tokio::time::Instant::now() >= until {
-                return Err(FlameError::Timeout(format!(
-                    "object {:#x} is still being rebuilt after {rebuild_wait:?}",
-                    id.0
-                )));
-            }
-            tokio::time::sleep(REBUILD_POLL).await;
+        }
+    }
+
+    /// Where the head says object `id` is.
+    async fn locate(&self, id: ObjectId) -> Result<proto::ObjectLocation> {
+        let req = proto::ObjectRefs {
+            object_ids: vec![id.0],
         };
-        let capacity = usize::try_from(location.size).unwrap_or(0).min(1 << 30);
-        let mut data = Vec::with_capacity(capacity);
-        transfer::fetch(dialer, id, location.size, &location.holders, &mut data).await?;
-        Ok(data)
+        let found = self
+            .frontend
+            .clone()
+            .locate_objects(req)
+            .await?
+            .into_inner();
+        found
+            .objects
+            .into_iter()
+            .find(|l| l.object_id == id.0)
+            .ok_or_else(|| {
+                FlameError::Internal(format!("the head did not say where object {:#x} is", id.0))
+            })
     }
 
     fn dialer(&self) -> Result<&Dialer> {
