@@ -6,6 +6,7 @@ results rebuilt by running their tasks again; and nothing is left in the stores 
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import time
@@ -117,3 +118,36 @@ def test_large_results_go_node_to_node_and_are_rebuilt_when_their_node_dies(
     values = [f.result(timeout=120) for f in blocks]
     assert [float(v[0]) for v in values] == [float(i) for i in range(6)]
     assert cluster.metric("flame_object_reconstructions_total") >= len(lost)
+
+
+@flame.service
+def noise(seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).random(2 << 20)  # 16 MiB
+
+
+@flame.service
+def digests(*arrays: np.ndarray) -> tuple[list[str], str]:
+    import hashlib
+    import time
+
+    time.sleep(0.1)  # long enough that the three single-slot nodes all take tasks
+    return [hashlib.sha256(a).hexdigest() for a in arrays], os.environ["FLAME_NODE_ID"]
+
+
+@pytest.mark.parametrize("store_mb", [{"n1": 40, "n2": 40, "n3": 40}])
+def test_stores_over_budget_spill_and_restore_every_object_across_nodes(
+    cluster: Cluster,
+) -> None:
+    # 8 results of 16 MiB over three nodes of 40 MiB each: some node made three (48 MiB,
+    # over its budget), and every reader takes all 128 MiB to its node, most of it from
+    # the other nodes.
+    made = [noise(seed) for seed in range(8)]
+    flame.wait(made)
+    right = [hashlib.sha256(np.random.default_rng(s).random(2 << 20)).hexdigest() for s in range(8)]
+    results = flame.get([digests(*made) for _ in range(6)])
+    assert all(d == right for d, _ in results)
+    assert len({node for _, node in results}) >= 2
+    cluster.wait_metric("flame_object_spilled_bytes_total", 16 << 20)
+    # Read back again on the nodes (restored from their spill dirs) and here.
+    assert all(d == right for d, _ in flame.get([digests(*made) for _ in range(6)]))
+    assert [hashlib.sha256(f.result()).hexdigest() for f in made] == right
