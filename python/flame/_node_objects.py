@@ -27,6 +27,8 @@ NODE_SOCKET_ENV = "FLAME_NODE_SOCKET"
 NODE_OBJECTS_ENV = "FLAME_NODE_OBJECTS"
 # In the memory dir: the path of the node's spill dir.
 SPILL_DIR_FILE = "spill_dir"
+# Pulls of an object evicted again before this process mapped it, before giving up.
+_PULLS = 3
 
 
 def _socket_client(socket: str) -> Any:
@@ -120,19 +122,22 @@ class NodeObjects:
         found = self._find(object_id)
         if found is not None:
             return found
-        try:
-            self._client.pull([object_id])
-        except errors.ObjectLostError as e:
-            raise errors.ObjectLostError(
-                f"object {object_id:#x} no longer exists or cannot be reached: {e}"
-            ) from None
-        found = self._find(object_id)
-        if found is None:
-            raise errors.ObjectLostError(
-                f"object {object_id:#x} is not in this node's store ({self.dir}) although "
-                "the node pulled it (deleted meanwhile?)"
-            )
-        return found
+        # A copy just pulled can be evicted again before it is mapped here, when the node
+        # is over budget and busy (serving other nodes restores and settles): pull again.
+        for _ in range(_PULLS):
+            try:
+                self._client.pull([object_id])
+            except errors.ObjectLostError as e:
+                raise errors.ObjectLostError(
+                    f"object {object_id:#x} no longer exists or cannot be reached: {e}"
+                ) from None
+            found = self._find(object_id)
+            if found is not None:
+                return found
+        raise errors.ObjectLostError(
+            f"object {object_id:#x} is not in this node's store ({self.dir}) although the "
+            f"node pulled it {_PULLS} times (deleted meanwhile, or its store is too small?)"
+        )
 
     def _find(self, object_id: int) -> memoryview | None:
         for directory in (self.dir, self._spill_dir()):

@@ -104,10 +104,8 @@ def test_large_results_go_node_to_node_and_are_rebuilt_when_their_node_dies(
     listed = {o["object_id"]: o for o in api.runtime().conn.list_objects()["objects"]}
     results = [o for o in listed.values() if o["task_id"] is not None]
     assert len(results) == 6, f"every result stays on its node: {listed}"
-    # Reducers read the mappers' results where they are (by reference, node to node).
-    sums = flame.get([add(blocks[i], blocks[i + 1]) for i in range(0, 6, 2)])
-    assert sums == [float((1 << 19) * (i + i + 1)) for i in range(0, 6, 2)]
-    # Kill a node that holds results; reading them runs their tasks again elsewhere.
+    # Kill a node that holds results (their only copies: nothing read them yet); reading
+    # them runs their tasks again elsewhere.
     names = node_names()
     victim_id = results[0]["primary_node"]
     victim = cluster.nodes[names[victim_id]]
@@ -118,6 +116,9 @@ def test_large_results_go_node_to_node_and_are_rebuilt_when_their_node_dies(
     values = [f.result(timeout=120) for f in blocks]
     assert [float(v[0]) for v in values] == [float(i) for i in range(6)]
     assert cluster.metric("flame_object_reconstructions_total") >= len(lost)
+    # Reducers read the mappers' results where they are (by reference, node to node).
+    sums = flame.get([add(blocks[i], blocks[i + 1]) for i in range(0, 6, 2)])
+    assert sums == [float((1 << 19) * (i + i + 1)) for i in range(0, 6, 2)]
 
 
 @flame.service
