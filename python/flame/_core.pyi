@@ -42,6 +42,7 @@ class Connection:
 
     address: str
     client_id: int
+    state_id: str
     max_payload: int  # largest task input/output the daemon accepts; 0 = no limit
     def __init__(self, address: str, timeout: float = 5.0, client_name: str = "") -> None: ...
     def register_application(self, name: str, spec: bytes, description: str = "") -> None: ...

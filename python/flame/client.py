@@ -127,6 +127,7 @@ class Connection:
             node=_local_node(self._conn),
             announce=self._conn.announce_objects,
         )
+        self.objects.cluster = getattr(self._conn, "state_id", "")
         # Task inputs too large to travel inline are stored as objects (see flame.objects),
         # so a decorated call's arguments are never refused for their size.
         self._spill = self.objects.spill

@@ -82,12 +82,20 @@ class ObjectRef:
         size: Its serialized size in bytes.
     """
 
-    __slots__ = ("__weakref__", "_store", "id", "size")
+    __slots__ = ("__weakref__", "_cluster", "_store", "id", "size")
 
-    def __init__(self, object_id: int, size: int, store: ObjectStore | None = None) -> None:
+    def __init__(
+        self,
+        object_id: int,
+        size: int,
+        store: ObjectStore | None = None,
+        cluster: str | None = None,
+    ) -> None:
         self.id = object_id
         self.size = size
         self._store = store
+        # The cluster (its head's state id) the object is in; "" when unknown.
+        self._cluster = cluster if cluster is not None else getattr(store, "cluster", "")
 
     def __repr__(self) -> str:
         return f"<flame.ObjectRef {self.id:#x} ({self.size} bytes)>"
@@ -97,11 +105,17 @@ class ObjectRef:
         _noted.__dict__.setdefault("refs", []).append(self)
         # Objects are on nodes: readers find them by id, through their own node or the
         # head's directory of locations.
-        return (_rebuild, (self.id, self.size))
+        if not self._cluster:
+            return (_rebuild, (self.id, self.size))
+        # Pickled for a task (or inside a value) of this process's cluster, the ref must be
+        # one of it: a task's process cannot tell (it knows no cluster identity).
+        _same_cluster(self.id, self._cluster, ObjectStore._current)
+        return (_rebuild_in, (self._cluster, self.id, self.size))
 
     def get(self) -> Any:
         """Read the value (zero-copy for buffers when this process is on a node)."""
         store = self._store if self._store is not None else ObjectStore.current()
+        _same_cluster(self.id, self._cluster, store)
         return store.load(self.id)
 
 
@@ -110,6 +124,26 @@ def _rebuild(object_id: int, size: int) -> Any:
     if RESOLVE_REFS:
         return store.load(object_id)
     return ObjectRef(object_id, size, store)
+
+
+def _rebuild_in(cluster: str, object_id: int, size: int) -> Any:
+    # A ref that names its cluster: refused in a process of another cluster (ids are only
+    # unique within one; the same id elsewhere is another object).
+    store = ObjectStore.current()
+    _same_cluster(object_id, cluster, store)
+    if RESOLVE_REFS:
+        return store.load(object_id)
+    return ObjectRef(object_id, size, store, cluster)
+
+
+def _same_cluster(object_id: int, cluster: str, store: ObjectStore | None) -> None:
+    here = getattr(store, "cluster", "")
+    if cluster and here and cluster != here:
+        raise errors.InvalidArgumentError(
+            f"object {object_id:#x} belongs to another cluster (state {cluster}), not to "
+            f"the one this process uses (state {here}): an ObjectRef is only valid in the "
+            "cluster that made it"
+        )
 
 
 class ResultMarker(NamedTuple):
@@ -166,6 +200,8 @@ class ObjectStore:
         announce: Callable[[int, list[tuple[int, int]]], None] | None = None,
     ) -> None:
         self.node = node
+        # The cluster's identity (its head's state id), set by the connection; "" unknown.
+        self.cluster = ""
         self._make_rpc = rpc
         self._rpc: Any = None
         self._next_id = next_id

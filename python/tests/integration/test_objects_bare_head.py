@@ -16,7 +16,8 @@ import pytest
 
 # The head-and-nodes fixture, shared (this module must not define a `cluster` fixture: that
 # would replace the session's autouse one for its tests).
-from test_objects_multinode import _node_ids, block, running
+from _three_nodes import node_names, running
+from test_objects_multinode import block
 
 import flame
 from flame import api, objects
@@ -45,7 +46,7 @@ def test_a_client_on_no_node_puts_on_a_node_and_reads_from_the_nodes(tmp_path: P
         ref = flame.put(arr)
         object_id = ref.id
         _until(lambda: object_id in _listed(), "the head learns where the put went")
-        assert _listed()[object_id]["primary_node"] in _node_ids(), "on a node"
+        assert _listed()[object_id]["primary_node"] in node_names(), "on a node"
         expected = float(arr[::1024].sum())
         assert flame.get([strided(ref) for _ in range(10)], timeout=120) == [expected] * 10
         # Read back here: fetched from the node that holds it.

@@ -6,90 +6,21 @@ results rebuilt by running their tasks again; and nothing is left in the stores 
 
 from __future__ import annotations
 
-import contextlib
+import hashlib
 import os
 import signal
-import sys
 import time
-import urllib.request
-from collections.abc import Iterator
-from pathlib import Path
 
+import _three_nodes
 import numpy as np
 import pytest
-from _procs import free_port, join_args, start_daemon, stop_daemon
+from _three_nodes import Cluster, node_names
 
 import flame
-from flame import api, objects
+from flame import api
 
-NODES = {"n1": "127.0.0.2", "n2": "127.0.0.3", "n3": "127.0.0.4"}
-
-
-class Cluster:
-    def __init__(self, tmp_path: Path, nodes: dict[str, str]) -> None:
-        self.port, self.http = free_port(), free_port()
-        self.state = tmp_path / "state"
-        self.head = start_daemon(
-            "head", "--port", str(self.port), "--http-port", str(self.http),
-            "--state-dir", str(self.state), port=self.port,
-        )  # fmt: skip
-        self.address = f"http://127.0.0.1:{self.port}"
-        self.nodes = {}
-        for name, ip in nodes.items():
-            self.nodes[name] = start_daemon(
-                "node", "--head", self.address, "--bind", ip, "--slots", "1", "--name", name,
-                "--python", sys.executable, "--work-dir", str(tmp_path / name),
-                "--object-store-mb", "512",
-                *join_args(self.address, self.state, tmp_path / f"{name}-node"),
-            )  # fmt: skip
-
-    def metric(self, name: str) -> float:
-        token = (self.state / "admin.token").read_text().strip()
-        req = urllib.request.Request(
-            f"http://127.0.0.1:{self.http}/metrics", headers={"Authorization": f"Bearer {token}"}
-        )
-        text = urllib.request.urlopen(req, timeout=10).read().decode()
-        values = [float(line.split()[-1]) for line in text.splitlines() if line.startswith(name)]
-        return sum(values)
-
-    def stop(self) -> None:
-        for proc in [*self.nodes.values(), self.head]:
-            if proc.poll() is None:
-                stop_daemon(proc)
-
-
-@contextlib.contextmanager
-def running(tmp_path: Path, nodes: dict[str, str]) -> Iterator[Cluster]:
-    """A bare head and ``nodes`` (name: address), with this process as their client: on
-    no node of theirs."""
-    # This test's client talks to its own head: the session-wide embedded cluster steps
-    # aside (as test_faults swaps runtimes) and comes back after.
-    saved = api._runtime
-    api._runtime = None
-    c = Cluster(tmp_path, nodes)
-    try:
-        flame.init(c.address)
-        deadline = time.monotonic() + 30
-        while len([n for n in flame.cluster_info()["nodes"] if n["alive"]]) < len(nodes):
-            assert time.monotonic() < deadline, f"the {len(nodes)} nodes register"
-            time.sleep(0.1)
-        yield c
-    finally:
-        flame.shutdown()
-        api._runtime = saved
-        # Refs this process makes from now on belong to the session's cluster again.
-        objects.ObjectStore._current = saved.conn.objects if saved is not None else None
-        c.stop()
-
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[Cluster]:
-    with running(tmp_path, NODES) as c:
-        yield c
-
-
-def _node_ids() -> dict[int, str]:
-    return {n["id"]: n["name"] for n in flame.cluster_info()["nodes"]}
+cluster = _three_nodes.cluster  # the fixtures
+store_mb = _three_nodes.store_mb
 
 
 @flame.service
@@ -115,25 +46,54 @@ def make(n: int) -> np.ndarray:
     return np.ones(n)
 
 
-def test_a_broadcast_crosses_to_each_node_at_most_once(cluster: Cluster) -> None:
-    # A task's 64 MiB result stays on its node; 30 tasks on three nodes read it.
-    made = make((64 << 20) // 8)
-    flame.wait([made])
-    results = flame.get([sample(made) for _ in range(30)])
-    assert {s for s, _ in results} == {float((64 << 20) // 8 // 4096)}
-    ran_on = {node for _, node in results}
+_BIG = 200_000_000  # the issue's 200 MB
+
+
+def _read_by_30_tasks(
+    cluster: Cluster, ref: object, object_id: int, expected: float, holder: int
+) -> None:
+    """30 tasks spread over the three nodes read `ref` (held by node `holder` only): each
+    other node that ran some fetches it once, the holder never."""
+    results = flame.get([sample(ref) for _ in range(30)])
+    assert {s for s, _ in results} == {expected}
+    ran_on = {int(node) for _, node in results}
     assert len(ran_on) >= 2, f"tasks ran on {ran_on} only"
-    # Every node that ran tasks and did not hold the object fetched it once: the heartbeats
-    # bring the counters to the head within a few seconds.
-    deadline = time.monotonic() + 15
-    while cluster.metric("flame_object_transfers_total") < len(ran_on) - 1:
-        assert time.monotonic() < deadline, "the nodes report their transfers"
-        time.sleep(0.2)
+    fetchers = len(ran_on - {holder})
+    cluster.wait_metric("flame_object_transfers_total", fetchers)
     time.sleep(2.5)  # one more heartbeat: a second fetch would show now
-    assert cluster.metric("flame_object_transfers_total") <= len(NODES)
+    assert cluster.metric("flame_object_transfers_total") == fetchers
+    crossed = cluster.metric("flame_object_transferred_bytes_total")
+    assert _BIG * fetchers <= crossed < (_BIG + (1 << 20)) * fetchers
     listed = api.runtime().conn.list_objects()["objects"]
-    holders = [o for o in listed if o["task_id"] is not None]
-    assert holders and len({holders[0]["primary_node"], *holders[0]["copy_nodes"]}) <= 3
+    [obj] = [o for o in listed if o["object_id"] == object_id]
+    assert obj["primary_node"] == holder and set(obj["copy_nodes"]) <= ran_on - {holder}
+
+
+def test_a_200mb_result_crosses_to_each_node_at_most_once(cluster: Cluster) -> None:
+    made = make(_BIG // 8)  # a task's result stays on its node
+    flame.wait([made])
+    [obj] = [o for o in api.runtime().conn.list_objects()["objects"] if o["task_id"]]
+    _read_by_30_tasks(
+        cluster, made, obj["object_id"], float(len(range(0, _BIG // 8, 4096))), obj["primary_node"]
+    )
+
+
+def test_a_200mb_put_from_a_client_on_a_node_crosses_to_each_node_at_most_once(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A client on node n1 (as a task's client is: the node's socket in its environment)
+    # puts the array into n1's store; the other nodes fetch it from there.
+    memory = cluster.memory_dir("n1")
+    n1 = cluster.node_id("n1")
+    flame.shutdown()
+    monkeypatch.setenv("FLAME_NODE_SOCKET", os.path.join(memory, "node.sock"))
+    monkeypatch.setenv("FLAME_NODE_OBJECTS", memory)
+    monkeypatch.setenv("FLAME_NODE_ID", str(n1))
+    flame.init(cluster.address)
+    a = np.arange(_BIG // 8, dtype=np.float64)
+    ref = flame.put(a)
+    assert os.path.exists(os.path.join(memory, f"{ref.id:016x}")), "stored on n1"
+    _read_by_30_tasks(cluster, ref, ref.id, float(a[::4096].sum()), n1)
 
 
 def test_large_results_go_node_to_node_and_are_rebuilt_when_their_node_dies(
@@ -144,11 +104,9 @@ def test_large_results_go_node_to_node_and_are_rebuilt_when_their_node_dies(
     listed = {o["object_id"]: o for o in api.runtime().conn.list_objects()["objects"]}
     results = [o for o in listed.values() if o["task_id"] is not None]
     assert len(results) == 6, f"every result stays on its node: {listed}"
-    # Reducers read the mappers' results where they are (by reference, node to node).
-    sums = flame.get([add(blocks[i], blocks[i + 1]) for i in range(0, 6, 2)])
-    assert sums == [float((1 << 19) * (i + i + 1)) for i in range(0, 6, 2)]
-    # Kill a node that holds results; reading them runs their tasks again elsewhere.
-    names = _node_ids()
+    # Kill a node that holds results (their only copies: nothing read them yet); reading
+    # them runs their tasks again elsewhere.
+    names = node_names()
     victim_id = results[0]["primary_node"]
     victim = cluster.nodes[names[victim_id]]
     os.killpg(victim.pid, signal.SIGKILL)
@@ -158,3 +116,39 @@ def test_large_results_go_node_to_node_and_are_rebuilt_when_their_node_dies(
     values = [f.result(timeout=120) for f in blocks]
     assert [float(v[0]) for v in values] == [float(i) for i in range(6)]
     assert cluster.metric("flame_object_reconstructions_total") >= len(lost)
+    # Reducers read the mappers' results where they are (by reference, node to node).
+    sums = flame.get([add(blocks[i], blocks[i + 1]) for i in range(0, 6, 2)])
+    assert sums == [float((1 << 19) * (i + i + 1)) for i in range(0, 6, 2)]
+
+
+@flame.service
+def noise(seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).random(2 << 20)  # 16 MiB
+
+
+@flame.service
+def digests(*arrays: np.ndarray) -> tuple[list[str], str]:
+    import hashlib
+    import time
+
+    time.sleep(0.1)  # long enough that the three single-slot nodes all take tasks
+    return [hashlib.sha256(a).hexdigest() for a in arrays], os.environ["FLAME_NODE_ID"]
+
+
+@pytest.mark.parametrize("store_mb", [{"n1": 40, "n2": 40, "n3": 40}])
+def test_stores_over_budget_spill_and_restore_every_object_across_nodes(
+    cluster: Cluster,
+) -> None:
+    # 8 results of 16 MiB over three nodes of 40 MiB each: some node made three (48 MiB,
+    # over its budget), and every reader takes all 128 MiB to its node, most of it from
+    # the other nodes.
+    made = [noise(seed) for seed in range(8)]
+    flame.wait(made)
+    right = [hashlib.sha256(np.random.default_rng(s).random(2 << 20)).hexdigest() for s in range(8)]
+    results = flame.get([digests(*made) for _ in range(6)])
+    assert all(d == right for d, _ in results)
+    assert len({node for _, node in results}) >= 2
+    cluster.wait_metric("flame_object_spilled_bytes_total", 16 << 20)
+    # Read back again on the nodes (restored from their spill dirs) and here.
+    assert all(d == right for d, _ in flame.get([digests(*made) for _ in range(6)]))
+    assert [hashlib.sha256(f.result()).hexdigest() for f in made] == right

@@ -155,6 +155,12 @@ impl PyConnection {
         self.client.client_id().0
     }
 
+    /// The identity of the head's state (a UUID; "" when the head has none).
+    #[getter]
+    fn state_id(&self) -> String {
+        self.client.state_id().to_string()
+    }
+
     #[getter]
     fn max_payload(&self) -> u64 {
         self.client.max_payload()

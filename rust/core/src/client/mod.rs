@@ -101,6 +101,9 @@ pub struct Client {
     local_node: Option<(u64, String)>,
     /// The head's Unix socket the task stream prefers (see `local_socket`), if any.
     stream_socket: Option<String>,
+    /// The identity of the head's state (its hello's `state_id`): refs this client makes
+    /// carry it, so a ref from another cluster is told from one of this cluster (#12).
+    state_id: String,
 }
 
 /// `host:port` → `http://host:port`; an explicit scheme is kept.
@@ -242,11 +245,17 @@ impl Client {
             local_node: (reply.local_node_id != 0 && !reply.node_socket.is_empty())
                 .then(|| (reply.local_node_id, reply.node_socket.clone())),
             stream_socket,
+            state_id: reply.state_id,
         })
     }
 
     pub fn address(&self) -> &str {
         &self.address
+    }
+
+    /// The identity of the head's state this client talks to ("" from a head without one).
+    pub fn state_id(&self) -> &str {
+        &self.state_id
     }
 
     /// The head's Unix socket this client's task stream uses instead of the address (a
