@@ -15,6 +15,8 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
 use crate::ids::{ClientId, NodeId, ObjectId, TaskKey};
 
+use nesting::Nesting;
+
 /// Deleted ids remembered, so a copy a node announces after the delete is deleted too.
 const DELETED_KEPT: usize = 1 << 16;
 
@@ -27,6 +29,8 @@ pub struct Directory {
     lost: HashMap<ObjectId, Lost>,
     deleted: HashSet<ObjectId>,
     deleted_order: VecDeque<ObjectId>,
+    /// Refs pickled inside objects: what keeps a contained object alive.
+    nesting: Nesting,
 }
 
 #[derive(Debug)]
@@ -258,31 +262,56 @@ impl Directory {
         }
     }
 
-    /// Forget these objects; answers which node must delete which of them.
+    /// Forget these objects; answers which node must delete which of them. An object still
+    /// inside a live container is only marked released: it goes with its last container.
+    /// Deleting a container releases what it holds (transitively).
     pub fn delete(&mut self, ids: &[ObjectId]) -> BTreeMap<NodeId, Vec<ObjectId>> {
         let mut tell: BTreeMap<NodeId, Vec<ObjectId>> = BTreeMap::new();
-        for &id in ids {
-            self.lost.remove(&id);
-            if self.deleted.insert(id) {
-                self.deleted_order.push_back(id);
-                if self.deleted_order.len() > DELETED_KEPT {
-                    if let Some(old) = self.deleted_order.pop_front() {
-                        self.deleted.remove(&old);
-                    }
-                }
-            }
-            let Some(entry) = self.objects.remove(&id) else {
+        let mut work: Vec<ObjectId> = ids.iter().rev().copied().collect();
+        while let Some(id) = work.pop() {
+            if self.nesting.hold(id) {
                 continue;
-            };
-            for node in entry.holders {
-                if let Some(h) = self.nodes.get_mut(&node) {
-                    h.ids.remove(&id);
-                    h.bytes = h.bytes.saturating_sub(entry.size);
-                }
-                tell.entry(node).or_default().push(id);
             }
+            self.forget(id, &mut tell);
+            work.extend(self.nesting.drop_container(id));
         }
         tell
+    }
+
+    fn forget(&mut self, id: ObjectId, tell: &mut BTreeMap<NodeId, Vec<ObjectId>>) {
+        self.lost.remove(&id);
+        if self.deleted.insert(id) {
+            self.deleted_order.push_back(id);
+            if self.deleted_order.len() > DELETED_KEPT {
+                if let Some(old) = self.deleted_order.pop_front() {
+                    self.deleted.remove(&old);
+                }
+            }
+        }
+        let Some(entry) = self.objects.remove(&id) else {
+            return;
+        };
+        for node in entry.holders {
+            if let Some(h) = self.nodes.get_mut(&node) {
+                h.ids.remove(&id);
+                h.bytes = h.bytes.saturating_sub(entry.size);
+            }
+            tell.entry(node).or_default().push(id);
+        }
+    }
+
+    /// `container`'s pickle holds refs to `contained`: they stay alive while it does. Said
+    /// once, with the container's creation; a deleted container holds nothing.
+    pub fn contains(&mut self, container: ObjectId, contained: &[ObjectId]) {
+        if self.deleted.contains(&container) {
+            return;
+        }
+        let live: Vec<ObjectId> = contained
+            .iter()
+            .copied()
+            .filter(|c| *c != container && !self.deleted.contains(c))
+            .collect();
+        self.nesting.add(container, live);
     }
 
     /// Delete everything `client` made (its lease ran out).
@@ -295,4 +324,5 @@ impl Directory {
 #[cfg(test)]
 mod tests;
 
+mod nesting;
 mod query;

@@ -6,6 +6,11 @@ use super::{Directory, Location, ObjectView};
 use crate::ids::{ClientId, NodeId, ObjectId, TaskKey};
 
 impl Directory {
+    /// How many live containers hold refs to `id` (refs nested in other objects).
+    pub fn containers_of(&self, id: ObjectId) -> u32 {
+        self.nesting.holding(id)
+    }
+
     /// The task whose result `id` is, if it is one.
     pub fn producer(&self, id: ObjectId) -> Option<TaskKey> {
         self.objects.get(&id)?.producer
