@@ -129,6 +129,7 @@ class Connection:
             next_id=self._conn.next_object_id,
             node=_local_node(self._conn),
             announce=self._conn.announce_objects,
+            announce_container=getattr(self._conn, "announce_container", None),
         )
         # Task inputs too large to travel inline are stored as objects (see flame.objects),
         # so a decorated call's arguments are never refused for their size.

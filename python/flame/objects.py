@@ -88,12 +88,16 @@ class ObjectRef:
         size: Its serialized size in bytes.
     """
 
-    __slots__ = ("__weakref__", "_store", "id", "size")
+    __slots__ = ("__weakref__", "_inner", "_store", "id", "size")
 
     def __init__(self, object_id: int, size: int, store: ObjectStore | None = None) -> None:
         self.id = object_id
         self.size = size
         self._store = store
+        # The refs pickled inside this object, when this process made it: kept while this
+        # ref lives, so their deletes never reach the head before this object's
+        # announcement, which makes the head keep them alive (see ObjectStore.put).
+        self._inner: tuple[ObjectRef, ...] = ()
 
     def __repr__(self) -> str:
         return f"<flame.ObjectRef {self.id:#x} ({self.size} bytes)>"
@@ -206,6 +210,7 @@ class ObjectStore:
         *,
         node: NodeObjects | None = None,
         announce: Callable[[int, list[tuple[int, int]]], None] | None = None,
+        announce_container: Callable[[int, int, int, list[int]], None] | None = None,
     ) -> None:
         self.node = node
         self.dir = node.dir if node is not None else directory
@@ -215,6 +220,7 @@ class ObjectStore:
         self._rpc: Any = None
         self._next_id = next_id
         self._announce = announce
+        self._announce_container = announce_container
         self._lock = threading.Lock()
         self._cache: OrderedDict[int, bytes] = OrderedDict()  # id -> fetched bytes
         self._cached_bytes = 0
@@ -259,12 +265,22 @@ class ObjectStore:
     # -------------------------------------------------------------- writing
 
     def put(self, value: Any) -> ObjectRef:
-        """Serialize ``value`` into a new object owned by this process."""
-        parts, size = _serde.frame_parts(value)
-        return self.store_parts(parts, size)
+        """Serialize ``value`` into a new object owned by this process. Refs inside
+        ``value`` stay alive while the new object does (the head counts them)."""
+        outer = take_noted()  # refs noted by a caller still serializing: not ours
+        try:
+            parts, size = _serde.frame_parts(value)
+            inner = take_noted() or []
+        finally:
+            if outer is not None:
+                _noted.__dict__.setdefault("refs", [])[:0] = outer
+        return self.store_parts(parts, size, inner)
 
-    def store_parts(self, parts: list[Any], size: int) -> ObjectRef:
-        """Store a serialized frame (its parts, in order) as a new object."""
+    def store_parts(
+        self, parts: list[Any], size: int, inner: list[ObjectRef] | None = None
+    ) -> ObjectRef:
+        """Store a serialized frame (its parts, in order) as a new object; ``inner``: the
+        refs pickled inside it."""
         if self._next_id is None:
             raise errors.FlameError("this process cannot create objects (no connection)")
         object_id = self._next_id()
@@ -274,8 +290,7 @@ class ObjectStore:
             )
         if self.node is not None:
             size = self.node.write(object_id, parts)
-            if self._announce is not None:
-                self._announce(self.node.node_id, [(object_id, size)])
+            self._announce_new(self.node.node_id, object_id, size, inner)
         elif self.local:
             self._write_file(object_id, parts)
         else:
@@ -286,9 +301,21 @@ class ObjectStore:
             else:
                 # A process on no node: stored on the node the head picks, then announced.
                 placed = client.place_and_put(object_id, [bytes(p) for p in parts])
-                if self._announce is not None:
-                    self._announce(placed.node_id, [(object_id, placed.size)])
-        return self.owned(object_id, size)
+                self._announce_new(placed.node_id, object_id, placed.size, inner)
+        ref = self.owned(object_id, size)
+        if inner:
+            ref._inner = tuple(inner)
+        return ref
+
+    def _announce_new(
+        self, node_id: int, object_id: int, size: int, inner: list[ObjectRef] | None
+    ) -> None:
+        """Tell the head about a new object on a node, with the refs pickled inside it."""
+        contains = sorted({r.id for r in inner or ()})
+        if contains and self._announce_container is not None:
+            self._announce_container(node_id, object_id, size, contains)
+        elif self._announce is not None:
+            self._announce(node_id, [(object_id, size)])
 
     def owned(self, object_id: int, size: int) -> ObjectRef:
         """A ref to an object this process owns: the object is deleted when the ref goes."""

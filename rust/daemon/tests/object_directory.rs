@@ -201,6 +201,7 @@ impl RawClient {
         self.send(client_message::Msg::Created(proto::ObjectsCreated {
             node_id: node,
             objects: stored(objects),
+            nested: Vec::new(),
         }));
     }
 
@@ -361,6 +362,48 @@ async fn deletes_and_an_expired_lease_reach_the_holders() {
     let fresh = RawClient::connect(&head).await;
     assert!(fresh.locate_one(y).await.lost.contains("not known"));
     drop(client.completions);
+    head.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_object_inside_another_lives_until_its_container_is_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let head = start(dir.path(), Duration::from_secs(600)).await;
+    let mut n1 = FakeNode::join(&head, "n1", "http://127.0.0.2:7001").await;
+    let client = RawClient::connect(&head).await;
+    let (inner, outer) = (client.object(1), client.object(2));
+    client.created(n1.id, &[(inner, 10)]);
+    client.send(client_message::Msg::Created(proto::ObjectsCreated {
+        node_id: n1.id,
+        objects: stored(&[(outer, 20)]),
+        nested: vec![proto::ObjectNesting {
+            container: outer.0,
+            contains: vec![inner.0],
+        }],
+    }));
+    wait_until("both are held", || async {
+        client.locate(&[inner, outer]).await.iter().all(|l| !l.holders.is_empty())
+    })
+    .await;
+    let delete = |ids: Vec<u64>| {
+        let mut fe = client.fe.clone();
+        async move { fe.delete_objects(proto::ObjectRefs { object_ids: ids }).await }
+    };
+    // The creator drops its ref to the inner object: the container still holds it (the
+    // delete's reply comes after the head applied it, so this is no race).
+    delete(vec![inner.0]).await.unwrap();
+    assert_eq!(holders(&client.locate_one(inner).await).len(), 1, "kept by its container");
+
+    delete(vec![outer.0]).await.unwrap();
+    let deletes = |m: node_command::Msg| match m {
+        node_command::Msg::DeleteObjects(r) => Some(r.object_ids),
+        _ => None,
+    };
+    let mut gone = n1.expect("n1 deletes both", deletes).await;
+    gone.sort_unstable();
+    assert_eq!(gone, vec![inner.0, outer.0], "the container released its content");
+    assert!(client.locate_one(inner).await.lost.contains("not known"));
+    drop(client);
     head.stop().await;
 }
 

@@ -32,6 +32,8 @@ pub enum ObjectEvent {
         conn: u64,
         node: NodeId,
         objects: Vec<(ObjectId, u64)>,
+        /// Refs pickled inside them: (container, contained ids).
+        nested: Vec<(ObjectId, Vec<ObjectId>)>,
     },
     /// A node stored copies (or, re-registering, announces all it holds).
     NodeAdded {
@@ -107,7 +109,11 @@ impl Actor {
                 conn,
                 node,
                 objects,
-            } => self.objects_created(conn, node, objects),
+                nested,
+            } => {
+                self.objects_created(conn, node, &objects);
+                self.objects_nested(conn, &objects, nested);
+            }
             ObjectEvent::NodeAdded { node, objects } => {
                 for (id, size) in objects {
                     self.object_added(id, size, node, None, false);
@@ -196,9 +202,9 @@ impl Actor {
             .increment(delta(stats.spilled_total_bytes, before.spilled_total_bytes));
     }
 
-    fn objects_created(&mut self, conn: u64, node: NodeId, objects: Vec<(ObjectId, u64)>) {
+    fn objects_created(&mut self, conn: u64, node: NodeId, objects: &[(ObjectId, u64)]) {
         let client = self.conn_client.get(&conn).copied().unwrap_or(0);
-        for (id, size) in objects {
+        for &(id, size) in objects {
             // A client announces only its own objects (their ids carry its client id).
             if id.owner().0 != client || client == 0 {
                 tracing::warn!(conn, client, object = %id, "an announced object of another client ignored");
@@ -209,6 +215,24 @@ impl Actor {
                 continue;
             }
             self.object_added(id, size, node, None, true);
+        }
+    }
+
+    /// Record which objects the announced ones hold refs to; only for objects announced
+    /// in the same message (a client names the contents of its own new objects only).
+    fn objects_nested(
+        &mut self,
+        conn: u64,
+        objects: &[(ObjectId, u64)],
+        nested: Vec<(ObjectId, Vec<ObjectId>)>,
+    ) {
+        for (container, contains) in nested {
+            let client = self.conn_client.get(&conn).copied().unwrap_or(0);
+            if container.owner().0 != client || !objects.iter().any(|(id, _)| *id == container) {
+                tracing::warn!(conn, object = %container, "refs nested in an object not announced with them ignored");
+                continue;
+            }
+            self.object_dir.dir.contains(container, &contains);
         }
     }
 
