@@ -382,17 +382,28 @@ async fn an_object_inside_another_lives_until_its_container_is_deleted() {
         }],
     }));
     wait_until("both are held", || async {
-        client.locate(&[inner, outer]).await.iter().all(|l| !l.holders.is_empty())
+        client
+            .locate(&[inner, outer])
+            .await
+            .iter()
+            .all(|l| !l.holders.is_empty())
     })
     .await;
     let delete = |ids: Vec<u64>| {
         let mut fe = client.fe.clone();
-        async move { fe.delete_objects(proto::ObjectRefs { object_ids: ids }).await }
+        async move {
+            fe.delete_objects(proto::ObjectRefs { object_ids: ids })
+                .await
+        }
     };
     // The creator drops its ref to the inner object: the container still holds it (the
     // delete's reply comes after the head applied it, so this is no race).
     delete(vec![inner.0]).await.unwrap();
-    assert_eq!(holders(&client.locate_one(inner).await).len(), 1, "kept by its container");
+    assert_eq!(
+        holders(&client.locate_one(inner).await).len(),
+        1,
+        "kept by its container"
+    );
 
     delete(vec![outer.0]).await.unwrap();
     let deletes = |m: node_command::Msg| match m {
@@ -401,7 +412,11 @@ async fn an_object_inside_another_lives_until_its_container_is_deleted() {
     };
     let mut gone = n1.expect("n1 deletes both", deletes).await;
     gone.sort_unstable();
-    assert_eq!(gone, vec![inner.0, outer.0], "the container released its content");
+    assert_eq!(
+        gone,
+        vec![inner.0, outer.0],
+        "the container released its content"
+    );
     assert!(client.locate_one(inner).await.lost.contains("not known"));
     drop(client);
     head.stop().await;
@@ -536,6 +551,21 @@ async fn a_lost_result_object_runs_its_task_again() {
         vec![("n2".into(), "http://127.0.0.3:7002".into())]
     );
     assert!(!loc.rebuilding && loc.lost.is_empty());
+    // One task, run twice: the session counts it once.
+    let counts = || async {
+        let info = admin
+            .frontend()
+            .get_session(proto::SessionRef { session_id: sid.0 })
+            .await
+            .unwrap()
+            .into_inner();
+        (info.pending, info.running, info.succeeded)
+    };
+    wait_until("the rerun is counted done", || async {
+        counts().await.0 + counts().await.1 == 0
+    })
+    .await;
+    assert_eq!(counts().await, (0, 0, 1), "a rerun is not a second success");
 
     let metrics = http_get(head.dashboard_url.as_deref().unwrap(), "/metrics").await;
     assert!(

@@ -93,8 +93,7 @@ impl Actor {
             (Ok(None), _) => format!("its task {key} is no longer stored"),
             (Ok(Some((input, attempts))), Some(false)) => {
                 self.metrics.object_reconstructions.increment(1);
-                self.sched
-                    .enqueue(key.session, vec![(key.task, input, attempts)], None);
+                self.sched.rerun(key.session, (key.task, input, attempts));
                 return;
             }
         };
