@@ -667,3 +667,59 @@ async fn http_get(base: &str, path: &str) -> String {
         .1
         .to_string()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_result_a_node_announces_to_a_restarted_head_is_rebuilt_when_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let head = start(dir.path(), Duration::from_secs(60)).await;
+    let mut n1 = FakeNode::join(&head, "n1", "http://127.0.0.2:7001").await;
+    let client = RawClient::connect(&head).await;
+    let admin = common::admin_client(&head, "test").await;
+    let sid: SessionId = common::open_echo_session(&admin).await;
+    let task = TaskId::compose(ClientId(client.id), 1);
+    client.send(client_message::Msg::Submit(proto::SubmitBatch {
+        session_id: sid.0,
+        tasks: vec![proto::TaskSubmission {
+            task_id: task.0,
+            input: Bytes::from_static(b"make 4 KiB"),
+            reads: Vec::new(),
+        }],
+    }));
+    let (ran, _exec) = run_one_task(&mut n1, 4096).await;
+    assert_eq!(ran, task);
+    let object = ObjectId::result_of(task);
+    wait_until("the result is held", || async {
+        !client.locate_one(object).await.holders.is_empty()
+    })
+    .await;
+    drop((client, admin, n1));
+    head.stop().await;
+
+    // A new head on the same state: the node joins again and announces what it holds,
+    // which says nothing of the task that made it. Then it dies with the only copy.
+    let head = start(dir.path(), Duration::from_secs(60)).await;
+    let mut n1 = FakeNode::join(&head, "n1", "http://127.0.0.2:7001").await;
+    n1.send(node_message::Msg::ObjectsAdded(proto::ObjectsAdded {
+        objects: stored(&[(object, 4096)]),
+    }));
+    let client = RawClient::connect(&head).await;
+    wait_until("the re-announced result is held", || async {
+        !client.locate_one(object).await.holders.is_empty()
+    })
+    .await;
+    n1.die();
+    wait_until("the result is rebuilding", || async {
+        let loc = client.locate_one(object).await;
+        assert!(loc.lost.is_empty(), "not lost: {}", loc.lost);
+        loc.rebuilding
+    })
+    .await;
+    let mut n2 = FakeNode::join(&head, "n2", "http://127.0.0.3:7002").await;
+    let (again, _exec2) = run_one_task(&mut n2, 4096).await;
+    assert_eq!(again, task, "the task named by the result's id runs again");
+    wait_until("the rebuilt result is held by n2", || async {
+        !client.locate_one(object).await.holders.is_empty()
+    })
+    .await;
+    head.stop().await;
+}

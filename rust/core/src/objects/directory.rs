@@ -13,7 +13,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
-use crate::ids::{ClientId, NodeId, ObjectId, TaskKey};
+use crate::ids::{ClientId, NodeId, ObjectId, TaskId, TaskKey};
 
 use nesting::Nesting;
 
@@ -92,6 +92,10 @@ pub struct NodeLoss {
     pub lost: Vec<ObjectId>,
     /// Task results left without a holder: their tasks must run again (now `rebuilding`).
     pub rebuild: Vec<(ObjectId, TaskKey)>,
+    /// Task results whose session is not known (a node announced them to a restarted
+    /// head): rebuilding too, once the caller finds their task's session
+    /// ([`Directory::set_producer`]); the id names the task.
+    pub orphans: Vec<(ObjectId, TaskId)>,
 }
 
 /// One object as `ListObjects` shows it.
@@ -232,12 +236,16 @@ impl Directory {
             if !entry.holders.is_empty() {
                 continue;
             }
-            match entry.producer {
-                Some(task) => {
+            match (entry.producer, id.producer()) {
+                (Some(task), _) => {
                     entry.rebuilding = true;
                     loss.rebuild.push((id, task));
                 }
-                None => {
+                (None, Some(task)) => {
+                    entry.rebuilding = true;
+                    loss.orphans.push((id, task));
+                }
+                (None, None) => {
                     let size = entry.size;
                     self.objects.remove(&id);
                     let reason = format!(
@@ -249,6 +257,13 @@ impl Directory {
             }
         }
         loss
+    }
+
+    /// The task that made `id`, found after the fact (see [`NodeLoss::orphans`]).
+    pub fn set_producer(&mut self, id: ObjectId, key: TaskKey) {
+        if let Some(e) = self.objects.get_mut(&id) {
+            e.producer.get_or_insert(key);
+        }
     }
 
     /// A rebuilding object cannot be rebuilt (its session is closed, its task failed).

@@ -72,6 +72,36 @@ impl Actor {
         });
     }
 
+    /// A lost result a node announced to a restarted head (no producer came with it): its
+    /// id names its task, whose session is found among the open ones in storage; then it
+    /// is rebuilt as any other (`rerun`; session 0 there: in no open session).
+    pub(super) fn rebuild_orphan(&mut self, object: ObjectId, task: TaskId, node: &str) {
+        tracing::warn!(%object, %task, %node, "a re-announced task result was lost with its node; running its task again");
+        let sessions: Vec<SessionId> = self.sched.sessions().map(|s| s.id).collect();
+        self.object_dir.reruns.insert(object);
+        let me = self.self_tx.clone();
+        self.store.read(move |st| {
+            let mut key = TaskKey {
+                session: SessionId(0),
+                task,
+            };
+            let mut found = Ok(None);
+            for session in sessions {
+                let k = TaskKey { session, task };
+                match st.get_task(k) {
+                    Ok(Some(r)) => {
+                        key = k;
+                        found = Ok(Some((r.input, r.attempts)));
+                        break;
+                    }
+                    Ok(None) => {}
+                    Err(e) => found = Err(e.to_string()),
+                }
+            }
+            let _ = me.send(Event::Objects(ObjectEvent::Rerun { key, object, found }));
+        });
+    }
+
     pub(super) fn rerun(
         &mut self,
         key: TaskKey,
@@ -81,6 +111,15 @@ impl Actor {
         if !self.object_dir.reruns.remove(&object) || !self.object_dir.dir.is_rebuilding(object) {
             return; // deleted, or held again (its node came back) meanwhile
         }
+        if key.session.0 == 0 {
+            let why = format!("its task {} is in no open session", key.task);
+            self.object_dir.dir.rebuild_failed(
+                object,
+                format!("object {object} was lost and cannot be rebuilt: {why}"),
+            );
+            return;
+        }
+        self.object_dir.dir.set_producer(object, key);
         let queued = self
             .sched
             .session(key.session)

@@ -172,6 +172,9 @@ impl Actor {
         for (object, key) in loss.rebuild {
             self.rebuild(object, key, &name);
         }
+        for (object, task) in loss.orphans {
+            self.rebuild_orphan(object, task, &name);
+        }
     }
 
     /// Delete every object `client` made (its lease ran out).

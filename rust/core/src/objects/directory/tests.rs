@@ -318,3 +318,22 @@ fn an_owners_lease_end_releases_what_its_containers_hold() {
     d.delete_owner(ClientId(1));
     assert!(d.is_empty());
 }
+
+#[test]
+fn a_result_announced_without_its_producer_is_still_rebuilt_by_its_id() {
+    let mut d = Directory::new();
+    let t = task(1, 7);
+    let result = ObjectId::result_of(t.task);
+    // A node re-announces it to a restarted head: no producer comes with it.
+    d.add(result, 100, A, None);
+    let loss = d.node_lost(A, "a");
+    assert!(loss.lost.is_empty() && loss.rebuild.is_empty());
+    assert_eq!(
+        loss.orphans,
+        vec![(result, t.task)],
+        "its id names its task"
+    );
+    assert!(d.is_rebuilding(result));
+    d.set_producer(result, t);
+    assert_eq!(d.producer(result), Some(t));
+}
