@@ -225,6 +225,8 @@ class ObjectStore:
         self._cache: OrderedDict[int, bytes] = OrderedDict()  # id -> fetched bytes
         self._cached_bytes = 0
         self._doomed: list[int] = []  # owned objects to delete through the head
+        # The finalizers of the refs to objects this process owns, by id: run at close.
+        self._owned: dict[int, weakref.finalize] = {}
         self._deleter: _Deleter | None = None
         with ObjectStore._registry_lock:
             if node is None:
@@ -320,8 +322,12 @@ class ObjectStore:
     def owned(self, object_id: int, size: int) -> ObjectRef:
         """A ref to an object this process owns: the object is deleted when the ref goes."""
         ref = ObjectRef(object_id, size, self)
-        weakref.finalize(ref, self._delete, object_id)
+        self._owned[object_id] = weakref.finalize(ref, self._release, object_id)
         return ref
+
+    def _release(self, object_id: int) -> None:
+        self._owned.pop(object_id, None)
+        self._delete(object_id)
 
     def spill(self, parts: list[Any], size: int) -> bytes:
         """Store a task input as an object; the small frame to send in its place."""
@@ -361,14 +367,16 @@ class ObjectStore:
 
     def _delete(self, object_id: int) -> None:
         # Runs from a finalizer, possibly at interpreter exit: never raise, never block.
-        if self.local:
+        # A task's result is on a node even for a client of the head's object dir: only the
+        # head can delete it (from every node that holds it).
+        if self.local and not object_id & _RESULT_BIT:
             try:
                 os.unlink(os.path.join(self.dir, f"{object_id:016x}"))
             except OSError:
                 pass
             return
         self._doomed.append(object_id)
-        if self.node is not None:
+        if self.node is not None or self.local:
             # Objects on nodes are deleted by the head, from every node that holds them:
             # asked from a thread, so that dropping a ref never waits on the network.
             deleter = self._deleter
@@ -387,11 +395,14 @@ class ObjectStore:
                 pass  # the head deletes them when this client's lease runs out
 
     def close(self) -> None:
-        """Delete what is queued for deletion and drop cached objects."""
-        if not self.local:
-            self._flush_deletes()
+        """Delete the objects this process owns (the client is going, and so do they; refs
+        still alive, even ones in garbage cycles not yet collected, can no longer be used)
+        and drop cached objects."""
+        for finalizer in list(self._owned.values()):
+            finalizer()
         if self._deleter is not None:
-            self._deleter.stop()
+            self._deleter.stop()  # waits for a batch in flight: the connection closes next
+        self._flush_deletes()
         with self._lock:
             self._cache.clear()
             self._cached_bytes = 0
@@ -484,6 +495,8 @@ class _Deleter:
     def stop(self) -> None:
         self._stopped = True
         self._event.set()
+        if threading.current_thread() is not self._thread:
+            self._thread.join(timeout=30)
 
     def _run(self) -> None:
         while not self._stopped:
