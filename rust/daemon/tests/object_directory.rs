@@ -723,3 +723,49 @@ async fn a_result_a_node_announces_to_a_restarted_head_is_rebuilt_when_lost() {
     .await;
     head.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_result_object_drops_its_tasks_kept_input() {
+    use flame_core::storage::{SqliteStorage, Storage};
+    let dir = tempfile::tempdir().unwrap();
+    let head = start(dir.path(), Duration::from_secs(60)).await;
+    let mut n1 = FakeNode::join(&head, "n1", "http://127.0.0.2:7001").await;
+    let client = RawClient::connect(&head).await;
+    let admin = common::admin_client(&head, "test").await;
+    let sid: SessionId = common::open_echo_session(&admin).await;
+    let task = TaskId::compose(ClientId(client.id), 1);
+    client.send(client_message::Msg::Submit(proto::SubmitBatch {
+        session_id: sid.0,
+        tasks: vec![proto::TaskSubmission {
+            task_id: task.0,
+            input: Bytes::from_static(b"make 4 KiB"),
+            reads: Vec::new(),
+        }],
+    }));
+    let (_, _exec) = run_one_task(&mut n1, 4096).await;
+    let object = ObjectId::result_of(task);
+    wait_until("the result is held", || async {
+        !client.locate_one(object).await.holders.is_empty()
+    })
+    .await;
+    let req = proto::ObjectRefs {
+        object_ids: vec![object.0],
+    };
+    client.fe.clone().delete_objects(req).await.unwrap();
+    n1.expect("n1 deletes the result", |m| match m {
+        node_command::Msg::DeleteObjects(r) => Some(r.object_ids),
+        _ => None,
+    })
+    .await;
+    drop((client, admin, n1));
+    head.stop().await; // the writer drains before the head is down
+
+    let mut db = SqliteStorage::open(&dir.path().join("flame.db")).unwrap();
+    let key = flame_core::ids::TaskKey { session: sid, task };
+    let record = db.get_task(key).unwrap().expect("the task is stored");
+    assert!(
+        record.input.is_empty(),
+        "its result is gone, so is its kept input: {:?}",
+        record.input
+    );
+}

@@ -31,6 +31,8 @@ pub struct Directory {
     deleted_order: VecDeque<ObjectId>,
     /// Refs pickled inside objects: what keeps a contained object alive.
     nesting: Nesting,
+    /// Tasks whose result objects were deleted since the last `take_released_tasks`.
+    released_tasks: Vec<TaskKey>,
 }
 
 #[derive(Debug)]
@@ -306,6 +308,7 @@ impl Directory {
         let Some(entry) = self.objects.remove(&id) else {
             return;
         };
+        self.released_tasks.extend(entry.producer);
         for node in entry.holders {
             if let Some(h) = self.nodes.get_mut(&node) {
                 h.ids.remove(&id);
@@ -313,6 +316,12 @@ impl Directory {
             }
             tell.entry(node).or_default().push(id);
         }
+    }
+
+    /// The tasks whose result objects were deleted since the last call: they will not run
+    /// again, so their kept inputs can go.
+    pub fn take_released_tasks(&mut self) -> Vec<TaskKey> {
+        std::mem::take(&mut self.released_tasks)
     }
 
     /// `container`'s pickle holds refs to `contained`: they stay alive while it does. Said

@@ -17,6 +17,7 @@ use bytes::Bytes;
 use flame_core::ids::{ClientId, NodeId, ObjectId, TaskKey};
 use flame_core::objects::directory::{Added, Directory};
 use flame_core::proto::{self, node_command};
+use flame_core::storage::WriteOp;
 
 use super::actor::Actor;
 use super::object_answers::object_info;
@@ -271,6 +272,12 @@ impl Actor {
     }
 
     pub(super) fn tell_delete(&mut self, tell: std::collections::BTreeMap<NodeId, Vec<ObjectId>>) {
+        // Every delete passes here: the tasks of deleted results drop their kept inputs.
+        let released = self.object_dir.dir.take_released_tasks();
+        if !released.is_empty() {
+            let ops = released.into_iter().map(|key| WriteOp::DropInput { key });
+            self.store.write_only(ops.collect());
+        }
         for (node, ids) in tell {
             let cmd = node_command::Msg::DeleteObjects(proto::ObjectRefs {
                 object_ids: ids.into_iter().map(|i| i.0).collect(),
