@@ -126,8 +126,9 @@ class Connection:
             next_id=self._conn.next_object_id,
             node=_local_node(self._conn),
             announce=self._conn.announce_objects,
+            announce_container=self._conn.announce_container,
         )
-        self.objects.cluster = getattr(self._conn, "state_id", "")
+        self.objects.cluster = self._conn.state_id
         # Task inputs too large to travel inline are stored as objects (see flame.objects),
         # so a decorated call's arguments are never refused for their size.
         self._spill = self.objects.spill

@@ -82,7 +82,7 @@ class ObjectRef:
         size: Its serialized size in bytes.
     """
 
-    __slots__ = ("__weakref__", "_cluster", "_store", "id", "size")
+    __slots__ = ("__weakref__", "_cluster", "_inner", "_store", "id", "size")
 
     def __init__(
         self,
@@ -96,6 +96,10 @@ class ObjectRef:
         self._store = store
         # The cluster (its head's state id) the object is in; "" when unknown.
         self._cluster = cluster if cluster is not None else getattr(store, "cluster", "")
+        # The refs pickled inside this object, when this process made it: kept while this
+        # ref lives, so their deletes never reach the head before this object's
+        # announcement, which makes the head keep them alive (see ObjectStore.put).
+        self._inner: tuple[ObjectRef, ...] = ()
 
     def __repr__(self) -> str:
         return f"<flame.ObjectRef {self.id:#x} ({self.size} bytes)>"
@@ -198,6 +202,7 @@ class ObjectStore:
         *,
         node: NodeObjects | None = None,
         announce: Callable[[int, list[tuple[int, int]]], None] | None = None,
+        announce_container: Callable[[int, int, int, list[int]], None] | None = None,
     ) -> None:
         self.node = node
         # The cluster's identity (its head's state id), set by the connection; "" unknown.
@@ -206,10 +211,13 @@ class ObjectStore:
         self._rpc: Any = None
         self._next_id = next_id
         self._announce = announce
+        self._announce_container = announce_container
         self._lock = threading.Lock()
         self._cache: OrderedDict[int, bytes] = OrderedDict()  # id -> fetched bytes
         self._cached_bytes = 0
         self._doomed: list[int] = []  # owned objects to delete through the head
+        # The finalizers of the refs to objects this process owns, by id: run at close.
+        self._owned: dict[int, weakref.finalize] = {}
         self._deleter: _Deleter | None = None
         if next_id is not None or node is not None:
             with ObjectStore._registry_lock:
@@ -232,12 +240,22 @@ class ObjectStore:
     # -------------------------------------------------------------- writing
 
     def put(self, value: Any) -> ObjectRef:
-        """Serialize ``value`` into a new object owned by this process."""
-        parts, size = _serde.frame_parts(value)
-        return self.store_parts(parts, size)
+        """Serialize ``value`` into a new object owned by this process. Refs inside
+        ``value`` stay alive while the new object does (the head counts them)."""
+        outer = take_noted()  # refs noted by a caller still serializing: not ours
+        try:
+            parts, size = _serde.frame_parts(value)
+            inner = take_noted() or []
+        finally:
+            if outer is not None:
+                _noted.__dict__.setdefault("refs", [])[:0] = outer
+        return self.store_parts(parts, size, inner)
 
-    def store_parts(self, parts: list[Any], size: int) -> ObjectRef:
-        """Store a serialized frame (its parts, in order) as a new object."""
+    def store_parts(
+        self, parts: list[Any], size: int, inner: list[ObjectRef] | None = None
+    ) -> ObjectRef:
+        """Store a serialized frame (its parts, in order) as a new object; ``inner``: the
+        refs pickled inside it."""
         if self._next_id is None:
             raise errors.FlameError("this process cannot create objects (no connection)")
         object_id = self._next_id()
@@ -246,21 +264,38 @@ class ObjectStore:
                 f"this client ran out of object ids ({_MAX_PUT_COUNTER} puts); connect again"
             )
         if self.node is not None:
-            node_id, size = self.node.node_id, self.node.write(object_id, parts)
+            size = self.node.write(object_id, parts)
+            self._announce_new(self.node.node_id, object_id, size, inner)
         else:
             # A process on no node: uploaded once, to the node the head picks.
             self._flush_deletes()
             placed = self._client().place_and_put(object_id, [bytes(p) for p in parts])
-            node_id, size = placed.node_id, placed.size
-        if self._announce is not None:
+            size = placed.size
+            self._announce_new(placed.node_id, object_id, size, inner)
+        ref = self.owned(object_id, size)
+        if inner:
+            ref._inner = tuple(inner)
+        return ref
+
+    def _announce_new(
+        self, node_id: int, object_id: int, size: int, inner: list[ObjectRef] | None
+    ) -> None:
+        """Tell the head about a new object on a node, with the refs pickled inside it."""
+        contains = sorted({r.id for r in inner or ()})
+        if contains and self._announce_container is not None:
+            self._announce_container(node_id, object_id, size, contains)
+        elif self._announce is not None:
             self._announce(node_id, [(object_id, size)])
-        return self.owned(object_id, size)
 
     def owned(self, object_id: int, size: int) -> ObjectRef:
         """A ref to an object this process owns: the object is deleted when the ref goes."""
         ref = ObjectRef(object_id, size, self)
-        weakref.finalize(ref, self._delete, object_id)
+        self._owned[object_id] = weakref.finalize(ref, self._release, object_id)
         return ref
+
+    def _release(self, object_id: int) -> None:
+        self._owned.pop(object_id, None)
+        self._delete(object_id)
 
     def spill(self, parts: list[Any], size: int) -> bytes:
         """Store a task input as an object; the small frame to send in its place."""
@@ -287,10 +322,14 @@ class ObjectStore:
                 pass  # the head deletes them when this client's lease runs out
 
     def close(self) -> None:
-        """Delete what is queued for deletion and drop cached objects."""
-        self._flush_deletes()
+        """Delete the objects this process owns (the client is going, and so do they; refs
+        still alive, even ones in garbage cycles not yet collected, can no longer be used)
+        and drop cached objects."""
+        for finalizer in list(self._owned.values()):
+            finalizer()
         if self._deleter is not None:
-            self._deleter.stop()
+            self._deleter.stop()  # waits for a batch in flight: the connection closes next
+        self._flush_deletes()
         with self._lock:
             self._cache.clear()
             self._cached_bytes = 0
@@ -353,6 +392,8 @@ class _Deleter:
     def stop(self) -> None:
         self._stopped = True
         self._event.set()
+        if threading.current_thread() is not self._thread:
+            self._thread.join(timeout=30)
 
     def _run(self) -> None:
         while not self._stopped:

@@ -117,6 +117,7 @@ async fn run_reading_tasks(t: &TwoNodes, node: u64) -> Vec<u64> {
     let created = client_message::Msg::Created(proto::ObjectsCreated {
         node_id: node,
         objects: vec![object],
+        nested: Vec::new(),
     });
     tx.send(proto::ClientMessage { msg: Some(created) })
         .unwrap();

@@ -201,6 +201,7 @@ impl RawClient {
         self.send(client_message::Msg::Created(proto::ObjectsCreated {
             node_id: node,
             objects: stored(objects),
+            nested: Vec::new(),
         }));
     }
 
@@ -364,6 +365,63 @@ async fn deletes_and_an_expired_lease_reach_the_holders() {
     head.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_object_inside_another_lives_until_its_container_is_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let head = start(dir.path(), Duration::from_secs(600)).await;
+    let mut n1 = FakeNode::join(&head, "n1", "http://127.0.0.2:7001").await;
+    let client = RawClient::connect(&head).await;
+    let (inner, outer) = (client.object(1), client.object(2));
+    client.created(n1.id, &[(inner, 10)]);
+    client.send(client_message::Msg::Created(proto::ObjectsCreated {
+        node_id: n1.id,
+        objects: stored(&[(outer, 20)]),
+        nested: vec![proto::ObjectNesting {
+            container: outer.0,
+            contains: vec![inner.0],
+        }],
+    }));
+    wait_until("both are held", || async {
+        client
+            .locate(&[inner, outer])
+            .await
+            .iter()
+            .all(|l| !l.holders.is_empty())
+    })
+    .await;
+    let delete = |ids: Vec<u64>| {
+        let mut fe = client.fe.clone();
+        async move {
+            fe.delete_objects(proto::ObjectRefs { object_ids: ids })
+                .await
+        }
+    };
+    // The creator drops its ref to the inner object: the container still holds it (the
+    // delete's reply comes after the head applied it, so this is no race).
+    delete(vec![inner.0]).await.unwrap();
+    assert_eq!(
+        holders(&client.locate_one(inner).await).len(),
+        1,
+        "kept by its container"
+    );
+
+    delete(vec![outer.0]).await.unwrap();
+    let deletes = |m: node_command::Msg| match m {
+        node_command::Msg::DeleteObjects(r) => Some(r.object_ids),
+        _ => None,
+    };
+    let mut gone = n1.expect("n1 deletes both", deletes).await;
+    gone.sort_unstable();
+    assert_eq!(
+        gone,
+        vec![inner.0, outer.0],
+        "the container released its content"
+    );
+    assert!(client.locate_one(inner).await.lost.contains("not known"));
+    drop(client);
+    head.stop().await;
+}
+
 /// A scripted executor for `node`: registers, enters the session it is bound to, and answers
 /// the first task it is sent with a result object; returns the task it ran.
 async fn run_one_task(
@@ -493,6 +551,21 @@ async fn a_lost_result_object_runs_its_task_again() {
         vec![("n2".into(), "http://127.0.0.3:7002".into())]
     );
     assert!(!loc.rebuilding && loc.lost.is_empty());
+    // One task, run twice: the session counts it once.
+    let counts = || async {
+        let info = admin
+            .frontend()
+            .get_session(proto::SessionRef { session_id: sid.0 })
+            .await
+            .unwrap()
+            .into_inner();
+        (info.pending, info.running, info.succeeded)
+    };
+    wait_until("the rerun is counted done", || async {
+        counts().await.0 + counts().await.1 == 0
+    })
+    .await;
+    assert_eq!(counts().await, (0, 0, 1), "a rerun is not a second success");
 
     let metrics = http_get(head.dashboard_url.as_deref().unwrap(), "/metrics").await;
     assert!(
@@ -593,4 +666,106 @@ async fn http_get(base: &str, path: &str) -> String {
         .expect("a response")
         .1
         .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_result_a_node_announces_to_a_restarted_head_is_rebuilt_when_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let head = start(dir.path(), Duration::from_secs(60)).await;
+    let mut n1 = FakeNode::join(&head, "n1", "http://127.0.0.2:7001").await;
+    let client = RawClient::connect(&head).await;
+    let admin = common::admin_client(&head, "test").await;
+    let sid: SessionId = common::open_echo_session(&admin).await;
+    let task = TaskId::compose(ClientId(client.id), 1);
+    client.send(client_message::Msg::Submit(proto::SubmitBatch {
+        session_id: sid.0,
+        tasks: vec![proto::TaskSubmission {
+            task_id: task.0,
+            input: Bytes::from_static(b"make 4 KiB"),
+            reads: Vec::new(),
+        }],
+    }));
+    let (ran, _exec) = run_one_task(&mut n1, 4096).await;
+    assert_eq!(ran, task);
+    let object = ObjectId::result_of(task);
+    wait_until("the result is held", || async {
+        !client.locate_one(object).await.holders.is_empty()
+    })
+    .await;
+    drop((client, admin, n1));
+    head.stop().await;
+
+    // A new head on the same state: the node joins again and announces what it holds,
+    // which says nothing of the task that made it. Then it dies with the only copy.
+    let head = start(dir.path(), Duration::from_secs(60)).await;
+    let mut n1 = FakeNode::join(&head, "n1", "http://127.0.0.2:7001").await;
+    n1.send(node_message::Msg::ObjectsAdded(proto::ObjectsAdded {
+        objects: stored(&[(object, 4096)]),
+    }));
+    let client = RawClient::connect(&head).await;
+    wait_until("the re-announced result is held", || async {
+        !client.locate_one(object).await.holders.is_empty()
+    })
+    .await;
+    n1.die();
+    wait_until("the result is rebuilding", || async {
+        let loc = client.locate_one(object).await;
+        assert!(loc.lost.is_empty(), "not lost: {}", loc.lost);
+        loc.rebuilding
+    })
+    .await;
+    let mut n2 = FakeNode::join(&head, "n2", "http://127.0.0.3:7002").await;
+    let (again, _exec2) = run_one_task(&mut n2, 4096).await;
+    assert_eq!(again, task, "the task named by the result's id runs again");
+    wait_until("the rebuilt result is held by n2", || async {
+        !client.locate_one(object).await.holders.is_empty()
+    })
+    .await;
+    head.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_result_object_drops_its_tasks_kept_input() {
+    use flame_core::storage::{SqliteStorage, Storage};
+    let dir = tempfile::tempdir().unwrap();
+    let head = start(dir.path(), Duration::from_secs(60)).await;
+    let mut n1 = FakeNode::join(&head, "n1", "http://127.0.0.2:7001").await;
+    let client = RawClient::connect(&head).await;
+    let admin = common::admin_client(&head, "test").await;
+    let sid: SessionId = common::open_echo_session(&admin).await;
+    let task = TaskId::compose(ClientId(client.id), 1);
+    client.send(client_message::Msg::Submit(proto::SubmitBatch {
+        session_id: sid.0,
+        tasks: vec![proto::TaskSubmission {
+            task_id: task.0,
+            input: Bytes::from_static(b"make 4 KiB"),
+            reads: Vec::new(),
+        }],
+    }));
+    let (_, _exec) = run_one_task(&mut n1, 4096).await;
+    let object = ObjectId::result_of(task);
+    wait_until("the result is held", || async {
+        !client.locate_one(object).await.holders.is_empty()
+    })
+    .await;
+    let req = proto::ObjectRefs {
+        object_ids: vec![object.0],
+    };
+    client.fe.clone().delete_objects(req).await.unwrap();
+    n1.expect("n1 deletes the result", |m| match m {
+        node_command::Msg::DeleteObjects(r) => Some(r.object_ids),
+        _ => None,
+    })
+    .await;
+    drop((client, admin, n1));
+    head.stop().await; // the writer drains before the head is down
+
+    let mut db = SqliteStorage::open(&dir.path().join("flame.db")).unwrap();
+    let key = flame_core::ids::TaskKey { session: sid, task };
+    let record = db.get_task(key).unwrap().expect("the task is stored");
+    assert!(
+        record.input.is_empty(),
+        "its result is gone, so is its kept input: {:?}",
+        record.input
+    );
 }

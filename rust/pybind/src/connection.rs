@@ -488,6 +488,21 @@ impl PyConnection {
             .map_err(err)
     }
 
+    /// Announce one object whose pickle holds refs to `contains` (their ids): the head
+    /// keeps them alive while this object lives.
+    fn announce_container(
+        &self,
+        node_id: u64,
+        object_id: u64,
+        size: u64,
+        contains: Vec<u64>,
+    ) -> PyResult<()> {
+        let contains: Vec<ObjectId> = contains.into_iter().map(ObjectId).collect();
+        self.client
+            .announce_container(NodeId(node_id), (ObjectId(object_id), size), &contains)
+            .map_err(err)
+    }
+
     fn cancel(&self, session_id: u64, task_id: u64) -> PyResult<()> {
         self.client
             .cancel(SessionId(session_id), TaskId(task_id))

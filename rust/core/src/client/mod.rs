@@ -65,7 +65,7 @@ enum Outbound {
     Watch(SessionId, Vec<TaskId>),
     /// Objects this client stored on a node: sent in queue order, so the head knows them
     /// before any task submitted after.
-    Created(NodeId, Vec<proto::ObjectStored>),
+    Created(proto::ObjectsCreated),
 }
 
 /// The objects one task reads: `(id, size)` of each.
@@ -335,10 +335,43 @@ impl Client {
                 size: *size,
             })
             .collect();
+        self.send_created(proto::ObjectsCreated {
+            node_id: node.0,
+            objects: stored,
+            nested: Vec::new(),
+        })
+    }
+
+    /// [`Client::announce_objects`] for one object whose pickle holds refs to `contains`:
+    /// the head keeps those alive while this object lives (refs nested in objects).
+    ///
+    /// # Errors
+    /// As [`Client::announce_objects`].
+    pub fn announce_container(
+        &self,
+        node: NodeId,
+        object: (ObjectId, u64),
+        contains: &[ObjectId],
+    ) -> Result<()> {
+        self.check_state()?;
+        self.send_created(proto::ObjectsCreated {
+            node_id: node.0,
+            objects: vec![proto::ObjectStored {
+                object_id: object.0 .0,
+                size: object.1,
+            }],
+            nested: vec![proto::ObjectNesting {
+                container: object.0 .0,
+                contains: contains.iter().map(|c| c.0).collect(),
+            }],
+        })
+    }
+
+    fn send_created(&self, created: proto::ObjectsCreated) -> Result<()> {
         let guard = self.outbound.lock().map_err(|_| poisoned())?;
         guard
             .1
-            .send(Outbound::Created(node, stored))
+            .send(Outbound::Created(created))
             .map_err(|_| self.lost())
     }
 

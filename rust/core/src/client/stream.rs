@@ -403,13 +403,10 @@ fn encode(pending: Vec<Outbound>) -> Vec<proto::ClientMessage> {
                     })),
                 });
             }
-            Outbound::Created(node, objects) => {
+            Outbound::Created(created) => {
                 flush(&mut current, &mut out);
                 out.push(proto::ClientMessage {
-                    msg: Some(client_message::Msg::Created(proto::ObjectsCreated {
-                        node_id: node.0,
-                        objects,
-                    })),
+                    msg: Some(client_message::Msg::Created(created)),
                 });
             }
             Outbound::Watch(s, ts) => {
@@ -453,13 +450,14 @@ mod tests {
             Outbound::Cancel(SessionId(2), TaskId(4)),
             sub(2, &[5], BATCH_BYTES),
             sub(2, &[6], 1),
-            Outbound::Created(
-                crate::ids::NodeId(9),
-                vec![proto::ObjectStored {
+            Outbound::Created(proto::ObjectsCreated {
+                node_id: 9,
+                objects: vec![proto::ObjectStored {
                     object_id: 3,
                     size: 10,
                 }],
-            ),
+                nested: Vec::new(),
+            }),
             sub(2, &[7], 1),
         ]);
         let shape: Vec<String> = out

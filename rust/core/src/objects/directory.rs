@@ -13,7 +13,9 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
-use crate::ids::{ClientId, NodeId, ObjectId, TaskKey};
+use crate::ids::{ClientId, NodeId, ObjectId, TaskId, TaskKey};
+
+use nesting::Nesting;
 
 /// Deleted ids remembered, so a copy a node announces after the delete is deleted too.
 const DELETED_KEPT: usize = 1 << 16;
@@ -27,6 +29,10 @@ pub struct Directory {
     lost: HashMap<ObjectId, Lost>,
     deleted: HashSet<ObjectId>,
     deleted_order: VecDeque<ObjectId>,
+    /// Refs pickled inside objects: what keeps a contained object alive.
+    nesting: Nesting,
+    /// Tasks whose result objects were deleted since the last `take_released_tasks`.
+    released_tasks: Vec<TaskKey>,
 }
 
 #[derive(Debug)]
@@ -88,6 +94,10 @@ pub struct NodeLoss {
     pub lost: Vec<ObjectId>,
     /// Task results left without a holder: their tasks must run again (now `rebuilding`).
     pub rebuild: Vec<(ObjectId, TaskKey)>,
+    /// Task results whose session is not known (a node announced them to a restarted
+    /// head): rebuilding too, once the caller finds their task's session
+    /// ([`Directory::set_producer`]); the id names the task.
+    pub orphans: Vec<(ObjectId, TaskId)>,
 }
 
 /// One object as `ListObjects` shows it.
@@ -211,101 +221,63 @@ impl Directory {
         true
     }
 
-    /// `node` is gone with everything it held. Objects left without a holder are lost
-    /// (the reason names `node_name`), or, if they are task results, to be rebuilt.
-    pub fn node_lost(&mut self, node: NodeId, node_name: &str) -> NodeLoss {
-        let mut loss = NodeLoss::default();
-        let Some(held) = self.nodes.remove(&node) else {
-            return loss;
-        };
-        let mut ids: Vec<ObjectId> = held.ids.into_iter().collect();
-        ids.sort_unstable();
-        for id in ids {
-            let Some(entry) = self.objects.get_mut(&id) else {
-                continue;
-            };
-            entry.holders.retain(|n| *n != node);
-            if !entry.holders.is_empty() {
-                continue;
-            }
-            match entry.producer {
-                Some(task) => {
-                    entry.rebuilding = true;
-                    loss.rebuild.push((id, task));
-                }
-                None => {
-                    let size = entry.size;
-                    self.objects.remove(&id);
-                    let reason = format!(
-                        "object {id} was lost with node {node_name}, which held its only copy"
-                    );
-                    self.lost.insert(id, Lost { size, reason });
-                    loss.lost.push(id);
-                }
-            }
-        }
-        loss
-    }
-
-    /// A rebuilding object cannot be rebuilt (its session is closed, its task failed).
-    pub fn rebuild_failed(&mut self, id: ObjectId, reason: String) {
-        if let Some(e) = self.objects.get(&id) {
-            if e.rebuilding && e.holders.is_empty() {
-                let size = e.size;
-                self.objects.remove(&id);
-                self.lost.insert(id, Lost { size, reason });
-            }
-        }
-    }
-
-    /// The task whose result `id` is, if it is one.
-    pub fn producer(&self, id: ObjectId) -> Option<TaskKey> {
-        self.objects.get(&id)?.producer
-    }
-
-    /// Whether `id` is waiting for its task to run again.
-    pub fn is_rebuilding(&self, id: ObjectId) -> bool {
-        self.objects.get(&id).is_some_and(|e| e.rebuilding)
-    }
-
-    /// Forget these objects; answers which node must delete which of them.
+    /// Forget these objects; answers which node must delete which of them. An object still
+    /// inside a live container is only marked released: it goes with its last container.
+    /// Deleting a container releases what it holds (transitively).
     pub fn delete(&mut self, ids: &[ObjectId]) -> BTreeMap<NodeId, Vec<ObjectId>> {
         let mut tell: BTreeMap<NodeId, Vec<ObjectId>> = BTreeMap::new();
-        for &id in ids {
-            self.lost.remove(&id);
-            if self.deleted.insert(id) {
-                self.deleted_order.push_back(id);
-                if self.deleted_order.len() > DELETED_KEPT {
-                    if let Some(old) = self.deleted_order.pop_front() {
-                        self.deleted.remove(&old);
-                    }
-                }
-            }
-            let Some(entry) = self.objects.remove(&id) else {
+        let mut work: Vec<ObjectId> = ids.iter().rev().copied().collect();
+        while let Some(id) = work.pop() {
+            if self.nesting.hold(id) {
                 continue;
-            };
-            for node in entry.holders {
-                if let Some(h) = self.nodes.get_mut(&node) {
-                    h.ids.remove(&id);
-                    h.bytes = h.bytes.saturating_sub(entry.size);
-                }
-                tell.entry(node).or_default().push(id);
             }
+            self.forget(id, &mut tell);
+            work.extend(self.nesting.drop_container(id));
         }
         tell
     }
 
-    /// The objects `client` made (held, rebuilding or lost), in id order.
-    pub fn owned_by(&self, client: ClientId) -> Vec<ObjectId> {
-        let mut ids: Vec<ObjectId> = self
-            .objects
-            .keys()
-            .chain(self.lost.keys())
-            .filter(|id| id.owner() == client)
+    fn forget(&mut self, id: ObjectId, tell: &mut BTreeMap<NodeId, Vec<ObjectId>>) {
+        self.lost.remove(&id);
+        if self.deleted.insert(id) {
+            self.deleted_order.push_back(id);
+            if self.deleted_order.len() > DELETED_KEPT {
+                if let Some(old) = self.deleted_order.pop_front() {
+                    self.deleted.remove(&old);
+                }
+            }
+        }
+        let Some(entry) = self.objects.remove(&id) else {
+            return;
+        };
+        self.released_tasks.extend(entry.producer);
+        for node in entry.holders {
+            if let Some(h) = self.nodes.get_mut(&node) {
+                h.ids.remove(&id);
+                h.bytes = h.bytes.saturating_sub(entry.size);
+            }
+            tell.entry(node).or_default().push(id);
+        }
+    }
+
+    /// The tasks whose result objects were deleted since the last call: they will not run
+    /// again, so their kept inputs can go.
+    pub fn take_released_tasks(&mut self) -> Vec<TaskKey> {
+        std::mem::take(&mut self.released_tasks)
+    }
+
+    /// `container`'s pickle holds refs to `contained`: they stay alive while it does. Said
+    /// once, with the container's creation; a deleted container holds nothing.
+    pub fn contains(&mut self, container: ObjectId, contained: &[ObjectId]) {
+        if self.deleted.contains(&container) {
+            return;
+        }
+        let live: Vec<ObjectId> = contained
+            .iter()
             .copied()
+            .filter(|c| *c != container && !self.deleted.contains(c))
             .collect();
-        ids.sort_unstable();
-        ids
+        self.nesting.add(container, live);
     }
 
     /// Delete everything `client` made (its lease ran out).
@@ -313,87 +285,11 @@ impl Directory {
         let ids = self.owned_by(client);
         self.delete(&ids)
     }
-
-    pub fn locate(&self, id: ObjectId) -> Location<'_> {
-        if let Some(e) = self.objects.get(&id) {
-            if e.rebuilding {
-                return Location::Rebuilding { size: e.size };
-            }
-            return Location::Held {
-                size: e.size,
-                holders: &e.holders,
-            };
-        }
-        match self.lost.get(&id) {
-            Some(l) => Location::Lost {
-                size: l.size,
-                reason: &l.reason,
-            },
-            None => Location::Unknown,
-        }
-    }
-
-    /// How many objects `node` holds, and their bytes.
-    pub fn holdings(&self, node: NodeId) -> (usize, u64) {
-        self.nodes
-            .get(&node)
-            .map_or((0, 0), |h| (h.ids.len(), h.bytes))
-    }
-
-    /// Bytes of `ids` that `node` holds (data-aware placement: where a task's reads are).
-    pub fn bytes_on(&self, node: NodeId, ids: &[ObjectId]) -> u64 {
-        ids.iter()
-            .filter_map(|id| self.objects.get(id))
-            .filter(|e| e.holders.contains(&node))
-            .map(|e| e.size)
-            .sum()
-    }
-
-    /// A page of the objects (those `node` holds, or all), in id order, and how many match.
-    pub fn list(
-        &self,
-        node: Option<NodeId>,
-        offset: usize,
-        limit: usize,
-    ) -> (Vec<ObjectView>, u64) {
-        let mut ids: Vec<ObjectId> = match node {
-            Some(n) => self
-                .nodes
-                .get(&n)
-                .map(|h| h.ids.iter().copied().collect())
-                .unwrap_or_default(),
-            None => self.objects.keys().copied().collect(),
-        };
-        let total = ids.len() as u64;
-        ids.sort_unstable();
-        let page = ids
-            .into_iter()
-            .skip(offset)
-            .take(limit)
-            .filter_map(|id| {
-                let e = self.objects.get(&id)?;
-                Some(ObjectView {
-                    id,
-                    size: e.size,
-                    holders: e.holders.clone(),
-                    producer: e.producer,
-                    rebuilding: e.rebuilding,
-                })
-            })
-            .collect();
-        (page, total)
-    }
 }
 
 #[cfg(test)]
 mod tests;
 
-/// Data-aware placement reads the directory: the nodes that hold an object now (none while
-/// it is lost or being rebuilt).
-impl crate::scheduler::Locality for Directory {
-    fn holders(&self, object: ObjectId, f: &mut dyn FnMut(NodeId)) {
-        if let Location::Held { holders, .. } = self.locate(object) {
-            holders.iter().for_each(|n| f(*n));
-        }
-    }
-}
+mod loss;
+mod nesting;
+mod query;

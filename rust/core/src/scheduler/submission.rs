@@ -201,6 +201,17 @@ impl Scheduler {
         self.enqueue_tasks(sid, tasks, Vec::new(), watcher, None);
     }
 
+    /// Queue a task that succeeded once more, to rebuild its lost result (lineage). It
+    /// leaves the succeeded count, so its new end counts it once, not twice.
+    pub fn rerun(&mut self, sid: SessionId, task: (TaskId, Bytes, u32)) {
+        if let Some(s) = self.sessions.get_mut(&sid) {
+            if !s.tasks.contains_key(&task.0) {
+                s.counts.remove(TaskState::Succeeded, 1);
+            }
+        }
+        self.enqueue(sid, vec![task], None);
+    }
+
     /// [`Scheduler::enqueue`] for tasks some of which read objects: `reads` lists those
     /// (the others read nothing). With the data-aware policy such a task waits for an
     /// executor of its session on a node that `locality` says holds most of its bytes, or

@@ -73,6 +73,9 @@ pub enum WriteOp {
     /// Forget the sessions closed before `closed_before_ms`: their tasks (results, errors),
     /// their logs and the sessions themselves. The space is reclaimed after the commit.
     PruneClosed { closed_before_ms: i64 },
+    /// Drop a finished task's kept input (see `FinishTask::keep_input`): its result object
+    /// was deleted, so it will never run again. A task not finished keeps its input.
+    DropInput { key: TaskKey },
 }
 
 /// Everything the session manager needs to resume after a restart.

@@ -596,6 +596,14 @@ fn client_event(conn: u64, m: proto::ClientMessage) -> Option<Event> {
                     .into_iter()
                     .map(|o| (ObjectId(o.object_id), o.size))
                     .collect(),
+                nested: c
+                    .nested
+                    .into_iter()
+                    .map(|n| {
+                        let ids = n.contains.into_iter().map(ObjectId).collect();
+                        (ObjectId(n.container), ids)
+                    })
+                    .collect(),
             })
         }
         other => {

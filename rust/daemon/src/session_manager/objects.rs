@@ -14,13 +14,14 @@ use std::collections::{HashMap, HashSet};
 
 use bytes::Bytes;
 
-use flame_core::ids::{ClientId, ExecutorId, NodeId, ObjectId, SessionId, TaskId, TaskKey};
-use flame_core::objects::directory::{Added, Directory, Location, ObjectView};
+use flame_core::ids::{ClientId, NodeId, ObjectId, TaskKey};
+use flame_core::objects::directory::{Added, Directory};
 use flame_core::proto::{self, node_command};
-use flame_core::FlameError;
+use flame_core::storage::WriteOp;
 
 use super::actor::Actor;
-use super::{Event, Reply};
+use super::object_answers::object_info;
+use super::Reply;
 
 /// A node's object store as its heartbeats describe it (the node's own figures).
 pub use flame_core::objects::store::ObjectStoreStats as StoreStats;
@@ -32,6 +33,8 @@ pub enum ObjectEvent {
         conn: u64,
         node: NodeId,
         objects: Vec<(ObjectId, u64)>,
+        /// Refs pickled inside them: (container, contained ids).
+        nested: Vec<(ObjectId, Vec<ObjectId>)>,
     },
     /// A node stored copies (or, re-registering, announces all it holds).
     NodeAdded {
@@ -88,7 +91,7 @@ pub(super) struct Objects {
     pub dir: Directory,
     pub nodes: HashMap<NodeId, NodeStore>,
     /// Lost results whose task's input is being read back from storage.
-    reruns: HashSet<ObjectId>,
+    pub reruns: HashSet<ObjectId>,
     /// Fingerprints of the revoked node certificates (from the head's security).
     revoked_certs: Vec<String>,
 }
@@ -112,7 +115,11 @@ impl Actor {
                 conn,
                 node,
                 objects,
-            } => self.objects_created(conn, node, objects),
+                nested,
+            } => {
+                self.objects_created(conn, node, &objects);
+                self.objects_nested(conn, &objects, nested);
+            }
             ObjectEvent::NodeAdded { node, objects } => {
                 for (id, size) in objects {
                     self.object_added(id, size, node, None, false);
@@ -195,6 +202,9 @@ impl Actor {
         for (object, key) in loss.rebuild {
             self.rebuild(object, key, &name);
         }
+        for (object, task) in loss.orphans {
+            self.rebuild_orphan(object, task, &name);
+        }
     }
 
     /// Delete every object `client` made (its lease ran out).
@@ -205,40 +215,6 @@ impl Actor {
             tracing::info!(%client, copies = n, "deleting the objects of a client that is gone");
         }
         self.tell_delete(tell);
-    }
-
-    /// Record the result objects in `results` (a task's large result stays on its
-    /// executor's node), and settle the rebuilds that ran without making theirs.
-    pub(super) fn result_objects(&mut self, executor: ExecutorId, results: &[proto::TaskResult]) {
-        let node = self.sched.executor(executor).map(|e| e.node);
-        for r in results {
-            let key = TaskKey {
-                session: SessionId(r.session_id),
-                task: TaskId(r.task_id),
-            };
-            let expected = ObjectId::result_of(key.task);
-            match (&r.output_object, node) {
-                (Some(o), Some(node)) if r.ok => {
-                    if o.object_id != expected.0 {
-                        tracing::warn!(%executor, task = %key, object = o.object_id,
-                            "a result object not named after its task ignored");
-                        continue;
-                    }
-                    self.object_added(expected, o.size, node, Some(key), true);
-                }
-                _ if self.object_dir.dir.is_rebuilding(expected) => {
-                    let why = match &r.error {
-                        Some(e) if !r.ok => format!("its task failed: {}", e.message),
-                        _ => "its task ran again without storing it".to_string(),
-                    };
-                    self.object_dir.dir.rebuild_failed(
-                        expected,
-                        format!("object {expected} was lost and could not be rebuilt: {why}"),
-                    );
-                }
-                _ => {}
-            }
-        }
     }
 
     /// Store statistics, and their counters into the daemon's.
@@ -259,9 +235,9 @@ impl Actor {
             .increment(delta(stats.spilled_total_bytes, before.spilled_total_bytes));
     }
 
-    fn objects_created(&mut self, conn: u64, node: NodeId, objects: Vec<(ObjectId, u64)>) {
+    fn objects_created(&mut self, conn: u64, node: NodeId, objects: &[(ObjectId, u64)]) {
         let client = self.conn_client.get(&conn).copied().unwrap_or(0);
-        for (id, size) in objects {
+        for &(id, size) in objects {
             // A client announces only its own objects (their ids carry its client id).
             if id.owner().0 != client || client == 0 {
                 tracing::warn!(conn, client, object = %id, "an announced object of another client ignored");
@@ -275,8 +251,26 @@ impl Actor {
         }
     }
 
+    /// Record which objects the announced ones hold refs to; only for objects announced
+    /// in the same message (a client names the contents of its own new objects only).
+    fn objects_nested(
+        &mut self,
+        conn: u64,
+        objects: &[(ObjectId, u64)],
+        nested: Vec<(ObjectId, Vec<ObjectId>)>,
+    ) {
+        for (container, contains) in nested {
+            let client = self.conn_client.get(&conn).copied().unwrap_or(0);
+            if container.owner().0 != client || !objects.iter().any(|(id, _)| *id == container) {
+                tracing::warn!(conn, object = %container, "refs nested in an object not announced with them ignored");
+                continue;
+            }
+            self.object_dir.dir.contains(container, &contains);
+        }
+    }
+
     /// Record a holder; `primary` when its creator announces it.
-    fn object_added(
+    pub(super) fn object_added(
         &mut self,
         id: ObjectId,
         size: u64,
@@ -306,7 +300,13 @@ impl Actor {
         self.tell_delete(tell);
     }
 
-    fn tell_delete(&mut self, tell: std::collections::BTreeMap<NodeId, Vec<ObjectId>>) {
+    pub(super) fn tell_delete(&mut self, tell: std::collections::BTreeMap<NodeId, Vec<ObjectId>>) {
+        // Every delete passes here: the tasks of deleted results drop their kept inputs.
+        let released = self.object_dir.dir.take_released_tasks();
+        if !released.is_empty() {
+            let ops = released.into_iter().map(|key| WriteOp::DropInput { key });
+            self.store.write_only(ops.collect());
+        }
         for (node, ids) in tell {
             let cmd = node_command::Msg::DeleteObjects(proto::ObjectRefs {
                 object_ids: ids.into_iter().map(|i| i.0).collect(),
@@ -317,191 +317,12 @@ impl Actor {
         }
     }
 
-    /// Run `key` again to rebuild its lost result `object`: its input is read back from
-    /// storage first (the scheduler forgets finished tasks), then it is queued (`rerun`).
-    fn rebuild(&mut self, object: ObjectId, key: TaskKey, node: &str) {
-        if self.sched.session(key.session).is_none() {
-            self.object_dir.dir.rebuild_failed(
-                object,
-                format!(
-                    "object {object} was lost with node {node}, and its task {key} cannot run \
-                     again: its session is closed"
-                ),
-            );
-            return;
-        }
-        tracing::warn!(%object, task = %key, %node, "a task's result was lost with its node; running the task again");
-        self.object_dir.reruns.insert(object);
-        let me = self.self_tx.clone();
-        self.store.read(move |st| {
-            let found = st
-                .get_task(key)
-                .map(|r| r.map(|r| (r.input, r.attempts)))
-                .map_err(|e| e.to_string());
-            let _ = me.send(Event::Objects(ObjectEvent::Rerun { key, object, found }));
-        });
-    }
-
-    fn rerun(
-        &mut self,
-        key: TaskKey,
-        object: ObjectId,
-        found: Result<Option<(Bytes, u32)>, String>,
-    ) {
-        if !self.object_dir.reruns.remove(&object) || !self.object_dir.dir.is_rebuilding(object) {
-            return; // deleted, or held again (its node came back) meanwhile
-        }
-        let queued = self
-            .sched
-            .session(key.session)
-            .map(|s| s.tasks.contains_key(&key.task));
-        let why = match (found, queued) {
-            (_, None) => "its session is closed".to_string(),
-            // Already queued or running (submitted again meanwhile): it rebuilds the object.
-            (_, Some(true)) => return,
-            (Err(e), _) => format!("its task could not be read back: {e}"),
-            (Ok(None), _) => format!("its task {key} is no longer stored"),
-            (Ok(Some((input, attempts))), Some(false)) => {
-                self.metrics.object_reconstructions.increment(1);
-                self.sched
-                    .enqueue(key.session, vec![(key.task, input, attempts)], None);
-                return;
-            }
-        };
-        self.object_dir.dir.rebuild_failed(
-            object,
-            format!("object {object} was lost and cannot be rebuilt: {why}"),
-        );
-    }
-
-    fn locate(&mut self, id: ObjectId) -> proto::ObjectLocation {
-        // A rebuild whose task is no longer anywhere (its session closed, the task failed
-        // or was cancelled) will never finish: lost.
-        if let Some(key) = self.stalled_rebuild(id) {
-            self.object_dir.dir.rebuild_failed(
-                id,
-                format!("object {id} was lost and its task {key} did not rebuild it"),
-            );
-        }
-        let mut loc = proto::ObjectLocation {
-            object_id: id.0,
-            ..Default::default()
-        };
-        match self.object_dir.dir.locate(id) {
-            Location::Held { size, holders } => {
-                loc.size = size;
-                loc.holders = holders
-                    .iter()
-                    .map(|n| {
-                        let s = self.object_dir.nodes.get(n);
-                        proto::ObjectHolder {
-                            node_id: n.0,
-                            node_name: s.map(|s| s.name.clone()).unwrap_or_default(),
-                            address: s.map(|s| s.address.clone()).unwrap_or_default(),
-                        }
-                    })
-                    .collect();
-            }
-            Location::Rebuilding { size } => {
-                loc.size = size;
-                loc.rebuilding = true;
-            }
-            Location::Lost { size, reason } => {
-                loc.size = size;
-                loc.lost = reason.to_string();
-            }
-            Location::Unknown => {
-                loc.lost = format!("object {id} is not known (never stored, or deleted)");
-            }
-        }
-        loc
-    }
-
-    fn stalled_rebuild(&self, id: ObjectId) -> Option<TaskKey> {
-        if !self.object_dir.dir.is_rebuilding(id) || self.object_dir.reruns.contains(&id) {
-            return None;
-        }
-        let key = self.object_dir.dir.producer(id)?;
-        let alive = self
-            .sched
-            .session(key.session)
-            .is_some_and(|s| s.tasks.contains_key(&key.task));
-        (!alive).then_some(key)
-    }
-
-    /// The live, non-draining node with an object server and the most free budget.
-    fn place(&self, size: u64) -> Result<proto::ObjectHolder, FlameError> {
-        let free = |s: &NodeStore| s.stats.budget_bytes.saturating_sub(s.stats.memory_bytes);
-        let best = self
-            .object_dir
-            .nodes
-            .iter()
-            .filter(|(id, s)| {
-                !s.address.is_empty() && self.nodes.get(id).is_some_and(|l| !l.draining)
-            })
-            .max_by_key(|(id, s)| (free(s), std::cmp::Reverse(**id)));
-        let Some((id, s)) = best else {
-            // The head keeps no objects itself: a bare head needs a node to put them on.
-            return Err(FlameError::FailedPrecondition(
-                if self.object_dir.nodes.is_empty() {
-                    format!(
-                        "cannot store an object of {size} bytes: no node with an object store has \
-                     joined this cluster (start one with `flame-daemon node --head <address>`)"
-                    )
-                } else {
-                    format!(
-                    "cannot store an object of {size} bytes: no live, non-draining node serves \
-                     objects over the network"
-                )
-                },
-            ));
-        };
-        Ok(proto::ObjectHolder {
-            node_id: id.0,
-            node_name: s.name.clone(),
-            address: s.address.clone(),
-        })
-    }
-
-    fn node_name(&self, node: NodeId) -> String {
+    pub(super) fn node_name(&self, node: NodeId) -> String {
         self.object_dir
             .nodes
             .get(&node)
             .map(|s| s.name.clone())
             .or_else(|| self.nodes.get(&node).map(|l| l.name.clone()))
             .unwrap_or_else(|| node.to_string())
-    }
-
-    /// Objects and bytes per connected node, for the dashboard and `/metrics`.
-    pub(super) fn node_objects(&self) -> Vec<NodeObjects> {
-        let mut rows: Vec<NodeObjects> = self
-            .object_dir
-            .nodes
-            .iter()
-            .map(|(id, s)| {
-                let (objects, bytes) = self.object_dir.dir.holdings(*id);
-                NodeObjects {
-                    node: *id,
-                    name: s.name.clone(),
-                    objects: objects as u64,
-                    bytes,
-                    stats: s.stats,
-                }
-            })
-            .collect();
-        rows.sort_unstable_by_key(|r| r.node);
-        rows
-    }
-}
-
-fn object_info(v: ObjectView) -> proto::ObjectInfo {
-    let mut holders = v.holders.into_iter();
-    proto::ObjectInfo {
-        object_id: v.id.0,
-        size: v.size,
-        primary_node: holders.next().map_or(0, |n| n.0),
-        copy_nodes: holders.map(|n| n.0).collect(),
-        session_id: v.producer.map_or(0, |k| k.session.0),
-        task_id: v.producer.map_or(0, |k| k.task.0),
     }
 }

@@ -218,3 +218,122 @@ fn list_pages_in_id_order_and_filters_by_node() {
     assert_eq!(page[0].id, obj(1, 3));
     assert_eq!(d.list(Some(C), 0, 10), (Vec::new(), 0));
 }
+
+// ---- refs nested inside objects
+
+fn held(d: &Directory, id: ObjectId) -> bool {
+    matches!(d.locate(id), Location::Held { .. })
+}
+
+#[test]
+fn a_contained_object_outlives_its_creators_delete_until_its_container_goes() {
+    let mut d = Directory::new();
+    let (inner, outer) = (obj(1, 1), obj(1, 2));
+    d.add_primary(inner, 10, A, None);
+    d.add_primary(outer, 20, B, None);
+    d.contains(outer, &[inner]);
+    assert_eq!(d.containers_of(inner), 1);
+
+    assert!(
+        d.delete(&[inner]).is_empty(),
+        "held by its container: nothing to delete yet"
+    );
+    assert!(held(&d, inner));
+
+    let tell = d.delete(&[outer]);
+    assert_eq!(tell.get(&B), Some(&vec![outer]));
+    assert_eq!(
+        tell.get(&A),
+        Some(&vec![inner]),
+        "released with its container"
+    );
+    assert_eq!(d.locate(inner), Location::Unknown);
+    assert_eq!(d.containers_of(inner), 0);
+}
+
+#[test]
+fn deleting_a_container_keeps_a_child_its_creator_still_holds() {
+    let mut d = Directory::new();
+    let (inner, outer) = (obj(1, 1), obj(1, 2));
+    d.add_primary(inner, 10, A, None);
+    d.add_primary(outer, 20, A, None);
+    d.contains(outer, &[inner, inner]);
+    assert_eq!(d.containers_of(inner), 1, "a ref pickled twice counts once");
+    assert_eq!(d.delete(&[outer]).get(&A), Some(&vec![outer]));
+    assert!(held(&d, inner), "its creator never released it");
+    assert_eq!(d.delete(&[inner]).get(&A), Some(&vec![inner]));
+}
+
+#[test]
+fn a_child_of_two_containers_goes_with_the_last_and_chains_unwind() {
+    let mut d = Directory::new();
+    let (x, c1, c2, top) = (obj(1, 1), obj(1, 2), obj(2, 3), obj(2, 4));
+    for id in [x, c1, c2, top] {
+        d.add_primary(id, 1, A, None);
+    }
+    d.contains(c1, &[x]);
+    d.contains(c2, &[x]);
+    d.contains(top, &[c1]);
+    assert!(d.delete(&[x, c1]).is_empty(), "both still contained");
+    d.delete(&[c2]);
+    assert!(held(&d, x), "c1 still holds it (top holds c1)");
+    let tell = d.delete(&[top]);
+    let mut gone = tell.get(&A).cloned().unwrap_or_default();
+    gone.sort_unstable();
+    assert_eq!(gone, vec![x, c1, top], "top releases c1, which releases x");
+    assert!(d.is_empty());
+}
+
+#[test]
+fn a_deleted_container_or_child_records_no_edge() {
+    let mut d = Directory::new();
+    let (inner, outer) = (obj(1, 1), obj(1, 2));
+    d.add_primary(inner, 10, A, None);
+    d.delete(&[inner]);
+    d.add_primary(outer, 20, A, None);
+    d.contains(outer, &[inner]);
+    assert_eq!(
+        d.containers_of(inner),
+        0,
+        "already deleted: nothing to keep"
+    );
+    d.delete(&[outer]);
+    d.contains(outer, &[obj(1, 3)]);
+    assert_eq!(
+        d.containers_of(obj(1, 3)),
+        0,
+        "a deleted container holds nothing"
+    );
+}
+
+#[test]
+fn an_owners_lease_end_releases_what_its_containers_hold() {
+    let mut d = Directory::new();
+    let (inner, outer) = (obj(2, 1), obj(1, 2));
+    d.add_primary(inner, 10, A, None);
+    d.add_primary(outer, 20, B, None);
+    d.contains(outer, &[inner]);
+    d.delete_owner(ClientId(2));
+    assert!(held(&d, inner), "client 1's object still holds it");
+    d.delete_owner(ClientId(1));
+    assert!(d.is_empty());
+}
+
+#[test]
+fn a_result_announced_without_its_producer_is_still_rebuilt_by_its_id() {
+    let mut d = Directory::new();
+    let t = task(1, 7);
+    let result = ObjectId::result_of(t.task);
+    // A node re-announces it to a restarted head: no producer comes with it.
+    d.add(result, 100, A, None);
+    let loss = d.node_lost(A, "a");
+    assert!(loss.lost.is_empty() && loss.rebuild.is_empty());
+    assert_eq!(
+        loss.orphans,
+        vec![(result, t.task)],
+        "its id names its task"
+    );
+    assert!(d.is_rebuilding(result));
+    d.set_producer(result, t);
+    assert_eq!(d.producer(result), Some(t));
+}

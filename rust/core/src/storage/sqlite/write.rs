@@ -166,6 +166,13 @@ pub(super) fn apply_op(conn: &Connection, op: &WriteOp, seq: &mut i64) -> Result
             )?
             .execute(params![key.session.0 as i64, key.task.0 as i64, log])?;
         }
+        WriteOp::DropInput { key } => {
+            conn.prepare_cached(
+                "UPDATE tasks SET input = NULL \
+                 WHERE session_id = ?1 AND task_id = ?2 AND finished_ms IS NOT NULL",
+            )?
+            .execute(params![key.session.0 as i64, key.task.0 as i64])?;
+        }
         WriteOp::PruneClosed { closed_before_ms } => {
             // Logs and tasks first: `tasks` references `sessions`. Each DELETE walks the
             // primary key of one closed session at a time.
