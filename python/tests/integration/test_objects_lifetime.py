@@ -9,7 +9,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-from test_objects_multinode import NODES, Cluster, add, block, cluster  # noqa: F401
+from _three_nodes import NODES, Cluster, cluster, store_mb  # noqa: F401
+from test_objects_multinode import add, block
 from test_objects_nesting import total
 
 import flame
