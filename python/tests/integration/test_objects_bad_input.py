@@ -44,7 +44,7 @@ def test_a_ref_from_another_cluster_is_refused_naming_it(cluster: Cluster, tmp_p
     # Cluster A makes a result and its ref is pickled; cluster B (fresh, so its clients and
     # tasks get the same ids) makes its own result under the same id. A's ref, unpickled or
     # passed to a task in B, must never stand for B's object.
-    other = Cluster(tmp_path / "a")
+    other = Cluster(tmp_path / "a", NODES)
     try:
         _connect(other)
         _connect(other)  # A's second client: as B's next one is (ids count from 1 per head)
