@@ -422,6 +422,28 @@ async fn an_object_inside_another_lives_until_its_container_is_deleted() {
     head.stop().await;
 }
 
+/// Submit one task into `sid` (the scripted executor makes it a 4 KiB result object).
+fn submit_one(client: &RawClient, sid: SessionId) -> TaskId {
+    let task = TaskId::compose(ClientId(client.id), 1);
+    client.send(client_message::Msg::Submit(proto::SubmitBatch {
+        session_id: sid.0,
+        tasks: vec![proto::TaskSubmission {
+            task_id: task.0,
+            input: Bytes::from_static(b"make 4 KiB"),
+            reads: Vec::new(),
+        }],
+    }));
+    task
+}
+
+/// Wait until some node holds `object`.
+async fn wait_held(client: &RawClient, object: ObjectId, what: &str) {
+    wait_until(what, || async {
+        !client.locate_one(object).await.holders.is_empty()
+    })
+    .await;
+}
+
 /// A scripted executor for `node`: registers, enters the session it is bound to, and answers
 /// the first task it is sent with a result object; returns the task it ran.
 async fn run_one_task(
@@ -495,15 +517,7 @@ async fn a_lost_result_object_runs_its_task_again() {
     let mut client = RawClient::connect(&head).await;
     let admin = common::admin_client(&head, "test").await;
     let sid: SessionId = common::open_echo_session(&admin).await;
-    let task = TaskId::compose(ClientId(client.id), 1);
-    client.send(client_message::Msg::Submit(proto::SubmitBatch {
-        session_id: sid.0,
-        tasks: vec![proto::TaskSubmission {
-            task_id: task.0,
-            input: Bytes::from_static(b"make 4 KiB"),
-            reads: Vec::new(),
-        }],
-    }));
+    let task = submit_one(&client, sid);
     let (ran, _exec1) = run_one_task(&mut n1, 4096).await;
     assert_eq!(ran, task);
     let object = ObjectId::result_of(task);
@@ -541,10 +555,7 @@ async fn a_lost_result_object_runs_its_task_again() {
     let mut n2 = FakeNode::join(&head, "n2", "http://127.0.0.3:7002").await;
     let (again, _exec2) = run_one_task(&mut n2, 4096).await;
     assert_eq!(again, task, "the task that made the lost object runs again");
-    wait_until("the rebuilt result is held by n2", || async {
-        !client.locate_one(object).await.holders.is_empty()
-    })
-    .await;
+    wait_held(&client, object, "the rebuilt result is held by n2").await;
     let loc = client.locate_one(object).await;
     assert_eq!(
         holders(&loc),
@@ -676,22 +687,11 @@ async fn a_result_a_node_announces_to_a_restarted_head_is_rebuilt_when_lost() {
     let client = RawClient::connect(&head).await;
     let admin = common::admin_client(&head, "test").await;
     let sid: SessionId = common::open_echo_session(&admin).await;
-    let task = TaskId::compose(ClientId(client.id), 1);
-    client.send(client_message::Msg::Submit(proto::SubmitBatch {
-        session_id: sid.0,
-        tasks: vec![proto::TaskSubmission {
-            task_id: task.0,
-            input: Bytes::from_static(b"make 4 KiB"),
-            reads: Vec::new(),
-        }],
-    }));
+    let task = submit_one(&client, sid);
     let (ran, _exec) = run_one_task(&mut n1, 4096).await;
     assert_eq!(ran, task);
     let object = ObjectId::result_of(task);
-    wait_until("the result is held", || async {
-        !client.locate_one(object).await.holders.is_empty()
-    })
-    .await;
+    wait_held(&client, object, "the result is held").await;
     drop((client, admin, n1));
     head.stop().await;
 
@@ -703,10 +703,7 @@ async fn a_result_a_node_announces_to_a_restarted_head_is_rebuilt_when_lost() {
         objects: stored(&[(object, 4096)]),
     }));
     let client = RawClient::connect(&head).await;
-    wait_until("the re-announced result is held", || async {
-        !client.locate_one(object).await.holders.is_empty()
-    })
-    .await;
+    wait_held(&client, object, "the re-announced result is held").await;
     n1.die();
     wait_until("the result is rebuilding", || async {
         let loc = client.locate_one(object).await;
@@ -717,10 +714,7 @@ async fn a_result_a_node_announces_to_a_restarted_head_is_rebuilt_when_lost() {
     let mut n2 = FakeNode::join(&head, "n2", "http://127.0.0.3:7002").await;
     let (again, _exec2) = run_one_task(&mut n2, 4096).await;
     assert_eq!(again, task, "the task named by the result's id runs again");
-    wait_until("the rebuilt result is held by n2", || async {
-        !client.locate_one(object).await.holders.is_empty()
-    })
-    .await;
+    wait_held(&client, object, "the rebuilt result is held by n2").await;
     head.stop().await;
 }
 
@@ -733,21 +727,10 @@ async fn deleting_a_result_object_drops_its_tasks_kept_input() {
     let client = RawClient::connect(&head).await;
     let admin = common::admin_client(&head, "test").await;
     let sid: SessionId = common::open_echo_session(&admin).await;
-    let task = TaskId::compose(ClientId(client.id), 1);
-    client.send(client_message::Msg::Submit(proto::SubmitBatch {
-        session_id: sid.0,
-        tasks: vec![proto::TaskSubmission {
-            task_id: task.0,
-            input: Bytes::from_static(b"make 4 KiB"),
-            reads: Vec::new(),
-        }],
-    }));
+    let task = submit_one(&client, sid);
     let (_, _exec) = run_one_task(&mut n1, 4096).await;
     let object = ObjectId::result_of(task);
-    wait_until("the result is held", || async {
-        !client.locate_one(object).await.holders.is_empty()
-    })
-    .await;
+    wait_held(&client, object, "the result is held").await;
     let req = proto::ObjectRefs {
         object_ids: vec![object.0],
     };
