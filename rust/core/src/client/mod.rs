@@ -33,7 +33,7 @@ pub use credentials::{
     read_ca_file, Credentials, CA_FILE_ENV, CERT_FILE_ENV, KEY_FILE_ENV, TOKEN_ENV,
 };
 pub use discover::{discover, Discovery};
-pub use objects::{ObjectClient, PlacedObject};
+pub use objects::{locate, ObjectClient, PlacedObject};
 pub use stamp::{stub, Frontend, StateStamp, STATE_ID_HEADER};
 pub use transport::{Transport, HEAD_SOCKET_ENV, SOCKET_TIMEOUT};
 

@@ -131,7 +131,7 @@ impl ObjectClient {
         let dialer = self.dialer()?;
         let until = tokio::time::Instant::now() + rebuild_wait;
         loop {
-            let location = self.locate(id).await?;
+            let location = locate(&self.frontend, id).await?;
             if location.holders.is_empty() {
                 if !location.rebuilding {
                     return Err(FlameError::NotFound(if location.lost.is_empty() {
@@ -167,26 +167,6 @@ impl ObjectClient {
         }
     }
 
-    /// Where the head says object `id` is.
-    async fn locate(&self, id: ObjectId) -> Result<proto::ObjectLocation> {
-        let req = proto::ObjectRefs {
-            object_ids: vec![id.0],
-        };
-        let found = self
-            .frontend
-            .clone()
-            .locate_objects(req)
-            .await?
-            .into_inner();
-        found
-            .objects
-            .into_iter()
-            .find(|l| l.object_id == id.0)
-            .ok_or_else(|| {
-                FlameError::Internal(format!("the head did not say where object {:#x} is", id.0))
-            })
-    }
-
     fn dialer(&self) -> Result<&Dialer> {
         self.dialer.as_ref().ok_or_else(|| {
             FlameError::InvalidArgument(
@@ -196,4 +176,22 @@ impl ObjectClient {
             )
         })
     }
+}
+
+/// Where the head says object `id` is (`LocateObjects` for one id).
+///
+/// # Errors
+/// What the call returns; `Internal` when the answer leaves `id` out.
+pub async fn locate(frontend: &Frontend, id: ObjectId) -> Result<proto::ObjectLocation> {
+    let req = proto::ObjectRefs {
+        object_ids: vec![id.0],
+    };
+    let found = frontend.clone().locate_objects(req).await?.into_inner();
+    found
+        .objects
+        .into_iter()
+        .find(|l| l.object_id == id.0)
+        .ok_or_else(|| {
+            FlameError::Internal(format!("the head did not say where object {:#x} is", id.0))
+        })
 }

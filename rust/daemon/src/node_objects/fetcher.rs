@@ -158,7 +158,7 @@ impl<S: ObjectFiles> Inner<S> {
         })?;
         let location = match known {
             Some(l) => l,
-            None => locate(&link, id).await?,
+            None => flame_core::client::locate(&link.frontend, id).await?,
         };
         let holders: Vec<_> = location
             .holders
@@ -203,26 +203,6 @@ impl<S: ObjectFiles> Inner<S> {
         tracing::debug!(object = id.0, bytes = committed, from = %holder.node_name, "object fetched");
         Ok(committed)
     }
-}
-
-/// Where the head says `id` is.
-async fn locate(link: &super::HeadLink, id: ObjectId) -> Result<proto::ObjectLocation> {
-    let req = proto::ObjectRefs {
-        object_ids: vec![id.0],
-    };
-    let located = link
-        .frontend
-        .clone()
-        .locate_objects(req)
-        .await?
-        .into_inner();
-    located
-        .objects
-        .into_iter()
-        .find(|l| l.object_id == id.0)
-        .ok_or_else(|| {
-            FlameError::Internal(format!("the head did not say where object {:#x} is", id.0))
-        })
 }
 
 /// Bytes on their way to the store's writer thread.
