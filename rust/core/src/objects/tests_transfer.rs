@@ -152,6 +152,17 @@ fn dialer() -> Dialer {
 
 const ID: ObjectId = ObjectId(0x5_0000_0001);
 
+/// Fetch object `ID` of `len` bytes from `holders`: the name of the node that sent it and
+/// the bytes, or why not.
+async fn fetch_from(
+    holders: &[proto::ObjectHolder],
+    len: usize,
+) -> Result<(String, Vec<u8>), FlameError> {
+    let mut got = Vec::new();
+    let from = fetch(&dialer(), ID, len as u64, holders, &mut got).await?;
+    Ok((from.node_name.clone(), got))
+}
+
 #[tokio::test]
 async fn a_stream_cut_mid_object_resumes_from_the_bytes_received() {
     let data = object(5 * CHUNK_BYTES + 123);
@@ -162,17 +173,10 @@ async fn a_stream_cut_mid_object_resumes_from_the_bytes_received() {
         ..Default::default()
     });
     let a = serve("a", holder.clone()).await;
-    let mut got = Vec::new();
-    let from = fetch(
-        &dialer(),
-        ID,
-        data.len() as u64,
-        std::slice::from_ref(&a.holder),
-        &mut got,
-    )
-    .await
-    .unwrap();
-    assert_eq!(from.node_name, "a");
+    let (from, got) = fetch_from(std::slice::from_ref(&a.holder), data.len())
+        .await
+        .unwrap();
+    assert_eq!(from, "a");
     assert!(got == data, "the bytes differ after a resume");
     // Asked from the start, then from where the cut left off (two whole chunks in).
     assert_eq!(*holder.offsets.lock().unwrap(), [0, 2 * CHUNK_BYTES as u64]);
@@ -209,18 +213,12 @@ async fn a_refusing_or_stopped_holder_is_left_for_the_next() {
     )
     .await;
     let holders = [refusing.holder.clone(), gone, good.holder.clone()];
-    let mut got = Vec::new();
-    let from = fetch(&dialer(), ID, data.len() as u64, &holders, &mut got)
-        .await
-        .unwrap();
-    assert_eq!(from.node_name, "g");
+    let (from, got) = fetch_from(&holders, data.len()).await.unwrap();
+    assert_eq!(from, "g");
     assert!(got == data);
 
     // Only refusals: the refusal is what the caller hears, naming the object.
-    let mut got = Vec::new();
-    let err = fetch(&dialer(), ID, data.len() as u64, &holders[..1], &mut got)
-        .await
-        .unwrap_err();
+    let err = fetch_from(&holders[..1], data.len()).await.unwrap_err();
     assert!(
         matches!(&err, FlameError::PermissionDenied(m) if m.contains("0x500000001")),
         "{err}"
@@ -240,16 +238,9 @@ async fn a_holder_that_keeps_cutting_or_sends_too_much_is_not_believed() {
         }),
     )
     .await;
-    let mut got = Vec::new();
-    let err = fetch(
-        &dialer(),
-        ID,
-        data.len() as u64,
-        std::slice::from_ref(&cutting.holder),
-        &mut got,
-    )
-    .await
-    .unwrap_err();
+    let err = fetch_from(std::slice::from_ref(&cutting.holder), data.len())
+        .await
+        .unwrap_err();
     let msg = err.to_string();
     assert!(
         msg.contains("0x500000001") && msg.contains("node c"),
@@ -265,16 +256,9 @@ async fn a_holder_that_keeps_cutting_or_sends_too_much_is_not_believed() {
         }),
     )
     .await;
-    let mut got = Vec::new();
-    let err = fetch(
-        &dialer(),
-        ID,
-        data.len() as u64,
-        std::slice::from_ref(&long.holder),
-        &mut got,
-    )
-    .await
-    .unwrap_err();
+    let err = fetch_from(std::slice::from_ref(&long.holder), data.len())
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("which has"), "{err}");
 }
 
