@@ -509,17 +509,50 @@ async fn run_one_task(
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_lost_result_object_runs_its_task_again() {
-    let dir = tempfile::tempdir().unwrap();
-    let head = start(dir.path(), Duration::from_secs(60)).await;
+/// A head with node n1, and a client whose one task (in the admin's echo session) made a
+/// 4 KiB result object on n1: the scripted executor that ran it is `executor`.
+struct OneResult {
+    head: Head,
+    n1: FakeNode,
+    client: RawClient,
+    admin: flame_core::client::Client,
+    sid: SessionId,
+    task: TaskId,
+    executor: mpsc::UnboundedSender<proto::ExecutorMessage>,
+}
+
+async fn one_result(dir: &std::path::Path) -> OneResult {
+    let head = start(dir, Duration::from_secs(60)).await;
     let mut n1 = FakeNode::join(&head, "n1", "http://127.0.0.2:7001").await;
-    let mut client = RawClient::connect(&head).await;
+    let client = RawClient::connect(&head).await;
     let admin = common::admin_client(&head, "test").await;
     let sid: SessionId = common::open_echo_session(&admin).await;
     let task = submit_one(&client, sid);
-    let (ran, _exec1) = run_one_task(&mut n1, 4096).await;
-    assert_eq!(ran, task);
+    let (ran, executor) = run_one_task(&mut n1, 4096).await;
+    assert_eq!(ran, task, "n1 ran the task submitted");
+    OneResult {
+        head,
+        n1,
+        client,
+        admin,
+        sid,
+        task,
+        executor,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_result_object_runs_its_task_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let OneResult {
+        head,
+        mut n1,
+        mut client,
+        admin,
+        sid,
+        task,
+        executor: _exec1,
+    } = one_result(dir.path()).await;
     let object = ObjectId::result_of(task);
     assert_eq!(object.producer(), Some(task));
     // The client hears of the result (the small frame) as usual.
@@ -682,14 +715,15 @@ async fn http_get(base: &str, path: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_result_a_node_announces_to_a_restarted_head_is_rebuilt_when_lost() {
     let dir = tempfile::tempdir().unwrap();
-    let head = start(dir.path(), Duration::from_secs(60)).await;
-    let mut n1 = FakeNode::join(&head, "n1", "http://127.0.0.2:7001").await;
-    let client = RawClient::connect(&head).await;
-    let admin = common::admin_client(&head, "test").await;
-    let sid: SessionId = common::open_echo_session(&admin).await;
-    let task = submit_one(&client, sid);
-    let (ran, _exec) = run_one_task(&mut n1, 4096).await;
-    assert_eq!(ran, task);
+    let OneResult {
+        head,
+        n1,
+        client,
+        admin,
+        task,
+        executor: _exec,
+        ..
+    } = one_result(dir.path()).await;
     let object = ObjectId::result_of(task);
     wait_held(&client, object, "the result is held").await;
     drop((client, admin, n1));
@@ -722,13 +756,15 @@ async fn a_result_a_node_announces_to_a_restarted_head_is_rebuilt_when_lost() {
 async fn deleting_a_result_object_drops_its_tasks_kept_input() {
     use flame_core::storage::{SqliteStorage, Storage};
     let dir = tempfile::tempdir().unwrap();
-    let head = start(dir.path(), Duration::from_secs(60)).await;
-    let mut n1 = FakeNode::join(&head, "n1", "http://127.0.0.2:7001").await;
-    let client = RawClient::connect(&head).await;
-    let admin = common::admin_client(&head, "test").await;
-    let sid: SessionId = common::open_echo_session(&admin).await;
-    let task = submit_one(&client, sid);
-    let (_, _exec) = run_one_task(&mut n1, 4096).await;
+    let OneResult {
+        head,
+        mut n1,
+        client,
+        admin,
+        sid,
+        task,
+        executor: _exec,
+    } = one_result(dir.path()).await;
     let object = ObjectId::result_of(task);
     wait_held(&client, object, "the result is held").await;
     let req = proto::ObjectRefs {
