@@ -161,7 +161,7 @@ class NodeObjects:
                 continue
             try:
                 view = _object_file.map_object(directory, object_id)
-                self._keep(object_id, os.path.join(directory, f"{object_id:016x}"), view)
+                self._keep(object_id, _object_file.object_path(directory, object_id), view)
                 return view
             except FileNotFoundError:
                 continue

@@ -89,11 +89,16 @@ def create_private(path: str) -> int:
         return os.open(path, flags, 0o600)
 
 
+def object_path(directory: str, object_id: int) -> str:
+    """Where object ``object_id`` lives in a store directory: ``directory/<id hex>``."""
+    return os.path.join(directory, f"{object_id:016x}")
+
+
 def write_object(directory: str, object_id: int, parts: list[Any]) -> int:
     """Write an object made of ``parts`` (buffers, in order) as ``directory/<id hex>``;
     returns its data length. Atomic: the file appears whole or not at all, and an id already
     stored is never replaced (``FileExistsError``)."""
-    final = os.path.join(directory, f"{object_id:016x}")
+    final = object_path(directory, object_id)
     tmp = os.path.join(directory, f".{object_id:016x}.{os.getpid()}.part")
     length = sum(memoryview(p).nbytes for p in parts)
     fd = create_private(tmp)
@@ -144,7 +149,7 @@ def map_object(directory: str, object_id: int) -> memoryview:
         PermissionError: the file is a symbolic link, another user's, or writable by others.
         DamagedObjectError: the file is not a whole object.
     """
-    path = os.path.join(directory, f"{object_id:016x}")
+    path = object_path(directory, object_id)
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     except OSError as e:
