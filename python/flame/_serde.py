@@ -226,6 +226,8 @@ def _too_large(obj: object, what: str | None, max_bytes: int, size: int | None =
 # Values whose pickle is small for sure: pickled directly, without the counting pickler.
 _SCALARS = frozenset({int, float, bool, complex, type(None)})
 _SHORT = 1 << 12
+# The largest pickle of a value `_surely_small` accepts (a str of _SHORT 4-byte characters).
+_SMALL_MAX = 4 * _SHORT + 64
 
 
 def _surely_small(obj: object) -> bool:
@@ -242,9 +244,6 @@ def _surely_small(obj: object) -> bool:
 
 def _dumps_limited(obj: object, max_bytes: int, what: str | None) -> bytes:
     """:func:`dumps` with a limit, checked while pickling (never holds more than the limit)."""
-    if max_bytes > 2 * _SHORT and _surely_small(obj):
-        data = _pickle_dumps(obj, PROTOCOL)
-        return _NO_BUFFERS + len(data).to_bytes(8, "little") + data
     limit = max_bytes - _HEADER.size
     try:
         try:
@@ -293,6 +292,10 @@ def dumps(
         SerializationError: ``obj`` cannot be pickled; names it and gives the reason.
         PayloadTooLargeError: the frame is larger than ``max_bytes``.
     """
+    if _surely_small(obj) and min(max_bytes or _SMALL_MAX, spill_over) >= _SMALL_MAX:
+        # Most task arguments and results: no counting pickler, no buffers, no spill.
+        data = _pickle_dumps(obj, PROTOCOL)
+        return _NO_BUFFERS + len(data).to_bytes(8, "little") + data
     if max_bytes is not None and spill is None:
         return _dumps_limited(obj, max_bytes, what)
     # Fast path (most task arguments and results): stdlib pickle, no buffers, small.

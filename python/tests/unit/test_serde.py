@@ -154,3 +154,23 @@ def test_max_bytes_counts_out_of_band_buffers_as_they_come() -> None:
 def test_a_large_bytes_result_is_named_without_reprs_of_all_its_bytes() -> None:
     with pytest.raises(PayloadTooLargeError, match="bytes object of 67108864 bytes"):
         _serde.dumps(b"x" * (64 << 20), max_bytes=1 << 20)
+
+
+def test_small_values_never_reach_the_spill() -> None:
+    def spill(parts: list[object], size: int) -> bytes:
+        raise AssertionError(f"a {size}-byte value was spilled")
+
+    for value in (5, 2.5, None, "é" * 4096, b"x" * 4096, (1, 2.0, None)):
+        frame = _serde.dumps(value, spill=spill, spill_over=1 << 20)
+        assert _serde.loads(frame) == value
+
+
+def test_a_spill_threshold_below_a_small_value_still_spills_it() -> None:
+    spilled: list[int] = []
+
+    def spill(parts: list[object], size: int) -> bytes:
+        spilled.append(size)
+        return _serde.dumps("ref")
+
+    assert _serde.loads(_serde.dumps("x" * 4000, spill=spill, spill_over=100)) == "ref"
+    assert spilled and spilled[0] > 4000
