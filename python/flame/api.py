@@ -19,7 +19,7 @@ from typing import Any
 
 from flame import _blocking, _core, _tempstate, errors
 from flame._scheduling import Scheduling
-from flame.client import Connection
+from flame.client import Connection, open_connections
 from flame.objects import ObjectRef
 
 __all__ = [
@@ -293,21 +293,41 @@ def is_initialized() -> bool:
     return _runtime is not None
 
 
-def runtime() -> Runtime:
-    """The current runtime, initializing an embedded cluster if there is none."""
+def runtime(caller: str = "a module-level flame call") -> Runtime:
+    """The current runtime, initializing an embedded cluster if there is none.
+
+    Raises:
+        flame.FlameError: there is none, and this process holds a connection made by
+            :func:`flame.connect`: an embedded cluster started now would not be the
+            cluster that connection leads to (``caller`` names what was called).
+    """
     rt = _runtime
     if rt is not None:
         return rt
     with _lock:
         if _runtime is None:
+            _refuse_beside(open_connections(), caller)
             init()
         assert _runtime is not None
         return _runtime
 
 
+def _refuse_beside(connections: list[Connection], caller: str) -> None:
+    if not connections:
+        return
+    address = connections[0].address
+    raise errors.FlameError(
+        f"{caller} uses the cluster of flame.init(), which this process has not called, and "
+        f"it holds a connection from flame.connect({address!r}); without flame.init() the "
+        f"call would start a separate embedded cluster. Use the connection's method "
+        f"(for example conn.register_application(...)), or call flame.init({address!r}) "
+        f"first"
+    )
+
+
 def cluster_info() -> dict[str, Any]:
     """Nodes, executors, open sessions and queue lengths of the cluster."""
-    return runtime().conn.cluster_info()
+    return runtime("flame.cluster_info()").conn.cluster_info()
 
 
 def dashboard_url() -> str | None:
@@ -330,7 +350,7 @@ def register_application(name: str, service: type[Any], description: str = "") -
         flame.InvalidArgumentError: ``service`` is not a FlameService subclass.
         flame.SerializationError: the class cannot be pickled.
     """
-    runtime().conn.register_application(name, service, description)
+    runtime("flame.register_application()").conn.register_application(name, service, description)
 
 
 def put(value: Any) -> ObjectRef:
@@ -343,7 +363,7 @@ def put(value: Any) -> ObjectRef:
     Raises:
         flame.SerializationError: ``value`` cannot be pickled.
     """
-    return runtime().conn.put(value)
+    return runtime("flame.put()").conn.put(value)
 
 
 def nodes() -> list[Any]:

@@ -66,7 +66,7 @@ def connect(
         flame.ConnectionError: the daemon cannot be reached (the message names the address).
         flame.AuthenticationError: the daemon refuses the credentials (or there are none).
     """
-    return Connection(
+    conn = Connection(
         address,
         timeout=timeout,
         client_name=client_name,
@@ -74,6 +74,18 @@ def connect(
         token=token,
         ca=ca,
     )
+    _connected.add(conn)
+    return conn
+
+
+# Connections made by `connect` (not by `flame.init`): module-level calls look here so they
+# never start an embedded cluster behind an explicit connection's back (flame.api.runtime).
+_connected: weakref.WeakSet[Connection] = weakref.WeakSet()
+
+
+def open_connections() -> list[Connection]:
+    """The connections made by :func:`connect` in this process that are still open."""
+    return [c for c in list(_connected) if not c.closed]
 
 
 def _open(address: str, timeout: float, name: str, found: _credentials.Found) -> _core.Connection:

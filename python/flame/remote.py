@@ -318,7 +318,7 @@ class RemoteFunction(_Callable, Generic[R]):
         return (args, kwargs)
 
     def _session(self) -> tuple[Connection, int]:
-        rt = api.runtime()
+        rt = api.runtime("a @flame.service function call")
         with self._lock:
             # Reopened after its session was closed (by the task that opened it ending).
             sid = self._session_id

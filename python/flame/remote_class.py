@@ -133,7 +133,7 @@ class ServiceInstance:
         name = owner.__qualname__
         if _has_futures(args, kwargs):
             args, kwargs = _substitute(args, kwargs, passed)
-        rt = api.runtime()
+        rt = api.runtime("a @flame.service class instance")
         spec = _class_spec(owner, name, args, kwargs)
         # Large constructor arguments are stored once, as an object: every executor's bind
         # then carries a ref, and each node fetches the bytes once (its executors map them).

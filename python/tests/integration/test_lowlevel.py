@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -63,6 +65,52 @@ def test_register_application_on_the_current_cluster(cluster: str) -> None:
     with flame.connect(cluster) as conn:
         with conn.create_session("echo-top", common_data=b"top:") as session:
             assert session.run_task(b"x").result(timeout=60) == b"top:x"
+
+
+_BESIDE_A_CONNECTION = """
+import sys
+import flame
+from flame import api
+
+class Echo(flame.FlameService):
+    def on_task_invoke(self, ctx):
+        return ctx.input
+
+conn = flame.connect(sys.argv[1])
+for call in (lambda: flame.register_application("beside", Echo), lambda: flame.put(1)):
+    try:
+        call()
+    except flame.FlameError as e:
+        print("refused:", e)
+assert api._runtime is None, "an embedded cluster was started"
+conn.register_application("beside", Echo)
+with conn.create_session("beside") as session:
+    print("ran:", session.run_task(b"x").result(timeout=60))
+conn.close()
+"""
+
+
+def test_module_level_calls_beside_an_explicit_connection_start_no_cluster(
+    cluster: str,
+) -> None:
+    # flame.register_application after flame.connect once started an embedded cluster and
+    # registered there, so conn.create_session then said "not registered".
+    env = {k: v for k, v in os.environ.items() if k != "FLAME_ADDRESS"}
+    run = subprocess.run(
+        [sys.executable, "-c", _BESIDE_A_CONNECTION, cluster],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert run.returncode == 0, run.stderr
+    refusals = [line for line in run.stdout.splitlines() if line.startswith("refused:")]
+    assert len(refusals) == 2, run.stdout
+    assert "flame.register_application() uses the cluster of flame.init()" in refusals[0]
+    assert f"flame.connect({cluster!r})" in refusals[0]
+    assert "conn.register_application(...)" in refusals[0]
+    assert refusals[1].startswith("refused: flame.put()")
+    assert "ran: b'x'" in run.stdout
 
 
 def test_closed_session_rejects_tasks(cluster: str) -> None:
