@@ -29,6 +29,7 @@ from typing import Any, Callable
 
 import cloudpickle
 
+from flame import _sources
 from flame.errors import ObjectLostError, PayloadTooLargeError, SerializationError
 
 __all__ = ["dumps", "dumps_function", "frame_parts", "loads", "register_by_value"]
@@ -407,13 +408,15 @@ def register_by_value(module_name: str) -> None:
 
 
 def dumps_function(obj: object, *, what: str | None = None) -> bytes:
-    """Serialize a service description with cloudpickle (functions and classes by value).
+    """Serialize a service description with cloudpickle (functions and classes by value),
+    keeping its code's file names and, for a spec dict, the source text of those files (see
+    :mod:`flame._sources`).
 
     Raises:
         SerializationError: ``obj`` cannot be pickled; names it and gives the reason.
     """
     try:
-        return cloudpickle.dumps(obj, protocol=PROTOCOL)
+        return _sources.dumps_with_sources(obj, PROTOCOL)
     except Exception as e:
         raise SerializationError(
             f"cannot serialize {what or describe(obj)}: {type(e).__name__}: {e}"

@@ -32,7 +32,7 @@ from typing import Any, Callable, Optional, Union
 
 import cloudpickle
 
-from flame import _blocking, _serde, errors
+from flame import _blocking, _serde, _sources, errors
 from flame._capture import OutputCapture
 from flame._node_objects import NodeObjects
 from flame.application import FlameService, SessionContext, TaskContext
@@ -127,6 +127,7 @@ class Worker:
         try:
             spec = pickle.loads(app_spec)
             kind = spec["kind"]
+            _sources.install(spec.get(_sources.SOURCES_KEY))  # tracebacks show the source
         except Exception as e:
             reason = str(e) if isinstance(e, ImportError) else f"{type(e).__name__}: {e}"
             return (

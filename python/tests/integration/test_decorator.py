@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
+import sys
 import threading
 import time
 from collections import defaultdict
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -263,3 +266,37 @@ def test_cluster_info() -> None:
     info = flame.cluster_info()
     assert isinstance(info, dict)
     assert isinstance(flame.nodes(), list)
+
+
+_SCRIPT = """\
+import flame
+
+flame.init(slots=1)
+
+
+@flame.service
+def work(x):
+    y = x + 1
+    raise ValueError(f"boom {y}")  # the source line the traceback shows
+
+
+try:
+    work(1).result(timeout=60)
+except ValueError as e:
+    print(e.__cause__)
+flame.shutdown()
+"""
+
+
+def test_a_script_s_remote_traceback_names_its_file_line_and_source(tmp_path: Path) -> None:
+    # cloudpickle renames by-value code's file to "<dynamic-code>": tracebacks had no source.
+    script = tmp_path / "user_script.py"
+    script.write_text(_SCRIPT)
+    env = {k: v for k, v in os.environ.items() if k != "FLAME_ADDRESS"}
+    run = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=120, env=env
+    )
+    assert run.returncode == 0, run.stderr
+    assert f'File "{script}", line 9, in work' in run.stdout, run.stdout
+    assert "the source line the traceback shows" in run.stdout
+    assert "<dynamic-code>" not in run.stdout
