@@ -1,9 +1,9 @@
 # Developer shortcuts. `make test` is the README's test command.
 
-.PHONY: dev lint test fmt
+.PHONY: dev lint test fmt docs
 
 dev:
-	CARGO_TARGET_DIR=target/maturin pip install -e '.[test]'
+	CARGO_TARGET_DIR=target/maturin pip install -e '.[test,docs]'
 
 lint:
 	cargo fmt --all --check
@@ -17,3 +17,6 @@ fmt:
 
 test:
 	bash .ci/run
+
+docs:
+	mkdocs build --strict
