@@ -177,6 +177,15 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|")
 
 
+def config_keys() -> dict[str, set[str]]:
+    """The keys a config file may hold: ``{"": top-level keys, "scheduler": its keys}``."""
+    source = CONFIG_RS.read_text()
+    return {
+        "": {name for name, _, _ in _struct_fields(source, "FileConfig")} - {"scheduler"},
+        "scheduler": {name for name, _, _ in _struct_fields(source, "SchedulerTable")},
+    }
+
+
 def config_page() -> str:
     source = CONFIG_RS.read_text()
     block, example, after = _toml_example(source)
@@ -262,6 +271,7 @@ if __name__ == "__main__":
     else:
         print(__doc__, file=sys.stderr)
         sys.exit(2)
-else:
-    # mkdocs-gen-files runs this file as a script under another __name__.
+elif __name__ == "<run_path>":
+    # mkdocs-gen-files runs this file with runpy.run_path; imported (as the docs test does,
+    # to check the pages' toml examples against config_keys()) it writes nothing.
     _write_with_gen_files()

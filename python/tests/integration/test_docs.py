@@ -11,6 +11,8 @@ that is neither fails the marker test, so nothing slips through untested by acci
 - Each runnable shell block runs with ``bash -euo pipefail`` in a temp dir holding a copy
   of examples/, with this interpreter's bin dir first on PATH (``python``, ``flame``,
   ``flame-daemon`` are the ones under test).
+- The ``toml`` examples use only keys the daemon's config structs have.
+- The ``toml`` examples use only keys of the daemon's config structs (config.rs).
 - ``mkdocs build --strict`` must pass (broken links, missing references and the generated
   reference pages included); skipped, saying so, where mkdocs is not installed (it comes
   with the ``docs`` extra, which the README's test command installs).
@@ -28,6 +30,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 from _procs import session_members, wait_until_gone
@@ -114,6 +117,30 @@ def test_every_code_block_is_run_or_says_why_not() -> None:
     )
     wrong = [b.where for b in all_blocks() if b.run and b.lang not in CODE_LANGS - {"console"}]
     assert not wrong, f"`{RUN_MARK}` on a block that is not python or shell: {wrong}"
+
+
+def _gen_reference() -> ModuleType:  # docs/gen_reference.py, which reads config.rs's config structs
+    spec = importlib.util.spec_from_file_location("gen_reference", DOCS / "gen_reference.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_toml_examples_use_only_real_config_keys() -> None:
+    tomllib = pytest.importorskip("tomllib", reason="tomllib comes with Python 3.11")
+    known = _gen_reference().config_keys()
+    wrong = []
+    for b in all_blocks():
+        if b.lang != "toml":
+            continue
+        doc = tomllib.loads(b.code)  # a syntax error fails the test, naming the line
+        for key, value in doc.items():
+            if isinstance(value, dict):
+                wrong += [f"{b.where}: [{key}] {k}" for k in value if k not in known.get(key, ())]
+            elif key not in known[""]:
+                wrong.append(f"{b.where}: {key}")
+    assert not wrong, f"config keys that rust/daemon/src/config.rs does not have: {wrong}"
 
 
 def _run_isolated(argv: list[str], cwd: Path, what: str) -> subprocess.CompletedProcess[str]:
