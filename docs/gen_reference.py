@@ -173,6 +173,22 @@ def _flag_help() -> dict[str, str]:
     return helps
 
 
+# Rust field types as a TOML writer sees them.
+_TOML_TYPES = {
+    "String": "string",
+    "PathBuf": "path (string)",
+    "bool": "boolean",
+    "std::net::IpAddr": "IP address (string)",
+    "Vec<String>": "list of strings",
+}
+
+
+def _toml_type(rust: str) -> str:
+    if re.fullmatch(r"u(8|16|32|64|size)", rust):
+        return "integer ≥ 0"
+    return _TOML_TYPES.get(rust, rust)
+
+
 def _cell(text: str) -> str:
     return text.replace("|", "\\|")
 
@@ -226,7 +242,7 @@ def config_page() -> str:
             # The struct's doc comment, else the flag's help, else the example's comment.
             meaning = doc or (flags.get(name) if not table else None) or comment or "—"
             shown = f"`{_cell(value)}`" if value else ""
-            lines.append(f"| `{name}` | `{_cell(ty)}` | {shown} | {_cell(meaning)} |")
+            lines.append(f"| `{name}` | {_cell(_toml_type(ty))} | {shown} | {_cell(meaning)} |")
         lines.append("")
     return "\n".join(lines)
 
