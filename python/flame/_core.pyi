@@ -10,13 +10,44 @@
 # Errors raised by this module are the classes of `flame.errors` (ConnectionError,
 # SessionError, InvalidArgumentError, PayloadTooLargeError, FlameError).
 
-from typing import Any, Protocol
+#
+# pyo3 classes are built by `__new__` (there is no `__init__`), cannot be subclassed
+# (`@final`, which implies a disjoint base): the stub says so, and
+# `python -m mypy.stubtest flame._core --allowlist python/flame/_core.stubtest-allow` checks
+# it against the built module in CI (.ci/run). Defaults shown as `...` are Rust values
+# (`String::new()`) the binding's text signature cannot spell.
+
+from typing import Any, Protocol, final
+
+__all__ = [
+    "__version__",
+    "Connection",
+    "SessionInfo",
+    "LocalCluster",
+    "ObjectClient",
+    "NodeObjects",
+    "PlacedObject",
+    "run_executor",
+    "executor_blocked",
+    "discover",
+    "daemon_main",
+    "init_logging",
+    "result_object_id",
+]
 
 # (kind, message, traceback, payload)
 ErrorTuple = tuple[int, str, str, bytes]
+# (kind, message, traceback, payload, retryable): what a task's failure may also say
+TaskErrorTuple = tuple[int, str, str, bytes, bool]
+# (frame, object id, size): a task result that stayed in the node's object store
+StoredResult = tuple[bytes, int, int]
+# What ServiceHost.invoke returns: the outcome, paired with the task's log when it printed.
+Outcome = bytes | StoredResult | ErrorTuple | TaskErrorTuple
+InvokeResult = Outcome | tuple[Outcome, str]
 # (session_id, task_id, state, output, error, attempts, log); log is None when empty
 Completion = tuple[int, int, int, bytes, ErrorTuple | None, int, str | None]
 
+@final
 class SessionInfo:
     id: int
     application: str
@@ -37,6 +68,7 @@ class SessionInfo:
     created_ms: int
     common_data: bytes
 
+@final
 class Connection:
     """A client connection: unary calls plus one stream for task batches."""
 
@@ -44,23 +76,33 @@ class Connection:
     client_id: int
     state_id: str
     max_payload: int  # largest task input/output the daemon accepts; 0 = no limit
-    def __init__(self, address: str, timeout: float = 5.0, client_name: str = "") -> None: ...
-    def register_application(self, name: str, spec: bytes, description: str = "") -> None: ...
+    ca_pem: str | None  # the cluster CA (PEM) this connection trusts; None without TLS
+    def __new__(
+        cls,
+        address: str,
+        timeout: float = 5.0,
+        client_name: str = "",
+        token: str | None = None,
+        ca_pem: str | None = None,
+    ) -> Connection:
+        """Connect with ``token`` and ``ca_pem`` if given, else those of the environment
+        (``FLAME_TOKEN``, ``FLAME_CA_FILE``, ``FLAME_CERT_FILE`` + ``FLAME_KEY_FILE``)."""
+    def register_application(self, name: str, spec: bytes, description: str = ...) -> None: ...
     def get_application(self, name: str) -> tuple[str, bytes, str]: ...
     def list_applications(self) -> list[tuple[str, bytes, str]]: ...
     def create_session(
         self,
         application: str,
-        app_spec: bytes = b"",
-        common_data: bytes = b"",
+        app_spec: bytes | None = None,
+        common_data: bytes | None = None,
         slots: int = 0,
         max_retries: int = 3,
         timeout: float = 0.0,
         priority: int = 0,
-        python: str = "",
+        python: str = ...,  # "" (the daemon's default interpreter)
         weight: float = 1.0,
         min_executors: int = 0,
-        user: str = "",
+        user: str = ...,  # ""
     ) -> SessionInfo: ...
     def get_session(self, session_id: int) -> SessionInfo: ...
     def list_sessions(self) -> list[SessionInfo]: ...
@@ -92,6 +134,11 @@ class Connection:
     def announce_objects(self, node_id: int, objects: list[tuple[int, int]]) -> None:
         """Tell the head (on the task stream, ahead of later tasks) that this client stored
         these (id, size) objects on node ``node_id``."""
+    def announce_container(
+        self, node_id: int, object_id: int, size: int, contains: list[int]
+    ) -> None:
+        """Announce one object whose pickle holds refs to ``contains`` (their ids): the head
+        keeps them alive while this object lives."""
     def cancel(self, session_id: int, task_id: int) -> None: ...
     def watch(self, session_id: int, task_ids: list[int]) -> None:
         """Route completions of these tasks to this connection (finished ones come at once)."""
@@ -106,14 +153,22 @@ class Connection:
     def next_object_id(self) -> int: ...
     def objects(self) -> ObjectClient: ...
 
+@final
 class ObjectClient:
     """Objects for a process on no node: stored on the node the head picks, read from the
     nodes that hold them (ObjectLostError for an object no node holds)."""
-    def __init__(self, address: str, timeout: float = 5.0) -> None: ...
+    def __new__(
+        cls,
+        address: str,
+        timeout: float = 5.0,
+        token: str | None = None,
+        ca_pem: str | None = None,
+    ) -> ObjectClient: ...
     def delete(self, object_ids: list[int]) -> None: ...
     def place_and_put(self, object_id: int, parts: list[bytes]) -> PlacedObject: ...
     def locate_and_fetch(self, object_id: int, rebuild_wait: float = 60.0) -> bytes: ...
 
+@final
 class PlacedObject:
     """Where ObjectClient.place_and_put stored an object."""
 
@@ -121,31 +176,34 @@ class PlacedObject:
     node_name: str
     size: int
 
+@final
 class NodeObjects:
     """The local node's object store, over its Unix socket (``FLAME_NODE_SOCKET``)."""
 
     socket_path: str
-    def __init__(self, socket_path: str) -> None: ...
+    def __new__(cls, socket_path: str) -> NodeObjects: ...
     def seal(self, object_id: int, size: int) -> None: ...
     def pull(self, object_ids: list[int]) -> list[tuple[int, int]]: ...
 
+@final
 class LocalCluster:
     """An embedded session manager + executor manager on 127.0.0.1, inside this process."""
 
     address: str
     dashboard_url: str | None  # http://127.0.0.1:PORT/ (dashboard, /metrics, JSON API)
-    def __init__(
-        self,
+    token: str  # the head's admin token; only this process holds it
+    def __new__(
+        cls,
         slots: int,
         state_dir: str,
         python: str,
-        host: str = "127.0.0.1",
+        host: str = ...,  # "127.0.0.1"
         port: int = 0,
         max_payload_bytes: int | None = None,  # largest task input/output (default 256 MiB)
         client_lease: float | None = None,  # s a client may be gone before its sessions close
         warm_delay: float | None = None,  # s an idle executor stays bound to its session
         policies: list[str] | None = None,  # scheduler policies on (default: the daemon's)
-    ) -> None: ...
+    ) -> LocalCluster: ...
     def stop(self, grace: float = 5.0) -> None: ...
 
 class ServiceHost(Protocol):
@@ -156,11 +214,11 @@ class ServiceHost(Protocol):
         app_spec: bytes,
         common_data: bytes,
         max_output_bytes: int,
+        result_object_bytes: int,
     ) -> ErrorTuple | None: ...
-    def invoke(
-        self, task_id: int, input: bytes
-    ) -> bytes | ErrorTuple | tuple[bytes | ErrorTuple, str]:
-        """Output bytes or an error tuple; paired with the task's log text when it printed."""
+    def invoke(self, task_id: int, input: bytes) -> InvokeResult:
+        """Output bytes, a stored result or an error tuple; paired with the task's log text
+        when it printed."""
     def leave(self) -> None: ...
 
 def executor_blocked(blocked: bool) -> bool: ...
@@ -174,6 +232,10 @@ def run_executor(address: str, executor_id: int, host: ServiceHost) -> None:
 
 def init_logging(filter: str, json: bool = False) -> None:
     """Send Rust-side logs to stderr with a RUST_LOG-style filter; first call wins."""
+
+def discover(address: str, timeout: float = 5.0, ca_pem: str | None = None) -> dict[str, Any]:
+    """Ask the head what it is, without credentials: ``tls``, ``ca_fingerprint``,
+    ``state_dir`` (only when this process is on the head's machine) and ``version``."""
 
 def daemon_main(argv: list[str]) -> int:
     """Run the `flame-daemon` command line (GIL released); returns the exit code."""
