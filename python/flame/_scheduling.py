@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TypedDict
 
 from flame import errors
 
@@ -22,6 +23,16 @@ def _count(name: str, value: object) -> int:
     if value > 0xFFFF_FFFF:
         raise errors.InvalidArgumentError(f"{name} must be below 2**32, got {value!r}")
     return value
+
+
+class SessionKwargs(TypedDict):
+    """The scheduling keyword arguments of ``_core.Connection.create_session``."""
+
+    slots: int
+    min_executors: int
+    weight: float
+    priority: int
+    user: str
 
 
 @dataclass(frozen=True)
@@ -81,7 +92,7 @@ class Scheduling:
             raise errors.InvalidArgumentError(f"user must be a str, got {user!r}")
         return cls(top, low, float(weight), priority, user or "")
 
-    def session_kwargs(self) -> dict[str, object]:
+    def session_kwargs(self) -> SessionKwargs:
         """Keyword arguments of ``_core.Connection.create_session``."""
         return {
             "slots": self.max_executors,

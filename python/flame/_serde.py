@@ -233,13 +233,15 @@ _SMALL_MAX = 4 * _SHORT + 64
 
 def _surely_small(obj: object) -> bool:
     """Whether ``obj``'s pickle is certainly far below any limit (a cheap check)."""
+    # Exact types through `t` (cheaper than isinstance, and subclasses may pickle
+    # differently) do not narrow `obj` for mypy: hence the ignores below.
     t = type(obj)
     if t in _SCALARS:
         return t is not int or obj.bit_length() <= 64 * 8  # type: ignore[attr-defined]
     if t is str or t is bytes:
         return len(obj) <= _SHORT  # type: ignore[arg-type]
     if t is tuple or t is list:
-        return len(obj) <= 8 and all(type(x) in _SCALARS for x in obj)  # type: ignore[attr-defined]
+        return len(obj) <= 8 and all(type(x) in _SCALARS for x in obj)  # type: ignore[arg-type, attr-defined]
     return False
 
 
@@ -295,12 +297,13 @@ def dumps(
     """
     if _surely_small(obj) and min(max_bytes or _SMALL_MAX, spill_over) >= _SMALL_MAX:
         # Most task arguments and results: no counting pickler, no buffers, no spill.
-        data = _pickle_dumps(obj, PROTOCOL)
-        return _NO_BUFFERS + len(data).to_bytes(8, "little") + data
+        small = _pickle_dumps(obj, PROTOCOL)
+        return _NO_BUFFERS + len(small).to_bytes(8, "little") + small
     if max_bytes is not None and spill is None:
         return _dumps_limited(obj, max_bytes, what)
     # Fast path (most task arguments and results): stdlib pickle, no buffers, small.
     buffers: list[pickle.PickleBuffer] = []
+    data: bytes | None
     try:
         data = _pickle_dumps(obj, PROTOCOL, buffer_callback=buffers.append)
     except Exception:

@@ -208,8 +208,9 @@ class Worker:
         if self._kind == "service":
             return self._service_output(result)
         try:
-            if self._result_over is not None and self._result_node() is not None:
-                return self._by_reference(task_id, result)
+            over = self._result_over
+            if over is not None and self._result_node() is not None:
+                return self._by_reference(task_id, result, over)
             return _serde.dumps(result, what=self._result_what, max_bytes=self._max_output)
         except errors.FlameError as e:
             return (*_failure(errors.USER_EXCEPTION, e), False)
@@ -220,11 +221,11 @@ class Worker:
             node = self._node = NodeObjects.from_env()
         return node  # type: ignore[return-value]
 
-    def _by_reference(self, task_id: int, result: object) -> bytes | StoredResult:
+    def _by_reference(self, task_id: int, result: object, over: int) -> bytes | StoredResult:
         """Serialize a result; one over the threshold goes into the node's store."""
         self._task_id, self._stored = task_id, None
         frame = _serde.dumps(
-            result, what=self._result_what, spill=self._store_result, spill_over=self._result_over
+            result, what=self._result_what, spill=self._store_result, spill_over=over
         )
         stored, self._stored = self._stored, None
         return frame if stored is None else (frame, *stored)
@@ -286,7 +287,7 @@ class Worker:
             return isinstance(e, retry)
         return retry is True
 
-    def _service_output(self, result: object) -> InvokeResult:
+    def _service_output(self, result: object) -> Outcome:
         if result is None:
             return b""
         if isinstance(result, bytes):

@@ -15,8 +15,10 @@ R = TypeVar("R")
 C = TypeVar("C")
 
 
+# A class is callable too: it must match the first overload, not the second (mypy picks the
+# first that fits), so the overlap mypy reports is intended.
 @overload
-def service(target: type[C]) -> RemoteClass[C]: ...
+def service(target: type[C]) -> RemoteClass[C]: ...  # type: ignore[overload-overlap]
 @overload
 def service(target: Callable[..., R]) -> RemoteFunction[R]: ...
 @overload

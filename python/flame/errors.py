@@ -15,6 +15,7 @@ from __future__ import annotations
 import builtins
 import concurrent.futures
 import pickle
+import sys
 
 __all__ = [
     "AuthenticationError",
@@ -167,11 +168,11 @@ class SessionEnterError(TaskError):
 CancelledError = concurrent.futures.CancelledError
 
 
-if concurrent.futures.TimeoutError is builtins.TimeoutError:  # Python 3.11+
+if sys.version_info >= (3, 11):  # concurrent.futures.TimeoutError is TimeoutError there
     WaitTimeoutError = builtins.TimeoutError
 else:
 
-    class WaitTimeoutError(concurrent.futures.TimeoutError, builtins.TimeoutError):  # type: ignore[no-redef]
+    class WaitTimeoutError(concurrent.futures.TimeoutError, builtins.TimeoutError):
         """A wait for a result timed out (caught by both ``except TimeoutError`` and
         ``except concurrent.futures.TimeoutError``)."""
 

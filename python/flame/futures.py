@@ -18,7 +18,7 @@ import concurrent.futures
 import sys
 import threading
 from collections.abc import Generator
-from typing import Any, Callable, Optional, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol
 
 from flame import _blocking, errors
 from flame.objects import ObjectStore, ResultMarker
@@ -63,7 +63,7 @@ class CompletionSource(Protocol):
     def task_log(self, session_id: int, task_id: int) -> str: ...
 
 
-class Future(concurrent.futures.Future):  # type: ignore[type-arg]
+class Future(concurrent.futures.Future):
     """The eventual result of a task.
 
     Besides the :class:`concurrent.futures.Future` API (``result``, ``exception``, ``done``,
@@ -145,16 +145,22 @@ class Future(concurrent.futures.Future):  # type: ignore[type-arg]
         return waiters
 
     @property
-    def _done_callbacks(self) -> list[Callable[[Any], Any]]:  # type: ignore[override]
+    def _done_callbacks(self) -> list[Callable[[Any], Any]]:
         # Appended to under `_condition` (add_done_callback); read once the future is done.
         callbacks = self._callbacks
         if callbacks is None:
             callbacks = self._callbacks = []
         return callbacks
 
+    if TYPE_CHECKING:
+        # Types only (no wrapper on the hot path): callbacks get this class, not the base.
+        def add_done_callback(self, fn: Callable[[Future], object]) -> None: ...
+
     def _invoke_callbacks(self) -> None:
         if self._callbacks:
-            super()._invoke_callbacks()
+            # A private method typeshed does not declare: this class reuses
+            # concurrent.futures internals (issue #16 removes that).
+            super()._invoke_callbacks()  # type: ignore[misc]
 
     def _finish_unwatched(self, result: Any, exception: BaseException | None) -> bool:
         """Complete without a condition if nothing has looked at this future yet.

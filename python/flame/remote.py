@@ -327,9 +327,9 @@ class RemoteFunction(_Callable, Generic[R]):
                     {"kind": "function", "fn": self._fn, "retry": self._options.retry_exceptions},
                     what=f"function {self.name}",
                 )
-                self._session_id = self._options.open(rt, self.name, spec)
+                sid = self._session_id = self._options.open(rt, self.name, spec)
                 self._runtime = rt
-            return rt.conn, self._session_id
+            return rt.conn, sid
 
 
 # ---------------------------------------------------------------- classes

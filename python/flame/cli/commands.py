@@ -216,6 +216,9 @@ def list_(args: argparse.Namespace, conn: Connection) -> int:
             execs = [e for e in execs if e["state"] == args.state]
         if args.session is not None:
             execs = [e for e in execs if e["session_id"] == args.session]
+        # One annotation for the branches below: their tables differ in width.
+        rows: list[tuple[Any, ...]]
+        header: tuple[str, ...]
         rows = [(e["id"], e["node_id"], e["state"], e["session_id"], e["inflight"]) for e in execs]
         header = ("ID", "NODE", "STATE", "SESSION", "INFLIGHT")
         return emit(args, execs, lambda: fmt.table(header, rows))
