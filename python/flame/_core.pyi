@@ -9,13 +9,12 @@
 #                 11 STORAGE_UNAVAILABLE
 # Errors raised by this module are the classes of `flame.errors` (ConnectionError,
 # SessionError, InvalidArgumentError, PayloadTooLargeError, FlameError).
-
 #
 # pyo3 classes are built by `__new__` (there is no `__init__`), cannot be subclassed
 # (`@final`, which implies a disjoint base): the stub says so, and
 # `python -m mypy.stubtest flame._core --allowlist python/flame/_core.stubtest-allow` checks
 # it against the built module in CI (.ci/run). Defaults shown as `...` are Rust values
-# (`String::new()`) the binding's text signature cannot spell.
+# (`String::new()`, `"127.0.0.1".to_string()`) the binding's text signature cannot spell.
 
 from typing import Any, Protocol, final
 
