@@ -10,6 +10,10 @@
 
 mod sqlite;
 
+/// A throw-away PostgreSQL server for tests (here and in the daemon's tests).
+#[doc(hidden)]
+pub mod pg_test_server;
+
 use std::collections::HashMap;
 
 use bytes::Bytes;
