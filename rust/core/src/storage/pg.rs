@@ -84,17 +84,48 @@ pub fn parse_url(url: &str) -> Result<(Config, String)> {
 }
 
 /// Connect to `url`; the second value names the database for messages.
-pub(crate) fn connect(url: &str) -> Result<(Client, String)> {
+pub(crate) fn connect(url: &str) -> Result<(PgClient, String)> {
     let (cfg, place) = parse_url(url)?;
     let client = cfg
         .connect(NoTls)
         .map_err(|e| FlameError::Storage(format!("cannot connect to {place}: {e}")))?;
-    Ok((client, place))
+    Ok((PgClient(Some(client)), place))
+}
+
+/// The sync client, dropped safely anywhere: its drop blocks on its private runtime (to say
+/// goodbye to the server), which panics on a thread that drives a tokio runtime — and the
+/// daemon drops its readers and, after a failed start, its storage from async code. There
+/// the drop moves to a plain thread.
+pub(crate) struct PgClient(Option<Client>);
+
+impl std::ops::Deref for PgClient {
+    type Target = Client;
+    fn deref(&self) -> &Client {
+        self.0.as_ref().expect("present until dropped")
+    }
+}
+
+impl std::ops::DerefMut for PgClient {
+    fn deref_mut(&mut self) -> &mut Client {
+        self.0.as_mut().expect("present until dropped")
+    }
+}
+
+impl Drop for PgClient {
+    fn drop(&mut self) {
+        if let Some(c) = self.0.take() {
+            if tokio::runtime::Handle::try_current().is_ok() {
+                let _ = std::thread::spawn(move || drop(c)).join();
+            } else {
+                drop(c);
+            }
+        }
+    }
 }
 
 /// Durable storage in PostgreSQL: one connection, used by the storage writer's thread.
 pub struct PgStorage {
-    client: Client,
+    client: PgClient,
     /// The next `tasks.seq`, mirroring the `counters` row (rewritten by inserting batches).
     next_seq: i64,
     identity: String,
@@ -136,6 +167,20 @@ impl PgStorage {
         &self.identity
     }
 
+    /// Run `f` here, or on a scoped plain thread when this thread drives a tokio runtime
+    /// (the session manager loads its snapshot from async code): the sync client would
+    /// panic there.
+    fn off_runtime<T: Send>(&mut self, f: impl FnOnce(&mut Self) -> Result<T> + Send) -> Result<T> {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return f(self);
+        }
+        std::thread::scope(|s| {
+            s.spawn(|| f(self))
+                .join()
+                .unwrap_or_else(|_| Err(FlameError::Internal("a PostgreSQL call panicked".into())))
+        })
+    }
+
     fn commit_ops<'a>(&mut self, ops: impl Iterator<Item = &'a WriteOp>) -> Result<()> {
         let mut ops = ops.peekable();
         if ops.peek().is_none() {
@@ -154,13 +199,9 @@ impl PgStorage {
     }
 }
 
-impl Storage for PgStorage {
-    fn location(&self) -> String {
-        self.place.clone()
-    }
-
-    /// Also rewrites every `running` row to `pending`, as on SQLite.
-    fn load(&mut self) -> Result<Snapshot> {
+impl PgStorage {
+    /// [`Storage::load`] on this thread.
+    fn load_now(&mut self) -> Result<Snapshot> {
         let mut tx = self.client.transaction().map_err(pg_err)?;
         let unfinished = schema::unfinished();
         tx.execute(
@@ -220,33 +261,44 @@ impl Storage for PgStorage {
         snap.identity = self.identity.clone();
         Ok(snap)
     }
+}
+
+impl Storage for PgStorage {
+    fn location(&self) -> String {
+        self.place.clone()
+    }
+
+    /// Also rewrites every `running` row to `pending`, as on SQLite.
+    fn load(&mut self) -> Result<Snapshot> {
+        self.off_runtime(Self::load_now)
+    }
 
     fn apply(&mut self, ops: &[WriteOp]) -> Result<()> {
-        self.commit_ops(ops.iter())
+        self.off_runtime(|db| db.commit_ops(ops.iter()))
     }
 
     fn apply_all(&mut self, batches: &[Vec<WriteOp>]) -> Result<()> {
-        self.commit_ops(batches.iter().flatten())
+        self.off_runtime(|db| db.commit_ops(batches.iter().flatten()))
     }
 
     fn get_task(&mut self, key: TaskKey) -> Result<Option<TaskRecord>> {
-        read::get_task(&mut self.client, key)
+        read::get_task(&mut *self.client, key)
     }
 
     fn get_task_log(&mut self, key: TaskKey) -> Result<Option<String>> {
-        read::task_log(&mut self.client, key)
+        read::task_log(&mut *self.client, key)
     }
 
     fn get_session(&mut self, id: SessionId) -> Result<Option<(SessionRecord, TaskCounts)>> {
-        read::get_session(&mut self.client, id)
+        read::get_session(&mut *self.client, id)
     }
 
     fn list_sessions(&mut self, limit: usize) -> Result<Vec<(SessionRecord, TaskCounts)>> {
-        read::list_sessions(&mut self.client, limit, &HashSet::new())
+        read::list_sessions(&mut *self.client, limit, &HashSet::new())
     }
 
     fn get_task_view(&mut self, key: TaskKey) -> Result<Option<TaskView>> {
-        read::get_task_view(&mut self.client, key)
+        read::get_task_view(&mut *self.client, key)
     }
 
     fn list_task_views(
@@ -256,6 +308,9 @@ impl Storage for PgStorage {
         limit: u32,
         offset: u64,
     ) -> Result<Vec<TaskView>> {
-        read::list_task_views(&mut self.client, session, state, limit, offset)
+        read::list_task_views(&mut *self.client, session, state, limit, offset)
     }
 }
+
+#[cfg(test)]
+mod tests;

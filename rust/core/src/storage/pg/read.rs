@@ -8,7 +8,7 @@ use std::collections::HashSet;
 
 use bytes::Bytes;
 use postgres::types::FromSql;
-use postgres::{Client, GenericClient, Row};
+use postgres::{GenericClient, Row};
 
 use super::{connect, pg_err};
 use crate::error::{FlameError, Result};
@@ -294,7 +294,7 @@ pub(super) fn list_task_views(
 
 /// A read-only connection for introspection (the dashboard, the CLI, the JSON API).
 pub struct PgReader {
-    client: Client,
+    client: super::PgClient,
 }
 
 impl PgReader {
@@ -310,15 +310,15 @@ impl PgReader {
 
 impl StateReader for PgReader {
     fn task_view(&mut self, key: TaskKey) -> Result<Option<TaskView>> {
-        get_task_view(&mut self.client, key)
+        get_task_view(&mut *self.client, key)
     }
 
     fn task_log(&mut self, key: TaskKey) -> Result<Option<String>> {
-        task_log(&mut self.client, key)
+        task_log(&mut *self.client, key)
     }
 
     fn session(&mut self, id: SessionId) -> Result<Option<(SessionRecord, TaskCounts)>> {
-        get_session(&mut self.client, id)
+        get_session(&mut *self.client, id)
     }
 
     fn sessions(
@@ -326,7 +326,7 @@ impl StateReader for PgReader {
         limit: usize,
         live: &HashSet<SessionId>,
     ) -> Result<Vec<(SessionRecord, TaskCounts)>> {
-        list_sessions(&mut self.client, limit, live)
+        list_sessions(&mut *self.client, limit, live)
     }
 
     fn task_views(
@@ -336,7 +336,7 @@ impl StateReader for PgReader {
         limit: u32,
         offset: u64,
     ) -> Result<Vec<TaskView>> {
-        list_task_views(&mut self.client, session, state, limit, offset)
+        list_task_views(&mut *self.client, session, state, limit, offset)
     }
 
     /// Rows skipped here, not by OFFSET (see the SQLite reader's twin).
