@@ -93,8 +93,11 @@ class PgServer:
 
 
 @contextmanager
-def postgres_server() -> Iterator[PgServer]:
-    """Start a server; stop it and remove its dir when the block ends, however it ends."""
+def postgres_server(durable: bool = False) -> Iterator[PgServer]:
+    """Start a server; stop it and remove its dir when the block ends, however it ends.
+
+    `durable` keeps PostgreSQL's default fsync settings (for benchmarks: a commit is on disk
+    before it is acknowledged); tests leave it off."""
     bins = bin_dir()
     run_as = None
     if os.geteuid() == 0:
@@ -113,10 +116,9 @@ def postgres_server() -> Iterator[PgServer]:
             os.chown(d, pw.pw_uid, pw.pw_gid)
         data = str(d / "data")
         server.run("initdb", "-D", data, "-U", ROLE, "--auth=trust", "-E", "UTF8", "--no-sync")
-        opts = (
-            f"-p {server.port} -k {d} -c listen_addresses=127.0.0.1 -c fsync=off "
-            "-c full_page_writes=off -c max_connections=200"
-        )
+        opts = f"-p {server.port} -k {d} -c listen_addresses=127.0.0.1 -c max_connections=200"
+        if not durable:
+            opts += " -c fsync=off -c full_page_writes=off"
         server.run(
             "pg_ctl", "start", "-w", "-t", "60", "-D", data, "-l", str(d / "server.log"), "-o", opts
         )
