@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 
-pub use pg::{parse_url as parse_state_url, PgReader, PgStorage};
+pub use pg::{parse_url as parse_state_url, Epoch, LeaderInfo, PgLeadership, PgReader, PgStorage};
 pub use sqlite::{SqliteReader, SqliteStorage};
 
 use crate::error::Result;

@@ -12,6 +12,7 @@
 //! a private link, a Kubernetes pod network). Schema in `pg/schema.rs`, per-op SQL in
 //! `pg/write.rs`, reads and row decoding in `pg/read.rs`.
 
+mod leader;
 mod read;
 mod schema;
 mod write;
@@ -22,6 +23,7 @@ use std::time::Duration;
 
 use postgres::{Client, Config, NoTls};
 
+pub use self::leader::{Epoch, LeaderInfo, PgLeadership};
 pub use self::read::PgReader;
 use super::{Snapshot, Storage, WriteOp};
 use crate::error::{FlameError, Result};
@@ -130,6 +132,8 @@ pub struct PgStorage {
     next_seq: i64,
     identity: String,
     place: String,
+    /// Set by [`PgStorage::fence`]: every write first checks the leader row holds it.
+    epoch: Option<Epoch>,
 }
 
 impl std::fmt::Debug for PgStorage {
@@ -159,7 +163,14 @@ impl PgStorage {
             next_seq,
             identity,
             place,
+            epoch: None,
         })
+    }
+
+    /// Write only while `epoch` leads (see `pg/leader.rs`): from now on a batch fails,
+    /// writing nothing, once another head has taken the lease.
+    pub fn fence(&mut self, epoch: Epoch) {
+        self.epoch = Some(epoch);
     }
 
     /// The state's identity: a random UUID made with the schema.
@@ -188,6 +199,9 @@ impl PgStorage {
         }
         // Dropping `tx` on any error rolls the whole batch back.
         let mut tx = self.client.transaction().map_err(pg_err)?;
+        if let Some(epoch) = self.epoch {
+            leader::check_epoch(&mut tx, epoch)?;
+        }
         let mut seq = self.next_seq;
         write::apply_ops(&mut tx, ops, &mut seq)?;
         if seq != self.next_seq {
@@ -203,6 +217,9 @@ impl PgStorage {
     /// [`Storage::load`] on this thread.
     fn load_now(&mut self) -> Result<Snapshot> {
         let mut tx = self.client.transaction().map_err(pg_err)?;
+        if let Some(epoch) = self.epoch {
+            leader::check_epoch(&mut tx, epoch)?;
+        }
         let unfinished = schema::unfinished();
         tx.execute(
             &format!("UPDATE tasks SET state = $1 WHERE {unfinished} AND state = $2"),
@@ -314,3 +331,5 @@ impl Storage for PgStorage {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_leader;

@@ -13,7 +13,7 @@ use crate::error::{FlameError, Result};
 use crate::model::TaskState;
 
 /// The schema version this build reads and writes; a newer database is refused.
-pub(super) const VERSION: i64 = 1;
+pub(super) const VERSION: i64 = 2;
 
 /// The key of the advisory lock that serialises migrations (any constant; "flame" in ASCII).
 const MIGRATION_LOCK: i64 = 0x0066_6c61_6d65;
@@ -151,6 +151,21 @@ pub(super) fn migrate(client: &mut Client) -> Result<()> {
         let id = uuid::Uuid::new_v4().to_string();
         tx.execute("INSERT INTO identity (one, id) VALUES (1, $1)", &[&id])
             .map_err(pg_err)?;
+    }
+    if version < 2 {
+        // v2: the leadership lease of heads sharing the database (`leader.rs`). Born
+        // expired, epoch 0: the first head to ask takes it as epoch 1.
+        tx.batch_execute(
+            "CREATE TABLE leader (
+                 one        INTEGER PRIMARY KEY CHECK (one = 1),
+                 holder     TEXT NOT NULL,
+                 epoch      BIGINT NOT NULL,
+                 expires_at TIMESTAMPTZ NOT NULL
+             );
+             INSERT INTO leader (one, holder, epoch, expires_at)
+             VALUES (1, '', 0, '-infinity');",
+        )
+        .map_err(pg_err)?;
     }
     tx.execute(
         "INSERT INTO schema_version (one, version) VALUES (1, $1) \
