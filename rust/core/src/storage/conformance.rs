@@ -104,6 +104,7 @@ conformance!(
     pruning_deletes_only_sessions_closed_before_the_cutoff,
     identity_is_kept_across_reopening,
     text_with_nul_is_stored,
+    pending_pages_reach_deep_into_a_large_session,
 );
 
 fn every_op_round_trips(engine: Engine) {
@@ -514,4 +515,18 @@ fn text_with_nul_is_stored(engine: Engine) {
     assert!(log == "a\0b" || log == "a\u{FFFD}b", "{log:?}");
     let t = db.get_task(key(SessionId(1), TaskId(1))).unwrap().unwrap();
     assert!(t.error.unwrap().message.starts_with("bad"));
+}
+
+/// A page of pending tasks past the first thousand, with tasks on executors left out.
+fn pending_pages_reach_deep_into_a_large_session(engine: Engine) {
+    let mut db = engine.open();
+    db.apply(&[WriteOp::PutSession(session(1, 1)), insert(1, 1..=1500)])
+        .unwrap();
+    let mut r = engine.reader();
+    let running: HashSet<TaskId> = (1..=100).map(TaskId).collect();
+    let page = r.pending_views(SessionId(1), &running, 3, 1000).unwrap();
+    let ids: Vec<u64> = page.iter().map(|t| t.key.task.0).collect();
+    assert_eq!(ids, [1101, 1102, 1103]);
+    let tail = r.pending_views(SessionId(1), &running, 10, 1398).unwrap();
+    assert_eq!(tail.len(), 2, "the last two of 1400 pending");
 }

@@ -339,7 +339,9 @@ impl StateReader for PgReader {
         list_task_views(&mut *self.client, session, state, limit, offset)
     }
 
-    /// Rows skipped here, not by OFFSET (see the SQLite reader's twin).
+    /// Rows skipped here, not by OFFSET (see the SQLite reader's twin); read through a
+    /// portal in chunks, so a page near the start of a session of a million pending tasks
+    /// does not fetch them all.
     fn pending_views(
         &mut self,
         session: SessionId,
@@ -347,31 +349,39 @@ impl StateReader for PgReader {
         limit: u32,
         offset: u64,
     ) -> Result<Vec<TaskView>> {
-        let rows = self
-            .client
-            .query(
-                &format!(
-                    "SELECT {TASK_VIEW_COLS} FROM tasks WHERE session_id = $1 AND state = $2 \
-                     ORDER BY task_id"
-                ),
-                &[&(session.0 as i64), &i64::from(TaskState::Pending.as_i32())],
-            )
+        const CHUNK: i32 = 512;
+        let mut tx = self.client.transaction().map_err(pg_err)?;
+        let sql = format!(
+            "SELECT {TASK_VIEW_COLS} FROM tasks WHERE session_id = $1 AND state = $2 \
+             ORDER BY task_id"
+        );
+        let pending = i64::from(TaskState::Pending.as_i32());
+        let portal = tx
+            .bind(&sql, &[&(session.0 as i64), &pending])
             .map_err(pg_err)?;
         let (mut to_skip, mut out) = (offset, Vec::new());
-        for row in &rows {
-            if out.len() >= limit as usize {
+        'chunks: loop {
+            let rows = tx.query_portal(&portal, CHUNK).map_err(pg_err)?;
+            for row in &rows {
+                if out.len() >= limit as usize {
+                    break 'chunks;
+                }
+                let task = TaskId(col::<i64>(row, 1)? as u64);
+                if skip.contains(&task) {
+                    continue;
+                }
+                if to_skip > 0 {
+                    to_skip -= 1;
+                    continue;
+                }
+                out.push(task_view(row)?);
+            }
+            if rows.len() < CHUNK as usize {
                 break;
             }
-            let task = TaskId(col::<i64>(row, 1)? as u64);
-            if skip.contains(&task) {
-                continue;
-            }
-            if to_skip > 0 {
-                to_skip -= 1;
-                continue;
-            }
-            out.push(task_view(row)?);
         }
+        drop(portal);
+        tx.commit().map_err(pg_err)?;
         Ok(out)
     }
 }
