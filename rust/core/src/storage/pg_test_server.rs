@@ -33,10 +33,12 @@ pub struct PgServer {
 static SHARED: Mutex<Weak<PgServer>> = Mutex::new(Weak::new());
 
 impl PgServer {
-    /// The test process's server, started on first use; `Err(reason)` when none can run.
+    /// The test process's server, started on first use; `Err(reason)` when none can run
+    /// here (no server binaries, no `postgres` user to run them as under root): the caller
+    /// skips naming it. A server that can run but fails to start panics.
     ///
     /// # Errors
-    /// Why no server could be started (no binaries, no `postgres` user, initdb failed...).
+    /// Why no server can run here.
     pub fn shared() -> Result<Arc<Self>, String> {
         let mut slot = SHARED.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(s) = slot.upgrade() {
@@ -47,10 +49,10 @@ impl PgServer {
         Ok(s)
     }
 
-    /// Start a server of its own (a test that stops or restarts it).
+    /// Start a server of its own (a test that stops or restarts it); as [`PgServer::shared`].
     ///
     /// # Errors
-    /// Why no server could be started.
+    /// Why no server can run here.
     pub fn start() -> Result<Self, String> {
         let bin = find_bin_dir()?;
         let run_as = if unsafe { libc::geteuid() } == 0 {
@@ -71,6 +73,16 @@ impl PgServer {
         if let Some(user) = &server.run_as {
             chown_to(&server.dir, user)?;
         }
+        // From here on the binaries and the user exist: a failure is a test failure (a
+        // panic, which still removes the dir through Drop), not a reason to skip.
+        server
+            .launch()
+            .unwrap_or_else(|e| panic!("the PostgreSQL test server failed: {e}"));
+        Ok(server)
+    }
+
+    fn launch(&mut self) -> Result<(), String> {
+        let server = self;
         server.port = free_port()?;
         let data = server.dir.join("data");
         server.run(
@@ -109,7 +121,7 @@ impl PgServer {
                 &opts,
             ],
         )?;
-        Ok(server)
+        Ok(())
     }
 
     /// The server's port on 127.0.0.1.
