@@ -90,3 +90,18 @@ fn two_heads_creating_one_schema_at_once_share_it() {
         "one identity: {ids:?}"
     );
 }
+
+#[test]
+fn commits_wait_for_the_server_not_its_disk_unless_the_url_says() {
+    let Some((_server, url)) = database() else { return };
+    let setting = |url: &str| -> String {
+        let mut db = PgStorage::open(url).unwrap();
+        db.client
+            .query_one("SHOW synchronous_commit", &[])
+            .unwrap()
+            .get(0)
+    };
+    assert_eq!(setting(&url), "off");
+    let strict = format!("{url}?options=-c%20synchronous_commit%3Don");
+    assert_eq!(setting(&strict), "on");
+}
