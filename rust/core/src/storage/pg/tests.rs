@@ -93,7 +93,9 @@ fn two_heads_creating_one_schema_at_once_share_it() {
 
 #[test]
 fn commits_wait_for_the_server_not_its_disk_unless_the_url_says() {
-    let Some((_server, url)) = database() else { return };
+    let Some((_server, url)) = database() else {
+        return;
+    };
     let setting = |url: &str| -> String {
         let mut db = PgStorage::open(url).unwrap();
         db.client
