@@ -71,9 +71,13 @@ pub struct HeadArgs {
     /// Port to listen on (0 picks a free one).
     #[arg(long)]
     pub port: Option<u16>,
-    /// Directory of the SQLite state.
+    /// Directory of the SQLite state and the head's local files (certificates, sockets).
     #[arg(long)]
     pub state_dir: Option<PathBuf>,
+    /// Keep the durable state in PostgreSQL instead of SQLite, e.g.
+    /// postgres://flame@db.example:5432/flame (no TLS: a trusted network only).
+    #[arg(long, env = "FLAME_STATE_URL")]
+    pub state_url: Option<String>,
     /// Port of the dashboard, /metrics and the JSON API, on the same host (0 picks a free
     /// one; default 8265, or a free port when that one is taken).
     #[arg(long, conflicts_with = "no_http")]
@@ -177,6 +181,19 @@ fn head_config(args: &HeadArgs) -> Result<HeadConfig> {
             .clone()
             .or(f.state_dir.clone())
             .unwrap_or_else(default_state_dir),
+        state_url: match args.state_url.clone().or(f.state_url.clone()) {
+            // Checked here so a bad URL is an error at start that names the flag.
+            Some(url) => {
+                flame_core::storage::parse_state_url(&url).map_err(|e| match e {
+                    FlameError::InvalidArgument(m) => {
+                        FlameError::InvalidArgument(format!("--state-url / state_url: {m}"))
+                    }
+                    other => other,
+                })?;
+                Some(url)
+            }
+            None => None,
+        },
         manager: f.manager()?,
         http: if args.no_http || f.http == Some(false) {
             HttpPort::Off

@@ -5,6 +5,7 @@
 //! host = "127.0.0.1"
 //! port = 8080
 //! state_dir = "/var/lib/flame"
+//! state_url = "postgres://flame@db:5432/flame"  # state in PostgreSQL, not state_dir/flame.db
 //! slots = 8
 //! python = "/opt/venv/bin/python"
 //! executor_memory_mb = 4096                    # kill an executor resident over this
@@ -54,6 +55,7 @@ pub struct FileConfig {
     pub host: Option<String>,
     pub port: Option<u16>,
     pub state_dir: Option<PathBuf>,
+    pub state_url: Option<String>,
     pub slots: Option<u32>,
     pub python: Option<String>,
     pub name: Option<String>,

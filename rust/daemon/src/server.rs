@@ -13,7 +13,7 @@ use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use flame_core::proto::{backend_server::BackendServer, frontend_server::FrontendServer};
-use flame_core::storage::SqliteStorage;
+use flame_core::storage::StateLocation;
 use flame_core::{FlameError, Result};
 
 use crate::executor_manager::LocalNodeReport;
@@ -35,6 +35,9 @@ pub struct HeadConfig {
     /// 0 picks a free port.
     pub port: u16,
     pub state_dir: PathBuf,
+    /// The durable state in PostgreSQL (`--state-url postgres://...`) instead of the SQLite
+    /// file `state_dir/flame.db`; `state_dir` still holds the local files.
+    pub state_url: Option<String>,
     pub manager: ManagerConfig,
     /// The dashboard, `/metrics` and the JSON API, on the same host.
     pub http: HttpPort,
@@ -110,8 +113,11 @@ impl Head {
             None => None,
         };
         let fatal = Fatal::default();
-        let db = cfg.state_dir.join("flame.db");
-        let storage = fatal.watch(Box::new(SqliteStorage::open(&db)?));
+        let db = match &cfg.state_url {
+            Some(url) => StateLocation::Postgres(url.clone()),
+            None => StateLocation::File(cfg.state_dir.join("flame.db")),
+        };
+        let storage = fatal.watch(db.open()?);
         let listener = tokio::net::TcpListener::bind((cfg.host.as_str(), cfg.port))
             .await
             .map_err(|e| {

@@ -172,6 +172,7 @@ async fn api_errors_are_json_and_unknown_ids_are_404() {
         host: "127.0.0.1".into(),
         port: 0,
         state_dir: dir.path().to_path_buf(),
+        state_url: None,
         manager: ManagerConfig::default(),
         http: HttpPort::Exactly(0),
         tls: Default::default(),

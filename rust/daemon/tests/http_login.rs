@@ -52,6 +52,7 @@ async fn head(dir: &Path, metrics_public: bool) -> Head {
         host: "127.0.0.1".into(),
         port: 0,
         state_dir: dir.to_path_buf(),
+        state_url: None,
         manager: ManagerConfig::default(),
         http: HttpPort::Exactly(0),
         metrics_public,

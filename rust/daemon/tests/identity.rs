@@ -25,6 +25,7 @@ async fn head(state_dir: &Path, port: u16) -> Head {
         host: "127.0.0.1".into(),
         port,
         state_dir: state_dir.to_path_buf(),
+        state_url: None,
         manager: ManagerConfig::default(),
         http: flame_daemon::http::HttpPort::Off,
         tls: Default::default(),

@@ -78,6 +78,7 @@ impl PyLocalCluster {
             host,
             port,
             state_dir: state_dir.clone(),
+            state_url: None,
             manager,
             // A free port: several embedded clusters (and a daemon) may share a machine.
             http: HttpPort::Exactly(0),

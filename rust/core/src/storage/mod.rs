@@ -1,4 +1,5 @@
-//! Durable state: the [`Storage`] trait and its SQLite engine ([`SqliteStorage`]). Objects
+//! Durable state: the [`Storage`] trait and its engines, SQLite ([`SqliteStorage`], the
+//! default) and PostgreSQL ([`PgStorage`], `--state-url`; #13). Objects
 //! are not here: they live in the nodes' stores ([`crate::objects`]).
 //!
 //! The session manager owns one `Storage` on a dedicated writer thread. Every change is a
@@ -8,12 +9,21 @@
 //! its in-memory state: open sessions stay open, pending tasks stay pending, and tasks that
 //! were running go back to pending (their attempt counts are kept).
 
+#[cfg(test)]
+mod conformance;
+mod pg;
 mod sqlite;
 
-use std::collections::HashMap;
+/// A throw-away PostgreSQL server for tests (here and in the daemon's tests).
+#[doc(hidden)]
+pub mod pg_test_server;
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 
+pub use pg::{parse_url as parse_state_url, Epoch, LeaderInfo, PgLeadership, PgReader, PgStorage};
 pub use sqlite::{SqliteReader, SqliteStorage};
 
 use crate::error::Result;
@@ -152,4 +162,92 @@ pub trait Storage: Send {
         limit: u32,
         offset: u64,
     ) -> Result<Vec<TaskView>>;
+}
+
+/// The introspection reads (dashboard, CLI, JSON API) the daemon runs on connections of their
+/// own beside the writer's, so a slow read never delays a commit. One per engine.
+pub trait StateReader: Send {
+    /// One task as introspection shows it; `None` if the session has no such task.
+    fn task_view(&mut self, key: TaskKey) -> Result<Option<TaskView>>;
+    /// What a task printed (`""` if nothing); `None` if the session has no such task.
+    fn task_log(&mut self, key: TaskKey) -> Result<Option<String>>;
+    /// A session with its task counts as stored.
+    fn session(&mut self, id: SessionId) -> Result<Option<(SessionRecord, TaskCounts)>>;
+    /// The most recent sessions, at most `limit`; counts of those in `live` are not read.
+    fn sessions(
+        &mut self,
+        limit: usize,
+        live: &HashSet<SessionId>,
+    ) -> Result<Vec<(SessionRecord, TaskCounts)>>;
+    /// A page of a session's tasks in task-id order, only those in `state` if given.
+    fn task_views(
+        &mut self,
+        session: SessionId,
+        state: Option<TaskState>,
+        limit: u32,
+        offset: u64,
+    ) -> Result<Vec<TaskView>>;
+    /// A page of a session's stored-pending tasks, leaving out those in `skip`.
+    fn pending_views(
+        &mut self,
+        session: SessionId,
+        skip: &HashSet<TaskId>,
+        limit: u32,
+        offset: u64,
+    ) -> Result<Vec<TaskView>>;
+}
+
+/// Where the durable state lives: a SQLite file (the default) or a PostgreSQL database.
+#[derive(Clone, Debug, PartialEq)]
+pub enum StateLocation {
+    File(PathBuf),
+    /// A `postgres://` URL (password included: never log it, use [`PgStorage::location`]).
+    Postgres(String),
+}
+
+impl StateLocation {
+    /// Open the writer's storage. Safe to call from async code: the PostgreSQL client,
+    /// which runs a runtime of its own, is opened on a plain thread.
+    ///
+    /// # Errors
+    /// As [`SqliteStorage::open`] / [`PgStorage::open`].
+    pub fn open(&self) -> Result<Box<dyn Storage>> {
+        match self {
+            Self::File(path) => Ok(Box::new(SqliteStorage::open(path)?)),
+            Self::Postgres(url) => {
+                let url = url.clone();
+                let pg = off_runtime(move || PgStorage::open(&url))?;
+                Ok(Box::new(pg))
+            }
+        }
+    }
+
+    /// Open one introspection reader (call from a blocking thread, not a tokio worker).
+    ///
+    /// # Errors
+    /// As [`SqliteReader::open`] / [`PgReader::open`].
+    pub fn reader(&self) -> Result<Box<dyn StateReader>> {
+        match self {
+            Self::File(path) => Ok(Box::new(SqliteReader::open(path)?)),
+            Self::Postgres(url) => {
+                let url = url.clone();
+                Ok(Box::new(off_runtime(move || PgReader::open(&url))?))
+            }
+        }
+    }
+
+    /// The SQLite file, if the state is one.
+    pub fn file(&self) -> Option<&Path> {
+        match self {
+            Self::File(p) => Some(p),
+            Self::Postgres(_) => None,
+        }
+    }
+}
+
+/// Run `f` on a plain thread (no tokio context), for the sync PostgreSQL client.
+fn off_runtime<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    std::thread::spawn(f)
+        .join()
+        .map_err(|_| crate::error::FlameError::Internal("opening the state panicked".into()))?
 }

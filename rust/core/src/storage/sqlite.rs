@@ -15,7 +15,7 @@ mod schema;
 mod write;
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 #[cfg(test)]
 mod tests_file;
 #[cfg(test)]

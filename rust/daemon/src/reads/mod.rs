@@ -19,13 +19,12 @@
 mod pool;
 
 use std::collections::HashSet;
-use std::path::Path;
 use std::sync::Arc;
 
 use flame_core::ids::{SessionId, TaskId, TaskKey};
 use flame_core::model::{key, TaskCounts, TaskState};
 use flame_core::proto;
-use flame_core::storage::SqliteReader;
+use flame_core::storage::{StateLocation, StateReader};
 use flame_core::view::TaskView;
 use flame_core::{FlameError, Result};
 
@@ -66,7 +65,7 @@ impl Reads {
     ///
     /// # Errors
     /// `FlameError::Storage` naming the file when it cannot be opened for reading.
-    pub fn open(manager: ManagerHandle, db: &Path) -> Result<Self> {
+    pub fn open(manager: ManagerHandle, db: &StateLocation) -> Result<Self> {
         let readers = std::thread::available_parallelism()
             .map_or(2, |n| n.get())
             .clamp(2, 4);
@@ -230,7 +229,10 @@ fn known_counts(live: &LiveView) -> Option<TaskCounts> {
 }
 
 /// A session that memory does not hold (closed) as storage has it.
-fn closed_info_of(r: &SqliteReader, id: SessionId) -> Result<(proto::SessionInfo, TaskCounts)> {
+fn closed_info_of(
+    r: &mut dyn StateReader,
+    id: SessionId,
+) -> Result<(proto::SessionInfo, TaskCounts)> {
     let (rec, counts) = r.session(id)?.ok_or(FlameError::SessionNotFound(id))?;
     Ok((closed_info(&rec, counts), counts))
 }
@@ -246,7 +248,7 @@ fn overlaid(mut v: TaskView, live: &LiveView) -> TaskView {
 /// pending): for an open session the running ones are those memory has sent to executors
 /// (a handful), and the pending ones the stored-pending rows without them.
 fn task_page(
-    r: &SqliteReader,
+    r: &mut dyn StateReader,
     q: &TaskQuery,
     live: &LiveView,
     counts: TaskCounts,

@@ -1,4 +1,4 @@
-//! [`ReadPool`]: a few read-only SQLite connections, used from tokio's blocking pool, with a
+//! [`ReadPool`]: a few read-only connections to the state (SQLite or PostgreSQL), used from tokio's blocking pool, with a
 //! bound on the reads in flight.
 //!
 //! A read holds a connection on a blocking thread, never a tokio worker, the actor or the
@@ -10,13 +10,12 @@
 //! permit, so abandoned reads still count against the bound.
 
 use std::panic::AssertUnwindSafe;
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use flame_core::storage::SqliteReader;
+use flame_core::storage::{StateLocation, StateReader};
 use flame_core::{FlameError, Result};
 
 /// Reads admitted at once (waiting for a connection or running); more are refused at once.
@@ -26,7 +25,7 @@ pub const MAX_WAIT: Duration = Duration::from_secs(10);
 
 /// Read-only connections to the state file and the bounds on their use.
 pub struct ReadPool {
-    idle: Mutex<Vec<SqliteReader>>,
+    idle: Mutex<Vec<Box<dyn StateReader>>>,
     running: Arc<Semaphore>,
     admitted: Arc<Semaphore>,
 }
@@ -35,14 +34,14 @@ pub struct ReadPool {
 pub struct Admitted(#[allow(dead_code)] OwnedSemaphorePermit);
 
 impl ReadPool {
-    /// Open `readers` (at least 1) read-only connections to the database at `path`.
+    /// Open `readers` (at least 1) read-only connections to the state at `state`.
     ///
     /// # Errors
-    /// `FlameError::Storage` naming the file when a connection cannot be opened.
-    pub fn open(path: &Path, readers: usize) -> Result<Self> {
+    /// `FlameError::Storage` naming the state when a connection cannot be opened.
+    pub fn open(state: &StateLocation, readers: usize) -> Result<Self> {
         let readers = readers.max(1);
         let idle = (0..readers)
-            .map(|_| SqliteReader::open(path))
+            .map(|_| state.reader())
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             idle: Mutex::new(idle),
@@ -75,7 +74,7 @@ impl ReadPool {
     pub async fn run<T, F>(self: &Arc<Self>, f: F) -> Result<T>
     where
         T: Send + 'static,
-        F: FnOnce(&SqliteReader) -> Result<T> + Send + 'static,
+        F: FnOnce(&mut dyn StateReader) -> Result<T> + Send + 'static,
     {
         let permit = tokio::time::timeout(MAX_WAIT, self.running.clone().acquire_owned())
             .await
@@ -89,9 +88,9 @@ impl ReadPool {
         tokio::task::spawn_blocking(move || {
             // The permit guarantees a connection is idle; it is released after the return.
             let _permit = permit;
-            let reader = pool.take();
+            let mut reader = pool.take();
             // A panicking read must not take its connection with it.
-            let out = std::panic::catch_unwind(AssertUnwindSafe(|| f(&reader)));
+            let out = std::panic::catch_unwind(AssertUnwindSafe(|| f(reader.as_mut())));
             pool.give_back(reader);
             out.unwrap_or_else(|_| Err(FlameError::Internal("a database read panicked".into())))
         })
@@ -99,14 +98,14 @@ impl ReadPool {
         .map_err(|e| FlameError::Internal(format!("a database read failed: {e}")))?
     }
 
-    fn take(&self) -> SqliteReader {
+    fn take(&self) -> Box<dyn StateReader> {
         // A poisoned lock only means another read panicked; the Vec is still whole.
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         idle.pop()
             .expect("a running permit is held only with an idle connection")
     }
 
-    fn give_back(&self, reader: SqliteReader) {
+    fn give_back(&self, reader: Box<dyn StateReader>) {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         idle.push(reader);
     }

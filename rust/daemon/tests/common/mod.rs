@@ -22,6 +22,7 @@ pub fn head_config(state_dir: &Path, manager: ManagerConfig) -> HeadConfig {
         host: "127.0.0.1".into(),
         port: 0,
         state_dir: state_dir.to_path_buf(),
+        state_url: None,
         manager,
         http: HttpPort::Off,
         tls: Default::default(),

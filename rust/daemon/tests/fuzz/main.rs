@@ -84,6 +84,7 @@ async fn start(state_dir: &Path) -> LocalCluster {
         host: "127.0.0.1".into(),
         port: 0,
         state_dir: state_dir.clone(),
+        state_url: None,
         manager,
         http: flame_daemon::http::HttpPort::Off,
         tls: Default::default(),

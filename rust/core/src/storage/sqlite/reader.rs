@@ -267,3 +267,45 @@ pub(super) fn task_views(
     }
     Ok(out)
 }
+
+impl crate::storage::StateReader for SqliteReader {
+    fn task_view(&mut self, key: TaskKey) -> Result<Option<TaskView>> {
+        SqliteReader::task_view(self, key)
+    }
+
+    fn task_log(&mut self, key: TaskKey) -> Result<Option<String>> {
+        SqliteReader::task_log(self, key)
+    }
+
+    fn session(&mut self, id: SessionId) -> Result<Option<(SessionRecord, TaskCounts)>> {
+        SqliteReader::session(self, id)
+    }
+
+    fn sessions(
+        &mut self,
+        limit: usize,
+        live: &HashSet<SessionId>,
+    ) -> Result<Vec<(SessionRecord, TaskCounts)>> {
+        SqliteReader::sessions(self, limit, live)
+    }
+
+    fn task_views(
+        &mut self,
+        session: SessionId,
+        state: Option<TaskState>,
+        limit: u32,
+        offset: u64,
+    ) -> Result<Vec<TaskView>> {
+        SqliteReader::task_views(self, session, state, limit, offset)
+    }
+
+    fn pending_views(
+        &mut self,
+        session: SessionId,
+        skip: &HashSet<TaskId>,
+        limit: u32,
+        offset: u64,
+    ) -> Result<Vec<TaskView>> {
+        SqliteReader::pending_views(self, session, skip, limit, offset)
+    }
+}

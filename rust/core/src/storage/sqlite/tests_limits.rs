@@ -14,36 +14,6 @@ use crate::model::{key, TaskState};
 use crate::storage::{NewTask, Storage, WriteOp};
 
 #[test]
-fn ids_above_i64_max_round_trip() {
-    let mut db = SqliteStorage::open_in_memory().unwrap();
-    let (s, t) = (u64::MAX - 1, (1u64 << 63) | 42);
-    db.apply(&[WriteOp::PutSession(session(s, 0)), insert(s, [t])])
-        .unwrap();
-    let snap = db.load().unwrap();
-    assert_eq!(snap.tasks[0].key, key(SessionId(s), TaskId(t)));
-    assert!(db.get_task(key(SessionId(s), TaskId(t))).unwrap().is_some());
-}
-
-#[test]
-fn list_sessions_is_most_recent_first() {
-    let mut db = SqliteStorage::open_in_memory().unwrap();
-    let ops: Vec<_> = [(1, 30), (2, 10), (3, 20)]
-        .into_iter()
-        .map(|(id, at)| WriteOp::PutSession(session(id, at)))
-        .chain([insert(3, [1, 2])])
-        .collect();
-    db.apply(&ops).unwrap();
-    let got: Vec<_> = db
-        .list_sessions(2)
-        .unwrap()
-        .into_iter()
-        .map(|(s, c)| (s.id.0, c.pending))
-        .collect();
-    assert_eq!(got, [(1, 0), (3, 2)]);
-    assert_eq!(db.list_sessions(usize::MAX).unwrap().len(), 3);
-}
-
-#[test]
 fn corrupt_rows_are_storage_errors() {
     let mut db = SqliteStorage::open_in_memory().unwrap();
     db.apply(&[WriteOp::PutSession(session(1, 0)), insert(1, [1, 2])])
