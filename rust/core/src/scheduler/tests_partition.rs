@@ -10,7 +10,7 @@ use bytes::Bytes;
 use super::tests::{dispatched, Harness};
 use super::*;
 use crate::ids::NodeId;
-use crate::model::TaskState;
+use crate::model::{ErrorKind, TaskFailure, TaskState};
 
 #[test]
 fn a_cut_off_nodes_late_result_is_discarded_and_the_rerun_is_the_one_result() {
@@ -60,4 +60,29 @@ fn a_cut_off_nodes_late_result_is_discarded_and_the_rerun_is_the_one_result() {
         outputs,
         vec![(t, TaskState::Succeeded, Bytes::from_static(b"ok"))]
     );
+}
+
+#[test]
+fn a_session_closed_for_its_clients_lease_fails_its_tasks_with_the_reason() {
+    let mut h = Harness::new(1);
+    let sid = h.open(1, 1, 3);
+    let tasks = h.submit(sid, 3);
+    let a = h.actions();
+    h.register_spawned(&a);
+    h.actions();
+    let why = TaskFailure::new(ErrorKind::ErrorSessionClosed, "lease ran out");
+    assert!(h.s.close_session_failing(sid, Some(why.clone())));
+    let failed: Vec<_> = h
+        .actions()
+        .into_iter()
+        .filter_map(|a| match a {
+            Action::Finish(c) => Some((c.key.task, c.state, c.error)),
+            _ => None,
+        })
+        .collect();
+    let expected: Vec<_> = tasks
+        .iter()
+        .map(|t| (*t, TaskState::Failed, Some(why.clone())))
+        .collect();
+    assert_eq!(failed, expected);
 }
