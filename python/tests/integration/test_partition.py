@@ -1,7 +1,8 @@
 """A node cut off mid-run on namespaced hosts (#13): the head re-runs its tasks on the other
 node, the cut-off node fences itself (its executors are gone while the link is still down),
 rejoins when the link heals, and every task's future resolves once with the right value —
-exactly-once results, at-least-once execution."""
+exactly-once results, at-least-once execution. And a client cut off: back within its lease it
+resumes with nothing lost; back after it, its futures fail with an error naming the lease."""
 
 from __future__ import annotations
 
@@ -57,5 +58,54 @@ def test_a_node_cut_off_fences_itself_rejoins_and_no_result_is_doubled(tmp_path:
             assert not set(c.executors_in(3)) & on_n3, "an old executor survived"
             print(f"fenced {fenced:.1f} s after the cut, rejoined {rejoined:.1f} s after the "
                   f"heal; {again} tasks ran twice")  # fmt: skip
+        finally:
+            c.stop()
+
+
+def test_a_client_cut_off_shorter_than_its_lease_resumes_and_loses_nothing(
+    tmp_path: Path,
+) -> None:
+    with hosts_or_skip(3) as hosts:
+        config = CONFIG + "client_lease_ms = 8000\n"
+        c = NetCluster(hosts, tmp_path, {"n3": 3}, config, slots=2)
+        try:
+            c.start_client(2)
+            c.wait_alive(["n3"])
+            assert c.ask("run 40") == 40
+            wait_for("tasks start", lambda: len(c.marks()) > 2, 30)
+            hosts.cut(2)
+            time.sleep(2)  # the cut itself, well within the lease
+            hosts.heal(2)
+            assert c.ask("results 60") == [i * i for i in range(40)]
+            assert "closing a session whose client is gone" not in c.log("head")
+        finally:
+            c.stop()
+
+
+def test_a_client_cut_off_longer_than_its_lease_gets_an_error_naming_the_lease(
+    tmp_path: Path,
+) -> None:
+    with hosts_or_skip(3) as hosts:
+        config = CONFIG + "client_lease_ms = 2000\n"
+        c = NetCluster(hosts, tmp_path, {"n3": 3}, config, slots=2)
+        try:
+            c.start_client(2)
+            c.wait_alive(["n3"])
+            assert c.ask("run 400") == 400  # ~70 s of work: most is left when it closes
+            wait_for("tasks start", lambda: len(c.marks()) > 2, 30)
+            hosts.cut(2)
+            # The head notices the client gone within about its lease (HTTP/2 pings) and
+            # closes its session a lease later.
+            closed = wait_for(
+                "the head closes the cut-off client's session",
+                lambda: "closing a session whose client is gone" in c.log("head"),
+                20,
+            )
+            hosts.heal(2)
+            answer = c.ask("results 60")
+            assert isinstance(answer, dict), f"results after the lease ran out: {answer}"
+            assert answer["error"] == "SessionError", answer
+            assert "client_lease_ms = 2000" in answer["message"], answer
+            print(f"session closed {closed:.1f} s after the cut: {answer['message']}")
         finally:
             c.stop()
