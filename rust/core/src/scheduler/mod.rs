@@ -57,6 +57,8 @@ mod tests_dispatch;
 #[cfg(test)]
 mod tests_drain;
 #[cfg(test)]
+mod tests_partition;
+#[cfg(test)]
 mod tests_policies;
 #[cfg(test)]
 mod tests_scale;

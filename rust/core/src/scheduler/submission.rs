@@ -68,6 +68,12 @@ impl Scheduler {
     /// it) and unbind the others. A task sent ahead that never started is recorded so: no
     /// start time, no executor, its attempt not counted.
     pub fn close_session(&mut self, sid: SessionId) -> bool {
+        self.close_session_failing(sid, None)
+    }
+
+    /// As [`Scheduler::close_session`]; with `failure`, its unfinished tasks fail with it
+    /// instead of being cancelled (#13: a client whose lease ran out learns why, by name).
+    pub fn close_session_failing(&mut self, sid: SessionId, failure: Option<TaskFailure>) -> bool {
         let Some(session) = self.sessions.get(&sid) else {
             return false;
         };
@@ -96,11 +102,17 @@ impl Scheduler {
             }
         }
         for tid in tids {
-            let f = TaskFailure::new(
-                ErrorKind::ErrorCancelled,
-                format!("session {sid} was closed"),
-            );
-            self.finish(key(sid, tid), TaskState::Cancelled, Bytes::new(), Some(f));
+            let (state, f) = match &failure {
+                Some(f) => (TaskState::Failed, f.clone()),
+                None => (
+                    TaskState::Cancelled,
+                    TaskFailure::new(
+                        ErrorKind::ErrorCancelled,
+                        format!("session {sid} was closed"),
+                    ),
+                ),
+            };
+            self.finish(key(sid, tid), state, Bytes::new(), Some(f));
         }
         for eid in execs {
             let Some(e) = self.executors.get_mut(&eid) else {

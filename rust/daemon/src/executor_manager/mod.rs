@@ -310,7 +310,7 @@ async fn run_registrations(
         // A closed stream is the head stopping in order (restarting, or shutting down with
         // a local node that is about to be told to stop too); a broken one is an outage.
         match end {
-            End::Lost(_) => {
+            End::Lost(_) | End::Fenced(_) => {
                 tracing::warn!(head = %config.head, "{end}; executors stopped, registering again")
             }
             _ => tracing::info!(head = %config.head, "{end}; executors stopped, registering again"),
@@ -377,6 +377,8 @@ enum End {
     Drained,
     Closed,
     Lost(String),
+    /// Nothing heard from the head for its node timeout (#13).
+    Fenced(Duration),
 }
 
 impl std::fmt::Display for End {
@@ -386,6 +388,11 @@ impl std::fmt::Display for End {
             End::Drained => f.write_str("node drained"),
             End::Closed => f.write_str("the session manager closed the node stream"),
             End::Lost(reason) => write!(f, "lost the session manager: {reason}"),
+            End::Fenced(silence) => write!(
+                f,
+                "heard nothing from the session manager for {silence:?} (its node timeout): \
+                 fenced"
+            ),
         }
     }
 }
@@ -405,6 +412,22 @@ impl Node<'_> {
             ms => Duration::from_millis(u64::from(ms)),
         };
         let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        // #13: by the time the head has heard nothing from this node for its node timeout,
+        // it has declared the node lost and given its tasks to other nodes. A node cut off
+        // from the head sees the same silence from its side (the head answers every
+        // heartbeat): it stops its executors then, so their tasks stop running twice, and
+        // registers again. An older head sends no timeout (0): no fencing.
+        let fence_after = match self.head.registered.node_timeout_ms {
+            0 => None,
+            ms => Some(Duration::from_millis(u64::from(ms))),
+        };
+        let mut last_heard = Instant::now();
+        let silence = |since: Instant| async move {
+            match fence_after {
+                Some(after) => tokio::time::sleep_until(since + after).await,
+                None => std::future::pending().await,
+            }
+        };
         heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
         // Set once shutdown asks for a drain: when to stop waiting for the head's word.
         let mut drain_until: Option<Instant> = None;
@@ -428,16 +451,24 @@ impl Node<'_> {
                     tracing::warn!(grace = ?self.grace, "drain grace over; stopping the executors left");
                     return End::Shutdown;
                 }
+                _ = silence(last_heard) => {
+                    let silence = fence_after.unwrap_or_default();
+                    tracing::warn!(?silence, "no word from the session manager; fencing: stopping every executor");
+                    return End::Fenced(silence);
+                }
                 exit = self.pool.next_exit() => self.send(exited(exit)).await,
                 report = self.objects.next_report() => self.send(report).await,
-                command = self.head.commands.message() => match command {
-                    Ok(Some(NodeCommand { msg: Some(node_command::Msg::Drained(_)) })) => {
-                        return End::Drained;
+                command = self.head.commands.message() => {
+                    last_heard = Instant::now();
+                    match command {
+                        Ok(Some(NodeCommand { msg: Some(node_command::Msg::Drained(_)) })) => {
+                            return End::Drained;
+                        }
+                        Ok(Some(command)) => self.handle(command).await,
+                        Ok(None) => return End::Closed,
+                        Err(status) => return End::Lost(format!("{address}: {}", status.message())),
                     }
-                    Ok(Some(command)) => self.handle(command).await,
-                    Ok(None) => return End::Closed,
-                    Err(status) => return End::Lost(format!("{address}: {}", status.message())),
-                },
+                }
                 _ = heartbeat.tick() => {
                     let beat = Heartbeat {
                         memory_available: system::memory_available_bytes(),
@@ -452,6 +483,8 @@ impl Node<'_> {
     async fn handle(&mut self, command: NodeCommand) {
         match command.msg {
             Some(node_command::Msg::Drained(_)) => {} // handled in `serve`
+            // Only proves the head still hears us: `serve` noted when it came.
+            Some(node_command::Msg::HeadHeartbeat(_)) => {}
             Some(node_command::Msg::Spawn(spawn)) => {
                 if let Err(refused) = self.pool.spawn(
                     ExecutorId(spawn.executor_id),

@@ -75,6 +75,12 @@ impl Backend for BackendService {
                 let ev = match inbound.message().await {
                     Ok(Some(m)) => match m.msg {
                         Some(node_message::Msg::Heartbeat(h)) => {
+                            // Answered here, beside the stream: the node fences itself when
+                            // these stop (#13). The weak sender fails once the actor has let
+                            // the node go, so a node declared lost hears nothing more.
+                            if let Some(tx) = errors.upgrade() {
+                                let _ = tx.send(Ok(head_heartbeat()));
+                            }
                             if let Some(stats) = h.objects {
                                 let stats = StoreStats::from(stats);
                                 let ev = ObjectEvent::NodeStats { node, stats };
@@ -262,5 +268,14 @@ impl Backend for BackendService {
             handle.send(Event::ExecutorGone { id });
         });
         Ok(Response::new(Box::pin(UnboundedReceiverStream::new(rx))))
+    }
+}
+
+/// The head's answer to a node's heartbeat (#13).
+fn head_heartbeat() -> proto::NodeCommand {
+    proto::NodeCommand {
+        msg: Some(proto::node_command::Msg::HeadHeartbeat(
+            proto::HeadHeartbeat {},
+        )),
     }
 }

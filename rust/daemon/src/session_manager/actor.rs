@@ -299,7 +299,15 @@ impl Actor {
             for sid in owned {
                 tracing::warn!(session = %sid, client, ?lease, "closing a session whose client is gone");
                 self.remember_closed(sid);
-                self.sched.close_session(sid);
+                let why = flame_core::model::TaskFailure::new(
+                    flame_core::model::ErrorKind::ErrorSessionClosed,
+                    format!(
+                        "session {sid} was closed: its client was out of reach longer than its \
+                         lease (client_lease_ms = {})",
+                        lease.as_millis()
+                    ),
+                );
+                self.sched.close_session_failing(sid, Some(why));
                 self.store.write_only(vec![WriteOp::CloseSession {
                     id: sid,
                     closed_ms: now_ms(),

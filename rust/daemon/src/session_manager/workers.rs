@@ -44,6 +44,8 @@ impl Actor {
                 proto::NodeRegistered {
                     node_id: id.0,
                     heartbeat_ms: self.cfg.heartbeat.as_millis() as u32,
+                    node_timeout_ms: u32::try_from(self.cfg.node_timeout.as_millis())
+                        .unwrap_or(u32::MAX),
                 },
             )),
         };

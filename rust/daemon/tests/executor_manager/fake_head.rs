@@ -66,6 +66,8 @@ pub struct Harness {
     /// Servers replaced by [`Harness::restart`], still draining their open streams.
     retired: Vec<JoinHandle<()>>,
     tag: String,
+    /// What `NodeRegistered` tells the node (0: no fencing, as from an older head).
+    pub node_timeout_ms: u32,
     _work_dir: tempfile::TempDir,
 }
 
@@ -89,6 +91,7 @@ impl Harness {
             server,
             retired: Vec::new(),
             tag: tag.into(),
+            node_timeout_ms: 0,
             _work_dir: work_dir,
         }
     }
@@ -188,6 +191,7 @@ impl Harness {
             flame_core::proto::NodeRegistered {
                 node_id,
                 heartbeat_ms: 50,
+                node_timeout_ms: self.node_timeout_ms,
             },
         ))
         .await;

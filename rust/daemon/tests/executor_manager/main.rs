@@ -14,6 +14,7 @@ use flame_daemon::executor_manager::{run_node, NodeConfig};
 use tokio_util::sync::CancellationToken;
 
 mod fake_head;
+mod fence;
 mod orphans;
 mod resources;
 mod store;
