@@ -64,6 +64,23 @@ def take_noted() -> list[ObjectRef] | None:
     return _noted.__dict__.pop("refs", None)
 
 
+def collect_loaded() -> None:
+    """Start noting the refs unpickled on this thread (see :func:`take_loaded`)."""
+    _noted.loaded = []
+
+
+def take_loaded() -> list[ObjectRef]:
+    """The refs unpickled on this thread since :func:`collect_loaded`; stops noting."""
+    return _noted.__dict__.pop("loaded", None) or []
+
+
+def held_by(refs: list[ObjectRef], holder: ObjectRef) -> None:
+    """``refs`` were read from a task's result, whose container ``holder`` makes the head
+    keep their objects alive: each keeps ``holder`` alive while it lives."""
+    for r in refs:
+        r._holder = holder
+
+
 def reads_of(refs: list[ObjectRef] | None) -> list[tuple[int, int]]:
     """``(id, size)`` of each distinct object among ``refs``: what a task reads."""
     if not refs:
@@ -82,7 +99,7 @@ class ObjectRef:
         size: Its serialized size in bytes.
     """
 
-    __slots__ = ("__weakref__", "_cluster", "_inner", "_store", "id", "size")
+    __slots__ = ("__weakref__", "_cluster", "_holder", "_inner", "_store", "id", "size")
 
     def __init__(
         self,
@@ -100,6 +117,9 @@ class ObjectRef:
         # ref lives, so their deletes never reach the head before this object's
         # announcement, which makes the head keep them alive (see ObjectStore.put).
         self._inner: tuple[ObjectRef, ...] = ()
+        # Read from a task's result: that result (its owned ref), which keeps this object
+        # alive on the head while this ref lives (see held_by).
+        self._holder: ObjectRef | None = None
 
     def __repr__(self) -> str:
         return f"<flame.ObjectRef {self.id:#x} ({self.size} bytes)>"
@@ -127,7 +147,14 @@ def _rebuild(object_id: int, size: int) -> Any:
     store = ObjectStore.current()
     if RESOLVE_REFS:
         return store.load(object_id)
-    return ObjectRef(object_id, size, store)
+    return _loaded(ObjectRef(object_id, size, store))
+
+
+def _loaded(ref: ObjectRef) -> ObjectRef:
+    loaded = _noted.__dict__.get("loaded")
+    if loaded is not None:
+        loaded.append(ref)
+    return ref
 
 
 def _rebuild_in(cluster: str, object_id: int, size: int) -> Any:
@@ -137,7 +164,7 @@ def _rebuild_in(cluster: str, object_id: int, size: int) -> Any:
     _same_cluster(object_id, cluster, store)
     if RESOLVE_REFS:
         return store.load(object_id)
-    return ObjectRef(object_id, size, store, cluster)
+    return _loaded(ObjectRef(object_id, size, store, cluster))
 
 
 def _same_cluster(object_id: int, cluster: str, store: ObjectStore | None) -> None:
