@@ -46,6 +46,10 @@ from flame._node_objects import NodeObjects
 
 __all__ = ["SPILL_BYTES", "ObjectRef", "ObjectStore", "ResultMarker"]
 
+# Set by a node for its executors: the id of the cluster's state (its head's), which refs
+# pickled in this cluster name.
+CLUSTER_ENV = "FLAME_CLUSTER"
+
 SPILL_BYTES = 1 << 20
 """Task arguments serializing to more than this many bytes are stored as an object."""
 
@@ -132,7 +136,7 @@ class ObjectRef:
         if not self._cluster:
             return (_rebuild, (self.id, self.size))
         # Pickled for a task (or inside a value) of this process's cluster, the ref must be
-        # one of it: a task's process cannot tell (it knows no cluster identity).
+        # one of it (a task's process knows its cluster from its node: CLUSTER_ENV).
         _same_cluster(self.id, self._cluster, ObjectStore._current)
         return (_rebuild_in, (self._cluster, self.id, self.size))
 
@@ -259,6 +263,8 @@ class ObjectStore:
         if store is not None:
             return store
         store = cls(_connect_env, node=NodeObjects.from_env())
+        # An executor's: its node hands down the cluster's id (refs of others are refused).
+        store.cluster = os.environ.get(CLUSTER_ENV, "")
         with cls._registry_lock:
             if cls._current is None:
                 cls._current = store

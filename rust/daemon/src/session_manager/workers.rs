@@ -44,6 +44,7 @@ impl Actor {
                 proto::NodeRegistered {
                     node_id: id.0,
                     heartbeat_ms: self.cfg.heartbeat.as_millis() as u32,
+                    state_id: self.state_id.to_string(),
                 },
             )),
         };

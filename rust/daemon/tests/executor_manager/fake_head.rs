@@ -188,6 +188,7 @@ impl Harness {
             flame_core::proto::NodeRegistered {
                 node_id,
                 heartbeat_ms: 50,
+                state_id: String::new(),
             },
         ))
         .await;
