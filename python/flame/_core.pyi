@@ -40,8 +40,10 @@ ErrorTuple = tuple[int, str, str, bytes]
 TaskErrorTuple = tuple[int, str, str, bytes, bool]
 # (frame, object id, size): a task result that stayed in the node's object store
 StoredResult = tuple[bytes, int, int]
+# A result holding refs: (frame, stored object id or 0 if inline, size, ids of the refs).
+RefsResult = tuple[bytes, int, int, list[int]]
 # What ServiceHost.invoke returns: the outcome, paired with the task's log when it printed.
-Outcome = bytes | StoredResult | ErrorTuple | TaskErrorTuple
+Outcome = bytes | StoredResult | RefsResult | ErrorTuple | TaskErrorTuple
 InvokeResult = Outcome | tuple[Outcome, str]
 # (session_id, task_id, state, output, error, attempts, log); log is None when empty
 Completion = tuple[int, int, int, bytes, ErrorTuple | None, int, str | None]

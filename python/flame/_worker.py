@@ -10,8 +10,10 @@ has attempts left. A result that serializes to more than the session's
 ``result_object_bytes`` stays in this node's object store as the task's result object
 (``ObjectId::result_of``): the task's output is then a small frame holding a
 :class:`flame.objects.ResultMarker`, and :meth:`Worker.invoke` returns the triple
-``(frame, object_id, size)`` so the loop can tell the head. A task that printed something
-(see :mod:`flame._capture`) returns the pair ``(outcome, log_text)`` instead.
+``(frame, object_id, size)`` so the loop can tell the head; a result holding refs comes as
+``(frame, object_id or 0, size, ref_ids)``, so the head keeps those objects alive while the
+result lives (its client deletes the result's object id when it drops it). A task that
+printed something (see :mod:`flame._capture`) returns the pair ``(outcome, log_text)`` instead.
 
 App specs are cloudpickled dicts:
   ``{"kind": "function", "fn": f, "retry": r}``      task input ``(args, kwargs)``
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import pickle
 import sys
+import threading
 import traceback
 from types import CoroutineType, TracebackType
 from typing import Any, Callable, Optional, Union
@@ -36,7 +39,7 @@ from flame import _blocking, _serde, _sources, errors
 from flame._capture import OutputCapture
 from flame._node_objects import NodeObjects
 from flame.application import FlameService, SessionContext, TaskContext
-from flame.objects import resolve_common_data
+from flame.objects import resolve_common_data, take_noted
 
 __all__ = ["Worker"]
 
@@ -46,9 +49,15 @@ TaskErrorTuple = tuple[int, str, str, bytes, bool]
 EnterResult = Optional[ErrorTuple]
 # A result stored in the node's object store: (marker frame, object id, size).
 StoredResult = tuple[bytes, int, int]
-Outcome = Union[bytes, StoredResult, TaskErrorTuple]
+# A result holding refs: (frame, stored object id or 0 if inline, size, ids of the refs).
+RefsResult = tuple[bytes, int, int, list[int]]
+Outcome = Union[bytes, StoredResult, RefsResult, TaskErrorTuple]
 InvokeResult = Union[Outcome, tuple[Outcome, str]]
 Retry = Union[bool, tuple[type[BaseException], ...]]
+
+# How long the refs inside a result stay held here after it is returned: the result (on
+# the executor stream) reaches the head well before their deletes (another connection).
+_HOLD_RESULT_REFS_S = 2.0
 
 
 def _user_frames(tb: TracebackType | None) -> TracebackType | None:
@@ -207,13 +216,30 @@ class Worker:
             return (*_failure(errors.USER_EXCEPTION, e), self._retryable(e))
         if self._kind == "service":
             return self._service_output(result)
+        take_noted()  # refs the task's own calls serialized: their tasks keep them
         try:
             over = self._result_over
             if over is not None and self._result_node() is not None:
-                return self._by_reference(task_id, result, over)
-            return _serde.dumps(result, what=self._result_what, max_bytes=self._max_output)
+                output = self._by_reference(task_id, result, over)
+            else:
+                output = _serde.dumps(result, what=self._result_what, max_bytes=self._max_output)
         except errors.FlameError as e:
+            take_noted()
             return (*_failure(errors.USER_EXCEPTION, e), False)
+        inner = take_noted()
+        return output if not inner else self._with_refs(output, inner)
+
+    def _with_refs(self, output: bytes | StoredResult, inner: list[Any]) -> RefsResult:
+        """A result holding refs: ``(frame, object id or 0 if inline, size, ids)``. The head
+        keeps those objects alive while the result lives; this process keeps its refs a
+        little longer, so their deletes cannot reach the head before the result does."""
+        hold = threading.Timer(_HOLD_RESULT_REFS_S, inner.clear)
+        hold.daemon = True
+        hold.start()
+        ids = sorted({r.id for r in inner})
+        if isinstance(output, tuple):
+            return (*output, ids)
+        return (output, 0, 0, ids)
 
     def _result_node(self) -> NodeObjects | None:
         node = self._node

@@ -21,7 +21,7 @@ from collections.abc import Generator
 from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol
 
 from flame import _blocking, errors
-from flame.objects import ObjectStore, ResultMarker
+from flame.objects import ObjectStore, ResultMarker, collect_loaded, held_by, take_loaded
 
 __all__ = ["CompletionPump", "Future"]
 
@@ -83,6 +83,7 @@ class Future(concurrent.futures.Future):
         "_cond",
         "_decoder",
         "_exception",
+        "_holder",
         "_keep",
         "_ref",
         "_result",
@@ -114,6 +115,9 @@ class Future(concurrent.futures.Future):
         # A result stored by reference (see flame.objects.ResultMarker): the ref this
         # future owns (the object is deleted when the future goes), loaded on `result()`.
         self._ref: Any = None
+        # An inline result holding refs: the owned ref to its container (the result's
+        # object id), whose delete lets the head release those refs (see _hold_refs).
+        self._holder: Any = None
         self._source: CompletionSource | None = None
 
     def __repr__(self) -> str:
@@ -220,7 +224,11 @@ class Future(concurrent.futures.Future):
 
     def _load(self) -> Any:
         """The value of a result stored by reference, read once (zero-copy on its node)."""
-        value = self._ref.get()
+        collect_loaded()
+        try:
+            value = self._ref.get()
+        finally:
+            held_by(take_loaded(), self._ref)  # refs inside it keep the result object
         self._result = value  # later calls return it at once; the ref stays (for passing on)
         return value  # Python < 3.11
 
@@ -302,6 +310,17 @@ class Future(concurrent.futures.Future):
         except concurrent.futures.InvalidStateError:
             pass  # cancelled locally meanwhile
 
+    def _hold_refs(self, loaded: list[Any]) -> None:
+        """An inline result held refs: the head keeps their objects alive until this
+        result's container (its object id, with no bytes) is deleted, which happens when
+        this future and every ref read from the result are gone."""
+        from flame import _core
+
+        assert self.task_id is not None
+        holder = ObjectStore.current().owned(_core.result_object_id(self.task_id), 0)
+        held_by(loaded, holder)
+        self._holder = holder
+
     def _set_exception_safe(self, exc: BaseException) -> None:
         self._keep = None
         if self._finish_unwatched(None, exc):
@@ -317,10 +336,19 @@ class Future(concurrent.futures.Future):
         self._keep = None
         if state == SUCCEEDED:
             try:
-                value = self._decoder(output) if self._decoder is not None else output
+                if self._decoder is not None:
+                    collect_loaded()
+                    try:
+                        value = self._decoder(output)
+                    finally:
+                        loaded = take_loaded()
+                else:
+                    value, loaded = output, []
                 if value.__class__ is ResultMarker:  # the result stayed on its node
                     self._ref = ObjectStore.current().owned(value.id, value.size)
                     value = _BY_REF
+                elif loaded:
+                    self._hold_refs(loaded)
             except BaseException as e:  # delivered to the waiter instead
                 self._set_exception_safe(e)
                 return

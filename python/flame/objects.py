@@ -46,6 +46,10 @@ from flame._node_objects import NodeObjects
 
 __all__ = ["SPILL_BYTES", "ObjectRef", "ObjectStore", "ResultMarker"]
 
+# Set by a node for its executors: the id of the cluster's state (its head's), which refs
+# pickled in this cluster name.
+CLUSTER_ENV = "FLAME_CLUSTER"
+
 SPILL_BYTES = 1 << 20
 """Task arguments serializing to more than this many bytes are stored as an object."""
 
@@ -62,6 +66,23 @@ _noted = threading.local()
 def take_noted() -> list[ObjectRef] | None:
     """The refs serialized on this thread since the last call (their tasks keep them)."""
     return _noted.__dict__.pop("refs", None)
+
+
+def collect_loaded() -> None:
+    """Start noting the refs unpickled on this thread (see :func:`take_loaded`)."""
+    _noted.loaded = []
+
+
+def take_loaded() -> list[ObjectRef]:
+    """The refs unpickled on this thread since :func:`collect_loaded`; stops noting."""
+    return _noted.__dict__.pop("loaded", None) or []
+
+
+def held_by(refs: list[ObjectRef], holder: ObjectRef) -> None:
+    """``refs`` were read from a task's result, whose container ``holder`` makes the head
+    keep their objects alive: each keeps ``holder`` alive while it lives."""
+    for r in refs:
+        r._holder = holder
 
 
 def reads_of(refs: list[ObjectRef] | None) -> list[tuple[int, int]]:
@@ -82,7 +103,7 @@ class ObjectRef:
         size: Its serialized size in bytes.
     """
 
-    __slots__ = ("__weakref__", "_cluster", "_inner", "_store", "id", "size")
+    __slots__ = ("__weakref__", "_cluster", "_holder", "_inner", "_store", "id", "size")
 
     def __init__(
         self,
@@ -100,6 +121,9 @@ class ObjectRef:
         # ref lives, so their deletes never reach the head before this object's
         # announcement, which makes the head keep them alive (see ObjectStore.put).
         self._inner: tuple[ObjectRef, ...] = ()
+        # Read from a task's result: that result (its owned ref), which keeps this object
+        # alive on the head while this ref lives (see held_by).
+        self._holder: ObjectRef | None = None
 
     def __repr__(self) -> str:
         return f"<flame.ObjectRef {self.id:#x} ({self.size} bytes)>"
@@ -112,7 +136,7 @@ class ObjectRef:
         if not self._cluster:
             return (_rebuild, (self.id, self.size))
         # Pickled for a task (or inside a value) of this process's cluster, the ref must be
-        # one of it: a task's process cannot tell (it knows no cluster identity).
+        # one of it (a task's process knows its cluster from its node: CLUSTER_ENV).
         _same_cluster(self.id, self._cluster, ObjectStore._current)
         return (_rebuild_in, (self._cluster, self.id, self.size))
 
@@ -127,7 +151,14 @@ def _rebuild(object_id: int, size: int) -> Any:
     store = ObjectStore.current()
     if RESOLVE_REFS:
         return store.load(object_id)
-    return ObjectRef(object_id, size, store)
+    return _loaded(ObjectRef(object_id, size, store))
+
+
+def _loaded(ref: ObjectRef) -> ObjectRef:
+    loaded = _noted.__dict__.get("loaded")
+    if loaded is not None:
+        loaded.append(ref)
+    return ref
 
 
 def _rebuild_in(cluster: str, object_id: int, size: int) -> Any:
@@ -137,7 +168,7 @@ def _rebuild_in(cluster: str, object_id: int, size: int) -> Any:
     _same_cluster(object_id, cluster, store)
     if RESOLVE_REFS:
         return store.load(object_id)
-    return ObjectRef(object_id, size, store, cluster)
+    return _loaded(ObjectRef(object_id, size, store, cluster))
 
 
 def _same_cluster(object_id: int, cluster: str, store: ObjectStore | None) -> None:
@@ -232,6 +263,8 @@ class ObjectStore:
         if store is not None:
             return store
         store = cls(_connect_env, node=NodeObjects.from_env())
+        # An executor's: its node hands down the cluster's id (refs of others are refused).
+        store.cluster = os.environ.get(CLUSTER_ENV, "")
         with cls._registry_lock:
             if cls._current is None:
                 cls._current = store

@@ -4,7 +4,7 @@
 use bytes::Bytes;
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedBytes;
-use pyo3::types::{PyBytes, PyTuple};
+use pyo3::types::{PyBytes, PyInt, PyTuple};
 
 use flame_core::executor::{ServiceHost, SessionContext};
 use flame_core::ids::{ExecutorId, ObjectId, SessionId, TaskId};
@@ -20,6 +20,8 @@ struct PyHost {
     log: String,
     /// The object the last task's result was stored as (id, size), until the loop takes it.
     output_object: Option<(ObjectId, u64)>,
+    /// The refs pickled inside the last task's result, until the loop takes them.
+    result_refs: Vec<ObjectId>,
 }
 
 /// `(kind, message, traceback, payload[, retryable])` from the host → a classified failure.
@@ -113,6 +115,20 @@ impl ServiceHost for PyHost {
                     self.output_object = Some((ObjectId(id), size));
                     return Ok(to_bytes(frame));
                 }
+                // (frame, object id or 0 if inline, size, refs inside): a result holding
+                // refs (an error tuple starts with its kind, an int, not the frame).
+                if t.len() == 4 && t.get_item(0).is_ok_and(|f| !f.is_instance_of::<PyInt>()) {
+                    let (frame, id, size, refs): (PyBackedBytes, u64, u64, Vec<u64>) =
+                        match t.extract() {
+                            Ok(r) => r,
+                            Err(e) => return Err(host_error(py, e, "reading a result's refs")),
+                        };
+                    if id != 0 {
+                        self.output_object = Some((ObjectId(id), size));
+                    }
+                    self.result_refs = refs.into_iter().map(ObjectId).collect();
+                    return Ok(to_bytes(frame));
+                }
                 return Err(failure_from(&r));
             }
             match r.extract::<PyBackedBytes>() {
@@ -128,6 +144,10 @@ impl ServiceHost for PyHost {
 
     fn take_output_object(&mut self) -> Option<(ObjectId, u64)> {
         self.output_object.take()
+    }
+
+    fn take_result_refs(&mut self) -> Vec<ObjectId> {
+        std::mem::take(&mut self.result_refs)
     }
 
     fn leave(&mut self) {
@@ -153,6 +173,7 @@ pub fn run_executor(
         obj: host,
         log: String::new(),
         output_object: None,
+        result_refs: Vec::new(),
     };
     // The node's credentials, handed down through the environment.
     let creds = flame_core::client::Credentials::from_env().map_err(err)?;

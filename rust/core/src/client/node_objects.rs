@@ -17,6 +17,8 @@ use crate::proto::{ObjectStored, PullRequest};
 pub const NODE_SOCKET_ENV: &str = "FLAME_NODE_SOCKET";
 /// Executors' variable: the node's memory dir, where object files are written and mapped.
 pub const NODE_OBJECTS_ENV: &str = "FLAME_NODE_OBJECTS";
+/// The id of the cluster's state (its head's), set by a node for its executors (#12).
+pub const CLUSTER_ENV: &str = "FLAME_CLUSTER";
 /// Executors' variable: the node's id (as the head numbers nodes).
 pub const NODE_ID_ENV: &str = "FLAME_NODE_ID";
 

@@ -89,6 +89,11 @@ pub trait ServiceHost {
     fn take_output_object(&mut self) -> Option<(ObjectId, u64)> {
         None
     }
+    /// The refs pickled inside the last `invoke`'s result, handed over once: the head keeps
+    /// them alive while the result lives. A host whose results hold no refs keeps this.
+    fn take_result_refs(&mut self) -> Vec<ObjectId> {
+        Vec::new()
+    }
 }
 
 /// Serves the session manager's Backend at `address` (e.g. `"http://127.0.0.1:4567"`) as
@@ -337,6 +342,12 @@ impl Worker<'_> {
                         object_id: id.0,
                         size,
                     });
+            let contains: Vec<u64> = self
+                .host
+                .take_result_refs()
+                .into_iter()
+                .map(|id| id.0)
+                .collect();
             // At least 1: 0 on the wire means "not measured".
             let run_us = u64::try_from(started.elapsed().as_micros())
                 .unwrap_or(u64::MAX)
@@ -367,6 +378,7 @@ impl Worker<'_> {
                     run_us,
                     output_in_parts: false,
                     output_object,
+                    contains,
                 },
                 Err(failure) => proto::TaskResult {
                     session_id: session.0,
@@ -378,6 +390,7 @@ impl Worker<'_> {
                     run_us,
                     output_in_parts: false,
                     output_object: None,
+                    contains: Vec::new(),
                 },
             };
             // Sent per task: the link coalesces whatever has piled up, never waits for more.

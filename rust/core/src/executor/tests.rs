@@ -507,6 +507,7 @@ fn coalesce_batches_runs_of_results_and_keeps_order() {
             run_us: 0,
             output_in_parts: false,
             output_object: None,
+            contains: Vec::new(),
         })
     };
     let left = || {

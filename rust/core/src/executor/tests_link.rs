@@ -135,6 +135,7 @@ fn coalesce_sends_a_large_output_ahead_in_parts() {
         run_us: 1,
         output_in_parts: false,
         output_object: None,
+        contains: Vec::new(),
     })];
     let msgs = coalesce(items);
     assert_eq!(msgs.len(), 4, "three parts, then the result");

@@ -339,6 +339,11 @@ async fn serve(
         flame_core::client::node_objects::NODE_ID_ENV.into(),
         head.registered.node_id.to_string(),
     ));
+    // And the cluster's id: a task refuses refs of another cluster, as its client does.
+    pool_config.env.push((
+        flame_core::client::node_objects::CLUSTER_ENV.into(),
+        head.registered.state_id.clone(),
+    ));
     let mut node = Node {
         pool: Pool::new(pool_config),
         head,

@@ -78,6 +78,8 @@ pub(super) struct Actor {
     pub retention: super::retention::Retention,
     /// Where objects are on the nodes (#12; `objects.rs`).
     pub object_dir: super::objects::Objects,
+    /// The identity of the head's state, told to nodes for their executors (#12).
+    pub state_id: Arc<str>,
 }
 
 const META_SESSION: &str = "next_session_id";
@@ -179,6 +181,7 @@ pub fn start(
         run_times: HashMap::new(),
         retention: super::retention::Retention::new(cfg.result_retention, started),
         object_dir: Default::default(),
+        state_id: state_id.clone(),
     };
     let task = tokio::spawn(actor.run(rx));
     let handle = ManagerHandle {

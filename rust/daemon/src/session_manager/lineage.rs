@@ -14,7 +14,7 @@ use super::Event;
 
 impl Actor {
     /// Record the result objects in `results` (a task's large result stays on its
-    /// executor's node), and settle the rebuilds that ran without making theirs.
+    /// executor's node) and the refs each result holds, and settle the rebuilds that ran without making theirs.
     pub(super) fn result_objects(&mut self, executor: ExecutorId, results: &[proto::TaskResult]) {
         let node = self.sched.executor(executor).map(|e| e.node);
         for r in results {
@@ -23,6 +23,12 @@ impl Actor {
                 task: TaskId(r.task_id),
             };
             let expected = ObjectId::result_of(key.task);
+            if r.ok && !r.contains.is_empty() {
+                // Refs inside the result live as long as it does: its container is the
+                // result's object id (stored or inline), which its client deletes with it.
+                let contains: Vec<ObjectId> = r.contains.iter().map(|&id| ObjectId(id)).collect();
+                self.object_dir.dir.contains(expected, &contains);
+            }
             match (&r.output_object, node) {
                 (Some(o), Some(node)) if r.ok => {
                     if o.object_id != expected.0 {

@@ -42,7 +42,9 @@ pub(super) fn refusal(session: SessionId, owner: u32, client: u32) -> Option<Tas
 
 impl Actor {
     /// The node an executor runs on and the user of the session it serves (#11: a node's
-    /// Frontend call with an executor's header acts for that user).
+    /// Frontend call with an executor's header acts for that user). An idle executor acts
+    /// for the user of the session it last served (#12): its process still holds that
+    /// user's objects (refs a finished task returned) and must be able to delete them.
     pub(super) fn executor_place(
         &self,
         id: flame_core::ids::ExecutorId,
@@ -51,6 +53,7 @@ impl Actor {
         let node = self.sched.nodes().find(|n| n.id == e.node)?.name.clone();
         let user = e
             .session()
+            .or(e.last_session)
             .and_then(|s| self.sched.session(s))
             .map(|s| s.spec.user.clone());
         Some(crate::security::authz::ExecutorPlace { node, user })

@@ -46,6 +46,7 @@ impl Actor {
                     heartbeat_ms: self.cfg.heartbeat.as_millis() as u32,
                     node_timeout_ms: u32::try_from(self.cfg.node_timeout.as_millis())
                         .unwrap_or(u32::MAX),
+                    state_id: self.state_id.to_string(),
                 },
             )),
         };

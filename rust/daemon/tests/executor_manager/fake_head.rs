@@ -192,6 +192,7 @@ impl Harness {
                 node_id,
                 heartbeat_ms: 50,
                 node_timeout_ms: self.node_timeout_ms,
+                state_id: String::new(),
             },
         ))
         .await;

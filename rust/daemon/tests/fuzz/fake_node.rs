@@ -215,6 +215,7 @@ async fn fake_executor(
         run_us: 0,
         output_in_parts: false,
         output_object: None,
+        contains: Vec::new(),
     };
     let none = proto::ExecutorMessage { msg: None };
     for m in [

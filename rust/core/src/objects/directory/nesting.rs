@@ -65,6 +65,11 @@ impl Nesting {
         free
     }
 
+    /// Every live container (an inline task result holding refs is one without bytes).
+    pub fn containers(&self) -> impl Iterator<Item = &ObjectId> {
+        self.children.keys()
+    }
+
     /// How many containers hold `id` now.
     pub fn holding(&self, id: ObjectId) -> u32 {
         self.containers.get(&id).copied().unwrap_or(0)

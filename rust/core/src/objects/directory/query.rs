@@ -21,16 +21,19 @@ impl Directory {
         self.objects.get(&id).is_some_and(|e| e.rebuilding)
     }
 
-    /// The objects `client` made (held, rebuilding or lost), in id order.
+    /// The objects `client` made (held, rebuilding or lost) and its inline task results
+    /// holding refs (containers with no bytes), in id order.
     pub fn owned_by(&self, client: ClientId) -> Vec<ObjectId> {
         let mut ids: Vec<ObjectId> = self
             .objects
             .keys()
             .chain(self.lost.keys())
+            .chain(self.nesting.containers())
             .filter(|id| id.owner() == client)
             .copied()
             .collect();
         ids.sort_unstable();
+        ids.dedup();
         ids
     }
 

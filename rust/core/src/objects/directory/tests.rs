@@ -320,6 +320,26 @@ fn an_owners_lease_end_releases_what_its_containers_hold() {
 }
 
 #[test]
+fn an_inline_result_holds_its_refs_without_bytes_until_deleted_or_its_owner_goes() {
+    // A task's result that travelled inline is a container with no bytes: its id is the
+    // result's object id, deleted by the client that drops the result.
+    let mut d = Directory::new();
+    let (x, y) = (obj(2, 1), obj(2, 2));
+    d.add_primary(x, 10, A, None);
+    d.add_primary(y, 10, A, None);
+    let first = ObjectId::result_of(task(1, 7).task);
+    let second = ObjectId::result_of(task(1, 8).task);
+    d.contains(first, &[x]);
+    d.contains(second, &[y]);
+    assert!(d.delete(&[x, y]).is_empty(), "both held by a result");
+    assert_eq!(d.delete(&[first]).get(&A), Some(&vec![x]));
+    assert!(held(&d, y));
+    assert_eq!(d.owned_by(ClientId(1)), vec![second]);
+    assert_eq!(d.delete_owner(ClientId(1)).get(&A), Some(&vec![y]));
+    assert!(d.is_empty());
+}
+
+#[test]
 fn a_result_announced_without_its_producer_is_still_rebuilt_by_its_id() {
     let mut d = Directory::new();
     let t = task(1, 7);
