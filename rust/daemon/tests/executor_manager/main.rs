@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 mod fake_head;
 mod orphans;
+mod pins;
 mod resources;
 mod store;
 
