@@ -36,8 +36,6 @@ SPILL_DIR_FILE = "spill_dir"
 # most every _SWEEP_S seconds, so a deleted object's memory is not held for long.
 _MAPPED_MAX = 32
 _SWEEP_S = 0.5
-# Pulls of an object evicted again before this process mapped it, before giving up.
-_PULLS = 3
 
 
 def _socket_client(socket: str) -> Any:
@@ -135,21 +133,23 @@ class NodeObjects:
         found = self._find(object_id)
         if found is not None:
             return found
-        # A copy just pulled can be evicted again before it is mapped here, when the node
-        # is over budget and busy (serving other nodes restores and settles): pull again.
-        for _ in range(_PULLS):
-            try:
-                self._client.pull([object_id])
-            except errors.ObjectLostError as e:
-                raise errors.ObjectLostError(
-                    f"object {object_id:#x} no longer exists or cannot be reached: {e}"
-                ) from None
+        # The node pins what it pulled until this process has mapped it (a copy evicted in
+        # between would be gone for this reader), then is told it may move it again.
+        try:
+            self._client.pull([object_id], pin=True)
+        except errors.ObjectLostError as e:
+            raise errors.ObjectLostError(
+                f"object {object_id:#x} no longer exists or cannot be reached: {e}"
+            ) from None
+        try:
             found = self._find(object_id)
-            if found is not None:
-                return found
+        finally:
+            self._client.release([object_id])
+        if found is not None:
+            return found
         raise errors.ObjectLostError(
             f"object {object_id:#x} is not in this node's store ({self.dir}) although the "
-            f"node pulled it {_PULLS} times (deleted meanwhile, or its store is too small?)"
+            "node pulled it (deleted meanwhile?)"
         )
 
     def _find(self, object_id: int) -> memoryview | None:

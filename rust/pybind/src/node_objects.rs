@@ -57,11 +57,26 @@ impl PyNodeObjects {
     }
 
     /// Makes these objects local (restored or fetched); `(id, size)` for each, in order.
-    fn pull(&self, py: Python<'_>, object_ids: Vec<u64>) -> PyResult<Vec<(u64, u64)>> {
+    /// With `pin`, the node keeps them in place until `release` (the caller maps them).
+    #[pyo3(signature = (object_ids, pin = false))]
+    fn pull(&self, py: Python<'_>, object_ids: Vec<u64>, pin: bool) -> PyResult<Vec<(u64, u64)>> {
         let ids: Vec<ObjectId> = object_ids.into_iter().map(ObjectId).collect();
         let client = self.inner.clone();
-        let pulled = wait(py, async move { client.pull(&ids).await })?
-            .map_err(|e| to_py(e, About::Object))?;
+        let pulled = wait(py, async move {
+            if pin {
+                client.pull_pinned(&ids).await
+            } else {
+                client.pull(&ids).await
+            }
+        })?
+        .map_err(|e| to_py(e, About::Object))?;
         Ok(pulled.into_iter().map(|(id, size)| (id.0, size)).collect())
+    }
+
+    /// The caller has mapped these objects pulled with `pin`: the node may move them again.
+    fn release(&self, py: Python<'_>, object_ids: Vec<u64>) -> PyResult<()> {
+        let ids: Vec<ObjectId> = object_ids.into_iter().map(ObjectId).collect();
+        let client = self.inner.clone();
+        wait(py, async move { client.release(&ids).await })?.map_err(|e| to_py(e, About::Object))
     }
 }

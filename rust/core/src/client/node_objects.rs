@@ -85,8 +85,35 @@ impl NodeObjects {
     /// # Errors
     /// The node's: `NotFound` naming an object no node holds, `Unreachable`, ...
     pub async fn pull(&self, ids: &[ObjectId]) -> Result<Vec<(ObjectId, u64)>> {
+        self.pull_as(ids, false).await
+    }
+
+    /// [`NodeObjects::pull`], and the node keeps each object where it is (not evicted,
+    /// not spilled) until [`NodeObjects::release`] — for a caller that maps the files next.
+    ///
+    /// # Errors
+    /// As [`NodeObjects::pull`].
+    pub async fn pull_pinned(&self, ids: &[ObjectId]) -> Result<Vec<(ObjectId, u64)>> {
+        self.pull_as(ids, true).await
+    }
+
+    /// The caller has mapped these objects pulled with [`NodeObjects::pull_pinned`].
+    ///
+    /// # Errors
+    /// `InvalidArgument` for id 0; the connection's.
+    pub async fn release(&self, ids: &[ObjectId]) -> Result<()> {
         let request = PullRequest {
             object_ids: ids.iter().map(|id| id.0).collect(),
+            pin: false,
+        };
+        self.inner.clone().release(request).await?;
+        Ok(())
+    }
+
+    async fn pull_as(&self, ids: &[ObjectId], pin: bool) -> Result<Vec<(ObjectId, u64)>> {
+        let request = PullRequest {
+            object_ids: ids.iter().map(|id| id.0).collect(),
+            pin,
         };
         let reply = self.inner.clone().pull(request).await?.into_inner();
         Ok(reply

@@ -105,6 +105,13 @@ impl NodeObjects for Arc<Holder> {
     ) -> Result<Response<proto::ObjectLocations>, Status> {
         Err(Status::unimplemented("test"))
     }
+
+    async fn release(
+        &self,
+        _: Request<proto::PullRequest>,
+    ) -> Result<Response<proto::Empty>, Status> {
+        Err(Status::unimplemented("test"))
+    }
 }
 
 /// A running server of `holder`; stopped when the guard drops.

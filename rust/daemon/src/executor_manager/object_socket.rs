@@ -72,6 +72,46 @@ async fn blocking<T: Send + 'static>(
     }
 }
 
+/// Opens a held object (pinned for its reader when asked); its size.
+fn open(store: &ObjectStore, id: ObjectId, pin: bool) -> flame_core::Result<u64> {
+    let opened = if pin {
+        store.open_pinned(id)
+    } else {
+        store.open_object(id)
+    };
+    opened.map(|f| f.size)
+}
+
+/// Fetches `id` from another node; with `pin`, pins the copy for its reader. A copy
+/// evicted between its commit and the pin (the store over budget and busy) is fetched
+/// again: once pinned it stays until the reader releases it.
+async fn fetch_pinned(
+    fetch: &dyn RemoteFetch,
+    store: Arc<ObjectStore>,
+    id: ObjectId,
+    pin: bool,
+) -> flame_core::Result<u64> {
+    let mut attempts = 0;
+    loop {
+        let size = fetch.fetch(store.clone(), id).await?;
+        if !pin {
+            return Ok(size);
+        }
+        let s = store.clone();
+        let opened = tokio::task::spawn_blocking(move || s.open_pinned(id))
+            .await
+            .map_err(|e| FlameError::Internal(format!("object store call failed: {e}")))?;
+        match opened {
+            Ok(f) => return Ok(f.size),
+            Err(FlameError::NotFound(_)) if attempts < PIN_ATTEMPTS => attempts += 1,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Fetches of one pull whose copy is evicted before it could be pinned, before giving up.
+const PIN_ATTEMPTS: u32 = 3;
+
 #[tonic::async_trait]
 impl NodeObjects for ObjectSocket {
     type FetchStream = ChunkStream;
@@ -101,9 +141,26 @@ impl NodeObjects for ObjectSocket {
         Ok(Response::new(Empty {}))
     }
 
-    async fn pull(&self, req: Request<PullRequest>) -> Result<Response<ObjectLocations>, Status> {
+    async fn release(&self, req: Request<PullRequest>) -> Result<Response<Empty>, Status> {
         let ids = req
             .into_inner()
+            .object_ids
+            .into_iter()
+            .map(object_id)
+            .collect::<Result<Vec<_>, _>>()?;
+        let store = self.store.clone();
+        blocking(move || {
+            store.release(&ids);
+            Ok(())
+        })
+        .await?;
+        Ok(Response::new(Empty {}))
+    }
+
+    async fn pull(&self, req: Request<PullRequest>) -> Result<Response<ObjectLocations>, Status> {
+        let req = req.into_inner();
+        let pin = req.pin;
+        let ids = req
             .object_ids
             .into_iter()
             .map(object_id)
@@ -118,7 +175,7 @@ impl NodeObjects for ObjectSocket {
             if self.store.contains(id) {
                 let store = self.store.clone();
                 // Opening restores a spilled object and checks its header.
-                let size = blocking(move || store.open_object(id).map(|f| f.size)).await;
+                let size = blocking(move || open(&store, id, pin)).await;
                 match size {
                     Ok(size) => {
                         sizes.insert(id, size);
@@ -138,7 +195,7 @@ impl NodeObjects for ObjectSocket {
             };
             let (fetch, store) = (fetch.clone(), self.store.clone());
             sizes.insert(id, 0);
-            fetches.spawn(async move { (id, fetch.fetch(store, id).await) });
+            fetches.spawn(async move { (id, fetch_pinned(&*fetch, store, id, pin).await) });
         }
         while let Some(done) = fetches.join_next().await {
             let (id, result) = done.map_err(|e| Status::internal(format!("fetch failed: {e}")))?;

@@ -189,4 +189,13 @@ impl<S: ObjectFiles> NodeObjects for ObjectService<S> {
             "Pull is for the node's own processes, on its Unix socket",
         ))
     }
+
+    async fn release(
+        &self,
+        _req: Request<proto::PullRequest>,
+    ) -> Result<Response<proto::Empty>, Status> {
+        Err(Status::permission_denied(
+            "Release is for the node's own processes, on its Unix socket",
+        ))
+    }
 }

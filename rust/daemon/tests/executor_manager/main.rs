@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 mod fake_head;
 mod fence;
 mod orphans;
+mod pins;
 mod resources;
 mod store;
 

@@ -6,8 +6,14 @@
 //! another node holds the primary, a later access fetches it again); then primaries, least
 //! recently used first (they are spilled to disk, never deleted: they may be the only copy).
 //! Each decision is `O(log n)` (one ordered set per kind of in-memory object).
+//!
+//! A *pinned* object is never chosen: a process pulled it and is about to map it (a copy
+//! evicted between the pull and the map would be gone for that reader). A pin lasts until
+//! released, or [`PIN_LEASE`] at most, so a reader that dies before releasing holds no
+//! memory for long.
 
 use std::collections::{BTreeSet, HashMap};
+use std::time::{Duration, Instant};
 
 use crate::ids::ObjectId;
 
@@ -45,8 +51,19 @@ pub enum Action {
     Spill(ObjectId),
 }
 
+/// Longest a pin holds without being released.
+pub const PIN_LEASE: Duration = Duration::from_secs(60);
+
+/// Pins of one object: how many readers hold one, and until when the latest lasts.
+#[derive(Clone, Copy, Debug)]
+struct Pin {
+    count: u32,
+    until: Instant,
+}
+
 #[derive(Debug)]
 pub struct Budget {
+    pins: HashMap<ObjectId, Pin>,
     limit: u64,
     entries: HashMap<ObjectId, Entry>,
     /// In-memory objects by last use, per kind of copy.
@@ -60,6 +77,7 @@ pub struct Budget {
 impl Budget {
     pub fn new(limit: u64) -> Self {
         Budget {
+            pins: HashMap::new(),
             limit,
             entries: HashMap::new(),
             lru_cached: BTreeSet::new(),
@@ -132,7 +150,30 @@ impl Budget {
         }
     }
 
+    /// Keeps `id` from being evicted or spilled until [`Budget::unpin`] (or [`PIN_LEASE`]).
+    pub fn pin(&mut self, id: ObjectId) {
+        let until = Instant::now() + PIN_LEASE;
+        let pin = self.pins.entry(id).or_insert(Pin { count: 0, until });
+        pin.count += 1;
+        pin.until = until;
+    }
+
+    /// Releases one pin of `id` (none held: nothing happens).
+    pub fn unpin(&mut self, id: ObjectId) {
+        if let Some(pin) = self.pins.get_mut(&id) {
+            pin.count -= 1;
+            if pin.count == 0 {
+                self.pins.remove(&id);
+            }
+        }
+    }
+
+    fn pinned(pins: &HashMap<ObjectId, Pin>, id: ObjectId) -> bool {
+        pins.get(&id).is_some_and(|p| p.until > Instant::now())
+    }
+
     pub fn remove(&mut self, id: ObjectId) -> Option<Entry> {
+        self.pins.remove(&id);
         let entry = self.entries.remove(&id)?;
         self.unlink(id, entry);
         Some(entry)
@@ -155,10 +196,11 @@ impl Budget {
     pub fn plan(&mut self, protect: Option<ObjectId>) -> Vec<Action> {
         let mut actions = Vec::new();
         while self.memory_bytes > self.limit {
+            let pins = &self.pins;
             let pick = |set: &BTreeSet<(u64, ObjectId)>| {
                 set.iter()
                     .map(|(_, id)| *id)
-                    .find(|id| Some(*id) != protect)
+                    .find(|id| Some(*id) != protect && !Self::pinned(pins, *id))
             };
             if let Some(id) = pick(&self.lru_cached) {
                 self.remove(id);
@@ -233,6 +275,23 @@ mod tests {
         assert!(b.plan(Some(A)).is_empty());
         assert_eq!(b.memory_bytes(), 50);
         assert_eq!(b.plan(None), [Action::Spill(A)]);
+    }
+
+    #[test]
+    fn a_pinned_object_stays_until_released() {
+        let mut b = Budget::new(100);
+        b.insert(A, 60, Kind::Cached, Place::Memory);
+        b.insert(B, 60, Kind::Primary, Place::Memory);
+        b.pin(A);
+        b.pin(B);
+        assert!(
+            b.plan(None).is_empty(),
+            "both pinned: over the budget, nothing goes"
+        );
+        b.unpin(A);
+        assert_eq!(b.plan(None), [Action::Evict(A)]);
+        b.insert(A, 60, Kind::Cached, Place::Memory); // fetched again: no pin left over
+        assert_eq!(b.plan(Some(B)), [Action::Evict(A)]);
     }
 
     #[test]

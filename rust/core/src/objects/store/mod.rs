@@ -186,6 +186,30 @@ impl ObjectStore {
     /// damaged: ...") when its file is no whole object any more: it is removed (and
     /// reported removed), never handed out.
     pub fn open_object(&self, id: ObjectId) -> Result<ObjectFile> {
+        self.open_as(id, false)
+    }
+
+    /// [`ObjectStore::open_object`], and `id` stays in place (neither evicted nor spilled)
+    /// until [`ObjectStore::release`] or `budget::PIN_LEASE`: a process that pulled it
+    /// maps its file next.
+    ///
+    /// # Errors
+    /// As [`ObjectStore::open_object`].
+    pub fn open_pinned(&self, id: ObjectId) -> Result<ObjectFile> {
+        self.open_as(id, true)
+    }
+
+    /// Drops one pin of each of `ids` ([`ObjectStore::open_pinned`]); a store over its
+    /// budget makes room at once.
+    pub fn release(&self, ids: &[ObjectId]) {
+        let mut budget = self.lock();
+        for id in ids {
+            budget.unpin(*id);
+        }
+        self.settle(&mut budget, None);
+    }
+
+    fn open_as(&self, id: ObjectId, pin: bool) -> Result<ObjectFile> {
         let mut budget = self.lock();
         let Some(entry) = budget.get(id) else {
             return Err(FlameError::NotFound(format!(
@@ -203,6 +227,9 @@ impl ObjectStore {
             }
         }
         budget.touch(id);
+        if pin {
+            budget.pin(id);
+        }
         let place = budget.get(id).map_or(entry.place, |e| e.place);
         let path = self.dir_of(place).join(file_name(id));
         match verify(id, &path) {

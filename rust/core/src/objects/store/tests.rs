@@ -272,3 +272,25 @@ fn closing_removes_both_dirs() {
     let err = ObjectStore::open(&StoreConfig::new(work.path(), 0)).unwrap_err();
     assert!(err.to_string().contains("budget"), "{err}");
 }
+
+/// A pulled copy stays until its reader has mapped it and released it: another object
+/// stored in between (the store over its budget) does not evict it.
+#[test]
+fn a_pinned_copy_is_not_evicted_before_its_release() {
+    let (_w, s) = store(100);
+    put(&s, 1, &[1; 60], Kind::Cached);
+    let opened = s.open_pinned(ObjectId(1)).unwrap();
+    put(&s, 2, &[2; 60], Kind::Primary); // 120 held: the copy would be the one to go
+    assert!(
+        opened.path.exists(),
+        "the pinned copy was evicted before its reader mapped it"
+    );
+    assert_eq!(place(&s, 1), Some(Place::Memory));
+    s.release(&[ObjectId(1)]);
+    assert_eq!(
+        place(&s, 1),
+        None,
+        "released over the budget: the copy goes at once"
+    );
+    assert!(!opened.path.exists());
+}
