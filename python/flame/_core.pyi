@@ -184,7 +184,11 @@ class NodeObjects:
     socket_path: str
     def __new__(cls, socket_path: str) -> NodeObjects: ...
     def seal(self, object_id: int, size: int) -> None: ...
-    def pull(self, object_ids: list[int]) -> list[tuple[int, int]]: ...
+    def pull(self, object_ids: list[int], pin: bool = False) -> list[tuple[int, int]]:
+        """Make these objects local; ``(id, size)`` each. With ``pin`` they stay in place
+        until :meth:`release` (the caller maps them first)."""
+    def release(self, object_ids: list[int]) -> None:
+        """The caller has mapped these pinned objects: the node may move them again."""
 
 @final
 class LocalCluster:
