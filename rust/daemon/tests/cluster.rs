@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
@@ -11,7 +10,7 @@ use bytes::Bytes;
 use flame_core::client::Client;
 use flame_core::ids::{SessionId, TaskId};
 use flame_core::model::{ErrorKind, SessionSpec, TaskState};
-use flame_core::proto::{self, TaskCompletion};
+use flame_core::proto;
 use flame_daemon::local::LocalCluster;
 use flame_daemon::session_manager::ManagerConfig;
 
@@ -63,31 +62,6 @@ async fn open(client: &Client, common_data: &'static [u8], retries: u32) -> Sess
     common::create_session(client, spec).await
 }
 
-/// Wait until every task in `ids` has completed; panics after 30 s.
-async fn collect(client: &Client, ids: &[TaskId]) -> HashMap<u64, TaskCompletion> {
-    let mut done = HashMap::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while done.len() < ids.len() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "only {} of {} done",
-            done.len(),
-            ids.len()
-        );
-        let batch = client
-            .next_completions(Duration::from_millis(200))
-            .await
-            .expect("stream open");
-        for c in batch {
-            assert!(
-                done.insert(c.task_id, c).is_none(),
-                "a task completed twice"
-            );
-        }
-    }
-    done
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_tasks_run_and_each_completes_once_with_its_output() {
     let dir = tempfile::tempdir().unwrap();
@@ -96,7 +70,7 @@ async fn many_tasks_run_and_each_completes_once_with_its_output() {
     let sid = open(&client, b"", 3).await;
     let inputs: Vec<Bytes> = (0..2000).map(|i| Bytes::from(format!("in-{i}"))).collect();
     let ids = client.submit(sid, inputs).unwrap();
-    let done = collect(&client, &ids).await;
+    let done = common::collect(&client, &ids).await;
     for (i, id) in ids.iter().enumerate() {
         let c = &done[&id.0];
         assert_eq!(c.state, TaskState::Succeeded.as_i32());
@@ -122,7 +96,7 @@ async fn failures_are_classified_and_named() {
     let ids = client
         .submit(sid, vec![Bytes::from_static(b"fail:boom")])
         .unwrap();
-    let c = &collect(&client, &ids).await[&ids[0].0];
+    let c = &common::collect(&client, &ids).await[&ids[0].0];
     assert_eq!(c.state, TaskState::Failed.as_i32());
     let e = c.error.as_ref().unwrap();
     assert_eq!(e.kind, ErrorKind::ErrorUserException as i32);
@@ -135,7 +109,7 @@ async fn failures_are_classified_and_named() {
             vec![Bytes::from_static(b"a"), Bytes::from_static(b"b")],
         )
         .unwrap();
-    for c in collect(&client, &ids).await.values() {
+    for c in common::collect(&client, &ids).await.values() {
         let e = c.error.as_ref().unwrap();
         assert_eq!(e.kind, ErrorKind::ErrorSessionEnterFailed as i32, "{e:?}");
     }
@@ -143,7 +117,7 @@ async fn failures_are_classified_and_named() {
     let ids = client
         .submit(SessionId(9999), vec![Bytes::from_static(b"x")])
         .unwrap();
-    let c = &collect(&client, &ids).await[&ids[0].0];
+    let c = &common::collect(&client, &ids).await[&ids[0].0];
     assert_eq!(
         c.error.as_ref().unwrap().kind,
         ErrorKind::ErrorSessionNotFound as i32
@@ -159,7 +133,7 @@ async fn failures_are_classified_and_named() {
     // The first session still works after all that.
     let ids = client.submit(sid, vec![Bytes::from_static(b"ok")]).unwrap();
     assert_eq!(
-        collect(&client, &ids).await[&ids[0].0].output,
+        common::collect(&client, &ids).await[&ids[0].0].output,
         Bytes::from_static(b"ok")
     );
     cluster.stop().await;
@@ -181,14 +155,14 @@ async fn closing_a_session_cancels_its_unfinished_tasks() {
         .unwrap()
         .into_inner();
     assert_eq!(info.state, proto::SessionState::SessionClosed as i32);
-    let done = collect(&client, &ids).await;
+    let done = common::collect(&client, &ids).await;
     let cancelled = done
         .values()
         .filter(|c| c.state == TaskState::Cancelled.as_i32())
         .count();
     assert!(cancelled >= 10, "most tasks were still queued: {cancelled}");
     let late = client.submit(sid, vec![Bytes::from_static(b"x")]).unwrap();
-    let c = &collect(&client, &late).await[&late[0].0];
+    let c = &common::collect(&client, &late).await[&late[0].0];
     assert_eq!(
         c.error.as_ref().unwrap().kind,
         ErrorKind::ErrorSessionClosed as i32
@@ -242,7 +216,7 @@ async fn a_task_whose_executor_is_killed_runs_again() {
     assert_eq!(pids.len(), 1, "one executor runs the task");
     tokio::time::sleep(Duration::from_millis(300)).await;
     unsafe { libc::kill(pids[0], libc::SIGKILL) };
-    let c = &collect(&client, &ids).await[&ids[0].0];
+    let c = &common::collect(&client, &ids).await[&ids[0].0];
     assert_eq!(c.state, TaskState::Succeeded.as_i32(), "{c:?}");
     assert_eq!(c.attempts, 2);
     cluster.stop().await;
@@ -261,7 +235,7 @@ async fn state_survives_a_restart() {
     let first = client
         .submit(sid, vec![Bytes::from_static(b"quick")])
         .unwrap();
-    collect(&client, &first).await;
+    common::collect(&client, &first).await;
     let inputs = (0..8)
         .map(|i| Bytes::from(format!("sleep:{}", 50 + i)))
         .collect();
@@ -275,7 +249,7 @@ async fn state_survives_a_restart() {
     let mut all = first.clone();
     all.extend(&rest);
     client.watch(sid, all.clone()).unwrap();
-    let done = collect(&client, &all).await;
+    let done = common::collect(&client, &all).await;
     assert!(done
         .values()
         .all(|c| c.state == TaskState::Succeeded.as_i32()));
@@ -317,7 +291,7 @@ async fn a_task_over_its_timeout_fails_and_the_executor_is_replaced() {
             ],
         )
         .unwrap();
-    let done = collect(&client, &ids).await;
+    let done = common::collect(&client, &ids).await;
     let hung = &done[&ids[0].0];
     assert_eq!(
         hung.error.as_ref().unwrap().kind,
@@ -352,7 +326,7 @@ async fn a_client_rides_through_a_daemon_restart() {
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     let cluster = start_on(dir.path(), 1, port).await;
-    let done = collect(&client, &ids).await;
+    let done = common::collect(&client, &ids).await;
     assert_eq!(done.len(), 25);
     for (i, id) in ids.iter().enumerate() {
         let c = &done[&id.0];
@@ -436,7 +410,7 @@ async fn what_a_task_printed_comes_with_its_completion_and_stays_retrievable() {
         Bytes::from_static(b"quiet"),
     ];
     let ids = client.submit(sid, inputs).unwrap();
-    let done = collect(&client, &ids).await;
+    let done = common::collect(&client, &ids).await;
     assert_eq!(done[&ids[0].0].log, "hello\n");
     assert_eq!(done[&ids[1].0].log, "");
 
@@ -463,7 +437,7 @@ async fn what_a_task_printed_comes_with_its_completion_and_stays_retrievable() {
     // A finished task watched later (as after a reconnect) comes from storage, log included.
     let other = connect(&cluster).await;
     other.watch(sid, vec![ids[0]]).unwrap();
-    let again = collect(&other, &ids[..1]).await;
+    let again = common::collect(&other, &ids[..1]).await;
     assert_eq!(again[&ids[0].0].log, "hello\n");
     cluster.stop().await;
 }

@@ -6,14 +6,13 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use bytes::Bytes;
 use flame_core::client::Client;
-use flame_core::ids::{SessionId, TaskId};
+use flame_core::ids::SessionId;
 use flame_core::model::{SessionSpec, TaskState};
-use flame_core::proto::{self, TaskCompletion};
+use flame_core::proto;
 use flame_core::storage::pg_test_server::PgServer;
 use flame_daemon::local::LocalCluster;
 use flame_daemon::session_manager::ManagerConfig;
@@ -48,30 +47,6 @@ async fn connect(cluster: &LocalCluster) -> Client {
         .expect("client connects")
 }
 
-async fn collect(client: &Client, ids: &[TaskId]) -> HashMap<u64, TaskCompletion> {
-    let mut done = HashMap::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while done.len() < ids.len() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "only {} of {} done",
-            done.len(),
-            ids.len()
-        );
-        let batch = client
-            .next_completions(Duration::from_millis(200))
-            .await
-            .expect("stream open");
-        for c in batch {
-            assert!(
-                done.insert(c.task_id, c).is_none(),
-                "a task completed twice"
-            );
-        }
-    }
-    done
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn state_in_postgres_survives_a_restart_on_a_fresh_state_dir() {
     let Some(pg) = server() else { return };
@@ -95,7 +70,7 @@ async fn state_in_postgres_survives_a_restart_on_a_fresh_state_dir() {
     let first = client
         .submit(sid, vec![Bytes::from_static(b"quick")])
         .unwrap();
-    collect(&client, &first).await;
+    common::collect(&client, &first).await;
     let inputs = (0..8)
         .map(|i| Bytes::from(format!("sleep:{}", 50 + i)))
         .collect();
@@ -112,7 +87,7 @@ async fn state_in_postgres_survives_a_restart_on_a_fresh_state_dir() {
     let mut all = first.clone();
     all.extend(&rest);
     client.watch(sid, all.clone()).unwrap();
-    let done = collect(&client, &all).await;
+    let done = common::collect(&client, &all).await;
     assert!(done
         .values()
         .all(|c| c.state == TaskState::Succeeded.as_i32()));

@@ -3,11 +3,13 @@
 //! Each test crate includes this module and uses its own subset of it.
 #![allow(dead_code)]
 
+use std::collections::HashMap;
 use std::path::Path;
+use std::time::Duration;
 
 use bytes::Bytes;
 use flame_core::client::{Client, Credentials};
-use flame_core::ids::SessionId;
+use flame_core::ids::{SessionId, TaskId};
 use flame_core::model::SessionSpec;
 use flame_core::proto;
 use flame_daemon::executor_manager::NodeConfig;
@@ -118,4 +120,29 @@ pub async fn start_cluster(head: HeadConfig, node: NodeConfig) -> flame_core::Re
     let cluster = LocalCluster::start(head, node).await?;
     trust_test_token(&cluster.head);
     Ok(cluster)
+}
+
+/// Wait until every task in `ids` has completed, each exactly once; panics after 60 s.
+pub async fn collect(client: &Client, ids: &[TaskId]) -> HashMap<u64, proto::TaskCompletion> {
+    let mut done = HashMap::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while done.len() < ids.len() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {} of {} done",
+            done.len(),
+            ids.len()
+        );
+        let batch = client
+            .next_completions(Duration::from_millis(200))
+            .await
+            .expect("stream open");
+        for c in batch {
+            assert!(
+                done.insert(c.task_id, c).is_none(),
+                "a task completed twice"
+            );
+        }
+    }
+    done
 }
