@@ -206,7 +206,7 @@ class LocalCluster:
         port: int = 0,
         max_payload_bytes: int | None = None,  # largest task input/output (default 256 MiB)
         client_lease: float | None = None,  # s a client may be gone before its sessions close
-        warm_delay: float | None = None,  # s an idle executor stays bound to its session
+        release_delay: float | None = None,  # s an idle executor stays bound to its session
         policies: list[str] | None = None,  # scheduler policies on (default: the daemon's)
     ) -> LocalCluster: ...
     def stop(self, grace: float = 5.0) -> None: ...

@@ -42,7 +42,7 @@ def cluster(slots: int, tmp_path: Path) -> Iterator[tuple[flame.Connection, str]
     state = tmp_path / f"state-{slots}"
     state.mkdir()
     # A long release delay: executors stay where the test put them.
-    local = _core.LocalCluster(slots, str(state), sys.executable, warm_delay=60.0)
+    local = _core.LocalCluster(slots, str(state), sys.executable, release_delay=60.0)
     host_port = local.address.split("://")[-1]
     try:
         with flame.connect(local.address) as conn:

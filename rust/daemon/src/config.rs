@@ -12,7 +12,6 @@
 //! object_store_mb = 4096                       # node object store in memory (default 30 %)
 //! object_port = 0                              # a node's object server (0 = any free port)
 //! executor_command = ["flame-echo-executor"]   # instead of `{python} -m flame._executor`
-//! warm_delay_ms = 2000
 //! window = 2                                   # tasks sent ahead to one executor, at least
 //! window_max = 64                              # ... and at most, for very short tasks
 //! max_payload_mb = 256                         # largest task input or output (at most 1000)
@@ -33,7 +32,6 @@
 //! data_wait_ms = 100                            # data_aware: a task waits this long for its data's node
 //! ```
 //!
-//! The top-level `warm_delay_ms` is the older name of `scheduler.release_delay_ms`.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -71,11 +69,13 @@ pub struct FileConfig {
     /// Port of a node's object server (0 = any free one).
     pub object_port: Option<u16>,
     pub executor_command: Option<Vec<String>>,
-    pub warm_delay_ms: Option<u64>,
     pub window: Option<usize>,
     pub window_max: Option<usize>,
     pub max_payload_mb: Option<usize>,
+    /// How often nodes and executors report to the head, ms.
     pub heartbeat_ms: Option<u64>,
+    /// A node silent this long is lost (its tasks run elsewhere), and a node that hears
+    /// nothing from its head this long stops its executors and registers again, ms.
     pub node_timeout_ms: Option<u64>,
     pub client_lease_ms: Option<u64>,
     pub drain_grace_ms: Option<u64>,
@@ -129,17 +129,8 @@ impl FileConfig {
     pub fn manager(&self) -> Result<ManagerConfig> {
         let mut m = ManagerConfig::default();
         let table = self.scheduler.clone().unwrap_or_default();
-        let delay = match (self.warm_delay_ms, table.release_delay_ms) {
-            (Some(a), Some(b)) if a != b => {
-                return Err(FlameError::InvalidArgument(format!(
-                    "warm_delay_ms ({a}) and scheduler.release_delay_ms ({b}) are the same \
-                     setting; give one of them"
-                )))
-            }
-            (a, b) => b.or(a),
-        };
-        if let Some(ms) = delay {
-            m.warm_delay = Duration::from_millis(ms);
+        if let Some(ms) = table.release_delay_ms {
+            m.release_delay = Duration::from_millis(ms);
         }
         if let Some(names) = &table.policies {
             m.policies = Policies::from_names(names)?;
@@ -246,9 +237,8 @@ mod tests {
 
     #[test]
     fn file_settings_reach_the_manager_and_bad_ones_are_named() {
-        let f: FileConfig = toml::from_str("warm_delay_ms = 50\nwindow = 8").unwrap();
+        let f: FileConfig = toml::from_str("window = 8").unwrap();
         let m = f.manager().unwrap();
-        assert_eq!(m.warm_delay, Duration::from_millis(50));
         assert_eq!(m.window, 8);
         let f: FileConfig =
             toml::from_str("client_lease_ms = 500\ndrain_grace_ms = 20\nmax_payload_mb = 1\nresult_retention_ms = 1500")
@@ -311,15 +301,15 @@ mod tests {
         .unwrap();
         let m = f.manager().unwrap();
         assert!(m.policies.priority && m.policies.preemption && !m.policies.fair_share);
-        assert_eq!(m.warm_delay, Duration::from_millis(70));
+        assert_eq!(m.release_delay, Duration::from_millis(70));
         let m = FileConfig::default().manager().unwrap();
         assert_eq!(m.policies, Policies::default());
         let f: FileConfig = toml::from_str("[scheduler]\npolicies = [\"fifo\"]").unwrap();
         let err = f.manager().unwrap_err().to_string();
         assert!(err.contains("unknown scheduler policy 'fifo'"), "{err}");
-        let f: FileConfig =
-            toml::from_str("warm_delay_ms = 1\n[scheduler]\nrelease_delay_ms = 2").unwrap();
-        assert!(f.manager().unwrap_err().to_string().contains("same"));
+        // One name per setting: the idle-executor delay is scheduler.release_delay_ms only.
+        let err = toml::from_str::<FileConfig>("warm_delay_ms = 1").unwrap_err();
+        assert!(err.to_string().contains("warm_delay_ms"), "{err}");
         let err = toml::from_str::<FileConfig>("[scheduler]\npreemtion = true").unwrap_err();
         assert!(err.to_string().contains("preemtion"), "{err}");
     }

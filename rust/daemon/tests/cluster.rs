@@ -20,7 +20,7 @@ async fn start(state_dir: &Path, slots: u32) -> LocalCluster {
 
 async fn start_on(state_dir: &Path, slots: u32, port: u16) -> LocalCluster {
     let manager = ManagerConfig {
-        warm_delay: Duration::from_millis(200),
+        release_delay: Duration::from_millis(200),
         ..Default::default()
     };
     start_with(state_dir, slots, port, manager).await

@@ -345,7 +345,7 @@ async fn admin_token_is_private_and_stable_across_restarts() {
 async fn revoking_a_node_drops_it_and_its_task_runs_elsewhere() {
     let dir = tempfile::tempdir().unwrap();
     let manager = ManagerConfig {
-        warm_delay: Duration::from_millis(200),
+        release_delay: Duration::from_millis(200),
         ..Default::default()
     };
     let mut a = common::echo_node(dir.path(), 1);

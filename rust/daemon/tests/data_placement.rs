@@ -36,7 +36,7 @@ struct TwoNodes {
 
 async fn start(dir: &Path, policies: Policies) -> TwoNodes {
     let manager = ManagerConfig {
-        warm_delay: Duration::from_millis(200),
+        release_delay: Duration::from_millis(200),
         policies,
         // Long enough that no task gives up waiting for B in this test.
         data_wait: Duration::from_secs(30),

@@ -70,7 +70,7 @@ fn table_inodes(table: &str, col: usize) -> Vec<String> {
 
 fn tls_head(dir: &Path) -> flame_daemon::server::HeadConfig {
     let manager = ManagerConfig {
-        warm_delay: Duration::from_millis(200),
+        release_delay: Duration::from_millis(200),
         ..Default::default()
     };
     let mut cfg = common::head_config(dir, manager);

@@ -17,7 +17,7 @@ use flame_daemon::session_manager::ManagerConfig;
 
 async fn start(state_dir: &std::path::Path, slots: u32, policies: Policies) -> LocalCluster {
     let manager = ManagerConfig {
-        warm_delay: Duration::from_millis(200),
+        release_delay: Duration::from_millis(200),
         policies,
         ..Default::default()
     };

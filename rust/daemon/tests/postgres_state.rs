@@ -30,7 +30,7 @@ fn server() -> Option<PgServer> {
 /// A head with its state at `url` (local files in `dir`) and a node of `slots` echo executors.
 async fn start(dir: &std::path::Path, url: &str, slots: u32) -> LocalCluster {
     let manager = ManagerConfig {
-        warm_delay: Duration::from_millis(200),
+        release_delay: Duration::from_millis(200),
         ..Default::default()
     };
     let mut head = common::head_config(dir, manager);

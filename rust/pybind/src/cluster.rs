@@ -30,7 +30,7 @@ pub struct PyLocalCluster {
 impl PyLocalCluster {
     #[new]
     #[pyo3(signature = (slots, state_dir, python, host = "127.0.0.1".to_string(), port = 0,
-        max_payload_bytes = None, client_lease = None, warm_delay = None, policies = None))]
+        max_payload_bytes = None, client_lease = None, release_delay = None, policies = None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -41,7 +41,7 @@ impl PyLocalCluster {
         port: u16,
         max_payload_bytes: Option<usize>,
         client_lease: Option<f64>,
-        warm_delay: Option<f64>,
+        release_delay: Option<f64>,
         policies: Option<Vec<String>>,
     ) -> PyResult<Self> {
         if slots == 0 {
@@ -68,8 +68,8 @@ impl PyLocalCluster {
         if let Some(l) = client_lease {
             manager.client_lease = seconds(l, "client_lease")?;
         }
-        if let Some(w) = warm_delay {
-            manager.warm_delay = seconds(w, "warm_delay")?;
+        if let Some(w) = release_delay {
+            manager.release_delay = seconds(w, "release_delay")?;
         }
         if let Some(names) = policies {
             manager.policies = flame_core::scheduler::Policies::from_names(&names).map_err(err)?;

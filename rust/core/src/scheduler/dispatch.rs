@@ -276,7 +276,7 @@ impl Scheduler {
     /// Unbind executors that sat idle and bound for longer than the release delay, unless
     /// their session would drop below its minimum. O(log E) per expiry.
     pub(super) fn release_expired(&mut self, now: Instant) {
-        let delay = self.config.warm_delay;
+        let delay = self.config.release_delay;
         while let Some(&(t, eid)) = self.warm.first() {
             if t + delay > now {
                 break;

@@ -9,7 +9,7 @@
 //! more than it has unfinished tasks otherwise. Which session gets the next executor, and who
 //! gives one back, is decided by the [`Policies`] that are on (priority classes, weighted fair
 //! share, a per-tenant level, preemption, data-aware placement; see `policy.rs`). An idle
-//! executor stays bound ("warm") for `warm_delay` — the release delay — unless another
+//! executor stays bound ("warm") for the `release_delay` unless another
 //! session is waiting for one. Nothing is killed for fairness unless preemption is on. A task
 //! that reads objects goes to an executor of its session on a node holding them, if one is
 //! free within a bounded wait (`locality.rs`).
@@ -87,7 +87,7 @@ pub struct SchedulerConfig {
     /// short tasks then travel many to a message, while long ones are not hoarded.
     pub window_work: Duration,
     /// How long an idle executor stays bound to its session when nobody else wants it.
-    pub warm_delay: Duration,
+    pub release_delay: Duration,
     /// First executor id to hand out (unique across restarts of the session manager).
     pub first_executor_id: u64,
     /// Which policies decide who gets executors.
@@ -106,7 +106,7 @@ impl Default for SchedulerConfig {
             window: 2,
             window_max: 64,
             window_work: Duration::from_millis(2),
-            warm_delay: Duration::from_secs(2),
+            release_delay: Duration::from_secs(2),
             first_executor_id: 1,
             policies: Policies::default(),
             data_wait: Duration::from_millis(100),
@@ -283,7 +283,10 @@ impl Scheduler {
     /// passed-over executor may take tasks waiting for other nodes, if ever: the session
     /// manager wakes up then. O(log E).
     pub fn next_deadline(&self) -> Option<Instant> {
-        let warm = self.warm.first().map(|(t, _)| *t + self.config.warm_delay);
+        let warm = self
+            .warm
+            .first()
+            .map(|(t, _)| *t + self.config.release_delay);
         let timeout = self.deadlines.first().map(|(t, _)| *t);
         let data = self.data_waits.first();
         let data = data.and_then(|(t, _)| t.checked_add(self.config.data_wait));

@@ -21,7 +21,7 @@ impl Harness {
             SchedulerConfig {
                 window: 2,
                 window_max: 2,
-                warm_delay: Duration::from_secs(2),
+                release_delay: Duration::from_secs(2),
                 first_executor_id: 1,
                 policies: Policies::default(),
                 ..SchedulerConfig::default()

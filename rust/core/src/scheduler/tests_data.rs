@@ -34,7 +34,7 @@ impl DataSim {
         let mut s = Scheduler::new(SchedulerConfig {
             window: 1,
             window_max: 1,
-            warm_delay: Duration::from_secs(2),
+            release_delay: Duration::from_secs(2),
             policies,
             data_wait,
             ..SchedulerConfig::default()

@@ -30,7 +30,7 @@ impl Sim {
         let mut s = Scheduler::new(SchedulerConfig {
             window: 1,
             window_max: 1,
-            warm_delay: Duration::from_secs(2),
+            release_delay: Duration::from_secs(2),
             first_executor_id: 1,
             policies,
             ..SchedulerConfig::default()

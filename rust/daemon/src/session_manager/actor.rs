@@ -112,7 +112,7 @@ pub fn start(
     let mut sched = Scheduler::new(SchedulerConfig {
         window: cfg.window,
         window_max: cfg.window_max,
-        warm_delay: cfg.warm_delay,
+        release_delay: cfg.release_delay,
         first_executor_id: executor_base,
         policies: cfg.policies,
         data_wait: cfg.data_wait,

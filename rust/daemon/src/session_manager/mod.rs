@@ -57,7 +57,7 @@ pub struct ManagerConfig {
     /// Tasks sent ahead to one executor at most, when its session's tasks are very short.
     pub window_max: usize,
     /// How long an idle executor stays bound to its session (the release delay).
-    pub warm_delay: Duration,
+    pub release_delay: Duration,
     /// Which scheduling policies are on.
     pub policies: flame_core::scheduler::Policies,
     /// Data-aware policy: how long a task that reads objects waits for an executor on a
@@ -89,7 +89,7 @@ impl Default for ManagerConfig {
         Self {
             window: 2,
             window_max: 64,
-            warm_delay: Duration::from_secs(2),
+            release_delay: Duration::from_secs(2),
             policies: Default::default(),
             data_wait: Duration::from_millis(100),
             heartbeat: Duration::from_millis(1000),

@@ -75,7 +75,7 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 async fn start(state_dir: &Path) -> LocalCluster {
     let manager = ManagerConfig {
-        warm_delay: Duration::from_millis(200),
+        release_delay: Duration::from_millis(200),
         max_payload_bytes: LIMIT,
         ..Default::default()
     };
