@@ -246,26 +246,7 @@ async fn state_survives_a_restart() {
 
     let cluster = start(dir.path(), 1).await;
     let client = connect(&cluster).await;
-    let mut all = first.clone();
-    all.extend(&rest);
-    client.watch(sid, all.clone()).unwrap();
-    let done = common::collect(&client, &all).await;
-    assert!(done
-        .values()
-        .all(|c| c.state == TaskState::Succeeded.as_i32()));
-    assert_eq!(
-        done[&first[0].0].output,
-        Bytes::from_static(b"quick"),
-        "kept, not re-run"
-    );
-    let info = client
-        .frontend()
-        .get_session(proto::SessionRef { session_id: sid.0 })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(info.state, proto::SessionState::SessionOpen as i32);
-    assert_eq!(info.succeeded, 9);
+    common::assert_resumed(&client, sid, &first, &rest).await;
     cluster.stop().await;
 }
 

@@ -11,8 +11,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use flame_core::client::Client;
 use flame_core::ids::SessionId;
-use flame_core::model::{SessionSpec, TaskState};
-use flame_core::proto;
+use flame_core::model::SessionSpec;
 use flame_core::storage::pg_test_server::PgServer;
 use flame_daemon::local::LocalCluster;
 use flame_daemon::session_manager::ManagerConfig;
@@ -84,26 +83,7 @@ async fn state_in_postgres_survives_a_restart_on_a_fresh_state_dir() {
     let second_dir = tempfile::tempdir().unwrap();
     let cluster = start(second_dir.path(), &url, 1).await;
     let client = connect(&cluster).await;
-    let mut all = first.clone();
-    all.extend(&rest);
-    client.watch(sid, all.clone()).unwrap();
-    let done = common::collect(&client, &all).await;
-    assert!(done
-        .values()
-        .all(|c| c.state == TaskState::Succeeded.as_i32()));
-    assert_eq!(
-        done[&first[0].0].output,
-        Bytes::from_static(b"quick"),
-        "kept, not re-run"
-    );
-    let info = client
-        .frontend()
-        .get_session(proto::SessionRef { session_id: sid.0 })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(info.state, proto::SessionState::SessionOpen as i32);
-    assert_eq!(info.succeeded, 9);
+    common::assert_resumed(&client, sid, &first, &rest).await;
     drop(client);
     cluster.stop().await;
     tokio::task::spawn_blocking(move || drop(pg)).await.unwrap();

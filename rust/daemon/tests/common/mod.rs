@@ -146,3 +146,28 @@ pub async fn collect(client: &Client, ids: &[TaskId]) -> HashMap<u64, proto::Tas
     }
     done
 }
+
+/// After a head restart: every task of `first` (one finished "quick" before the restart,
+/// then more) and `rest` succeeds, the finished one is kept rather than re-run, and the
+/// session is still open with its 9 successes.
+pub async fn assert_resumed(client: &Client, sid: SessionId, first: &[TaskId], rest: &[TaskId]) {
+    let all: Vec<TaskId> = first.iter().chain(rest).copied().collect();
+    client.watch(sid, all.clone()).unwrap();
+    let done = collect(client, &all).await;
+    assert!(done
+        .values()
+        .all(|c| c.state == flame_core::model::TaskState::Succeeded.as_i32()));
+    assert_eq!(
+        done[&first[0].0].output,
+        Bytes::from_static(b"quick"),
+        "kept, not re-run"
+    );
+    let info = client
+        .frontend()
+        .get_session(proto::SessionRef { session_id: sid.0 })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(info.state, proto::SessionState::SessionOpen as i32);
+    assert_eq!(info.succeeded, 9);
+}
